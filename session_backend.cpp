@@ -1,0 +1,1371 @@
+// pylon-sessions: the library behind session_backend.hpp.
+//
+// The file reads in the order a reader meets the ideas:
+//   1. errors        ErrorCode names and pylon::Error
+//   2. tokens        generation, the well-formedness check, SHA-256 ids
+//   3. fields        what a Session may hold (shared by every backend)
+//   4. URLs          DATABASE_URL parsing and password redaction
+//   5. SQLite        the default backend: file creation, probing, pragmas, statements
+//   6. migrations    the embedded schema, its version table, pylon adoption
+//   7. the store     SessionStore: the write-through cache
+#include "session_backend.hpp"
+
+#include <fcntl.h>
+#include <openssl/rand.h>
+#include <openssl/sha.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cerrno>
+#include <climits>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <mutex>
+#include <shared_mutex>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+namespace pylon {
+
+// ================================================================================================
+// 1. Errors
+//
+// One exception type with a code; what() is prefixed with a stable id "[pylon.<code>]" so logs
+// can be grepped without parsing prose.
+// ================================================================================================
+
+const char* to_string(ErrorCode code) noexcept {
+  switch (code) {
+    case ErrorCode::kInvalidArgument:
+      return "invalid_argument";
+    case ErrorCode::kUnsupportedScheme:
+      return "unsupported_scheme";
+    case ErrorCode::kCorruptDatabase:
+      return "corrupt_database";
+    case ErrorCode::kSchemaTooNew:
+      return "schema_too_new";
+    case ErrorCode::kBusy:
+      return "busy";
+    case ErrorCode::kConnectionLost:
+      return "connection_lost";
+    case ErrorCode::kStorageFull:
+      return "storage_full";
+    case ErrorCode::kReadOnly:
+      return "read_only";
+    case ErrorCode::kIo:
+      return "io";
+    case ErrorCode::kInternal:
+      return "internal";
+  }
+  return "unknown";
+}
+
+Error::Error(ErrorCode code, const std::string& message, std::string backend_detail)
+    : std::runtime_error("[pylon." + std::string(to_string(code)) + "] " + message),
+      code_(code),
+      backend_detail_(std::move(backend_detail)) {}
+
+// ================================================================================================
+// 2. Tokens
+//
+// A token is "pylon_" + hex(32 bytes of RAND_bytes). Only SHA-256(token), in lowercase hex, is
+// ever kept. The well-formedness check runs first everywhere, so input that cannot be a token
+// costs a length comparison and never reaches a hash or a lock.
+// ================================================================================================
+
+namespace {
+
+constexpr std::string_view kTokenPrefix = "pylon_";
+constexpr std::size_t kTokenRandomBytes = 32;
+constexpr std::size_t kSessionIdLength = 2 * SHA256_DIGEST_LENGTH;
+constexpr std::array<char, 16> kHexDigits = {'0', '1', '2', '3', '4', '5', '6', '7',
+                                             '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'};
+
+std::string to_lower_hex(const unsigned char* bytes, std::size_t size) {
+  std::string hex(2 * size, '\0');
+  for (std::size_t i = 0; i < size; ++i) {
+    hex[2 * i] = kHexDigits[bytes[i] >> 4U];
+    hex[2 * i + 1] = kHexDigits[bytes[i] & 0x0FU];
+  }
+  return hex;
+}
+
+bool is_lower_hex(std::string_view text) noexcept {
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+}  // namespace
+
+std::string generate_token() {
+  std::array<unsigned char, kTokenRandomBytes> random{};
+  if (RAND_bytes(random.data(), static_cast<int>(random.size())) != 1) {
+    throw Error(ErrorCode::kInternal, "the OpenSSL CSPRNG (RAND_bytes) failed to produce a token");
+  }
+  std::string token(kTokenPrefix);
+  token += to_lower_hex(random.data(), random.size());
+  return token;
+}
+
+bool is_well_formed_token(std::string_view token) noexcept {
+  return token.size() == kTokenLength && token.substr(0, kTokenPrefix.size()) == kTokenPrefix &&
+         is_lower_hex(token.substr(kTokenPrefix.size()));
+}
+
+std::string session_id_for_token(std::string_view token) {
+  std::array<unsigned char, SHA256_DIGEST_LENGTH> digest{};
+  // SHA256() is OpenSSL's one-shot digest: no context allocation, no algorithm fetch.
+  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(),  // NOLINT
+         digest.data());
+  return to_lower_hex(digest.data(), digest.size());
+}
+
+bool is_well_formed_session_id(std::string_view id) noexcept {
+  return id.size() == kSessionIdLength && is_lower_hex(id);
+}
+
+// ================================================================================================
+// 3. Fields
+//
+// Both backends must store the same values byte for byte. PostgreSQL TEXT holds neither NUL nor
+// invalid UTF-8, so text fields are refused with kInvalidArgument on every backend when they
+// contain either; `data` is bytes and holds anything.
+// ================================================================================================
+
+bool operator==(const Session& a, const Session& b) {
+  return a.id == b.id && a.user_id == b.user_id && a.tenant_id == b.tenant_id &&
+         a.created_at == b.created_at && a.expires_at == b.expires_at &&
+         a.last_seen_at == b.last_seen_at && a.device == b.device && a.ip == b.ip &&
+         a.data == b.data && a.absolute_expires_at == b.absolute_expires_at;
+}
+
+namespace {
+
+// Strict UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF), and no NUL.
+bool is_storable_text(std::string_view text) noexcept {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    if (lead == 0) return false;
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    }
+    std::size_t length = 0;
+    std::uint32_t code_point = 0;
+    if (lead >= 0xC2 && lead <= 0xDF) {
+      length = 2;
+      code_point = lead & 0x1FU;
+    } else if (lead >= 0xE0 && lead <= 0xEF) {
+      length = 3;
+      code_point = lead & 0x0FU;
+    } else if (lead >= 0xF0 && lead <= 0xF4) {
+      length = 4;
+      code_point = lead & 0x07U;
+    } else {
+      return false;
+    }
+    if (text.size() - i < length) return false;
+    for (std::size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xC0U) != 0x80U) return false;
+      code_point = (code_point << 6U) | (next & 0x3FU);
+    }
+    const bool overlong =
+        (length == 3 && code_point < 0x800) || (length == 4 && code_point < 0x10000);
+    const bool surrogate = code_point >= 0xD800 && code_point <= 0xDFFF;
+    if (overlong || surrogate || code_point > 0x10FFFF) return false;
+    i += length;
+  }
+  return true;
+}
+
+void check_text_field(const char* field, std::string_view value) {
+  if (!is_storable_text(value)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string("session field '") + field +
+                    "' must be UTF-8 text without NUL bytes (use `data` for arbitrary bytes)");
+  }
+}
+
+void check_optional_text_field(const char* field, const std::optional<std::string>& value) {
+  if (value) check_text_field(field, *value);
+}
+
+// What every backend checks before it writes a row.
+void check_session_for_storage(const Session& session) {
+  if (!is_well_formed_session_id(session.id)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
+  }
+  if (session.user_id.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "session field 'user_id' must not be empty");
+  }
+  check_text_field("user_id", session.user_id);
+  check_optional_text_field("tenant_id", session.tenant_id);
+  check_optional_text_field("device", session.device);
+  check_optional_text_field("ip", session.ip);
+}
+
+std::int64_t saturating_add(std::int64_t base, std::int64_t delta) noexcept {
+  if (delta > 0 && base > std::numeric_limits<std::int64_t>::max() - delta) {
+    return std::numeric_limits<std::int64_t>::max();
+  }
+  return base + delta;
+}
+
+}  // namespace
+
+// ================================================================================================
+// 4. URLs
+//
+// DATABASE_URL picks the backend by scheme. Every message that shows a URL shows it through
+// redact_url(), so a password never reaches an exception, a log or a terminal.
+// ================================================================================================
+
+namespace {
+
+constexpr const char* kSupportedSchemes =
+    "sqlite://<path>, sqlite::memory:, a bare file path, postgres://, postgresql://";
+
+std::string ascii_lower(std::string_view text) {
+  std::string lower(text);
+  std::transform(lower.begin(), lower.end(), lower.begin(), [](char c) {
+    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+  });
+  return lower;
+}
+
+// The scheme of "scheme://...", or "" when `url` does not start with one (a bare path).
+std::string url_scheme(std::string_view url) {
+  const std::size_t separator = url.find("://");
+  if (separator == std::string_view::npos || separator == 0) return {};
+  const std::string_view scheme = url.substr(0, separator);
+  const bool valid =
+      std::isalpha(static_cast<unsigned char>(scheme[0])) != 0 &&
+      std::all_of(scheme.begin(), scheme.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '+' || c == '-' || c == '.';
+      });
+  return valid ? ascii_lower(scheme) : std::string();
+}
+
+std::int64_t parse_non_negative(std::string_view text, const std::string& what) {
+  std::int64_t value = 0;
+  if (text.empty() || text.size() > 12) {
+    throw Error(ErrorCode::kInvalidArgument, what + " must be a non-negative integer");
+  }
+  for (const char c : text) {
+    if (c < '0' || c > '9') {
+      throw Error(ErrorCode::kInvalidArgument, what + " must be a non-negative integer");
+    }
+    value = value * 10 + (c - '0');
+  }
+  return value;
+}
+
+// "path?synchronous=normal&busy_timeout=100" -> path and options.
+std::pair<std::string, SqliteOptions> parse_sqlite_location(std::string_view location,
+                                                            const std::string& shown_url) {
+  SqliteOptions options;
+  const std::size_t question = location.find('?');
+  std::string path(location.substr(0, question));
+  if (question != std::string_view::npos) {
+    std::string_view query = location.substr(question + 1);
+    while (!query.empty()) {
+      const std::size_t amp = query.find('&');
+      const std::string_view pair = query.substr(0, amp);
+      query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+      if (pair.empty()) continue;
+      const std::size_t equals = pair.find('=');
+      const std::string key = ascii_lower(pair.substr(0, equals));
+      const std::string value =
+          equals == std::string_view::npos ? std::string() : ascii_lower(pair.substr(equals + 1));
+      if (key == "synchronous") {
+        if (value == "full") {
+          options.synchronous = SqliteSync::kFull;
+        } else if (value == "normal") {
+          options.synchronous = SqliteSync::kNormal;
+        } else {
+          throw Error(ErrorCode::kInvalidArgument,
+                      "synchronous must be 'full' or 'normal' in " + shown_url);
+        }
+      } else if (key == "busy_timeout") {
+        options.busy_timeout = std::chrono::milliseconds(
+            parse_non_negative(value, "busy_timeout (milliseconds) in " + shown_url));
+      } else {
+        throw Error(ErrorCode::kInvalidArgument,
+                    "unknown SQLite URL parameter '" + key + "' in " + shown_url +
+                        "; known parameters: synchronous=full|normal, busy_timeout=<ms>");
+      }
+    }
+  }
+  if (path.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "SQLite URL has no file path: " + shown_url);
+  }
+  return {path, options};
+}
+
+}  // namespace
+
+std::string redact_url(std::string_view url) {
+  std::string shown(url);
+  // userinfo of "scheme://user:password@host": hide what follows the first ':'.
+  const std::size_t separator = shown.find("://");
+  if (separator != std::string::npos) {
+    const std::size_t authority = separator + 3;
+    const std::size_t authority_end = shown.find_first_of("/?#", authority);
+    const std::size_t at =
+        shown.rfind('@', authority_end == std::string::npos ? std::string::npos : authority_end);
+    if (at != std::string::npos && at >= authority) {
+      const std::size_t colon = shown.find(':', authority);
+      if (colon != std::string::npos && colon < at) {
+        shown.replace(colon + 1, at - colon - 1, "***");
+      }
+    }
+  }
+  // "password=..." as a query parameter or a libpq keyword/value pair.
+  const std::string lower = ascii_lower(shown);
+  std::string result;
+  std::size_t copied = 0;
+  for (std::size_t pos = lower.find("password="); pos != std::string::npos;
+       pos = lower.find("password=", pos + 1)) {
+    const bool at_word_start = pos == 0 || lower[pos - 1] == '?' || lower[pos - 1] == '&' ||
+                               lower[pos - 1] == ' ' || lower[pos - 1] == '\t';
+    if (!at_word_start) continue;
+    const std::size_t value_start = pos + std::strlen("password=");
+    const std::size_t value_end = shown.find_first_of("& \t#", value_start);
+    result.append(shown, copied, value_start - copied);
+    result += "***";
+    copied = value_end == std::string::npos ? shown.size() : value_end;
+  }
+  result.append(shown, copied, std::string::npos);
+  return result;
+}
+
+std::string database_url_from_env() {
+  const char* value = std::getenv("DATABASE_URL");  // NOLINT(concurrency-mt-unsafe): read-only
+  return value == nullptr ? std::string() : std::string(value);
+}
+
+#ifdef PYLON_WITH_POSTGRES
+// Defined in pg_backend.cpp.
+std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url);
+#endif
+
+std::unique_ptr<SessionBackend> open_backend(const std::string& database_url) {
+  const std::string shown = redact_url(database_url);
+  if (database_url.empty()) return open_sqlite_backend("sessions.db");
+  if (database_url == "sqlite::memory:") return open_sqlite_backend(":memory:");
+
+  const std::string scheme = url_scheme(database_url);
+  if (scheme == "sqlite") {
+    auto [path, options] = parse_sqlite_location(
+        std::string_view(database_url).substr(std::strlen("sqlite://")), shown);
+    return open_sqlite_backend(path, options);
+  }
+  if (scheme == "postgres" || scheme == "postgresql") {
+#ifdef PYLON_WITH_POSTGRES
+    return open_postgres_backend(database_url);
+#else
+    throw Error(ErrorCode::kUnsupportedScheme,
+                "this build of pylon-sessions has no PostgreSQL support (configure it with "
+                "libpq); cannot open " +
+                    shown);
+#endif
+  }
+  if (!scheme.empty()) {
+    throw Error(ErrorCode::kUnsupportedScheme, "unknown DATABASE_URL scheme '" + scheme + "' in " +
+                                                   shown + "; supported: " + kSupportedSchemes);
+  }
+  if (database_url.rfind("sqlite:", 0) == 0) {  // "sqlite:path", as sqlx and others accept
+    auto [path, options] =
+        parse_sqlite_location(std::string_view(database_url).substr(std::strlen("sqlite:")), shown);
+    return open_sqlite_backend(path, options);
+  }
+  return open_sqlite_backend(database_url);  // a bare path: taken literally, no parameters
+}
+
+// ================================================================================================
+// 5. SQLite
+//
+// SqliteBackend owns one connection and its prepared statements; a mutex serialises its calls.
+// Every mutation is one autocommit statement, so each is atomic and, in WAL mode with
+// synchronous=FULL, fsynced before the call returns.
+//
+// Opening is ordered so that a file we refuse is never written: create the file (mode 0600) only
+// if it is missing, open it read-write, then probe it (a read of sqlite_master fails on a file
+// that is not SQLite: sqlite3_open_v2 alone succeeds on garbage), check the schema version and
+// the shape of an existing `_pylon_sessions`, and only then switch to WAL and migrate.
+// ================================================================================================
+
+namespace {
+
+struct ConnectionCloser {
+  void operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
+};
+using Connection = std::unique_ptr<sqlite3, ConnectionCloser>;
+
+struct StatementFinalizer {
+  void operator()(sqlite3_stmt* statement) const noexcept { sqlite3_finalize(statement); }
+};
+using Statement = std::unique_ptr<sqlite3_stmt, StatementFinalizer>;
+
+// Resets a reused statement however the scope ends: a statement left mid-step would keep its
+// read transaction (and so the WAL) pinned.
+class StatementReset {
+ public:
+  explicit StatementReset(sqlite3_stmt* statement) noexcept : statement_(statement) {}
+  ~StatementReset() {
+    sqlite3_reset(statement_);
+    sqlite3_clear_bindings(statement_);
+  }
+  StatementReset(const StatementReset&) = delete;
+  StatementReset& operator=(const StatementReset&) = delete;
+  StatementReset(StatementReset&&) = delete;
+  StatementReset& operator=(StatementReset&&) = delete;
+
+ private:
+  sqlite3_stmt* statement_;
+};
+
+ErrorCode error_code_for_sqlite(int result) noexcept {
+  switch (result & 0xFF) {
+    case SQLITE_FULL:
+      return ErrorCode::kStorageFull;
+    case SQLITE_READONLY:
+      return ErrorCode::kReadOnly;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+      return ErrorCode::kCorruptDatabase;
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+      return ErrorCode::kBusy;
+    case SQLITE_CANTOPEN:
+    case SQLITE_IOERR:
+    case SQLITE_PERM:
+    case SQLITE_AUTH:
+    case SQLITE_NOLFS:
+      return ErrorCode::kIo;
+    case SQLITE_TOOBIG:
+    case SQLITE_CONSTRAINT:
+    case SQLITE_MISMATCH:
+    case SQLITE_RANGE:
+      return ErrorCode::kInvalidArgument;
+    default:
+      return ErrorCode::kInternal;
+  }
+}
+
+std::string system_error_text(int error_number) {
+  return std::string(std::strerror(error_number));  // NOLINT(concurrency-mt-unsafe)
+}
+
+// The parent directory of `path`, for the fsync that makes a new file's name durable.
+std::string parent_directory(const std::string& path) {
+  const std::size_t slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+// Creates `path` with mode 0600 if it does not exist. Returns true if it created it. SQLite gives
+// its -wal and -shm files the database file's mode, so this one call covers all three.
+bool create_private_file_if_missing(const std::string& path) {
+  struct stat info {};
+  if (::stat(path.c_str(), &info) == 0) {
+    if (S_ISDIR(info.st_mode)) {
+      throw Error(ErrorCode::kIo, "cannot use " + path + " as a database: it is a directory");
+    }
+    return false;
+  }
+  if (errno != ENOENT) {
+    const int error_number = errno;
+    throw Error(ErrorCode::kIo, "cannot open " + path + ": " + system_error_text(error_number));
+  }
+  // O_EXCL: if another process creates the file between stat() and here, we use theirs.
+  const int fd = ::open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    const int error_number = errno;
+    if (error_number == EEXIST) return false;
+    const ErrorCode code =
+        (error_number == EROFS || error_number == EACCES || error_number == EPERM)
+            ? ErrorCode::kReadOnly
+            : (error_number == ENOSPC ? ErrorCode::kStorageFull : ErrorCode::kIo);
+    throw Error(code,
+                "cannot create database file " + path + ": " + system_error_text(error_number));
+  }
+  ::close(fd);
+  const int directory = ::open(parent_directory(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (directory >= 0) {
+    ::fsync(directory);
+    ::close(directory);
+  }
+  return true;
+}
+
+void sqlite_sha256_hex(sqlite3_context* context, int argc, sqlite3_value** argv) {
+  if (argc != 1 || sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+    sqlite3_result_null(context);
+    return;
+  }
+  const auto* bytes = sqlite3_value_blob(argv[0]);
+  const int size = sqlite3_value_bytes(argv[0]);
+  const std::string hex = session_id_for_token(
+      std::string_view(static_cast<const char*>(bytes), static_cast<std::size_t>(size)));
+  sqlite3_result_text(context, hex.data(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
+}
+
+// The columns a `_pylon_sessions` table has in each form we know.
+const std::vector<std::string>& current_session_columns() {
+  static const std::vector<std::string> columns = {
+      "absolute_expires_at", "created_at", "data",   "device", "expires_at", "id", "ip",
+      "last_seen_at",        "tenant_id",  "user_id"};
+  return columns;
+}
+
+struct Migration {
+  int version;
+  const char* name;
+  const char* sql;
+};
+
+// The schema, embedded from migrations/sqlite/*.sql by cmake/embed_migrations.cmake.
+constexpr Migration kSqliteMigrations[] = {
+#include "pylon_migrations_sqlite.inc"
+};
+constexpr int kLatestSqliteVersion =
+    kSqliteMigrations[std::size(kSqliteMigrations) - 1].version;  // NOLINT
+
+class SqliteBackend final : public SessionBackend {
+ public:
+  SqliteBackend(std::string path, const SqliteOptions& options);
+
+  std::vector<Session> load_all() override;
+  void save(const Session& session) override;
+  bool remove(std::string_view id) override;
+  std::size_t remove_user(std::string_view user_id) override;
+  std::size_t remove_expired(std::int64_t now) override;
+  std::string describe() const override { return path_; }
+
+ private:
+  // Open-time steps, in order.
+  void probe();
+  void check_schema_version_and_shape();
+  void set_pragmas(const SqliteOptions& options);
+  void migrate();
+  void verify_table_shape();
+  void prepare_statements();
+
+  // Statement helpers. All throw Error with the path and SQLite's message.
+  [[noreturn]] void fail(int result, const std::string& action) const;
+  void check(int result, const std::string& action) const {
+    if (result != SQLITE_OK) fail(result, action);
+  }
+  void exec(const char* sql, const std::string& action);
+  Statement prepare(const char* sql, unsigned int flags,
+                    const char* action = "cannot prepare a statement on") const;
+  bool table_exists(const char* name, std::string* type = nullptr);
+  std::vector<std::string> table_columns(const char* table);
+  int applied_schema_version();
+
+  void bind_text(sqlite3_stmt* statement, int index, std::string_view text) const;
+  void bind_optional_text(sqlite3_stmt* statement, int index,
+                          const std::optional<std::string>& text) const;
+  std::size_t run_delete(sqlite3_stmt* statement, const std::string& action);
+
+  std::mutex mutex_;  // serialises every use of the connection and its statements
+  std::string path_;
+  bool adopt_pylon_table_ = false;  // set by check_schema_version_and_shape(), used by migrate()
+  Connection db_;                   // declared before the statements: they finalize first
+  Statement upsert_;
+  Statement delete_by_id_;
+  Statement delete_by_user_;
+  Statement delete_expired_;
+  Statement select_all_;
+};
+
+SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
+    : path_(std::move(path)) {
+  const bool in_memory = path_ == ":memory:";
+  if (!in_memory) create_private_file_if_missing(path_);
+
+  sqlite3* handle = nullptr;
+  // No SQLITE_OPEN_CREATE: the file exists by now, and a file deleted since must not be silently
+  // recreated with default permissions.
+  const int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE |
+                    (in_memory ? SQLITE_OPEN_CREATE | SQLITE_OPEN_MEMORY : 0);
+  const int opened = sqlite3_open_v2(path_.c_str(), &handle, flags, nullptr);
+  db_.reset(handle);  // own the handle before looking at the result: it must be closed either way
+  if (opened != SQLITE_OK) fail(opened, "cannot open database");
+  // SQLITE_OPEN_READWRITE falls back to read-only on a write-protected file (chattr +i, a
+  // read-only mount). Refuse that here rather than fail on the first write.
+  if (sqlite3_db_readonly(db_.get(), "main") == 1) {
+    throw Error(ErrorCode::kReadOnly, "database file " + path_ +
+                                          " is read-only (file permissions, immutable flag or a "
+                                          "read-only mount); sessions could not be saved");
+  }
+  check(sqlite3_busy_timeout(db_.get(), static_cast<int>(std::min<std::int64_t>(
+                                            options.busy_timeout.count(), INT_MAX))),
+        "cannot set the busy timeout");
+
+  probe();
+  check_schema_version_and_shape();
+  set_pragmas(options);
+  migrate();
+  verify_table_shape();
+  prepare_statements();
+}
+
+void SqliteBackend::fail(int result, const std::string& action) const {
+  const int extended = db_ ? sqlite3_extended_errcode(db_.get()) : result;
+  const char* message = db_ ? sqlite3_errmsg(db_.get()) : sqlite3_errstr(result);
+  std::string detail =
+      "sqlite3 error " + std::to_string(extended) + " (" + sqlite3_errstr(result) + ")";
+  ErrorCode code = error_code_for_sqlite(result);
+  std::string text = action + " " + path_ + ": " + message;
+  if (code == ErrorCode::kCorruptDatabase) {
+    text +=
+        " (the file is not a pylon-sessions SQLite database, or it is damaged; it was left "
+        "as it is)";
+  }
+  throw Error(code, text, std::move(detail));
+}
+
+void SqliteBackend::exec(const char* sql, const std::string& action) {
+  check(sqlite3_exec(db_.get(), sql, nullptr, nullptr, nullptr), action);
+}
+
+Statement SqliteBackend::prepare(const char* sql, unsigned int flags, const char* action) const {
+  sqlite3_stmt* raw = nullptr;
+  const int result = sqlite3_prepare_v3(db_.get(), sql, -1, flags, &raw, nullptr);
+  Statement statement(raw);
+  if (result != SQLITE_OK) fail(result, action);
+  return statement;
+}
+
+bool SqliteBackend::table_exists(const char* name, std::string* type) {
+  Statement query = prepare("SELECT type FROM sqlite_schema WHERE name = ?1", 0);
+  check(sqlite3_bind_text(query.get(), 1, name, -1, SQLITE_STATIC), "cannot read the schema of");
+  const int step = sqlite3_step(query.get());
+  if (step == SQLITE_DONE) return false;
+  if (step != SQLITE_ROW) fail(step, "cannot read the schema of");
+  if (type != nullptr) {
+    const unsigned char* text = sqlite3_column_text(query.get(), 0);
+    *type = text == nullptr ? std::string() : reinterpret_cast<const char*>(text);  // NOLINT
+  }
+  return true;
+}
+
+std::vector<std::string> SqliteBackend::table_columns(const char* table) {
+  Statement query = prepare("SELECT name FROM pragma_table_info(?1) ORDER BY name", 0);
+  check(sqlite3_bind_text(query.get(), 1, table, -1, SQLITE_STATIC), "cannot read the schema of");
+  std::vector<std::string> columns;
+  for (int step = sqlite3_step(query.get()); step != SQLITE_DONE;
+       step = sqlite3_step(query.get())) {
+    if (step != SQLITE_ROW) fail(step, "cannot read the schema of");
+    const unsigned char* text = sqlite3_column_text(query.get(), 0);
+    columns.emplace_back(text == nullptr ? "" : reinterpret_cast<const char*>(text));  // NOLINT
+  }
+  return columns;
+}
+
+int SqliteBackend::applied_schema_version() {
+  if (!table_exists("_pylon_schema_migrations")) return 0;
+  Statement query = prepare("SELECT coalesce(max(version), 0) FROM _pylon_schema_migrations", 0);
+  const int step = sqlite3_step(query.get());
+  if (step != SQLITE_ROW) fail(step, "cannot read the schema version of");
+  const sqlite3_int64 version = sqlite3_column_int64(query.get(), 0);
+  return static_cast<int>(std::clamp<sqlite3_int64>(version, 0, INT_MAX));
+}
+
+void SqliteBackend::probe() {
+  // Reading the schema forces SQLite to parse the header and the first page: this is where a
+  // file of random bytes or another format is caught (SQLITE_NOTADB), before anything is written.
+  Statement query = prepare("SELECT count(*) FROM sqlite_schema", 0, "cannot read");
+  const int step = sqlite3_step(query.get());
+  if (step != SQLITE_ROW) fail(step, "cannot read");
+}
+
+void SqliteBackend::check_schema_version_and_shape() {
+  const int version = applied_schema_version();
+  if (version > kLatestSqliteVersion) {
+    throw Error(ErrorCode::kSchemaTooNew,
+                "database " + path_ + " has pylon-sessions schema version " +
+                    std::to_string(version) + ", newer than version " +
+                    std::to_string(kLatestSqliteVersion) +
+                    " that this build knows; upgrade pylon-sessions (the file was left as it is)");
+  }
+  std::string type;
+  if (!table_exists("_pylon_sessions", &type)) return;
+  if (type != "table") {
+    throw Error(ErrorCode::kCorruptDatabase,
+                "database " + path_ + " has a _pylon_sessions " + type +
+                    ", not a table; refusing to use it (the file was left as it is)");
+  }
+  const std::vector<std::string> columns = table_columns("_pylon_sessions");
+  if (columns == current_session_columns()) return;
+  // pylon's runtime: token, user_id, expires_at, created_at, device, and later tenant_id.
+  std::vector<std::string> legacy = {"created_at", "device", "expires_at", "token", "user_id"};
+  std::vector<std::string> legacy_with_tenant = {"created_at", "device", "expires_at",
+                                                 "tenant_id",  "token",  "user_id"};
+  if (version == 0 && (columns == legacy || columns == legacy_with_tenant)) {
+    adopt_pylon_table_ = true;
+    return;
+  }
+  std::string listed;
+  for (const std::string& column : columns) listed += (listed.empty() ? "" : ", ") + column;
+  throw Error(ErrorCode::kCorruptDatabase,
+              "database " + path_ + " has a _pylon_sessions table with columns (" + listed +
+                  ") that is neither pylon-sessions' nor pylon's; refusing to use it (the file "
+                  "was left as it is)");
+}
+
+void SqliteBackend::set_pragmas(const SqliteOptions& options) {
+  // journal_mode answers with the mode now in force; an in-memory database stays "memory".
+  Statement wal = prepare("PRAGMA journal_mode = WAL", 0);
+  const int step = sqlite3_step(wal.get());
+  if (step != SQLITE_ROW) fail(step, "cannot switch to WAL mode");
+  const unsigned char* mode = sqlite3_column_text(wal.get(), 0);
+  const std::string mode_text =
+      mode == nullptr ? "" : reinterpret_cast<const char*>(mode);  // NOLINT
+  if (mode_text != "wal" && mode_text != "memory") {
+    throw Error(ErrorCode::kIo,
+                "cannot switch " + path_ + " to WAL mode (it stays in " + mode_text + " mode)");
+  }
+  wal.reset();
+  exec(options.synchronous == SqliteSync::kFull ? "PRAGMA synchronous = FULL"
+                                                : "PRAGMA synchronous = NORMAL",
+       "cannot set synchronous on");
+}
+
+void SqliteBackend::verify_table_shape() {
+  std::string type;
+  if (!table_exists("_pylon_sessions", &type) || type != "table" ||
+      table_columns("_pylon_sessions") != current_session_columns()) {
+    throw Error(ErrorCode::kCorruptDatabase,
+                "database " + path_ +
+                    " does not have the _pylon_sessions table its schema "
+                    "version promises");
+  }
+}
+
+// ================================================================================================
+// 6. Migrations
+//
+// Each embedded migration runs in its own BEGIN IMMEDIATE transaction together with the row that
+// records it in `_pylon_schema_migrations`, so a crash leaves a migration either applied and
+// recorded or neither. The version is read again inside the transaction: two processes opening
+// one new file at once apply each migration once. A version newer than the code is refused
+// before anything is written (check_schema_version_and_shape).
+//
+// Adopting pylon's table: it is renamed to `_pylon_sessions_pylon_v0` inside migration 1's
+// transaction, and migration 1 moves its live rows under the hash of their token. Afterwards the
+// file is VACUUMed with secure_delete on and the WAL truncated, so the raw tokens are gone from
+// the database, its WAL and its free pages.
+// ================================================================================================
+
+void SqliteBackend::migrate() {
+  const int applied = applied_schema_version();
+  if (applied >= kLatestSqliteVersion) return;
+
+  check(sqlite3_create_function_v2(db_.get(), "pylon_sha256_hex", 1,
+                                   SQLITE_UTF8 | SQLITE_DETERMINISTIC | SQLITE_DIRECTONLY, nullptr,
+                                   sqlite_sha256_hex, nullptr, nullptr, nullptr),
+        "cannot register the migration functions on");
+  if (adopt_pylon_table_) exec("PRAGMA secure_delete = ON", "cannot enable secure_delete on");
+
+  bool adopted = false;
+  for (const Migration& migration : kSqliteMigrations) {
+    const std::string action = "migration " + std::string(migration.name) + " failed on";
+    exec("BEGIN IMMEDIATE", action);
+    try {
+      exec(
+          "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
+          " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+          action);
+      if (applied_schema_version() >= migration.version) {
+        exec("COMMIT", action);
+        continue;
+      }
+      if (migration.version == 1 && adopt_pylon_table_ && table_exists("_pylon_sessions")) {
+        if (table_columns("_pylon_sessions").size() == 5) {  // pylon before tenant_id
+          exec("ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT", action);
+        }
+        exec("ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
+        adopted = true;
+      }
+      exec(migration.sql, action);
+      Statement record = prepare(
+          "INSERT INTO _pylon_schema_migrations (version, name, applied_at) "
+          "VALUES (?1, ?2, unixepoch())",
+          0);
+      check(sqlite3_bind_int(record.get(), 1, migration.version), action);
+      check(sqlite3_bind_text(record.get(), 2, migration.name, -1, SQLITE_STATIC), action);
+      const int step = sqlite3_step(record.get());
+      if (step != SQLITE_DONE) fail(step, action);
+      exec("COMMIT", action);
+    } catch (...) {
+      // Nothing of the migration was committed; ROLLBACK can only fail if SQLite already rolled
+      // back on its own (after SQLITE_FULL, say), which is the outcome we want anyway.
+      sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+      throw;
+    }
+  }
+
+  if (adopted) {
+    exec("VACUUM", "cannot VACUUM the adopted pylon table out of");
+    Statement checkpoint = prepare("PRAGMA wal_checkpoint(TRUNCATE)", 0);
+    const int step = sqlite3_step(checkpoint.get());
+    if (step != SQLITE_ROW) fail(step, "cannot checkpoint the WAL of");
+    if (sqlite3_column_int(checkpoint.get(), 0) != 0) {
+      throw Error(ErrorCode::kBusy,
+                  "adopted pylon's sessions in " + path_ +
+                      " but another connection kept the WAL from being truncated; open the "
+                      "store again once other connections are closed to finish erasing raw "
+                      "tokens");
+    }
+  }
+  if (adopt_pylon_table_) exec("PRAGMA secure_delete = OFF", "cannot reset secure_delete on");
+}
+
+// ------------------------------------------------------------------------------------------------
+// The backend's statements
+// ------------------------------------------------------------------------------------------------
+
+void SqliteBackend::prepare_statements() {
+  constexpr unsigned int kPersistent = SQLITE_PREPARE_PERSISTENT;
+  upsert_ = prepare(
+      "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
+      "last_seen_at, absolute_expires_at, device, ip, data) "
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+      "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
+      "tenant_id = excluded.tenant_id, created_at = excluded.created_at, "
+      "expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at, "
+      "absolute_expires_at = excluded.absolute_expires_at, device = excluded.device, "
+      "ip = excluded.ip, data = excluded.data",
+      kPersistent);
+  delete_by_id_ = prepare("DELETE FROM _pylon_sessions WHERE id = ?1", kPersistent);
+  delete_by_user_ = prepare("DELETE FROM _pylon_sessions WHERE user_id = ?1", kPersistent);
+  delete_expired_ = prepare("DELETE FROM _pylon_sessions WHERE expires_at <= ?1", kPersistent);
+  select_all_ = prepare(
+      "SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
+      "absolute_expires_at, device, ip, data FROM _pylon_sessions",
+      kPersistent);
+}
+
+void SqliteBackend::bind_text(sqlite3_stmt* statement, int index, std::string_view text) const {
+  if (text.size() > static_cast<std::size_t>(INT_MAX)) {
+    throw Error(ErrorCode::kInvalidArgument, "a session field is larger than SQLite can bind");
+  }
+  check(sqlite3_bind_text(statement, index, text.data(), static_cast<int>(text.size()),
+                          SQLITE_STATIC),
+        "cannot bind a value for");
+}
+
+void SqliteBackend::bind_optional_text(sqlite3_stmt* statement, int index,
+                                       const std::optional<std::string>& text) const {
+  if (text) {
+    bind_text(statement, index, *text);
+  } else {
+    check(sqlite3_bind_null(statement, index), "cannot bind a value for");
+  }
+}
+
+std::vector<Session> SqliteBackend::load_all() {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* query = select_all_.get();
+  const StatementReset reset(query);
+
+  const auto text_at = [query](int column) {
+    const auto* text = sqlite3_column_text(query, column);
+    const int size = sqlite3_column_bytes(query, column);
+    return text == nullptr ? std::string()
+                           : std::string(reinterpret_cast<const char*>(text),  // NOLINT
+                                         static_cast<std::size_t>(size));
+  };
+  const auto optional_text_at = [query, &text_at](int column) -> std::optional<std::string> {
+    if (sqlite3_column_type(query, column) == SQLITE_NULL) return std::nullopt;
+    return text_at(column);
+  };
+
+  std::vector<Session> sessions;
+  for (int step = sqlite3_step(query); step != SQLITE_DONE; step = sqlite3_step(query)) {
+    if (step != SQLITE_ROW) fail(step, "cannot load sessions from");
+    Session session;
+    session.id = text_at(0);
+    session.user_id = text_at(1);
+    session.tenant_id = optional_text_at(2);
+    session.created_at = sqlite3_column_int64(query, 3);
+    session.expires_at = sqlite3_column_int64(query, 4);
+    session.last_seen_at = sqlite3_column_int64(query, 5);
+    session.absolute_expires_at = sqlite3_column_int64(query, 6);
+    session.device = optional_text_at(7);
+    session.ip = optional_text_at(8);
+    const void* blob = sqlite3_column_blob(query, 9);
+    const int blob_size = sqlite3_column_bytes(query, 9);
+    if (blob != nullptr) {
+      session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
+    }
+    sessions.push_back(std::move(session));
+  }
+  return sessions;
+}
+
+void SqliteBackend::save(const Session& session) {
+  check_session_for_storage(session);
+  if (session.data.size() > static_cast<std::size_t>(INT_MAX)) {
+    throw Error(ErrorCode::kInvalidArgument, "session data is larger than SQLite can store");
+  }
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* upsert = upsert_.get();
+  const StatementReset reset(upsert);
+  bind_text(upsert, 1, session.id);
+  bind_text(upsert, 2, session.user_id);
+  bind_optional_text(upsert, 3, session.tenant_id);
+  check(sqlite3_bind_int64(upsert, 4, session.created_at), "cannot bind a value for");
+  check(sqlite3_bind_int64(upsert, 5, session.expires_at), "cannot bind a value for");
+  check(sqlite3_bind_int64(upsert, 6, session.last_seen_at), "cannot bind a value for");
+  check(sqlite3_bind_int64(upsert, 7, session.absolute_expires_at), "cannot bind a value for");
+  bind_optional_text(upsert, 8, session.device);
+  bind_optional_text(upsert, 9, session.ip);
+  // A zero-length blob must still be a blob, not NULL: bind_zeroblob(0) gives x''.
+  check(session.data.empty()
+            ? sqlite3_bind_zeroblob(upsert, 10, 0)
+            : sqlite3_bind_blob(upsert, 10, session.data.data(),
+                                static_cast<int>(session.data.size()), SQLITE_STATIC),
+        "cannot bind a value for");
+  const int step = sqlite3_step(upsert);
+  if (step != SQLITE_DONE) fail(step, "cannot save a session to");
+}
+
+std::size_t SqliteBackend::run_delete(sqlite3_stmt* statement, const std::string& action) {
+  const int step = sqlite3_step(statement);
+  if (step != SQLITE_DONE) fail(step, action);
+  return static_cast<std::size_t>(sqlite3_changes64(db_.get()));
+}
+
+bool SqliteBackend::remove(std::string_view id) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = delete_by_id_.get();
+  const StatementReset reset(statement);
+  bind_text(statement, 1, id);
+  return run_delete(statement, "cannot delete a session from") > 0;
+}
+
+std::size_t SqliteBackend::remove_user(std::string_view user_id) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = delete_by_user_.get();
+  const StatementReset reset(statement);
+  bind_text(statement, 1, user_id);
+  return run_delete(statement, "cannot delete a user's sessions from");
+}
+
+std::size_t SqliteBackend::remove_expired(std::int64_t now) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = delete_expired_.get();
+  const StatementReset reset(statement);
+  check(sqlite3_bind_int64(statement, 1, now), "cannot bind a value for");
+  return run_delete(statement, "cannot delete expired sessions from");
+}
+
+}  // namespace
+
+std::unique_ptr<SessionBackend> open_sqlite_backend(const std::string& path,
+                                                    const SqliteOptions& options) {
+  if (path.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "SQLite database path is empty");
+  }
+  if (path.find('\0') != std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument, "SQLite database path contains a NUL byte");
+  }
+  if (options.busy_timeout.count() < 0) {
+    throw Error(ErrorCode::kInvalidArgument, "SQLite busy_timeout must not be negative");
+  }
+  return std::make_unique<SqliteBackend>(path, options);
+}
+
+// ================================================================================================
+// 7. The store
+//
+// Invariants (hold whenever no mutex is held):
+//   - sessions_ holds exactly the rows storage holds that this process knows of, minus the ids
+//     in pending_deletes_, which are denied here but whose delete storage has not acknowledged.
+//   - by_user_[u] holds the ids of exactly the sessions_ entries of user u.
+// Locking: write_mutex_ serialises every storage write and the cache update that follows it, so
+// the cache changes in the order storage did. cache_mutex_ (shared for readers) guards sessions_
+// and by_user_; it is held only for map operations, never across a storage call, so reads never
+// wait for the disk. Lock order: write_mutex_, then cache_mutex_.
+// ================================================================================================
+
+std::int64_t system_clock_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+class SessionStore::Impl {
+ public:
+  Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options);
+  ~Impl();
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  Impl(Impl&&) = delete;
+  Impl& operator=(Impl&&) = delete;
+
+  NewSession create(std::string_view user_id, CreateOptions options);
+  std::optional<Session> validate(std::string_view token);
+  std::optional<Session> find(std::string_view id);
+  bool revoke_id(std::string_view id);
+  std::size_t revoke_user(std::string_view user_id);
+  std::vector<Session> list_user(std::string_view user_id);
+  std::size_t purge_expired();
+  std::size_t size();
+
+ private:
+  std::int64_t now() const { return options_.clock(); }
+  bool is_live(const Session& session, std::int64_t at) const { return session.expires_at > at; }
+
+  // Cache edits; the caller holds write_mutex_ (and these take cache_mutex_ exclusively).
+  void cache_put(const Session& session);
+  void cache_erase(const std::string& id);
+  void cache_erase_locked(const std::string& id);  // caller holds cache_mutex_ exclusively
+
+  // Retries deletes left by failed revokes; throws (leaving the rest pending) if storage still
+  // refuses. Caller holds write_mutex_. Called before every write.
+  void flush_pending_deletes();
+  // Makes `ids` denied here at once and queued for deletion; caller holds write_mutex_.
+  void deny_and_queue(const std::vector<std::string>& ids);
+  void evict_to_make_room(const std::string& user_id);
+  std::optional<Session> touch(const std::string& id, std::int64_t at);
+
+  std::unique_ptr<SessionBackend> backend_;
+  StoreOptions options_;
+
+  std::mutex write_mutex_;
+  std::unordered_set<std::string> pending_deletes_;  // guarded by write_mutex_
+
+  std::shared_mutex cache_mutex_;
+  std::unordered_map<std::string, Session> sessions_;                         // by id
+  std::unordered_map<std::string, std::unordered_set<std::string>> by_user_;  // user -> ids
+};
+
+namespace {
+
+void check_store_options(const StoreOptions& options) {
+  if (options.absolute_ttl.count() <= 0) {
+    throw Error(ErrorCode::kInvalidArgument, "StoreOptions::absolute_ttl must be positive");
+  }
+  if (options.idle_timeout.count() < 0 || options.touch_interval.count() < 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "StoreOptions::idle_timeout and touch_interval must not be negative");
+  }
+  if (!options.clock) {
+    throw Error(ErrorCode::kInvalidArgument, "StoreOptions::clock must be set");
+  }
+}
+
+}  // namespace
+
+SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options)
+    : backend_(std::move(backend)), options_(std::move(options)) {
+  if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
+  check_store_options(options_);
+  std::vector<Session> rows = backend_->load_all();
+  sessions_.reserve(rows.size());
+  for (Session& row : rows) {
+    // A row whose id is not a digest can never match a token; keep it out of the cache.
+    if (!is_well_formed_session_id(row.id)) continue;
+    by_user_[row.user_id].insert(row.id);
+    std::string id = row.id;
+    sessions_.emplace(std::move(id), std::move(row));
+  }
+}
+
+SessionStore::Impl::~Impl() {
+  // Last attempt for deletes that failed earlier. A destructor must not throw: what still fails
+  // stays in storage, as the Error thrown by the original revoke reported.
+  const std::lock_guard<std::mutex> lock(write_mutex_);
+  for (const std::string& id : pending_deletes_) {
+    try {
+      backend_->remove(id);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): reported when the revoke failed
+    }
+  }
+}
+
+void SessionStore::Impl::cache_put(const Session& session) {
+  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
+  auto found = sessions_.find(session.id);
+  if (found != sessions_.end() && found->second.user_id != session.user_id) {
+    cache_erase_locked(session.id);
+    found = sessions_.end();
+  }
+  by_user_[session.user_id].insert(session.id);
+  if (found == sessions_.end()) {
+    sessions_.emplace(session.id, session);
+  } else {
+    found->second = session;
+  }
+}
+
+void SessionStore::Impl::cache_erase(const std::string& id) {
+  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
+  cache_erase_locked(id);
+}
+
+void SessionStore::Impl::cache_erase_locked(const std::string& id) {
+  const auto found = sessions_.find(id);
+  if (found == sessions_.end()) return;
+  const auto user = by_user_.find(found->second.user_id);
+  if (user != by_user_.end()) {
+    user->second.erase(id);
+    if (user->second.empty()) by_user_.erase(user);
+  }
+  sessions_.erase(found);
+}
+
+void SessionStore::Impl::flush_pending_deletes() {
+  for (auto it = pending_deletes_.begin(); it != pending_deletes_.end();) {
+    backend_->remove(*it);  // throws: the rest stay pending, and so does this one
+    it = pending_deletes_.erase(it);
+  }
+}
+
+void SessionStore::Impl::deny_and_queue(const std::vector<std::string>& ids) {
+  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
+  for (const std::string& id : ids) {
+    cache_erase_locked(id);
+    pending_deletes_.insert(id);
+  }
+}
+
+// Deletes the user's oldest sessions until one more fits under max_sessions_per_user. Storage
+// first, each one; the cache follows each delete that storage acknowledged.
+void SessionStore::Impl::evict_to_make_room(const std::string& user_id) {
+  const std::size_t cap = options_.max_sessions_per_user;
+  if (cap == 0) return;
+  std::vector<std::pair<std::int64_t, std::string>> oldest_first;
+  {
+    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+    const auto user = by_user_.find(user_id);
+    if (user == by_user_.end() || user->second.size() < cap) return;
+    for (const std::string& id : user->second) {
+      oldest_first.emplace_back(sessions_.at(id).created_at, id);
+    }
+  }
+  std::sort(oldest_first.begin(), oldest_first.end());
+  const std::size_t excess = oldest_first.size() - cap + 1;
+  for (std::size_t i = 0; i < excess; ++i) {
+    backend_->remove(oldest_first[i].second);
+    cache_erase(oldest_first[i].second);
+  }
+}
+
+NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
+  if (user_id.empty()) throw Error(ErrorCode::kInvalidArgument, "user_id must not be empty");
+  check_text_field("user_id", user_id);
+  check_optional_text_field("tenant_id", options.tenant_id);
+  check_optional_text_field("device", options.device);
+  check_optional_text_field("ip", options.ip);
+  if (options.data.size() > options_.max_data_bytes) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "session data is " + std::to_string(options.data.size()) +
+                    " bytes, over the limit of " + std::to_string(options_.max_data_bytes) +
+                    " (StoreOptions::max_data_bytes); nothing was stored");
+  }
+
+  NewSession created;
+  created.token = generate_token();
+  Session& session = created.session;
+  session.id = session_id_for_token(created.token);
+  session.user_id = std::string(user_id);
+  session.tenant_id = std::move(options.tenant_id);
+  session.device = std::move(options.device);
+  session.ip = std::move(options.ip);
+  session.data = std::move(options.data);
+
+  const std::lock_guard<std::mutex> lock(write_mutex_);
+  const std::int64_t at = now();
+  session.created_at = at;
+  session.last_seen_at = at;
+  session.absolute_expires_at = saturating_add(at, options_.absolute_ttl.count());
+  session.expires_at =
+      options_.idle_timeout.count() > 0
+          ? std::min(session.absolute_expires_at, saturating_add(at, options_.idle_timeout.count()))
+          : session.absolute_expires_at;
+
+  flush_pending_deletes();
+  evict_to_make_room(session.user_id);
+  backend_->save(session);
+  cache_put(session);
+  return created;
+}
+
+// The slide of the idle expiry, written at most once per touch_interval. Re-reads the session
+// under write_mutex_: it may have been revoked or touched by another thread meanwhile.
+std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at) {
+  const std::lock_guard<std::mutex> lock(write_mutex_);
+  Session updated;
+  {
+    const std::shared_lock<std::shared_mutex> read(cache_mutex_);
+    const auto found = sessions_.find(id);
+    if (found == sessions_.end() || !is_live(found->second, at)) return std::nullopt;
+    updated = found->second;
+  }
+  if (at - updated.last_seen_at < options_.touch_interval.count()) return updated;
+  const std::int64_t cap =
+      updated.absolute_expires_at > 0 ? updated.absolute_expires_at : updated.expires_at;
+  updated.last_seen_at = at;
+  if (options_.idle_timeout.count() > 0) {
+    updated.expires_at = std::max(updated.expires_at,
+                                  std::min(cap, saturating_add(at, options_.idle_timeout.count())));
+  }
+  flush_pending_deletes();
+  backend_->save(updated);
+  cache_put(updated);
+  return updated;
+}
+
+std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
+  if (!is_well_formed_token(token)) return std::nullopt;
+  const std::string id = session_id_for_token(token);
+  const std::int64_t at = now();
+  {
+    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+    const auto found = sessions_.find(id);
+    if (found == sessions_.end() || !is_live(found->second, at)) return std::nullopt;
+    // The common case: touched recently, so this read is a hash, a lookup and a clock check.
+    if (at - found->second.last_seen_at < options_.touch_interval.count()) return found->second;
+  }
+  return touch(id, at);
+}
+
+std::optional<Session> SessionStore::Impl::find(std::string_view id) {
+  if (!is_well_formed_session_id(id)) return std::nullopt;
+  const std::int64_t at = now();
+  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+  const auto found = sessions_.find(std::string(id));
+  if (found == sessions_.end() || !is_live(found->second, at)) return std::nullopt;
+  return found->second;
+}
+
+bool SessionStore::Impl::revoke_id(std::string_view id_view) {
+  if (!is_well_formed_session_id(id_view)) return false;
+  const std::string id(id_view);
+  const std::lock_guard<std::mutex> lock(write_mutex_);
+  bool removed = false;
+  try {
+    flush_pending_deletes();
+    // Always asked of storage, not of the cache: another process may have created the session.
+    removed = backend_->remove(id);
+  } catch (...) {
+    deny_and_queue({id});  // fail closed: denied here now, deleted with the next write
+    throw;
+  }
+  cache_erase(id);
+  return removed;
+}
+
+std::size_t SessionStore::Impl::revoke_user(std::string_view user_id_view) {
+  const std::string user_id(user_id_view);
+  const std::lock_guard<std::mutex> lock(write_mutex_);
+  std::vector<std::string> ids;
+  {
+    const std::shared_lock<std::shared_mutex> read(cache_mutex_);
+    const auto user = by_user_.find(user_id);
+    if (user != by_user_.end()) ids.assign(user->second.begin(), user->second.end());
+  }
+  std::size_t removed = 0;
+  try {
+    flush_pending_deletes();
+    removed = backend_->remove_user(user_id);
+  } catch (...) {
+    deny_and_queue(ids);
+    throw;
+  }
+  const std::unique_lock<std::shared_mutex> write(cache_mutex_);
+  for (const std::string& id : ids) cache_erase_locked(id);
+  return removed;
+}
+
+std::vector<Session> SessionStore::Impl::list_user(std::string_view user_id) {
+  const std::int64_t at = now();
+  std::vector<Session> live;
+  {
+    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+    const auto user = by_user_.find(std::string(user_id));
+    if (user == by_user_.end()) return live;
+    for (const std::string& id : user->second) {
+      const Session& session = sessions_.at(id);
+      if (is_live(session, at)) live.push_back(session);
+    }
+  }
+  std::sort(live.begin(), live.end(), [](const Session& a, const Session& b) {
+    return std::tie(a.created_at, a.id) < std::tie(b.created_at, b.id);
+  });
+  return live;
+}
+
+std::size_t SessionStore::Impl::purge_expired() {
+  const std::lock_guard<std::mutex> lock(write_mutex_);
+  const std::int64_t at = now();
+  flush_pending_deletes();
+  const std::size_t removed = backend_->remove_expired(at);
+  const std::unique_lock<std::shared_mutex> write(cache_mutex_);
+  std::vector<std::string> expired;
+  for (const auto& [id, session] : sessions_) {
+    if (!is_live(session, at)) expired.push_back(id);
+  }
+  for (const std::string& id : expired) cache_erase_locked(id);
+  return removed;
+}
+
+std::size_t SessionStore::Impl::size() {
+  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+  return sessions_.size();
+}
+
+// ------------------------------------------------------------------------------------------------
+// SessionStore: the public face of Impl
+// ------------------------------------------------------------------------------------------------
+
+SessionStore::SessionStore(std::unique_ptr<SessionBackend> backend, StoreOptions options)
+    : impl_(std::make_unique<Impl>(std::move(backend), std::move(options))) {}
+
+SessionStore SessionStore::open(const std::string& database_url, StoreOptions options) {
+  return SessionStore(open_backend(database_url), std::move(options));
+}
+
+SessionStore::SessionStore(SessionStore&&) noexcept = default;
+SessionStore& SessionStore::operator=(SessionStore&&) noexcept = default;
+SessionStore::~SessionStore() = default;
+
+NewSession SessionStore::create(std::string_view user_id, CreateOptions options) {
+  return impl_->create(user_id, std::move(options));
+}
+std::optional<Session> SessionStore::validate(std::string_view token) {
+  return impl_->validate(token);
+}
+std::optional<Session> SessionStore::find(std::string_view id) { return impl_->find(id); }
+bool SessionStore::revoke(std::string_view token) {
+  if (!is_well_formed_token(token)) return false;
+  return impl_->revoke_id(session_id_for_token(token));
+}
+bool SessionStore::revoke_id(std::string_view id) { return impl_->revoke_id(id); }
+std::size_t SessionStore::revoke_user(std::string_view user_id) {
+  return impl_->revoke_user(user_id);
+}
+std::vector<Session> SessionStore::list_user(std::string_view user_id) {
+  return impl_->list_user(user_id);
+}
+std::size_t SessionStore::purge_expired() { return impl_->purge_expired(); }
+std::size_t SessionStore::size() { return impl_->size(); }
+
+}  // namespace pylon

@@ -1,0 +1,286 @@
+// pylon-sessions: sessions that survive a restart, for C++17 applications.
+//
+// This header is the whole public API. It includes no database header: SQLite, libpq and
+// OpenSSL stay inside the library.
+//
+//   auto store = pylon::SessionStore::open("sqlite://sessions.db");
+//   pylon::NewSession login = store.create("user-42");       // give login.token to the client
+//   std::optional<pylon::Session> s = store.validate(token);  // on every request
+//   store.revoke(token);                                      // sign out
+//
+// Error model: every failure of storage, and every invalid argument, throws pylon::Error, which
+// carries an ErrorCode. "Not found" is never an error: it is an empty optional, `false` or 0.
+// No message ever contains a raw token or a password.
+#ifndef PYLON_SESSION_BACKEND_HPP_
+#define PYLON_SESSION_BACKEND_HPP_
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace pylon {
+
+// ------------------------------------------------------------------------------------------------
+// Errors
+// ------------------------------------------------------------------------------------------------
+
+// What went wrong, in terms a caller can act on.
+//   Retry the same call later:  kBusy (another writer holds the lock past the busy timeout),
+//                               kConnectionLost (the server went away; the next call reconnects).
+//   Fix the environment first: kStorageFull, kReadOnly, kIo.
+//   Do not retry:               kInvalidArgument, kUnsupportedScheme, kCorruptDatabase,
+//                               kSchemaTooNew, kInternal.
+enum class ErrorCode {
+  kInvalidArgument,    // a malformed URL, an oversized payload, a field storage cannot hold
+  kUnsupportedScheme,  // DATABASE_URL scheme unknown, or not compiled into this build
+  kCorruptDatabase,    // not an SQLite file, a damaged file, or a foreign `_pylon_sessions`
+  kSchemaTooNew,       // the database was migrated by a newer pylon-sessions
+  kBusy,               // lock contention outlasted the busy timeout
+  kConnectionLost,     // the database server could not be reached or went away
+  kStorageFull,        // the disk (or the server's disk) is full
+  kReadOnly,           // the file, directory or server refuses writes
+  kIo,                 // any other operating-system level failure (open, fsync, permissions)
+  kInternal,           // a bug in pylon-sessions or a misuse of the C libraries beneath it
+};
+
+// A stable, lowercase name for a code ("storage_full"); also used in Error messages.
+const char* to_string(ErrorCode code) noexcept;
+
+// The one exception type of the library. what() reads "[pylon.<code>] <message>", where the
+// message names the object at fault (a path, a URL without its password, a migration number).
+class Error : public std::runtime_error {
+ public:
+  Error(ErrorCode code, const std::string& message, std::string backend_detail = {});
+
+  ErrorCode code() const noexcept { return code_; }
+  // What the backend itself said, for logs and bug reports: "SQLITE_FULL (13)", "SQLSTATE 53100".
+  const std::string& backend_detail() const noexcept { return backend_detail_; }
+
+ private:
+  ErrorCode code_;
+  std::string backend_detail_;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Sessions and tokens
+// ------------------------------------------------------------------------------------------------
+
+// One stored session. Times are Unix seconds. A Session never holds its token: `id` is the
+// lowercase hex SHA-256 of the token, safe to show on a "your devices" page and to revoke by.
+struct Session {
+  std::string id;                        // 64 lowercase hex characters; the primary key
+  std::string user_id;                   // any bytes except NUL
+  std::optional<std::string> tenant_id;  // any bytes except NUL
+  std::int64_t created_at = 0;
+  std::int64_t expires_at = 0;        // the effective expiry: min(absolute cap, last_seen + idle)
+  std::int64_t last_seen_at = 0;      // the last activity written to storage (see touch_interval)
+  std::optional<std::string> device;  // free text, e.g. a user agent; any bytes except NUL
+  std::optional<std::string> ip;      // as the application saw it; any bytes except NUL
+  std::string data;                   // opaque bytes, NUL and invalid UTF-8 included
+  // The hard cap from creation (created_at + absolute_ttl). Sliding never moves expires_at past
+  // it. Zero means "no cap beyond expires_at" (rows saved through a bare SessionBackend).
+  std::int64_t absolute_expires_at = 0;
+
+  friend bool operator==(const Session& a, const Session& b);
+  friend bool operator!=(const Session& a, const Session& b) { return !(a == b); }
+};
+
+// Length of a token: "pylon_" followed by 64 lowercase hex characters (32 random bytes).
+inline constexpr std::size_t kTokenLength = 70;
+
+// A fresh token from OpenSSL's CSPRNG (RAND_bytes). Throws Error(kInternal) if the CSPRNG fails.
+std::string generate_token();
+
+// True when `token` has exactly the form generate_token() produces. Checked before any hashing
+// or lookup, so a garbage cookie costs a length check and never reaches storage.
+bool is_well_formed_token(std::string_view token) noexcept;
+
+// The session id of a token: lowercase hex SHA-256 of its bytes (any bytes are accepted here).
+std::string session_id_for_token(std::string_view token);
+
+// True when `id` is 64 lowercase hex characters.
+bool is_well_formed_session_id(std::string_view id) noexcept;
+
+// ------------------------------------------------------------------------------------------------
+// Storage
+// ------------------------------------------------------------------------------------------------
+
+// Synchronous storage of sessions in the table `_pylon_sessions`. Every call is one statement
+// or one transaction; every failure throws Error and leaves storage as it was before the call.
+// A backend serialises its own calls, so it may be shared between threads, but one caller's
+// calls are not grouped into transactions with another's.
+//
+// Implement this interface to put sessions somewhere else (Redis, DynamoDB, ...);
+// SessionStore works with any implementation that keeps this contract.
+class SessionBackend {
+ public:
+  virtual ~SessionBackend() = default;
+
+  // Every stored row, expired ones included, in no particular order.
+  virtual std::vector<Session> load_all() = 0;
+  // Inserts the session, or replaces every field of the row with the same id. Durable on return.
+  virtual void save(const Session& session) = 0;
+  // Deletes the row with this id. True if a row was removed. Durable on return.
+  virtual bool remove(std::string_view id) = 0;
+  // Deletes every row of the user; returns how many.
+  virtual std::size_t remove_user(std::string_view user_id) = 0;
+  // Deletes every row with expires_at <= now, in one statement; returns how many.
+  virtual std::size_t remove_expired(std::int64_t now) = 0;
+
+  // The URL or path this backend was opened with, its password hidden. For messages and tools.
+  virtual std::string describe() const = 0;
+
+ protected:
+  SessionBackend() = default;
+  SessionBackend(const SessionBackend&) = default;
+  SessionBackend& operator=(const SessionBackend&) = default;
+};
+
+// How much an acknowledged write survives, for the SQLite backend (the `synchronous` pragma in
+// WAL mode). kFull: a commit is fsynced before save() returns; it survives a process crash and
+// a power loss. kNormal: a commit survives a process crash, but the last commits before a power
+// loss or OS crash may be rolled back (never corrupted); about one fsync per checkpoint instead
+// of one per commit.
+enum class SqliteSync { kFull, kNormal };
+
+struct SqliteOptions {
+  SqliteSync synchronous = SqliteSync::kFull;
+  // How long a write waits for another connection's lock before failing with kBusy.
+  std::chrono::milliseconds busy_timeout{5000};
+};
+
+// Opens (creating it with mode 0600 if missing) an SQLite database file and brings its schema
+// up to date. `path` is a file path, or ":memory:" for a private in-memory database.
+// Throws Error: kCorruptDatabase for a file that is not an SQLite database or whose
+// `_pylon_sessions` is not ours, kSchemaTooNew, kIo / kReadOnly for paths that cannot be used.
+// A file that is refused is left byte for byte as it was.
+std::unique_ptr<SessionBackend> open_sqlite_backend(const std::string& path,
+                                                    const SqliteOptions& options = {});
+
+// Opens the backend a DATABASE_URL names:
+//   ""                             the file sessions.db in the working directory
+//   sessions.db, /var/lib/app.db   a bare file path
+//   sqlite://relative/path.db      a path relative to the working directory
+//   sqlite:///absolute/path.db     an absolute path
+//   sqlite::memory:                a private in-memory database (nothing survives a restart)
+//   postgres://... postgresql://   PostgreSQL, when this build has libpq support
+// SQLite URLs take query parameters `synchronous=full|normal` and `busy_timeout=<ms>`.
+// Throws Error(kUnsupportedScheme) for other schemes (the message lists the supported ones),
+// Error(kInvalidArgument) for a malformed URL, and whatever opening the backend throws.
+std::unique_ptr<SessionBackend> open_backend(const std::string& database_url);
+
+// The value of the environment variable DATABASE_URL, or "" when it is unset.
+std::string database_url_from_env();
+
+// `url` with any password replaced by "***" ("postgres://app:***@db/sessions"). Used by every
+// message that shows a URL.
+std::string redact_url(std::string_view url);
+
+// ------------------------------------------------------------------------------------------------
+// The store
+// ------------------------------------------------------------------------------------------------
+
+// The current time in Unix seconds from the system clock: StoreOptions::clock's default.
+std::int64_t system_clock_now();
+
+struct StoreOptions {
+  // Hard lifetime from creation, whatever the activity: bounds how long a stolen token is useful.
+  std::chrono::seconds absolute_ttl{std::chrono::hours(24)};
+  // A session unused this long expires (0 = no idle expiry): ends sessions left open on a
+  // shared or lost device. Slides forward on validate().
+  std::chrono::seconds idle_timeout{std::chrono::hours(1)};
+  // validate() writes a slide at most once per interval per session, so reads stay off the disk.
+  // The idle expiry a user sees is therefore between idle_timeout - touch_interval and
+  // idle_timeout after their last request.
+  std::chrono::seconds touch_interval{std::chrono::seconds(60)};
+  // 0 = unlimited. When a user is at the cap, create() first evicts their oldest sessions.
+  std::size_t max_sessions_per_user = 0;
+  // create() refuses a larger `data` payload with kInvalidArgument and stores nothing.
+  std::size_t max_data_bytes = 64 * 1024;
+  // Unix seconds. Injectable, so tests move time instead of sleeping.
+  std::function<std::int64_t()> clock = system_clock_now;
+};
+
+struct CreateOptions {
+  std::optional<std::string> tenant_id;
+  std::optional<std::string> device;
+  std::optional<std::string> ip;
+  std::string data;
+};
+
+struct NewSession {
+  std::string token;  // give this to the client, once; it is stored nowhere
+  Session session;
+};
+
+// An in-process cache of every session, restored from a SessionBackend at construction, so that
+// reads never touch storage and a restart logs nobody out.
+//
+// Thread safety: all member functions may be called concurrently from any number of threads.
+// Consistency: writes go to storage first and to the cache only once storage has them. A write
+// that throws leaves the cache exactly as storage is. A revoke whose write fails fails closed: it
+// throws, the session is denied in this process at once, and the delete is retried before the
+// store's next write until storage has it.
+// Expired sessions are never returned by any call.
+class SessionStore {
+ public:
+  // Loads every row of `backend`. Throws Error if that fails, or if `options` are invalid
+  // (a negative duration, an absolute_ttl of 0, an empty clock).
+  explicit SessionStore(std::unique_ptr<SessionBackend> backend, StoreOptions options = {});
+  // open_backend(database_url), then the constructor above.
+  static SessionStore open(const std::string& database_url, StoreOptions options = {});
+
+  SessionStore(SessionStore&&) noexcept;
+  SessionStore& operator=(SessionStore&&) noexcept;
+  SessionStore(const SessionStore&) = delete;
+  SessionStore& operator=(const SessionStore&) = delete;
+  // Makes a last attempt at deletes still pending from failed revokes; never throws.
+  ~SessionStore();
+
+  // A new session for `user_id` (non-empty), stored before this returns. Evicts the user's
+  // oldest sessions first when max_sessions_per_user is reached.
+  // Throws kInvalidArgument (empty user, NUL in a text field, data over max_data_bytes) or a
+  // storage error; then nothing was stored and the cache is unchanged.
+  NewSession create(std::string_view user_id, CreateOptions options = {});
+
+  // The live session of `token`, or nullopt (malformed, unknown, revoked or expired token).
+  // Slides the idle expiry; the slide is written at most once per touch_interval, and a failed
+  // slide write throws Error (the session stays as storage has it).
+  std::optional<Session> validate(std::string_view token);
+
+  // The live session with this id, without sliding its expiry. Never touches storage.
+  std::optional<Session> find(std::string_view id);
+
+  // Deletes the session of `token` / with this id from storage. False if there was none.
+  // Throws on a storage failure, after denying the session in this process (fail closed).
+  bool revoke(std::string_view token);
+  bool revoke_id(std::string_view id);
+
+  // Deletes every session of the user from storage ("sign out everywhere"), including sessions
+  // other processes created; returns how many rows storage removed. Fails closed like revoke().
+  std::size_t revoke_user(std::string_view user_id);
+
+  // The user's live sessions, oldest first.
+  std::vector<Session> list_user(std::string_view user_id);
+
+  // Deletes every expired session from storage in one statement; returns how many rows went.
+  std::size_t purge_expired();
+
+  // Number of sessions in the cache, expired ones not yet purged included.
+  std::size_t size();
+
+ private:
+  class Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pylon
+
+#endif  // PYLON_SESSION_BACKEND_HPP_
