@@ -59,9 +59,9 @@ class Error : public std::runtime_error {
  public:
   Error(ErrorCode code, const std::string& message, std::string backend_detail = {});
 
-  ErrorCode code() const noexcept { return code_; }
+  [[nodiscard]] ErrorCode code() const noexcept { return code_; }
   // What the backend itself said, for logs and bug reports: "SQLITE_FULL (13)", "SQLSTATE 53100".
-  const std::string& backend_detail() const noexcept { return backend_detail_; }
+  [[nodiscard]] const std::string& backend_detail() const noexcept { return backend_detail_; }
 
  private:
   ErrorCode code_;
@@ -76,13 +76,13 @@ class Error : public std::runtime_error {
 // lowercase hex SHA-256 of the token, safe to show on a "your devices" page and to revoke by.
 struct Session {
   std::string id;                        // 64 lowercase hex characters; the primary key
-  std::string user_id;                   // any bytes except NUL
-  std::optional<std::string> tenant_id;  // any bytes except NUL
+  std::string user_id;                   // UTF-8 text without NUL bytes
+  std::optional<std::string> tenant_id;  // UTF-8 text without NUL bytes
   std::int64_t created_at = 0;
   std::int64_t expires_at = 0;        // the effective expiry: min(absolute cap, last_seen + idle)
   std::int64_t last_seen_at = 0;      // the last activity written to storage (see touch_interval)
-  std::optional<std::string> device;  // free text, e.g. a user agent; any bytes except NUL
-  std::optional<std::string> ip;      // as the application saw it; any bytes except NUL
+  std::optional<std::string> device;  // free text, e.g. a user agent; UTF-8 without NUL
+  std::optional<std::string> ip;      // as the application saw it; UTF-8 without NUL
   std::string data;                   // opaque bytes, NUL and invalid UTF-8 included
   // The hard cap from creation (created_at + absolute_ttl). Sliding never moves expires_at past
   // it. Zero means "no cap beyond expires_at" (rows saved through a bare SessionBackend).
@@ -135,12 +135,14 @@ class SessionBackend {
   virtual std::size_t remove_expired(std::int64_t now) = 0;
 
   // The URL or path this backend was opened with, its password hidden. For messages and tools.
-  virtual std::string describe() const = 0;
+  [[nodiscard]] virtual std::string describe() const = 0;
 
  protected:
   SessionBackend() = default;
   SessionBackend(const SessionBackend&) = default;
   SessionBackend& operator=(const SessionBackend&) = default;
+  SessionBackend(SessionBackend&&) = default;
+  SessionBackend& operator=(SessionBackend&&) = default;
 };
 
 // How much an acknowledged write survives, for the SQLite backend (the `synchronous` pragma in
@@ -203,7 +205,7 @@ struct StoreOptions {
   // 0 = unlimited. When a user is at the cap, create() first evicts their oldest sessions.
   std::size_t max_sessions_per_user = 0;
   // create() refuses a larger `data` payload with kInvalidArgument and stores nothing.
-  std::size_t max_data_bytes = 64 * 1024;
+  std::size_t max_data_bytes = std::size_t{64} * 1024;
   // Unix seconds. Injectable, so tests move time instead of sleeping.
   std::function<std::int64_t()> clock = system_clock_now;
 };
@@ -237,6 +239,7 @@ class SessionStore {
   // open_backend(database_url), then the constructor above.
   static SessionStore open(const std::string& database_url, StoreOptions options = {});
 
+  // A moved-from store may only be destroyed or assigned to.
   SessionStore(SessionStore&&) noexcept;
   SessionStore& operator=(SessionStore&&) noexcept;
   SessionStore(const SessionStore&) = delete;

@@ -1,0 +1,1034 @@
+// pylon-sessions: the PostgreSQL backend, built when PYLON_WITH_POSTGRES is defined.
+//
+// This file owns everything that touches libpq; it is the only file that includes <libpq-fe.h>.
+// open_backend() (session_backend.cpp) hands it postgres:// and postgresql:// URLs unchanged, so
+// sslmode, connect_timeout, application_name and the rest work as libpq documents them.
+//
+// What it promises, on top of the SessionBackend contract:
+//   - Same values as the SQLite backend, byte for byte. The schema (migrations/postgres/) mirrors
+//     SQLite's column for column; every value is a bound parameter sent in binary format, so
+//     `data` round-trips NUL bytes and invalid UTF-8; text PostgreSQL cannot hold is refused with
+//     the same Error as on SQLite before anything is sent.
+//   - Every mutation is one autocommit statement, acknowledged once the server has committed it.
+//   - A lost connection fails the call in flight with kConnectionLost and the next call
+//     reconnects. A statement whose outcome is unknown is never sent again behind the caller's
+//     back: only a connection found dead *before* sending is replaced silently.
+//   - No message carries the password: the URL is shown through redact_url(), the server through
+//     its host, port and database name, and every text from libpq is scrubbed of the password.
+//
+// The file reads in order:
+//   1. libpq handles   RAII for PGconn and PGresult; parameters and columns in binary format
+//   2. errors          SQLSTATE to ErrorCode in one function; messages without passwords
+//   3. fields          what a Session may hold (the checks the SQLite backend makes)
+//   4. the connection  connecting, durability, noticing a dead connection, reconnecting
+//   5. migrations      the embedded schema, the advisory lock, pylon adoption
+//   6. the backend     prepared statements and the SessionBackend calls
+#include <libpq-fe.h>
+#include <poll.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <climits>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <initializer_list>
+#include <iterator>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "session_backend.hpp"
+
+namespace pylon {
+
+// Declared, and called for postgres:// URLs, by open_backend() in session_backend.cpp.
+std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url);
+
+// ================================================================================================
+// 1. libpq handles
+//
+// PGconn and PGresult are owned by unique_ptrs from the moment libpq returns them, so no path,
+// thrown or not, leaks one. Parameters and result columns use the binary format: text is its
+// bytes (no NUL terminator needed), bytea is its bytes (no escaping), int8 is eight bytes
+// big-endian. What the caller gave is exactly what the server gets, and back.
+// ================================================================================================
+
+namespace {
+
+struct ConnectionFinisher {
+  void operator()(PGconn* connection) const noexcept { PQfinish(connection); }
+};
+using PgConnection = std::unique_ptr<PGconn, ConnectionFinisher>;
+
+struct ResultClearer {
+  void operator()(PGresult* result) const noexcept { PQclear(result); }
+};
+using PgResult = std::unique_ptr<PGresult, ResultClearer>;
+
+struct ConninfoFreer {
+  void operator()(PQconninfoOption* options) const noexcept { PQconninfoFree(options); }
+};
+using PgConninfo = std::unique_ptr<PQconninfoOption, ConninfoFreer>;
+
+struct LibpqFreer {
+  void operator()(char* text) const noexcept { PQfreemem(text); }
+};
+using PgText = std::unique_ptr<char, LibpqFreer>;
+
+// OIDs of the built-in types we bind and read. They are fixed in every PostgreSQL release;
+// catalog/pg_type_d.h, which names them, is a server header that client builds may lack.
+constexpr Oid kByteaOid = 17;
+constexpr Oid kInt8Oid = 20;
+constexpr Oid kTextOid = 25;
+constexpr int kBinaryFormat = 1;
+
+std::array<char, 8> encode_int8(std::int64_t value) noexcept {
+  const auto bits = static_cast<std::uint64_t>(value);
+  std::array<char, 8> bytes{};
+  for (std::size_t i = 0; i < bytes.size(); ++i) {
+    bytes[i] = static_cast<char>((bits >> (56U - 8U * i)) & 0xFFU);
+  }
+  return bytes;
+}
+
+// `bytes` holds the eight bytes of an int8 value.
+std::int64_t decode_int8(std::string_view bytes) noexcept {
+  std::uint64_t bits = 0;
+  for (const char byte : bytes.substr(0, 8)) {
+    bits = (bits << 8U) | static_cast<unsigned char>(byte);
+  }
+  return static_cast<std::int64_t>(bits);
+}
+
+// The parameters of one statement. It points into the caller's strings (and into itself, for
+// integers), so it lives on the caller's stack for one call and is never copied or moved.
+class Params {
+ public:
+  static constexpr std::size_t kCapacity = 10;
+
+  Params() = default;
+  Params(const Params&) = delete;
+  Params& operator=(const Params&) = delete;
+  Params(Params&&) = delete;
+  Params& operator=(Params&&) = delete;
+  ~Params() = default;
+
+  Params& text(std::string_view value) { return add(kTextOid, value.data(), value.size()); }
+  Params& optional_text(const std::optional<std::string>& value) {
+    if (!value) return add(kTextOid, nullptr, 0, /*is_null=*/true);
+    return text(*value);
+  }
+  Params& int8(std::int64_t value) {
+    std::array<char, 8>& slot = integers_.at(count_);
+    slot = encode_int8(value);
+    return add(kInt8Oid, slot.data(), slot.size());
+  }
+  Params& bytea(std::string_view value) { return add(kByteaOid, value.data(), value.size()); }
+
+  [[nodiscard]] int count() const noexcept { return static_cast<int>(count_); }
+  [[nodiscard]] const Oid* types() const noexcept { return types_.data(); }
+  [[nodiscard]] const char* const* values() const noexcept { return values_.data(); }
+  [[nodiscard]] const int* lengths() const noexcept { return lengths_.data(); }
+  [[nodiscard]] const int* formats() const noexcept { return formats_.data(); }
+
+ private:
+  Params& add(Oid type, const char* data, std::size_t size, bool is_null = false) {
+    if (count_ == kCapacity) {
+      throw Error(ErrorCode::kInternal, "a PostgreSQL statement was given too many parameters");
+    }
+    if (size > static_cast<std::size_t>(INT_MAX)) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "a session field is larger than PostgreSQL can take");
+    }
+    types_.at(count_) = type;
+    // libpq reads a null pointer as SQL NULL: an empty string_view may have one, and must stay
+    // an empty value.
+    values_.at(count_) = is_null ? nullptr : (data == nullptr ? "" : data);
+    lengths_.at(count_) = static_cast<int>(size);
+    formats_.at(count_) = kBinaryFormat;
+    ++count_;
+    return *this;
+  }
+
+  std::size_t count_ = 0;
+  std::array<Oid, kCapacity> types_{};
+  std::array<const char*, kCapacity> values_{};
+  std::array<int, kCapacity> lengths_{};
+  std::array<int, kCapacity> formats_{};
+  std::array<std::array<char, 8>, kCapacity> integers_{};
+};
+
+// Column `column` of row 0, in binary format.
+std::string text_at(const PGresult* result, int column) {
+  const char* value = PQgetvalue(result, 0, column);
+  const int length = PQgetlength(result, 0, column);
+  return {value, static_cast<std::size_t>(std::max(length, 0))};
+}
+
+std::optional<std::string> optional_text_at(const PGresult* result, int column) {
+  if (PQgetisnull(result, 0, column) != 0) return std::nullopt;
+  return text_at(result, column);
+}
+
+// ================================================================================================
+// 2. Errors
+//
+// One function maps what PostgreSQL said to an ErrorCode; the retry advice of the codes
+// (session_backend.hpp) decides the mapping. Messages name the action and the database; the
+// SQLSTATE and the server's primary message go to backend_detail. The server's DETAIL line is
+// left out: it can quote row values.
+// ================================================================================================
+
+// `connection_bad`: libpq reports the connection dead after the failure. That decides before
+// any SQLSTATE does: whatever the statement hit, the next call must reconnect.
+ErrorCode error_code_for_postgres(std::string_view sqlstate, bool connection_bad) noexcept {
+  if (connection_bad) return ErrorCode::kConnectionLost;
+  // A failure without SQLSTATE on a live connection was made by libpq itself (out of memory,
+  // a protocol misuse): ours to fix.
+  if (sqlstate.size() != 5) return ErrorCode::kInternal;
+  const std::string_view error_class = sqlstate.substr(0, 2);
+
+  // The server went away or is going: 08 connection exceptions, administrator or crash
+  // shutdown, a server still starting up, the session or the database terminated.
+  if (error_class == "08" || sqlstate == "57P01" || sqlstate == "57P02" || sqlstate == "57P03" ||
+      sqlstate == "57P04" || sqlstate == "57P05") {
+    return ErrorCode::kConnectionLost;
+  }
+  if (sqlstate == "53100") return ErrorCode::kStorageFull;  // disk_full
+  // Other insufficient resources (out of memory, too many connections) pass: retry later.
+  if (error_class == "53") return ErrorCode::kBusy;
+  // Serialization failure, deadlock, lock_timeout, statement_timeout, an object in use.
+  if (error_class == "40" || sqlstate == "55P03" || sqlstate == "55006" || sqlstate == "57014") {
+    return ErrorCode::kBusy;
+  }
+  // A read-only transaction (a hot standby, default_transaction_read_only), or a role that may
+  // not write the table: the server refuses writes.
+  if (sqlstate == "25006" || sqlstate == "42501") return ErrorCode::kReadOnly;
+  // Data exceptions (invalid UTF-8, untranslatable characters, values out of range), integrity
+  // constraints, program limits (a bytea over 1 GB): the value cannot be stored.
+  if (error_class == "22" || error_class == "23" || error_class == "54") {
+    return ErrorCode::kInvalidArgument;
+  }
+  // Our table or a column of it is missing or of another type: not the schema its version
+  // promises. data_corrupted and index_corrupted speak for themselves.
+  if (sqlstate == "42P01" || sqlstate == "42703" || sqlstate == "42804" || sqlstate == "XX001" ||
+      sqlstate == "XX002") {
+    return ErrorCode::kCorruptDatabase;
+  }
+  if (error_class == "58") return ErrorCode::kIo;  // system errors: the server's I/O failed
+  return ErrorCode::kInternal;
+}
+
+// `text` with every occurrence of `secret` replaced by "***". libpq does not put passwords in
+// its messages; scrubbing costs little, and a leaked password costs a lot.
+std::string scrub(std::string text, const std::string& secret) {
+  if (secret.empty()) return text;
+  for (std::size_t at = text.find(secret); at != std::string::npos;
+       at = text.find(secret, at + 3)) {
+    text.replace(at, secret.size(), "***");
+  }
+  return text;
+}
+
+// libpq's multi-line messages ("...failed: ...\n\tIs the server running...?\n") on one line:
+// a line break becomes "; ", any other run of white space one space.
+std::string one_line(std::string_view text) {
+  std::string line;
+  bool pending_space = false;
+  bool pending_break = false;
+  for (const char c : text) {
+    if (std::isspace(static_cast<unsigned char>(c)) != 0) {
+      pending_space = !line.empty();
+      pending_break = pending_break || (pending_space && c == '\n');
+      continue;
+    }
+    if (pending_space) line += pending_break ? "; " : " ";
+    pending_space = false;
+    pending_break = false;
+    line += c;
+  }
+  return line;
+}
+
+// A parse error quotes the text it choked on, which can be the password. We cannot know which
+// part of a malformed URL is the password, so a quoted part is shown only when it can be read in
+// `shown_url` (the redacted URL, shown anyway): an unknown parameter's name stays, a badly
+// percent-encoded password goes.
+std::string without_secret_quotes(std::string_view text, std::string_view shown_url) {
+  std::string kept;
+  std::size_t pos = 0;
+  while (pos < text.size()) {
+    const std::size_t open = text.find('"', pos);
+    const std::size_t close = open == std::string_view::npos ? open : text.find('"', open + 1);
+    if (close == std::string_view::npos) {
+      kept.append(text.substr(pos));
+      break;
+    }
+    const std::string_view quoted = text.substr(open + 1, close - open - 1);
+    kept.append(text.substr(pos, open - pos));
+    kept += '"';
+    kept += !quoted.empty() && shown_url.find(quoted) != std::string_view::npos
+                ? std::string(quoted)
+                : std::string("...");
+    kept += '"';
+    pos = close + 1;
+  }
+  return kept;
+}
+
+// ================================================================================================
+// 3. Fields
+//
+// PostgreSQL TEXT holds neither NUL nor invalid UTF-8. The SQLite backend refuses both on every
+// backend (session_backend.cpp, section 3), with these same messages, so a caller sees one
+// behaviour whichever backend it runs on. These checks mirror those of session_backend.cpp,
+// which keeps its own in an anonymous namespace.
+// ================================================================================================
+
+// The length of the multi-byte UTF-8 sequence that `lead` starts, with the code point bits it
+// carries in `bits`; 0 for a byte that cannot start one.
+std::size_t utf8_sequence_length(unsigned char lead, std::uint32_t* bits) noexcept {
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    *bits = lead & 0x1FU;
+    return 2;
+  }
+  if (lead >= 0xE0 && lead <= 0xEF) {
+    *bits = lead & 0x0FU;
+    return 3;
+  }
+  if (lead >= 0xF0 && lead <= 0xF4) {
+    *bits = lead & 0x07U;
+    return 4;
+  }
+  return 0;
+}
+
+// Strict UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF), and no NUL.
+bool is_storable_text(std::string_view text) noexcept {
+  std::size_t i = 0;
+  while (i < text.size()) {
+    const auto lead = static_cast<unsigned char>(text[i]);
+    if (lead == 0) return false;
+    if (lead < 0x80) {
+      ++i;
+      continue;
+    }
+    std::uint32_t code_point = 0;
+    const std::size_t length = utf8_sequence_length(lead, &code_point);
+    if (length == 0 || text.size() - i < length) return false;
+    for (std::size_t k = 1; k < length; ++k) {
+      const auto next = static_cast<unsigned char>(text[i + k]);
+      if ((next & 0xC0U) != 0x80U) return false;
+      code_point = (code_point << 6U) | (next & 0x3FU);
+    }
+    const bool overlong =
+        (length == 3 && code_point < 0x800) || (length == 4 && code_point < 0x10000);
+    const bool surrogate = code_point >= 0xD800 && code_point <= 0xDFFF;
+    if (overlong || surrogate || code_point > 0x10FFFF) return false;
+    i += length;
+  }
+  return true;
+}
+
+void check_text_field(const char* field, std::string_view value) {
+  if (!is_storable_text(value)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string("session field '") + field +
+                    "' must be UTF-8 text without NUL bytes (use `data` for arbitrary bytes)");
+  }
+}
+
+void check_optional_text_field(const char* field, const std::optional<std::string>& value) {
+  if (value) check_text_field(field, *value);
+}
+
+// What every backend checks before it writes a row.
+void check_session_for_storage(const Session& session) {
+  if (!is_well_formed_session_id(session.id)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
+  }
+  if (session.user_id.empty()) {
+    throw Error(ErrorCode::kInvalidArgument, "session field 'user_id' must not be empty");
+  }
+  check_text_field("user_id", session.user_id);
+  check_optional_text_field("tenant_id", session.tenant_id);
+  check_optional_text_field("device", session.device);
+  check_optional_text_field("ip", session.ip);
+}
+
+// ================================================================================================
+// 4. The connection
+//
+// PostgresBackend owns one connection; a mutex serialises its calls, as SqliteBackend does.
+//
+// Connecting: the URL goes to PQconnectdbParams as `dbname` with expand_dbname, between two
+// groups of keywords. Keywords before it are defaults that the URL overrides (connect_timeout,
+// so an unreachable server fails within seconds rather than the OS's minutes; an application
+// name for pg_stat_activity). Keywords after it are what this file relies on and the URL cannot
+// change: client_encoding=UTF8, because text travels as the caller's UTF-8 bytes.
+//
+// Durability: save() promises "durable on return". A server (or role, or database) configured
+// with synchronous_commit=off acknowledges commits it may lose in a crash, so each connection
+// raises it to `local` (wait for the local WAL flush). A URL that asks for `off` itself
+// (options=-c synchronous_commit=off) is the application's informed choice and is kept.
+//
+// Losing the connection: a call first checks the connection. A server that restarted or ended
+// our session while we were idle has left an EOF or a FATAL message on the socket; reading it
+// marks the connection bad, and the call reconnects (PQreset) and prepares its statements again
+// before sending anything. A failure while a statement is in flight is reported as
+// kConnectionLost and marks the connection broken; the statement is not re-sent (it may have
+// been applied), and the next call reconnects.
+// ================================================================================================
+
+constexpr const char* kDefaultConnectTimeoutSeconds = "5";
+
+// The prepared statements, by name. Names are per connection: every reconnect prepares them again.
+constexpr const char* kUpsert = "pylon_upsert";
+constexpr const char* kDeleteById = "pylon_delete_by_id";
+constexpr const char* kDeleteByUser = "pylon_delete_by_user";
+constexpr const char* kDeleteExpired = "pylon_delete_expired";
+constexpr const char* kSelectAll = "pylon_select_all";
+
+// The columns of kSelectAll, in order, with the type each must have.
+constexpr std::array<Oid, 10> kSelectAllTypes = {kTextOid, kTextOid, kTextOid, kInt8Oid, kInt8Oid,
+                                                 kInt8Oid, kInt8Oid, kTextOid, kTextOid, kByteaOid};
+
+// libpq's default notice processor prints to stderr; a library must not ("relation already
+// exists, skipping" from a migration, or a FATAL that arrives while idle).
+void ignore_notice(void* /*arg*/, const char* /*message*/) {}
+
+struct Migration {
+  int version;
+  const char* name;
+  const char* sql;
+};
+
+// The schema, embedded from migrations/postgres/*.sql by cmake/embed_migrations.cmake. A C array:
+// the fragment is a list of braced initialisers, which std::array cannot size in C++17.
+// NOLINTNEXTLINE(cppcoreguidelines-avoid-c-arrays,modernize-avoid-c-arrays)
+constexpr Migration kPostgresMigrations[] = {
+#include "pylon_migrations_postgres.inc"
+};
+constexpr int kLatestPostgresVersion =
+    kPostgresMigrations[std::size(kPostgresMigrations) - 1].version;  // NOLINT
+
+// pg_advisory_xact_lock key that serialises migrations across instances: "pylonmig" in ASCII.
+constexpr std::int64_t kMigrationLockKey = 0x70796C6F6E6D6967;
+
+class PostgresBackend final : public SessionBackend {
+ public:
+  explicit PostgresBackend(const std::string& url);
+
+  std::vector<Session> load_all() override;
+  void save(const Session& session) override;
+  bool remove(std::string_view id) override;
+  std::size_t remove_user(std::string_view user_id) override;
+  std::size_t remove_expired(std::int64_t now) override;
+  [[nodiscard]] std::string describe() const override { return shown_url_; }
+
+ private:
+  // The connection. All but the constructor's steps run with mutex_ held.
+  void connect(const std::string& url, bool url_sets_connect_timeout);
+  bool is_usable() noexcept;
+  void ensure_connected();
+  void configure_session();
+  void prepare_statements();
+  void prepare(const char* name, const char* sql, std::initializer_list<Oid> types);
+  [[nodiscard]] std::string target() const;
+
+  // Migrations, in one transaction (section 5).
+  void migrate();
+  int applied_schema_version();
+  bool relation_kind(const char* name, std::string* kind);
+  std::vector<std::pair<std::string, std::string>> table_columns(const char* table);
+  bool check_session_table();
+  void verify_table_shape();
+
+  // Statements. Each throws Error naming the action and the database.
+  [[noreturn]] void fail_connection(const std::string& action);
+  [[noreturn]] void fail(const PGresult* result, const std::string& action);
+  void check(const PGresult* result, const std::string& action);
+  PgResult exec(const char* sql, const std::string& action);
+  PgResult exec_params(const char* sql, const Params& params, const std::string& action);
+  PgResult run(const char* statement, const Params& params, const std::string& action);
+  std::size_t run_delete(const char* statement, const Params& params, const std::string& action);
+
+  std::mutex mutex_;       // serialises every use of the connection
+  std::string shown_url_;  // the URL with its password hidden: describe() and messages
+  std::string password_;   // scrubbed out of every text libpq gives us
+  PgConnection conn_;
+  bool broken_ = false;  // a call saw the connection fail; the next call reconnects
+};
+
+PostgresBackend::PostgresBackend(const std::string& url) : shown_url_(redact_url(url)) {
+  char* raw_error = nullptr;
+  const PgConninfo options(PQconninfoParse(url.c_str(), &raw_error));
+  const PgText parse_error(raw_error);
+  if (!options) {
+    const std::string reason = parse_error
+                                   ? one_line(without_secret_quotes(parse_error.get(), shown_url_))
+                                   : "out of memory";
+    throw Error(ErrorCode::kInvalidArgument,
+                "malformed PostgreSQL URL " + shown_url_ + ": " + reason);
+  }
+  bool url_sets_connect_timeout = false;
+  // libpq's option list is a C array ended by a null keyword.
+  for (const PQconninfoOption* option = options.get(); option->keyword != nullptr;
+       ++option) {  // NOLINT(cppcoreguidelines-pro-bounds-pointer-arithmetic)
+    if (option->val == nullptr || *option->val == '\0') continue;
+    if (std::strcmp(option->keyword, "password") == 0) password_ = option->val;
+    if (std::strcmp(option->keyword, "connect_timeout") == 0) url_sets_connect_timeout = true;
+  }
+
+  connect(url, url_sets_connect_timeout);
+  configure_session();
+  migrate();
+  prepare_statements();
+}
+
+void PostgresBackend::connect(const std::string& url, bool url_sets_connect_timeout) {
+  std::vector<const char*> keywords;
+  std::vector<const char*> values;
+  // PGCONNECT_TIMEOUT is the user's choice too; an explicit keyword would hide it.
+  const bool env_sets_connect_timeout =
+      std::getenv("PGCONNECT_TIMEOUT") != nullptr;  // NOLINT(concurrency-mt-unsafe): read-only
+  if (!url_sets_connect_timeout && !env_sets_connect_timeout) {
+    keywords.push_back("connect_timeout");
+    values.push_back(kDefaultConnectTimeoutSeconds);
+  }
+  keywords.push_back("fallback_application_name");
+  values.push_back("pylon-sessions");
+  keywords.push_back("dbname");
+  values.push_back(url.c_str());
+  keywords.push_back("client_encoding");
+  values.push_back("UTF8");
+  keywords.push_back(nullptr);
+  values.push_back(nullptr);
+
+  conn_.reset(PQconnectdbParams(keywords.data(), values.data(), /*expand_dbname=*/1));
+  if (!conn_) {
+    throw Error(ErrorCode::kInternal,
+                "libpq could not allocate a connection (out of memory) for " + shown_url_);
+  }
+  PQsetNoticeProcessor(conn_.get(), ignore_notice, nullptr);
+  // A password from PGPASSWORD or ~/.pgpass is as secret as one in the URL.
+  const char* used_password = PQpass(conn_.get());
+  if (password_.empty() && used_password != nullptr) password_ = used_password;
+  if (PQstatus(conn_.get()) != CONNECTION_OK) fail_connection("cannot connect to PostgreSQL");
+}
+
+// "database "app" on host db.internal, port 5432", from what libpq resolved (defaults and
+// environment included), for messages. Never the password, never the full conninfo.
+std::string PostgresBackend::target() const {
+  const char* db = conn_ ? PQdb(conn_.get()) : nullptr;
+  const char* host = conn_ ? PQhost(conn_.get()) : nullptr;
+  const char* port = conn_ ? PQport(conn_.get()) : nullptr;
+  std::string text = "database \"" + std::string(db != nullptr ? db : "?") + "\"";
+  const std::string host_text = host != nullptr && *host != '\0' ? host : "localhost";
+  text += host_text[0] == '/' || host_text[0] == '@' ? " via the Unix socket in " : " on host ";
+  text += host_text + ", port " + (port != nullptr && *port != '\0' ? port : "5432");
+  return scrub(text, password_);
+}
+
+void PostgresBackend::fail_connection(const std::string& action) {
+  broken_ = true;
+  const std::string said =
+      scrub(one_line(conn_ ? PQerrorMessage(conn_.get()) : "libpq could not allocate a connection"),
+            password_);
+  throw Error(ErrorCode::kConnectionLost, action + " " + target() + ": " + said, "libpq: " + said);
+}
+
+// True when the connection can take a statement now. See the section comment: this is where a
+// connection that died while idle is found, before anything is sent on it.
+bool PostgresBackend::is_usable() noexcept {
+  if (broken_ || !conn_ || PQstatus(conn_.get()) != CONNECTION_OK) return false;
+  pollfd socket{};
+  socket.fd = PQsocket(conn_.get());
+  socket.events = POLLIN;
+  if (socket.fd < 0) return false;
+  // A dying server sends its FATAL message and then closes: the first read takes the message
+  // (libpq hands it to the notice processor), a later one meets the EOF. A few rounds suffice;
+  // a socket that stays readable after them is a live server with a lot to say.
+  for (int round = 0; round < 8 && ::poll(&socket, 1, 0) > 0; ++round) {
+    if (PQconsumeInput(conn_.get()) == 0 || PQstatus(conn_.get()) != CONNECTION_OK) return false;
+  }
+  return true;
+}
+
+void PostgresBackend::ensure_connected() {
+  if (is_usable()) return;
+  broken_ = true;  // stays set until the connection is fully set up again
+  PQreset(conn_.get());
+  if (PQstatus(conn_.get()) != CONNECTION_OK) fail_connection("cannot reconnect to PostgreSQL");
+  configure_session();
+  prepare_statements();
+  broken_ = false;
+}
+
+void PostgresBackend::configure_session() {
+  exec(
+      "SELECT set_config('synchronous_commit', 'local', false) FROM pg_settings "
+      "WHERE name = 'synchronous_commit' AND setting = 'off' AND source <> 'client'",
+      "cannot configure the session on");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Running statements
+// ------------------------------------------------------------------------------------------------
+
+void PostgresBackend::fail(const PGresult* result, const std::string& action) {
+  const bool connection_bad = !conn_ || PQstatus(conn_.get()) != CONNECTION_OK;
+  const char* sqlstate = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
+  const char* primary =
+      result != nullptr ? PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
+  const std::string state = sqlstate != nullptr ? sqlstate : "";
+  const ErrorCode code = error_code_for_postgres(state, connection_bad);
+  if (code == ErrorCode::kConnectionLost) broken_ = true;
+
+  // Without a server message, the failure is libpq's own ("server closed the connection
+  // unexpectedly", "no connection to the server").
+  std::string text;
+  if (primary != nullptr) {
+    text = primary;
+  } else if (result != nullptr && *PQresultErrorMessage(result) != '\0') {
+    text = PQresultErrorMessage(result);
+  } else if (conn_) {
+    text = PQerrorMessage(conn_.get());
+  }
+  const std::string said = scrub(one_line(text), password_);
+  std::string message = action + " " + target() + ": " + said;
+  if (code == ErrorCode::kConnectionLost) {
+    message +=
+        " (the connection was lost; a statement that reached the server may or may not have "
+        "been applied; the next call reconnects)";
+  } else if (code == ErrorCode::kCorruptDatabase) {
+    message += " (the table is not the one pylon-sessions' schema version promises)";
+  }
+  throw Error(code, message, state.empty() ? "libpq: " + said : "SQLSTATE " + state + ": " + said);
+}
+
+void PostgresBackend::check(const PGresult* result, const std::string& action) {
+  const ExecStatusType status = result != nullptr ? PQresultStatus(result) : PGRES_FATAL_ERROR;
+  if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_SINGLE_TUPLE) {
+    return;
+  }
+  fail(result, action);
+}
+
+// Simple-query protocol: for constant SQL only (it may hold several statements, as a migration
+// file does). Nothing a caller supplies ever goes through here.
+PgResult PostgresBackend::exec(const char* sql, const std::string& action) {
+  PgResult result(PQexec(conn_.get(), sql));
+  check(result.get(), action);
+  return result;
+}
+
+PgResult PostgresBackend::exec_params(const char* sql, const Params& params,
+                                      const std::string& action) {
+  PgResult result(PQexecParams(conn_.get(), sql, params.count(), params.types(), params.values(),
+                               params.lengths(), params.formats(), kBinaryFormat));
+  check(result.get(), action);
+  return result;
+}
+
+PgResult PostgresBackend::run(const char* statement, const Params& params,
+                              const std::string& action) {
+  ensure_connected();
+  PgResult result(PQexecPrepared(conn_.get(), statement, params.count(), params.values(),
+                                 params.lengths(), params.formats(), kBinaryFormat));
+  check(result.get(), action);
+  return result;
+}
+
+std::size_t PostgresBackend::run_delete(const char* statement, const Params& params,
+                                        const std::string& action) {
+  const PgResult result = run(statement, params, action);
+  // The "N" of the command tag "DELETE N".
+  const std::string_view tuples = PQcmdTuples(result.get());
+  std::size_t count = 0;
+  const bool digits_only =
+      !tuples.empty() && tuples.size() < 20 &&
+      std::all_of(tuples.begin(), tuples.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits_only) {
+    throw Error(ErrorCode::kInternal,
+                action + " " + target() + ": the server did not say how many rows it deleted");
+  }
+  for (const char digit : tuples) count = count * 10 + static_cast<std::size_t>(digit - '0');
+  return count;
+}
+
+void PostgresBackend::prepare(const char* name, const char* sql, std::initializer_list<Oid> types) {
+  const PgResult result(
+      PQprepare(conn_.get(), name, sql, static_cast<int>(types.size()), std::data(types)));
+  check(result.get(), "cannot prepare a statement on");
+}
+
+// ================================================================================================
+// 5. Migrations
+//
+// Opening runs every step below in ONE transaction that first takes a transaction-scoped
+// advisory lock. Two instances starting at once against an empty database queue on the lock;
+// the second reads the schema version only once the first has committed (READ COMMITTED is
+// forced: each statement sees what was committed before it, whatever the server's default
+// isolation), finds the work done and skips it. Both come up, with one schema.
+//
+// Anything refused (a schema newer than this code, a `_pylon_sessions` that is a view or has
+// columns we do not know) rolls the transaction back: the database is left as it was.
+//
+// Adopting pylon's table: as on SQLite, it is renamed to `_pylon_sessions_pylon_v0` (gaining the
+// `tenant_id` column early pylon lacked) in migration 1's transaction, and migration 1 moves its
+// live rows under the hash of their token and drops it.
+// ================================================================================================
+
+void PostgresBackend::migrate() {
+  std::string action = "cannot migrate the schema of";
+  exec("BEGIN ISOLATION LEVEL READ COMMITTED", action);
+  try {
+    {
+      Params key;
+      key.int8(kMigrationLockKey);
+      exec_params("SELECT pg_advisory_xact_lock($1)", key, action);
+    }
+    const int applied = applied_schema_version();
+    if (applied > kLatestPostgresVersion) {
+      throw Error(ErrorCode::kSchemaTooNew,
+                  target() + " has pylon-sessions schema version " + std::to_string(applied) +
+                      ", newer than version " + std::to_string(kLatestPostgresVersion) +
+                      " that this build knows; upgrade pylon-sessions (the database was left as "
+                      "it is)");
+    }
+    const bool adopt_pylon_table = check_session_table();  // true only at version 0
+    if (applied < kLatestPostgresVersion) {
+      exec(
+          "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
+          " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+          action);
+      // Versions run from 1 without gaps (cmake/embed_migrations.cmake refuses a gap), so the
+      // first migration to apply is entry `applied`.
+      for (auto index = static_cast<std::size_t>(applied); index < std::size(kPostgresMigrations);
+           ++index) {
+        const Migration& migration = kPostgresMigrations[index];
+        action = "migration " + std::string(migration.name) + " failed on";
+        if (migration.version == 1 && adopt_pylon_table) {
+          const auto columns = table_columns("_pylon_sessions");
+          const bool has_tenant =
+              std::any_of(columns.begin(), columns.end(),
+                          [](const auto& column) { return column.first == "tenant_id"; });
+          if (!has_tenant) exec("ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT", action);
+          exec("ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
+        }
+        exec(migration.sql, action);
+        Params record;
+        record.int8(migration.version).text(migration.name);
+        exec_params(
+            "INSERT INTO _pylon_schema_migrations (version, name, applied_at) "
+            "VALUES ($1, $2, floor(extract(epoch FROM now()))::bigint)",
+            record, action);
+      }
+      action = "cannot migrate the schema of";
+    }
+    verify_table_shape();
+    exec("COMMIT", action);
+  } catch (...) {
+    // Nothing of the migration is committed. ROLLBACK fails only on a dead connection, and then
+    // the server has rolled back already.
+    const PgResult rollback(PQexec(conn_.get(), "ROLLBACK"));
+    throw;
+  }
+}
+
+int PostgresBackend::applied_schema_version() {
+  const std::string action = "cannot read the schema version of";
+  std::string kind;
+  if (!relation_kind("_pylon_schema_migrations", &kind)) return 0;
+  const PgResult result = exec_params(
+      "SELECT coalesce(max(version), 0)::bigint FROM _pylon_schema_migrations", Params(), action);
+  if (PQntuples(result.get()) != 1 || PQgetlength(result.get(), 0, 0) != 8) {
+    throw Error(ErrorCode::kCorruptDatabase,
+                action + " " + target() + ": _pylon_schema_migrations is not pylon-sessions'");
+  }
+  return static_cast<int>(
+      std::clamp<std::int64_t>(decode_int8({PQgetvalue(result.get(), 0, 0), 8}), 0, INT_MAX));
+}
+
+// Whether `name` resolves (through search_path, as our unqualified statements do) to a
+// relation, and its pg_class.relkind.
+bool PostgresBackend::relation_kind(const char* name, std::string* kind) {
+  Params params;
+  params.text(name);
+  const PgResult result =
+      exec_params("SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", params,
+                  "cannot read the schema of");
+  if (PQntuples(result.get()) == 0) return false;
+  *kind = text_at(result.get(), 0);
+  return true;
+}
+
+// (name, type) of every column of `table`, ordered by name.
+std::vector<std::pair<std::string, std::string>> PostgresBackend::table_columns(const char* table) {
+  Params params;
+  params.text(table);
+  const PgResult result = exec_params(
+      "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute "
+      "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
+      params, "cannot read the schema of");
+  std::vector<std::pair<std::string, std::string>> columns;
+  const int rows = PQntuples(result.get());
+  for (int row = 0; row < rows; ++row) {
+    const auto field = [&result, row](int column) {
+      return std::string(PQgetvalue(result.get(), row, column),
+                         static_cast<std::size_t>(PQgetlength(result.get(), row, column)));
+    };
+    columns.emplace_back(field(0), field(1));
+  }
+  return columns;
+}
+
+std::vector<std::pair<std::string, std::string>> current_session_columns() {
+  return {{"absolute_expires_at", "bigint"},
+          {"created_at", "bigint"},
+          {"data", "bytea"},
+          {"device", "text"},
+          {"expires_at", "bigint"},
+          {"id", "text"},
+          {"ip", "text"},
+          {"last_seen_at", "bigint"},
+          {"tenant_id", "text"},
+          {"user_id", "text"}};
+}
+
+std::vector<std::string> names_of(const std::vector<std::pair<std::string, std::string>>& columns) {
+  std::vector<std::string> names;
+  names.reserve(columns.size());
+  for (const auto& column : columns) names.push_back(column.first);
+  return names;
+}
+
+std::string describe_relkind(const std::string& kind) {
+  if (kind == "v") return "view";
+  if (kind == "m") return "materialized view";
+  if (kind == "f") return "foreign table";
+  if (kind == "S") return "sequence";
+  if (kind == "i" || kind == "I") return "index";
+  if (kind == "c") return "composite type";
+  return "relation of kind '" + kind + "'";
+}
+
+// Refuses a `_pylon_sessions` that is not a table or whose columns are neither ours nor pylon's.
+// Returns true when it is pylon's table, to be adopted by migration 1. As on SQLite, only the
+// column names are compared here; verify_table_shape() checks the types after migrating.
+bool PostgresBackend::check_session_table() {
+  std::string kind;
+  if (!relation_kind("_pylon_sessions", &kind)) return false;
+  if (kind != "r" && kind != "p") {  // an ordinary or a partitioned table
+    throw Error(ErrorCode::kCorruptDatabase,
+                target() + " has a _pylon_sessions " + describe_relkind(kind) +
+                    ", not a table; refusing to use it (the database was left as it is)");
+  }
+  const std::vector<std::string> columns = names_of(table_columns("_pylon_sessions"));
+  if (columns == names_of(current_session_columns())) return false;
+  // pylon's runtime: token, user_id, expires_at, created_at, device, and later tenant_id.
+  const std::vector<std::string> legacy = {"created_at", "device", "expires_at", "token",
+                                           "user_id"};
+  const std::vector<std::string> legacy_with_tenant = {"created_at", "device", "expires_at",
+                                                       "tenant_id",  "token",  "user_id"};
+  if (applied_schema_version() == 0 && (columns == legacy || columns == legacy_with_tenant)) {
+    return true;
+  }
+  std::string listed;
+  for (const std::string& column : columns) listed += (listed.empty() ? "" : ", ") + column;
+  throw Error(ErrorCode::kCorruptDatabase,
+              target() + " has a _pylon_sessions table with columns (" + listed +
+                  ") that is neither pylon-sessions' nor pylon's; refusing to use it (the "
+                  "database was left as it is)");
+}
+
+// After migrating: the table must be exactly ours, types included, because rows are read in
+// binary format and an INTEGER read as a BIGINT would be garbage, not an error.
+void PostgresBackend::verify_table_shape() {
+  std::string kind;
+  if (!relation_kind("_pylon_sessions", &kind) || (kind != "r" && kind != "p") ||
+      table_columns("_pylon_sessions") != current_session_columns()) {
+    throw Error(ErrorCode::kCorruptDatabase,
+                target() +
+                    " does not have the _pylon_sessions table its schema version promises "
+                    "(columns and types of migrations/postgres); the database was left as it is");
+  }
+}
+
+// ================================================================================================
+// 6. The backend
+//
+// Every statement is prepared once per connection with the types of its parameters, and every
+// call sends only parameters. load_all() streams: in single-row mode libpq hands over one row at
+// a time, so a million sessions are held once (as Sessions), never also as one huge PGresult.
+// ================================================================================================
+
+void PostgresBackend::prepare_statements() {
+  prepare(kUpsert,
+          "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
+          "last_seen_at, absolute_expires_at, device, ip, data) "
+          "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
+          "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
+          "tenant_id = excluded.tenant_id, created_at = excluded.created_at, "
+          "expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at, "
+          "absolute_expires_at = excluded.absolute_expires_at, device = excluded.device, "
+          "ip = excluded.ip, data = excluded.data",
+          {kTextOid, kTextOid, kTextOid, kInt8Oid, kInt8Oid, kInt8Oid, kInt8Oid, kTextOid, kTextOid,
+           kByteaOid});
+  prepare(kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1", {kTextOid});
+  prepare(kDeleteByUser, "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid});
+  prepare(kDeleteExpired, "DELETE FROM _pylon_sessions WHERE expires_at <= $1", {kInt8Oid});
+  prepare(kSelectAll,
+          "SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
+          "absolute_expires_at, device, ip, data FROM _pylon_sessions",
+          {});
+}
+
+// One row of kSelectAll, from a single-row result.
+Session session_from_row(const PGresult* row) {
+  const auto int8_at = [row](int column) -> std::int64_t {
+    if (PQgetisnull(row, 0, column) != 0 || PQgetlength(row, 0, column) != 8) return 0;
+    return decode_int8({PQgetvalue(row, 0, column), 8});
+  };
+  Session session;
+  session.id = text_at(row, 0);
+  session.user_id = text_at(row, 1);
+  session.tenant_id = optional_text_at(row, 2);
+  session.created_at = int8_at(3);
+  session.expires_at = int8_at(4);
+  session.last_seen_at = int8_at(5);
+  session.absolute_expires_at = int8_at(6);
+  session.device = optional_text_at(row, 7);
+  session.ip = optional_text_at(row, 8);
+  session.data = text_at(row, 9);
+  return session;
+}
+
+// Marks the connection broken unless the query in flight was read to its end: an exception
+// while rows still arrive leaves the connection mid-query, and dropping it at the next call is
+// cheaper than reading a million rows we no longer want.
+class QueryInFlight {
+ public:
+  explicit QueryInFlight(bool& broken) noexcept : broken_(broken) {}
+  ~QueryInFlight() {
+    if (!finished_) broken_ = true;
+  }
+  QueryInFlight(const QueryInFlight&) = delete;
+  QueryInFlight& operator=(const QueryInFlight&) = delete;
+  QueryInFlight(QueryInFlight&&) = delete;
+  QueryInFlight& operator=(QueryInFlight&&) = delete;
+  void finished() noexcept { finished_ = true; }
+
+ private:
+  bool& broken_;
+  bool finished_ = false;
+};
+
+std::vector<Session> PostgresBackend::load_all() {
+  const std::string action = "cannot load sessions from";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  ensure_connected();
+  if (PQsendQueryPrepared(conn_.get(), kSelectAll, 0, nullptr, nullptr, nullptr, kBinaryFormat) ==
+      0) {
+    fail(nullptr, action);
+  }
+  QueryInFlight query(broken_);
+  if (PQsetSingleRowMode(conn_.get()) == 0) {
+    throw Error(ErrorCode::kInternal, action + " " + target() + ": libpq refused single-row mode");
+  }
+
+  std::vector<Session> sessions;
+  PgResult error;  // the first failure; later results are read only to finish the query
+  bool types_checked = false;
+  for (PgResult result(PQgetResult(conn_.get())); result; result.reset(PQgetResult(conn_.get()))) {
+    const ExecStatusType status = PQresultStatus(result.get());
+    if (status == PGRES_SINGLE_TUPLE && !error) {
+      if (!types_checked) {
+        for (std::size_t column = 0; column < kSelectAllTypes.size(); ++column) {
+          const int index = static_cast<int>(column);
+          if (PQftype(result.get(), index) != kSelectAllTypes.at(column) ||
+              PQfformat(result.get(), index) != kBinaryFormat) {
+            throw Error(ErrorCode::kCorruptDatabase,
+                        action + " " + target() + ": column " + PQfname(result.get(), index) +
+                            " of _pylon_sessions is not of the type pylon-sessions wrote");
+          }
+        }
+        types_checked = true;
+      }
+      sessions.push_back(session_from_row(result.get()));
+    } else if (status != PGRES_SINGLE_TUPLE && status != PGRES_TUPLES_OK && !error) {
+      error = std::move(result);
+    }
+  }
+  query.finished();
+  if (error) fail(error.get(), action);
+  return sessions;
+}
+
+void PostgresBackend::save(const Session& session) {
+  check_session_for_storage(session);
+  Params params;
+  params.text(session.id)
+      .text(session.user_id)
+      .optional_text(session.tenant_id)
+      .int8(session.created_at)
+      .int8(session.expires_at)
+      .int8(session.last_seen_at)
+      .int8(session.absolute_expires_at)
+      .optional_text(session.device)
+      .optional_text(session.ip)
+      .bytea(session.data);
+  const std::lock_guard<std::mutex> lock(mutex_);
+  run(kUpsert, params, "cannot save a session to");
+}
+
+bool PostgresBackend::remove(std::string_view id) {
+  // TEXT cannot hold such an id, so no row has it; the server would reject the parameter.
+  if (!is_storable_text(id)) return false;
+  Params params;
+  params.text(id);
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return run_delete(kDeleteById, params, "cannot delete a session from") > 0;
+}
+
+std::size_t PostgresBackend::remove_user(std::string_view user_id) {
+  if (!is_storable_text(user_id)) return 0;  // as in remove(): no row can have it
+  Params params;
+  params.text(user_id);
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return run_delete(kDeleteByUser, params, "cannot delete a user's sessions from");
+}
+
+std::size_t PostgresBackend::remove_expired(std::int64_t now) {
+  Params params;
+  params.int8(now);
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return run_delete(kDeleteExpired, params, "cannot delete expired sessions from");
+}
+
+}  // namespace
+
+std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url) {
+  if (url.find('\0') != std::string::npos) {
+    throw Error(ErrorCode::kInvalidArgument, "PostgreSQL URL contains a NUL byte");
+  }
+  // open_backend() takes the scheme in any case (RFC 3986: schemes are case-insensitive), but
+  // libpq recognises only a lowercase "postgresql://" or "postgres://".
+  std::string libpq_url = url;
+  const std::size_t separator = libpq_url.find("://");
+  if (separator != std::string::npos) {
+    const auto scheme_end = libpq_url.begin() + static_cast<std::ptrdiff_t>(separator);
+    std::transform(libpq_url.begin(), scheme_end, libpq_url.begin(), [](char c) {
+      return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    });
+  }
+  return std::make_unique<PostgresBackend>(libpq_url);
+}
+
+}  // namespace pylon

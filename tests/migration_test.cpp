@@ -1,0 +1,257 @@
+// Schema migrations: reopening is idempotent and every migration is recorded once in
+// _pylon_schema_migrations(version, name, applied_at); and the adoption of a _pylon_sessions
+// table written by pylon's runtime (raw tokens as the primary key, with or without tenant_id):
+// every unexpired session validates with its original token, expired ones are dropped, and no
+// raw token is left in the .db, -wal or -shm bytes, while the store is open or after it closed.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "session_backend.hpp"
+#include "support/test_support.hpp"
+
+namespace {
+
+using pylon::test::contains_raw_token;
+using pylon::test::RawDb;
+using pylon::test::read_database_files;
+using pylon::test::SqlRow;
+using pylon::test::TempDir;
+
+std::vector<SqlRow> migration_rows(const std::string& path) {
+  RawDb raw(path);
+  return raw.query(
+      "SELECT version, name, applied_at FROM _pylon_schema_migrations ORDER BY version, name");
+}
+
+TEST(Migrations, ARecordedRowPerMigrationWithVersionNameAndTime) {
+  TempDir dir;
+  const std::string path = dir.file("s.db");
+  const std::int64_t before = pylon::system_clock_now();
+  pylon::open_sqlite_backend(path);
+  const std::int64_t after = pylon::system_clock_now();
+
+  const auto rows = migration_rows(path);
+  ASSERT_FALSE(rows.empty()) << "at least migration 0001 is recorded";
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    ASSERT_EQ(rows[i].size(), 3U);
+    EXPECT_EQ(rows[i][0], std::to_string(i + 1)) << "versions start at 1 and have no gaps";
+    ASSERT_TRUE(rows[i][1].has_value());
+    EXPECT_FALSE(rows[i][1]->empty()) << "every migration has a name";
+    ASSERT_TRUE(rows[i][2].has_value());
+    const std::int64_t applied_at = std::stoll(*rows[i][2]);
+    EXPECT_GE(applied_at, before - 1);
+    EXPECT_LE(applied_at, after + 1);
+  }
+  EXPECT_THAT(*rows[0][1], ::testing::HasSubstr("0001"));
+}
+
+TEST(Migrations, ReopeningIsIdempotent) {
+  TempDir dir;
+  const std::string path = dir.file("s.db");
+  const pylon::Session session = pylon::test::make_session("alice", 1);
+  pylon::open_sqlite_backend(path)->save(session);
+  const auto first = migration_rows(path);
+  std::string schema_first;
+  {
+    RawDb raw(path);
+    for (const SqlRow& row : raw.query("SELECT type, name, sql FROM sqlite_schema ORDER BY name")) {
+      for (const auto& cell : row) schema_first += cell.value_or("NULL") + "|";
+    }
+  }
+
+  for (int i = 0; i < 3; ++i) pylon::open_sqlite_backend(path);
+
+  EXPECT_EQ(migration_rows(path), first) << "no migration is recorded (or re-run) twice";
+  RawDb raw(path);
+  EXPECT_EQ(raw.query_int("SELECT count(*) FROM (SELECT version FROM _pylon_schema_migrations "
+                          "GROUP BY version HAVING count(*) > 1)"),
+            0);
+  std::string schema_again;
+  for (const SqlRow& row : raw.query("SELECT type, name, sql FROM sqlite_schema ORDER BY name")) {
+    for (const auto& cell : row) schema_again += cell.value_or("NULL") + "|";
+  }
+  EXPECT_EQ(schema_again, schema_first);
+  raw.close();
+  const auto loaded = pylon::test::find_loaded(*pylon::open_sqlite_backend(path), session.id);
+  ASSERT_TRUE(loaded.has_value());
+  EXPECT_TRUE(pylon::test::same_session(session, *loaded));
+}
+
+// ------------------------------------------------------------------------------------------------
+// pylon adoption
+// ------------------------------------------------------------------------------------------------
+
+// One row of a table written by pylon's runtime.
+struct PylonRow {
+  std::string token;
+  std::string user_id;
+  std::int64_t expires_at;
+  std::int64_t created_at;
+  std::optional<std::string> device;
+  std::optional<std::string> tenant_id;
+};
+
+// Writes `rows` into a _pylon_sessions table exactly as pylon's runtime creates it (the older
+// pylon, without tenant_id, when `with_tenant` is false). Also an unrelated application table.
+void write_pylon_database(const std::string& path, const std::vector<PylonRow>& rows,
+                          bool with_tenant) {
+  RawDb raw(path);
+  if (with_tenant) {
+    raw.exec(
+        "CREATE TABLE _pylon_sessions (token TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+        "expires_at INTEGER NOT NULL, created_at INTEGER NOT NULL, device TEXT, tenant_id TEXT)");
+  } else {
+    raw.exec(
+        "CREATE TABLE _pylon_sessions (token TEXT PRIMARY KEY, user_id TEXT NOT NULL, "
+        "expires_at INTEGER NOT NULL, created_at INTEGER NOT NULL, device TEXT)");
+  }
+  raw.exec("CREATE INDEX _pylon_sessions_user_idx ON _pylon_sessions(user_id)");
+  raw.exec("CREATE INDEX _pylon_sessions_exp_idx ON _pylon_sessions(expires_at)");
+  raw.exec("CREATE TABLE app_notes (id INTEGER PRIMARY KEY, body TEXT)");
+  raw.exec("INSERT INTO app_notes (body) VALUES ('kept'), ('also kept')");
+  for (const PylonRow& row : rows) {
+    const auto text = [](const std::optional<std::string>& value) -> pylon::test::SqlValue {
+      if (value) return *value;
+      return nullptr;
+    };
+    if (with_tenant) {
+      raw.run(
+          "INSERT INTO _pylon_sessions (token, user_id, expires_at, created_at, device, tenant_id) "
+          "VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+          {row.token, row.user_id, row.expires_at, row.created_at, text(row.device),
+           text(row.tenant_id)});
+    } else {
+      raw.run(
+          "INSERT INTO _pylon_sessions (token, user_id, expires_at, created_at, device) "
+          "VALUES (?1, ?2, ?3, ?4, ?5)",
+          {row.token, row.user_id, row.expires_at, row.created_at, text(row.device)});
+    }
+  }
+}
+
+// Live and expired rows relative to the real clock (the adoption compares with the real time).
+std::vector<PylonRow> pylon_rows(bool with_tenant) {
+  const std::int64_t now = pylon::system_clock_now();
+  auto tenant = [with_tenant](const char* value) -> std::optional<std::string> {
+    if (with_tenant && value != nullptr) return std::string(value);
+    return std::nullopt;
+  };
+  return {
+      {pylon::generate_token(), "alice", now + 3600, now - 60, "Firefox on Linux", tenant("acme")},
+      {pylon::generate_token(), "alice", now + 7 * 86400, now - 3 * 86400, std::nullopt,
+       tenant("acme")},
+      {pylon::generate_token(), "bob", now + 600, now - 30, "curl/8.0", tenant(nullptr)},
+      {pylon::generate_token(), "carol", now + 86400, now - 10, "Safari — iPhone",
+       tenant("société")},
+      {pylon::generate_token(), "alice", now - 10, now - 7200, "old laptop", tenant("acme")},
+      {pylon::generate_token(), "dave", now - 86400, now - 30 * 86400, std::nullopt,
+       tenant("acme")},
+  };
+}
+
+bool is_live(const PylonRow& row) { return row.expires_at > pylon::system_clock_now(); }
+
+// The whole adoption scenario, for a table with or without the tenant_id column.
+void check_adoption(bool with_tenant) {
+  TempDir dir;
+  const std::string path = dir.file("pylon.db");
+  const std::vector<PylonRow> rows = pylon_rows(with_tenant);
+  write_pylon_database(path, rows, with_tenant);
+  // The check below can fail: before adoption every token is in the file.
+  const std::string original = read_database_files(path);
+  for (const PylonRow& row : rows) ASSERT_TRUE(contains_raw_token(original, row.token));
+
+  std::size_t live = 0;
+  {
+    pylon::SessionStore store = pylon::SessionStore::open(path);
+    for (const PylonRow& row : rows) {
+      const std::string id = pylon::session_id_for_token(row.token);
+      if (!is_live(row)) {
+        EXPECT_FALSE(store.validate(row.token).has_value()) << "expired pylon session validated";
+        EXPECT_FALSE(store.find(id).has_value());
+        continue;
+      }
+      ++live;
+      const auto session = store.validate(row.token);
+      ASSERT_TRUE(session.has_value())
+          << "unexpired pylon session of " << row.user_id << " (created " << row.created_at
+          << ", expires " << row.expires_at << ") does not validate";
+      EXPECT_EQ(session->id, id);
+      EXPECT_EQ(session->user_id, row.user_id);
+      EXPECT_EQ(session->device, row.device);
+      EXPECT_EQ(session->tenant_id, row.tenant_id);
+      EXPECT_EQ(session->created_at, row.created_at);
+      EXPECT_LE(session->expires_at, row.expires_at) << "adoption must not extend a session";
+    }
+    EXPECT_EQ(store.size(), live);
+
+    // While the store is open: no raw token in any of the files.
+    const std::string open_bytes = read_database_files(path);
+    for (const PylonRow& row : rows) {
+      EXPECT_FALSE(contains_raw_token(open_bytes, row.token))
+          << "a raw token of " << row.user_id << " is still in the files while the store is open";
+    }
+  }
+
+  // After the store is destroyed: no raw token; the rows are keyed by hash; expired rows gone.
+  const std::string closed_bytes = read_database_files(path);
+  for (const PylonRow& row : rows) {
+    EXPECT_FALSE(contains_raw_token(closed_bytes, row.token))
+        << "a raw token of " << row.user_id << " is still in the files after the store closed";
+  }
+  RawDb raw(path);
+  EXPECT_EQ(raw.query_int("SELECT count(*) FROM _pylon_sessions"), static_cast<std::int64_t>(live));
+  for (const PylonRow& row : rows) {
+    EXPECT_EQ(raw.query_int("SELECT count(*) FROM _pylon_sessions WHERE id = ?1",
+                            {pylon::session_id_for_token(row.token)}),
+              is_live(row) ? 1 : 0);
+  }
+  EXPECT_EQ(raw.query_int("SELECT count(*) FROM app_notes"), 2) << "other tables are untouched";
+  EXPECT_EQ(raw.query_text("PRAGMA integrity_check"), "ok");
+  raw.close();
+
+  // A second start changes nothing: every live session still validates.
+  pylon::SessionStore again = pylon::SessionStore::open(path);
+  EXPECT_EQ(again.size(), live);
+  for (const PylonRow& row : rows) {
+    EXPECT_EQ(again.validate(row.token).has_value(), is_live(row));
+  }
+}
+
+TEST(PylonAdoption, AdoptsATableWithTenantId) { check_adoption(true); }
+
+TEST(PylonAdoption, AdoptsAnOlderTableWithoutTenantId) { check_adoption(false); }
+
+TEST(PylonAdoption, AdoptsAnEmptyPylonTable) {
+  TempDir dir;
+  const std::string path = dir.file("pylon.db");
+  write_pylon_database(path, {}, true);
+  pylon::SessionStore store = pylon::SessionStore::open(path);
+  EXPECT_EQ(store.size(), 0U);
+  const pylon::NewSession created = store.create("alice");
+  EXPECT_TRUE(store.validate(created.token).has_value());
+}
+
+TEST(PylonAdoption, AdoptedSessionsCanBeRevoked) {
+  TempDir dir;
+  const std::string path = dir.file("pylon.db");
+  const std::vector<PylonRow> rows = pylon_rows(true);
+  write_pylon_database(path, rows, true);
+  {
+    pylon::SessionStore store = pylon::SessionStore::open(path);
+    EXPECT_TRUE(store.revoke(rows[0].token));
+    EXPECT_EQ(store.revoke_user("bob"), 1U);
+  }
+  pylon::SessionStore store = pylon::SessionStore::open(path);
+  EXPECT_FALSE(store.validate(rows[0].token).has_value());
+  EXPECT_FALSE(store.validate(rows[2].token).has_value());
+  EXPECT_TRUE(store.validate(rows[1].token).has_value());
+  EXPECT_TRUE(store.validate(rows[3].token).has_value());
+}
+
+}  // namespace

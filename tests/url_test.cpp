@@ -1,0 +1,297 @@
+// DATABASE_URL handling: every accepted form (bare path, sqlite:// relative and absolute,
+// sqlite::memory:, the empty URL), the synchronous and busy_timeout query parameters as the
+// library's own connection sees them, the errors for malformed URLs and unsupported schemes
+// (which never show a password), redact_url and database_url_from_env.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "session_backend.hpp"
+#include "support/test_support.hpp"
+
+namespace {
+
+using pylon::ErrorCode;
+using pylon::test::ConnectionSpy;
+using pylon::test::file_exists;
+using pylon::test::list_dir;
+using pylon::test::make_session;
+using pylon::test::ScopedCurrentDir;
+using pylon::test::sqlite_url;
+using pylon::test::TempDir;
+using ::testing::HasSubstr;
+using ::testing::Not;
+
+// Saves a session through `backend`, opens `path` again and checks the session is there: proves
+// the URL named that very file.
+void expect_backend_uses_file(pylon::SessionBackend& backend, const std::string& path) {
+  const pylon::Session session = make_session("url-user", 1);
+  backend.save(session);
+  ASSERT_TRUE(file_exists(path)) << path;
+  auto again = pylon::open_sqlite_backend(path);
+  EXPECT_TRUE(pylon::test::find_loaded(*again, session.id).has_value()) << path;
+}
+
+// The synchronous and busy_timeout settings of the connection the library holds on `path`.
+struct ConnectionSettings {
+  std::int64_t synchronous = -1;
+  std::int64_t busy_timeout_ms = -1;
+};
+
+ConnectionSettings settings_of_library_connection(const std::string& path) {
+  const std::vector<sqlite3*> connections = ConnectionSpy::open_connections_to(path);
+  EXPECT_EQ(connections.size(), 1U) << "expected the library to hold one connection to " << path;
+  if (connections.empty()) return {};
+  return {pylon::test::pragma_int(connections.front(), "synchronous"),
+          pylon::test::pragma_int(connections.front(), "busy_timeout")};
+}
+
+TEST(OpenBackend, BarePathOpensThatFile) {
+  TempDir dir;
+  const std::string path = dir.file("bare.db");
+  auto backend = pylon::open_backend(path);
+  ASSERT_NE(backend, nullptr);
+  expect_backend_uses_file(*backend, path);
+  EXPECT_THAT(backend->describe(), HasSubstr("bare.db"));
+}
+
+TEST(OpenBackend, BareRelativePathIsRelativeToTheWorkingDirectory) {
+  TempDir dir;
+  ScopedCurrentDir cwd(dir.path());
+  auto backend = pylon::open_backend("relative-bare.db");
+  expect_backend_uses_file(*backend, dir.file("relative-bare.db"));
+}
+
+TEST(OpenBackend, SqliteRelativeUrlIsRelativeToTheWorkingDirectory) {
+  TempDir dir;
+  ASSERT_EQ(::mkdir(dir.file("sub").c_str(), 0700), 0);
+  ScopedCurrentDir cwd(dir.path());
+  auto backend = pylon::open_backend("sqlite://sub/relative.db");
+  expect_backend_uses_file(*backend, dir.file("sub/relative.db"));
+  EXPECT_EQ(list_dir(dir.path()), (std::vector<std::string>{"sub"}));
+}
+
+TEST(OpenBackend, SqliteAbsoluteUrlOpensTheAbsolutePath) {
+  TempDir dir;
+  TempDir elsewhere;
+  ScopedCurrentDir cwd(elsewhere.path());
+  const std::string path = dir.file("absolute.db");
+  auto backend = pylon::open_backend(sqlite_url(path));
+  expect_backend_uses_file(*backend, path);
+  EXPECT_TRUE(list_dir(elsewhere.path()).empty()) << "nothing may be created in the cwd";
+}
+
+TEST(OpenBackend, SqliteMemoryIsPrivateAndCreatesNoFile) {
+  TempDir dir;
+  ScopedCurrentDir cwd(dir.path());
+  auto first = pylon::open_backend("sqlite::memory:");
+  auto second = pylon::open_backend("sqlite::memory:");
+  const pylon::Session session = make_session("memory-user", 2);
+  first->save(session);
+  const auto loaded = pylon::test::find_loaded(*first, session.id);
+  ASSERT_TRUE(loaded.has_value());
+  EXPECT_TRUE(pylon::test::same_session(session, *loaded));
+  EXPECT_TRUE(second->load_all().empty()) << "each :memory: database is private";
+  EXPECT_TRUE(list_dir(dir.path()).empty()) << "sqlite::memory: must not create a file";
+}
+
+TEST(OpenBackend, EmptyUrlMeansSessionsDbInTheWorkingDirectory) {
+  TempDir dir;
+  ScopedCurrentDir cwd(dir.path());
+  auto backend = pylon::open_backend("");
+  expect_backend_uses_file(*backend, dir.file("sessions.db"));
+}
+
+TEST(OpenBackend, SynchronousDefaultsToFull) {
+  ConnectionSpy::install();
+  TempDir dir;
+  const std::string path = dir.file("default.db");
+  auto backend = pylon::open_backend(sqlite_url(path));
+  EXPECT_EQ(settings_of_library_connection(path).synchronous, 2) << "2 is FULL";
+}
+
+TEST(OpenBackend, SynchronousFullQueryParameter) {
+  ConnectionSpy::install();
+  TempDir dir;
+  const std::string path = dir.file("full.db");
+  auto backend = pylon::open_backend(sqlite_url(path, "synchronous=full"));
+  EXPECT_EQ(settings_of_library_connection(path).synchronous, 2) << "2 is FULL";
+  expect_backend_uses_file(*backend, path);
+}
+
+TEST(OpenBackend, SynchronousNormalQueryParameter) {
+  ConnectionSpy::install();
+  TempDir dir;
+  const std::string path = dir.file("normal.db");
+  auto backend = pylon::open_backend(sqlite_url(path, "synchronous=normal"));
+  EXPECT_EQ(settings_of_library_connection(path).synchronous, 1) << "1 is NORMAL";
+  expect_backend_uses_file(*backend, path);
+}
+
+TEST(OpenBackend, BusyTimeoutQueryParameter) {
+  ConnectionSpy::install();
+  TempDir dir;
+  const std::string path = dir.file("busy.db");
+  auto backend = pylon::open_backend(sqlite_url(path, "busy_timeout=1234"));
+  EXPECT_EQ(settings_of_library_connection(path).busy_timeout_ms, 1234);
+}
+
+TEST(OpenBackend, BusyTimeoutDefaultsToFiveSeconds) {
+  ConnectionSpy::install();
+  TempDir dir;
+  const std::string path = dir.file("busy-default.db");
+  auto backend = pylon::open_backend(sqlite_url(path));
+  EXPECT_EQ(settings_of_library_connection(path).busy_timeout_ms, 5000);
+}
+
+TEST(OpenBackend, BothQueryParametersTogether) {
+  ConnectionSpy::install();
+  TempDir dir;
+  const std::string path = dir.file("both.db");
+  auto backend = pylon::open_backend(sqlite_url(path, "synchronous=normal&busy_timeout=50"));
+  const ConnectionSettings settings = settings_of_library_connection(path);
+  EXPECT_EQ(settings.synchronous, 1);
+  EXPECT_EQ(settings.busy_timeout_ms, 50);
+}
+
+TEST(OpenBackend, RelativeUrlTakesQueryParameters) {
+  ConnectionSpy::install();
+  TempDir dir;
+  ScopedCurrentDir cwd(dir.path());
+  auto backend = pylon::open_backend("sqlite://rel.db?synchronous=normal");
+  EXPECT_EQ(settings_of_library_connection(dir.file("rel.db")).synchronous, 1);
+  backend.reset();  // closing the last connection removes -wal and -shm
+  EXPECT_EQ(list_dir(dir.path()), (std::vector<std::string>{"rel.db"}))
+      << "the query string is not part of the file name";
+}
+
+TEST(OpenBackend, UnknownQueryParameterIsInvalidArgumentAndCreatesNothing) {
+  TempDir dir;
+  ScopedCurrentDir cwd(dir.path());
+  EXPECT_PYLON_ERROR_WITH(pylon::open_backend("sqlite://x.db?cache_size=10"),
+                          ErrorCode::kInvalidArgument, "cache_size");
+  EXPECT_PYLON_ERROR(pylon::open_backend(sqlite_url(dir.file("y.db"), "journal_mode=delete")),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(list_dir(dir.path()).empty()) << "a refused URL must not create a file";
+}
+
+TEST(OpenBackend, BadQueryParameterValuesAreInvalidArgument) {
+  TempDir dir;
+  ScopedCurrentDir cwd(dir.path());
+  EXPECT_PYLON_ERROR(pylon::open_backend("sqlite://x.db?synchronous=off"),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_PYLON_ERROR(pylon::open_backend("sqlite://x.db?synchronous="),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_PYLON_ERROR(pylon::open_backend("sqlite://x.db?busy_timeout=abc"),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_PYLON_ERROR(pylon::open_backend("sqlite://x.db?busy_timeout=-5"),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_PYLON_ERROR(pylon::open_backend("sqlite://x.db?busy_timeout=10ms"),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_PYLON_ERROR(pylon::open_backend("sqlite://x.db?busy_timeout=99999999999999999999999"),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_TRUE(list_dir(dir.path()).empty()) << "a refused URL must not create a file";
+}
+
+TEST(OpenBackend, UnknownSchemeListsSupportedSchemesWithoutThePassword) {
+  const auto error =
+      pylon::test::capture_pylon_error([] { pylon::open_backend("mysql://u:secret@h/db"); });
+  ASSERT_TRUE(error.has_value()) << "mysql:// must be refused";
+  EXPECT_EQ(error->code(), ErrorCode::kUnsupportedScheme) << error->what();
+  EXPECT_THAT(error->what(), HasSubstr("sqlite://"));
+  EXPECT_THAT(error->what(), HasSubstr("postgres://"));
+  EXPECT_THAT(error->what(), Not(HasSubstr("secret")));
+  EXPECT_THAT(error->backend_detail(), Not(HasSubstr("secret")));
+}
+
+TEST(OpenBackend, OtherUnknownSchemesAreUnsupported) {
+  TempDir dir;
+  ScopedCurrentDir cwd(dir.path());
+  EXPECT_PYLON_ERROR(pylon::open_backend("redis://localhost:6379/0"),
+                     ErrorCode::kUnsupportedScheme);
+  EXPECT_PYLON_ERROR(pylon::open_backend("http://example.com/sessions"),
+                     ErrorCode::kUnsupportedScheme);
+  EXPECT_TRUE(list_dir(dir.path()).empty());
+}
+
+TEST(OpenBackend, UnreachablePostgresNamesTheServerButNeverThePassword) {
+  // Port 1 on loopback: nothing listens there, so libpq's connection is refused at once.
+  for (const std::string url :
+       {"postgres://user:hunter2@127.0.0.1:1/sessions_db",
+        "postgresql://user:hunter2@127.0.0.1:1/sessions_db?sslmode=disable"}) {
+    const auto error = pylon::test::capture_pylon_error([&] { pylon::open_backend(url); });
+    ASSERT_TRUE(error.has_value()) << url << " has no server behind it";
+    EXPECT_EQ(error->code(), ErrorCode::kConnectionLost) << error->what();
+    EXPECT_THAT(error->what(), Not(HasSubstr("hunter2")));
+    EXPECT_THAT(error->backend_detail(), Not(HasSubstr("hunter2")));
+    EXPECT_THAT(error->what(), HasSubstr("127.0.0.1"));
+    EXPECT_THAT(error->what(), HasSubstr("sessions_db"));
+  }
+}
+
+TEST(RedactUrl, HidesThePassword) {
+  EXPECT_EQ(pylon::redact_url("postgres://app:secret@db/sessions"),
+            "postgres://app:***@db/sessions");
+  EXPECT_EQ(pylon::redact_url("postgresql://u:p4ss@h:5432/db?sslmode=require"),
+            "postgresql://u:***@h:5432/db?sslmode=require");
+  EXPECT_EQ(pylon::redact_url("mysql://u:secret@h/db"), "mysql://u:***@h/db");
+}
+
+TEST(RedactUrl, HidesAPercentEncodedPassword) {
+  const std::string redacted = pylon::redact_url("postgres://app:p%40ss%3Aword@db/sessions");
+  EXPECT_EQ(redacted, "postgres://app:***@db/sessions");
+}
+
+TEST(RedactUrl, HidesAPasswordGivenAsAQueryParameter) {
+  // libpq accepts password=... in the query string of a URI.
+  const std::string redacted = pylon::redact_url("postgres://db/sessions?user=app&password=secret");
+  EXPECT_THAT(redacted, Not(HasSubstr("secret")));
+  EXPECT_THAT(redacted, HasSubstr("postgres://db/sessions"));
+}
+
+TEST(RedactUrl, LeavesUrlsWithoutPasswordAlone) {
+  EXPECT_EQ(pylon::redact_url("postgres://app@db/sessions"), "postgres://app@db/sessions");
+  EXPECT_EQ(pylon::redact_url("postgres://db/sessions"), "postgres://db/sessions");
+  EXPECT_EQ(pylon::redact_url("sqlite:///var/lib/app/sessions.db"),
+            "sqlite:///var/lib/app/sessions.db");
+  EXPECT_EQ(pylon::redact_url("sqlite://sessions.db?synchronous=normal"),
+            "sqlite://sessions.db?synchronous=normal");
+  EXPECT_EQ(pylon::redact_url("sessions.db"), "sessions.db");
+  EXPECT_EQ(pylon::redact_url("sqlite::memory:"), "sqlite::memory:");
+  EXPECT_EQ(pylon::redact_url(""), "");
+}
+
+// Restores DATABASE_URL as it was when the test started.
+class DatabaseUrlEnv : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (const char* value = ::getenv("DATABASE_URL")) saved_ = value;
+  }
+  void TearDown() override {
+    if (saved_) {
+      ::setenv("DATABASE_URL", saved_->c_str(), 1);
+    } else {
+      ::unsetenv("DATABASE_URL");
+    }
+  }
+
+ private:
+  std::optional<std::string> saved_;
+};
+
+TEST_F(DatabaseUrlEnv, ReadsTheVariable) {
+  ASSERT_EQ(::setenv("DATABASE_URL", "sqlite:///srv/app/sessions.db", 1), 0);
+  EXPECT_EQ(pylon::database_url_from_env(), "sqlite:///srv/app/sessions.db");
+}
+
+TEST_F(DatabaseUrlEnv, IsEmptyWhenUnset) {
+  ASSERT_EQ(::unsetenv("DATABASE_URL"), 0);
+  EXPECT_EQ(pylon::database_url_from_env(), "");
+}
+
+}  // namespace
