@@ -42,11 +42,9 @@
 #include <vector>
 
 #include "session_backend.hpp"
+#include "session_backend_internal.hpp"
 
 namespace pylon {
-
-// Declared, and called for postgres:// URLs, by open_backend() in session_backend.cpp.
-std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url);
 
 // ================================================================================================
 // 1. libpq handles
@@ -283,83 +281,10 @@ std::string without_secret_quotes(std::string_view text, std::string_view shown_
 // ================================================================================================
 // 3. Fields
 //
-// PostgreSQL TEXT holds neither NUL nor invalid UTF-8. The SQLite backend refuses both on every
-// backend (session_backend.cpp, section 3), with these same messages, so a caller sees one
-// behaviour whichever backend it runs on. These checks mirror those of session_backend.cpp,
-// which keeps its own in an anonymous namespace.
+// PostgreSQL TEXT holds neither NUL nor invalid UTF-8. Both backends refuse such text with the
+// same checks and messages (session_backend_internal.hpp), so a caller sees one behaviour
+// whichever backend it runs on.
 // ================================================================================================
-
-// The length of the multi-byte UTF-8 sequence that `lead` starts, with the code point bits it
-// carries in `bits`; 0 for a byte that cannot start one.
-std::size_t utf8_sequence_length(unsigned char lead, std::uint32_t* bits) noexcept {
-  if (lead >= 0xC2 && lead <= 0xDF) {
-    *bits = lead & 0x1FU;
-    return 2;
-  }
-  if (lead >= 0xE0 && lead <= 0xEF) {
-    *bits = lead & 0x0FU;
-    return 3;
-  }
-  if (lead >= 0xF0 && lead <= 0xF4) {
-    *bits = lead & 0x07U;
-    return 4;
-  }
-  return 0;
-}
-
-// Strict UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF), and no NUL.
-bool is_storable_text(std::string_view text) noexcept {
-  std::size_t i = 0;
-  while (i < text.size()) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    if (lead == 0) return false;
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    std::uint32_t code_point = 0;
-    const std::size_t length = utf8_sequence_length(lead, &code_point);
-    if (length == 0 || text.size() - i < length) return false;
-    for (std::size_t k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xC0U) != 0x80U) return false;
-      code_point = (code_point << 6U) | (next & 0x3FU);
-    }
-    const bool overlong =
-        (length == 3 && code_point < 0x800) || (length == 4 && code_point < 0x10000);
-    const bool surrogate = code_point >= 0xD800 && code_point <= 0xDFFF;
-    if (overlong || surrogate || code_point > 0x10FFFF) return false;
-    i += length;
-  }
-  return true;
-}
-
-void check_text_field(const char* field, std::string_view value) {
-  if (!is_storable_text(value)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                std::string("session field '") + field +
-                    "' must be UTF-8 text without NUL bytes (use `data` for arbitrary bytes)");
-  }
-}
-
-void check_optional_text_field(const char* field, const std::optional<std::string>& value) {
-  if (value) check_text_field(field, *value);
-}
-
-// What every backend checks before it writes a row.
-void check_session_for_storage(const Session& session) {
-  if (!is_well_formed_session_id(session.id)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
-  }
-  if (session.user_id.empty()) {
-    throw Error(ErrorCode::kInvalidArgument, "session field 'user_id' must not be empty");
-  }
-  check_text_field("user_id", session.user_id);
-  check_optional_text_field("tenant_id", session.tenant_id);
-  check_optional_text_field("device", session.device);
-  check_optional_text_field("ip", session.ip);
-}
 
 // ================================================================================================
 // 4. The connection
@@ -972,7 +897,7 @@ std::vector<Session> PostgresBackend::load_all() {
 }
 
 void PostgresBackend::save(const Session& session) {
-  check_session_for_storage(session);
+  detail::check_session_for_storage(session);
   Params params;
   params.text(session.id)
       .text(session.user_id)
@@ -990,7 +915,7 @@ void PostgresBackend::save(const Session& session) {
 
 bool PostgresBackend::remove(std::string_view id) {
   // TEXT cannot hold such an id, so no row has it; the server would reject the parameter.
-  if (!is_storable_text(id)) return false;
+  if (!detail::is_storable_text(id)) return false;
   Params params;
   params.text(id);
   const std::lock_guard<std::mutex> lock(mutex_);
@@ -998,7 +923,7 @@ bool PostgresBackend::remove(std::string_view id) {
 }
 
 std::size_t PostgresBackend::remove_user(std::string_view user_id) {
-  if (!is_storable_text(user_id)) return 0;  // as in remove(): no row can have it
+  if (!detail::is_storable_text(user_id)) return 0;  // as in remove(): no row can have it
   Params params;
   params.text(user_id);
   const std::lock_guard<std::mutex> lock(mutex_);
@@ -1014,7 +939,7 @@ std::size_t PostgresBackend::remove_expired(std::int64_t now) {
 
 }  // namespace
 
-std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url) {
+std::unique_ptr<SessionBackend> detail::open_postgres_backend(const std::string& url) {
   if (url.find('\0') != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "PostgreSQL URL contains a NUL byte");
   }

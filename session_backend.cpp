@@ -32,6 +32,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "session_backend_internal.hpp"
+
 namespace pylon {
 
 // ================================================================================================
@@ -84,13 +86,14 @@ namespace {
 
 constexpr std::string_view kTokenPrefix = "pylon_";
 constexpr std::size_t kTokenRandomBytes = 32;
-constexpr std::size_t kSessionIdLength = 2 * SHA256_DIGEST_LENGTH;
+constexpr std::size_t kSessionIdLength = std::size_t{2} * SHA256_DIGEST_LENGTH;
 constexpr std::array<char, 16> kHexDigits = {'0', '1', '2', '3', '4', '5', '6', '7',
                                              '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'};
 
-std::string to_lower_hex(const unsigned char* bytes, std::size_t size) {
-  std::string hex(2 * size, '\0');
-  for (std::size_t i = 0; i < size; ++i) {
+template <std::size_t kSize>
+std::string to_lower_hex(const std::array<unsigned char, kSize>& bytes) {
+  std::string hex(2 * kSize, '\0');
+  for (std::size_t i = 0; i < kSize; ++i) {
     hex[2 * i] = kHexDigits[bytes[i] >> 4U];
     hex[2 * i + 1] = kHexDigits[bytes[i] & 0x0FU];
   }
@@ -110,7 +113,7 @@ std::string generate_token() {
     throw Error(ErrorCode::kInternal, "the OpenSSL CSPRNG (RAND_bytes) failed to produce a token");
   }
   std::string token(kTokenPrefix);
-  token += to_lower_hex(random.data(), random.size());
+  token += to_lower_hex(random);
   return token;
 }
 
@@ -124,7 +127,7 @@ std::string session_id_for_token(std::string_view token) {
   // SHA256() is OpenSSL's one-shot digest: no context allocation, no algorithm fetch.
   SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(),  // NOLINT
          digest.data());
-  return to_lower_hex(digest.data(), digest.size());
+  return to_lower_hex(digest);
 }
 
 bool is_well_formed_session_id(std::string_view id) noexcept {
@@ -146,9 +149,26 @@ bool operator==(const Session& a, const Session& b) {
          a.data == b.data && a.absolute_expires_at == b.absolute_expires_at;
 }
 
-namespace {
+namespace detail {
 
-// Strict UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF), and no NUL.
+// The length of the multi-byte UTF-8 sequence that `lead` starts, with the code point bits it
+// carries in `bits`; 0 for a byte that cannot start one.
+static std::size_t utf8_sequence_length(unsigned char lead, std::uint32_t* bits) noexcept {
+  if (lead >= 0xC2 && lead <= 0xDF) {
+    *bits = lead & 0x1FU;
+    return 2;
+  }
+  if (lead >= 0xE0 && lead <= 0xEF) {
+    *bits = lead & 0x0FU;
+    return 3;
+  }
+  if (lead >= 0xF0 && lead <= 0xF4) {
+    *bits = lead & 0x07U;
+    return 4;
+  }
+  return 0;
+}
+
 bool is_storable_text(std::string_view text) noexcept {
   std::size_t i = 0;
   while (i < text.size()) {
@@ -158,21 +178,9 @@ bool is_storable_text(std::string_view text) noexcept {
       ++i;
       continue;
     }
-    std::size_t length = 0;
     std::uint32_t code_point = 0;
-    if (lead >= 0xC2 && lead <= 0xDF) {
-      length = 2;
-      code_point = lead & 0x1FU;
-    } else if (lead >= 0xE0 && lead <= 0xEF) {
-      length = 3;
-      code_point = lead & 0x0FU;
-    } else if (lead >= 0xF0 && lead <= 0xF4) {
-      length = 4;
-      code_point = lead & 0x07U;
-    } else {
-      return false;
-    }
-    if (text.size() - i < length) return false;
+    const std::size_t length = utf8_sequence_length(lead, &code_point);
+    if (length == 0 || text.size() - i < length) return false;
     for (std::size_t k = 1; k < length; ++k) {
       const auto next = static_cast<unsigned char>(text[i + k]);
       if ((next & 0xC0U) != 0x80U) return false;
@@ -199,7 +207,6 @@ void check_optional_text_field(const char* field, const std::optional<std::strin
   if (value) check_text_field(field, *value);
 }
 
-// What every backend checks before it writes a row.
 void check_session_for_storage(const Session& session) {
   if (!is_well_formed_session_id(session.id)) {
     throw Error(ErrorCode::kInvalidArgument,
@@ -213,6 +220,10 @@ void check_session_for_storage(const Session& session) {
   check_optional_text_field("device", session.device);
   check_optional_text_field("ip", session.ip);
 }
+
+}  // namespace detail
+
+namespace {
 
 std::int64_t saturating_add(std::int64_t base, std::int64_t delta) noexcept {
   if (delta > 0 && base > std::numeric_limits<std::int64_t>::max() - delta) {
@@ -300,9 +311,11 @@ std::pair<std::string, SqliteOptions> parse_sqlite_location(std::string_view loc
         options.busy_timeout = std::chrono::milliseconds(
             parse_non_negative(value, "busy_timeout (milliseconds) in " + shown_url));
       } else {
-        throw Error(ErrorCode::kInvalidArgument,
-                    "unknown SQLite URL parameter '" + key + "' in " + shown_url +
-                        "; known parameters: synchronous=full|normal, busy_timeout=<ms>");
+        std::string message = "unknown SQLite URL parameter '" + key + "' in ";
+        message.append(shown_url).append(
+            "; known parameters: synchronous=full|normal, "
+            "busy_timeout=<ms>");
+        throw Error(ErrorCode::kInvalidArgument, message);
       }
     }
   }
@@ -345,7 +358,7 @@ std::string redact_url(std::string_view url) {
     result += "***";
     copied = value_end == std::string::npos ? shown.size() : value_end;
   }
-  result.append(shown, copied, std::string::npos);
+  result.append(shown.substr(copied));
   return result;
 }
 
@@ -353,11 +366,6 @@ std::string database_url_from_env() {
   const char* value = std::getenv("DATABASE_URL");  // NOLINT(concurrency-mt-unsafe): read-only
   return value == nullptr ? std::string() : std::string(value);
 }
-
-#ifdef PYLON_WITH_POSTGRES
-// Defined in pg_backend.cpp.
-std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url);
-#endif
 
 std::unique_ptr<SessionBackend> open_backend(const std::string& database_url) {
   const std::string shown = redact_url(database_url);
@@ -372,7 +380,7 @@ std::unique_ptr<SessionBackend> open_backend(const std::string& database_url) {
   }
   if (scheme == "postgres" || scheme == "postgresql") {
 #ifdef PYLON_WITH_POSTGRES
-    return open_postgres_backend(database_url);
+    return detail::open_postgres_backend(database_url);
 #else
     throw Error(ErrorCode::kUnsupportedScheme,
                 "this build of pylon-sessions has no PostgreSQL support (configure it with "
@@ -464,7 +472,7 @@ ErrorCode error_code_for_sqlite(int result) noexcept {
 }
 
 std::string system_error_text(int error_number) {
-  return std::string(std::strerror(error_number));  // NOLINT(concurrency-mt-unsafe)
+  return {std::strerror(error_number)};  // NOLINT(concurrency-mt-unsafe): messages only
 }
 
 // The parent directory of `path`, for the fsync that makes a new file's name durable.
@@ -490,6 +498,7 @@ bool create_private_file_if_missing(const std::string& path) {
     throw Error(ErrorCode::kIo, "cannot open " + path + ": " + system_error_text(error_number));
   }
   // O_EXCL: if another process creates the file between stat() and here, we use theirs.
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): open(2) takes the mode as a vararg
   const int fd = ::open(path.c_str(), O_CREAT | O_EXCL | O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) {
     const int error_number = errno;
@@ -502,6 +511,7 @@ bool create_private_file_if_missing(const std::string& path) {
                 "cannot create database file " + path + ": " + system_error_text(error_number));
   }
   ::close(fd);
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): open(2)
   const int directory = ::open(parent_directory(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (directory >= 0) {
     ::fsync(directory);
@@ -511,12 +521,13 @@ bool create_private_file_if_missing(const std::string& path) {
 }
 
 void sqlite_sha256_hex(sqlite3_context* context, int argc, sqlite3_value** argv) {
-  if (argc != 1 || sqlite3_value_type(argv[0]) == SQLITE_NULL) {
+  sqlite3_value* token = argc == 1 ? *argv : nullptr;
+  if (token == nullptr || sqlite3_value_type(token) == SQLITE_NULL) {
     sqlite3_result_null(context);
     return;
   }
-  const auto* bytes = sqlite3_value_blob(argv[0]);
-  const int size = sqlite3_value_bytes(argv[0]);
+  const auto* bytes = sqlite3_value_blob(token);
+  const int size = sqlite3_value_bytes(token);
   const std::string hex = session_id_for_token(
       std::string_view(static_cast<const char*>(bytes), static_cast<std::size_t>(size)));
   sqlite3_result_text(context, hex.data(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
@@ -524,10 +535,10 @@ void sqlite_sha256_hex(sqlite3_context* context, int argc, sqlite3_value** argv)
 
 // The columns a `_pylon_sessions` table has in each form we know.
 const std::vector<std::string>& current_session_columns() {
-  static const std::vector<std::string> columns = {
+  static const std::vector<std::string> kColumns = {
       "absolute_expires_at", "created_at", "data",   "device", "expires_at", "id", "ip",
       "last_seen_at",        "tenant_id",  "user_id"};
-  return columns;
+  return kColumns;
 }
 
 struct Migration {
@@ -536,7 +547,9 @@ struct Migration {
   const char* sql;
 };
 
-// The schema, embedded from migrations/sqlite/*.sql by cmake/embed_migrations.cmake.
+// The schema, embedded from migrations/sqlite/*.sql by cmake/embed_migrations.cmake. A C array:
+// the fragment is a list of braced initialisers, which std::array cannot size in C++17.
+// NOLINTNEXTLINE(cppcoreguidelines-avoid-c-arrays,modernize-avoid-c-arrays)
 constexpr Migration kSqliteMigrations[] = {
 #include "pylon_migrations_sqlite.inc"
 };
@@ -782,7 +795,7 @@ void SqliteBackend::migrate() {
   if (adopt_pylon_table_) exec("PRAGMA secure_delete = ON", "cannot enable secure_delete on");
 
   bool adopted = false;
-  for (const Migration& migration : kSqliteMigrations) {
+  for (const Migration& migration : kSqliteMigrations) {  // NOLINT(*-array-to-pointer-decay)
     const std::string action = "migration " + std::string(migration.name) + " failed on";
     exec("BEGIN IMMEDIATE", action);
     try {
@@ -919,7 +932,7 @@ std::vector<Session> SqliteBackend::load_all() {
 }
 
 void SqliteBackend::save(const Session& session) {
-  check_session_for_storage(session);
+  detail::check_session_for_storage(session);
   if (session.data.size() > static_cast<std::size_t>(INT_MAX)) {
     throw Error(ErrorCode::kInvalidArgument, "session data is larger than SQLite can store");
   }
@@ -1030,7 +1043,7 @@ class SessionStore::Impl {
 
  private:
   std::int64_t now() const { return options_.clock(); }
-  bool is_live(const Session& session, std::int64_t at) const { return session.expires_at > at; }
+  static bool is_live(const Session& session, std::int64_t at) { return session.expires_at > at; }
 
   // Cache edits; the caller holds write_mutex_ (and these take cache_mutex_ exclusively).
   void cache_put(const Session& session);
@@ -1170,10 +1183,10 @@ void SessionStore::Impl::evict_to_make_room(const std::string& user_id) {
 
 NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
   if (user_id.empty()) throw Error(ErrorCode::kInvalidArgument, "user_id must not be empty");
-  check_text_field("user_id", user_id);
-  check_optional_text_field("tenant_id", options.tenant_id);
-  check_optional_text_field("device", options.device);
-  check_optional_text_field("ip", options.ip);
+  detail::check_text_field("user_id", user_id);
+  detail::check_optional_text_field("tenant_id", options.tenant_id);
+  detail::check_optional_text_field("device", options.device);
+  detail::check_optional_text_field("ip", options.ip);
   if (options.data.size() > options_.max_data_bytes) {
     throw Error(ErrorCode::kInvalidArgument,
                 "session data is " + std::to_string(options.data.size()) +

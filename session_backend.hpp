@@ -240,8 +240,8 @@ class SessionStore {
   static SessionStore open(const std::string& database_url, StoreOptions options = {});
 
   // A moved-from store may only be destroyed or assigned to.
-  SessionStore(SessionStore&&) noexcept;
-  SessionStore& operator=(SessionStore&&) noexcept;
+  SessionStore(SessionStore&& other) noexcept;
+  SessionStore& operator=(SessionStore&& other) noexcept;
   SessionStore(const SessionStore&) = delete;
   SessionStore& operator=(const SessionStore&) = delete;
   // Makes a last attempt at deletes still pending from failed revokes; never throws.

@@ -93,7 +93,7 @@ start() {
     if "${run_as[@]}" "${bindir}/pg_ctl" --pgdata="${dir}/data" --log="${dir}/server.log" \
       --wait --timeout=60 --silent \
       -o "-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=${dir}" \
-      -o "-c fsync=off -c synchronous_commit=off -c full_page_writes=off" start >&2; then
+      -o "-c fsync=off -c full_page_writes=off" start >&2; then
       break
     fi
     # Another process may have taken the port between the check and the bind: try another.
