@@ -6,7 +6,10 @@
 #   scripts/pg-cluster.sh stop "$PYLON_PG_DIR"
 #
 # `start` writes only the two export lines to stdout (progress goes to stderr), and also leaves
-# the URL in $PYLON_PG_DIR/url. The server runs as the current user, or, when that is root (CI),
+# the URL in $PYLON_PG_DIR/url. The port, address and socket directory are in the cluster's
+# configuration ($PYLON_PG_DIR/data/pylon-cluster.conf), so tests may restart the server with
+# `pg_ctl --pgdata="$PYLON_PG_DIR/data" restart` (as the `postgres` user when root; the
+# directory of pg_ctl is in $PYLON_PG_DIR/bindir). The server runs as the current user, or, when that is root (CI),
 # as the unprivileged `postgres` user, since PostgreSQL refuses to run as root. Durability is
 # switched off (fsync=off): the cluster is deleted by `stop`, and the tests do not measure it.
 # PG_BINDIR overrides where initdb and pg_ctl are found (default: the newest
@@ -55,6 +58,28 @@ choose_owner() {
   die "running as root and neither a postgres nor a nobody user exists"
 }
 
+# Written into the data directory by write_settings, included from postgresql.conf.
+readonly settings_file="pylon-cluster.conf"
+
+# write_settings DIR PORT: the listen address, port and socket directory of the cluster in DIR,
+# and its (lack of) durability. fsync=off only matters when the OS crashes, and the cluster is
+# thrown away then; commits stay synchronous (never synchronous_commit=off: the tests check that
+# an acknowledged write survives a server restart).
+write_settings() {
+  local dir="$1" port="$2" file="$1/data/${settings_file}"
+  printf '%s\n' \
+    "# Written by scripts/pg-cluster.sh." \
+    "listen_addresses = '127.0.0.1'" \
+    "port = ${port}" \
+    "unix_socket_directories = '${dir}'" \
+    "fsync = off" \
+    "full_page_writes = off" >"${file}"
+  if ((EUID == 0)); then
+    chown "${owner}:" "${file}"
+  fi
+  chmod 600 "${file}"
+}
+
 port_in_use() {
   # bash connects to a TCP port through /dev/tcp: success means something listens there.
   (: >"/dev/tcp/127.0.0.1/$1") 2>/dev/null
@@ -84,16 +109,19 @@ start() {
     --encoding=UTF8 --locale=C.UTF-8 >"${dir}/initdb.log" 2>&1 ||
     die "initdb failed; see ${dir}/initdb.log: $(tail -n 5 "${dir}/initdb.log")"
   rm -f "${dir}/pwfile"
+  # The cluster's settings live in its configuration (an include file), not in pg_ctl -o
+  # options, so that a plain `pg_ctl start` or `pg_ctl restart` (the tests restart the server
+  # under a running store) brings it back on the same address, port and socket directory.
+  printf '%s\n' "include_if_exists = '${settings_file}'" >>"${dir}/data/postgresql.conf"
 
   for attempt in 1 2 3 4 5 6 7 8 9 10; do
     port=$((20000 + RANDOM % 40000))
     if port_in_use "${port}"; then
       continue
     fi
+    write_settings "${dir}" "${port}"
     if "${run_as[@]}" "${bindir}/pg_ctl" --pgdata="${dir}/data" --log="${dir}/server.log" \
-      --wait --timeout=60 --silent \
-      -o "-c listen_addresses=127.0.0.1 -c port=${port} -c unix_socket_directories=${dir}" \
-      -o "-c fsync=off -c full_page_writes=off" start >&2; then
+      --wait --timeout=60 --silent start >&2; then
       break
     fi
     # Another process may have taken the port between the check and the bind: try another.
@@ -111,6 +139,8 @@ start() {
   local url="postgresql://${db_user}:${password}@127.0.0.1:${port}/${db_name}"
   printf '%s\n' "${url}" >"${dir}/url"
   chmod 600 "${dir}/url"
+  # Where pg_ctl is, for tests that restart the server.
+  printf '%s\n' "${bindir}" >"${dir}/bindir"
   trap - ERR
   log "PostgreSQL $("${bindir}/postgres" --version | awk '{print $3}') on 127.0.0.1:${port}"
   printf 'export PYLON_TEST_DATABASE_URL=%q\n' "${url}"

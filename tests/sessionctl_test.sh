@@ -98,6 +98,15 @@ printf '%s\n' "$TOKEN" >token.txt
 run --db "$DB" validate - <token.txt
 check "validate - reads the token from standard input" 0
 
+# --- copy-to -------------------------------------------------------------------------------------
+run --db "$DB" copy-to "sqlite://copy.db"
+check "copy-to exits 0" 0
+check_that "copy-to reports what it copied" out_has '^copied: +1$'
+run --db copy.db validate "$TOKEN"
+check "a copied session validates at the destination with the same token" 0
+run --db "$DB" copy-to "sqlite://copy.db"
+check "copy-to can be re-run" 0
+
 run --db "$DB" validate pylon_not-a-token
 check "validate of a garbage token exits 1" 1
 run --db "$DB" validate "pylon_$(printf '0%.0s' {1..64})"

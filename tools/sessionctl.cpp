@@ -52,6 +52,7 @@ Commands:
   revoke-user USER  delete every session of USER; prints how many
   purge             delete the expired sessions; prints how many
   stats             count sessions, users and expired rows; names the database
+  copy-to URL       copy every live session into the database at URL (SQLite <-> PostgreSQL)
   help [COMMAND]    this text, or the help of COMMAND
 
 A TOKEN argument of '-' is read from standard input, keeping it out of `ps` and shell history.
@@ -350,6 +351,25 @@ int run_stats(const Invocation& inv) {
   return kExitOk;
 }
 
+// Rows are copied as they are stored (ids are token hashes, the same on every backend), so every
+// copied session validates on the destination with the token its user already holds. Each row
+// is one upsert: re-running the copy is harmless, and a copy interrupted half-way can be re-run.
+int run_copy_to(const Invocation& inv) {
+  const std::unique_ptr<pylon::SessionBackend> source = pylon::open_backend(inv.url());
+  const std::unique_ptr<pylon::SessionBackend> destination = pylon::open_backend(inv.operands[0]);
+  const std::int64_t now = pylon::system_clock_now();
+  std::size_t copied = 0;
+  for (const pylon::Session& s : source->load_all()) {
+    if (s.expires_at <= now) continue;
+    destination->save(s);
+    ++copied;
+  }
+  print_field("from", escape(source->describe()));
+  print_field("to", escape(destination->describe()));
+  print_field("copied", std::to_string(copied));
+  return kExitOk;
+}
+
 const std::vector<Command>& commands() {
   static const std::vector<Command> kCommands = {
       {"create",
@@ -449,6 +469,21 @@ Exit status: 0, also when N is 0; 2 usage error; 3 storage error.
 Exit status: 0; 2 usage error; 3 storage error.
 )",
        run_stats},
+      {"copy-to",
+       {"URL"},
+       {},
+       R"(Copies every live session of the database (--db, $DATABASE_URL or sessions.db) into the
+database at URL, creating its schema if needed, and prints "copied: N". Sessions keep their ids,
+times and data, so nobody is logged out: this is how an application moves from the SQLite
+default to PostgreSQL (or back). Each row is an upsert, so the copy can be re-run; sessions
+already at the destination are kept. Stop the application first, so no session is created or
+revoked in the source while the copy runs.
+
+  sessionctl --db sqlite://sessions.db copy-to 'postgres://app:secret@db/app'
+
+Exit status: 0; 2 usage error; 3 storage error on either side.
+)",
+       run_copy_to},
   };
   return kCommands;
 }
