@@ -9,15 +9,15 @@
 // own main() instead of gtest_main.
 #include <fcntl.h>
 #include <gtest/gtest.h>
-#include <signal.h>
-#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
-#include <cstdio>
+#include <csignal>
 #include <cstring>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <random>
@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "session_backend.hpp"
+#include "support/process.hpp"
 #include "support/test_support.hpp"
 
 namespace {
@@ -39,6 +40,13 @@ constexpr int kRounds = 5;
 // The child: work until killed
 // ------------------------------------------------------------------------------------------------
 
+// Reports why the child gives up on stderr and exits at once with `status`.
+[[noreturn]] void child_fails(int status, const std::string& why) {
+  const std::string line = "crash child: " + why + "\n";
+  [[maybe_unused]] const ssize_t written = ::write(STDERR_FILENO, line.data(), line.size());
+  std::_Exit(status);
+}
+
 // Appends one whole line with a single write(2) on an O_APPEND descriptor, so a line is either
 // entirely in the log or not at all when the process dies.
 class Journal {
@@ -48,8 +56,7 @@ class Journal {
     const std::string text = std::string(1, kind) + " " + token + "\n";
     const std::lock_guard<std::mutex> lock(mutex_);
     if (::write(fd_, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
-      std::fprintf(stderr, "crash child: write to log failed: %s\n", std::strerror(errno));
-      std::_Exit(5);
+      child_fails(5, std::string("write to log failed: ") + std::strerror(errno));
     }
   }
 
@@ -60,16 +67,17 @@ class Journal {
 
 // Never returns: the parent kills it (or, if the parent died, the kernel does: PDEATHSIG).
 [[noreturn]] void run_crash_child(const char* db_path, const char* log_path) {
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): open(2) takes the mode as a vararg
   const int fd = ::open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
   if (fd < 0) {
-    std::fprintf(stderr, "crash child: cannot open %s: %s\n", log_path, std::strerror(errno));
-    std::_Exit(3);
+    child_fails(3, "cannot open " + std::string(log_path) + ": " + std::strerror(errno));
   }
   Journal journal(fd);
   try {
     pylon::SessionStore store = pylon::SessionStore::open(db_path);
     journal.line('S', "started");
     std::vector<std::thread> threads;
+    threads.reserve(kChildThreads);
     for (int t = 0; t < kChildThreads; ++t) {
       threads.emplace_back([&store, &journal, t] {
         const std::string user = "crash-user-" + std::to_string(t);
@@ -87,26 +95,22 @@ class Journal {
               mine.erase(mine.begin() + static_cast<std::ptrdiff_t>(mine.size() / 2));
               journal.line('r', victim);  // intent: its outcome is unknown until 'R'
               if (!store.revoke(victim)) {
-                std::fprintf(stderr, "crash child: revoke of a live session returned false\n");
-                std::_Exit(6);
+                child_fails(6, "revoke of a live session returned false");
               }
               journal.line('R', victim);
             }
             if (!store.validate(created.token)) {
-              std::fprintf(stderr, "crash child: a fresh session did not validate\n");
-              std::_Exit(7);
+              child_fails(7, "a fresh session did not validate");
             }
           }
         } catch (const std::exception& error) {
-          std::fprintf(stderr, "crash child: thread %d: %s\n", t, error.what());
-          std::_Exit(4);
+          child_fails(4, "thread " + std::to_string(t) + ": " + error.what());
         }
       });
     }
     for (std::thread& thread : threads) thread.join();
   } catch (const std::exception& error) {
-    std::fprintf(stderr, "crash child: %s\n", error.what());
-    std::_Exit(2);
+    child_fails(2, error.what());
   }
   std::_Exit(0);
 }
@@ -162,20 +166,44 @@ std::size_t count_lines(const std::string& log_path, char kind) {
 }
 
 pid_t spawn_child(const std::string& db_path, const std::string& log_path) {
-  // Everything exec needs is built before fork: between fork and exec only async-signal-safe
-  // calls are made.
-  std::string program = "pylon_crash_test";
-  std::string flag = kChildFlag;
-  std::string db = db_path;
-  std::string log = log_path;
-  char* argv[] = {program.data(), flag.data(), db.data(), log.data(), nullptr};
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-    ::execv("/proc/self/exe", argv);
-    ::_exit(127);
+  return pylon::test::spawn({"/proc/self/exe", kChildFlag, db_path, log_path});
+}
+
+// After round `round` (0-based): a fresh store validates every acknowledged create that was not
+// revoked, no acknowledged revoke, and the file is intact.
+void check_round(const std::string& db_path, const std::string& log_path, int round) {
+  const Ledger ledger = read_ledger(log_path);
+  EXPECT_EQ(ledger.starts, round + 1);
+  std::size_t must_live = 0;
+  std::size_t lost_creates = 0;
+  std::size_t resurrected = 0;
+  std::string examples;
+  {
+    pylon::SessionStore store = pylon::SessionStore::open(db_path);
+    for (const std::string& token : ledger.created) {
+      if (ledger.revoke_started.count(token) != 0) continue;  // outcome unknown
+      ++must_live;
+      if (!store.validate(token).has_value()) {
+        ++lost_creates;
+        if (examples.size() < 400) examples += "\n  lost create " + token.substr(0, 16) + "...";
+      }
+    }
+    for (const std::string& token : ledger.revoked) {
+      if (store.validate(token).has_value()) {
+        ++resurrected;
+        if (examples.size() < 400) examples += "\n  revived " + token.substr(0, 16) + "...";
+      }
+    }
+    EXPECT_GE(store.size(), must_live);
   }
-  return pid;
+  std::cout << "round " << round + 1 << ": killed after " << ledger.created.size()
+            << " acknowledged creates and " << ledger.revoked.size() << " revokes in all\n";
+  EXPECT_EQ(lost_creates, 0U) << "of " << must_live << " acknowledged creates" << examples;
+  EXPECT_EQ(resurrected, 0U) << "of " << ledger.revoked.size() << " acknowledged revokes"
+                             << examples;
+  pylon::test::RawDb raw(db_path);
+  EXPECT_EQ(raw.query_text("PRAGMA integrity_check"), "ok");
+  raw.close();
 }
 
 TEST(Crash, AcknowledgedWritesSurviveKillNine) {
@@ -191,7 +219,6 @@ TEST(Crash, AcknowledgedWritesSurviveKillNine) {
     SCOPED_TRACE("round " + std::to_string(round + 1));
     const std::size_t creates_before = count_lines(log_path, 'C');
     const pid_t pid = spawn_child(db_path, log_path);
-    ASSERT_GT(pid, 0) << "fork: " << std::strerror(errno);
 
     // Wait until this round's child has acknowledged some creates, then let it run a little more
     // and kill it mid-work. The deadline only prevents a hang when the child cannot start.
@@ -216,38 +243,7 @@ TEST(Crash, AcknowledgedWritesSurviveKillNine) {
         << (WIFEXITED(status) ? WEXITSTATUS(status) : -1) << "); see its stderr above";
     ASSERT_GE(count_lines(log_path, 'C'), creates_before + 20) << "the child made no progress";
 
-    const Ledger ledger = read_ledger(log_path);
-    EXPECT_EQ(ledger.starts, round + 1);
-    std::size_t must_live = 0;
-    std::size_t lost_creates = 0;
-    std::size_t resurrected = 0;
-    std::string examples;
-    {
-      pylon::SessionStore store = pylon::SessionStore::open(db_path);
-      for (const std::string& token : ledger.created) {
-        if (ledger.revoke_started.count(token) != 0) continue;  // outcome unknown
-        ++must_live;
-        if (!store.validate(token).has_value()) {
-          ++lost_creates;
-          if (examples.size() < 400) examples += "\n  lost create " + token.substr(0, 16) + "...";
-        }
-      }
-      for (const std::string& token : ledger.revoked) {
-        if (store.validate(token).has_value()) {
-          ++resurrected;
-          if (examples.size() < 400) examples += "\n  revived " + token.substr(0, 16) + "...";
-        }
-      }
-      EXPECT_GE(store.size(), must_live);
-    }
-    std::printf("round %d: killed after %zu acknowledged creates and %zu revokes in all\n",
-                round + 1, ledger.created.size(), ledger.revoked.size());
-    EXPECT_EQ(lost_creates, 0U) << "of " << must_live << " acknowledged creates" << examples;
-    EXPECT_EQ(resurrected, 0U) << "of " << ledger.revoked.size() << " acknowledged revokes"
-                               << examples;
-    pylon::test::RawDb raw(db_path);
-    EXPECT_EQ(raw.query_text("PRAGMA integrity_check"), "ok");
-    raw.close();
+    check_round(db_path, log_path, round);
     if (::testing::Test::HasFailure()) return;
   }
 }
@@ -255,6 +251,7 @@ TEST(Crash, AcknowledgedWritesSurviveKillNine) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-bounds-pointer-arithmetic): main's argv is a C array
   if (argc == 4 && std::strcmp(argv[1], kChildFlag) == 0) run_crash_child(argv[2], argv[3]);
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();

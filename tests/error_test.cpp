@@ -2,6 +2,7 @@
 // "[pylon.<code>] <message>" with the backend's own words kept apart in backend_detail().
 #include <gtest/gtest.h>
 
+#include <array>
 #include <set>
 #include <string>
 
@@ -12,7 +13,7 @@ namespace {
 
 using pylon::ErrorCode;
 
-const ErrorCode kAllCodes[] = {
+constexpr std::array<ErrorCode, 10> kAllCodes = {
     ErrorCode::kInvalidArgument,
     ErrorCode::kUnsupportedScheme,
     ErrorCode::kCorruptDatabase,
@@ -35,7 +36,7 @@ TEST(ErrorCode, EveryCodeHasADistinctLowercaseName) {
     }
     names.insert(name);
   }
-  EXPECT_EQ(names.size(), std::size(kAllCodes));
+  EXPECT_EQ(names.size(), kAllCodes.size());
 }
 
 TEST(ErrorCode, StorageFullIsNamedStorageFull) {

@@ -1,8 +1,10 @@
-// Schema migrations: reopening is idempotent and every migration is recorded once in
-// _pylon_schema_migrations(version, name, applied_at); and the adoption of a _pylon_sessions
-// table written by pylon's runtime (raw tokens as the primary key, with or without tenant_id):
-// every unexpired session validates with its original token, expired ones are dropped, and no
-// raw token is left in the .db, -wal or -shm bytes, while the store is open or after it closed.
+// SQLite schema migrations: reopening is idempotent and every migration is recorded once in
+// _pylon_schema_migrations(version, name, applied_at); and, for the adoption of a
+// _pylon_sessions table written by pylon's runtime (raw tokens as the primary key, with or
+// without tenant_id), what only files show: no raw token is left in the .db, -wal or -shm bytes,
+// while the store is open or after it closed. The adoption itself (every unexpired session
+// validates with its original token, expired ones are dropped) is checked on every backend by
+// store_contract_test.cpp.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -134,6 +136,8 @@ void write_pylon_database(const std::string& path, const std::vector<PylonRow>& 
   }
 }
 
+constexpr std::int64_t kDaySeconds = 86400;
+
 // Live and expired rows relative to the real clock (the adoption compares with the real time).
 std::vector<PylonRow> pylon_rows(bool with_tenant) {
   const std::int64_t now = pylon::system_clock_now();
@@ -143,13 +147,13 @@ std::vector<PylonRow> pylon_rows(bool with_tenant) {
   };
   return {
       {pylon::generate_token(), "alice", now + 3600, now - 60, "Firefox on Linux", tenant("acme")},
-      {pylon::generate_token(), "alice", now + 7 * 86400, now - 3 * 86400, std::nullopt,
+      {pylon::generate_token(), "alice", now + 7 * kDaySeconds, now - 3 * kDaySeconds, std::nullopt,
        tenant("acme")},
       {pylon::generate_token(), "bob", now + 600, now - 30, "curl/8.0", tenant(nullptr)},
       {pylon::generate_token(), "carol", now + 86400, now - 10, "Safari — iPhone",
        tenant("société")},
       {pylon::generate_token(), "alice", now - 10, now - 7200, "old laptop", tenant("acme")},
-      {pylon::generate_token(), "dave", now - 86400, now - 30 * 86400, std::nullopt,
+      {pylon::generate_token(), "dave", now - 86400, now - 30 * kDaySeconds, std::nullopt,
        tenant("acme")},
   };
 }

@@ -16,7 +16,6 @@
 
 #include <array>
 #include <cstdio>
-#include <cstring>
 #include <iostream>
 #include <memory>
 #include <set>
@@ -110,11 +109,11 @@ int closed_port() {
   address.sin_port = 0;
   socklen_t length = sizeof(address);
   // NOLINTBEGIN(cppcoreguidelines-pro-type-reinterpret-cast): the socket API takes sockaddr*
-  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
-  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  const bool bound = ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0 &&
+                     ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) == 0;
   // NOLINTEND(cppcoreguidelines-pro-type-reinterpret-cast)
   ::close(fd);
-  return ntohs(address.sin_port);
+  return bound ? ntohs(address.sin_port) : 1;  // port 1 (tcpmux) is closed anywhere sensible
 }
 
 class PgBackend : public ::testing::TestWithParam<std::string> {
@@ -183,6 +182,7 @@ TEST_P(PgBackend, ProcessesMigratingAnEmptyDatabaseAtOnceAllComeUpWithOneSchema)
   std::array<int, 2> start{};
   ASSERT_EQ(::pipe2(start.data(), O_CLOEXEC), 0);  // children get only their dup2 copy
   std::vector<pid_t> children;
+  children.reserve(kProcesses);
   for (int i = 0; i < kProcesses; ++i) {
     children.push_back(pylon::test::spawn(child_command({"open", db_->url()}), {}, start[0]));
   }
@@ -194,12 +194,13 @@ TEST_P(PgBackend, ProcessesMigratingAnEmptyDatabaseAtOnceAllComeUpWithOneSchema)
   // And threads of this process, on the migrated database, at once.
   std::vector<std::thread> threads;
   std::array<std::string, 4> failures;
-  for (std::size_t i = 0; i < failures.size(); ++i) {
-    threads.emplace_back([this, &failures, i] {
+  threads.reserve(failures.size());
+  for (std::string& failure : failures) {
+    threads.emplace_back([this, &failure] {
       try {
         pylon::open_backend(db_->url());
       } catch (const std::exception& error) {
-        failures.at(i) = error.what();
+        failure = error.what();
       }
     });
   }
@@ -290,8 +291,10 @@ TEST_P(PgBackend, TwoStoresInTwoProcessesBothWriteAndRevokeUserReachesBoth) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc >= 2 && std::strcmp(argv[1], kChildFlag) == 0) {
-    return run_child(std::vector<std::string>(argv + 2, argv + argc));
+  // NOLINTNEXTLINE(cppcoreguidelines-pro-bounds-pointer-arithmetic): main's argv is a C array
+  const std::vector<std::string> args(argv, argv + argc);
+  if (args.size() >= 2 && args[1] == kChildFlag) {
+    return run_child(std::vector<std::string>(args.begin() + 2, args.end()));
   }
   ::testing::InitGoogleTest(&argc, argv);
   return RUN_ALL_TESTS();

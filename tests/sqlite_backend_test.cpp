@@ -11,8 +11,6 @@
 #include <chrono>
 #include <cstdint>
 #include <future>
-#include <limits>
-#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -123,7 +121,7 @@ TEST(SqliteBackend, MemoryDatabaseWorks) {
 
 // Opens `path`, expecting a pylon::Error with one of `codes` whose message names the path, and
 // the file byte for byte as it was. With `same_listing`, nothing may be created beside it either.
-void expect_refused_and_untouched(const std::string& path, std::vector<ErrorCode> codes,
+void expect_refused_and_untouched(const std::string& path, const std::vector<ErrorCode>& codes,
                                   bool same_listing = true) {
   const std::string before = read_file_bytes(path);
   const std::string parent = path.substr(0, path.rfind('/'));

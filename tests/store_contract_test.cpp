@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -39,7 +40,8 @@ using pylon::test::same_session;
 using pylon::test::TestDatabase;
 using ::testing::ElementsAre;
 
-constexpr std::int64_t kHour = 3600;
+constexpr std::int64_t kMinute = 60;
+constexpr std::int64_t kHour = 60 * kMinute;
 constexpr std::int64_t kDay = 24 * kHour;
 
 std::vector<std::string> ids_of(const std::vector<Session>& sessions) {
@@ -179,11 +181,11 @@ TEST_P(StoreContract, ValidateReturnsTheCreatedSession) {
 TEST_P(StoreContract, FindReturnsTheSessionWithoutSliding) {
   SessionStore store = open_store();
   const NewSession created = store.create("alice");
-  clock_.advance(30 * 60);
+  clock_.advance(30 * kMinute);
   const auto found = store.find(created.session.id);
   ASSERT_TRUE(found.has_value());
   EXPECT_TRUE(same_session(created.session, *found));
-  clock_.advance(30 * 60);  // one hour after creation, with only find() in between
+  clock_.advance(30 * kMinute);  // one hour after creation, with only find() in between
   EXPECT_FALSE(store.find(created.session.id).has_value());
   EXPECT_FALSE(store.validate(created.token).has_value());
 }
@@ -328,11 +330,11 @@ TEST_P(StoreContract, RevokeIdDeletesFromStorageBeforeReturning) {
 TEST_P(StoreContract, RevokeUserSignsOutEverywhereAndCountsRemovedRows) {
   SessionStore store = open_store();
   const NewSession stale = store.create("alice");
-  clock_.advance(50 * 60);
+  clock_.advance(50 * kMinute);
   const NewSession a1 = store.create("alice");
   const NewSession a2 = store.create("alice");
   const NewSession b = store.create("bob");
-  clock_.advance(15 * 60);  // `stale` is now idle-expired
+  clock_.advance(15 * kMinute);  // `stale` is now idle-expired
   ASSERT_FALSE(store.find(stale.session.id).has_value());
 
   EXPECT_EQ(store.revoke_user("alice"), 3U) << "every row storage removed, the expired one too";
@@ -386,7 +388,7 @@ TEST_P(StoreContract, ValidatingSlidesTheIdleExpiry) {
   SessionStore store = open_store();
   const NewSession created = store.create("alice");
   for (int i = 0; i < 6; ++i) {
-    clock_.advance(50 * 60);
+    clock_.advance(50 * kMinute);
     const auto session = store.validate(created.token);
     ASSERT_TRUE(session.has_value()) << "after " << (i + 1) * 50 << " minutes of activity";
     EXPECT_EQ(session->expires_at, clock_.now() + kHour);
@@ -400,8 +402,8 @@ TEST_P(StoreContract, AbsoluteLifetimeEndsEvenAConstantlyActiveSession) {
   SessionStore store = open_store();
   const NewSession created = store.create("alice");
   const std::int64_t cap = created.session.created_at + kDay;
-  while (clock_.now() + 20 * 60 < cap) {
-    clock_.advance(20 * 60);
+  while (clock_.now() + 20 * kMinute < cap) {
+    clock_.advance(20 * kMinute);
     const auto session = store.validate(created.token);
     ASSERT_TRUE(session.has_value()) << "at " << clock_.now() - created.session.created_at << " s";
     EXPECT_LE(session->expires_at, cap) << "sliding never passes the absolute cap";
@@ -489,9 +491,9 @@ TEST_P(StoreContract, PurgeExpiredDeletesExpiredRows) {
   SessionStore store = open_store();
   const NewSession old1 = store.create("alice");
   const NewSession old2 = store.create("bob");
-  clock_.advance(50 * 60);
+  clock_.advance(50 * kMinute);
   const NewSession young = store.create("alice");
-  clock_.advance(15 * 60);
+  clock_.advance(15 * kMinute);
   ASSERT_EQ(db_->count(), 3);
 
   EXPECT_EQ(store.purge_expired(), 2U);
@@ -674,45 +676,55 @@ TEST_P(StoreContract, PurgeUnderLockThrowsBusyThenWorks) {
   EXPECT_EQ(db_->count(), 0);
 }
 
+// What one of the threads of EightThreadsCreateValidateAndRevokeAtOnce saw.
+struct ThreadOutcome {
+  std::vector<std::string> alive;
+  std::vector<std::string> revoked;
+  std::vector<std::string> problems;
+};
+
+// One of those threads: creates, validates and revokes sessions of its own user, checking as it
+// goes that its live sessions stay live.
+void create_validate_and_revoke(SessionStore& store, ThreadOutcome& outcome, int thread,
+                                int sessions) {
+  const std::string user = "user-" + std::to_string(thread);
+  try {
+    for (int i = 0; i < sessions; ++i) {
+      const NewSession created = store.create(user);
+      const auto validated = store.validate(created.token);
+      if (!validated || validated->user_id != user) {
+        outcome.problems.emplace_back("fresh session did not validate");
+      }
+      if (i % 3 == 0) {
+        if (!store.revoke(created.token)) outcome.problems.emplace_back("revoke was false");
+        if (store.validate(created.token)) outcome.problems.emplace_back("revoked validated");
+        outcome.revoked.push_back(created.token);
+      } else {
+        outcome.alive.push_back(created.token);
+      }
+      for (const std::string& token : outcome.alive) {
+        if (!store.validate(token)) outcome.problems.emplace_back("live token lost");
+      }
+      (void)store.list_user(user);
+      (void)store.size();
+    }
+  } catch (const std::exception& error) {
+    outcome.problems.push_back(std::string("threw: ") + error.what());
+  }
+}
+
 TEST_P(StoreContract, EightThreadsCreateValidateAndRevokeAtOnce) {
   constexpr int kThreads = 8;
   constexpr int kPerThread = 25;
-  struct Outcome {
-    std::vector<std::string> alive;
-    std::vector<std::string> revoked;
-    std::vector<std::string> problems;
-  };
+  using Outcome = ThreadOutcome;
   std::vector<Outcome> outcomes(kThreads);
   {
     SessionStore store = open_store();
     std::vector<std::thread> threads;
+    threads.reserve(kThreads);
     for (int t = 0; t < kThreads; ++t) {
-      threads.emplace_back([&store, &outcome = outcomes[static_cast<std::size_t>(t)], t] {
-        const std::string user = "user-" + std::to_string(t);
-        try {
-          for (int i = 0; i < kPerThread; ++i) {
-            const NewSession created = store.create(user);
-            const auto validated = store.validate(created.token);
-            if (!validated || validated->user_id != user) {
-              outcome.problems.push_back("fresh session did not validate");
-            }
-            if (i % 3 == 0) {
-              if (!store.revoke(created.token)) outcome.problems.push_back("revoke was false");
-              if (store.validate(created.token)) outcome.problems.push_back("revoked validated");
-              outcome.revoked.push_back(created.token);
-            } else {
-              outcome.alive.push_back(created.token);
-            }
-            for (const std::string& token : outcome.alive) {
-              if (!store.validate(token)) outcome.problems.push_back("live token lost");
-            }
-            (void)store.list_user(user);
-            (void)store.size();
-          }
-        } catch (const std::exception& error) {
-          outcome.problems.push_back(std::string("threw: ") + error.what());
-        }
-      });
+      threads.emplace_back(create_validate_and_revoke, std::ref(store),
+                           std::ref(outcomes[static_cast<std::size_t>(t)]), t, kPerThread);
     }
     for (std::thread& thread : threads) thread.join();
 
@@ -789,6 +801,8 @@ struct PylonRow {
   std::optional<std::string> tenant_id;
 };
 
+constexpr std::int64_t kDaySeconds = 86400;
+
 // Live and expired rows relative to the real clock (the adoption compares with the real time).
 std::vector<PylonRow> pylon_rows(bool with_tenant) {
   const std::int64_t now = pylon::system_clock_now();
@@ -798,13 +812,13 @@ std::vector<PylonRow> pylon_rows(bool with_tenant) {
   };
   return {
       {pylon::generate_token(), "alice", now + 3600, now - 60, "Firefox on Linux", tenant("acme")},
-      {pylon::generate_token(), "alice", now + 7 * 86400, now - 3 * 86400, std::nullopt,
+      {pylon::generate_token(), "alice", now + 7 * kDaySeconds, now - 3 * kDaySeconds, std::nullopt,
        tenant("acme")},
       {pylon::generate_token(), "bob", now + 600, now - 30, "curl/8.0", tenant(nullptr)},
       {pylon::generate_token(), "carol", now + 86400, now - 10, "Safari — iPhone",
        tenant("société")},
       {pylon::generate_token(), "alice", now - 10, now - 7200, "old laptop", tenant("acme")},
-      {pylon::generate_token(), "dave", now - 86400, now - 30 * 86400, std::nullopt,
+      {pylon::generate_token(), "dave", now - 86400, now - 30 * kDaySeconds, std::nullopt,
        tenant("acme")},
   };
 }
@@ -847,8 +861,9 @@ void check_adoption(const TestDatabase& db, bool with_tenant) {
   write_pylon_table(db, rows, with_tenant);
   // The check below can fail: before adoption every token is stored.
   const std::string original = db.all_tables_text();
-  for (const PylonRow& row : rows)
+  for (const PylonRow& row : rows) {
     ASSERT_TRUE(pylon::test::contains_raw_token(original, row.token));
+  }
 
   std::size_t live = 0;
   {

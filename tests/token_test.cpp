@@ -12,8 +12,11 @@ namespace {
 
 bool is_lower_hex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); }
 
-const std::string kValidToken =
-    "pylon_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+// A well-formed token (a function rather than a global std::string, whose construction could
+// throw before main).
+std::string valid_token() {
+  return "pylon_0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+}
 
 TEST(Token, GeneratedTokenIsPylonPrefixAnd64LowercaseHex) {
   for (int i = 0; i < 100; ++i) {
@@ -47,28 +50,28 @@ TEST(Token, GeneratedTokensUseEveryHexDigit) {
 }
 
 TEST(Token, WellFormedAcceptsTheExactFormat) {
-  EXPECT_TRUE(pylon::is_well_formed_token(kValidToken));
+  EXPECT_TRUE(pylon::is_well_formed_token(valid_token()));
 }
 
 TEST(Token, WellFormedRejectsWrongLength) {
   EXPECT_FALSE(pylon::is_well_formed_token(""));
   EXPECT_FALSE(pylon::is_well_formed_token("pylon_"));
-  EXPECT_FALSE(pylon::is_well_formed_token(kValidToken.substr(0, 69)));
-  EXPECT_FALSE(pylon::is_well_formed_token(kValidToken + "0"));
-  EXPECT_FALSE(pylon::is_well_formed_token(kValidToken + "\n"));
-  EXPECT_FALSE(pylon::is_well_formed_token(kValidToken + kValidToken));
+  EXPECT_FALSE(pylon::is_well_formed_token(valid_token().substr(0, 69)));
+  EXPECT_FALSE(pylon::is_well_formed_token(valid_token() + "0"));
+  EXPECT_FALSE(pylon::is_well_formed_token(valid_token() + "\n"));
+  EXPECT_FALSE(pylon::is_well_formed_token(valid_token() + valid_token()));
 }
 
 TEST(Token, WellFormedRejectsWrongPrefix) {
-  EXPECT_FALSE(pylon::is_well_formed_token("Pylon_" + kValidToken.substr(6)));
-  EXPECT_FALSE(pylon::is_well_formed_token("PYLON_" + kValidToken.substr(6)));
-  EXPECT_FALSE(pylon::is_well_formed_token("pylon-" + kValidToken.substr(6)));
-  EXPECT_FALSE(pylon::is_well_formed_token("xylon_" + kValidToken.substr(6)));
-  EXPECT_FALSE(pylon::is_well_formed_token("0123456789" + kValidToken.substr(10)));
+  EXPECT_FALSE(pylon::is_well_formed_token("Pylon_" + valid_token().substr(6)));
+  EXPECT_FALSE(pylon::is_well_formed_token("PYLON_" + valid_token().substr(6)));
+  EXPECT_FALSE(pylon::is_well_formed_token("pylon-" + valid_token().substr(6)));
+  EXPECT_FALSE(pylon::is_well_formed_token("xylon_" + valid_token().substr(6)));
+  EXPECT_FALSE(pylon::is_well_formed_token("0123456789" + valid_token().substr(10)));
 }
 
 TEST(Token, WellFormedRejectsUppercaseHex) {
-  std::string token = kValidToken;
+  std::string token = valid_token();
   token[20] = 'A';
   EXPECT_FALSE(pylon::is_well_formed_token(token));
   std::string upper = pylon::generate_token();
@@ -80,7 +83,7 @@ TEST(Token, WellFormedRejectsUppercaseHex) {
 
 TEST(Token, WellFormedRejectsNonHexCharacters) {
   for (const char bad : {'g', 'z', ' ', '-', '_', '.', '\xff', '\x80'}) {
-    std::string token = kValidToken;
+    std::string token = valid_token();
     token[40] = bad;
     EXPECT_FALSE(pylon::is_well_formed_token(token))
         << "with character code " << static_cast<int>(bad);
@@ -88,11 +91,11 @@ TEST(Token, WellFormedRejectsNonHexCharacters) {
 }
 
 TEST(Token, WellFormedRejectsAnEmbeddedNul) {
-  std::string token = kValidToken;
+  std::string token = valid_token();
   token[30] = '\0';
   ASSERT_EQ(token.size(), 70U);
   EXPECT_FALSE(pylon::is_well_formed_token(token));
-  std::string last = kValidToken;
+  std::string last = valid_token();
   last.back() = '\0';
   EXPECT_FALSE(pylon::is_well_formed_token(last));
 }
@@ -147,8 +150,8 @@ TEST(SessionId, WellFormedRejectsAnythingElse) {
   with_nul[63] = '\0';
   EXPECT_FALSE(pylon::is_well_formed_session_id(with_nul));
   // A token is not a session id.
-  EXPECT_FALSE(pylon::is_well_formed_session_id(kValidToken));
-  EXPECT_FALSE(pylon::is_well_formed_session_id(kValidToken.substr(6, 64) + "\n"));
+  EXPECT_FALSE(pylon::is_well_formed_session_id(valid_token()));
+  EXPECT_FALSE(pylon::is_well_formed_session_id(valid_token().substr(6, 64) + "\n"));
 }
 
 }  // namespace

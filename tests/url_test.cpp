@@ -4,9 +4,9 @@
 // (which never show a password), redact_url and database_url_from_env.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-#include <stdlib.h>
 #include <sys/stat.h>
 
+#include <cstdlib>
 #include <optional>
 #include <string>
 #include <vector>

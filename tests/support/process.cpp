@@ -2,18 +2,19 @@
 #include "support/process.hpp"
 
 #include <fcntl.h>
-#include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <csignal>
 #include <cstring>
 #include <stdexcept>
 
 namespace pylon::test {
 
-pid_t spawn(const std::vector<std::string>& argv, const std::string& stdout_path, int stdin_fd) {
+pid_t spawn(const std::vector<std::string>& argv, const std::string& stdout_path, int stdin_fd,
+            bool stderr_too) {
   if (argv.empty()) throw std::runtime_error("spawn: no program");
   // Everything exec needs is built before fork: between fork and exec only async-signal-safe
   // calls are made.
@@ -32,6 +33,7 @@ pid_t spawn(const std::vector<std::string>& argv, const std::string& stdout_path
   if (pid == 0) {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);  // NOLINT(cppcoreguidelines-pro-type-vararg): C API
     if (out_fd >= 0) ::dup2(out_fd, STDOUT_FILENO);
+    if (out_fd >= 0 && stderr_too) ::dup2(out_fd, STDERR_FILENO);
     if (stdin_fd >= 0) ::dup2(stdin_fd, STDIN_FILENO);
     ::execvp(raw_args.front(), raw_args.data());
     ::_exit(127);
@@ -53,5 +55,9 @@ int wait_for(pid_t pid) {
 }
 
 int run(const std::vector<std::string>& argv) { return wait_for(spawn(argv)); }
+
+int run_quietly(const std::vector<std::string>& argv) {
+  return wait_for(spawn(argv, "/dev/null", -1, /*stderr_too=*/true));
+}
 
 }  // namespace pylon::test

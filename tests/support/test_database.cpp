@@ -160,8 +160,9 @@ namespace {
 std::string random_suffix() {
   std::random_device device;
   std::ostringstream out;
-  for (int i = 0; i < 4; ++i)
+  for (int i = 0; i < 4; ++i) {
     out << std::hex << std::setw(4) << std::setfill('0') << (device() & 0xFFFFU);
+  }
   return out.str();
 }
 
@@ -202,7 +203,7 @@ class PostgresWriteBlock final : public WriteBlock {
 
 }  // namespace
 
-TestDatabase::TestDatabase(const std::string& kind) : kind_(kind) {
+TestDatabase::TestDatabase(std::string kind) : kind_(std::move(kind)) {
   if (kind_ == kSqlite) {
     dir_ = std::make_unique<TempDir>();
     path_ = dir_->file("sessions.db");

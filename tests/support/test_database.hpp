@@ -90,7 +90,7 @@ class TestDatabase {
  public:
   // `kind` is kSqlite or kPostgres. Throws std::runtime_error, with a message saying what to do,
   // when the database cannot be made (for PostgreSQL: no URL, or the server refuses).
-  explicit TestDatabase(const std::string& kind);
+  explicit TestDatabase(std::string kind);
   ~TestDatabase();
   TestDatabase(const TestDatabase&) = delete;
   TestDatabase& operator=(const TestDatabase&) = delete;

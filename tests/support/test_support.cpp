@@ -20,6 +20,8 @@
 #include <stdexcept>
 #include <system_error>
 
+#include "support/process.hpp"
+
 namespace pylon {
 
 namespace {
@@ -64,8 +66,8 @@ namespace test {
 // ------------------------------------------------------------------------------------------------
 
 TempDir::TempDir() {
-  char pattern[] = "/tmp/pylon-test-XXXXXX";
-  if (::mkdtemp(pattern) == nullptr) {
+  std::string pattern = "/tmp/pylon-test-XXXXXX";
+  if (::mkdtemp(pattern.data()) == nullptr) {
     throw std::system_error(errno, std::generic_category(), "mkdtemp");
   }
   path_ = pattern;
@@ -74,9 +76,12 @@ TempDir::TempDir() {
 TempDir::~TempDir() {
   // A test may have left a file or directory immutable; even root cannot delete it then.
   // Likewise a directory left without write permission (when not running as root).
-  const std::string command =
-      "chattr -R -i '" + path_ + "' >/dev/null 2>&1; chmod -R u+rwX '" + path_ + "' 2>/dev/null";
-  [[maybe_unused]] const int status = std::system(command.c_str());
+  try {
+    run_quietly({"chattr", "-R", "-i", path_});
+    run_quietly({"chmod", "-R", "u+rwX", path_});
+  } catch (const std::exception& error) {
+    ADD_FAILURE() << "cannot make " << path_ << " removable: " << error.what();
+  }
   std::error_code ignored;
   std::filesystem::remove_all(path_, ignored);
 }
@@ -96,7 +101,7 @@ ScopedCurrentDir::~ScopedCurrentDir() {
 std::string read_file_bytes(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) return {};
-  return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
 void write_file_bytes(const std::string& path, std::string_view bytes) {
@@ -129,8 +134,7 @@ unsigned file_mode(const std::string& path) {
 
 bool make_unwritable(const std::string& path) {
   if (::geteuid() == 0) {
-    const std::string command = "chattr +i '" + path + "'";
-    return std::system(command.c_str()) == 0;
+    return run_quietly({"chattr", "+i", path}) == 0;
   }
   std::error_code error;
   std::filesystem::permissions(path,
@@ -237,13 +241,14 @@ StatementPtr prepare(sqlite3* db, const std::string& sql, const std::vector<SqlV
       rc = sqlite3_bind_int64(raw, index, std::get<std::int64_t>(params[i]));
     } else if (std::holds_alternative<std::string>(params[i])) {
       // The params vector outlives the statement's steps, so no copy is needed (SQLITE_STATIC).
-      const std::string& text = std::get<std::string>(params[i]);
+      const auto& text = std::get<std::string>(params[i]);
       rc = sqlite3_bind_text(raw, index, text.data(), static_cast<int>(text.size()), nullptr);
     } else {
       rc = sqlite3_bind_null(raw, index);
     }
-    if (rc != SQLITE_OK)
+    if (rc != SQLITE_OK) {
       fail(db, "bind parameter " + std::to_string(index) + " of \"" + sql + "\"");
+    }
   }
   return stmt;
 }
@@ -369,10 +374,12 @@ int spy_entry(sqlite3* db, const char** /*error*/, const sqlite3_api_routines* /
 }  // namespace
 
 void ConnectionSpy::install() {
-  static const bool installed = [] {
-    return sqlite3_auto_extension(reinterpret_cast<void (*)(void)>(&spy_entry)) == SQLITE_OK;
+  static const bool kInstalled = [] {
+    // sqlite3_auto_extension() takes every entry point as `void (*)()`, whatever its signature.
+    // NOLINTNEXTLINE(cppcoreguidelines-pro-type-reinterpret-cast): the C API demands this cast
+    return sqlite3_auto_extension(reinterpret_cast<void (*)()>(&spy_entry)) == SQLITE_OK;
   }();
-  ASSERT_TRUE(installed) << "sqlite3_auto_extension failed";
+  ASSERT_TRUE(kInstalled) << "sqlite3_auto_extension failed";
 }
 
 std::vector<sqlite3*> ConnectionSpy::open_connections_to(const std::string& path) {
