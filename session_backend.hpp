@@ -234,10 +234,10 @@ struct SessionEvent {
 
 // What SessionStore::stats() reports. Counters start at 0 when the store is constructed.
 struct StoreStats {
-  std::size_t sessions = 0;  // in the cache, expired ones not yet purged included
-  std::size_t users = 0;     // users with at least one session in the cache
-  std::uint64_t cache_hits = 0;    // validate()/find() calls that returned a session
-  std::uint64_t cache_misses = 0;  // validate()/find() calls that returned none
+  std::size_t sessions = 0;          // in the cache, expired ones not yet purged included
+  std::size_t users = 0;             // users with at least one session in the cache
+  std::uint64_t cache_hits = 0;      // validate()/find() calls that returned a session
+  std::uint64_t cache_misses = 0;    // validate()/find() calls that returned none
   std::uint64_t writes = 0;          // storage writes that succeeded
   std::uint64_t write_failures = 0;  // storage writes that threw
   std::string last_error;            // what() of the last failed write; "" if none
