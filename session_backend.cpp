@@ -526,18 +526,34 @@ void sqlite_sha256_hex(sqlite3_context* context, int argc, sqlite3_value** argv)
   sqlite3_result_text(context, hex.data(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
 }
 
-// The columns of `_pylon_sessions`, sorted, as schema version 1 made it and as the latest
-// version has it (2 added idp_session_id).
+// The columns of `_pylon_sessions` ("name TYPE", sorted) as schema version 1 made it and as the
+// latest version has it (2 added idp_session_id). Rows are read by type, so a table with our
+// names but other types is as foreign as one with other names.
 const std::vector<std::string>& version_1_session_columns() {
-  static const std::vector<std::string> kColumns = {
-      "absolute_expires_at", "created_at", "data",   "device", "expires_at", "id", "ip",
-      "last_seen_at",        "tenant_id",  "user_id"};
+  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
+                                                    "created_at INTEGER",
+                                                    "data BLOB",
+                                                    "device TEXT",
+                                                    "expires_at INTEGER",
+                                                    "id TEXT",
+                                                    "ip TEXT",
+                                                    "last_seen_at INTEGER",
+                                                    "tenant_id TEXT",
+                                                    "user_id TEXT"};
   return kColumns;
 }
 const std::vector<std::string>& current_session_columns() {
-  static const std::vector<std::string> kColumns = {
-      "absolute_expires_at", "created_at", "data",         "device",    "expires_at", "id",
-      "idp_session_id",      "ip",         "last_seen_at", "tenant_id", "user_id"};
+  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
+                                                    "created_at INTEGER",
+                                                    "data BLOB",
+                                                    "device TEXT",
+                                                    "expires_at INTEGER",
+                                                    "id TEXT",
+                                                    "idp_session_id TEXT",
+                                                    "ip TEXT",
+                                                    "last_seen_at INTEGER",
+                                                    "tenant_id TEXT",
+                                                    "user_id TEXT"};
   return kColumns;
 }
 
@@ -588,7 +604,7 @@ class SqliteBackend final : public SessionBackend {
   Statement prepare(const char* sql, unsigned int flags,
                     const char* action = "cannot prepare a statement on") const;
   bool table_exists(const char* name, std::string* type = nullptr);
-  std::vector<std::string> table_columns(const char* table);
+  std::vector<std::string> table_columns(const char* table, bool with_types = true);
   int applied_schema_version();
 
   void bind_text(sqlite3_stmt* statement, int index, std::string_view text) const;
@@ -686,8 +702,12 @@ bool SqliteBackend::table_exists(const char* name, std::string* type) {
   return true;
 }
 
-std::vector<std::string> SqliteBackend::table_columns(const char* table) {
-  Statement query = prepare("SELECT name FROM pragma_table_info(?1) ORDER BY name", 0);
+// "name TYPE" of each column, sorted; names only when `with_types` is false.
+std::vector<std::string> SqliteBackend::table_columns(const char* table, bool with_types) {
+  Statement query =
+      prepare(with_types ? "SELECT name || ' ' || upper(type) FROM pragma_table_info(?1) ORDER BY 1"
+                         : "SELECT name FROM pragma_table_info(?1) ORDER BY 1",
+              0);
   check(sqlite3_bind_text(query.get(), 1, table, -1, SQLITE_STATIC), "cannot read the schema of");
   std::vector<std::string> columns;
   for (int step = sqlite3_step(query.get()); step != SQLITE_DONE;
@@ -732,14 +752,17 @@ void SqliteBackend::check_schema_version_and_shape() {
                 "database " + path_ + " has a _pylon_sessions " + type +
                     ", not a table; refusing to use it (the file was left as it is)");
   }
+  // Each schema version has exactly one shape; version 0 (no migrations table) may hold a table
+  // shaped like our version 1, or pylon's.
   const std::vector<std::string> columns = table_columns("_pylon_sessions");
-  if (columns == current_session_columns()) return;
-  if (version <= 1 && columns == version_1_session_columns()) return;  // migration 2 adds one
+  if (version >= 2 && columns == current_session_columns()) return;
+  if (version <= 1 && columns == version_1_session_columns()) return;
   // pylon's runtime: token, user_id, expires_at, created_at, device, and later tenant_id.
   std::vector<std::string> legacy = {"created_at", "device", "expires_at", "token", "user_id"};
   std::vector<std::string> legacy_with_tenant = {"created_at", "device", "expires_at",
                                                  "tenant_id",  "token",  "user_id"};
-  if (version == 0 && (columns == legacy || columns == legacy_with_tenant)) {
+  const std::vector<std::string> names = table_columns("_pylon_sessions", false);
+  if (version == 0 && (names == legacy || names == legacy_with_tenant)) {
     adopt_pylon_table_ = true;
     return;
   }
@@ -819,7 +842,7 @@ void SqliteBackend::migrate() {
         continue;
       }
       if (migration.version == 1 && adopt_pylon_table_ && table_exists("_pylon_sessions")) {
-        if (table_columns("_pylon_sessions").size() == 5) {  // pylon before tenant_id
+        if (table_columns("_pylon_sessions", false).size() == 5) {  // pylon before tenant_id
           exec("ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT", action);
         }
         exec("ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
