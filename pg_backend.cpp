@@ -34,8 +34,8 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <initializer_list>
 #include <iterator>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <utility>
@@ -106,7 +106,7 @@ std::int64_t decode_int8(std::string_view bytes) noexcept {
 // integers), so it lives on the caller's stack for one call and is never copied or moved.
 class Params {
  public:
-  static constexpr std::size_t kCapacity = 10;
+  static constexpr std::size_t kCapacity = 12;  // replace(): the old id and a whole Session
 
   Params() = default;
   Params(const Params&) = delete;
@@ -318,10 +318,27 @@ constexpr const char* kDeleteById = "pylon_delete_by_id";
 constexpr const char* kDeleteByUser = "pylon_delete_by_user";
 constexpr const char* kDeleteExpired = "pylon_delete_expired";
 constexpr const char* kSelectAll = "pylon_select_all";
+constexpr const char* kReplace = "pylon_replace";
+constexpr const char* kDeleteExpiredBatch = "pylon_delete_expired_batch";
+// remove_matching()'s statements are prepared on first use, one per combination of filter
+// fields: this prefix and the bitmask of the fields (see MatchField).
+constexpr const char* kDeleteMatchingPrefix = "pylon_delete_matching_";
 
 // The columns of kSelectAll, in order, with the type each must have.
-constexpr std::array<Oid, 10> kSelectAllTypes = {kTextOid, kTextOid, kTextOid, kInt8Oid, kInt8Oid,
-                                                 kInt8Oid, kInt8Oid, kTextOid, kTextOid, kByteaOid};
+constexpr std::array<Oid, 11> kSelectAllTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
+                                                 kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
+                                                 kTextOid, kByteaOid, kTextOid};
+
+// The fields of a SessionFilter, as bits of the mask that names remove_matching()'s statement.
+// Conditions and parameters follow this order.
+enum MatchField : unsigned {
+  kMatchId = 1U << 0U,
+  kMatchUserId = 1U << 1U,
+  kMatchTenantId = 1U << 2U,
+  kMatchIdpSessionId = 1U << 3U,
+  kMatchExceptId = 1U << 4U,
+};
+constexpr std::size_t kMatchCombinations = 32;
 
 // libpq's default notice processor prints to stderr; a library must not ("relation already
 // exists, skipping" from a migration, or a FATAL that arrives while idle).
@@ -354,6 +371,9 @@ class PostgresBackend final : public SessionBackend {
   bool remove(std::string_view id) override;
   std::size_t remove_user(std::string_view user_id) override;
   std::size_t remove_expired(std::int64_t now) override;
+  std::size_t remove_matching(const SessionFilter& filter) override;
+  bool replace(std::string_view old_id, const Session& replacement) override;
+  std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override;
   [[nodiscard]] std::string describe() const override { return shown_url_; }
 
  private:
@@ -363,7 +383,7 @@ class PostgresBackend final : public SessionBackend {
   void ensure_connected();
   void configure_session();
   void prepare_statements();
-  void prepare(const char* name, const char* sql, std::initializer_list<Oid> types);
+  void prepare(const char* name, const char* sql, const std::vector<Oid>& types);
   [[nodiscard]] std::string target() const;
 
   // Migrations, in one transaction (section 5).
@@ -371,7 +391,7 @@ class PostgresBackend final : public SessionBackend {
   int applied_schema_version();
   bool relation_kind(const char* name, std::string* kind);
   std::vector<std::pair<std::string, std::string>> table_columns(const char* table);
-  bool check_session_table();
+  bool check_session_table(int applied);
   void verify_table_shape();
 
   // Statements. Each throws Error naming the action and the database.
@@ -381,13 +401,19 @@ class PostgresBackend final : public SessionBackend {
   PgResult exec(const char* sql, const std::string& action);
   PgResult exec_params(const char* sql, const Params& params, const std::string& action);
   PgResult run(const char* statement, const Params& params, const std::string& action);
-  std::size_t run_delete(const char* statement, const Params& params, const std::string& action);
+  PgResult execute(const char* statement, const Params& params, const std::string& action);
+  std::size_t run_counting(const char* statement, const Params& params, const std::string& action);
+  // Takes a non-const PGresult: libpq's PQcmdTuples() does.
+  std::size_t affected_rows(PGresult* result, const std::string& action) const;
 
   std::mutex mutex_;       // serialises every use of the connection
   std::string shown_url_;  // the URL with its password hidden: describe() and messages
   std::string password_;   // scrubbed out of every text libpq gives us
   PgConnection conn_;
   bool broken_ = false;  // a call saw the connection fail; the next call reconnects
+  // Which of remove_matching()'s statements this connection has prepared, by field mask.
+  // prepare_statements() clears it: a reconnect starts a server session that has none.
+  std::array<bool, kMatchCombinations> matching_prepared_{};
 };
 
 PostgresBackend::PostgresBackend(const std::string& url) : shown_url_(redact_url(url)) {
@@ -564,32 +590,43 @@ PgResult PostgresBackend::exec_params(const char* sql, const Params& params,
 PgResult PostgresBackend::run(const char* statement, const Params& params,
                               const std::string& action) {
   ensure_connected();
+  return execute(statement, params, action);
+}
+
+// run() without the connection check, for a caller that has just made it (and prepared a
+// statement on the connection it checked).
+PgResult PostgresBackend::execute(const char* statement, const Params& params,
+                                  const std::string& action) {
   PgResult result(PQexecPrepared(conn_.get(), statement, params.count(), params.values(),
                                  params.lengths(), params.formats(), kBinaryFormat));
   check(result.get(), action);
   return result;
 }
 
-std::size_t PostgresBackend::run_delete(const char* statement, const Params& params,
-                                        const std::string& action) {
+std::size_t PostgresBackend::run_counting(const char* statement, const Params& params,
+                                          const std::string& action) {
   const PgResult result = run(statement, params, action);
-  // The "N" of the command tag "DELETE N".
-  const std::string_view tuples = PQcmdTuples(result.get());
+  return affected_rows(result.get(), action);
+}
+
+// The "N" of the command tag "DELETE N" or "INSERT 0 N".
+std::size_t PostgresBackend::affected_rows(PGresult* result, const std::string& action) const {
+  const std::string_view tuples = PQcmdTuples(result);
   std::size_t count = 0;
   const bool digits_only =
       !tuples.empty() && tuples.size() < 20 &&
       std::all_of(tuples.begin(), tuples.end(), [](char c) { return c >= '0' && c <= '9'; });
   if (!digits_only) {
     throw Error(ErrorCode::kInternal,
-                action + " " + target() + ": the server did not say how many rows it deleted");
+                action + " " + target() + ": the server did not say how many rows it changed");
   }
   for (const char digit : tuples) count = count * 10 + static_cast<std::size_t>(digit - '0');
   return count;
 }
 
-void PostgresBackend::prepare(const char* name, const char* sql, std::initializer_list<Oid> types) {
+void PostgresBackend::prepare(const char* name, const char* sql, const std::vector<Oid>& types) {
   const PgResult result(
-      PQprepare(conn_.get(), name, sql, static_cast<int>(types.size()), std::data(types)));
+      PQprepare(conn_.get(), name, sql, static_cast<int>(types.size()), types.data()));
   check(result.get(), "cannot prepare a statement on");
 }
 
@@ -627,7 +664,7 @@ void PostgresBackend::migrate() {
                       " that this build knows; upgrade pylon-sessions (the database was left as "
                       "it is)");
     }
-    const bool adopt_pylon_table = check_session_table();  // true only at version 0
+    const bool adopt_pylon_table = check_session_table(applied);  // true only at version 0
     if (applied < kLatestPostgresVersion) {
       exec(
           "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
@@ -714,17 +751,26 @@ std::vector<std::pair<std::string, std::string>> PostgresBackend::table_columns(
   return columns;
 }
 
+// (name, type) of every column of `_pylon_sessions` once migration `version` (1 or later) has
+// run, ordered by name as table_columns() returns them.
+std::vector<std::pair<std::string, std::string>> session_columns_at(int version) {
+  std::vector<std::pair<std::string, std::string>> columns = {{"absolute_expires_at", "bigint"},
+                                                              {"created_at", "bigint"},
+                                                              {"data", "bytea"},
+                                                              {"device", "text"},
+                                                              {"expires_at", "bigint"},
+                                                              {"id", "text"},
+                                                              {"ip", "text"},
+                                                              {"last_seen_at", "bigint"},
+                                                              {"tenant_id", "text"},
+                                                              {"user_id", "text"}};
+  if (version >= 2) columns.emplace_back("idp_session_id", "text");
+  std::sort(columns.begin(), columns.end());
+  return columns;
+}
+
 std::vector<std::pair<std::string, std::string>> current_session_columns() {
-  return {{"absolute_expires_at", "bigint"},
-          {"created_at", "bigint"},
-          {"data", "bytea"},
-          {"device", "text"},
-          {"expires_at", "bigint"},
-          {"id", "text"},
-          {"ip", "text"},
-          {"last_seen_at", "bigint"},
-          {"tenant_id", "text"},
-          {"user_id", "text"}};
+  return session_columns_at(kLatestPostgresVersion);
 }
 
 std::vector<std::string> names_of(const std::vector<std::pair<std::string, std::string>>& columns) {
@@ -744,10 +790,11 @@ std::string describe_relkind(const std::string& kind) {
   return "relation of kind '" + kind + "'";
 }
 
-// Refuses a `_pylon_sessions` that is not a table or whose columns are neither ours nor pylon's.
-// Returns true when it is pylon's table, to be adopted by migration 1. As on SQLite, only the
-// column names are compared here; verify_table_shape() checks the types after migrating.
-bool PostgresBackend::check_session_table() {
+// Refuses a `_pylon_sessions` that is not a table or whose columns are neither ours (as schema
+// version `applied` left them) nor pylon's. Returns true when it is pylon's table, to be adopted
+// by migration 1. As on SQLite, only the column names are compared here; verify_table_shape()
+// checks the types after migrating.
+bool PostgresBackend::check_session_table(int applied) {
   std::string kind;
   if (!relation_kind("_pylon_sessions", &kind)) return false;
   if (kind != "r" && kind != "p") {  // an ordinary or a partitioned table
@@ -756,13 +803,16 @@ bool PostgresBackend::check_session_table() {
                     ", not a table; refusing to use it (the database was left as it is)");
   }
   const std::vector<std::string> columns = names_of(table_columns("_pylon_sessions"));
-  if (columns == names_of(current_session_columns())) return false;
+  // Migration 1 creates the table only if it is missing, so at version 0 a table of version 1's
+  // shape is taken as it is. A table already of a later shape than its version is not: the
+  // migrations still to run would fail on it half-way (a column added twice).
+  if (columns == names_of(session_columns_at(std::max(applied, 1)))) return false;
   // pylon's runtime: token, user_id, expires_at, created_at, device, and later tenant_id.
   const std::vector<std::string> legacy = {"created_at", "device", "expires_at", "token",
                                            "user_id"};
   const std::vector<std::string> legacy_with_tenant = {"created_at", "device", "expires_at",
                                                        "tenant_id",  "token",  "user_id"};
-  if (applied_schema_version() == 0 && (columns == legacy || columns == legacy_with_tenant)) {
+  if (applied == 0 && (columns == legacy || columns == legacy_with_tenant)) {
     return true;
   }
   std::string listed;
@@ -792,27 +842,106 @@ void PostgresBackend::verify_table_shape() {
 // Every statement is prepared once per connection with the types of its parameters, and every
 // call sends only parameters. load_all() streams: in single-row mode libpq hands over one row at
 // a time, so a million sessions are held once (as Sessions), never also as one huge PGresult.
+//
+// Each call is still one autocommit statement, the multi-step ones included:
+//   - replace() is a DELETE and an INSERT joined by a data-modifying CTE. One statement commits
+//     whole or not at all, so no reader, here or in another process, sees both ids or neither;
+//     and it is one round trip with no transaction left open if the connection drops half-way.
+//   - remove_expired_batch() bounds its DELETE with a LIMITed subquery; SKIP LOCKED lets
+//     several instances purge side by side instead of queueing on the same rows.
+//   - remove_matching() has one statement per combination of filter fields, each a plain
+//     conjunction of equalities the indexes serve; there are 32 combinations and an application
+//     uses a few, so they are prepared on first use rather than all on every (re)connect.
 // ================================================================================================
 
+// The columns a Session is written to, in the order of its parameters (bind_session()).
+constexpr const char* kSessionColumns =
+    "id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, "
+    "ip, data, idp_session_id";
+// An upsert sets every column, so save() replaces the whole row, as the contract asks.
+constexpr const char* kUpdateEveryColumn =
+    " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
+    "created_at = excluded.created_at, expires_at = excluded.expires_at, "
+    "last_seen_at = excluded.last_seen_at, absolute_expires_at = excluded.absolute_expires_at, "
+    "device = excluded.device, ip = excluded.ip, data = excluded.data, "
+    "idp_session_id = excluded.idp_session_id";
+
+const std::vector<Oid>& session_parameter_types() {
+  static const std::vector<Oid> kTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
+                                          kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
+                                          kTextOid, kByteaOid, kTextOid};
+  return kTypes;
+}
+
+void bind_session(Params& params, const Session& session) {
+  params.text(session.id)
+      .text(session.user_id)
+      .optional_text(session.tenant_id)
+      .int8(session.created_at)
+      .int8(session.expires_at)
+      .int8(session.last_seen_at)
+      .int8(session.absolute_expires_at)
+      .optional_text(session.device)
+      .optional_text(session.ip)
+      .bytea(session.data)
+      .optional_text(session.idp_session_id);
+}
+
 void PostgresBackend::prepare_statements() {
-  prepare(kUpsert,
-          "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
-          "last_seen_at, absolute_expires_at, device, ip, data) "
-          "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) "
-          "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
-          "tenant_id = excluded.tenant_id, created_at = excluded.created_at, "
-          "expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at, "
-          "absolute_expires_at = excluded.absolute_expires_at, device = excluded.device, "
-          "ip = excluded.ip, data = excluded.data",
-          {kTextOid, kTextOid, kTextOid, kInt8Oid, kInt8Oid, kInt8Oid, kInt8Oid, kTextOid, kTextOid,
-           kByteaOid});
+  const std::string upsert = std::string("INSERT INTO _pylon_sessions (") + kSessionColumns +
+                             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)" +
+                             kUpdateEveryColumn;
+  prepare(kUpsert, upsert.c_str(), session_parameter_types());
+
+  // The INSERT runs only when the DELETE found the old row; its command tag then says 1, else 0.
+  // The upsert form keeps replace() writing exactly what save() would (a replacement whose id
+  // is also the old one is fine: the DELETE's row no longer conflicts in the same statement).
+  const std::string replace =
+      std::string("WITH gone AS (DELETE FROM _pylon_sessions WHERE id = $1 RETURNING 1) ") +
+      "INSERT INTO _pylon_sessions (" + kSessionColumns +
+      ") SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM gone)" +
+      kUpdateEveryColumn;
+  std::vector<Oid> replace_types = {kTextOid};
+  replace_types.insert(replace_types.end(), session_parameter_types().begin(),
+                       session_parameter_types().end());
+  prepare(kReplace, replace.c_str(), replace_types);
+
   prepare(kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1", {kTextOid});
   prepare(kDeleteByUser, "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid});
   prepare(kDeleteExpired, "DELETE FROM _pylon_sessions WHERE expires_at <= $1", {kInt8Oid});
-  prepare(kSelectAll,
-          "SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-          "absolute_expires_at, device, ip, data FROM _pylon_sessions",
+  // By id rather than ctid: ctid is not unique in a partitioned table. FOR UPDATE is what keeps
+  // it right under concurrent writes: in READ COMMITTED a row changed since the statement's
+  // snapshot (a save() sliding its expiry) is re-read at its newest version and re-checked
+  // before it is locked, and once locked nobody else can change it, so every row the DELETE
+  // finds by id is still expired. (An id semi-join alone would not re-check expires_at.) With no
+  // second expires_at condition outside, the planner walks at most `limit` entries of the
+  // expiry index and looks each row up by key: a batch costs its size, not the backlog's.
+  prepare(kDeleteExpiredBatch,
+          "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM _pylon_sessions "
+          "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+          {kInt8Oid, kInt8Oid});
+  prepare(kSelectAll, (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions").c_str(),
           {});
+  matching_prepared_.fill(false);
+}
+
+// remove_matching()'s DELETE for the fields in `mask`, parameters numbered in MatchField order.
+std::string matching_sql(unsigned mask) {
+  static constexpr std::array<std::pair<MatchField, const char*>, 5> kConditions = {{
+      {kMatchId, "id = $"},
+      {kMatchUserId, "user_id = $"},
+      {kMatchTenantId, "tenant_id = $"},
+      {kMatchIdpSessionId, "idp_session_id = $"},
+      {kMatchExceptId, "id <> $"},
+  }};
+  std::string sql = "DELETE FROM _pylon_sessions WHERE ";
+  int parameter = 0;
+  for (const auto& [field, condition] : kConditions) {
+    if ((mask & field) == 0) continue;
+    if (parameter > 0) sql += " AND ";
+    sql += condition + std::to_string(++parameter);
+  }
+  return sql;
 }
 
 // One row of kSelectAll, from a single-row result.
@@ -832,6 +961,7 @@ Session session_from_row(const PGresult* row) {
   session.device = optional_text_at(row, 7);
   session.ip = optional_text_at(row, 8);
   session.data = text_at(row, 9);
+  session.idp_session_id = optional_text_at(row, 10);
   return session;
 }
 
@@ -899,16 +1029,7 @@ std::vector<Session> PostgresBackend::load_all() {
 void PostgresBackend::save(const Session& session) {
   detail::check_session_for_storage(session);
   Params params;
-  params.text(session.id)
-      .text(session.user_id)
-      .optional_text(session.tenant_id)
-      .int8(session.created_at)
-      .int8(session.expires_at)
-      .int8(session.last_seen_at)
-      .int8(session.absolute_expires_at)
-      .optional_text(session.device)
-      .optional_text(session.ip)
-      .bytea(session.data);
+  bind_session(params, session);
   const std::lock_guard<std::mutex> lock(mutex_);
   run(kUpsert, params, "cannot save a session to");
 }
@@ -919,7 +1040,7 @@ bool PostgresBackend::remove(std::string_view id) {
   Params params;
   params.text(id);
   const std::lock_guard<std::mutex> lock(mutex_);
-  return run_delete(kDeleteById, params, "cannot delete a session from") > 0;
+  return run_counting(kDeleteById, params, "cannot delete a session from") > 0;
 }
 
 std::size_t PostgresBackend::remove_user(std::string_view user_id) {
@@ -927,14 +1048,72 @@ std::size_t PostgresBackend::remove_user(std::string_view user_id) {
   Params params;
   params.text(user_id);
   const std::lock_guard<std::mutex> lock(mutex_);
-  return run_delete(kDeleteByUser, params, "cannot delete a user's sessions from");
+  return run_counting(kDeleteByUser, params, "cannot delete a user's sessions from");
 }
 
 std::size_t PostgresBackend::remove_expired(std::int64_t now) {
   Params params;
   params.int8(now);
   const std::lock_guard<std::mutex> lock(mutex_);
-  return run_delete(kDeleteExpired, params, "cannot delete expired sessions from");
+  return run_counting(kDeleteExpired, params, "cannot delete expired sessions from");
+}
+
+std::size_t PostgresBackend::remove_matching(const SessionFilter& filter) {
+  if (!filter.id && !filter.user_id && !filter.idp_session_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "remove_matching needs an id, a user_id or an idp_session_id: an empty filter "
+                "would delete every session");
+  }
+  const std::array<std::pair<MatchField, const std::optional<std::string>*>, 5> fields = {{
+      {kMatchId, &filter.id},
+      {kMatchUserId, &filter.user_id},
+      {kMatchTenantId, &filter.tenant_id},
+      {kMatchIdpSessionId, &filter.idp_session_id},
+      {kMatchExceptId, &filter.except_id},
+  }};
+  unsigned mask = 0;
+  Params params;
+  for (const auto& [field, value] : fields) {
+    if (!value->has_value()) continue;
+    // TEXT cannot hold such a value, so no row has it (and the server would reject the
+    // parameter): an equality on it matches nothing, and sparing it spares no row.
+    if (!detail::is_storable_text(**value)) {
+      if (field == kMatchExceptId) continue;
+      return 0;
+    }
+    mask |= field;
+    params.text(**value);
+  }
+  const std::string action = "cannot delete sessions from";
+  const std::string name = kDeleteMatchingPrefix + std::to_string(mask);
+  const std::lock_guard<std::mutex> lock(mutex_);
+  ensure_connected();  // may reconnect, which forgets what was prepared
+  if (!matching_prepared_.at(mask)) {
+    prepare(name.c_str(), matching_sql(mask).c_str(),
+            std::vector<Oid>(static_cast<std::size_t>(params.count()), kTextOid));
+    matching_prepared_.at(mask) = true;
+  }
+  const PgResult result = execute(name.c_str(), params, action);
+  return affected_rows(result.get(), action);
+}
+
+bool PostgresBackend::replace(std::string_view old_id, const Session& replacement) {
+  detail::check_session_for_storage(replacement);
+  if (!detail::is_storable_text(old_id)) return false;  // as in remove(): no row can have it
+  Params params;
+  params.text(old_id);
+  bind_session(params, replacement);
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return run_counting(kReplace, params, "cannot rotate a session in") > 0;
+}
+
+std::size_t PostgresBackend::remove_expired_batch(std::int64_t now, std::size_t limit) {
+  if (limit == 0) return 0;  // LIMIT 0 deletes nothing; no need to ask the server
+  const auto max_limit = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+  Params params;
+  params.int8(now).int8(static_cast<std::int64_t>(std::min(limit, max_limit)));
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return run_counting(kDeleteExpiredBatch, params, "cannot delete expired sessions from");
 }
 
 }  // namespace

@@ -7,7 +7,7 @@
 //   4. URLs          DATABASE_URL parsing and password redaction
 //   5. SQLite        the default backend: file creation, probing, pragmas, statements
 //   6. migrations    the embedded schema, its version table, pylon adoption
-//   7. the store     SessionStore: the write-through cache
+// The store (SessionStore, the cache) is in session_store.cpp.
 #include "session_backend.hpp"
 
 #include <fcntl.h>
@@ -146,7 +146,8 @@ bool operator==(const Session& a, const Session& b) {
   return a.id == b.id && a.user_id == b.user_id && a.tenant_id == b.tenant_id &&
          a.created_at == b.created_at && a.expires_at == b.expires_at &&
          a.last_seen_at == b.last_seen_at && a.device == b.device && a.ip == b.ip &&
-         a.data == b.data && a.absolute_expires_at == b.absolute_expires_at;
+         a.data == b.data && a.absolute_expires_at == b.absolute_expires_at &&
+         a.idp_session_id == b.idp_session_id;
 }
 
 namespace detail {
@@ -219,20 +220,12 @@ void check_session_for_storage(const Session& session) {
   check_optional_text_field("tenant_id", session.tenant_id);
   check_optional_text_field("device", session.device);
   check_optional_text_field("ip", session.ip);
+  check_optional_text_field("idp_session_id", session.idp_session_id);
 }
 
 }  // namespace detail
 
-namespace {
-
-std::int64_t saturating_add(std::int64_t base, std::int64_t delta) noexcept {
-  if (delta > 0 && base > std::numeric_limits<std::int64_t>::max() - delta) {
-    return std::numeric_limits<std::int64_t>::max();
-  }
-  return base + delta;
-}
-
-}  // namespace
+namespace {}  // namespace
 
 // ================================================================================================
 // 4. URLs
@@ -533,11 +526,34 @@ void sqlite_sha256_hex(sqlite3_context* context, int argc, sqlite3_value** argv)
   sqlite3_result_text(context, hex.data(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
 }
 
-// The columns a `_pylon_sessions` table has in each form we know.
+// The columns of `_pylon_sessions` ("name TYPE", sorted) as schema version 1 made it and as the
+// latest version has it (2 added idp_session_id). Rows are read by type, so a table with our
+// names but other types is as foreign as one with other names.
+const std::vector<std::string>& version_1_session_columns() {
+  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
+                                                    "created_at INTEGER",
+                                                    "data BLOB",
+                                                    "device TEXT",
+                                                    "expires_at INTEGER",
+                                                    "id TEXT",
+                                                    "ip TEXT",
+                                                    "last_seen_at INTEGER",
+                                                    "tenant_id TEXT",
+                                                    "user_id TEXT"};
+  return kColumns;
+}
 const std::vector<std::string>& current_session_columns() {
-  static const std::vector<std::string> kColumns = {
-      "absolute_expires_at", "created_at", "data",   "device", "expires_at", "id", "ip",
-      "last_seen_at",        "tenant_id",  "user_id"};
+  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
+                                                    "created_at INTEGER",
+                                                    "data BLOB",
+                                                    "device TEXT",
+                                                    "expires_at INTEGER",
+                                                    "id TEXT",
+                                                    "idp_session_id TEXT",
+                                                    "ip TEXT",
+                                                    "last_seen_at INTEGER",
+                                                    "tenant_id TEXT",
+                                                    "user_id TEXT"};
   return kColumns;
 }
 
@@ -565,6 +581,9 @@ class SqliteBackend final : public SessionBackend {
   bool remove(std::string_view id) override;
   std::size_t remove_user(std::string_view user_id) override;
   std::size_t remove_expired(std::int64_t now) override;
+  std::size_t remove_matching(const SessionFilter& filter) override;
+  bool replace(std::string_view old_id, const Session& replacement) override;
+  std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override;
   std::string describe() const override { return path_; }
 
  private:
@@ -585,13 +604,15 @@ class SqliteBackend final : public SessionBackend {
   Statement prepare(const char* sql, unsigned int flags,
                     const char* action = "cannot prepare a statement on") const;
   bool table_exists(const char* name, std::string* type = nullptr);
-  std::vector<std::string> table_columns(const char* table);
+  std::vector<std::string> table_columns(const char* table, bool with_types = true);
   int applied_schema_version();
 
   void bind_text(sqlite3_stmt* statement, int index, std::string_view text) const;
   void bind_optional_text(sqlite3_stmt* statement, int index,
                           const std::optional<std::string>& text) const;
   std::size_t run_delete(sqlite3_stmt* statement, const std::string& action);
+  void bind_session(sqlite3_stmt* statement, const Session& session);
+  void step_done(sqlite3_stmt* statement, const char* action);
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
@@ -602,6 +623,11 @@ class SqliteBackend final : public SessionBackend {
   Statement delete_by_user_;
   Statement delete_expired_;
   Statement select_all_;
+  Statement delete_expired_batch_;
+  Statement begin_;
+  Statement commit_;
+  // remove_matching()'s DELETE for each combination of filter fields, prepared on first use.
+  std::array<Statement, 32> delete_matching_;
 };
 
 SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
@@ -676,8 +702,12 @@ bool SqliteBackend::table_exists(const char* name, std::string* type) {
   return true;
 }
 
-std::vector<std::string> SqliteBackend::table_columns(const char* table) {
-  Statement query = prepare("SELECT name FROM pragma_table_info(?1) ORDER BY name", 0);
+// "name TYPE" of each column, sorted; names only when `with_types` is false.
+std::vector<std::string> SqliteBackend::table_columns(const char* table, bool with_types) {
+  Statement query =
+      prepare(with_types ? "SELECT name || ' ' || upper(type) FROM pragma_table_info(?1) ORDER BY 1"
+                         : "SELECT name FROM pragma_table_info(?1) ORDER BY 1",
+              0);
   check(sqlite3_bind_text(query.get(), 1, table, -1, SQLITE_STATIC), "cannot read the schema of");
   std::vector<std::string> columns;
   for (int step = sqlite3_step(query.get()); step != SQLITE_DONE;
@@ -722,13 +752,17 @@ void SqliteBackend::check_schema_version_and_shape() {
                 "database " + path_ + " has a _pylon_sessions " + type +
                     ", not a table; refusing to use it (the file was left as it is)");
   }
+  // Each schema version has exactly one shape; version 0 (no migrations table) may hold a table
+  // shaped like our version 1, or pylon's.
   const std::vector<std::string> columns = table_columns("_pylon_sessions");
-  if (columns == current_session_columns()) return;
+  if (version >= 2 && columns == current_session_columns()) return;
+  if (version <= 1 && columns == version_1_session_columns()) return;
   // pylon's runtime: token, user_id, expires_at, created_at, device, and later tenant_id.
   std::vector<std::string> legacy = {"created_at", "device", "expires_at", "token", "user_id"};
   std::vector<std::string> legacy_with_tenant = {"created_at", "device", "expires_at",
                                                  "tenant_id",  "token",  "user_id"};
-  if (version == 0 && (columns == legacy || columns == legacy_with_tenant)) {
+  const std::vector<std::string> names = table_columns("_pylon_sessions", false);
+  if (version == 0 && (names == legacy || names == legacy_with_tenant)) {
     adopt_pylon_table_ = true;
     return;
   }
@@ -808,7 +842,7 @@ void SqliteBackend::migrate() {
         continue;
       }
       if (migration.version == 1 && adopt_pylon_table_ && table_exists("_pylon_sessions")) {
-        if (table_columns("_pylon_sessions").size() == 5) {  // pylon before tenant_id
+        if (table_columns("_pylon_sessions", false).size() == 5) {  // pylon before tenant_id
           exec("ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT", action);
         }
         exec("ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
@@ -856,21 +890,27 @@ void SqliteBackend::prepare_statements() {
   constexpr unsigned int kPersistent = SQLITE_PREPARE_PERSISTENT;
   upsert_ = prepare(
       "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
-      "last_seen_at, absolute_expires_at, device, ip, data) "
-      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) "
+      "last_seen_at, absolute_expires_at, device, ip, data, idp_session_id) "
+      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
       "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
       "tenant_id = excluded.tenant_id, created_at = excluded.created_at, "
       "expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at, "
       "absolute_expires_at = excluded.absolute_expires_at, device = excluded.device, "
-      "ip = excluded.ip, data = excluded.data",
+      "ip = excluded.ip, data = excluded.data, idp_session_id = excluded.idp_session_id",
       kPersistent);
   delete_by_id_ = prepare("DELETE FROM _pylon_sessions WHERE id = ?1", kPersistent);
   delete_by_user_ = prepare("DELETE FROM _pylon_sessions WHERE user_id = ?1", kPersistent);
   delete_expired_ = prepare("DELETE FROM _pylon_sessions WHERE expires_at <= ?1", kPersistent);
   select_all_ = prepare(
       "SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-      "absolute_expires_at, device, ip, data FROM _pylon_sessions",
+      "absolute_expires_at, device, ip, data, idp_session_id FROM _pylon_sessions",
       kPersistent);
+  delete_expired_batch_ = prepare(
+      "DELETE FROM _pylon_sessions WHERE rowid IN "
+      "(SELECT rowid FROM _pylon_sessions WHERE expires_at <= ?1 LIMIT ?2)",
+      kPersistent);
+  begin_ = prepare("BEGIN IMMEDIATE", kPersistent);
+  commit_ = prepare("COMMIT", kPersistent);
 }
 
 void SqliteBackend::bind_text(sqlite3_stmt* statement, int index, std::string_view text) const {
@@ -926,6 +966,7 @@ std::vector<Session> SqliteBackend::load_all() {
     if (blob != nullptr) {
       session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
     }
+    session.idp_session_id = optional_text_at(10);
     sessions.push_back(std::move(session));
   }
   return sessions;
@@ -939,23 +980,121 @@ void SqliteBackend::save(const Session& session) {
   const std::lock_guard<std::mutex> lock(mutex_);
   sqlite3_stmt* upsert = upsert_.get();
   const StatementReset reset(upsert);
-  bind_text(upsert, 1, session.id);
-  bind_text(upsert, 2, session.user_id);
-  bind_optional_text(upsert, 3, session.tenant_id);
-  check(sqlite3_bind_int64(upsert, 4, session.created_at), "cannot bind a value for");
-  check(sqlite3_bind_int64(upsert, 5, session.expires_at), "cannot bind a value for");
-  check(sqlite3_bind_int64(upsert, 6, session.last_seen_at), "cannot bind a value for");
-  check(sqlite3_bind_int64(upsert, 7, session.absolute_expires_at), "cannot bind a value for");
-  bind_optional_text(upsert, 8, session.device);
-  bind_optional_text(upsert, 9, session.ip);
+  bind_session(upsert, session);
+  step_done(upsert, "cannot save a session to");
+}
+
+void SqliteBackend::bind_session(sqlite3_stmt* statement, const Session& session) {
+  bind_text(statement, 1, session.id);
+  bind_text(statement, 2, session.user_id);
+  bind_optional_text(statement, 3, session.tenant_id);
+  check(sqlite3_bind_int64(statement, 4, session.created_at), "cannot bind a value for");
+  check(sqlite3_bind_int64(statement, 5, session.expires_at), "cannot bind a value for");
+  check(sqlite3_bind_int64(statement, 6, session.last_seen_at), "cannot bind a value for");
+  check(sqlite3_bind_int64(statement, 7, session.absolute_expires_at), "cannot bind a value for");
+  bind_optional_text(statement, 8, session.device);
+  bind_optional_text(statement, 9, session.ip);
   // A zero-length blob must still be a blob, not NULL: bind_zeroblob(0) gives x''.
   check(session.data.empty()
-            ? sqlite3_bind_zeroblob(upsert, 10, 0)
-            : sqlite3_bind_blob(upsert, 10, session.data.data(),
+            ? sqlite3_bind_zeroblob(statement, 10, 0)
+            : sqlite3_bind_blob(statement, 10, session.data.data(),
                                 static_cast<int>(session.data.size()), SQLITE_STATIC),
         "cannot bind a value for");
-  const int step = sqlite3_step(upsert);
-  if (step != SQLITE_DONE) fail(step, "cannot save a session to");
+  bind_optional_text(statement, 11, session.idp_session_id);
+}
+
+void SqliteBackend::step_done(sqlite3_stmt* statement, const char* action) {
+  const int step = sqlite3_step(statement);
+  if (step != SQLITE_DONE) fail(step, action);
+}
+
+// Rotation: the delete of the old id and the insert of the new one commit together or not at
+// all, so no reader, here or in another process, ever sees both tokens valid or neither.
+bool SqliteBackend::replace(std::string_view old_id, const Session& replacement) {
+  detail::check_session_for_storage(replacement);
+  if (replacement.data.size() > static_cast<std::size_t>(INT_MAX)) {
+    throw Error(ErrorCode::kInvalidArgument, "session data is larger than SQLite can store");
+  }
+  const std::lock_guard<std::mutex> lock(mutex_);
+  {
+    const StatementReset reset(begin_.get());
+    step_done(begin_.get(), "cannot begin a rotation on");
+  }
+  try {
+    {
+      const StatementReset reset(delete_by_id_.get());
+      bind_text(delete_by_id_.get(), 1, old_id);
+      if (run_delete(delete_by_id_.get(), "cannot rotate a session in") == 0) {
+        sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+        return false;
+      }
+    }
+    {
+      const StatementReset reset(upsert_.get());
+      bind_session(upsert_.get(), replacement);
+      step_done(upsert_.get(), "cannot rotate a session in");
+    }
+    const StatementReset reset(commit_.get());
+    step_done(commit_.get(), "cannot commit a rotation to");
+  } catch (...) {
+    // Nothing was acknowledged. A failed COMMIT leaves the transaction open; roll it back so the
+    // connection is usable. If SQLite already rolled back on its own, this is a no-op.
+    if (sqlite3_get_autocommit(db_.get()) == 0) {
+      sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    throw;
+  }
+  return true;
+}
+
+// One DELETE per combination of set fields, so every one is a plain indexed equality (an
+// `?1 IS NULL OR user_id = ?1` form would keep SQLite from using the indexes).
+std::size_t SqliteBackend::remove_matching(const SessionFilter& filter) {
+  if (!filter.id && !filter.user_id && !filter.idp_session_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "remove_matching needs an id, a user_id or an idp_session_id: an empty filter "
+                "would delete every session");
+  }
+  const std::array<std::pair<const std::optional<std::string>*, const char*>, 5> fields = {{
+      {&filter.id, "id = ?"},
+      {&filter.user_id, "user_id = ?"},
+      {&filter.tenant_id, "tenant_id = ?"},
+      {&filter.idp_session_id, "idp_session_id = ?"},
+      {&filter.except_id, "id <> ?"},
+  }};
+  std::size_t mask = 0;
+  for (std::size_t i = 0; i < fields.size(); ++i) {
+    if (fields.at(i).first->has_value()) mask |= std::size_t{1} << i;
+  }
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Statement& statement = delete_matching_.at(mask);
+  if (!statement) {
+    std::string sql = "DELETE FROM _pylon_sessions WHERE ";
+    const char* separator = "";
+    for (std::size_t i = 0; i < fields.size(); ++i) {
+      if ((mask & (std::size_t{1} << i)) == 0) continue;
+      sql.append(separator).append(fields.at(i).second);
+      separator = " AND ";
+    }
+    statement = prepare(sql.c_str(), SQLITE_PREPARE_PERSISTENT);
+  }
+  const StatementReset reset(statement.get());
+  int index = 1;
+  for (const auto& field : fields) {
+    if (field.first->has_value()) bind_text(statement.get(), index++, **field.first);
+  }
+  return run_delete(statement.get(), "cannot delete sessions from");
+}
+
+std::size_t SqliteBackend::remove_expired_batch(std::int64_t now, std::size_t limit) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = delete_expired_batch_.get();
+  const StatementReset reset(statement);
+  check(sqlite3_bind_int64(statement, 1, now), "cannot bind a value for");
+  check(sqlite3_bind_int64(statement, 2,
+                           static_cast<sqlite3_int64>(std::min<std::size_t>(limit, INT64_MAX))),
+        "cannot bind a value for");
+  return run_delete(statement, "cannot delete expired sessions from");
 }
 
 std::size_t SqliteBackend::run_delete(sqlite3_stmt* statement, const std::string& action) {
@@ -1003,382 +1142,5 @@ std::unique_ptr<SessionBackend> open_sqlite_backend(const std::string& path,
   }
   return std::make_unique<SqliteBackend>(path, options);
 }
-
-// ================================================================================================
-// 7. The store
-//
-// Invariants (hold whenever no mutex is held):
-//   - sessions_ holds exactly the rows storage holds that this process knows of, minus the ids
-//     in pending_deletes_, which are denied here but whose delete storage has not acknowledged.
-//   - by_user_[u] holds the ids of exactly the sessions_ entries of user u.
-// Locking: write_mutex_ serialises every storage write and the cache update that follows it, so
-// the cache changes in the order storage did. cache_mutex_ (shared for readers) guards sessions_
-// and by_user_; it is held only for map operations, never across a storage call, so reads never
-// wait for the disk. Lock order: write_mutex_, then cache_mutex_.
-// ================================================================================================
-
-std::int64_t system_clock_now() {
-  return std::chrono::duration_cast<std::chrono::seconds>(
-             std::chrono::system_clock::now().time_since_epoch())
-      .count();
-}
-
-class SessionStore::Impl {
- public:
-  Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options);
-  ~Impl();
-  Impl(const Impl&) = delete;
-  Impl& operator=(const Impl&) = delete;
-  Impl(Impl&&) = delete;
-  Impl& operator=(Impl&&) = delete;
-
-  NewSession create(std::string_view user_id, CreateOptions options);
-  std::optional<Session> validate(std::string_view token);
-  std::optional<Session> find(std::string_view id);
-  bool revoke_id(std::string_view id);
-  std::size_t revoke_user(std::string_view user_id);
-  std::vector<Session> list_user(std::string_view user_id);
-  std::size_t purge_expired();
-  std::size_t size();
-
- private:
-  std::int64_t now() const { return options_.clock(); }
-  static bool is_live(const Session& session, std::int64_t at) { return session.expires_at > at; }
-
-  // Cache edits; the caller holds write_mutex_ (and these take cache_mutex_ exclusively).
-  void cache_put(const Session& session);
-  void cache_erase(const std::string& id);
-  void cache_erase_locked(const std::string& id);  // caller holds cache_mutex_ exclusively
-
-  // Retries deletes left by failed revokes; throws (leaving the rest pending) if storage still
-  // refuses. Caller holds write_mutex_. Called before every write.
-  void flush_pending_deletes();
-  // Makes `ids` denied here at once and queued for deletion; caller holds write_mutex_.
-  void deny_and_queue(const std::vector<std::string>& ids);
-  void evict_to_make_room(const std::string& user_id);
-  std::optional<Session> touch(const std::string& id, std::int64_t at);
-
-  std::unique_ptr<SessionBackend> backend_;
-  StoreOptions options_;
-
-  std::mutex write_mutex_;
-  std::unordered_set<std::string> pending_deletes_;  // guarded by write_mutex_
-
-  std::shared_mutex cache_mutex_;
-  std::unordered_map<std::string, Session> sessions_;                         // by id
-  std::unordered_map<std::string, std::unordered_set<std::string>> by_user_;  // user -> ids
-};
-
-namespace {
-
-void check_store_options(const StoreOptions& options) {
-  if (options.absolute_ttl.count() <= 0) {
-    throw Error(ErrorCode::kInvalidArgument, "StoreOptions::absolute_ttl must be positive");
-  }
-  if (options.idle_timeout.count() < 0 || options.touch_interval.count() < 0) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "StoreOptions::idle_timeout and touch_interval must not be negative");
-  }
-  if (!options.clock) {
-    throw Error(ErrorCode::kInvalidArgument, "StoreOptions::clock must be set");
-  }
-}
-
-}  // namespace
-
-SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options)
-    : backend_(std::move(backend)), options_(std::move(options)) {
-  if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
-  check_store_options(options_);
-  std::vector<Session> rows = backend_->load_all();
-  sessions_.reserve(rows.size());
-  for (Session& row : rows) {
-    // A row whose id is not a digest can never match a token; keep it out of the cache.
-    if (!is_well_formed_session_id(row.id)) continue;
-    by_user_[row.user_id].insert(row.id);
-    std::string id = row.id;
-    sessions_.emplace(std::move(id), std::move(row));
-  }
-}
-
-SessionStore::Impl::~Impl() {
-  // Last attempt for deletes that failed earlier. A destructor must not throw: what still fails
-  // stays in storage, as the Error thrown by the original revoke reported.
-  const std::lock_guard<std::mutex> lock(write_mutex_);
-  for (const std::string& id : pending_deletes_) {
-    try {
-      backend_->remove(id);
-    } catch (...) {  // NOLINT(bugprone-empty-catch): reported when the revoke failed
-    }
-  }
-}
-
-void SessionStore::Impl::cache_put(const Session& session) {
-  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
-  auto found = sessions_.find(session.id);
-  if (found != sessions_.end() && found->second.user_id != session.user_id) {
-    cache_erase_locked(session.id);
-    found = sessions_.end();
-  }
-  by_user_[session.user_id].insert(session.id);
-  if (found == sessions_.end()) {
-    sessions_.emplace(session.id, session);
-  } else {
-    found->second = session;
-  }
-}
-
-void SessionStore::Impl::cache_erase(const std::string& id) {
-  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
-  cache_erase_locked(id);
-}
-
-void SessionStore::Impl::cache_erase_locked(const std::string& id) {
-  const auto found = sessions_.find(id);
-  if (found == sessions_.end()) return;
-  const auto user = by_user_.find(found->second.user_id);
-  if (user != by_user_.end()) {
-    user->second.erase(id);
-    if (user->second.empty()) by_user_.erase(user);
-  }
-  sessions_.erase(found);
-}
-
-void SessionStore::Impl::flush_pending_deletes() {
-  for (auto it = pending_deletes_.begin(); it != pending_deletes_.end();) {
-    backend_->remove(*it);  // throws: the rest stay pending, and so does this one
-    it = pending_deletes_.erase(it);
-  }
-}
-
-void SessionStore::Impl::deny_and_queue(const std::vector<std::string>& ids) {
-  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
-  for (const std::string& id : ids) {
-    cache_erase_locked(id);
-    pending_deletes_.insert(id);
-  }
-}
-
-// Deletes the user's oldest sessions until one more fits under max_sessions_per_user. Storage
-// first, each one; the cache follows each delete that storage acknowledged.
-void SessionStore::Impl::evict_to_make_room(const std::string& user_id) {
-  const std::size_t cap = options_.max_sessions_per_user;
-  if (cap == 0) return;
-  std::vector<std::pair<std::int64_t, std::string>> oldest_first;
-  {
-    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-    const auto user = by_user_.find(user_id);
-    if (user == by_user_.end() || user->second.size() < cap) return;
-    for (const std::string& id : user->second) {
-      oldest_first.emplace_back(sessions_.at(id).created_at, id);
-    }
-  }
-  std::sort(oldest_first.begin(), oldest_first.end());
-  const std::size_t excess = oldest_first.size() - cap + 1;
-  for (std::size_t i = 0; i < excess; ++i) {
-    backend_->remove(oldest_first[i].second);
-    cache_erase(oldest_first[i].second);
-  }
-}
-
-NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
-  if (user_id.empty()) throw Error(ErrorCode::kInvalidArgument, "user_id must not be empty");
-  detail::check_text_field("user_id", user_id);
-  detail::check_optional_text_field("tenant_id", options.tenant_id);
-  detail::check_optional_text_field("device", options.device);
-  detail::check_optional_text_field("ip", options.ip);
-  if (options.data.size() > options_.max_data_bytes) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "session data is " + std::to_string(options.data.size()) +
-                    " bytes, over the limit of " + std::to_string(options_.max_data_bytes) +
-                    " (StoreOptions::max_data_bytes); nothing was stored");
-  }
-
-  NewSession created;
-  created.token = generate_token();
-  Session& session = created.session;
-  session.id = session_id_for_token(created.token);
-  session.user_id = std::string(user_id);
-  session.tenant_id = std::move(options.tenant_id);
-  session.device = std::move(options.device);
-  session.ip = std::move(options.ip);
-  session.data = std::move(options.data);
-
-  const std::lock_guard<std::mutex> lock(write_mutex_);
-  const std::int64_t at = now();
-  session.created_at = at;
-  session.last_seen_at = at;
-  session.absolute_expires_at = saturating_add(at, options_.absolute_ttl.count());
-  session.expires_at =
-      options_.idle_timeout.count() > 0
-          ? std::min(session.absolute_expires_at, saturating_add(at, options_.idle_timeout.count()))
-          : session.absolute_expires_at;
-
-  flush_pending_deletes();
-  evict_to_make_room(session.user_id);
-  backend_->save(session);
-  cache_put(session);
-  return created;
-}
-
-// The slide of the idle expiry, written at most once per touch_interval. Re-reads the session
-// under write_mutex_: it may have been revoked or touched by another thread meanwhile.
-std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at) {
-  const std::lock_guard<std::mutex> lock(write_mutex_);
-  Session updated;
-  {
-    const std::shared_lock<std::shared_mutex> read(cache_mutex_);
-    const auto found = sessions_.find(id);
-    if (found == sessions_.end() || !is_live(found->second, at)) return std::nullopt;
-    updated = found->second;
-  }
-  if (at - updated.last_seen_at < options_.touch_interval.count()) return updated;
-  const std::int64_t cap =
-      updated.absolute_expires_at > 0 ? updated.absolute_expires_at : updated.expires_at;
-  updated.last_seen_at = at;
-  if (options_.idle_timeout.count() > 0) {
-    updated.expires_at = std::max(updated.expires_at,
-                                  std::min(cap, saturating_add(at, options_.idle_timeout.count())));
-  }
-  flush_pending_deletes();
-  backend_->save(updated);
-  cache_put(updated);
-  return updated;
-}
-
-std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
-  if (!is_well_formed_token(token)) return std::nullopt;
-  const std::string id = session_id_for_token(token);
-  const std::int64_t at = now();
-  {
-    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-    const auto found = sessions_.find(id);
-    if (found == sessions_.end() || !is_live(found->second, at)) return std::nullopt;
-    // The common case: touched recently, so this read is a hash, a lookup and a clock check.
-    if (at - found->second.last_seen_at < options_.touch_interval.count()) return found->second;
-  }
-  return touch(id, at);
-}
-
-std::optional<Session> SessionStore::Impl::find(std::string_view id) {
-  if (!is_well_formed_session_id(id)) return std::nullopt;
-  const std::int64_t at = now();
-  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-  const auto found = sessions_.find(std::string(id));
-  if (found == sessions_.end() || !is_live(found->second, at)) return std::nullopt;
-  return found->second;
-}
-
-bool SessionStore::Impl::revoke_id(std::string_view id_view) {
-  if (!is_well_formed_session_id(id_view)) return false;
-  const std::string id(id_view);
-  const std::lock_guard<std::mutex> lock(write_mutex_);
-  bool removed = false;
-  try {
-    flush_pending_deletes();
-    // Always asked of storage, not of the cache: another process may have created the session.
-    removed = backend_->remove(id);
-  } catch (...) {
-    deny_and_queue({id});  // fail closed: denied here now, deleted with the next write
-    throw;
-  }
-  cache_erase(id);
-  return removed;
-}
-
-std::size_t SessionStore::Impl::revoke_user(std::string_view user_id_view) {
-  const std::string user_id(user_id_view);
-  const std::lock_guard<std::mutex> lock(write_mutex_);
-  std::vector<std::string> ids;
-  {
-    const std::shared_lock<std::shared_mutex> read(cache_mutex_);
-    const auto user = by_user_.find(user_id);
-    if (user != by_user_.end()) ids.assign(user->second.begin(), user->second.end());
-  }
-  std::size_t removed = 0;
-  try {
-    flush_pending_deletes();
-    removed = backend_->remove_user(user_id);
-  } catch (...) {
-    deny_and_queue(ids);
-    throw;
-  }
-  const std::unique_lock<std::shared_mutex> write(cache_mutex_);
-  for (const std::string& id : ids) cache_erase_locked(id);
-  return removed;
-}
-
-std::vector<Session> SessionStore::Impl::list_user(std::string_view user_id) {
-  const std::int64_t at = now();
-  std::vector<Session> live;
-  {
-    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-    const auto user = by_user_.find(std::string(user_id));
-    if (user == by_user_.end()) return live;
-    for (const std::string& id : user->second) {
-      const Session& session = sessions_.at(id);
-      if (is_live(session, at)) live.push_back(session);
-    }
-  }
-  std::sort(live.begin(), live.end(), [](const Session& a, const Session& b) {
-    return std::tie(a.created_at, a.id) < std::tie(b.created_at, b.id);
-  });
-  return live;
-}
-
-std::size_t SessionStore::Impl::purge_expired() {
-  const std::lock_guard<std::mutex> lock(write_mutex_);
-  const std::int64_t at = now();
-  flush_pending_deletes();
-  const std::size_t removed = backend_->remove_expired(at);
-  const std::unique_lock<std::shared_mutex> write(cache_mutex_);
-  std::vector<std::string> expired;
-  for (const auto& [id, session] : sessions_) {
-    if (!is_live(session, at)) expired.push_back(id);
-  }
-  for (const std::string& id : expired) cache_erase_locked(id);
-  return removed;
-}
-
-std::size_t SessionStore::Impl::size() {
-  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-  return sessions_.size();
-}
-
-// ------------------------------------------------------------------------------------------------
-// SessionStore: the public face of Impl
-// ------------------------------------------------------------------------------------------------
-
-SessionStore::SessionStore(std::unique_ptr<SessionBackend> backend, StoreOptions options)
-    : impl_(std::make_unique<Impl>(std::move(backend), std::move(options))) {}
-
-SessionStore SessionStore::open(const std::string& database_url, StoreOptions options) {
-  return SessionStore(open_backend(database_url), std::move(options));
-}
-
-SessionStore::SessionStore(SessionStore&&) noexcept = default;
-SessionStore& SessionStore::operator=(SessionStore&&) noexcept = default;
-SessionStore::~SessionStore() = default;
-
-NewSession SessionStore::create(std::string_view user_id, CreateOptions options) {
-  return impl_->create(user_id, std::move(options));
-}
-std::optional<Session> SessionStore::validate(std::string_view token) {
-  return impl_->validate(token);
-}
-std::optional<Session> SessionStore::find(std::string_view id) { return impl_->find(id); }
-bool SessionStore::revoke(std::string_view token) {
-  if (!is_well_formed_token(token)) return false;
-  return impl_->revoke_id(session_id_for_token(token));
-}
-bool SessionStore::revoke_id(std::string_view id) { return impl_->revoke_id(id); }
-std::size_t SessionStore::revoke_user(std::string_view user_id) {
-  return impl_->revoke_user(user_id);
-}
-std::vector<Session> SessionStore::list_user(std::string_view user_id) {
-  return impl_->list_user(user_id);
-}
-std::size_t SessionStore::purge_expired() { return impl_->purge_expired(); }
-std::size_t SessionStore::size() { return impl_->size(); }
 
 }  // namespace pylon

@@ -87,6 +87,8 @@ struct Session {
   // The hard cap from creation (created_at + absolute_ttl). Sliding never moves expires_at past
   // it. Zero means "no cap beyond expires_at" (rows saved through a bare SessionBackend).
   std::int64_t absolute_expires_at = 0;
+  // The identity provider's session id (OIDC `sid`), for back-channel logout; UTF-8 without NUL.
+  std::optional<std::string> idp_session_id;
 
   friend bool operator==(const Session& a, const Session& b);
   friend bool operator!=(const Session& a, const Session& b) { return !(a == b); }
@@ -112,6 +114,16 @@ bool is_well_formed_session_id(std::string_view id) noexcept;
 // Storage
 // ------------------------------------------------------------------------------------------------
 
+// Which rows SessionBackend::remove_matching() deletes: a row matches when it equals every field
+// that is set. `except_id` keeps one row ("sign out the others").
+struct SessionFilter {
+  std::optional<std::string> id;
+  std::optional<std::string> user_id;
+  std::optional<std::string> tenant_id;  // rows of exactly this tenant
+  std::optional<std::string> idp_session_id;
+  std::optional<std::string> except_id;
+};
+
 // Synchronous storage of sessions in the table `_pylon_sessions`. Every call is one statement
 // or one transaction; every failure throws Error and leaves storage as it was before the call.
 // A backend serialises its own calls, so it may be shared between threads, but one caller's
@@ -133,6 +145,17 @@ class SessionBackend {
   virtual std::size_t remove_user(std::string_view user_id) = 0;
   // Deletes every row with expires_at <= now, in one statement; returns how many.
   virtual std::size_t remove_expired(std::int64_t now) = 0;
+
+  // Deletes, in one statement, every row matching every field `filter` sets; returns how many.
+  // A filter that sets none of id, user_id and idp_session_id is refused with kInvalidArgument:
+  // it would match everyone.
+  virtual std::size_t remove_matching(const SessionFilter& filter) = 0;
+  // In one transaction, deletes the row `old_id` and inserts `replacement` (token rotation).
+  // Returns false, having written nothing, when there is no row `old_id`.
+  virtual bool replace(std::string_view old_id, const Session& replacement) = 0;
+  // Deletes at most `limit` rows with expires_at <= now, in one statement; returns how many.
+  // Short statements keep a purge of millions of rows from stalling other writers.
+  virtual std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) = 0;
 
   // The URL or path this backend was opened with, its password hidden. For messages and tools.
   [[nodiscard]] virtual std::string describe() const = 0;
@@ -192,6 +215,34 @@ std::string redact_url(std::string_view url);
 // The current time in Unix seconds from the system clock: StoreOptions::clock's default.
 std::int64_t system_clock_now();
 
+enum class SessionEventType {
+  kCreated,             // create()
+  kValidatedExpired,    // validate() of a token whose session exists but has expired
+  kRevoked,             // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
+  kRotated,             // rotate(): session_id is the old id, replaced_by the new one
+  kRotatedTokenReused,  // validate() of a token rotated away: a stolen cookie may be in use
+  kPurged,              // purge_expired() or the reaper: `count` expired rows deleted
+};
+
+struct SessionEvent {
+  SessionEventType type;
+  std::string session_id;   // empty for kPurged
+  std::string user_id;      // empty for kPurged
+  std::string replaced_by;  // kRotated and kRotatedTokenReused: the id of the successor
+  std::size_t count = 1;    // how many sessions the event covers
+};
+
+// What SessionStore::stats() reports. Counters start at 0 when the store is constructed.
+struct StoreStats {
+  std::size_t sessions = 0;          // in the cache, expired ones not yet purged included
+  std::size_t users = 0;             // users with at least one session in the cache
+  std::uint64_t cache_hits = 0;      // validate()/find() calls that returned a session
+  std::uint64_t cache_misses = 0;    // validate()/find() calls that returned none
+  std::uint64_t writes = 0;          // storage writes that succeeded
+  std::uint64_t write_failures = 0;  // storage writes that threw
+  std::string last_error;            // what() of the last failed write; "" if none
+};
+
 struct StoreOptions {
   // Hard lifetime from creation, whatever the activity: bounds how long a stolen token is useful.
   std::chrono::seconds absolute_ttl{std::chrono::hours(24)};
@@ -208,10 +259,21 @@ struct StoreOptions {
   std::size_t max_data_bytes = std::size_t{64} * 1024;
   // Unix seconds. Injectable, so tests move time instead of sleeping.
   std::function<std::int64_t()> clock = system_clock_now;
+  // Scopes the store to one tenant: create() stamps it on every session, and no call returns,
+  // lists or revokes a session of another tenant. Unset: every tenant.
+  std::optional<std::string> tenant_id;
+  // 0 = no reaper. Otherwise a background thread purges expired sessions this often, in
+  // statements of at most reaper_batch_size rows, and stops when the store is destroyed.
+  std::chrono::seconds reaper_interval{0};
+  std::size_t reaper_batch_size = 1000;
+  // Told of every event, on the thread that caused it, after storage has it. It must not call
+  // back into the store; what it throws is caught and ignored. Events never carry a token.
+  std::function<void(const SessionEvent&)> on_event;
 };
 
 struct CreateOptions {
   std::optional<std::string> tenant_id;
+  std::optional<std::string> idp_session_id;  // OIDC `sid`, for logout_by_claims()
   std::optional<std::string> device;
   std::optional<std::string> ip;
   std::string data;
@@ -278,6 +340,33 @@ class SessionStore {
 
   // Number of sessions in the cache, expired ones not yet purged included.
   std::size_t size();
+
+  // A new token for the session of `token` (same user, tenant, device, data, created_at and
+  // expiry); the old token stops working in the same storage transaction. Use it at login and
+  // on every privilege change, against session fixation. nullopt if `token` has no live
+  // session. Presenting the old token afterwards raises kRotatedTokenReused (in this process).
+  std::optional<NewSession> rotate(std::string_view token);
+
+  // Signs out every other session of the token's user (in the store's tenant scope), in one
+  // statement; returns how many rows went. 0 if `token` has no live session.
+  std::size_t revoke_others(std::string_view token);
+
+  // Replaces the session's data, write-through; max_data_bytes applies. Last writer wins: each
+  // update is whole and atomic, so concurrent updates never mix, and the later one stays.
+  // nullopt if `token` has no live session.
+  std::optional<Session> update_data(std::string_view token, std::string data);
+
+  // OIDC back-channel logout: revokes the sessions of the identity provider's session `sid`
+  // when given, else every session of `sub`. Unknown ids revoke nothing and are not errors.
+  // Throws kInvalidArgument when both are missing.
+  std::size_t logout_by_claims(std::optional<std::string_view> sid,
+                               std::optional<std::string_view> sub);
+
+  // list_user() and revoke_user() for one tenant of the user.
+  std::vector<Session> list_user(std::string_view user_id, std::string_view tenant_id);
+  std::size_t revoke_user(std::string_view user_id, std::string_view tenant_id);
+
+  StoreStats stats();
 
  private:
   class Impl;

@@ -1,0 +1,785 @@
+// pylon-sessions: SessionStore, the write-through cache in front of a SessionBackend.
+//
+// Split out of session_backend.cpp when the store grew rotation, tenants, back-channel logout,
+// the reaper, events and stats: the backend file stays about storage, this one about sessions.
+//
+// Invariants (hold whenever no mutex is held):
+//   - sessions_ holds exactly the rows of this store's tenant scope that storage holds and this
+//     process knows of, minus the ids in pending_deletes_: those are denied here already, but
+//     storage has not yet acknowledged their delete.
+//   - by_user_[u] holds the ids of exactly the sessions_ entries of user u.
+//   - rotated_ remembers ids rotated away by this process, until they would have expired, so a
+//     replayed old token is reported; it never makes a token valid.
+// Locking: write_mutex_ serialises every storage write and the cache update that follows it, so
+// the cache changes in the order storage did. cache_mutex_ (shared for readers) guards sessions_,
+// by_user_ and rotated_; it is held only for map operations, never across a storage call, so
+// reads never wait for the disk. Lock order: write_mutex_, then cache_mutex_, then
+// last_error_mutex_. Events are delivered after every lock is released.
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <iterator>
+#include <limits>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <tuple>
+#include <type_traits>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+
+#include "session_backend.hpp"
+#include "session_backend_internal.hpp"
+
+namespace pylon {
+
+namespace {
+
+// How many rotated-away ids a store remembers for reuse detection. Each costs about 200 bytes;
+// past the cap, the oldest-expiring ones are forgotten first.
+constexpr std::size_t kMaxRotatedIds = 65536;
+
+std::int64_t saturating_add(std::int64_t base, std::int64_t delta) noexcept {
+  if (delta > 0 && base > std::numeric_limits<std::int64_t>::max() - delta) {
+    return std::numeric_limits<std::int64_t>::max();
+  }
+  return base + delta;
+}
+
+void check_store_options(const StoreOptions& options) {
+  if (options.absolute_ttl.count() <= 0) {
+    throw Error(ErrorCode::kInvalidArgument, "StoreOptions::absolute_ttl must be positive");
+  }
+  if (options.idle_timeout.count() < 0 || options.touch_interval.count() < 0 ||
+      options.reaper_interval.count() < 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "StoreOptions::idle_timeout, touch_interval and reaper_interval must not be "
+                "negative");
+  }
+  if (options.reaper_interval.count() > 0 && options.reaper_batch_size == 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "StoreOptions::reaper_batch_size must be positive when the reaper runs");
+  }
+  if (!options.clock) {
+    throw Error(ErrorCode::kInvalidArgument, "StoreOptions::clock must be set");
+  }
+  detail::check_optional_text_field("tenant_id", options.tenant_id);
+}
+
+bool is_live(const Session& session, std::int64_t at) { return session.expires_at > at; }
+
+}  // namespace
+
+std::int64_t system_clock_now() {
+  return std::chrono::duration_cast<std::chrono::seconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+class SessionStore::Impl {
+ public:
+  Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options);
+  ~Impl();
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
+  Impl(Impl&&) = delete;
+  Impl& operator=(Impl&&) = delete;
+
+  NewSession create(std::string_view user_id, CreateOptions options);
+  std::optional<Session> validate(std::string_view token);
+  std::optional<Session> find(std::string_view id);
+  bool revoke_id(std::string_view id);
+  std::size_t revoke_user(std::string_view user_id, const std::optional<std::string>& tenant);
+  std::size_t revoke_others(std::string_view token);
+  std::size_t logout_by_claims(std::optional<std::string_view> sid,
+                               std::optional<std::string_view> sub);
+  std::optional<NewSession> rotate(std::string_view token);
+  std::optional<Session> update_data(std::string_view token, std::string data);
+  std::vector<Session> list_user(std::string_view user_id,
+                                 const std::optional<std::string>& tenant);
+  std::size_t purge_expired();
+  std::size_t size();
+  StoreStats stats();
+
+ private:
+  struct RotatedAway {
+    std::string user_id;
+    std::string successor_id;
+    std::int64_t expires_at;
+  };
+
+  std::int64_t now() const { return options_.clock(); }
+  bool in_scope(const Session& session) const {
+    return !options_.tenant_id || session.tenant_id == options_.tenant_id;
+  }
+  void emit(const SessionEvent& event) const noexcept;
+
+  // Every storage write goes through here: counts it, records a failure, rethrows.
+  template <typename Call>
+  auto write(Call&& call) -> decltype(call());
+
+  // The live cached session of `id`, copied; caller holds no cache lock.
+  std::optional<Session> live_copy(const std::string& id, std::int64_t at);
+  // The cached ids of a user (in `tenant`, when set).
+  std::vector<std::string> ids_of_user(const std::string& user_id,
+                                       const std::optional<std::string>& tenant);
+
+  // Cache edits; the caller holds write_mutex_.
+  void cache_put(const Session& session);
+  void cache_erase(const std::vector<std::string>& ids);
+  void cache_erase_locked(const std::string& id);  // caller holds cache_mutex_ exclusively
+
+  // Retries deletes left by failed revokes; throws (leaving the rest pending) if storage still
+  // refuses. Caller holds write_mutex_. Called before every write.
+  void flush_pending_deletes();
+  // Runs a revoking write of `ids`, failing closed: if it throws, `ids` are denied here at once
+  // and queued for deletion before the next write. Caller holds write_mutex_.
+  template <typename Call>
+  auto revoke_write(const std::vector<std::string>& ids, Call&& call) -> decltype(call());
+  // Evicts the user's oldest sessions until one more fits under max_sessions_per_user.
+  void evict_to_make_room(const std::string& user_id, std::vector<SessionEvent>& events);
+  std::optional<Session> touch(const std::string& id, std::int64_t at);
+  std::size_t revoke_matching(const SessionFilter& filter, const std::vector<std::string>& ids,
+                              const std::string& user_id);
+
+  void reaper_loop();
+  std::size_t purge_in_batches();
+
+  std::unique_ptr<SessionBackend> backend_;
+  StoreOptions options_;
+
+  std::mutex write_mutex_;
+  std::unordered_set<std::string> pending_deletes_;  // guarded by write_mutex_
+
+  std::shared_mutex cache_mutex_;
+  std::unordered_map<std::string, Session> sessions_;                         // by id
+  std::unordered_map<std::string, std::unordered_set<std::string>> by_user_;  // user -> ids
+  std::unordered_map<std::string, RotatedAway> rotated_;                      // old id -> ...
+
+  std::atomic<std::uint64_t> cache_hits_{0};
+  std::atomic<std::uint64_t> cache_misses_{0};
+  std::atomic<std::uint64_t> writes_{0};
+  std::atomic<std::uint64_t> write_failures_{0};
+  std::mutex last_error_mutex_;
+  std::string last_error_;  // guarded by last_error_mutex_
+
+  std::mutex reaper_mutex_;
+  std::condition_variable reaper_wake_;
+  bool reaper_stopping_ = false;  // guarded by reaper_mutex_
+  std::atomic<bool> stopping_{false};
+  std::thread reaper_;  // last member: started once everything above exists
+};
+
+SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options)
+    : backend_(std::move(backend)), options_(std::move(options)) {
+  if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
+  check_store_options(options_);
+  std::vector<Session> rows = backend_->load_all();
+  sessions_.reserve(rows.size());
+  for (Session& row : rows) {
+    // A row whose id is not a digest can never match a token; keep it out of the cache.
+    if (!is_well_formed_session_id(row.id) || !in_scope(row)) continue;
+    by_user_[row.user_id].insert(row.id);
+    std::string id = row.id;
+    sessions_.emplace(std::move(id), std::move(row));
+  }
+  if (options_.reaper_interval.count() > 0) reaper_ = std::thread([this] { reaper_loop(); });
+}
+
+SessionStore::Impl::~Impl() {
+  if (reaper_.joinable()) {
+    {
+      const std::lock_guard<std::mutex> lock(reaper_mutex_);
+      reaper_stopping_ = true;
+    }
+    stopping_ = true;  // also ends a purge between two batches
+    reaper_wake_.notify_all();
+    reaper_.join();
+  }
+  // Last attempt for deletes that failed earlier. A destructor must not throw: what still fails
+  // stays in storage, as the Error thrown by the original revoke reported.
+  const std::lock_guard<std::mutex> lock(write_mutex_);
+  for (const std::string& id : pending_deletes_) {
+    try {
+      backend_->remove(id);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): reported when the revoke failed
+    }
+  }
+}
+
+void SessionStore::Impl::emit(const SessionEvent& event) const noexcept {
+  if (!options_.on_event) return;
+  try {
+    options_.on_event(event);
+  } catch (...) {  // NOLINT(bugprone-empty-catch): documented: a listener cannot fail a call
+  }
+}
+
+template <typename Call>
+auto SessionStore::Impl::write(Call&& call) -> decltype(call()) {
+  try {
+    if constexpr (std::is_void_v<decltype(call())>) {
+      call();
+      ++writes_;
+    } else {
+      auto result = call();
+      ++writes_;
+      return result;
+    }
+  } catch (const std::exception& error) {
+    ++write_failures_;
+    const std::lock_guard<std::mutex> lock(last_error_mutex_);
+    last_error_ = error.what();
+    throw;
+  }
+}
+
+std::optional<Session> SessionStore::Impl::live_copy(const std::string& id, std::int64_t at) {
+  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+  const auto found = sessions_.find(id);
+  if (found == sessions_.end() || !is_live(found->second, at)) return std::nullopt;
+  return found->second;
+}
+
+std::vector<std::string> SessionStore::Impl::ids_of_user(const std::string& user_id,
+                                                         const std::optional<std::string>& tenant) {
+  std::vector<std::string> ids;
+  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+  const auto user = by_user_.find(user_id);
+  if (user == by_user_.end()) return ids;
+  for (const std::string& id : user->second) {
+    if (!tenant || sessions_.at(id).tenant_id == tenant) ids.push_back(id);
+  }
+  return ids;
+}
+
+void SessionStore::Impl::cache_put(const Session& session) {
+  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
+  auto found = sessions_.find(session.id);
+  if (found != sessions_.end() && found->second.user_id != session.user_id) {
+    cache_erase_locked(session.id);
+    found = sessions_.end();
+  }
+  by_user_[session.user_id].insert(session.id);
+  if (found == sessions_.end()) {
+    sessions_.emplace(session.id, session);
+  } else {
+    found->second = session;
+  }
+}
+
+void SessionStore::Impl::cache_erase(const std::vector<std::string>& ids) {
+  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
+  for (const std::string& id : ids) cache_erase_locked(id);
+}
+
+void SessionStore::Impl::cache_erase_locked(const std::string& id) {
+  const auto found = sessions_.find(id);
+  if (found == sessions_.end()) return;
+  const auto user = by_user_.find(found->second.user_id);
+  if (user != by_user_.end()) {
+    user->second.erase(id);
+    if (user->second.empty()) by_user_.erase(user);
+  }
+  sessions_.erase(found);
+}
+
+void SessionStore::Impl::flush_pending_deletes() {
+  for (auto it = pending_deletes_.begin(); it != pending_deletes_.end();) {
+    write([&] { return backend_->remove(*it); });  // throws: this and the rest stay pending
+    it = pending_deletes_.erase(it);
+  }
+}
+
+template <typename Call>
+auto SessionStore::Impl::revoke_write(const std::vector<std::string>& ids, Call&& call)
+    -> decltype(call()) {
+  try {
+    flush_pending_deletes();
+    return write(std::forward<Call>(call));
+  } catch (...) {
+    // Fail closed: denied in this process now, deleted from storage with the next write.
+    const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
+    for (const std::string& id : ids) {
+      cache_erase_locked(id);
+      pending_deletes_.insert(id);
+    }
+    throw;
+  }
+}
+
+// Deletes the user's oldest sessions until one more fits under max_sessions_per_user. Storage
+// first, each one; the cache follows each delete that storage acknowledged. Runs under
+// write_mutex_ together with the create that follows, so concurrent creates never overshoot.
+void SessionStore::Impl::evict_to_make_room(const std::string& user_id,
+                                            std::vector<SessionEvent>& events) {
+  const std::size_t cap = options_.max_sessions_per_user;
+  if (cap == 0) return;
+  std::vector<std::pair<std::int64_t, std::string>> oldest_first;
+  {
+    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+    const auto user = by_user_.find(user_id);
+    if (user == by_user_.end() || user->second.size() < cap) return;
+    oldest_first.reserve(user->second.size());
+    for (const std::string& id : user->second) {
+      oldest_first.emplace_back(sessions_.at(id).created_at, id);
+    }
+  }
+  std::sort(oldest_first.begin(), oldest_first.end());
+  const std::size_t excess = oldest_first.size() - cap + 1;
+  for (std::size_t i = 0; i < excess; ++i) {
+    const std::string& id = oldest_first[i].second;
+    write([&] { return backend_->remove(id); });
+    cache_erase({id});
+    events.push_back({SessionEventType::kRevoked, id, user_id, {}, 1});
+  }
+}
+
+NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
+  if (user_id.empty()) throw Error(ErrorCode::kInvalidArgument, "user_id must not be empty");
+  detail::check_text_field("user_id", user_id);
+  detail::check_optional_text_field("tenant_id", options.tenant_id);
+  detail::check_optional_text_field("device", options.device);
+  detail::check_optional_text_field("ip", options.ip);
+  detail::check_optional_text_field("idp_session_id", options.idp_session_id);
+  if (options_.tenant_id) {
+    if (options.tenant_id && options.tenant_id != options_.tenant_id) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "this store is scoped to one tenant and cannot create a session of another");
+    }
+    options.tenant_id = options_.tenant_id;
+  }
+  if (options.data.size() > options_.max_data_bytes) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "session data is " + std::to_string(options.data.size()) +
+                    " bytes, over the limit of " + std::to_string(options_.max_data_bytes) +
+                    " (StoreOptions::max_data_bytes); nothing was stored");
+  }
+
+  NewSession created;
+  created.token = generate_token();
+  Session& session = created.session;
+  session.id = session_id_for_token(created.token);
+  session.user_id = std::string(user_id);
+  session.tenant_id = std::move(options.tenant_id);
+  session.device = std::move(options.device);
+  session.ip = std::move(options.ip);
+  session.data = std::move(options.data);
+  session.idp_session_id = std::move(options.idp_session_id);
+
+  std::vector<SessionEvent> events;
+  {
+    const std::lock_guard<std::mutex> lock(write_mutex_);
+    const std::int64_t at = now();
+    session.created_at = at;
+    session.last_seen_at = at;
+    session.absolute_expires_at = saturating_add(at, options_.absolute_ttl.count());
+    session.expires_at = options_.idle_timeout.count() > 0
+                             ? std::min(session.absolute_expires_at,
+                                        saturating_add(at, options_.idle_timeout.count()))
+                             : session.absolute_expires_at;
+    flush_pending_deletes();
+    evict_to_make_room(session.user_id, events);
+    write([&] { backend_->save(session); });
+    cache_put(session);
+  }
+  for (const SessionEvent& event : events) emit(event);
+  emit({SessionEventType::kCreated, session.id, session.user_id, {}, 1});
+  return created;
+}
+
+// The slide of the idle expiry, written at most once per touch_interval. Re-reads the session
+// under write_mutex_: it may have been revoked or touched by another thread meanwhile.
+std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at) {
+  const std::lock_guard<std::mutex> lock(write_mutex_);
+  std::optional<Session> current = live_copy(id, at);
+  if (!current) return std::nullopt;
+  Session updated = *std::move(current);
+  if (at - updated.last_seen_at < options_.touch_interval.count()) return updated;
+  const std::int64_t cap =
+      updated.absolute_expires_at > 0 ? updated.absolute_expires_at : updated.expires_at;
+  updated.last_seen_at = at;
+  if (options_.idle_timeout.count() > 0) {
+    updated.expires_at = std::max(updated.expires_at,
+                                  std::min(cap, saturating_add(at, options_.idle_timeout.count())));
+  }
+  flush_pending_deletes();
+  write([&] { backend_->save(updated); });
+  cache_put(updated);
+  return updated;
+}
+
+std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
+  if (!is_well_formed_token(token)) {
+    ++cache_misses_;
+    return std::nullopt;
+  }
+  const std::string id = session_id_for_token(token);
+  const std::int64_t at = now();
+  std::optional<SessionEvent> event;
+  {
+    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+    const auto found = sessions_.find(id);
+    if (found != sessions_.end() && is_live(found->second, at)) {
+      ++cache_hits_;
+      // The common case: touched recently, so this read is a hash, a lookup and a clock check.
+      if (at - found->second.last_seen_at < options_.touch_interval.count()) {
+        return found->second;
+      }
+    } else if (found != sessions_.end()) {
+      event = SessionEvent{SessionEventType::kValidatedExpired, id, found->second.user_id, {}, 1};
+    } else if (const auto rotated = rotated_.find(id); rotated != rotated_.end()) {
+      event = SessionEvent{SessionEventType::kRotatedTokenReused, id, rotated->second.user_id,
+                           rotated->second.successor_id, 1};
+    }
+  }
+  if (event) {
+    ++cache_misses_;
+    emit(*event);
+    return std::nullopt;
+  }
+  std::optional<Session> touched = touch(id, at);
+  if (!touched) ++cache_misses_;  // revoked, or unknown
+  return touched;
+}
+
+std::optional<Session> SessionStore::Impl::find(std::string_view id) {
+  if (!is_well_formed_session_id(id)) {
+    ++cache_misses_;
+    return std::nullopt;
+  }
+  std::optional<Session> found = live_copy(std::string(id), now());
+  ++(found ? cache_hits_ : cache_misses_);
+  return found;
+}
+
+bool SessionStore::Impl::revoke_id(std::string_view id_view) {
+  if (!is_well_formed_session_id(id_view)) return false;
+  const std::string id(id_view);
+  std::string user_id;
+  bool removed = false;
+  {
+    const std::lock_guard<std::mutex> lock(write_mutex_);
+    {
+      const std::shared_lock<std::shared_mutex> read(cache_mutex_);
+      const auto found = sessions_.find(id);
+      if (found != sessions_.end()) user_id = found->second.user_id;
+    }
+    // Always asked of storage, not of the cache: another process may have created the session.
+    // A store scoped to a tenant deletes only a row of that tenant.
+    removed = revoke_write({id}, [&] {
+      if (!options_.tenant_id) return backend_->remove(id);
+      SessionFilter filter;
+      filter.id = id;
+      filter.tenant_id = options_.tenant_id;
+      return backend_->remove_matching(filter) > 0;
+    });
+    cache_erase({id});
+  }
+  if (removed) emit({SessionEventType::kRevoked, id, user_id, {}, 1});
+  return removed;
+}
+
+std::size_t SessionStore::Impl::revoke_matching(const SessionFilter& filter,
+                                                const std::vector<std::string>& ids,
+                                                const std::string& user_id) {
+  std::size_t removed = 0;
+  {
+    const std::lock_guard<std::mutex> lock(write_mutex_);
+    removed = revoke_write(ids, [&] { return backend_->remove_matching(filter); });
+    cache_erase(ids);
+  }
+  if (removed > 0) emit({SessionEventType::kRevoked, {}, user_id, {}, removed});
+  return removed;
+}
+
+std::size_t SessionStore::Impl::revoke_user(std::string_view user_id_view,
+                                            const std::optional<std::string>& tenant) {
+  if (tenant) detail::check_text_field("tenant_id", *tenant);
+  if (options_.tenant_id && tenant && tenant != options_.tenant_id) return 0;  // not ours
+  const std::string user_id(user_id_view);
+  const std::optional<std::string>& scope = tenant ? tenant : options_.tenant_id;
+  if (!scope) {
+    std::size_t removed = 0;
+    {
+      const std::lock_guard<std::mutex> lock(write_mutex_);
+      const std::vector<std::string> ids = ids_of_user(user_id, std::nullopt);
+      removed = revoke_write(ids, [&] { return backend_->remove_user(user_id); });
+      cache_erase(ids);
+    }
+    if (removed > 0) emit({SessionEventType::kRevoked, {}, user_id, {}, removed});
+    return removed;
+  }
+  SessionFilter filter;
+  filter.user_id = user_id;
+  filter.tenant_id = scope;
+  return revoke_matching(filter, ids_of_user(user_id, scope), user_id);
+}
+
+std::size_t SessionStore::Impl::revoke_others(std::string_view token) {
+  if (!is_well_formed_token(token)) return 0;
+  const std::optional<Session> current = live_copy(session_id_for_token(token), now());
+  if (!current) return 0;
+  SessionFilter filter;
+  filter.user_id = current->user_id;
+  filter.tenant_id = options_.tenant_id;
+  filter.except_id = current->id;
+  std::vector<std::string> ids = ids_of_user(current->user_id, options_.tenant_id);
+  ids.erase(std::remove(ids.begin(), ids.end(), current->id), ids.end());
+  return revoke_matching(filter, ids, current->user_id);
+}
+
+std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view> sid,
+                                                 std::optional<std::string_view> sub) {
+  if (sid) {
+    detail::check_text_field("sid", *sid);
+    SessionFilter filter;
+    filter.idp_session_id = std::string(*sid);
+    filter.tenant_id = options_.tenant_id;
+    std::vector<std::string> ids;
+    std::string user_id;
+    {
+      // Back-channel logouts are rare: a scan is cheaper than an index kept for them.
+      const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+      for (const auto& [id, session] : sessions_) {
+        if (session.idp_session_id == filter.idp_session_id) {
+          ids.push_back(id);
+          user_id = session.user_id;
+        }
+      }
+    }
+    return revoke_matching(filter, ids, user_id);
+  }
+  if (sub) {
+    detail::check_text_field("sub", *sub);
+    return revoke_user(*sub, std::nullopt);
+  }
+  throw Error(ErrorCode::kInvalidArgument,
+              "logout_by_claims needs a `sid` or a `sub` claim (a logout token carries one)");
+}
+
+std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
+  if (!is_well_formed_token(token)) return std::nullopt;
+  const std::string old_id = session_id_for_token(token);
+  NewSession rotated;
+  {
+    const std::lock_guard<std::mutex> lock(write_mutex_);
+    const std::optional<Session> current = live_copy(old_id, now());
+    if (!current) return std::nullopt;
+    rotated.token = generate_token();
+    rotated.session = *current;
+    rotated.session.id = session_id_for_token(rotated.token);
+    flush_pending_deletes();
+    const bool replaced = write([&] { return backend_->replace(old_id, rotated.session); });
+    if (!replaced) {  // revoked in storage by another process meanwhile
+      cache_erase({old_id});
+      return std::nullopt;
+    }
+    cache_erase({old_id});
+    cache_put(rotated.session);
+    const std::unique_lock<std::shared_mutex> cache(cache_mutex_);
+    if (rotated_.size() >= kMaxRotatedIds) {
+      // Forget what has expired; if that is not enough, what expires first.
+      const std::int64_t at = now();
+      for (auto it = rotated_.begin(); it != rotated_.end();) {
+        it = it->second.expires_at <= at ? rotated_.erase(it) : std::next(it);
+      }
+      while (rotated_.size() >= kMaxRotatedIds) {
+        rotated_.erase(
+            std::min_element(rotated_.begin(), rotated_.end(), [](const auto& a, const auto& b) {
+              return a.second.expires_at < b.second.expires_at;
+            }));
+      }
+    }
+    rotated_[old_id] = {current->user_id, rotated.session.id, current->expires_at};
+  }
+  emit({SessionEventType::kRotated, old_id, rotated.session.user_id, rotated.session.id, 1});
+  return rotated;
+}
+
+std::optional<Session> SessionStore::Impl::update_data(std::string_view token, std::string data) {
+  if (!is_well_formed_token(token)) return std::nullopt;
+  if (data.size() > options_.max_data_bytes) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "session data is " + std::to_string(data.size()) + " bytes, over the limit of " +
+                    std::to_string(options_.max_data_bytes) +
+                    " (StoreOptions::max_data_bytes); nothing was stored");
+  }
+  const std::string id = session_id_for_token(token);
+  const std::lock_guard<std::mutex> lock(write_mutex_);
+  std::optional<Session> updated = live_copy(id, now());
+  if (!updated) return std::nullopt;
+  updated->data = std::move(data);
+  flush_pending_deletes();
+  write([&] { backend_->save(*updated); });
+  cache_put(*updated);
+  return updated;
+}
+
+std::vector<Session> SessionStore::Impl::list_user(std::string_view user_id,
+                                                   const std::optional<std::string>& tenant) {
+  const std::int64_t at = now();
+  std::vector<Session> live;
+  {
+    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+    const auto user = by_user_.find(std::string(user_id));
+    if (user == by_user_.end()) return live;
+    for (const std::string& id : user->second) {
+      const Session& session = sessions_.at(id);
+      if (is_live(session, at) && (!tenant || session.tenant_id == tenant)) {
+        live.push_back(session);
+      }
+    }
+  }
+  std::sort(live.begin(), live.end(), [](const Session& a, const Session& b) {
+    return std::tie(a.created_at, a.id) < std::tie(b.created_at, b.id);
+  });
+  return live;
+}
+
+std::size_t SessionStore::Impl::purge_expired() {
+  std::size_t removed = 0;
+  {
+    const std::lock_guard<std::mutex> lock(write_mutex_);
+    const std::int64_t at = now();
+    flush_pending_deletes();
+    removed = write([&] { return backend_->remove_expired(at); });
+    const std::unique_lock<std::shared_mutex> cache(cache_mutex_);
+    std::vector<std::string> expired;
+    for (const auto& [id, session] : sessions_) {
+      if (!is_live(session, at)) expired.push_back(id);
+    }
+    for (const std::string& id : expired) cache_erase_locked(id);
+  }
+  if (removed > 0) emit({SessionEventType::kPurged, {}, {}, {}, removed});
+  return removed;
+}
+
+// ------------------------------------------------------------------------------------------------
+// The reaper
+//
+// Wakes every reaper_interval and deletes expired rows in statements of at most
+// reaper_batch_size rows, releasing write_mutex_ (and so the database's write lock) between
+// batches, so creates and revokes interleave with a purge of millions of rows. The cache is swept
+// once at the end: expired entries are never returned, so they may stay a little longer.
+// ------------------------------------------------------------------------------------------------
+
+std::size_t SessionStore::Impl::purge_in_batches() {
+  const std::int64_t at = now();
+  const std::size_t batch = options_.reaper_batch_size;
+  std::size_t total = 0;
+  for (;;) {
+    std::size_t removed = 0;
+    {
+      const std::lock_guard<std::mutex> lock(write_mutex_);
+      flush_pending_deletes();
+      removed = write([&] { return backend_->remove_expired_batch(at, batch); });
+    }
+    total += removed;
+    if (removed < batch || stopping_) break;
+  }
+  {
+    const std::lock_guard<std::mutex> lock(write_mutex_);
+    const std::unique_lock<std::shared_mutex> cache(cache_mutex_);
+    std::vector<std::string> expired;
+    for (const auto& [id, session] : sessions_) {
+      if (!is_live(session, at)) expired.push_back(id);
+    }
+    for (const std::string& id : expired) cache_erase_locked(id);
+  }
+  if (total > 0) emit({SessionEventType::kPurged, {}, {}, {}, total});
+  return total;
+}
+
+void SessionStore::Impl::reaper_loop() {
+  std::unique_lock<std::mutex> lock(reaper_mutex_);
+  while (
+      !reaper_wake_.wait_for(lock, options_.reaper_interval, [this] { return reaper_stopping_; })) {
+    lock.unlock();
+    try {
+      purge_in_batches();
+    } catch (...) {  // NOLINT(bugprone-empty-catch): counted in stats(); retried next interval
+    }
+    lock.lock();
+  }
+}
+
+std::size_t SessionStore::Impl::size() {
+  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+  return sessions_.size();
+}
+
+StoreStats SessionStore::Impl::stats() {
+  StoreStats stats;
+  {
+    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
+    stats.sessions = sessions_.size();
+    stats.users = by_user_.size();
+  }
+  stats.cache_hits = cache_hits_;
+  stats.cache_misses = cache_misses_;
+  stats.writes = writes_;
+  stats.write_failures = write_failures_;
+  const std::lock_guard<std::mutex> lock(last_error_mutex_);
+  stats.last_error = last_error_;
+  return stats;
+}
+
+// ------------------------------------------------------------------------------------------------
+// SessionStore: the public face of Impl
+// ------------------------------------------------------------------------------------------------
+
+SessionStore::SessionStore(std::unique_ptr<SessionBackend> backend, StoreOptions options)
+    : impl_(std::make_unique<Impl>(std::move(backend), std::move(options))) {}
+
+SessionStore SessionStore::open(const std::string& database_url, StoreOptions options) {
+  return SessionStore(open_backend(database_url), std::move(options));
+}
+
+SessionStore::SessionStore(SessionStore&& other) noexcept = default;
+SessionStore& SessionStore::operator=(SessionStore&& other) noexcept = default;
+SessionStore::~SessionStore() = default;
+
+NewSession SessionStore::create(std::string_view user_id, CreateOptions options) {
+  return impl_->create(user_id, std::move(options));
+}
+std::optional<Session> SessionStore::validate(std::string_view token) {
+  return impl_->validate(token);
+}
+std::optional<Session> SessionStore::find(std::string_view id) { return impl_->find(id); }
+bool SessionStore::revoke(std::string_view token) {
+  if (!is_well_formed_token(token)) return false;
+  return impl_->revoke_id(session_id_for_token(token));
+}
+bool SessionStore::revoke_id(std::string_view id) { return impl_->revoke_id(id); }
+std::size_t SessionStore::revoke_user(std::string_view user_id) {
+  return impl_->revoke_user(user_id, std::nullopt);
+}
+std::size_t SessionStore::revoke_user(std::string_view user_id, std::string_view tenant_id) {
+  return impl_->revoke_user(user_id, std::string(tenant_id));
+}
+std::vector<Session> SessionStore::list_user(std::string_view user_id) {
+  return impl_->list_user(user_id, std::nullopt);
+}
+std::vector<Session> SessionStore::list_user(std::string_view user_id, std::string_view tenant_id) {
+  return impl_->list_user(user_id, std::string(tenant_id));
+}
+std::size_t SessionStore::purge_expired() { return impl_->purge_expired(); }
+std::size_t SessionStore::size() { return impl_->size(); }
+std::optional<NewSession> SessionStore::rotate(std::string_view token) {
+  return impl_->rotate(token);
+}
+std::size_t SessionStore::revoke_others(std::string_view token) {
+  return impl_->revoke_others(token);
+}
+std::optional<Session> SessionStore::update_data(std::string_view token, std::string data) {
+  return impl_->update_data(token, std::move(data));
+}
+std::size_t SessionStore::logout_by_claims(std::optional<std::string_view> sid,
+                                           std::optional<std::string_view> sub) {
+  return impl_->logout_by_claims(sid, sub);
+}
+StoreStats SessionStore::stats() { return impl_->stats(); }
+
+}  // namespace pylon
