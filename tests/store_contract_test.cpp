@@ -978,6 +978,18 @@ class RecordingBackend final : public pylon::SessionBackend {
     log_->add("remove_expired " + std::to_string(now));
     return real_->remove_expired(now);
   }
+  std::size_t remove_matching(const pylon::SessionFilter& filter) override {
+    log_->add("remove_matching");
+    return real_->remove_matching(filter);
+  }
+  bool replace(std::string_view old_id, const Session& replacement) override {
+    log_->add("replace " + std::string(old_id) + " " + replacement.id);
+    return real_->replace(old_id, replacement);
+  }
+  std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override {
+    log_->add("remove_expired_batch " + std::to_string(now) + " " + std::to_string(limit));
+    return real_->remove_expired_batch(now, limit);
+  }
   [[nodiscard]] std::string describe() const override { return real_->describe(); }
 
  private:
