@@ -106,7 +106,7 @@ class SessionStore::Impl {
   struct RotatedAway {
     std::string user_id;
     std::string successor_id;
-    std::int64_t expires_at;
+    std::int64_t expires_at = 0;
   };
 
   std::int64_t now() const { return options_.clock(); }
