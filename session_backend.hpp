@@ -151,7 +151,8 @@ class SessionBackend {
   // it would match everyone.
   virtual std::size_t remove_matching(const SessionFilter& filter) = 0;
   // In one transaction, deletes the row `old_id` and inserts `replacement` (token rotation).
-  // Returns false, having written nothing, when there is no row `old_id`.
+  // Returns false, having written nothing, when there is no row `old_id`. With
+  // replacement.id == old_id it is an update that never re-inserts a row deleted meanwhile.
   virtual bool replace(std::string_view old_id, const Session& replacement) = 0;
   // Deletes at most `limit` rows with expires_at <= now, in one statement; returns how many.
   // Short statements keep a purge of millions of rows from stalling other writers.
@@ -226,7 +227,7 @@ enum class SessionEventType {
 
 struct SessionEvent {
   SessionEventType type;
-  std::string session_id;   // empty for kPurged
+  std::string session_id;   // empty for kPurged, and for revoked rows this process never knew
   std::string user_id;      // empty for kPurged
   std::string replaced_by;  // kRotated and kRotatedTokenReused: the id of the successor
   std::size_t count = 1;    // how many sessions the event covers

@@ -125,8 +125,8 @@ class SessionStore::Impl {
   // The live cached session of `id`, copied; caller holds no cache lock.
   std::optional<Session> live_copy(const std::string& id, std::int64_t at);
   // The cached ids of a user (in `tenant`, when set).
-  std::vector<std::string> ids_of_user(const std::string& user_id,
-                                       const std::optional<std::string>& tenant);
+  std::vector<std::pair<std::string, std::string>> known_of_user(
+      const std::string& user_id, const std::optional<std::string>& tenant);
 
   // Cache edits; the caller holds write_mutex_.
   void cache_put(const Session& session);
@@ -143,8 +143,13 @@ class SessionStore::Impl {
   // Evicts the user's oldest sessions until one more fits under max_sessions_per_user.
   void evict_to_make_room(const std::string& user_id, std::vector<SessionEvent>& events);
   std::optional<Session> touch(const std::string& id, std::int64_t at);
-  std::size_t revoke_matching(const SessionFilter& filter, const std::vector<std::string>& ids,
-                              const std::string& user_id);
+  // A cached session that a revoking write is about to delete: its id and its user.
+  using Known = std::vector<std::pair<std::string, std::string>>;
+  std::size_t revoke_matching(const SessionFilter& filter, const Known& known);
+  // kRevoked for each known session, and one more, without an id, for the rows storage removed
+  // that this process did not know of (created by another instance).
+  void emit_revoked(const Known& known, std::size_t removed, const std::string& user_id) const;
+  static std::vector<std::string> ids_in(const Known& known);
 
   void reaper_loop();
   std::size_t purge_in_batches();
@@ -245,16 +250,16 @@ std::optional<Session> SessionStore::Impl::live_copy(const std::string& id, std:
   return found->second;
 }
 
-std::vector<std::string> SessionStore::Impl::ids_of_user(const std::string& user_id,
-                                                         const std::optional<std::string>& tenant) {
-  std::vector<std::string> ids;
+std::vector<std::pair<std::string, std::string>> SessionStore::Impl::known_of_user(
+    const std::string& user_id, const std::optional<std::string>& tenant) {
+  std::vector<std::pair<std::string, std::string>> known;
   const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
   const auto user = by_user_.find(user_id);
-  if (user == by_user_.end()) return ids;
+  if (user == by_user_.end()) return known;
   for (const std::string& id : user->second) {
-    if (!tenant || sessions_.at(id).tenant_id == tenant) ids.push_back(id);
+    if (!tenant || sessions_.at(id).tenant_id == tenant) known.emplace_back(id, user_id);
   }
-  return ids;
+  return known;
 }
 
 void SessionStore::Impl::cache_put(const Session& session) {
@@ -408,7 +413,12 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
                                   std::min(cap, saturating_add(at, options_.idle_timeout.count())));
   }
   flush_pending_deletes();
-  write([&] { backend_->save(updated); });
+  // Update-only (replace() of the row by itself): if another instance revoked the session, the
+  // slide must not write it back.
+  if (!write([&] { return backend_->replace(updated.id, updated); })) {
+    cache_erase({updated.id});
+    return std::nullopt;
+  }
   cache_put(updated);
   return updated;
 }
@@ -484,16 +494,30 @@ bool SessionStore::Impl::revoke_id(std::string_view id_view) {
   return removed;
 }
 
-std::size_t SessionStore::Impl::revoke_matching(const SessionFilter& filter,
-                                                const std::vector<std::string>& ids,
-                                                const std::string& user_id) {
+std::vector<std::string> SessionStore::Impl::ids_in(const Known& known) {
+  std::vector<std::string> ids;
+  ids.reserve(known.size());
+  for (const auto& entry : known) ids.push_back(entry.first);
+  return ids;
+}
+
+void SessionStore::Impl::emit_revoked(const Known& known, std::size_t removed,
+                                      const std::string& user_id) const {
+  for (const auto& [id, user] : known) emit({SessionEventType::kRevoked, id, user, {}, 1});
+  if (removed > known.size()) {
+    emit({SessionEventType::kRevoked, {}, user_id, {}, removed - known.size()});
+  }
+}
+
+std::size_t SessionStore::Impl::revoke_matching(const SessionFilter& filter, const Known& known) {
+  const std::vector<std::string> ids = ids_in(known);
   std::size_t removed = 0;
   {
     const std::lock_guard<std::mutex> lock(write_mutex_);
     removed = revoke_write(ids, [&] { return backend_->remove_matching(filter); });
     cache_erase(ids);
   }
-  if (removed > 0) emit({SessionEventType::kRevoked, {}, user_id, {}, removed});
+  emit_revoked(known, removed, filter.user_id.value_or(std::string()));
   return removed;
 }
 
@@ -505,19 +529,21 @@ std::size_t SessionStore::Impl::revoke_user(std::string_view user_id_view,
   const std::optional<std::string>& scope = tenant ? tenant : options_.tenant_id;
   if (!scope) {
     std::size_t removed = 0;
+    Known known;
     {
       const std::lock_guard<std::mutex> lock(write_mutex_);
-      const std::vector<std::string> ids = ids_of_user(user_id, std::nullopt);
+      known = known_of_user(user_id, std::nullopt);
+      const std::vector<std::string> ids = ids_in(known);
       removed = revoke_write(ids, [&] { return backend_->remove_user(user_id); });
       cache_erase(ids);
     }
-    if (removed > 0) emit({SessionEventType::kRevoked, {}, user_id, {}, removed});
+    emit_revoked(known, removed, user_id);
     return removed;
   }
   SessionFilter filter;
   filter.user_id = user_id;
   filter.tenant_id = scope;
-  return revoke_matching(filter, ids_of_user(user_id, scope), user_id);
+  return revoke_matching(filter, known_of_user(user_id, scope));
 }
 
 std::size_t SessionStore::Impl::revoke_others(std::string_view token) {
@@ -528,9 +554,11 @@ std::size_t SessionStore::Impl::revoke_others(std::string_view token) {
   filter.user_id = current->user_id;
   filter.tenant_id = options_.tenant_id;
   filter.except_id = current->id;
-  std::vector<std::string> ids = ids_of_user(current->user_id, options_.tenant_id);
-  ids.erase(std::remove(ids.begin(), ids.end(), current->id), ids.end());
-  return revoke_matching(filter, ids, current->user_id);
+  Known known = known_of_user(current->user_id, options_.tenant_id);
+  known.erase(std::remove_if(known.begin(), known.end(),
+                             [&](const auto& entry) { return entry.first == current->id; }),
+              known.end());
+  return revoke_matching(filter, known);
 }
 
 std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view> sid,
@@ -540,19 +568,16 @@ std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view>
     SessionFilter filter;
     filter.idp_session_id = std::string(*sid);
     filter.tenant_id = options_.tenant_id;
-    std::vector<std::string> ids;
-    std::string user_id;
+    Known known;
     {
       // Back-channel logouts are rare: a scan is cheaper than an index kept for them.
       const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
       for (const auto& [id, session] : sessions_) {
-        if (session.idp_session_id == filter.idp_session_id) {
-          ids.push_back(id);
-          user_id = session.user_id;
-        }
+        if (session.idp_session_id == filter.idp_session_id)
+          known.emplace_back(id, session.user_id);
       }
     }
-    return revoke_matching(filter, ids, user_id);
+    return revoke_matching(filter, known);
   }
   if (sub) {
     detail::check_text_field("sub", *sub);
@@ -615,7 +640,11 @@ std::optional<Session> SessionStore::Impl::update_data(std::string_view token, s
   if (!updated) return std::nullopt;
   updated->data = std::move(data);
   flush_pending_deletes();
-  write([&] { backend_->save(*updated); });
+  // Update-only, as in touch(): never writes back a session another instance revoked.
+  if (!write([&] { return backend_->replace(updated->id, *updated); })) {
+    cache_erase({updated->id});
+    return std::nullopt;
+  }
   cache_put(*updated);
   return updated;
 }

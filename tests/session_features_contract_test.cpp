@@ -475,6 +475,21 @@ TEST_P(FeatureContract, UpdateDataNeverBringsBackASessionAnotherInstanceRevoked)
       << "a signed-out session is valid again after a restart";
 }
 
+TEST_P(FeatureContract, ASlideNeverBringsBackASessionAnotherInstanceRevoked) {
+  SessionStore first = open_store();
+  const NewSession created = first.create("alice");
+  {
+    SessionStore second = open_store();
+    ASSERT_TRUE(second.revoke(created.token));
+  }
+  clock_.advance(61);  // past the touch interval: this validate writes a slide
+  EXPECT_FALSE(first.validate(created.token).has_value())
+      << "the slide found the row gone, so the session is gone here too";
+  EXPECT_FALSE(db_->has(created.session.id)) << "the slide re-inserted a revoked session";
+  SessionStore restarted = open_store();
+  EXPECT_FALSE(restarted.validate(created.token).has_value());
+}
+
 TEST_P(FeatureContract, ConcurrentUpdatesOfOneSessionNeverMixAndTheLastWriterWins) {
   SessionStore store = open_store();
   const NewSession created = store.create("alice");
