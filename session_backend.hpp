@@ -261,7 +261,8 @@ struct StoreOptions {
   // Unix seconds. Injectable, so tests move time instead of sleeping.
   std::function<std::int64_t()> clock = system_clock_now;
   // Scopes the store to one tenant: create() stamps it on every session, and no call returns,
-  // lists or revokes a session of another tenant. Unset: every tenant.
+  // lists or revokes a session of another tenant (purges still delete every tenant's expired
+  // rows). Unset: every tenant.
   std::optional<std::string> tenant_id;
   // 0 = no reaper. Otherwise a background thread purges expired sessions this often, in
   // statements of at most reaper_batch_size rows, and stops when the store is destroyed.
