@@ -896,7 +896,7 @@ void PostgresBackend::prepare_statements() {
   // The INSERT runs only when the DELETE found the old row; its command tag then says 1, else 0.
   // The upsert form keeps replace() writing exactly what save() would (a replacement whose id
   // is also the old one is fine: the DELETE's row no longer conflicts in the same statement).
-  const std::string replace =
+  const std::string replace_sql =
       std::string("WITH gone AS (DELETE FROM _pylon_sessions WHERE id = $1 RETURNING 1) ") +
       "INSERT INTO _pylon_sessions (" + kSessionColumns +
       ") SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM gone)" +
@@ -904,7 +904,7 @@ void PostgresBackend::prepare_statements() {
   std::vector<Oid> replace_types = {kTextOid};
   replace_types.insert(replace_types.end(), session_parameter_types().begin(),
                        session_parameter_types().end());
-  prepare(kReplace, replace.c_str(), replace_types);
+  prepare(kReplace, replace_sql.c_str(), replace_types);
 
   prepare(kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1", {kTextOid});
   prepare(kDeleteByUser, "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid});

@@ -573,8 +573,9 @@ std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view>
       // Back-channel logouts are rare: a scan is cheaper than an index kept for them.
       const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
       for (const auto& [id, session] : sessions_) {
-        if (session.idp_session_id == filter.idp_session_id)
+        if (session.idp_session_id == filter.idp_session_id) {
           known.emplace_back(id, session.user_id);
+        }
       }
     }
     return revoke_matching(filter, known);
