@@ -29,6 +29,10 @@
 
 namespace {
 
+using pylon::test::is_live;
+using pylon::test::pylon_rows;
+using pylon::test::PylonRow;
+
 using pylon::CreateOptions;
 using pylon::ErrorCode;
 using pylon::NewSession;
@@ -790,40 +794,6 @@ TEST_P(StoreContract, RawTokensNeverReachStorage) {
 // ------------------------------------------------------------------------------------------------
 // pylon adoption: a _pylon_sessions table written by pylon's runtime (raw tokens as the key)
 // ------------------------------------------------------------------------------------------------
-
-// One row of a table written by pylon's runtime.
-struct PylonRow {
-  std::string token;
-  std::string user_id;
-  std::int64_t expires_at;
-  std::int64_t created_at;
-  std::optional<std::string> device;
-  std::optional<std::string> tenant_id;
-};
-
-constexpr std::int64_t kDaySeconds = 86400;
-
-// Live and expired rows relative to the real clock (the adoption compares with the real time).
-std::vector<PylonRow> pylon_rows(bool with_tenant) {
-  const std::int64_t now = pylon::system_clock_now();
-  auto tenant = [with_tenant](const char* value) -> std::optional<std::string> {
-    if (with_tenant && value != nullptr) return std::string(value);
-    return std::nullopt;
-  };
-  return {
-      {pylon::generate_token(), "alice", now + 3600, now - 60, "Firefox on Linux", tenant("acme")},
-      {pylon::generate_token(), "alice", now + 7 * kDaySeconds, now - 3 * kDaySeconds, std::nullopt,
-       tenant("acme")},
-      {pylon::generate_token(), "bob", now + 600, now - 30, "curl/8.0", tenant(nullptr)},
-      {pylon::generate_token(), "carol", now + 86400, now - 10, "Safari — iPhone",
-       tenant("société")},
-      {pylon::generate_token(), "alice", now - 10, now - 7200, "old laptop", tenant("acme")},
-      {pylon::generate_token(), "dave", now - 86400, now - 30 * kDaySeconds, std::nullopt,
-       tenant("acme")},
-  };
-}
-
-bool is_live(const PylonRow& row) { return row.expires_at > pylon::system_clock_now(); }
 
 // Writes `rows` into a _pylon_sessions table as pylon's runtime creates it on this backend (the
 // older pylon, without tenant_id, when `with_tenant` is false), and an unrelated table.

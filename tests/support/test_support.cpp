@@ -455,5 +455,27 @@ std::string sqlite_url(const std::string& absolute_path, const std::string& quer
   return "sqlite://" + absolute_path + (query.empty() ? "" : "?" + query);
 }
 
+std::vector<PylonRow> pylon_rows(bool with_tenant) {
+  constexpr std::int64_t kDaySeconds = 86400;
+  const std::int64_t now = pylon::system_clock_now();
+  auto tenant = [with_tenant](const char* value) -> std::optional<std::string> {
+    if (with_tenant && value != nullptr) return std::string(value);
+    return std::nullopt;
+  };
+  return {
+      {pylon::generate_token(), "alice", now + 3600, now - 60, "Firefox on Linux", tenant("acme")},
+      {pylon::generate_token(), "alice", now + 7 * kDaySeconds, now - 3 * kDaySeconds, std::nullopt,
+       tenant("acme")},
+      {pylon::generate_token(), "bob", now + 600, now - 30, "curl/8.0", tenant(nullptr)},
+      {pylon::generate_token(), "carol", now + kDaySeconds, now - 10, "Safari — iPhone",
+       tenant("société")},
+      {pylon::generate_token(), "alice", now - 10, now - 7200, "old laptop", tenant("acme")},
+      {pylon::generate_token(), "dave", now - kDaySeconds, now - 30 * kDaySeconds, std::nullopt,
+       tenant("acme")},
+  };
+}
+
+bool is_live(const PylonRow& row) { return row.expires_at > pylon::system_clock_now(); }
+
 }  // namespace test
 }  // namespace pylon

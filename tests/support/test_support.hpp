@@ -180,6 +180,21 @@ std::optional<pylon::Session> find_loaded(pylon::SessionBackend& backend, const 
 // "sqlite://" + an absolute path + query ("sqlite:///tmp/x/s.db?busy_timeout=50").
 std::string sqlite_url(const std::string& absolute_path, const std::string& query = {});
 
+// One row of a `_pylon_sessions` table as pylon's runtime writes it (raw token as the key).
+struct PylonRow {
+  std::string token;
+  std::string user_id;
+  std::int64_t expires_at = 0;
+  std::int64_t created_at = 0;
+  std::optional<std::string> device;
+  std::optional<std::string> tenant_id;
+};
+
+// Live and expired pylon rows relative to the real clock (adoption compares with the real time),
+// with tenants unless `with_tenant` is false (the pylon before tenant_id).
+std::vector<PylonRow> pylon_rows(bool with_tenant);
+bool is_live(const PylonRow& row);
+
 }  // namespace pylon::test
 
 // Checks that `statement` throws pylon::Error with `code` (not merely some exception); the
