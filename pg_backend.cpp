@@ -57,25 +57,10 @@ namespace pylon {
 
 namespace {
 
-struct ConnectionFinisher {
-  void operator()(PGconn* connection) const noexcept { PQfinish(connection); }
-};
-using PgConnection = std::unique_ptr<PGconn, ConnectionFinisher>;
-
-struct ResultClearer {
-  void operator()(PGresult* result) const noexcept { PQclear(result); }
-};
-using PgResult = std::unique_ptr<PGresult, ResultClearer>;
-
-struct ConninfoFreer {
-  void operator()(PQconninfoOption* options) const noexcept { PQconninfoFree(options); }
-};
-using PgConninfo = std::unique_ptr<PQconninfoOption, ConninfoFreer>;
-
-struct LibpqFreer {
-  void operator()(char* text) const noexcept { PQfreemem(text); }
-};
-using PgText = std::unique_ptr<char, LibpqFreer>;
+using PgConnection = std::unique_ptr<PGconn, detail::FreeWith<PQfinish>>;
+using PgResult = std::unique_ptr<PGresult, detail::FreeWith<PQclear>>;
+using PgConninfo = std::unique_ptr<PQconninfoOption, detail::FreeWith<PQconninfoFree>>;
+using PgText = std::unique_ptr<char, detail::FreeWith<PQfreemem>>;
 
 // OIDs of the built-in types we bind and read. They are fixed in every PostgreSQL release;
 // catalog/pg_type_d.h, which names them, is a server header that client builds may lack.

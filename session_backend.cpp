@@ -408,15 +408,8 @@ std::unique_ptr<SessionBackend> open_backend(const std::string& database_url) {
 
 namespace {
 
-struct ConnectionCloser {
-  void operator()(sqlite3* db) const noexcept { sqlite3_close_v2(db); }
-};
-using Connection = std::unique_ptr<sqlite3, ConnectionCloser>;
-
-struct StatementFinalizer {
-  void operator()(sqlite3_stmt* statement) const noexcept { sqlite3_finalize(statement); }
-};
-using Statement = std::unique_ptr<sqlite3_stmt, StatementFinalizer>;
+using Connection = std::unique_ptr<sqlite3, detail::FreeWith<sqlite3_close_v2>>;
+using Statement = std::unique_ptr<sqlite3_stmt, detail::FreeWith<sqlite3_finalize>>;
 
 // Resets a reused statement however the scope ends: a statement left mid-step would keep its
 // read transaction (and so the WAL) pinned.

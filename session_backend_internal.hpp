@@ -13,6 +13,17 @@
 
 namespace pylon::detail {
 
+// A unique_ptr deleter that hands the pointer to the C library's release function, so every C
+// handle is owned from the moment it exists: unique_ptr<sqlite3_stmt, FreeWith<sqlite3_finalize>>.
+// The release function's result is ignored: a deleter runs in destructors and must not throw.
+template <auto kRelease>
+struct FreeWith {
+  template <typename Handle>
+  void operator()(Handle* handle) const noexcept {
+    kRelease(handle);
+  }
+};
+
 // Strict UTF-8 (no overlong forms, no surrogates, nothing past U+10FFFF) and no NUL: what a
 // PostgreSQL TEXT column can hold, and so what every backend accepts in a text field.
 bool is_storable_text(std::string_view text) noexcept;
