@@ -329,16 +329,10 @@ constexpr std::size_t kMatchCombinations = 32;
 // exists, skipping" from a migration, or a FATAL that arrives while idle).
 void ignore_notice(void* /*arg*/, const char* /*message*/) {}
 
-struct Migration {
-  int version;
-  const char* name;
-  const char* sql;
-};
-
 // The schema, embedded from migrations/postgres/*.sql by cmake/embed_migrations.cmake. A C array:
 // the fragment is a list of braced initialisers, which std::array cannot size in C++17.
 // NOLINTNEXTLINE(cppcoreguidelines-avoid-c-arrays,modernize-avoid-c-arrays)
-constexpr Migration kPostgresMigrations[] = {
+constexpr detail::Migration kPostgresMigrations[] = {
 #include "pylon_migrations_postgres.inc"
 };
 constexpr int kLatestPostgresVersion =
@@ -659,7 +653,7 @@ void PostgresBackend::migrate() {
       // first migration to apply is entry `applied`.
       for (auto index = static_cast<std::size_t>(applied); index < std::size(kPostgresMigrations);
            ++index) {
-        const Migration& migration = kPostgresMigrations[index];
+        const detail::Migration& migration = kPostgresMigrations[index];
         action = "migration " + std::string(migration.name) + " failed on";
         if (migration.version == 1 && adopt_pylon_table) {
           const auto columns = table_columns("_pylon_sessions");

@@ -550,16 +550,10 @@ const std::vector<std::string>& current_session_columns() {
   return kColumns;
 }
 
-struct Migration {
-  int version;
-  const char* name;
-  const char* sql;
-};
-
 // The schema, embedded from migrations/sqlite/*.sql by cmake/embed_migrations.cmake. A C array:
 // the fragment is a list of braced initialisers, which std::array cannot size in C++17.
 // NOLINTNEXTLINE(cppcoreguidelines-avoid-c-arrays,modernize-avoid-c-arrays)
-constexpr Migration kSqliteMigrations[] = {
+constexpr detail::Migration kSqliteMigrations[] = {
 #include "pylon_migrations_sqlite.inc"
 };
 constexpr int kLatestSqliteVersion =
@@ -822,7 +816,8 @@ void SqliteBackend::migrate() {
   if (adopt_pylon_table_) exec("PRAGMA secure_delete = ON", "cannot enable secure_delete on");
 
   bool adopted = false;
-  for (const Migration& migration : kSqliteMigrations) {  // NOLINT(*-array-to-pointer-decay)
+  // NOLINTNEXTLINE(*-array-to-pointer-decay): the embedded array, see its declaration
+  for (const detail::Migration& migration : kSqliteMigrations) {
     const std::string action = "migration " + std::string(migration.name) + " failed on";
     exec("BEGIN IMMEDIATE", action);
     try {
