@@ -360,20 +360,29 @@ std::string database_url_from_env() {
   return value == nullptr ? std::string() : std::string(value);
 }
 
-std::unique_ptr<SessionBackend> open_backend(const std::string& database_url) {
-  const std::string shown = redact_url(database_url);
-  if (database_url.empty()) return open_sqlite_backend("sessions.db");
-  if (database_url == "sqlite::memory:") return open_sqlite_backend(":memory:");
+namespace detail {
 
+DatabaseLocation parse_database_url(const std::string& database_url) {
+  DatabaseLocation location;
+  if (database_url.empty()) {
+    location.sqlite_path = "sessions.db";
+    return location;
+  }
+  if (database_url == "sqlite::memory:") {
+    location.sqlite_path = ":memory:";
+    return location;
+  }
+  const std::string shown = redact_url(database_url);
   const std::string scheme = url_scheme(database_url);
   if (scheme == "sqlite") {
-    auto [path, options] = parse_sqlite_location(
+    std::tie(location.sqlite_path, location.sqlite_options) = parse_sqlite_location(
         std::string_view(database_url).substr(std::strlen("sqlite://")), shown);
-    return open_sqlite_backend(path, options);
+    return location;
   }
   if (scheme == "postgres" || scheme == "postgresql") {
 #ifdef PYLON_WITH_POSTGRES
-    return detail::open_postgres_backend(database_url);
+    location.is_postgres = true;
+    return location;
 #else
     throw Error(ErrorCode::kUnsupportedScheme,
                 "this build of pylon-sessions has no PostgreSQL support (configure it with "
@@ -386,11 +395,22 @@ std::unique_ptr<SessionBackend> open_backend(const std::string& database_url) {
                                                    shown + "; supported: " + kSupportedSchemes);
   }
   if (database_url.rfind("sqlite:", 0) == 0) {  // "sqlite:path", as sqlx and others accept
-    auto [path, options] =
+    std::tie(location.sqlite_path, location.sqlite_options) =
         parse_sqlite_location(std::string_view(database_url).substr(std::strlen("sqlite:")), shown);
-    return open_sqlite_backend(path, options);
+    return location;
   }
-  return open_sqlite_backend(database_url);  // a bare path: taken literally, no parameters
+  location.sqlite_path = database_url;  // a bare path: taken literally, no parameters
+  return location;
+}
+
+}  // namespace detail
+
+std::unique_ptr<SessionBackend> open_backend(const std::string& database_url) {
+  const detail::DatabaseLocation location = detail::parse_database_url(database_url);
+#ifdef PYLON_WITH_POSTGRES
+  if (location.is_postgres) return detail::open_postgres_backend(database_url);
+#endif
+  return open_sqlite_backend(location.sqlite_path, location.sqlite_options);
 }
 
 // ================================================================================================

@@ -45,6 +45,17 @@ void check_optional_text_field(const char* field, const std::optional<std::strin
 // storable text fields. Throws Error(kInvalidArgument).
 void check_session_for_storage(const Session& session);
 
+// Where a DATABASE_URL points, as open_backend() reads it: a PostgreSQL URL (handed to libpq
+// whole), or an SQLite path with the options of its query string. Throws Error(kInvalidArgument)
+// for a malformed SQLite URL and Error(kUnsupportedScheme) for an unknown scheme, with the URL
+// shown through redact_url(). Opens nothing: the fuzz target feeds it arbitrary bytes.
+struct DatabaseLocation {
+  bool is_postgres = false;
+  std::string sqlite_path;
+  SqliteOptions sqlite_options;
+};
+DatabaseLocation parse_database_url(const std::string& database_url);
+
 // Defined in pg_backend.cpp, built when PYLON_WITH_POSTGRES is set; open_backend() calls it for
 // postgres:// and postgresql:// URLs.
 std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url);
