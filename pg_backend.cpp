@@ -347,6 +347,7 @@ class PostgresBackend final : public SessionBackend {
 
   std::vector<Session> load_all() override;
   void save(const Session& session) override;
+  void save_batch(const std::vector<Session>& sessions) override;
   bool remove(std::string_view id) override;
   std::size_t remove_user(std::string_view user_id) override;
   std::size_t remove_expired(std::int64_t now) override;
@@ -1011,6 +1012,30 @@ void PostgresBackend::save(const Session& session) {
   bind_session(params, session);
   const std::lock_guard<std::mutex> lock(mutex_);
   run(kUpsert, params, "cannot save a session to");
+}
+
+// One transaction of prepared upserts: one commit (and one WAL flush on the server) for all.
+void PostgresBackend::save_batch(const std::vector<Session>& sessions) {
+  for (const Session& session : sessions) detail::check_session_for_storage(session);
+  if (sessions.empty()) return;
+  const std::string action = "cannot save sessions to";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  ensure_connected();
+  exec("BEGIN", action);
+  try {
+    for (const Session& session : sessions) {
+      Params params;
+      bind_session(params, session);
+      execute(kUpsert, params, action);
+    }
+    exec("COMMIT", action);
+  } catch (...) {
+    // Nothing is committed. ROLLBACK fails only on a dead connection, and then the server has
+    // rolled back already (or, if COMMIT itself was lost in flight, it alone knows: the caller
+    // was told kConnectionLost).
+    const PgResult rollback(PQexec(conn_.get(), "ROLLBACK"));
+    throw;
+  }
 }
 
 bool PostgresBackend::remove(std::string_view id) {

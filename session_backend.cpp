@@ -11,6 +11,7 @@
 #include "session_backend.hpp"
 
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
 #include <sqlite3.h>
@@ -122,12 +123,70 @@ bool is_well_formed_token(std::string_view token) noexcept {
          is_lower_hex(token.substr(kTokenPrefix.size()));
 }
 
+namespace {
+
+// SHA-256 through EVP with the algorithm fetched once and a context per thread. OpenSSL 3's
+// one-shot SHA256() fetches the algorithm and allocates a context on every call: 395 ns for a
+// token here, against 130 ns this way, and validate() hashes on every request.
+class Sha256 {
+ public:
+  Sha256() : context_(EVP_MD_CTX_new()) {
+    if (context_ == nullptr) fail();
+  }
+  ~Sha256() { EVP_MD_CTX_free(context_); }
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  Sha256(Sha256&&) = delete;
+  Sha256& operator=(Sha256&&) = delete;
+
+  detail::SessionDigest digest(std::string_view bytes) {
+    detail::SessionDigest digest{};
+    unsigned int size = 0;
+    if (EVP_DigestInit_ex2(context_, algorithm(), nullptr) != 1 ||
+        EVP_DigestUpdate(context_, bytes.data(), bytes.size()) != 1 ||
+        EVP_DigestFinal_ex(context_, digest.data(), &size) != 1 || size != digest.size()) {
+      fail();
+    }
+    return digest;
+  }
+
+ private:
+  [[noreturn]] static void fail() {
+    throw Error(ErrorCode::kInternal, "OpenSSL could not compute a SHA-256 digest");
+  }
+  // Fetched once and never freed: it must outlive every thread's context, and OpenSSL frees its
+  // providers at exit on its own.
+  static const EVP_MD* algorithm() {
+    static const EVP_MD* const fetched = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    if (fetched == nullptr) fail();
+    return fetched;
+  }
+
+  EVP_MD_CTX* context_;
+};
+
+}  // namespace
+
+detail::SessionDigest detail::digest_of_token(std::string_view token) {
+  thread_local Sha256 sha256;
+  return sha256.digest(token);
+}
+
+std::string detail::session_id_of(const SessionDigest& digest) { return to_lower_hex(digest); }
+
+bool detail::parse_session_id(std::string_view id, SessionDigest* digest) noexcept {
+  if (!is_well_formed_session_id(id)) return false;
+  const auto nibble = [](char c) {
+    return static_cast<unsigned char>(c <= '9' ? c - '0' : c - 'a' + 10);
+  };
+  for (std::size_t i = 0; i < digest->size(); ++i) {
+    (*digest)[i] = static_cast<unsigned char>((nibble(id[2 * i]) << 4U) | nibble(id[2 * i + 1]));
+  }
+  return true;
+}
+
 std::string session_id_for_token(std::string_view token) {
-  std::array<unsigned char, SHA256_DIGEST_LENGTH> digest{};
-  // SHA256() is OpenSSL's one-shot digest: no context allocation, no algorithm fetch.
-  SHA256(reinterpret_cast<const unsigned char*>(token.data()), token.size(),  // NOLINT
-         digest.data());
-  return to_lower_hex(digest);
+  return detail::session_id_of(detail::digest_of_token(token));
 }
 
 bool is_well_formed_session_id(std::string_view id) noexcept {
@@ -585,6 +644,7 @@ class SqliteBackend final : public SessionBackend {
 
   std::vector<Session> load_all() override;
   void save(const Session& session) override;
+  void save_batch(const std::vector<Session>& sessions) override;
   bool remove(std::string_view id) override;
   std::size_t remove_user(std::string_view user_id) override;
   std::size_t remove_expired(std::int64_t now) override;
@@ -620,6 +680,10 @@ class SqliteBackend final : public SessionBackend {
   std::size_t run_delete(sqlite3_stmt* statement, const std::string& action);
   void bind_session(sqlite3_stmt* statement, const Session& session);
   void step_done(sqlite3_stmt* statement, const char* action);
+  // Runs `body` between BEGIN IMMEDIATE and COMMIT, the caller holding mutex_. If `body` returns
+  // false or anything throws, the transaction is rolled back and nothing was written.
+  template <typename Body>
+  bool in_transaction(const char* action, Body&& body);
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
@@ -980,16 +1044,59 @@ std::vector<Session> SqliteBackend::load_all() {
   return sessions;
 }
 
-void SqliteBackend::save(const Session& session) {
+// The checks of every write: storable text fields, and a blob SQLite can bind.
+void check_sqlite_storable(const Session& session) {
   detail::check_session_for_storage(session);
   if (session.data.size() > static_cast<std::size_t>(INT_MAX)) {
     throw Error(ErrorCode::kInvalidArgument, "session data is larger than SQLite can store");
   }
+}
+
+void SqliteBackend::save(const Session& session) {
+  check_sqlite_storable(session);
   const std::lock_guard<std::mutex> lock(mutex_);
   sqlite3_stmt* upsert = upsert_.get();
   const StatementReset reset(upsert);
   bind_session(upsert, session);
   step_done(upsert, "cannot save a session to");
+}
+
+void SqliteBackend::save_batch(const std::vector<Session>& sessions) {
+  for (const Session& session : sessions) check_sqlite_storable(session);
+  if (sessions.empty()) return;
+  const std::lock_guard<std::mutex> lock(mutex_);
+  in_transaction("cannot save sessions to", [&] {
+    for (const Session& session : sessions) {
+      const StatementReset reset(upsert_.get());
+      bind_session(upsert_.get(), session);
+      step_done(upsert_.get(), "cannot save sessions to");
+    }
+    return true;
+  });
+}
+
+template <typename Body>
+bool SqliteBackend::in_transaction(const char* action, Body&& body) {
+  {
+    const StatementReset reset(begin_.get());
+    step_done(begin_.get(), action);
+  }
+  try {
+    if (!body()) {
+      sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+      return false;
+    }
+    const StatementReset reset(commit_.get());
+    step_done(commit_.get(), action);
+  } catch (...) {
+    // Nothing was acknowledged. A failed COMMIT leaves the transaction open; roll it back so the
+    // connection is usable. If SQLite already rolled back on its own, this is a no-op.
+    if (sqlite3_get_autocommit(db_.get()) == 0) {
+      sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    throw;
+  }
+  return true;
 }
 
 void SqliteBackend::bind_session(sqlite3_stmt* statement, const Session& session) {
@@ -1019,40 +1126,19 @@ void SqliteBackend::step_done(sqlite3_stmt* statement, const char* action) {
 // Rotation: the delete of the old id and the insert of the new one commit together or not at
 // all, so no reader, here or in another process, ever sees both tokens valid or neither.
 bool SqliteBackend::replace(std::string_view old_id, const Session& replacement) {
-  detail::check_session_for_storage(replacement);
-  if (replacement.data.size() > static_cast<std::size_t>(INT_MAX)) {
-    throw Error(ErrorCode::kInvalidArgument, "session data is larger than SQLite can store");
-  }
+  check_sqlite_storable(replacement);
   const std::lock_guard<std::mutex> lock(mutex_);
-  {
-    const StatementReset reset(begin_.get());
-    step_done(begin_.get(), "cannot begin a rotation on");
-  }
-  try {
+  return in_transaction("cannot rotate a session in", [&] {
     {
       const StatementReset reset(delete_by_id_.get());
       bind_text(delete_by_id_.get(), 1, old_id);
-      if (run_delete(delete_by_id_.get(), "cannot rotate a session in") == 0) {
-        sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-        return false;
-      }
+      if (run_delete(delete_by_id_.get(), "cannot rotate a session in") == 0) return false;
     }
-    {
-      const StatementReset reset(upsert_.get());
-      bind_session(upsert_.get(), replacement);
-      step_done(upsert_.get(), "cannot rotate a session in");
-    }
-    const StatementReset reset(commit_.get());
-    step_done(commit_.get(), "cannot commit a rotation to");
-  } catch (...) {
-    // Nothing was acknowledged. A failed COMMIT leaves the transaction open; roll it back so the
-    // connection is usable. If SQLite already rolled back on its own, this is a no-op.
-    if (sqlite3_get_autocommit(db_.get()) == 0) {
-      sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-    }
-    throw;
-  }
-  return true;
+    const StatementReset reset(upsert_.get());
+    bind_session(upsert_.get(), replacement);
+    step_done(upsert_.get(), "cannot rotate a session in");
+    return true;
+  });
 }
 
 // One DELETE per combination of set fields, so every one is a plain indexed equality (an

@@ -139,6 +139,10 @@ class SessionBackend {
   virtual std::vector<Session> load_all() = 0;
   // Inserts the session, or replaces every field of the row with the same id. Durable on return.
   virtual void save(const Session& session) = 0;
+  // Upserts every session as save() does, in one transaction: all of them are durable on
+  // return, or none is stored and it throws. SessionStore hands it the creates of concurrent
+  // callers, so that they share one commit and one fsync (group commit). Ids are distinct.
+  virtual void save_batch(const std::vector<Session>& sessions) = 0;
   // Deletes the row with this id. True if a row was removed. Durable on return.
   virtual bool remove(std::string_view id) = 0;
   // Deletes every row of the user; returns how many.

@@ -4,6 +4,7 @@
 #ifndef PYLON_SESSION_BACKEND_INTERNAL_HPP_
 #define PYLON_SESSION_BACKEND_INTERNAL_HPP_
 
+#include <array>
 #include <memory>
 #include <optional>
 #include <string>
@@ -12,6 +13,17 @@
 #include "session_backend.hpp"
 
 namespace pylon::detail {
+
+// A session id as 32 bytes: the SHA-256 of the token. Session::id is its lowercase hex; the cache
+// keys sessions by these bytes, half the size and with no hex to encode on a lookup.
+using SessionDigest = std::array<unsigned char, 32>;
+// The SHA-256 of `token` (any bytes: the caller checks the token's form). Throws Error(kInternal)
+// only if OpenSSL fails.
+SessionDigest digest_of_token(std::string_view token);
+// Lowercase hex, as Session::id holds it.
+std::string session_id_of(const SessionDigest& digest);
+// The bytes of a well-formed session id; false, leaving *digest unspecified, for anything else.
+bool parse_session_id(std::string_view id, SessionDigest* digest) noexcept;
 
 // A unique_ptr deleter that hands the pointer to the C library's release function, so every C
 // handle is owned from the moment it exists: unique_ptr<sqlite3_stmt, FreeWith<sqlite3_finalize>>.

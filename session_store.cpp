@@ -4,20 +4,23 @@
 // the reaper, events and stats: the backend file stays about storage, this one about sessions.
 //
 // Invariants (hold whenever no mutex is held):
-//   - sessions_ holds exactly the rows of this store's tenant scope that storage holds and this
+//   - cache_ holds exactly the rows of this store's tenant scope that storage holds and this
 //     process knows of, minus the ids in pending_deletes_: those are denied here already, but
 //     storage has not yet acknowledged their delete.
-//   - by_user_[u] holds the ids of exactly the sessions_ entries of user u.
 //   - rotated_ remembers ids rotated away by this process, until they would have expired, so a
 //     replayed old token is reported; it never makes a token valid.
 // Locking: write_mutex_ serialises every storage write and the cache update that follows it, so
-// the cache changes in the order storage did. cache_mutex_ (shared for readers) guards sessions_,
-// by_user_ and rotated_; it is held only for map operations, never across a storage call, so
-// reads never wait for the disk. Lock order: write_mutex_, then cache_mutex_, then
+// the cache changes in the order storage did. The cache locks itself (sharded; see
+// session_cache.hpp) only for map operations, never across a storage call, so reads never wait
+// for the disk. Creates queue under create_queue_mutex_ without holding write_mutex_, so that
+// they gather while a commit is in flight (group commit, see commit_queued_creates). Lock order:
+// write_mutex_, then create_queue_mutex_, rotated_mutex_ or the cache's locks, then
 // last_error_mutex_. Events are delivered after every lock is released.
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <condition_variable>
+#include <exception>
 #include <iterator>
 #include <limits>
 #include <mutex>
@@ -31,6 +34,7 @@
 
 #include "session_backend.hpp"
 #include "session_backend_internal.hpp"
+#include "session_cache.hpp"
 
 namespace pylon {
 
@@ -68,6 +72,33 @@ void check_store_options(const StoreOptions& options) {
 }
 
 bool is_live(const Session& session, std::int64_t at) { return session.expires_at > at; }
+
+// A counter that threads bump without meeting on one cache line: validate() counts every hit,
+// and one shared atomic would make two threads validating in parallel slower than one.
+class StripedCounter {
+ public:
+  void add() noexcept {
+    stripes_[stripe_of_this_thread()].value.fetch_add(1, std::memory_order_relaxed);
+  }
+  std::uint64_t total() const noexcept {
+    std::uint64_t sum = 0;
+    for (const Stripe& stripe : stripes_) sum += stripe.value.load(std::memory_order_relaxed);
+    return sum;
+  }
+
+ private:
+  static constexpr std::size_t kStripes = 16;
+  struct alignas(64) Stripe {
+    std::atomic<std::uint64_t> value{0};
+  };
+  static std::size_t stripe_of_this_thread() noexcept {
+    static std::atomic<std::size_t> next_stripe{0};
+    thread_local const std::size_t stripe =
+        next_stripe.fetch_add(1, std::memory_order_relaxed) % kStripes;
+    return stripe;
+  }
+  std::array<Stripe, kStripes> stripes_;
+};
 
 }  // namespace
 
@@ -122,16 +153,13 @@ class SessionStore::Impl {
   template <typename Call>
   auto write(Call&& call) -> decltype(call());
 
-  // The live cached session of `id`, copied; caller holds no cache lock.
-  std::optional<Session> live_copy(const std::string& id, std::int64_t at);
+  // The live cached session of `id` (a well-formed id), copied.
+  std::optional<Session> live_copy(const std::string& id, std::int64_t at) const;
   // The cached ids of a user (in `tenant`, when set).
   std::vector<std::pair<std::string, std::string>> known_of_user(
-      const std::string& user_id, const std::optional<std::string>& tenant);
-
-  // Cache edits; the caller holds write_mutex_.
-  void cache_put(const Session& session);
+      const std::string& user_id, const std::optional<std::string>& tenant) const;
+  // Cache removals; the caller holds write_mutex_.
   void cache_erase(const std::vector<std::string>& ids);
-  void cache_erase_locked(const std::string& id);  // caller holds cache_mutex_ exclusively
 
   // Retries deletes left by failed revokes; throws (leaving the rest pending) if storage still
   // refuses. Caller holds write_mutex_. Called before every write.
@@ -151,6 +179,19 @@ class SessionStore::Impl {
   void emit_revoked(const Known& known, std::size_t removed, const std::string& user_id) const;
   static std::vector<std::string> ids_in(const Known& known);
 
+  // Group commit. A create queues its session and then takes write_mutex_; whoever gets it
+  // first commits every queued create in one save_batch() (one transaction, one fsync), so
+  // creates that arrive while a commit is in flight share the next one. Each caller returns only
+  // after its own row is durable, and a failed batch fails every caller in it.
+  struct QueuedCreate {
+    Session session;
+    bool committed = false;               // set under write_mutex_
+    std::exception_ptr error;             // set under write_mutex_
+    std::vector<SessionEvent> evictions;  // set under write_mutex_
+  };
+  // Commits everything queued. Caller holds write_mutex_.
+  void commit_queued_creates();
+
   void reaper_loop();
   std::size_t purge_in_batches();
 
@@ -160,13 +201,16 @@ class SessionStore::Impl {
   std::mutex write_mutex_;
   std::unordered_set<std::string> pending_deletes_;  // guarded by write_mutex_
 
-  std::shared_mutex cache_mutex_;
-  std::unordered_map<std::string, Session> sessions_;                         // by id
-  std::unordered_map<std::string, std::unordered_set<std::string>> by_user_;  // user -> ids
-  std::unordered_map<std::string, RotatedAway> rotated_;                      // old id -> ...
+  std::mutex create_queue_mutex_;            // taken alone or inside write_mutex_
+  std::vector<QueuedCreate*> create_queue_;  // guarded by create_queue_mutex_
 
-  std::atomic<std::uint64_t> cache_hits_{0};
-  std::atomic<std::uint64_t> cache_misses_{0};
+  detail::SessionCache cache_;  // written under write_mutex_ only
+
+  std::mutex rotated_mutex_;
+  std::unordered_map<std::string, RotatedAway> rotated_;  // old id -> ...; by rotated_mutex_
+
+  StripedCounter cache_hits_;
+  StripedCounter cache_misses_;
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<std::uint64_t> write_failures_{0};
   std::mutex last_error_mutex_;
@@ -184,13 +228,12 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
   if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
   check_store_options(options_);
   std::vector<Session> rows = backend_->load_all();
-  sessions_.reserve(rows.size());
+  cache_.reserve(rows.size());
   for (Session& row : rows) {
     // A row whose id is not a digest can never match a token; keep it out of the cache.
     if (!is_well_formed_session_id(row.id) || !in_scope(row)) continue;
-    by_user_[row.user_id].insert(row.id);
-    std::string id = row.id;
-    sessions_.emplace(std::move(id), std::move(row));
+    cache_.put(row);
+    row = Session();  // give the memory back as the load goes, not at the end
   }
   if (options_.reaper_interval.count() > 0) reaper_ = std::thread([this] { reaper_loop(); });
 }
@@ -243,54 +286,23 @@ auto SessionStore::Impl::write(Call&& call) -> decltype(call()) {
   }
 }
 
-std::optional<Session> SessionStore::Impl::live_copy(const std::string& id, std::int64_t at) {
-  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-  const auto found = sessions_.find(id);
-  if (found == sessions_.end() || !is_live(found->second, at)) return std::nullopt;
-  return found->second;
+std::optional<Session> SessionStore::Impl::live_copy(const std::string& id, std::int64_t at) const {
+  detail::SessionDigest digest{};
+  if (!detail::parse_session_id(id, &digest)) return std::nullopt;
+  return cache_.find_live(digest, at);
 }
 
 std::vector<std::pair<std::string, std::string>> SessionStore::Impl::known_of_user(
-    const std::string& user_id, const std::optional<std::string>& tenant) {
+    const std::string& user_id, const std::optional<std::string>& tenant) const {
   std::vector<std::pair<std::string, std::string>> known;
-  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-  const auto user = by_user_.find(user_id);
-  if (user == by_user_.end()) return known;
-  for (const std::string& id : user->second) {
-    if (!tenant || sessions_.at(id).tenant_id == tenant) known.emplace_back(id, user_id);
+  for (Session& session : cache_.of_user(user_id)) {
+    if (!tenant || session.tenant_id == tenant) known.emplace_back(std::move(session.id), user_id);
   }
   return known;
 }
 
-void SessionStore::Impl::cache_put(const Session& session) {
-  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
-  auto found = sessions_.find(session.id);
-  if (found != sessions_.end() && found->second.user_id != session.user_id) {
-    cache_erase_locked(session.id);
-    found = sessions_.end();
-  }
-  by_user_[session.user_id].insert(session.id);
-  if (found == sessions_.end()) {
-    sessions_.emplace(session.id, session);
-  } else {
-    found->second = session;
-  }
-}
-
 void SessionStore::Impl::cache_erase(const std::vector<std::string>& ids) {
-  const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
-  for (const std::string& id : ids) cache_erase_locked(id);
-}
-
-void SessionStore::Impl::cache_erase_locked(const std::string& id) {
-  const auto found = sessions_.find(id);
-  if (found == sessions_.end()) return;
-  const auto user = by_user_.find(found->second.user_id);
-  if (user != by_user_.end()) {
-    user->second.erase(id);
-    if (user->second.empty()) by_user_.erase(user);
-  }
-  sessions_.erase(found);
+  for (const std::string& id : ids) cache_.erase(std::string_view(id));
 }
 
 void SessionStore::Impl::flush_pending_deletes() {
@@ -308,9 +320,8 @@ auto SessionStore::Impl::revoke_write(const std::vector<std::string>& ids, Call&
     return write(std::forward<Call>(call));
   } catch (...) {
     // Fail closed: denied in this process now, deleted from storage with the next write.
-    const std::unique_lock<std::shared_mutex> lock(cache_mutex_);
     for (const std::string& id : ids) {
-      cache_erase_locked(id);
+      cache_.erase(std::string_view(id));
       pending_deletes_.insert(id);
     }
     throw;
@@ -325,15 +336,10 @@ void SessionStore::Impl::evict_to_make_room(const std::string& user_id,
   const std::size_t cap = options_.max_sessions_per_user;
   if (cap == 0) return;
   std::vector<std::pair<std::int64_t, std::string>> oldest_first;
-  {
-    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-    const auto user = by_user_.find(user_id);
-    if (user == by_user_.end() || user->second.size() < cap) return;
-    oldest_first.reserve(user->second.size());
-    for (const std::string& id : user->second) {
-      oldest_first.emplace_back(sessions_.at(id).created_at, id);
-    }
+  for (Session& session : cache_.of_user(user_id)) {
+    oldest_first.emplace_back(session.created_at, std::move(session.id));
   }
+  if (oldest_first.size() < cap) return;
   std::sort(oldest_first.begin(), oldest_first.end());
   const std::size_t excess = oldest_first.size() - cap + 1;
   for (std::size_t i = 0; i < excess; ++i) {
@@ -376,25 +382,83 @@ NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions op
   session.data = std::move(options.data);
   session.idp_session_id = std::move(options.idp_session_id);
 
-  std::vector<SessionEvent> events;
+  // The clock is read before queueing: a create stamped a little before its group commit is
+  // still a create made at that time.
+  const std::int64_t at = now();
+  session.created_at = at;
+  session.last_seen_at = at;
+  session.absolute_expires_at = saturating_add(at, options_.absolute_ttl.count());
+  session.expires_at =
+      options_.idle_timeout.count() > 0
+          ? std::min(session.absolute_expires_at, saturating_add(at, options_.idle_timeout.count()))
+          : session.absolute_expires_at;
+
+  QueuedCreate queued{std::move(created.session), false, nullptr, {}};
+  {
+    const std::lock_guard<std::mutex> lock(create_queue_mutex_);
+    create_queue_.push_back(&queued);
+  }
   {
     const std::lock_guard<std::mutex> lock(write_mutex_);
-    const std::int64_t at = now();
-    session.created_at = at;
-    session.last_seen_at = at;
-    session.absolute_expires_at = saturating_add(at, options_.absolute_ttl.count());
-    session.expires_at = options_.idle_timeout.count() > 0
-                             ? std::min(session.absolute_expires_at,
-                                        saturating_add(at, options_.idle_timeout.count()))
-                             : session.absolute_expires_at;
-    flush_pending_deletes();
-    evict_to_make_room(session.user_id, events);
-    write([&] { backend_->save(session); });
-    cache_put(session);
+    // A commit that ran while this thread waited for the lock may have taken it already.
+    if (!queued.committed && !queued.error) commit_queued_creates();
   }
-  for (const SessionEvent& event : events) emit(event);
-  emit({SessionEventType::kCreated, session.id, session.user_id, {}, 1});
+  created.session = std::move(queued.session);
+  for (const SessionEvent& event : queued.evictions) emit(event);
+  if (queued.error) std::rethrow_exception(queued.error);
+  emit({SessionEventType::kCreated, created.session.id, created.session.user_id, {}, 1});
   return created;
+}
+
+void SessionStore::Impl::commit_queued_creates() {
+  std::vector<QueuedCreate*> batch;
+  {
+    const std::lock_guard<std::mutex> lock(create_queue_mutex_);
+    batch.swap(create_queue_);
+  }
+  const auto fail_all = [&batch](std::size_t from) {
+    for (std::size_t i = from; i < batch.size(); ++i) batch[i]->error = std::current_exception();
+  };
+  try {
+    flush_pending_deletes();
+  } catch (...) {
+    fail_all(0);
+    return;
+  }
+  if (options_.max_sessions_per_user > 0) {
+    // Evictions depend on the creates before them (two in one batch may be the same user's), so
+    // each is written on its own.
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      QueuedCreate& item = *batch[i];
+      try {
+        evict_to_make_room(item.session.user_id, item.evictions);
+        write([&] { backend_->save(item.session); });
+      } catch (...) {
+        item.error = std::current_exception();
+        continue;
+      }
+      cache_.put(item.session);
+      item.committed = true;
+    }
+    return;
+  }
+  std::vector<Session> rows;
+  rows.reserve(batch.size());
+  for (const QueuedCreate* item : batch) rows.push_back(item->session);
+  try {
+    if (rows.size() == 1) {
+      write([&] { backend_->save(rows.front()); });
+    } else {
+      write([&] { backend_->save_batch(rows); });
+    }
+  } catch (...) {
+    fail_all(0);
+    return;
+  }
+  for (QueuedCreate* item : batch) {
+    cache_.put(item->session);
+    item->committed = true;
+  }
 }
 
 // The slide of the idle expiry, written at most once per touch_interval. Re-reads the session
@@ -419,51 +483,58 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
     cache_erase({updated.id});
     return std::nullopt;
   }
-  cache_put(updated);
+  cache_.put(updated);
   return updated;
 }
 
 std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
   if (!is_well_formed_token(token)) {
-    ++cache_misses_;
+    cache_misses_.add();
     return std::nullopt;
   }
-  const std::string id = session_id_for_token(token);
+  const detail::SessionDigest digest = detail::digest_of_token(token);
   const std::int64_t at = now();
+  Session session;
   std::optional<SessionEvent> event;
-  {
-    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-    const auto found = sessions_.find(id);
-    if (found != sessions_.end() && is_live(found->second, at)) {
-      ++cache_hits_;
+  switch (cache_.find(digest, at, &session)) {
+    case detail::SessionCache::Found::kLive:
+      cache_hits_.add();
       // The common case: touched recently, so this read is a hash, a lookup and a clock check.
-      if (at - found->second.last_seen_at < options_.touch_interval.count()) {
-        return found->second;
+      if (at - session.last_seen_at < options_.touch_interval.count()) return session;
+      break;
+    case detail::SessionCache::Found::kExpired:
+      event = SessionEvent{SessionEventType::kValidatedExpired, session.id, session.user_id, {}, 1};
+      break;
+    case detail::SessionCache::Found::kNone: {
+      std::string id = detail::session_id_of(digest);
+      const std::lock_guard<std::mutex> lock(rotated_mutex_);
+      const auto rotated = rotated_.find(id);
+      if (rotated == rotated_.end()) {
+        session.id = std::move(id);  // unknown here; touch() re-checks under the write lock
+        break;
       }
-    } else if (found != sessions_.end()) {
-      event = SessionEvent{SessionEventType::kValidatedExpired, id, found->second.user_id, {}, 1};
-    } else if (const auto rotated = rotated_.find(id); rotated != rotated_.end()) {
-      event = SessionEvent{SessionEventType::kRotatedTokenReused, id, rotated->second.user_id,
-                           rotated->second.successor_id, 1};
+      event = SessionEvent{SessionEventType::kRotatedTokenReused, std::move(id),
+                           rotated->second.user_id, rotated->second.successor_id, 1};
+      break;
     }
   }
   if (event) {
-    ++cache_misses_;
+    cache_misses_.add();
     emit(*event);
     return std::nullopt;
   }
-  std::optional<Session> touched = touch(id, at);
-  if (!touched) ++cache_misses_;  // revoked, or unknown
+  std::optional<Session> touched = touch(session.id, at);
+  if (!touched) cache_misses_.add();  // revoked, or unknown
   return touched;
 }
 
 std::optional<Session> SessionStore::Impl::find(std::string_view id) {
   if (!is_well_formed_session_id(id)) {
-    ++cache_misses_;
+    cache_misses_.add();
     return std::nullopt;
   }
   std::optional<Session> found = live_copy(std::string(id), now());
-  ++(found ? cache_hits_ : cache_misses_);
+  (found ? cache_hits_ : cache_misses_).add();
   return found;
 }
 
@@ -474,10 +545,11 @@ bool SessionStore::Impl::revoke_id(std::string_view id_view) {
   bool removed = false;
   {
     const std::lock_guard<std::mutex> lock(write_mutex_);
-    {
-      const std::shared_lock<std::shared_mutex> read(cache_mutex_);
-      const auto found = sessions_.find(id);
-      if (found != sessions_.end()) user_id = found->second.user_id;
+    if (detail::SessionDigest digest{}; detail::parse_session_id(id, &digest)) {
+      Session cached;
+      if (cache_.find(digest, 0, &cached) != detail::SessionCache::Found::kNone) {
+        user_id = std::move(cached.user_id);
+      }
     }
     // Always asked of storage, not of the cache: another process may have created the session.
     // A store scoped to a tenant deletes only a row of that tenant.
@@ -568,17 +640,8 @@ std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view>
     SessionFilter filter;
     filter.idp_session_id = std::string(*sid);
     filter.tenant_id = options_.tenant_id;
-    Known known;
-    {
-      // Back-channel logouts are rare: a scan is cheaper than an index kept for them.
-      const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-      for (const auto& [id, session] : sessions_) {
-        if (session.idp_session_id == filter.idp_session_id) {
-          known.emplace_back(id, session.user_id);
-        }
-      }
-    }
-    return revoke_matching(filter, known);
+    // Back-channel logouts are rare: a scan is cheaper than an index kept for them.
+    return revoke_matching(filter, cache_.with_idp_session(*sid, options_.tenant_id));
   }
   if (sub) {
     detail::check_text_field("sub", *sub);
@@ -606,8 +669,8 @@ std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
       return std::nullopt;
     }
     cache_erase({old_id});
-    cache_put(rotated.session);
-    const std::unique_lock<std::shared_mutex> cache(cache_mutex_);
+    cache_.put(rotated.session);
+    const std::lock_guard<std::mutex> remembered(rotated_mutex_);
     if (rotated_.size() >= kMaxRotatedIds) {
       // Forget what has expired; if that is not enough, what expires first.
       const std::int64_t at = now();
@@ -646,7 +709,7 @@ std::optional<Session> SessionStore::Impl::update_data(std::string_view token, s
     cache_erase({updated->id});
     return std::nullopt;
   }
-  cache_put(*updated);
+  cache_.put(*updated);
   return updated;
 }
 
@@ -654,15 +717,9 @@ std::vector<Session> SessionStore::Impl::list_user(std::string_view user_id,
                                                    const std::optional<std::string>& tenant) {
   const std::int64_t at = now();
   std::vector<Session> live;
-  {
-    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-    const auto user = by_user_.find(std::string(user_id));
-    if (user == by_user_.end()) return live;
-    for (const std::string& id : user->second) {
-      const Session& session = sessions_.at(id);
-      if (is_live(session, at) && (!tenant || session.tenant_id == tenant)) {
-        live.push_back(session);
-      }
+  for (Session& session : cache_.of_user(user_id)) {
+    if (is_live(session, at) && (!tenant || session.tenant_id == tenant)) {
+      live.push_back(std::move(session));
     }
   }
   std::sort(live.begin(), live.end(), [](const Session& a, const Session& b) {
@@ -678,12 +735,7 @@ std::size_t SessionStore::Impl::purge_expired() {
     const std::int64_t at = now();
     flush_pending_deletes();
     removed = write([&] { return backend_->remove_expired(at); });
-    const std::unique_lock<std::shared_mutex> cache(cache_mutex_);
-    std::vector<std::string> expired;
-    for (const auto& [id, session] : sessions_) {
-      if (!is_live(session, at)) expired.push_back(id);
-    }
-    for (const std::string& id : expired) cache_erase_locked(id);
+    cache_.erase_expired(at);
   }
   if (removed > 0) emit({SessionEventType::kPurged, {}, {}, {}, removed});
   return removed;
@@ -714,12 +766,7 @@ std::size_t SessionStore::Impl::purge_in_batches() {
   }
   {
     const std::lock_guard<std::mutex> lock(write_mutex_);
-    const std::unique_lock<std::shared_mutex> cache(cache_mutex_);
-    std::vector<std::string> expired;
-    for (const auto& [id, session] : sessions_) {
-      if (!is_live(session, at)) expired.push_back(id);
-    }
-    for (const std::string& id : expired) cache_erase_locked(id);
+    cache_.erase_expired(at);
   }
   if (total > 0) emit({SessionEventType::kPurged, {}, {}, {}, total});
   return total;
@@ -738,20 +785,14 @@ void SessionStore::Impl::reaper_loop() {
   }
 }
 
-std::size_t SessionStore::Impl::size() {
-  const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-  return sessions_.size();
-}
+std::size_t SessionStore::Impl::size() { return cache_.size(); }
 
 StoreStats SessionStore::Impl::stats() {
   StoreStats stats;
-  {
-    const std::shared_lock<std::shared_mutex> lock(cache_mutex_);
-    stats.sessions = sessions_.size();
-    stats.users = by_user_.size();
-  }
-  stats.cache_hits = cache_hits_;
-  stats.cache_misses = cache_misses_;
+  stats.sessions = cache_.size();
+  stats.users = cache_.users();
+  stats.cache_hits = cache_hits_.total();
+  stats.cache_misses = cache_misses_.total();
   stats.writes = writes_;
   stats.write_failures = write_failures_;
   const std::lock_guard<std::mutex> lock(last_error_mutex_);

@@ -808,6 +808,7 @@ class BatchRecordingBackend final : public pylon::SessionBackend {
 
   std::vector<Session> load_all() override { return real_->load_all(); }
   void save(const Session& session) override { real_->save(session); }
+  void save_batch(const std::vector<Session>& sessions) override { real_->save_batch(sessions); }
   bool remove(std::string_view id) override { return real_->remove(id); }
   std::size_t remove_user(std::string_view user_id) override { return real_->remove_user(user_id); }
   std::size_t remove_expired(std::int64_t now) override { return real_->remove_expired(now); }

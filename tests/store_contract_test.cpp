@@ -936,6 +936,12 @@ class RecordingBackend final : public pylon::SessionBackend {
     log_->add("save " + session.id);
     real_->save(session);
   }
+  void save_batch(const std::vector<Session>& sessions) override {
+    std::string line = "save_batch";
+    for (const Session& session : sessions) line += " " + session.id;
+    log_->add(line);
+    real_->save_batch(sessions);
+  }
   bool remove(std::string_view id) override {
     log_->add("remove " + std::string(id));
     return real_->remove(id);
