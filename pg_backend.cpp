@@ -346,6 +346,7 @@ class PostgresBackend final : public SessionBackend {
   explicit PostgresBackend(const std::string& url);
 
   std::vector<Session> load_all() override;
+  void load_each(const std::function<void(const Session&)>& visit) override;
   void save(const Session& session) override;
   void save_batch(const std::vector<Session>& sessions) override;
   bool remove(std::string_view id) override;
@@ -966,6 +967,12 @@ class QueryInFlight {
 };
 
 std::vector<Session> PostgresBackend::load_all() {
+  std::vector<Session> sessions;
+  load_each([&sessions](const Session& session) { sessions.push_back(session); });
+  return sessions;
+}
+
+void PostgresBackend::load_each(const std::function<void(const Session&)>& visit) {
   const std::string action = "cannot load sessions from";
   const std::lock_guard<std::mutex> lock(mutex_);
   ensure_connected();
@@ -978,7 +985,6 @@ std::vector<Session> PostgresBackend::load_all() {
     throw Error(ErrorCode::kInternal, action + " " + target() + ": libpq refused single-row mode");
   }
 
-  std::vector<Session> sessions;
   PgResult error;  // the first failure; later results are read only to finish the query
   bool types_checked = false;
   for (PgResult result(PQgetResult(conn_.get())); result; result.reset(PQgetResult(conn_.get()))) {
@@ -996,14 +1002,13 @@ std::vector<Session> PostgresBackend::load_all() {
         }
         types_checked = true;
       }
-      sessions.push_back(session_from_row(result.get()));
+      visit(session_from_row(result.get()));
     } else if (status != PGRES_SINGLE_TUPLE && status != PGRES_TUPLES_OK && !error) {
       error = std::move(result);
     }
   }
   query.finished();
   if (error) fail(error.get(), action);
-  return sessions;
 }
 
 void PostgresBackend::save(const Session& session) {

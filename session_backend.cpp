@@ -101,9 +101,16 @@ std::string to_lower_hex(const std::array<unsigned char, kSize>& bytes) {
   return hex;
 }
 
+// Branch-free over the whole text (the compiler vectorises it): every validate() checks 64
+// characters, and a per-character early exit costs more than it saves on well-formed input.
 bool is_lower_hex(std::string_view text) noexcept {
-  return std::all_of(text.begin(), text.end(),
-                     [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+  unsigned all_hex = 1;
+  for (const char c : text) {
+    const auto byte = static_cast<unsigned char>(c);
+    all_hex &= static_cast<unsigned>(static_cast<unsigned char>(byte - '0') < 10U) |
+               static_cast<unsigned>(static_cast<unsigned char>(byte - 'a') < 6U);
+  }
+  return all_hex == 1;
 }
 
 }  // namespace
@@ -157,9 +164,9 @@ class Sha256 {
   // Fetched once and never freed: it must outlive every thread's context, and OpenSSL frees its
   // providers at exit on its own.
   static const EVP_MD* algorithm() {
-    static const EVP_MD* const fetched = EVP_MD_fetch(nullptr, "SHA256", nullptr);
-    if (fetched == nullptr) fail();
-    return fetched;
+    static const EVP_MD* const kSha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    if (kSha256 == nullptr) fail();
+    return kSha256;
   }
 
   EVP_MD_CTX* context_;
@@ -200,6 +207,10 @@ bool is_well_formed_session_id(std::string_view id) noexcept {
 // invalid UTF-8, so text fields are refused with kInvalidArgument on every backend when they
 // contain either; `data` is bytes and holds anything.
 // ================================================================================================
+
+void SessionBackend::load_each(const std::function<void(const Session&)>& visit) {
+  for (const Session& session : load_all()) visit(session);
+}
 
 bool operator==(const Session& a, const Session& b) {
   return a.id == b.id && a.user_id == b.user_id && a.tenant_id == b.tenant_id &&
@@ -379,15 +390,20 @@ std::pair<std::string, SqliteOptions> parse_sqlite_location(std::string_view loc
 
 }  // namespace
 
+// Conservative on purpose: where RFC 3986 and libpq read a URL differently, whatever either of
+// them would take for a password is hidden.
 std::string redact_url(std::string_view url) {
   std::string shown(url);
-  // userinfo of "scheme://user:password@host": hide what follows the first ':'.
   const std::size_t separator = shown.find("://");
-  if (separator != std::string::npos) {
+  const bool is_uri = separator != std::string::npos;
+  if (is_uri) {
+    // The user info ends at an '@' before the first '/': libpq takes the first such '@' (so a
+    // password may hold '?' or '#'), RFC 3986 the last before '/', '?' or '#'. Hiding from the
+    // first ':' to the last '@' before the first '/' covers both readings.
     const std::size_t authority = separator + 3;
-    const std::size_t authority_end = shown.find_first_of("/?#", authority);
+    const std::size_t path_start = shown.find('/', authority);
     const std::size_t at =
-        shown.rfind('@', authority_end == std::string::npos ? std::string::npos : authority_end);
+        shown.rfind('@', path_start == std::string::npos ? std::string::npos : path_start - 1);
     if (at != std::string::npos && at >= authority) {
       const std::size_t colon = shown.find(':', authority);
       if (colon != std::string::npos && colon < at) {
@@ -395,17 +411,36 @@ std::string redact_url(std::string_view url) {
       }
     }
   }
-  // "password=..." as a query parameter or a libpq keyword/value pair.
+  // "password=..." as a URI query parameter (its value ends at '&'; libpq knows no fragment) or
+  // a libpq keyword/value pair (its value ends at whitespace, or at the closing quote).
   const std::string lower = ascii_lower(shown);
+  const auto is_space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
   std::string result;
   std::size_t copied = 0;
   for (std::size_t pos = lower.find("password="); pos != std::string::npos;
        pos = lower.find("password=", pos + 1)) {
-    const bool at_word_start = pos == 0 || lower[pos - 1] == '?' || lower[pos - 1] == '&' ||
-                               lower[pos - 1] == ' ' || lower[pos - 1] == '\t';
+    if (pos < copied) continue;  // inside a value hidden already
+    const bool at_word_start =
+        pos == 0 || lower[pos - 1] == '?' || lower[pos - 1] == '&' || is_space(lower[pos - 1]);
     if (!at_word_start) continue;
     const std::size_t value_start = pos + std::strlen("password=");
-    const std::size_t value_end = shown.find_first_of("& \t#", value_start);
+    std::size_t value_end = std::string::npos;
+    if (is_uri) {
+      value_end = shown.find('&', value_start);
+    } else if (value_start < shown.size() && shown[value_start] == '\'') {
+      for (std::size_t i = value_start + 1; i < shown.size(); ++i) {
+        if (shown[i] == '\\') {
+          ++i;  // an escaped character, the quote included
+        } else if (shown[i] == '\'') {
+          value_end = i + 1;
+          break;
+        }
+      }
+    } else {
+      const auto space = std::find_if(shown.begin() + static_cast<std::ptrdiff_t>(value_start),
+                                      shown.end(), is_space);
+      if (space != shown.end()) value_end = static_cast<std::size_t>(space - shown.begin());
+    }
     result.append(shown, copied, value_start - copied);
     result += "***";
     copied = value_end == std::string::npos ? shown.size() : value_end;
@@ -554,13 +589,15 @@ bool create_private_file_if_missing(const std::string& path) {
   struct stat info {};
   if (::stat(path.c_str(), &info) == 0) {
     if (S_ISDIR(info.st_mode)) {
-      throw Error(ErrorCode::kIo, "cannot use " + path + " as a database: it is a directory");
+      throw Error(ErrorCode::kIo,
+                  "cannot use " + redact_url(path) + " as a database: it is a directory");
     }
     return false;
   }
   if (errno != ENOENT) {
     const int error_number = errno;
-    throw Error(ErrorCode::kIo, "cannot open " + path + ": " + system_error_text(error_number));
+    throw Error(ErrorCode::kIo,
+                "cannot open " + redact_url(path) + ": " + system_error_text(error_number));
   }
   // O_EXCL: if another process creates the file between stat() and here, we use theirs.
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): open(2) takes the mode as a vararg
@@ -572,8 +609,8 @@ bool create_private_file_if_missing(const std::string& path) {
         (error_number == EROFS || error_number == EACCES || error_number == EPERM)
             ? ErrorCode::kReadOnly
             : (error_number == ENOSPC ? ErrorCode::kStorageFull : ErrorCode::kIo);
-    throw Error(code,
-                "cannot create database file " + path + ": " + system_error_text(error_number));
+    throw Error(code, "cannot create database file " + redact_url(path) + ": " +
+                          system_error_text(error_number));
   }
   ::close(fd);
   // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): open(2)
@@ -643,6 +680,7 @@ class SqliteBackend final : public SessionBackend {
   SqliteBackend(std::string path, const SqliteOptions& options);
 
   std::vector<Session> load_all() override;
+  void load_each(const std::function<void(const Session&)>& visit) override;
   void save(const Session& session) override;
   void save_batch(const std::vector<Session>& sessions) override;
   bool remove(std::string_view id) override;
@@ -651,7 +689,7 @@ class SqliteBackend final : public SessionBackend {
   std::size_t remove_matching(const SessionFilter& filter) override;
   bool replace(std::string_view old_id, const Session& replacement) override;
   std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override;
-  std::string describe() const override { return path_; }
+  std::string describe() const override { return shown_path_; }
 
  private:
   // Open-time steps, in order.
@@ -687,6 +725,9 @@ class SqliteBackend final : public SessionBackend {
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
+  // path_ as messages show it: through redact_url(), in case a mistyped libpq keyword/value
+  // string ("host=db password=...") was taken for a file name.
+  std::string shown_path_;
   bool adopt_pylon_table_ = false;  // set by check_schema_version_and_shape(), used by migrate()
   Connection db_;                   // declared before the statements: they finalize first
   Statement upsert_;
@@ -702,7 +743,7 @@ class SqliteBackend final : public SessionBackend {
 };
 
 SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
-    : path_(std::move(path)) {
+    : path_(std::move(path)), shown_path_(redact_url(path_)) {
   const bool in_memory = path_ == ":memory:";
   if (!in_memory) create_private_file_if_missing(path_);
 
@@ -717,7 +758,7 @@ SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
   // SQLITE_OPEN_READWRITE falls back to read-only on a write-protected file (chattr +i, a
   // read-only mount). Refuse that here rather than fail on the first write.
   if (sqlite3_db_readonly(db_.get(), "main") == 1) {
-    throw Error(ErrorCode::kReadOnly, "database file " + path_ +
+    throw Error(ErrorCode::kReadOnly, "database file " + shown_path_ +
                                           " is read-only (file permissions, immutable flag or a "
                                           "read-only mount); sessions could not be saved");
   }
@@ -739,7 +780,7 @@ void SqliteBackend::fail(int result, const std::string& action) const {
   std::string detail =
       "sqlite3 error " + std::to_string(extended) + " (" + sqlite3_errstr(result) + ")";
   ErrorCode code = error_code_for_sqlite(result);
-  std::string text = action + " " + path_ + ": " + message;
+  std::string text = action + " " + shown_path_ + ": " + message;
   if (code == ErrorCode::kCorruptDatabase) {
     text +=
         " (the file is not a pylon-sessions SQLite database, or it is damaged; it was left "
@@ -811,7 +852,7 @@ void SqliteBackend::check_schema_version_and_shape() {
   const int version = applied_schema_version();
   if (version > kLatestSqliteVersion) {
     throw Error(ErrorCode::kSchemaTooNew,
-                "database " + path_ + " has pylon-sessions schema version " +
+                "database " + shown_path_ + " has pylon-sessions schema version " +
                     std::to_string(version) + ", newer than version " +
                     std::to_string(kLatestSqliteVersion) +
                     " that this build knows; upgrade pylon-sessions (the file was left as it is)");
@@ -820,7 +861,7 @@ void SqliteBackend::check_schema_version_and_shape() {
   if (!table_exists("_pylon_sessions", &type)) return;
   if (type != "table") {
     throw Error(ErrorCode::kCorruptDatabase,
-                "database " + path_ + " has a _pylon_sessions " + type +
+                "database " + shown_path_ + " has a _pylon_sessions " + type +
                     ", not a table; refusing to use it (the file was left as it is)");
   }
   // Each schema version has exactly one shape; version 0 (no migrations table) may hold a table
@@ -840,7 +881,7 @@ void SqliteBackend::check_schema_version_and_shape() {
   std::string listed;
   for (const std::string& column : columns) listed += (listed.empty() ? "" : ", ") + column;
   throw Error(ErrorCode::kCorruptDatabase,
-              "database " + path_ + " has a _pylon_sessions table with columns (" + listed +
+              "database " + shown_path_ + " has a _pylon_sessions table with columns (" + listed +
                   ") that is neither pylon-sessions' nor pylon's; refusing to use it (the file "
                   "was left as it is)");
 }
@@ -854,8 +895,8 @@ void SqliteBackend::set_pragmas(const SqliteOptions& options) {
   const std::string mode_text =
       mode == nullptr ? "" : reinterpret_cast<const char*>(mode);  // NOLINT
   if (mode_text != "wal" && mode_text != "memory") {
-    throw Error(ErrorCode::kIo,
-                "cannot switch " + path_ + " to WAL mode (it stays in " + mode_text + " mode)");
+    throw Error(ErrorCode::kIo, "cannot switch " + shown_path_ + " to WAL mode (it stays in " +
+                                    mode_text + " mode)");
   }
   wal.reset();
   exec(options.synchronous == SqliteSync::kFull ? "PRAGMA synchronous = FULL"
@@ -868,7 +909,7 @@ void SqliteBackend::verify_table_shape() {
   if (!table_exists("_pylon_sessions", &type) || type != "table" ||
       table_columns("_pylon_sessions") != current_session_columns()) {
     throw Error(ErrorCode::kCorruptDatabase,
-                "database " + path_ +
+                "database " + shown_path_ +
                     " does not have the _pylon_sessions table its schema "
                     "version promises");
   }
@@ -945,7 +986,7 @@ void SqliteBackend::migrate() {
     if (step != SQLITE_ROW) fail(step, "cannot checkpoint the WAL of");
     if (sqlite3_column_int(checkpoint.get(), 0) != 0) {
       throw Error(ErrorCode::kBusy,
-                  "adopted pylon's sessions in " + path_ +
+                  "adopted pylon's sessions in " + shown_path_ +
                       " but another connection kept the WAL from being truncated; open the "
                       "store again once other connections are closed to finish erasing raw "
                       "tokens");
@@ -1004,44 +1045,60 @@ void SqliteBackend::bind_optional_text(sqlite3_stmt* statement, int index,
 }
 
 std::vector<Session> SqliteBackend::load_all() {
+  std::vector<Session> sessions;
+  load_each([&sessions](const Session& session) { sessions.push_back(session); });
+  return sessions;
+}
+
+// One Session is reused for every row, so its strings keep their buffers: a start-up load of a
+// million rows allocates for the cache, not for the rows on their way into it.
+void SqliteBackend::load_each(const std::function<void(const Session&)>& visit) {
   const std::lock_guard<std::mutex> lock(mutex_);
   sqlite3_stmt* query = select_all_.get();
   const StatementReset reset(query);
 
-  const auto text_at = [query](int column) {
+  const auto assign_text = [query](int column, std::string& out) {
     const auto* text = sqlite3_column_text(query, column);
     const int size = sqlite3_column_bytes(query, column);
-    return text == nullptr ? std::string()
-                           : std::string(reinterpret_cast<const char*>(text),  // NOLINT
-                                         static_cast<std::size_t>(size));
+    if (text == nullptr) {
+      out.clear();
+    } else {
+      out.assign(reinterpret_cast<const char*>(text),  // NOLINT: SQLite's text is bytes
+                 static_cast<std::size_t>(size));
+    }
   };
-  const auto optional_text_at = [query, &text_at](int column) -> std::optional<std::string> {
-    if (sqlite3_column_type(query, column) == SQLITE_NULL) return std::nullopt;
-    return text_at(column);
+  const auto assign_optional_text = [query, &assign_text](int column,
+                                                          std::optional<std::string>& out) {
+    if (sqlite3_column_type(query, column) == SQLITE_NULL) {
+      out.reset();
+      return;
+    }
+    if (!out) out.emplace();
+    assign_text(column, *out);
   };
 
-  std::vector<Session> sessions;
+  Session session;
   for (int step = sqlite3_step(query); step != SQLITE_DONE; step = sqlite3_step(query)) {
     if (step != SQLITE_ROW) fail(step, "cannot load sessions from");
-    Session session;
-    session.id = text_at(0);
-    session.user_id = text_at(1);
-    session.tenant_id = optional_text_at(2);
+    assign_text(0, session.id);
+    assign_text(1, session.user_id);
+    assign_optional_text(2, session.tenant_id);
     session.created_at = sqlite3_column_int64(query, 3);
     session.expires_at = sqlite3_column_int64(query, 4);
     session.last_seen_at = sqlite3_column_int64(query, 5);
     session.absolute_expires_at = sqlite3_column_int64(query, 6);
-    session.device = optional_text_at(7);
-    session.ip = optional_text_at(8);
+    assign_optional_text(7, session.device);
+    assign_optional_text(8, session.ip);
     const void* blob = sqlite3_column_blob(query, 9);
     const int blob_size = sqlite3_column_bytes(query, 9);
-    if (blob != nullptr) {
+    if (blob == nullptr) {
+      session.data.clear();
+    } else {
       session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
     }
-    session.idp_session_id = optional_text_at(10);
-    sessions.push_back(std::move(session));
+    assign_optional_text(10, session.idp_session_id);
+    visit(session);
   }
-  return sessions;
 }
 
 // The checks of every write: storable text fields, and a blob SQLite can bind.

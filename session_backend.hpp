@@ -137,6 +137,11 @@ class SessionBackend {
 
   // Every stored row, expired ones included, in no particular order.
   virtual std::vector<Session> load_all() = 0;
+  // Calls `visit` with every row load_all() would return, one at a time, without holding them
+  // all: SessionStore loads its cache through it. The Session passed is valid only during the
+  // call, and `visit` must not call this backend. An exception from `visit` ends the load and
+  // propagates. The default implementation calls load_all(); both built-in backends stream.
+  virtual void load_each(const std::function<void(const Session&)>& visit);
   // Inserts the session, or replaces every field of the row with the same id. Durable on return.
   virtual void save(const Session& session) = 0;
   // Upserts every session as save() does, in one transaction: all of them are durable on

@@ -13,9 +13,9 @@
 // the cache changes in the order storage did. The cache locks itself (sharded; see
 // session_cache.hpp) only for map operations, never across a storage call, so reads never wait
 // for the disk. Creates queue under create_queue_mutex_ without holding write_mutex_, so that
-// they gather while a commit is in flight (group commit, see commit_queued_creates). Lock order:
-// write_mutex_, then create_queue_mutex_, rotated_mutex_ or the cache's locks, then
-// last_error_mutex_. Events are delivered after every lock is released.
+// they gather while a commit is in flight (group commit, see create()). Lock order:
+// create_queue_mutex_ is never held with another; write_mutex_, then rotated_mutex_ or the
+// cache's locks, then last_error_mutex_. Events are delivered after every lock is released.
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -93,9 +93,9 @@ class StripedCounter {
   };
   static std::size_t stripe_of_this_thread() noexcept {
     static std::atomic<std::size_t> next_stripe{0};
-    thread_local const std::size_t stripe =
+    thread_local const std::size_t kThisThreadsStripe =
         next_stripe.fetch_add(1, std::memory_order_relaxed) % kStripes;
-    return stripe;
+    return kThisThreadsStripe;
   }
   std::array<Stripe, kStripes> stripes_;
 };
@@ -179,21 +179,26 @@ class SessionStore::Impl {
   void emit_revoked(const Known& known, std::size_t removed, const std::string& user_id) const;
   static std::vector<std::string> ids_in(const Known& known);
 
-  // Group commit. A create queues its session and then takes write_mutex_; whoever gets it
-  // first commits every queued create in one save_batch() (one transaction, one fsync), so
-  // creates that arrive while a commit is in flight share the next one. Each caller returns only
-  // after its own row is durable, and a failed batch fails every caller in it.
+  // Group commit (see create()). A queued create: the leader that commits it fills in
+  // `committed`, `error` and `evictions`, then sets `done` under create_queue_mutex_.
   struct QueuedCreate {
     Session session;
-    bool committed = false;               // set under write_mutex_
-    std::exception_ptr error;             // set under write_mutex_
-    std::vector<SessionEvent> evictions;  // set under write_mutex_
+    bool committed = false;
+    std::exception_ptr error;
+    std::vector<SessionEvent> evictions;
+    bool done = false;  // guarded by create_queue_mutex_
   };
-  // Commits everything queued. Caller holds write_mutex_.
-  void commit_queued_creates();
+  // Writes the batch to storage and the cache; records each item's outcome, never throws.
+  // Caller holds write_mutex_.
+  void commit_creates(const std::vector<QueuedCreate*>& batch);
 
   void reaper_loop();
   std::size_t purge_in_batches();
+
+  // The cache-line aligned members first: less padding.
+  detail::SessionCache cache_;  // written under write_mutex_ only
+  StripedCounter cache_hits_;
+  StripedCounter cache_misses_;
 
   std::unique_ptr<SessionBackend> backend_;
   StoreOptions options_;
@@ -201,16 +206,14 @@ class SessionStore::Impl {
   std::mutex write_mutex_;
   std::unordered_set<std::string> pending_deletes_;  // guarded by write_mutex_
 
-  std::mutex create_queue_mutex_;            // taken alone or inside write_mutex_
+  std::mutex create_queue_mutex_;
+  std::condition_variable create_done_;      // an item is done, or the leader role is free
   std::vector<QueuedCreate*> create_queue_;  // guarded by create_queue_mutex_
-
-  detail::SessionCache cache_;  // written under write_mutex_ only
+  bool create_leader_active_ = false;        // guarded by create_queue_mutex_
 
   std::mutex rotated_mutex_;
   std::unordered_map<std::string, RotatedAway> rotated_;  // old id -> ...; by rotated_mutex_
 
-  StripedCounter cache_hits_;
-  StripedCounter cache_misses_;
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<std::uint64_t> write_failures_{0};
   std::mutex last_error_mutex_;
@@ -227,14 +230,10 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     : backend_(std::move(backend)), options_(std::move(options)) {
   if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
   check_store_options(options_);
-  std::vector<Session> rows = backend_->load_all();
-  cache_.reserve(rows.size());
-  for (Session& row : rows) {
+  backend_->load_each([this](const Session& row) {
     // A row whose id is not a digest can never match a token; keep it out of the cache.
-    if (!is_well_formed_session_id(row.id) || !in_scope(row)) continue;
-    cache_.put(row);
-    row = Session();  // give the memory back as the load goes, not at the end
-  }
+    if (is_well_formed_session_id(row.id) && in_scope(row)) cache_.put(row);
+  });
   if (options_.reaper_interval.count() > 0) reaper_ = std::thread([this] { reaper_loop(); });
 }
 
@@ -393,15 +392,33 @@ NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions op
           ? std::min(session.absolute_expires_at, saturating_add(at, options_.idle_timeout.count()))
           : session.absolute_expires_at;
 
-  QueuedCreate queued{std::move(created.session), false, nullptr, {}};
+  // Group commit. The create joins the queue; if no leader is committing, this thread becomes
+  // the leader and commits everything queued in one save_batch() (one transaction, one fsync)
+  // while the creates that arrive meanwhile queue up for the next one. Followers sleep until
+  // their own item is done. Each caller returns only after its own row is durable, and a failed
+  // batch fails every caller in it.
+  QueuedCreate queued{std::move(created.session), false, nullptr, {}, false};
   {
-    const std::lock_guard<std::mutex> lock(create_queue_mutex_);
+    std::unique_lock<std::mutex> queue(create_queue_mutex_);
     create_queue_.push_back(&queued);
-  }
-  {
-    const std::lock_guard<std::mutex> lock(write_mutex_);
-    // A commit that ran while this thread waited for the lock may have taken it already.
-    if (!queued.committed && !queued.error) commit_queued_creates();
+    while (!queued.done) {
+      if (create_leader_active_) {
+        create_done_.wait(queue);
+        continue;
+      }
+      create_leader_active_ = true;
+      std::vector<QueuedCreate*> batch;
+      batch.swap(create_queue_);
+      queue.unlock();
+      {
+        const std::lock_guard<std::mutex> lock(write_mutex_);
+        commit_creates(batch);
+      }
+      queue.lock();
+      for (QueuedCreate* item : batch) item->done = true;
+      create_leader_active_ = false;
+      create_done_.notify_all();
+    }
   }
   created.session = std::move(queued.session);
   for (const SessionEvent& event : queued.evictions) emit(event);
@@ -410,54 +427,41 @@ NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions op
   return created;
 }
 
-void SessionStore::Impl::commit_queued_creates() {
-  std::vector<QueuedCreate*> batch;
-  {
-    const std::lock_guard<std::mutex> lock(create_queue_mutex_);
-    batch.swap(create_queue_);
-  }
-  const auto fail_all = [&batch](std::size_t from) {
-    for (std::size_t i = from; i < batch.size(); ++i) batch[i]->error = std::current_exception();
-  };
+void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch) {
   try {
     flush_pending_deletes();
-  } catch (...) {
-    fail_all(0);
-    return;
-  }
-  if (options_.max_sessions_per_user > 0) {
-    // Evictions depend on the creates before them (two in one batch may be the same user's), so
-    // each is written on its own.
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      QueuedCreate& item = *batch[i];
-      try {
-        evict_to_make_room(item.session.user_id, item.evictions);
-        write([&] { backend_->save(item.session); });
-      } catch (...) {
-        item.error = std::current_exception();
-        continue;
+    if (options_.max_sessions_per_user > 0) {
+      // Evictions depend on the creates before them (two in one batch may be the same user's),
+      // so each is written on its own.
+      for (QueuedCreate* item : batch) {
+        try {
+          evict_to_make_room(item->session.user_id, item->evictions);
+          write([&] { backend_->save(item->session); });
+          cache_.put(item->session);
+          item->committed = true;
+        } catch (...) {
+          item->error = std::current_exception();
+        }
       }
-      cache_.put(item.session);
-      item.committed = true;
+      return;
     }
-    return;
-  }
-  std::vector<Session> rows;
-  rows.reserve(batch.size());
-  for (const QueuedCreate* item : batch) rows.push_back(item->session);
-  try {
+    std::vector<Session> rows;
+    rows.reserve(batch.size());
+    for (const QueuedCreate* item : batch) rows.push_back(item->session);
     if (rows.size() == 1) {
       write([&] { backend_->save(rows.front()); });
     } else {
       write([&] { backend_->save_batch(rows); });
     }
+    for (QueuedCreate* item : batch) {
+      cache_.put(item->session);  // throws only bad_alloc: the row is stored, not cached
+      item->committed = true;
+    }
   } catch (...) {
-    fail_all(0);
-    return;
-  }
-  for (QueuedCreate* item : batch) {
-    cache_.put(item->session);
-    item->committed = true;
+    // Every create not yet committed fails with this error; none of them is in the cache.
+    for (QueuedCreate* item : batch) {
+      if (!item->committed && !item->error) item->error = std::current_exception();
+    }
   }
 }
 

@@ -14,8 +14,8 @@ packages=(
   # tests: GoogleTest/GoogleMock, a throw-away PostgreSQL server (scripts/pg-cluster.sh),
   # chattr (e2fsprogs) and setpriv (util-linux) for failure injection, strace
   libgtest-dev libgmock-dev googletest postgresql e2fsprogs util-linux strace
-  # bench/
-  libbenchmark-dev
+  # fuzz/ (scripts/fuzz.sh): clang, the libFuzzer and sanitizer runtimes, llvm-symbolizer
+  clang-14 libclang-rt-14-dev llvm-14
   # scripts/lint.sh
   clang-format clang-tidy cppcheck shellcheck
 )

@@ -254,6 +254,34 @@ TEST(RedactUrl, HidesAPasswordGivenAsAQueryParameter) {
   EXPECT_THAT(redacted, HasSubstr("postgres://db/sessions"));
 }
 
+// Found by fuzz/url_fuzz: libpq ends the user info at the first '@' before a '/', so '?' and '#'
+// may be part of a password (or a user name) there.
+TEST(RedactUrl, HidesAPasswordHoldingAQuestionMarkOrAHash) {
+  EXPECT_EQ(pylon::redact_url("postgres://app:pa?ss@db/sessions"),
+            "postgres://app:***@db/sessions");
+  EXPECT_EQ(pylon::redact_url("postgres://app:pa#word@db/sessions"),
+            "postgres://app:***@db/sessions");
+  EXPECT_THAT(pylon::redact_url("postgres://a?pp:s3cr3t-pw@db/sessions"),
+              Not(HasSubstr("s3cr3t-pw")));
+  EXPECT_THAT(pylon::redact_url("postgres://db/s?password=ab#cd"), Not(HasSubstr("cd")));
+}
+
+// Found by fuzz/url_fuzz: a "password=" inside a value already hidden once made the rest of the
+// URL, later passwords included, appear in clear.
+TEST(RedactUrl, HidesEveryPasswordParameterEvenNestedOnes) {
+  const std::string redacted =
+      pylon::redact_url("postgres://db/sessions?password=a?password=b&password=hunter22");
+  EXPECT_THAT(redacted, Not(HasSubstr("hunter22")));
+  EXPECT_THAT(redacted, HasSubstr("postgres://db/sessions?password=***"));
+}
+
+TEST(RedactUrl, HidesAKeywordValuePasswordUpToWhitespaceOrItsClosingQuote) {
+  EXPECT_EQ(pylon::redact_url("host=db user=app password=&secret1 port=5432"),
+            "host=db user=app password=*** port=5432");
+  EXPECT_EQ(pylon::redact_url("host=db password='it\\'s a secret' user=app"),
+            "host=db password=*** user=app");
+}
+
 TEST(RedactUrl, LeavesUrlsWithoutPasswordAlone) {
   EXPECT_EQ(pylon::redact_url("postgres://app@db/sessions"), "postgres://app@db/sessions");
   EXPECT_EQ(pylon::redact_url("postgres://db/sessions"), "postgres://db/sessions");
