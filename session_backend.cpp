@@ -278,6 +278,15 @@ void check_optional_text_field(const char* field, const std::optional<std::strin
   if (value) check_text_field(field, *value);
 }
 
+bool is_storable_session(const Session& session) noexcept {
+  const auto storable = [](const std::optional<std::string>& text) {
+    return !text || is_storable_text(*text);
+  };
+  return is_well_formed_session_id(session.id) && !session.user_id.empty() &&
+         is_storable_text(session.user_id) && storable(session.tenant_id) &&
+         storable(session.device) && storable(session.ip) && storable(session.idp_session_id);
+}
+
 void check_session_for_storage(const Session& session) {
   if (!is_well_formed_session_id(session.id)) {
     throw Error(ErrorCode::kInvalidArgument,
@@ -887,18 +896,27 @@ void SqliteBackend::check_schema_version_and_shape() {
 }
 
 void SqliteBackend::set_pragmas(const SqliteOptions& options) {
-  // journal_mode answers with the mode now in force; an in-memory database stays "memory".
-  Statement wal = prepare("PRAGMA journal_mode = WAL", 0);
-  const int step = sqlite3_step(wal.get());
-  if (step != SQLITE_ROW) fail(step, "cannot switch to WAL mode");
-  const unsigned char* mode = sqlite3_column_text(wal.get(), 0);
+  // journal_mode answers with the mode now in force; an in-memory database stays "memory". The
+  // switch writes the file header, and an I/O error there may surface only when the statement
+  // finishes (found by tests/faults/io_error_test.cpp with an injected fdatasync failure): so
+  // the statement is stepped to its end and checked, and the mode is read back afterwards.
+  {
+    Statement wal = prepare("PRAGMA journal_mode = WAL", 0);
+    int step = sqlite3_step(wal.get());
+    while (step == SQLITE_ROW) step = sqlite3_step(wal.get());
+    if (step != SQLITE_DONE) fail(step, "cannot switch to WAL mode");
+  }
+  Statement query = prepare("PRAGMA journal_mode", 0);
+  const int step = sqlite3_step(query.get());
+  if (step != SQLITE_ROW) fail(step, "cannot read the journal mode of");
+  const unsigned char* mode = sqlite3_column_text(query.get(), 0);
   const std::string mode_text =
       mode == nullptr ? "" : reinterpret_cast<const char*>(mode);  // NOLINT
   if (mode_text != "wal" && mode_text != "memory") {
     throw Error(ErrorCode::kIo, "cannot switch " + shown_path_ + " to WAL mode (it stays in " +
                                     mode_text + " mode)");
   }
-  wal.reset();
+  query.reset();
   exec(options.synchronous == SqliteSync::kFull ? "PRAGMA synchronous = FULL"
                                                 : "PRAGMA synchronous = NORMAL",
        "cannot set synchronous on");

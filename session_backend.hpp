@@ -251,6 +251,9 @@ struct StoreStats {
   std::uint64_t writes = 0;          // storage writes that succeeded
   std::uint64_t write_failures = 0;  // storage writes that threw
   std::string last_error;            // what() of the last failed write; "" if none
+  // Rows found at start-up that no token can match or that a write would refuse (a malformed
+  // id, an empty user_id, text that is not UTF-8 or holds NUL): left in storage, never cached.
+  std::size_t skipped_rows = 0;
 };
 
 struct StoreOptions {

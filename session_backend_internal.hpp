@@ -56,6 +56,8 @@ void check_optional_text_field(const char* field, const std::optional<std::strin
 // What every backend checks before it writes a row: a well-formed id, a non-empty user, and
 // storable text fields. Throws Error(kInvalidArgument).
 void check_session_for_storage(const Session& session);
+// The same test without the message: what SessionStore applies to the rows it loads.
+bool is_storable_session(const Session& session) noexcept;
 
 // Where a DATABASE_URL points, as open_backend() reads it: a PostgreSQL URL (handed to libpq
 // whole), or an SQLite path with the options of its query string. Throws Error(kInvalidArgument)

@@ -214,6 +214,7 @@ class SessionStore::Impl {
   std::mutex rotated_mutex_;
   std::unordered_map<std::string, RotatedAway> rotated_;  // old id -> ...; by rotated_mutex_
 
+  std::size_t skipped_rows_ = 0;  // set by the constructor only
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<std::uint64_t> write_failures_{0};
   std::mutex last_error_mutex_;
@@ -231,8 +232,13 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
   if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
   check_store_options(options_);
   backend_->load_each([this](const Session& row) {
-    // A row whose id is not a digest can never match a token; keep it out of the cache.
-    if (is_well_formed_session_id(row.id) && in_scope(row)) cache_.put(row);
+    // A row that no token can match, or that holds what no write would store (a damaged or
+    // hand-edited file), is never handed out: counted, left where it is.
+    if (!detail::is_storable_session(row)) {
+      ++skipped_rows_;
+    } else if (in_scope(row)) {
+      cache_.put(row);
+    }
   });
   if (options_.reaper_interval.count() > 0) reaper_ = std::thread([this] { reaper_loop(); });
 }
@@ -799,6 +805,7 @@ StoreStats SessionStore::Impl::stats() {
   stats.cache_misses = cache_misses_.total();
   stats.writes = writes_;
   stats.write_failures = write_failures_;
+  stats.skipped_rows = skipped_rows_;
   const std::lock_guard<std::mutex> lock(last_error_mutex_);
   stats.last_error = last_error_;
   return stats;

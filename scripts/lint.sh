@@ -2,8 +2,9 @@
 # Static checks, each failing on any finding:
 #   - clang-format: every tracked *.cpp / *.hpp matches .clang-format (nothing is rewritten);
 #   - clang-tidy: our .cpp files, with .clang-tidy, on build/dev/compile_commands.json
-#     (configured and built first if needed: the migrations fragment is generated);
-#   - cppcheck: the library's top-level .cpp files and tools/;
+#     (configured and built first if needed: the migrations fragment is generated), and fuzz/
+#     on build/fuzz/compile_commands.json when scripts/fuzz.sh has built it;
+#   - cppcheck: the library's top-level .cpp files, tools/, bench/ and fuzz/;
 #   - ShellCheck: every tracked *.sh and .ci/run.
 # Runs every check even after one fails, then exits non-zero if any failed.
 #
@@ -70,12 +71,19 @@ if ((run_tidy)); then
   # parses the files that include them; a compile error shows up again in clang-tidy's output.
   cmake --build --preset dev >/dev/null 2>&1 || echo "lint: the dev build fails; clang-tidy will show why"
 
-  # Every .cpp of ours that the dev build compiles (bench/ or pg_backend.cpp may be switched off).
+  # Every .cpp of ours that the dev build compiles (bench/ or pg_backend.cpp may be switched off),
+  # and the fuzz targets on build/fuzz's database (clang-built; scripts/fuzz.sh makes it).
   tidy_files=()
+  declare -A tidy_database=()
   skipped=()
   while IFS= read -r file; do
     if grep -qF "\"file\": \"${PWD}/${file}\"" "${build_dir}/compile_commands.json"; then
       tidy_files+=("${file}")
+      tidy_database["${file}"]=${build_dir}
+    elif [[ -f build/fuzz/compile_commands.json ]] &&
+      grep -qF "\"file\": \"${PWD}/${file}\"" build/fuzz/compile_commands.json; then
+      tidy_files+=("${file}")
+      tidy_database["${file}"]=build/fuzz
     else
       skipped+=("${file}")
     fi
@@ -94,7 +102,7 @@ if ((run_tidy)); then
     local file="$1" log
     log="${tidy_logs}/$(printf '%s' "${file}" | tr '/' '_').log"
     local start=${SECONDS}
-    if clang-tidy -p "${build_dir}" --quiet --warnings-as-errors='*' --extra-arg=-std=c++17 \
+    if clang-tidy -p "${tidy_database[${file}]}" --quiet --warnings-as-errors='*' --extra-arg=-std=c++17 \
       "${file}" >"${log}" 2>&1; then
       echo "ok   ${file} ($((SECONDS - start))s)" >>"${log}.status"
     else
@@ -130,7 +138,9 @@ fi
 # ---- cppcheck -----------------------------------------------------------------------------------
 require cppcheck
 mapfile -t cppcheck_paths < <(list_files '*.cpp' | grep -v / || true)
-[[ -d tools ]] && cppcheck_paths+=(tools/)
+for directory in tools bench fuzz; do
+  [[ -d "${directory}" ]] && cppcheck_paths+=("${directory}/")
+done
 # useStlAlgorithm is off: it asks for std::transform/find_if in place of any loop that fills a
 # container or returns early, which rarely reads better; clang-tidy's modernize-loop-convert
 # covers the loops worth changing.

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The test command (README, and CI through .ci/run): installs the Debian packages, starts a
 # throw-away PostgreSQL cluster, then configures, builds and runs every test in the dev, asan
-# (AddressSanitizer + UBSan) and tsan (ThreadSanitizer) presets, and finally runs
-# scripts/lint.sh. A failed stage does not stop the others (only the rest of its preset is
+# (AddressSanitizer + UBSan) and tsan (ThreadSanitizer) presets, then runs the fuzz targets for
+# 60 s each (scripts/fuzz.sh) and the benchmark's smoke run (scripts/bench.sh --quick), and
+# finally scripts/lint.sh. A failed stage does not stop the others (only the rest of its preset is
 # skipped); a summary with each stage's result and time comes last, and the exit status is
 # non-zero if any stage failed.
 #
 # Usage: scripts/test.sh [options] [preset...]     presets: dev asan tsan release
-#   --quick       the dev preset only, no lint (the fast loop while editing)
+#   --quick       the dev preset only: no fuzzing, benchmark or lint (the fast loop while editing)
 #   --no-deps     skip scripts/install-deps.sh
 #   --no-pg       do not start PostgreSQL (PYLON_TEST_DATABASE_URL stays as it is)
 #   --no-lint     skip scripts/lint.sh
+#   --no-fuzz     skip scripts/fuzz.sh
+#   --no-bench    skip the benchmark smoke run
 #   --fail-fast   stop at the first failed stage
 set -euo pipefail
 
@@ -21,16 +24,22 @@ presets=()
 run_deps=1
 run_pg=1
 run_lint=1
+run_fuzz=1
+run_bench=1
 fail_fast=0
 for arg in "$@"; do
   case "${arg}" in
     --quick)
       presets=(dev)
       run_lint=0
+      run_fuzz=0
+      run_bench=0
       ;;
     --no-deps) run_deps=0 ;;
     --no-pg) run_pg=0 ;;
     --no-lint) run_lint=0 ;;
+    --no-fuzz) run_fuzz=0 ;;
+    --no-bench) run_bench=0 ;;
     --fail-fast) fail_fast=1 ;;
     dev | asan | tsan | release) presets+=("${arg}") ;;
     -h | --help)
@@ -174,6 +183,16 @@ for preset in "${presets[@]}"; do
   fi
   stop_early
 done
+
+# ---- fuzzing and the benchmark's smoke run ------------------------------------------------------
+if ((run_fuzz)); then
+  stage fuzz bash scripts/fuzz.sh 60 || true
+  stop_early
+fi
+if ((run_bench)); then
+  stage "bench smoke" bash scripts/bench.sh --quick || true
+  stop_early
+fi
 
 # ---- lint ---------------------------------------------------------------------------------------
 if ((run_lint)); then

@@ -74,4 +74,46 @@ TEST(SqliteStore, RawTokensNeverReachTheDatabaseFiles) {
   }
 }
 
+// Hostile rows (hand-edited or damaged files): each is skipped and counted at start-up, never
+// cached and never handed out, and the file keeps them as they were.
+TEST(HostileRows, RowsNoWriteWouldStoreAreSkippedCountedAndLeftInPlace) {
+  TempDir dir;
+  const std::string path = dir.file("s.db");
+  NewSession kept;
+  {
+    SessionStore store = SessionStore::open(path);
+    kept = store.create("alice");
+  }
+  const std::string good_id = kept.session.id;
+  {
+    pylon::test::RawDb raw(path);
+    raw.exec("PRAGMA ignore_check_constraints = ON");  // as a hand-edited file would have them
+    const std::string insert =
+        "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
+        "last_seen_at, absolute_expires_at, device, ip, data, idp_session_id) VALUES ";
+    const std::string far = std::to_string(pylon::system_clock_now() + 3600);
+    // A digest of the wrong length, an upper-case digest, an empty user, a user with invalid
+    // UTF-8, a device holding a NUL byte.
+    raw.exec(insert + "('abc', 'bob', NULL, 0, " + far + ", 0, " + far +
+             ", NULL, NULL, x'', NULL)");
+    raw.exec(insert + "('" + std::string(64, 'A') + "', 'bob', NULL, 0, " + far + ", 0, " + far +
+             ", NULL, NULL, x'', NULL)");
+    raw.exec(insert + "('" + std::string(64, 'a') + "', '', NULL, 0, " + far + ", 0, " + far +
+             ", NULL, NULL, x'', NULL)");
+    raw.exec(insert + "('" + std::string(64, 'b') + "', CAST(x'ff62' AS TEXT), NULL, 0, " + far +
+             ", 0, " + far + ", NULL, NULL, x'', NULL)");
+    raw.exec(insert + "('" + std::string(64, 'c') + "', 'carol', NULL, 0, " + far + ", 0, " + far +
+             ", CAST(x'410042' AS TEXT), NULL, x'', NULL)");
+  }
+  const std::string before = pylon::test::read_file_bytes(path);
+  SessionStore store = SessionStore::open(path);
+  EXPECT_EQ(store.stats().skipped_rows, 5U);
+  EXPECT_EQ(store.size(), 1U);
+  EXPECT_TRUE(store.validate(kept.token).has_value());
+  EXPECT_FALSE(store.find(std::string(64, 'c')).has_value());
+  EXPECT_FALSE(store.find(std::string(64, 'b')).has_value());
+  EXPECT_TRUE(store.list_user("bob").empty());
+  EXPECT_EQ(pylon::test::read_file_bytes(path), before) << "loading must not rewrite the rows";
+}
+
 }  // namespace

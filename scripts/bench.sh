@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The benchmark command (README "Performance"): builds bench/pylon_bench in the release preset,
+# starts a throw-away PostgreSQL cluster on a loopback port unless PYLON_TEST_DATABASE_URL names
+# a server already, runs the benchmark against SQLite files in /var/tmp and against that server,
+# and stops what it started.
+#
+# Usage: scripts/bench.sh [--quick] [pylon_bench options...]
+#   --quick   small sizes and one repetition: the smoke run scripts/test.sh makes so that the
+#             benchmark never rots (its figures mean nothing; nothing is asserted about time)
+# Other options go to pylon_bench as they are (--rows N, --dir DIR, --only SECTION).
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "${root}"
+
+cmake --preset release >/dev/null
+cmake --build --preset release --target pylon_bench
+
+started_dir=""
+cleanup() {
+  if [[ -n "${started_dir}" ]]; then bash scripts/pg-cluster.sh stop "${started_dir}" >/dev/null; fi
+}
+trap cleanup EXIT
+if [[ -z "${PYLON_TEST_DATABASE_URL:-}" ]]; then
+  eval "$(bash scripts/pg-cluster.sh start)"
+  started_dir=${PYLON_PG_DIR}
+fi
+
+build/release/bench/pylon_bench --postgres "${PYLON_TEST_DATABASE_URL}" "$@"
