@@ -399,57 +399,61 @@ std::pair<std::string, SqliteOptions> parse_sqlite_location(std::string_view loc
 
 }  // namespace
 
+namespace {
+
+// The user info ends at an '@' before the first '/': libpq takes the first such '@' (so a
+// password may hold '?' or '#'), RFC 3986 the last before '/', '?' or '#'. Hiding from the first
+// ':' to the last '@' before the first '/' covers both readings.
+void hide_userinfo_password(std::string& shown, std::size_t authority) {
+  const std::size_t path_start = shown.find('/', authority);
+  const std::size_t at = shown.rfind('@', path_start);
+  if (at == std::string::npos || at < authority) return;
+  const std::size_t colon = shown.find(':', authority);
+  if (colon != std::string::npos && colon < at) shown.replace(colon + 1, at - colon - 1, "***");
+}
+
+// Where the value of a "password=" that starts at `value_start` ends: at '&' in a URI query
+// (libpq knows no fragment there), else (a libpq keyword/value string) at whitespace, or after
+// the closing quote of a quoted value. npos: at the end.
+std::size_t password_value_end(const std::string& shown, std::size_t value_start, bool is_uri) {
+  if (is_uri) return shown.find('&', value_start);
+  if (value_start < shown.size() && shown[value_start] == '\'') {
+    for (std::size_t i = value_start + 1; i < shown.size(); ++i) {
+      if (shown[i] == '\\') {
+        ++i;  // an escaped character, the quote included
+      } else if (shown[i] == '\'') {
+        return i + 1;
+      }
+    }
+    return std::string::npos;
+  }
+  for (std::size_t i = value_start; i < shown.size(); ++i) {
+    if (std::isspace(static_cast<unsigned char>(shown[i])) != 0) return i;
+  }
+  return std::string::npos;
+}
+
+}  // namespace
+
 // Conservative on purpose: where RFC 3986 and libpq read a URL differently, whatever either of
 // them would take for a password is hidden.
 std::string redact_url(std::string_view url) {
   std::string shown(url);
   const std::size_t separator = shown.find("://");
   const bool is_uri = separator != std::string::npos;
-  if (is_uri) {
-    // The user info ends at an '@' before the first '/': libpq takes the first such '@' (so a
-    // password may hold '?' or '#'), RFC 3986 the last before '/', '?' or '#'. Hiding from the
-    // first ':' to the last '@' before the first '/' covers both readings.
-    const std::size_t authority = separator + 3;
-    const std::size_t path_start = shown.find('/', authority);
-    const std::size_t at =
-        shown.rfind('@', path_start == std::string::npos ? std::string::npos : path_start - 1);
-    if (at != std::string::npos && at >= authority) {
-      const std::size_t colon = shown.find(':', authority);
-      if (colon != std::string::npos && colon < at) {
-        shown.replace(colon + 1, at - colon - 1, "***");
-      }
-    }
-  }
-  // "password=..." as a URI query parameter (its value ends at '&'; libpq knows no fragment) or
-  // a libpq keyword/value pair (its value ends at whitespace, or at the closing quote).
+  if (is_uri) hide_userinfo_password(shown, separator + 3);
+  // "password=..." as a URI query parameter or a libpq keyword/value pair.
   const std::string lower = ascii_lower(shown);
-  const auto is_space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
   std::string result;
   std::size_t copied = 0;
   for (std::size_t pos = lower.find("password="); pos != std::string::npos;
        pos = lower.find("password=", pos + 1)) {
     if (pos < copied) continue;  // inside a value hidden already
-    const bool at_word_start =
-        pos == 0 || lower[pos - 1] == '?' || lower[pos - 1] == '&' || is_space(lower[pos - 1]);
+    const bool at_word_start = pos == 0 || lower[pos - 1] == '?' || lower[pos - 1] == '&' ||
+                               std::isspace(static_cast<unsigned char>(lower[pos - 1])) != 0;
     if (!at_word_start) continue;
     const std::size_t value_start = pos + std::strlen("password=");
-    std::size_t value_end = std::string::npos;
-    if (is_uri) {
-      value_end = shown.find('&', value_start);
-    } else if (value_start < shown.size() && shown[value_start] == '\'') {
-      for (std::size_t i = value_start + 1; i < shown.size(); ++i) {
-        if (shown[i] == '\\') {
-          ++i;  // an escaped character, the quote included
-        } else if (shown[i] == '\'') {
-          value_end = i + 1;
-          break;
-        }
-      }
-    } else {
-      const auto space = std::find_if(shown.begin() + static_cast<std::ptrdiff_t>(value_start),
-                                      shown.end(), is_space);
-      if (space != shown.end()) value_end = static_cast<std::size_t>(space - shown.begin());
-    }
+    const std::size_t value_end = password_value_end(shown, value_start, is_uri);
     result.append(shown, copied, value_start - copied);
     result += "***";
     copied = value_end == std::string::npos ? shown.size() : value_end;

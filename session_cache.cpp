@@ -169,7 +169,7 @@ void SessionCache::put(const Session& session) {
   Entry replacement;
   replacement.assign(session);  // allocates before any lock: a throw leaves the cache as it was
   Shard& shard = shard_of(id);
-  const std::unique_lock<std::shared_mutex> users(users_mutex_);
+  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
   const std::unique_lock<std::shared_mutex> lock(shard.mutex);
   auto [found, inserted] = shard.entries.try_emplace(id);
   Entry& entry = found->second;
@@ -195,7 +195,7 @@ void SessionCache::erase_locked(
 
 bool SessionCache::erase(const SessionDigest& id) {
   Shard& shard = shard_of(id);
-  const std::unique_lock<std::shared_mutex> users(users_mutex_);
+  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
   const std::unique_lock<std::shared_mutex> lock(shard.mutex);
   const auto found = shard.entries.find(id);
   if (found == shard.entries.end()) return false;
@@ -210,7 +210,7 @@ bool SessionCache::erase(std::string_view id) {
 
 std::size_t SessionCache::erase_expired(std::int64_t at) {
   std::size_t erased = 0;
-  const std::unique_lock<std::shared_mutex> users(users_mutex_);
+  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
   for (Shard& shard : shards_) {
     const std::unique_lock<std::shared_mutex> lock(shard.mutex);
     for (auto it = shard.entries.begin(); it != shard.entries.end();) {
@@ -231,7 +231,7 @@ void SessionCache::reserve(std::size_t sessions) {
     const std::unique_lock<std::shared_mutex> lock(shard.mutex);
     shard.entries.reserve(per_shard);
   }
-  const std::unique_lock<std::shared_mutex> users(users_mutex_);
+  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
   user_heads_.reserve(user_heads_.size() + sessions);
 }
 

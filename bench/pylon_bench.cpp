@@ -371,10 +371,9 @@ void bench_create(const Settings& settings) {
     }
     for (std::thread& worker : workers) worker.join();
     const double elapsed = seconds_since(start);
-    if (store.size() != static_cast<std::size_t>(per_round / threads * threads)) {
-      die("a create was lost");
-    }
-    return elapsed / (per_round / threads * threads);
+    const int created = per_round / threads * threads;
+    if (store.size() != static_cast<std::size_t>(created)) die("a create was lost");
+    return elapsed / static_cast<double>(created);
   };
   const Pair one = measure(settings.repetitions, [&] { return Pair{pylon_round(1), raw_round()}; });
   row("create, SQLite file, FULL, 1 thread", one.pylon, one.raw, ">= 0.9x");
@@ -520,7 +519,7 @@ void bench_bulk_deletes(const Settings& settings) {
       }
       for (std::size_t i = 0; i < expired_rows; ++i) {
         raw_upsert(db.get(), upsert.get(), random_hex_id(), "user-" + std::to_string(i % 5000),
-                   now - 2 * 86400);
+                   now - std::int64_t{2} * 86400);
       }
       sqlite_exec(db.get(), "COMMIT");
     }
@@ -642,7 +641,8 @@ void bench_postgres(const Settings& settings) {
         });
       }
       for (std::thread& worker : workers) worker.join();
-      elapsed = seconds_since(start) / (per_round / threads * threads);
+      const int created = per_round / threads * threads;
+      elapsed = seconds_since(start) / static_cast<double>(created);
     }
     pg_exec(raw.get(), "TRUNCATE _pylon_sessions");
     return elapsed;
