@@ -516,12 +516,14 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
       event = SessionEvent{SessionEventType::kValidatedExpired, session.id, session.user_id, {}, 1};
       break;
     case detail::SessionCache::Found::kNone: {
+      // Unknown: a token is handed out only once its session is cached, so there is nothing to
+      // re-check under write_mutex_, and an unknown token never waits behind a commit.
       std::string id = detail::session_id_of(digest);
       const std::lock_guard<std::mutex> lock(rotated_mutex_);
       const auto rotated = rotated_.find(id);
       if (rotated == rotated_.end()) {
-        session.id = std::move(id);  // unknown here; touch() re-checks under the write lock
-        break;
+        cache_misses_.add();
+        return std::nullopt;
       }
       event = SessionEvent{SessionEventType::kRotatedTokenReused, std::move(id),
                            rotated->second.user_id, rotated->second.successor_id, 1};
@@ -534,7 +536,7 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
     return std::nullopt;
   }
   std::optional<Session> touched = touch(session.id, at);
-  if (!touched) cache_misses_.add();  // revoked, or unknown
+  if (!touched) cache_misses_.add();  // revoked or expired meanwhile
   return touched;
 }
 

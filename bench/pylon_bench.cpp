@@ -343,6 +343,24 @@ void bench_validate(const Settings& settings) {
 // create on a file, synchronous=FULL: one thread, eight threads (group commit)
 // ------------------------------------------------------------------------------------------------
 
+// `threads` threads share `creates` creates on an empty store; seconds per create. Dies if the
+// store does not hold every one afterwards.
+double seconds_per_create(SessionStore& store, int threads, int creates) {
+  const int per_thread = creates / threads;
+  const auto start = Clock::now();
+  std::vector<std::thread> workers;
+  for (int t = 0; t < threads; ++t) {
+    workers.emplace_back([&store, per_thread] {
+      for (int i = 0; i < per_thread; ++i) store.create("user");
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+  const double elapsed = seconds_since(start);
+  const int created = per_thread * threads;
+  if (store.size() != static_cast<std::size_t>(created)) die("a create was lost");
+  return elapsed / static_cast<double>(created);
+}
+
 void bench_create(const Settings& settings) {
   const int per_round = settings.quick ? 200 : 2000;
   const auto raw_round = [&] {
@@ -362,18 +380,7 @@ void bench_create(const Settings& settings) {
   const auto pylon_round = [&](int threads) {
     const ScratchFile file(settings.dir, "pylon-create");
     SessionStore store(pylon::open_sqlite_backend(file.path()));
-    const auto start = Clock::now();
-    std::vector<std::thread> workers;
-    for (int t = 0; t < threads; ++t) {
-      workers.emplace_back([&] {
-        for (int i = 0; i < per_round / threads; ++i) store.create("user");
-      });
-    }
-    for (std::thread& worker : workers) worker.join();
-    const double elapsed = seconds_since(start);
-    const int created = per_round / threads * threads;
-    if (store.size() != static_cast<std::size_t>(created)) die("a create was lost");
-    return elapsed / static_cast<double>(created);
+    return seconds_per_create(store, threads, per_round);
   };
   const Pair one = measure(settings.repetitions, [&] { return Pair{pylon_round(1), raw_round()}; });
   row("create, SQLite file, FULL, 1 thread", one.pylon, one.raw, ">= 0.9x");
@@ -633,16 +640,7 @@ void bench_postgres(const Settings& settings) {
     double elapsed = 0;
     {
       SessionStore store = SessionStore::open(url);
-      const auto start = Clock::now();
-      std::vector<std::thread> workers;
-      for (int t = 0; t < threads; ++t) {
-        workers.emplace_back([&] {
-          for (int i = 0; i < per_round / threads; ++i) store.create("user");
-        });
-      }
-      for (std::thread& worker : workers) worker.join();
-      const int created = per_round / threads * threads;
-      elapsed = seconds_since(start) / static_cast<double>(created);
+      elapsed = seconds_per_create(store, threads, per_round);
     }
     pg_exec(raw.get(), "TRUNCATE _pylon_sessions");
     return elapsed;
