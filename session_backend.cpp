@@ -32,6 +32,7 @@
 #include <unordered_map>
 #include <unordered_set>
 #include <utility>
+#include <vector>
 
 #include "session_backend_internal.hpp"
 
@@ -304,8 +305,6 @@ void check_session_for_storage(const Session& session) {
 
 }  // namespace detail
 
-namespace {}  // namespace
-
 // ================================================================================================
 // 4. URLs
 //
@@ -401,65 +400,90 @@ std::pair<std::string, SqliteOptions> parse_sqlite_location(std::string_view loc
 
 namespace {
 
+// A password in the text, [begin, end), to be shown as "***".
+struct PasswordSpan {
+  std::size_t begin;
+  std::size_t end;
+};
+
 // The user info ends at an '@' before the first '/': libpq takes the first such '@' (so a
 // password may hold '?' or '#'), RFC 3986 the last before '/', '?' or '#'. Hiding from the first
 // ':' to the last '@' before the first '/' covers both readings.
-void hide_userinfo_password(std::string& shown, std::size_t authority) {
-  const std::size_t path_start = shown.find('/', authority);
-  const std::size_t at = shown.rfind('@', path_start);
-  if (at == std::string::npos || at < authority) return;
-  const std::size_t colon = shown.find(':', authority);
-  if (colon != std::string::npos && colon < at) shown.replace(colon + 1, at - colon - 1, "***");
+void add_userinfo_password(std::string_view text, std::size_t authority,
+                           std::vector<PasswordSpan>& spans) {
+  const std::size_t path_start = text.find('/', authority);
+  const std::size_t at = text.rfind('@', path_start);
+  if (at == std::string_view::npos || at < authority) return;
+  const std::size_t colon = text.find(':', authority);
+  if (colon != std::string_view::npos && colon < at) spans.push_back({colon + 1, at});
 }
 
-// Where the value of a "password=" that starts at `value_start` ends: at '&' in a URI query
-// (libpq knows no fragment there), else (a libpq keyword/value string) at whitespace, or after
-// the closing quote of a quoted value. npos: at the end.
-std::size_t password_value_end(const std::string& shown, std::size_t value_start, bool is_uri) {
-  if (is_uri) return shown.find('&', value_start);
-  if (value_start < shown.size() && shown[value_start] == '\'') {
-    for (std::size_t i = value_start + 1; i < shown.size(); ++i) {
-      if (shown[i] == '\\') {
-        ++i;  // an escaped character, the quote included
-      } else if (shown[i] == '\'') {
-        return i + 1;
-      }
+// Where the value of a "password=" that starts at `value_start` ends: at '&' for a query
+// parameter, one that follows '?' or '&' (libpq knows no fragment there; and whether or not the
+// text has a "://", a later '&' may start another password). Else it is a libpq keyword/value
+// pair (which may follow whitespace even inside something that looks like a URI), and ends at
+// whitespace, or, for a quoted value, at the later of whitespace and the closing quote: libpq
+// reads the quotes, a reader that splits at whitespace does not, and either may be the one that
+// meets the text. npos: at the end.
+std::size_t password_value_end(std::string_view text, std::size_t value_start,
+                               bool is_query_parameter) {
+  if (is_query_parameter) return text.find('&', value_start);
+  std::size_t whitespace = std::string_view::npos;
+  for (std::size_t i = value_start; i < text.size(); ++i) {
+    if (std::isspace(static_cast<unsigned char>(text[i])) != 0) {
+      whitespace = i;
+      break;
     }
-    return std::string::npos;
   }
-  for (std::size_t i = value_start; i < shown.size(); ++i) {
-    if (std::isspace(static_cast<unsigned char>(shown[i])) != 0) return i;
+  if (value_start >= text.size() || text[value_start] != '\'') return whitespace;
+  for (std::size_t i = value_start + 1; i < text.size(); ++i) {
+    if (text[i] == '\\') {
+      ++i;  // an escaped character, the quote included
+    } else if (text[i] == '\'') {
+      return std::max(i + 1, whitespace);
+    }
   }
-  return std::string::npos;
+  return std::string_view::npos;  // no closing quote: libpq takes the rest
 }
 
 }  // namespace
 
 // Conservative on purpose: where RFC 3986 and libpq read a URL differently, whatever either of
-// them would take for a password is hidden.
+// them would take for a password is hidden. Every reading's passwords are found in the text as
+// given, then the union of them is hidden, so one reading's value that starts inside or runs past
+// another's is never half shown.
 std::string redact_url(std::string_view url) {
-  std::string shown(url);
-  const std::size_t separator = shown.find("://");
-  const bool is_uri = separator != std::string::npos;
-  if (is_uri) hide_userinfo_password(shown, separator + 3);
+  std::vector<PasswordSpan> spans;
+  const std::size_t separator = url.find("://");
+  if (separator != std::string_view::npos) add_userinfo_password(url, separator + 3, spans);
   // "password=..." as a URI query parameter or a libpq keyword/value pair.
-  const std::string lower = ascii_lower(shown);
-  std::string result;
-  std::size_t copied = 0;
-  for (std::size_t pos = lower.find("password="); pos != std::string::npos;
-       pos = lower.find("password=", pos + 1)) {
-    if (pos < copied) continue;  // inside a value hidden already
-    const bool at_word_start = pos == 0 || lower[pos - 1] == '?' || lower[pos - 1] == '&' ||
+  constexpr std::string_view kKey = "password=";
+  const std::string lower = ascii_lower(url);
+  for (std::size_t pos = lower.find(kKey); pos != std::string::npos;
+       pos = lower.find(kKey, pos + 1)) {
+    const bool after_separator = pos > 0 && (lower[pos - 1] == '?' || lower[pos - 1] == '&');
+    const bool at_word_start = pos == 0 || after_separator ||
                                std::isspace(static_cast<unsigned char>(lower[pos - 1])) != 0;
     if (!at_word_start) continue;
-    const std::size_t value_start = pos + std::strlen("password=");
-    const std::size_t value_end = password_value_end(shown, value_start, is_uri);
-    result.append(shown, copied, value_start - copied);
-    result += "***";
-    copied = value_end == std::string::npos ? shown.size() : value_end;
+    const std::size_t value_start = pos + kKey.size();
+    spans.push_back(
+        {value_start, std::min(password_value_end(url, value_start, after_separator), url.size())});
   }
-  result.append(shown.substr(copied));
-  return result;
+  std::sort(spans.begin(), spans.end(), [](const PasswordSpan& left, const PasswordSpan& right) {
+    return left.begin < right.begin;
+  });
+  std::string shown;
+  std::size_t copied = 0;  // url[0, copied) is in `shown` already, or hidden
+  for (std::size_t i = 0; i < spans.size(); ++i) {
+    const PasswordSpan& span = spans[i];
+    if (i == 0 || span.begin > copied) {  // else it overlaps the block hidden last: merge
+      shown.append(url.substr(copied, span.begin - copied));
+      shown += "***";
+    }
+    copied = std::max(copied, span.end);
+  }
+  shown.append(url.substr(copied));
+  return shown;
 }
 
 std::string database_url_from_env() {

@@ -75,6 +75,8 @@ void add_userinfo_password(std::string_view text, std::size_t begin, std::size_t
 //   4. libpq keyword/value strings: a whitespace-separated "password=VALUE".
 // Keys are compared ignoring case, as redact_url's contract ("password=...") reads.
 constexpr std::string_view kPasswordKey = "password=";
+// What isspace() takes for whitespace in the "C" locale.
+constexpr std::string_view kWhitespace = " \t\n\v\f\r";
 
 // 1. and 2.: the password of the userinfo, by RFC 3986 and, for PostgreSQL URLs, by libpq.
 void add_userinfo_passwords(std::string_view url, std::vector<Span>& spans) {
@@ -106,7 +108,7 @@ void add_query_passwords(std::string_view url, std::vector<Span>& spans) {
       // A URL holds no raw whitespace (RFC 3986 has it percent-encoded), so whitespace ends the
       // value too: past it the text is no longer a URL, and the keyword/value reading (4.) takes
       // over.
-      const std::size_t blank = parameter.find_first_of(" \t");
+      const std::size_t blank = parameter.find_first_of(kWhitespace);
       spans.push_back(
           {begin + kPasswordKey.size(), blank == std::string_view::npos ? end : begin + blank});
     }
@@ -114,10 +116,11 @@ void add_query_passwords(std::string_view url, std::vector<Span>& spans) {
   }
 }
 
-// 4. Keyword/value: words separated by spaces or tabs.
+// 4. Keyword/value: words separated by whitespace, which libpq's conninfo_parse() tells with
+// isspace(): a form feed or a newline ends a value as a space does.
 void add_keyword_value_passwords(std::string_view url, std::vector<Span>& spans) {
   for (std::size_t begin = 0; begin < url.size();) {
-    const std::size_t end = std::min(url.find_first_of(" \t", begin), url.size());
+    const std::size_t end = std::min(url.find_first_of(kWhitespace, begin), url.size());
     if (starts_with_ignoring_case(url.substr(begin, end - begin), kPasswordKey)) {
       spans.push_back({begin + kPasswordKey.size(), end});
     }
@@ -187,13 +190,19 @@ void check_passwords(const std::string& url, const std::vector<std::string>& tex
     // ("synchronous=full|normal"). So build a twin of the input in which every password byte is
     // replaced by a filler byte the password does not contain, and run the library on it: if the
     // twin's texts contain the password too, its bytes come from elsewhere and prove nothing.
-    // Fillers are letters and digits, which change no URL structure (delimiters only disappear).
+    // Fillers are letters and digits, and the bytes that delimit something in either reading
+    // stay where they are, so the twin has the structure of the input: with a password's '&'
+    // gone, a query value would end at a later '&' and hide different bytes than the input's.
     constexpr std::string_view kFillers = "xqzjkvXQZJKV0123456789";
+    constexpr std::string_view kDelimiters = "&?#@/:='\\ \t\n\v\f\r";
     const std::size_t filler = kFillers.find_first_not_of(password);
     if (filler == std::string_view::npos) continue;
+    if (password.find_first_not_of(kDelimiters) == std::string::npos) continue;
     std::string twin = url;
     for (const Span& other : spans) {
-      twin.replace(other.begin, other.end - other.begin, other.end - other.begin, kFillers[filler]);
+      for (std::size_t i = other.begin; i < other.end; ++i) {
+        if (kDelimiters.find(twin[i]) == std::string_view::npos) twin[i] = kFillers[filler];
+      }
     }
     if (any_contains(shown_texts(twin), password)) continue;
     std::string report = "input: ";

@@ -5,7 +5,10 @@
 # non-zero if any target found a crash, a leak, a timeout, an out-of-memory or a sanitizer report;
 # the log and the input that caused it are kept in build/fuzz/run/<target>/.
 #
-# Usage: scripts/fuzz.sh [SECONDS]    SECONDS per target, default 60 (what the test command runs)
+# Usage: scripts/fuzz.sh [--seed N] [SECONDS]
+#          SECONDS per target, default 60. --seed N fixes libFuzzer's random seed, so a run that
+#          fails can be replayed step for step: the test command runs "--seed 1 60". Without it
+#          every run explores anew.
 #        scripts/fuzz.sh 1800         the long run: 30 minutes per target, by hand, not in CI
 #        scripts/fuzz.sh --seeds      regenerate fuzz/corpus/ with fuzz/make_seeds.cpp, then stop
 #
@@ -23,9 +26,20 @@ readonly jobs=2
 
 seconds=60
 seeds_only=0
-for arg in "$@"; do
+seed_option=()
+while (($# > 0)); do
+  arg=$1
+  shift
   case "${arg}" in
     --seeds) seeds_only=1 ;;
+    --seed)
+      if [[ $# -eq 0 || $1 == *[!0-9]* || -z $1 ]]; then
+        echo "fuzz.sh: --seed needs a number" >&2
+        exit 2
+      fi
+      seed_option=("-seed=$1")
+      shift
+      ;;
     -h | --help)
       awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
       exit 0
@@ -90,7 +104,7 @@ for target in "${targets[@]}"; do
   cp -R "fuzz/corpus/${target}/." "${dir}/corpus/"
   start=${SECONDS}
   status=0
-  "${build_dir}/${target}" -max_total_time="${seconds}" -timeout=10 -rss_limit_mb=2048 \
+  "${build_dir}/${target}" "${seed_option[@]}" -max_total_time="${seconds}" -timeout=10 -rss_limit_mb=2048 \
     -print_final_stats=1 -artifact_prefix="${dir}/artifacts/" "${dir}/corpus" \
     >"${dir}/fuzz.log" 2>&1 || status=$?
   elapsed=$((SECONDS - start))

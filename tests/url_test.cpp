@@ -282,6 +282,51 @@ TEST(RedactUrl, HidesAKeywordValuePasswordUpToWhitespaceOrItsClosingQuote) {
             "host=db password=*** user=app");
 }
 
+// Found by fuzz/url_fuzz: a keyword/value "password=" after whitespace in a string that also holds
+// a "://" ended at the first '&', as a query parameter would, and showed the rest of its value.
+TEST(RedactUrl, HidesAKeywordValuePasswordEvenWhereTheStringLooksLikeAUri) {
+  EXPECT_EQ(pylon::redact_url("x://db user=app password=&secret1 port=5432"),
+            "x://db user=app password=*** port=5432");
+  EXPECT_EQ(pylon::redact_url("postgres://db/s?sslmode=require password=a&hunter22 user=x"),
+            "postgres://db/s?sslmode=require password=*** user=x");
+}
+
+// Found by fuzz/url_fuzz: in a string without "://", a "?password=" value ended at the first
+// whitespace byte, hiding a later "&password=" along with it and showing that one's value.
+TEST(RedactUrl, HidesEveryQueryPasswordEvenWithoutAScheme) {
+  const std::string redacted = pylon::redact_url("db?password=ab\fcd&password=\fhunter22");
+  EXPECT_THAT(redacted, Not(HasSubstr("hunter22")));
+  EXPECT_THAT(redacted, Not(HasSubstr("cd")));
+}
+
+// Found by fuzz/url_fuzz: a keyword/value "password=" whose name lay inside a query password
+// already hidden (up to its '&') had the rest of its own value, read up to whitespace, shown.
+TEST(RedactUrl, HidesAPasswordThatStartsInsideAnotherOnesValue) {
+  const std::string redacted =
+      pylon::redact_url("sqlite:///tmp/s.db?password=ab user=app password=&hunter22 port=1");
+  EXPECT_THAT(redacted, Not(HasSubstr("hunter22")));
+  EXPECT_THAT(redacted, HasSubstr(" port=1"));
+}
+
+// Found by fuzz/url_fuzz: a quoted value that closes inside a later word ("'a b password='")
+// hid up to its quote and showed the rest of that word, which a reader splitting at whitespace
+// takes for another password.
+TEST(RedactUrl, HidesAQuotedValueUpToItsQuoteAndTheWordItEndsIn) {
+  EXPECT_EQ(pylon::redact_url("password='a b password='hunter22' port=1"), "password=*** port=1");
+  EXPECT_EQ(pylon::redact_url("host=db password='it is' user=app"),
+            "host=db password=*** user=app");
+}
+
+// Found by fuzz/url_fuzz: a keyword/value "password=" inside the user info of a "postgres://"
+// text was hidden with the user info, up to its '@', and the rest of its value was shown.
+TEST(RedactUrl, HidesAKeywordPasswordThatRunsPastTheUserInfo) {
+  const std::string redacted =
+      pylon::redact_url("postgres://app:pw1 password=db?x@h/gres://app:hunter22@db more");
+  EXPECT_THAT(redacted, Not(HasSubstr("hunter22")));
+  EXPECT_THAT(redacted, Not(HasSubstr("pw1")));
+  EXPECT_EQ(redacted, "postgres://app:*** more");
+}
+
 TEST(RedactUrl, LeavesUrlsWithoutPasswordAlone) {
   EXPECT_EQ(pylon::redact_url("postgres://app@db/sessions"), "postgres://app@db/sessions");
   EXPECT_EQ(pylon::redact_url("postgres://db/sessions"), "postgres://db/sessions");
