@@ -191,17 +191,30 @@ void check_passwords(const std::string& url, const std::vector<std::string>& tex
     // replaced by a filler byte the password does not contain, and run the library on it: if the
     // twin's texts contain the password too, its bytes come from elsewhere and prove nothing.
     // Fillers are letters and digits, and the bytes that delimit something in either reading
-    // stay where they are, so the twin has the structure of the input: with a password's '&'
-    // gone, a query value would end at a later '&' and hide different bytes than the input's.
+    // (and every "password=" key) stay where they are, so the twin has the structure of the input:
+    // with a password's '&' gone, a query value would end at a later '&' and hide different bytes
+    // than the input's.
     constexpr std::string_view kFillers = "xqzjkvXQZJKV0123456789";
-    constexpr std::string_view kDelimiters = "&?#@/:='\\ \t\n\v\f\r";
+    // NUL too: what() is a C string, so a NUL cuts a message short, in the input as in the twin.
+    static constexpr char kDelimiterBytes[] = "&?#@/:='\\ \t\n\v\f\r";  // NOLINT(*-avoid-c-arrays)
+    constexpr std::string_view kDelimiters(kDelimiterBytes, sizeof kDelimiterBytes);
     const std::size_t filler = kFillers.find_first_not_of(password);
     if (filler == std::string_view::npos) continue;
     if (password.find_first_not_of(kDelimiters) == std::string::npos) continue;
+    // A "password=" key inside another password's value is structure as well: it starts a
+    // value of its own in some reading.
+    std::vector<bool> is_key(url.size(), false);
+    for (std::size_t i = 0; i + kPasswordKey.size() <= url.size(); ++i) {
+      if (starts_with_ignoring_case(std::string_view(url).substr(i), kPasswordKey)) {
+        std::fill_n(is_key.begin() + static_cast<std::ptrdiff_t>(i), kPasswordKey.size(), true);
+      }
+    }
     std::string twin = url;
     for (const Span& other : spans) {
       for (std::size_t i = other.begin; i < other.end; ++i) {
-        if (kDelimiters.find(twin[i]) == std::string_view::npos) twin[i] = kFillers[filler];
+        if (!is_key[i] && kDelimiters.find(twin[i]) == std::string_view::npos) {
+          twin[i] = kFillers[filler];
+        }
       }
     }
     if (any_contains(shown_texts(twin), password)) continue;
