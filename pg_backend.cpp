@@ -13,6 +13,10 @@
 //   - A lost connection fails the call in flight with kConnectionLost and the next call
 //     reconnects. A statement whose outcome is unknown is never sent again behind the caller's
 //     back: only a connection found dead *before* sending is replaced silently.
+//   - No call hangs: each has PostgresOptions::deadline (6 s by default) to get its turn on the
+//     connection, to reconnect, and to hear from the server. A server that is frozen, or a
+//     network that silently drops packets, fails the call when it runs out, instead of after
+//     the kernel's TCP timeouts (minutes).
 //   - No message carries the password: the URL is shown through redact_url(), the server through
 //     its host, port and database name, and every text from libpq is scrubbed of the password.
 //
@@ -29,6 +33,8 @@
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstddef>
 #include <cstdint>
@@ -293,6 +299,14 @@ std::string without_secret_quotes(std::string_view text, std::string_view shown_
 // before sending anything. A failure while a statement is in flight is reported as
 // kConnectionLost and marks the connection broken; the statement is not re-sent (it may have
 // been applied), and the next call reconnects.
+//
+// The deadline: the connection is non-blocking, and every wait (for the socket to take our
+// bytes, for the server's reply, for a reconnect) is a poll() bounded by the call's deadline,
+// taken when the call starts. Waiting for mutex_ counts too: behind a call stuck on a frozen
+// server, the next one fails with kBusy (it sent nothing) rather than queueing for minutes. A
+// load's deadline starts again whenever rows arrive: it bounds silence, not the table's size.
+// A call that runs out marks the connection broken; the next call reconnects, on a fresh socket,
+// whatever the old one still had in flight.
 // ================================================================================================
 
 constexpr const char* kDefaultConnectTimeoutSeconds = "5";
@@ -343,7 +357,7 @@ constexpr std::int64_t kMigrationLockKey = 0x70796C6F6E6D6967;
 
 class PostgresBackend final : public SessionBackend {
  public:
-  explicit PostgresBackend(const std::string& url);
+  PostgresBackend(const std::string& url, const PostgresOptions& options);
 
   std::vector<Session> load_all() override;
   void load_each(const std::function<void(const Session&)>& visit) override;
@@ -358,8 +372,15 @@ class PostgresBackend final : public SessionBackend {
   [[nodiscard]] std::string describe() const override { return shown_url_; }
 
  private:
+  // A call's hold on the connection: mutex_, taken by the call's deadline, which it sets.
+  class Turn;
+
   // The connection. All but the constructor's steps run with mutex_ held.
   void connect(const std::string& url, bool url_sets_connect_timeout);
+  void wait_for_socket(short events, const std::string& action);  // NOLINT(google-runtime-int)
+  void flush_query(const std::string& action);
+  PgResult await_result(const std::string& action);
+  PgResult next_result(const std::string& action);
   bool is_usable() noexcept;
   void ensure_connected();
   void configure_session();
@@ -383,11 +404,14 @@ class PostgresBackend final : public SessionBackend {
   PgResult exec_params(const char* sql, const Params& params, const std::string& action);
   PgResult run(const char* statement, const Params& params, const std::string& action);
   PgResult execute(const char* statement, const Params& params, const std::string& action);
+  void roll_back() noexcept;
   std::size_t run_counting(const char* statement, const Params& params, const std::string& action);
   // Takes a non-const PGresult: libpq's PQcmdTuples() does.
   std::size_t affected_rows(PGresult* result, const std::string& action) const;
 
-  std::mutex mutex_;       // serialises every use of the connection
+  std::timed_mutex mutex_;  // serialises every use of the connection; see Turn
+  std::chrono::milliseconds deadline_;
+  std::chrono::steady_clock::time_point call_deadline_;  // of the call holding mutex_
   std::string shown_url_;  // the URL with its password hidden: describe() and messages
   std::string password_;   // scrubbed out of every text libpq gives us
   PgConnection conn_;
@@ -397,11 +421,12 @@ class PostgresBackend final : public SessionBackend {
   std::array<bool, kMatchCombinations> matching_prepared_{};
 };
 
-PostgresBackend::PostgresBackend(const std::string& url) : shown_url_(redact_url(url)) {
+PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
+    : deadline_(options.deadline), shown_url_(redact_url(url)) {
   char* raw_error = nullptr;
-  const PgConninfo options(PQconninfoParse(url.c_str(), &raw_error));
+  const PgConninfo conninfo(PQconninfoParse(url.c_str(), &raw_error));
   const PgText parse_error(raw_error);
-  if (!options) {
+  if (!conninfo) {
     const std::string reason = parse_error
                                    ? one_line(without_secret_quotes(parse_error.get(), shown_url_))
                                    : "out of memory";
@@ -410,7 +435,7 @@ PostgresBackend::PostgresBackend(const std::string& url) : shown_url_(redact_url
   }
   bool url_sets_connect_timeout = false;
   // libpq's option list is a C array ended by a null keyword.
-  for (const PQconninfoOption* option = options.get(); option->keyword != nullptr;
+  for (const PQconninfoOption* option = conninfo.get(); option->keyword != nullptr;
        ++option) {  // NOLINT(cppcoreguidelines-pro-bounds-pointer-arithmetic)
     if (option->val == nullptr || *option->val == '\0') continue;
     if (std::strcmp(option->keyword, "password") == 0) password_ = option->val;
@@ -418,6 +443,7 @@ PostgresBackend::PostgresBackend(const std::string& url) : shown_url_(redact_url
   }
 
   connect(url, url_sets_connect_timeout);
+  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
   configure_session();
   migrate();
   prepare_statements();
@@ -452,7 +478,27 @@ void PostgresBackend::connect(const std::string& url, bool url_sets_connect_time
   const char* used_password = PQpass(conn_.get());
   if (password_.empty() && used_password != nullptr) password_ = used_password;
   if (PQstatus(conn_.get()) != CONNECTION_OK) fail_connection("cannot connect to PostgreSQL");
+  if (PQsetnonblocking(conn_.get(), 1) != 0) fail_connection("cannot set up the connection to");
 }
+
+class PostgresBackend::Turn {
+ public:
+  Turn(PostgresBackend& backend, const std::string& action)
+      : lock_(backend.mutex_, std::defer_lock) {
+    const auto deadline = std::chrono::steady_clock::now() + backend.deadline_;
+    if (!lock_.try_lock_until(deadline)) {
+      throw Error(ErrorCode::kBusy, action + " " + backend.shown_url_ +
+                                        ": the call ahead of this one has held the " +
+                                        "connection for the whole deadline of " +
+                                        std::to_string(backend.deadline_.count()) +
+                                        " ms (PostgresOptions::deadline); nothing was sent");
+    }
+    backend.call_deadline_ = deadline;
+  }
+
+ private:
+  std::unique_lock<std::timed_mutex> lock_;
+};
 
 // "database "app" on host db.internal, port 5432", from what libpq resolved (defaults and
 // environment included), for messages. Never the password, never the full conninfo.
@@ -492,11 +538,19 @@ bool PostgresBackend::is_usable() noexcept {
   return true;
 }
 
+// Reconnects on a fresh socket (PQresetStart closes the old one), within the call's deadline as
+// well as libpq's connect_timeout.
 void PostgresBackend::ensure_connected() {
   if (is_usable()) return;
   broken_ = true;  // stays set until the connection is fully set up again
-  PQreset(conn_.get());
-  if (PQstatus(conn_.get()) != CONNECTION_OK) fail_connection("cannot reconnect to PostgreSQL");
+  const std::string action = "cannot reconnect to PostgreSQL";
+  if (PQresetStart(conn_.get()) == 0) fail_connection(action);
+  for (PostgresPollingStatusType status = PGRES_POLLING_WRITING; status != PGRES_POLLING_OK;
+       status = PQresetPoll(conn_.get())) {
+    if (status == PGRES_POLLING_FAILED) fail_connection(action);
+    wait_for_socket(status == PGRES_POLLING_READING ? POLLIN : POLLOUT, action);
+  }
+  if (PQsetnonblocking(conn_.get(), 1) != 0) fail_connection(action);
   configure_session();
   prepare_statements();
   broken_ = false;
@@ -552,18 +606,86 @@ void PostgresBackend::check(const PGresult* result, const std::string& action) {
   fail(result, action);
 }
 
+// Waits until the socket is ready for `events` or the call's deadline passes; at the deadline
+// the connection is given up (the next call reconnects) and the call fails with kConnectionLost.
+void PostgresBackend::wait_for_socket(short events,  // NOLINT(google-runtime-int): pollfd's type
+                                      const std::string& action) {
+  pollfd socket{};
+  socket.fd = PQsocket(conn_.get());
+  socket.events = events;
+  if (socket.fd < 0) fail_connection(action);
+  for (;;) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+        call_deadline_ - std::chrono::steady_clock::now());
+    if (left.count() <= 0) {
+      broken_ = true;
+      throw Error(ErrorCode::kConnectionLost,
+                  action + " " + target() + ": no answer within the deadline of " +
+                      std::to_string(deadline_.count()) +
+                      " ms (PostgresOptions::deadline); a statement that reached the server may "
+                      "or may not have been applied; the next call reconnects",
+                  "pylon: client deadline");
+    }
+    const int ready =
+        ::poll(&socket, 1, static_cast<int>(std::min<std::int64_t>(left.count(), INT_MAX)));
+    if (ready > 0) return;
+    if (ready < 0 && errno != EINTR) fail_connection(action);
+  }
+}
+
+// The result of the statement just sent, as PQexec() would return it (the first failure, else
+// the last result), read without ever blocking past the call's deadline.
+PgResult PostgresBackend::await_result(const std::string& action) {
+  flush_query(action);
+  PgResult kept;
+  bool kept_a_failure = false;
+  for (PgResult result = next_result(action); result; result = next_result(action)) {
+    if (kept_a_failure) continue;  // read to the end, so the connection is ready for more
+    const ExecStatusType status = PQresultStatus(result.get());
+    kept_a_failure = status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK;
+    kept = std::move(result);
+  }
+  if (!kept) fail(nullptr, action);  // the connection ended before any result
+  return kept;
+}
+
+// Sends what libpq still holds of the statement: a non-blocking connection queues what the
+// socket would not take at once.
+void PostgresBackend::flush_query(const std::string& action) {
+  for (int pending = PQflush(conn_.get()); pending != 0; pending = PQflush(conn_.get())) {
+    if (pending < 0) fail(nullptr, action);
+    // The server may be sending (a notice, an error) while we still write: take it in, or both
+    // sides could wait for the other's buffer to drain.
+    wait_for_socket(POLLIN | POLLOUT, action);
+    if (PQconsumeInput(conn_.get()) == 0) fail(nullptr, action);
+  }
+}
+
+// PQgetResult() once the whole result is in, so it never blocks; null after the last one.
+PgResult PostgresBackend::next_result(const std::string& action) {
+  while (PQisBusy(conn_.get()) != 0) {
+    wait_for_socket(POLLIN, action);
+    if (PQconsumeInput(conn_.get()) == 0) fail(nullptr, action);
+  }
+  return PgResult(PQgetResult(conn_.get()));
+}
+
 // Simple-query protocol: for constant SQL only (it may hold several statements, as a migration
 // file does). Nothing a caller supplies ever goes through here.
 PgResult PostgresBackend::exec(const char* sql, const std::string& action) {
-  PgResult result(PQexec(conn_.get(), sql));
+  if (PQsendQuery(conn_.get(), sql) == 0) fail(nullptr, action);
+  PgResult result = await_result(action);
   check(result.get(), action);
   return result;
 }
 
 PgResult PostgresBackend::exec_params(const char* sql, const Params& params,
                                       const std::string& action) {
-  PgResult result(PQexecParams(conn_.get(), sql, params.count(), params.types(), params.values(),
-                               params.lengths(), params.formats(), kBinaryFormat));
+  if (PQsendQueryParams(conn_.get(), sql, params.count(), params.types(), params.values(),
+                        params.lengths(), params.formats(), kBinaryFormat) == 0) {
+    fail(nullptr, action);
+  }
+  PgResult result = await_result(action);
   check(result.get(), action);
   return result;
 }
@@ -578,10 +700,24 @@ PgResult PostgresBackend::run(const char* statement, const Params& params,
 // statement on the connection it checked).
 PgResult PostgresBackend::execute(const char* statement, const Params& params,
                                   const std::string& action) {
-  PgResult result(PQexecPrepared(conn_.get(), statement, params.count(), params.values(),
-                                 params.lengths(), params.formats(), kBinaryFormat));
+  if (PQsendQueryPrepared(conn_.get(), statement, params.count(), params.values(), params.lengths(),
+                          params.formats(), kBinaryFormat) == 0) {
+    fail(nullptr, action);
+  }
+  PgResult result = await_result(action);
   check(result.get(), action);
   return result;
+}
+
+// Ends the transaction a failed step left open, from a catch block that rethrows the step's
+// error. A broken connection is left alone: the server rolls back when it goes, and the next
+// call reconnects.
+void PostgresBackend::roll_back() noexcept {
+  if (broken_) return;
+  try {
+    exec("ROLLBACK", "cannot roll back a transaction on");
+  } catch (...) {  // NOLINT(bugprone-empty-catch): the step's own error is the one to report
+  }
 }
 
 std::size_t PostgresBackend::run_counting(const char* statement, const Params& params,
@@ -606,9 +742,12 @@ std::size_t PostgresBackend::affected_rows(PGresult* result, const std::string& 
 }
 
 void PostgresBackend::prepare(const char* name, const char* sql, const std::vector<Oid>& types) {
-  const PgResult result(
-      PQprepare(conn_.get(), name, sql, static_cast<int>(types.size()), types.data()));
-  check(result.get(), "cannot prepare a statement on");
+  const std::string action = "cannot prepare a statement on";
+  if (PQsendPrepare(conn_.get(), name, sql, static_cast<int>(types.size()), types.data()) == 0) {
+    fail(nullptr, action);
+  }
+  const PgResult result = await_result(action);
+  check(result.get(), action);
 }
 
 // ================================================================================================
@@ -680,7 +819,7 @@ void PostgresBackend::migrate() {
   } catch (...) {
     // Nothing of the migration is committed. ROLLBACK fails only on a dead connection, and then
     // the server has rolled back already.
-    const PgResult rollback(PQexec(conn_.get(), "ROLLBACK"));
+    roll_back();
     throw;
   }
 }
@@ -974,7 +1113,7 @@ std::vector<Session> PostgresBackend::load_all() {
 
 void PostgresBackend::load_each(const std::function<void(const Session&)>& visit) {
   const std::string action = "cannot load sessions from";
-  const std::lock_guard<std::mutex> lock(mutex_);
+  const Turn turn(*this, action);
   ensure_connected();
   if (PQsendQueryPrepared(conn_.get(), kSelectAll, 0, nullptr, nullptr, nullptr, kBinaryFormat) ==
       0) {
@@ -984,10 +1123,13 @@ void PostgresBackend::load_each(const std::function<void(const Session&)>& visit
   if (PQsetSingleRowMode(conn_.get()) == 0) {
     throw Error(ErrorCode::kInternal, action + " " + target() + ": libpq refused single-row mode");
   }
+  flush_query(action);
 
   PgResult error;  // the first failure; later results are read only to finish the query
   bool types_checked = false;
-  for (PgResult result(PQgetResult(conn_.get())); result; result.reset(PQgetResult(conn_.get()))) {
+  for (PgResult result = next_result(action); result; result = next_result(action)) {
+    // The deadline bounds the server's silence, not the size of the table.
+    call_deadline_ = std::chrono::steady_clock::now() + deadline_;
     const ExecStatusType status = PQresultStatus(result.get());
     if (status == PGRES_SINGLE_TUPLE && !error) {
       if (!types_checked) {
@@ -1015,8 +1157,9 @@ void PostgresBackend::save(const Session& session) {
   detail::check_session_for_storage(session);
   Params params;
   bind_session(params, session);
-  const std::lock_guard<std::mutex> lock(mutex_);
-  run(kUpsert, params, "cannot save a session to");
+  const std::string action = "cannot save a session to";
+  const Turn turn(*this, action);
+  run(kUpsert, params, action);
 }
 
 // One transaction of prepared upserts: one commit (and one WAL flush on the server) for all.
@@ -1024,7 +1167,7 @@ void PostgresBackend::save_batch(const std::vector<Session>& sessions) {
   for (const Session& session : sessions) detail::check_session_for_storage(session);
   if (sessions.empty()) return;
   const std::string action = "cannot save sessions to";
-  const std::lock_guard<std::mutex> lock(mutex_);
+  const Turn turn(*this, action);
   ensure_connected();
   exec("BEGIN", action);
   try {
@@ -1038,7 +1181,7 @@ void PostgresBackend::save_batch(const std::vector<Session>& sessions) {
     // Nothing is committed. ROLLBACK fails only on a dead connection, and then the server has
     // rolled back already (or, if COMMIT itself was lost in flight, it alone knows: the caller
     // was told kConnectionLost).
-    const PgResult rollback(PQexec(conn_.get(), "ROLLBACK"));
+    roll_back();
     throw;
   }
 }
@@ -1048,23 +1191,26 @@ bool PostgresBackend::remove(std::string_view id) {
   if (!detail::is_storable_text(id)) return false;
   Params params;
   params.text(id);
-  const std::lock_guard<std::mutex> lock(mutex_);
-  return run_counting(kDeleteById, params, "cannot delete a session from") > 0;
+  const std::string action = "cannot delete a session from";
+  const Turn turn(*this, action);
+  return run_counting(kDeleteById, params, action) > 0;
 }
 
 std::size_t PostgresBackend::remove_user(std::string_view user_id) {
   if (!detail::is_storable_text(user_id)) return 0;  // as in remove(): no row can have it
   Params params;
   params.text(user_id);
-  const std::lock_guard<std::mutex> lock(mutex_);
-  return run_counting(kDeleteByUser, params, "cannot delete a user's sessions from");
+  const std::string action = "cannot delete a user's sessions from";
+  const Turn turn(*this, action);
+  return run_counting(kDeleteByUser, params, action);
 }
 
 std::size_t PostgresBackend::remove_expired(std::int64_t now) {
   Params params;
   params.int8(now);
-  const std::lock_guard<std::mutex> lock(mutex_);
-  return run_counting(kDeleteExpired, params, "cannot delete expired sessions from");
+  const std::string action = "cannot delete expired sessions from";
+  const Turn turn(*this, action);
+  return run_counting(kDeleteExpired, params, action);
 }
 
 std::size_t PostgresBackend::remove_matching(const SessionFilter& filter) {
@@ -1095,7 +1241,7 @@ std::size_t PostgresBackend::remove_matching(const SessionFilter& filter) {
   }
   const std::string action = "cannot delete sessions from";
   const std::string name = kDeleteMatchingPrefix + std::to_string(mask);
-  const std::lock_guard<std::mutex> lock(mutex_);
+  const Turn turn(*this, action);
   ensure_connected();  // may reconnect, which forgets what was prepared
   if (!matching_prepared_.at(mask)) {
     prepare(name.c_str(), matching_sql(mask).c_str(),
@@ -1112,8 +1258,9 @@ bool PostgresBackend::replace(std::string_view old_id, const Session& replacemen
   Params params;
   params.text(old_id);
   bind_session(params, replacement);
-  const std::lock_guard<std::mutex> lock(mutex_);
-  return run_counting(kReplace, params, "cannot rotate a session in") > 0;
+  const std::string action = "cannot rotate a session in";
+  const Turn turn(*this, action);
+  return run_counting(kReplace, params, action) > 0;
 }
 
 std::size_t PostgresBackend::remove_expired_batch(std::int64_t now, std::size_t limit) {
@@ -1121,15 +1268,21 @@ std::size_t PostgresBackend::remove_expired_batch(std::int64_t now, std::size_t 
   const auto max_limit = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
   Params params;
   params.int8(now).int8(static_cast<std::int64_t>(std::min(limit, max_limit)));
-  const std::lock_guard<std::mutex> lock(mutex_);
-  return run_counting(kDeleteExpiredBatch, params, "cannot delete expired sessions from");
+  const std::string action = "cannot delete expired sessions from";
+  const Turn turn(*this, action);
+  return run_counting(kDeleteExpiredBatch, params, action);
 }
 
 }  // namespace
 
-std::unique_ptr<SessionBackend> detail::open_postgres_backend(const std::string& url) {
+std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
+                                                      const PostgresOptions& options) {
   if (url.find('\0') != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "PostgreSQL URL contains a NUL byte");
+  }
+  if (options.deadline.count() <= 0) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "PostgresOptions::deadline must be positive, for " + redact_url(url));
   }
   // open_backend() takes the scheme in any case (RFC 3986: schemes are case-insensitive), but
   // libpq recognises only a lowercase "postgresql://" or "postgres://".
@@ -1141,7 +1294,7 @@ std::unique_ptr<SessionBackend> detail::open_postgres_backend(const std::string&
       return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
     });
   }
-  return std::make_unique<PostgresBackend>(libpq_url);
+  return std::make_unique<PostgresBackend>(libpq_url, options);
 }
 
 }  // namespace pylon

@@ -538,11 +538,20 @@ DatabaseLocation parse_database_url(const std::string& database_url) {
 
 std::unique_ptr<SessionBackend> open_backend(const std::string& database_url) {
   const detail::DatabaseLocation location = detail::parse_database_url(database_url);
-#ifdef PYLON_WITH_POSTGRES
-  if (location.is_postgres) return detail::open_postgres_backend(database_url);
-#endif
+  if (location.is_postgres) return open_postgres_backend(database_url);
   return open_sqlite_backend(location.sqlite_path, location.sqlite_options);
 }
+
+#ifndef PYLON_WITH_POSTGRES
+// pg_backend.cpp defines it in builds with libpq.
+std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
+                                                      const PostgresOptions& /*options*/) {
+  throw Error(ErrorCode::kUnsupportedScheme,
+              "this build of pylon-sessions has no PostgreSQL support (configure it with libpq); "
+              "cannot open " +
+                  redact_url(url));
+}
+#endif
 
 // ================================================================================================
 // 5. SQLite

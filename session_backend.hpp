@@ -199,6 +199,24 @@ struct SqliteOptions {
 std::unique_ptr<SessionBackend> open_sqlite_backend(const std::string& path,
                                                     const SqliteOptions& options = {});
 
+struct PostgresOptions {
+  // The longest a call waits: for its turn on the connection (another call may hold it), to
+  // reconnect, and for the server's reply (for a load: between two arrivals of rows). Past it
+  // the call fails, with kBusy if it had sent nothing yet and kConnectionLost otherwise (the
+  // statement may or may not have been applied), and the next call starts on a new connection.
+  // It bounds what a frozen server or a network that drops packets silently can cost a caller;
+  // libpq's connect_timeout (5 s unless the URL or PGCONNECT_TIMEOUT sets it) also still bounds
+  // each connection attempt.
+  std::chrono::milliseconds deadline{6000};
+};
+
+// Opens a PostgreSQL database (a postgres:// or postgresql:// URL, or a libpq keyword/value
+// string) and brings its schema up to date. open_backend() calls it with the default options.
+// Throws Error(kUnsupportedScheme) in a build without libpq, Error(kInvalidArgument) for a
+// malformed URL or a deadline that is not positive, and kConnectionLost when no server answers.
+std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
+                                                      const PostgresOptions& options = {});
+
 // Opens the backend a DATABASE_URL names:
 //   ""                             the file sessions.db in the working directory
 //   sessions.db, /var/lib/app.db   a bare file path

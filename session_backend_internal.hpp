@@ -70,10 +70,6 @@ struct DatabaseLocation {
 };
 DatabaseLocation parse_database_url(const std::string& database_url);
 
-// Defined in pg_backend.cpp, built when PYLON_WITH_POSTGRES is set; open_backend() calls it for
-// postgres:// and postgresql:// URLs.
-std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url);
-
 }  // namespace pylon::detail
 
 #endif  // PYLON_SESSION_BACKEND_INTERNAL_HPP_
