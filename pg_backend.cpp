@@ -317,6 +317,7 @@ constexpr const char* kDeleteById = "pylon_delete_by_id";
 constexpr const char* kDeleteByUser = "pylon_delete_by_user";
 constexpr const char* kDeleteExpired = "pylon_delete_expired";
 constexpr const char* kSelectAll = "pylon_select_all";
+constexpr const char* kSelectById = "pylon_select_by_id";
 constexpr const char* kReplace = "pylon_replace";
 constexpr const char* kDeleteExpiredBatch = "pylon_delete_expired_batch";
 // remove_matching()'s statements are prepared on first use, one per combination of filter
@@ -361,6 +362,7 @@ class PostgresBackend final : public SessionBackend {
 
   std::vector<Session> load_all() override;
   void load_each(const std::function<void(const Session&)>& visit) override;
+  std::optional<Session> load_one(std::string_view id) override;
   void save(const Session& session) override;
   void save_batch(const std::vector<Session>& sessions) override;
   bool remove(std::string_view id) override;
@@ -384,6 +386,8 @@ class PostgresBackend final : public SessionBackend {
   bool is_usable() noexcept;
   void ensure_connected();
   void configure_session();
+  void note_lost_statement() noexcept;
+  void settle_lost_statement();
   void prepare_statements();
   void prepare(const char* name, const char* sql, const std::vector<Oid>& types);
   [[nodiscard]] std::string target() const;
@@ -412,10 +416,16 @@ class PostgresBackend final : public SessionBackend {
   std::timed_mutex mutex_;  // serialises every use of the connection; see Turn
   std::chrono::milliseconds deadline_;
   std::chrono::steady_clock::time_point call_deadline_;  // of the call holding mutex_
+  // Until when calls fail at once: a deadline after one ran out waiting for the server.
+  std::chrono::steady_clock::time_point unresponsive_until_{};
   std::string shown_url_;  // the URL with its password hidden: describe() and messages
   std::string password_;   // scrubbed out of every text libpq gives us
   PgConnection conn_;
   bool broken_ = false;  // a call saw the connection fail; the next call reconnects
+  // The server process of a connection lost with a statement in flight, until it is known to
+  // be gone (0: none). A frozen server may still run that statement once it thaws; see
+  // settle_lost_statement().
+  int lost_statement_pid_ = 0;
   // Which of remove_matching()'s statements this connection has prepared, by field mask.
   // prepare_statements() clears it: a reconnect starts a server session that has none.
   std::array<bool, kMatchCombinations> matching_prepared_{};
@@ -493,6 +503,18 @@ class PostgresBackend::Turn {
                                         std::to_string(backend.deadline_.count()) +
                                         " ms (PostgresOptions::deadline); nothing was sent");
     }
+    // Behind a call that found the server unresponsive, waiting a whole deadline again (and
+    // again for each call queued since) would hang callers after all: they fail at once, for
+    // one deadline, and the first call after that tries a new connection.
+    if (std::chrono::steady_clock::now() < backend.unresponsive_until_) {
+      throw Error(ErrorCode::kConnectionLost,
+                  action + " " + backend.shown_url_ +
+                      ": the server did not answer within the deadline of " +
+                      std::to_string(backend.deadline_.count()) +
+                      " ms a moment ago; calls fail at once for one deadline, then the next one "
+                      "reconnects (nothing was sent)",
+                  "pylon: server unresponsive");
+    }
     backend.call_deadline_ = deadline;
   }
 
@@ -552,8 +574,44 @@ void PostgresBackend::ensure_connected() {
   }
   if (PQsetnonblocking(conn_.get(), 1) != 0) fail_connection(action);
   configure_session();
+  settle_lost_statement();
   prepare_statements();
   broken_ = false;
+}
+
+// The connection is lost with a statement in flight, or may be: it is given up (the next call
+// reconnects), and its server process is remembered for settle_lost_statement().
+void PostgresBackend::note_lost_statement() noexcept {
+  broken_ = true;
+  if (lost_statement_pid_ == 0 && conn_) lost_statement_pid_ = PQbackendPID(conn_.get());
+}
+
+// A statement whose reply was lost may still be waiting in the old server process: a server
+// that was frozen (kill -STOP, a VM paused) reads it from the socket buffer when it thaws, and
+// commits it, possibly after the caller has been told "in doubt" and has read the row back.
+// Ending that process, and waiting until it is gone, makes the outcome final before this
+// connection sends anything, so what the caller reads next is what stays.
+void PostgresBackend::settle_lost_statement() {
+  if (lost_statement_pid_ == 0) return;
+  Params pid;
+  pid.int8(lost_statement_pid_);
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      call_deadline_ - std::chrono::steady_clock::now());
+  pid.int8(std::max<std::int64_t>(left.count(), 1));
+  // false, with a warning, when the process is gone already (the server restarted, or it ended
+  // the session itself); false too if it outlives the deadline, and then this call fails.
+  const PgResult ended = exec_params(
+      "SELECT pg_terminate_backend($1::integer, $2) OR NOT EXISTS "
+      "(SELECT 1 FROM pg_stat_activity WHERE pid = $1::integer)",
+      pid, "cannot end the server process of a lost connection on");
+  if (PQntuples(ended.get()) != 1 || PQgetlength(ended.get(), 0, 0) != 1 ||
+      *PQgetvalue(ended.get(), 0, 0) == 0) {
+    throw Error(ErrorCode::kConnectionLost,
+                "cannot settle a lost statement on " + target() + ": its server process " +
+                    std::to_string(lost_statement_pid_) + " did not end within the deadline",
+                "pylon: lost statement unsettled");
+  }
+  lost_statement_pid_ = 0;
 }
 
 void PostgresBackend::configure_session() {
@@ -574,7 +632,7 @@ void PostgresBackend::fail(const PGresult* result, const std::string& action) {
       result != nullptr ? PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
   const std::string state = sqlstate != nullptr ? sqlstate : "";
   const ErrorCode code = error_code_for_postgres(state, connection_bad);
-  if (code == ErrorCode::kConnectionLost) broken_ = true;
+  if (code == ErrorCode::kConnectionLost) note_lost_statement();
 
   // Without a server message, the failure is libpq's own ("server closed the connection
   // unexpectedly", "no connection to the server").
@@ -618,7 +676,8 @@ void PostgresBackend::wait_for_socket(short events,  // NOLINT(google-runtime-in
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(
         call_deadline_ - std::chrono::steady_clock::now());
     if (left.count() <= 0) {
-      broken_ = true;
+      note_lost_statement();
+      unresponsive_until_ = std::chrono::steady_clock::now() + deadline_;
       throw Error(ErrorCode::kConnectionLost,
                   action + " " + target() + ": no answer within the deadline of " +
                       std::to_string(deadline_.count()) +
@@ -1042,6 +1101,10 @@ void PostgresBackend::prepare_statements() {
           {kInt8Oid, kInt8Oid});
   prepare(kSelectAll, (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions").c_str(),
           {});
+  prepare(
+      kSelectById,
+      (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions WHERE id = $1").c_str(),
+      {kTextOid});
   matching_prepared_.fill(false);
 }
 
@@ -1151,6 +1214,17 @@ void PostgresBackend::load_each(const std::function<void(const Session&)>& visit
   }
   query.finished();
   if (error) fail(error.get(), action);
+}
+
+std::optional<Session> PostgresBackend::load_one(std::string_view id) {
+  if (!detail::is_storable_text(id)) return std::nullopt;  // as in remove(): no row can have it
+  Params params;
+  params.text(id);
+  const std::string action = "cannot load a session from";
+  const Turn turn(*this, action);
+  const PgResult result = run(kSelectById, params, action);
+  if (PQntuples(result.get()) == 0) return std::nullopt;
+  return session_from_row(result.get());
 }
 
 void PostgresBackend::save(const Session& session) {

@@ -213,6 +213,14 @@ void SessionBackend::load_each(const std::function<void(const Session&)>& visit)
   for (const Session& session : load_all()) visit(session);
 }
 
+std::optional<Session> SessionBackend::load_one(std::string_view id) {
+  std::optional<Session> found;
+  load_each([&found, id](const Session& session) {
+    if (session.id == id) found = session;
+  });
+  return found;
+}
+
 bool operator==(const Session& a, const Session& b) {
   return a.id == b.id && a.user_id == b.user_id && a.tenant_id == b.tenant_id &&
          a.created_at == b.created_at && a.expires_at == b.expires_at &&

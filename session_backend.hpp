@@ -142,6 +142,10 @@ class SessionBackend {
   // call, and `visit` must not call this backend. An exception from `visit` ends the load and
   // propagates. The default implementation calls load_all(); both built-in backends stream.
   virtual void load_each(const std::function<void(const Session&)>& visit);
+  // The row with this id, if storage holds one. SessionStore asks it for the outcome of a write
+  // whose acknowledgement was lost (kConnectionLost: it may or may not have been applied). The
+  // default scans load_each(); a backend that can look the id up directly overrides it.
+  virtual std::optional<Session> load_one(std::string_view id);
   // Inserts the session, or replaces every field of the row with the same id. Durable on return.
   virtual void save(const Session& session) = 0;
   // Upserts every session as save() does, in one transaction: all of them are durable on

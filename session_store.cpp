@@ -7,6 +7,9 @@
 //   - cache_ holds exactly the rows of this store's tenant scope that storage holds and this
 //     process knows of, minus the ids in pending_deletes_: those are denied here already, but
 //     storage has not yet acknowledged their delete.
+//   - in_doubt_ holds the ids of writes whose acknowledgement was lost (kConnectionLost: applied
+//     or not, only the server knows). They are out of the cache until the next write reads them
+//     back from storage (settle_in_doubt()): the cache never guesses.
 //   - rotated_ remembers ids rotated away by this process, until they would have expired, so a
 //     replayed old token is reported; it never makes a token valid.
 // Locking: write_mutex_ serialises every storage write and the cache update that follows it, so
@@ -164,6 +167,14 @@ class SessionStore::Impl {
   // Retries deletes left by failed revokes; throws (leaving the rest pending) if storage still
   // refuses. Caller holds write_mutex_. Called before every write.
   void flush_pending_deletes();
+  // The ids of a write that failed in doubt leave the cache and join in_doubt_; any other
+  // failure is a known outcome (nothing applied) and changes nothing. Rethrows. Caller holds
+  // write_mutex_.
+  template <typename Call>
+  auto write_in_doubt(const std::vector<std::string>& ids, Call&& call) -> decltype(call());
+  // Reads each id in in_doubt_ back from storage and makes the cache agree. Throws, leaving the
+  // rest in doubt, if storage cannot answer. Caller holds write_mutex_.
+  void settle_in_doubt();
   // Runs a revoking write of `ids`, failing closed: if it throws, `ids` are denied here at once
   // and queued for deletion before the next write. Caller holds write_mutex_.
   template <typename Call>
@@ -205,6 +216,7 @@ class SessionStore::Impl {
 
   std::mutex write_mutex_;
   std::unordered_set<std::string> pending_deletes_;  // guarded by write_mutex_
+  std::unordered_set<std::string> in_doubt_;         // guarded by write_mutex_
 
   std::mutex create_queue_mutex_;
   std::condition_variable create_done_;      // an item is done, or the leader role is free
@@ -314,6 +326,36 @@ void SessionStore::Impl::flush_pending_deletes() {
   for (auto it = pending_deletes_.begin(); it != pending_deletes_.end();) {
     write([&] { return backend_->remove(*it); });  // throws: this and the rest stay pending
     it = pending_deletes_.erase(it);
+  }
+  settle_in_doubt();
+}
+
+template <typename Call>
+auto SessionStore::Impl::write_in_doubt(const std::vector<std::string>& ids, Call&& call)
+    -> decltype(call()) {
+  try {
+    return write(std::forward<Call>(call));
+  } catch (const Error& error) {
+    if (error.code() == ErrorCode::kConnectionLost) {
+      for (const std::string& id : ids) {
+        cache_.erase(std::string_view(id));
+        in_doubt_.insert(id);
+      }
+    }
+    throw;
+  }
+}
+
+void SessionStore::Impl::settle_in_doubt() {
+  for (auto it = in_doubt_.begin(); it != in_doubt_.end();) {
+    const std::optional<Session> stored = write([&] { return backend_->load_one(*it); });
+    if (stored && pending_deletes_.count(*it) == 0 && detail::is_storable_session(*stored) &&
+        in_scope(*stored)) {
+      cache_.put(*stored);
+    } else {
+      cache_.erase(std::string_view(*it));
+    }
+    it = in_doubt_.erase(it);
   }
 }
 
@@ -442,7 +484,7 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
       for (QueuedCreate* item : batch) {
         try {
           evict_to_make_room(item->session.user_id, item->evictions);
-          write([&] { backend_->save(item->session); });
+          write_in_doubt({item->session.id}, [&] { backend_->save(item->session); });
           cache_.put(item->session);
           item->committed = true;
         } catch (...) {
@@ -452,12 +494,17 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
       return;
     }
     std::vector<Session> rows;
+    std::vector<std::string> ids;
     rows.reserve(batch.size());
-    for (const QueuedCreate* item : batch) rows.push_back(item->session);
+    ids.reserve(batch.size());
+    for (const QueuedCreate* item : batch) {
+      rows.push_back(item->session);
+      ids.push_back(item->session.id);
+    }
     if (rows.size() == 1) {
-      write([&] { backend_->save(rows.front()); });
+      write_in_doubt(ids, [&] { backend_->save(rows.front()); });
     } else {
-      write([&] { backend_->save_batch(rows); });
+      write_in_doubt(ids, [&] { backend_->save_batch(rows); });
     }
     for (QueuedCreate* item : batch) {
       cache_.put(item->session);  // throws only bad_alloc: the row is stored, not cached
@@ -489,7 +536,7 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
   flush_pending_deletes();
   // Update-only (replace() of the row by itself): if another instance revoked the session, the
   // slide must not write it back.
-  if (!write([&] { return backend_->replace(updated.id, updated); })) {
+  if (!write_in_doubt({updated.id}, [&] { return backend_->replace(updated.id, updated); })) {
     cache_erase({updated.id});
     return std::nullopt;
   }
@@ -675,7 +722,8 @@ std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
     rotated.session = *current;
     rotated.session.id = session_id_for_token(rotated.token);
     flush_pending_deletes();
-    const bool replaced = write([&] { return backend_->replace(old_id, rotated.session); });
+    const bool replaced = write_in_doubt(
+        {old_id, rotated.session.id}, [&] { return backend_->replace(old_id, rotated.session); });
     if (!replaced) {  // revoked in storage by another process meanwhile
       cache_erase({old_id});
       return std::nullopt;
@@ -717,7 +765,7 @@ std::optional<Session> SessionStore::Impl::update_data(std::string_view token, s
   updated->data = std::move(data);
   flush_pending_deletes();
   // Update-only, as in touch(): never writes back a session another instance revoked.
-  if (!write([&] { return backend_->replace(updated->id, *updated); })) {
+  if (!write_in_doubt({updated->id}, [&] { return backend_->replace(updated->id, *updated); })) {
     cache_erase({updated->id});
     return std::nullopt;
   }

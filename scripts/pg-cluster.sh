@@ -115,7 +115,11 @@ start() {
   printf '%s\n' "include_if_exists = '${settings_file}'" >>"${dir}/data/postgresql.conf"
 
   for attempt in 1 2 3 4 5 6 7 8 9 10; do
-    port=$((20000 + RANDOM % 40000))
+    # Below the kernel's ephemeral range (ip_local_port_range, 32768 and up by default): a
+    # client that keeps reconnecting to a stopped server can otherwise be given the server's own
+    # port as its source port, connect to itself (a TCP simultaneous open) and hold the port,
+    # so that the server cannot bind it again when it restarts.
+    port=$((20000 + RANDOM % 12000))
     if port_in_use "${port}"; then
       continue
     fi

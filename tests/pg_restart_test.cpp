@@ -20,7 +20,7 @@
 #include <vector>
 
 #include "session_backend.hpp"
-#include "support/process.hpp"
+#include "support/pg_cluster.hpp"
 #include "support/test_database.hpp"
 #include "support/test_support.hpp"
 
@@ -30,35 +30,7 @@ using pylon::ErrorCode;
 using pylon::SessionStore;
 using pylon::test::TestDatabase;
 
-// The cluster of scripts/pg-cluster.sh: where it is, and how to run its pg_ctl.
-class Cluster {
- public:
-  // Empty when PYLON_PG_DIR is not set.
-  static std::optional<Cluster> from_environment() {
-    const char* dir = std::getenv("PYLON_PG_DIR");  // NOLINT(concurrency-mt-unsafe): no setenv
-    if (dir == nullptr || *dir == '\0') return std::nullopt;
-    std::string bindir = pylon::test::read_file_bytes(std::string(dir) + "/bindir");
-    while (!bindir.empty() && bindir.back() == '\n') bindir.pop_back();
-    return Cluster(dir, bindir.empty() ? std::string("pg_ctl") : bindir + "/pg_ctl");
-  }
-
-  // pg_ctl ACTION on the cluster, as its owner (the postgres user when we are root). The
-  // address and port come from the cluster's configuration, so `start` brings it back as it was.
-  int pg_ctl(const std::vector<std::string>& action) const {
-    std::vector<std::string> command;
-    if (::geteuid() == 0) command = {"runuser", "-u", "postgres", "--"};
-    command.insert(command.end(), {pg_ctl_, "--pgdata=" + dir_ + "/data",
-                                   "--log=" + dir_ + "/server.log", "--wait", "--silent"});
-    command.insert(command.end(), action.begin(), action.end());
-    return pylon::test::run(command);
-  }
-
- private:
-  Cluster(std::string dir, std::string pg_ctl) : dir_(std::move(dir)), pg_ctl_(std::move(pg_ctl)) {}
-
-  std::string dir_;
-  std::string pg_ctl_;
-};
+using Cluster = pylon::test::PgCluster;
 
 class PgRestart : public ::testing::TestWithParam<std::string> {
  protected:
