@@ -36,6 +36,7 @@
 #include <cerrno>
 #include <chrono>
 #include <climits>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -302,7 +303,7 @@ std::string without_secret_quotes(std::string_view text, std::string_view shown_
 //
 // The deadline: the connection is non-blocking, and every wait (for the socket to take our
 // bytes, for the server's reply, for a reconnect) is a poll() bounded by the call's deadline,
-// taken when the call starts. Waiting for mutex_ counts too: behind a call stuck on a frozen
+// taken when the call starts. Waiting for its turn counts too: behind a call stuck on a frozen
 // server, the next one fails with kBusy (it sent nothing) rather than queueing for minutes. A
 // load's deadline starts again whenever rows arrive: it bounds silence, not the table's size.
 // A call that runs out marks the connection broken; the next call reconnects, on a fresh socket,
@@ -374,10 +375,10 @@ class PostgresBackend final : public SessionBackend {
   [[nodiscard]] std::string describe() const override { return shown_url_; }
 
  private:
-  // A call's hold on the connection: mutex_, taken by the call's deadline, which it sets.
+  // A call's hold on the connection (in_use_), taken by the call's deadline, which it sets.
   class Turn;
 
-  // The connection. All but the constructor's steps run with mutex_ held.
+  // The connection. All but the constructor's steps run in a call's Turn.
   void connect(const std::string& url, bool url_sets_connect_timeout);
   void wait_for_socket(short events, const std::string& action);  // NOLINT(google-runtime-int)
   void flush_query(const std::string& action);
@@ -413,9 +414,15 @@ class PostgresBackend final : public SessionBackend {
   // Takes a non-const PGresult: libpq's PQcmdTuples() does.
   std::size_t affected_rows(PGresult* result, const std::string& action) const;
 
-  std::timed_mutex mutex_;  // serialises every use of the connection; see Turn
+  // The connection is one call's at a time: in_use_, under turn_mutex_, with turn_free_ to wait
+  // for it until a deadline. (Not a std::timed_mutex: libstdc++ locks it by the steady clock
+  // with pthread_mutex_clocklock, which ThreadSanitizer does not see; a condition variable's
+  // clock wait it does.)
+  std::mutex turn_mutex_;
+  std::condition_variable turn_free_;
+  bool in_use_ = false;  // guarded by turn_mutex_
   std::chrono::milliseconds deadline_;
-  std::chrono::steady_clock::time_point call_deadline_;  // of the call holding mutex_
+  std::chrono::steady_clock::time_point call_deadline_;  // of the call whose Turn it is
   // Until when calls fail at once: a deadline after one ran out waiting for the server.
   std::chrono::steady_clock::time_point unresponsive_until_{};
   std::string shown_url_;  // the URL with its password hidden: describe() and messages
@@ -493,10 +500,10 @@ void PostgresBackend::connect(const std::string& url, bool url_sets_connect_time
 
 class PostgresBackend::Turn {
  public:
-  Turn(PostgresBackend& backend, const std::string& action)
-      : lock_(backend.mutex_, std::defer_lock) {
+  Turn(PostgresBackend& backend, const std::string& action) : backend_(backend) {
     const auto deadline = std::chrono::steady_clock::now() + backend.deadline_;
-    if (!lock_.try_lock_until(deadline)) {
+    std::unique_lock<std::mutex> lock(backend.turn_mutex_);
+    if (!backend.turn_free_.wait_until(lock, deadline, [&backend] { return !backend.in_use_; })) {
       throw Error(ErrorCode::kBusy, action + " " + backend.shown_url_ +
                                         ": the call ahead of this one has held the " +
                                         "connection for the whole deadline of " +
@@ -515,11 +522,23 @@ class PostgresBackend::Turn {
                       "reconnects (nothing was sent)",
                   "pylon: server unresponsive");
     }
+    backend.in_use_ = true;
     backend.call_deadline_ = deadline;
   }
+  ~Turn() {
+    {
+      const std::lock_guard<std::mutex> lock(backend_.turn_mutex_);
+      backend_.in_use_ = false;
+    }
+    backend_.turn_free_.notify_one();
+  }
+  Turn(const Turn&) = delete;
+  Turn& operator=(const Turn&) = delete;
+  Turn(Turn&&) = delete;
+  Turn& operator=(Turn&&) = delete;
 
  private:
-  std::unique_lock<std::timed_mutex> lock_;
+  PostgresBackend& backend_;
 };
 
 // "database "app" on host db.internal, port 5432", from what libpq resolved (defaults and
