@@ -390,7 +390,14 @@ std::pair<std::string, SqliteOptions> parse_sqlite_location(std::string_view loc
         options.busy_timeout = std::chrono::milliseconds(
             parse_non_negative(value, "busy_timeout (milliseconds) in " + shown_url));
       } else {
-        std::string message = "unknown SQLite URL parameter '" + key + "' in ";
+        // The name is shown only where the redacted URL shows it: text that some reading takes
+        // for a password may look like a parameter name to this one.
+        const std::string_view raw_key = pair.substr(0, equals);
+        std::string message = shown_url.find(raw_key) != std::string::npos
+                                  ? "unknown SQLite URL parameter '" + key + "' in "
+                                  : std::string(
+                                        "unknown SQLite URL parameter (its name overlaps "
+                                        "what may be a password, so it is not shown) in ");
         message.append(shown_url).append(
             "; known parameters: synchronous=full|normal, "
             "busy_timeout=<ms>");

@@ -339,6 +339,16 @@ TEST(RedactUrl, LeavesUrlsWithoutPasswordAlone) {
   EXPECT_EQ(pylon::redact_url(""), "");
 }
 
+// Found by fuzz/url_fuzz: the SQLite URL parser named an unknown parameter whose name lay inside
+// a quoted keyword/value password, which the redacted URL hides.
+TEST(RedactUrl, AnUnknownParameterInsideAPasswordIsNotNamed) {
+  const auto error = pylon::test::capture_pylon_error(
+      [] { (void)pylon::open_backend("sqlite:s.db password='ab?hunter22=x'"); });
+  ASSERT_TRUE(error.has_value());
+  EXPECT_THAT(error->what(), Not(HasSubstr("hunter22")));
+  EXPECT_THAT(error->what(), HasSubstr("unknown SQLite URL parameter"));
+}
+
 // Restores DATABASE_URL as it was when the test started.
 class DatabaseUrlEnv : public ::testing::Test {
  protected:
