@@ -23,6 +23,7 @@
 #include <cctype>
 #include <cerrno>
 #include <climits>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
@@ -250,7 +251,15 @@ static std::size_t utf8_sequence_length(unsigned char lead, std::uint32_t* bits)
 }
 
 bool is_storable_text(std::string_view text) noexcept {
+  // Eight bytes at a time while they are ASCII without NUL, as nearly every field is: a word
+  // passes when no byte has its high bit set and none is zero ((w - 0x01..) & ~w flags a zero).
+  constexpr std::uint64_t kLowBits = 0x0101010101010101ULL;
+  constexpr std::uint64_t kHighBits = 0x8080808080808080ULL;
   std::size_t i = 0;
+  for (std::uint64_t word = 0; text.size() - i >= sizeof word; i += sizeof word) {
+    std::memcpy(&word, text.data() + i, sizeof word);
+    if (((word | ((word - kLowBits) & ~word)) & kHighBits) != 0) break;
+  }
   while (i < text.size()) {
     const auto lead = static_cast<unsigned char>(text[i]);
     if (lead == 0) return false;

@@ -5,25 +5,32 @@
 //   - Reads (find, of_user, with_idp_session, size) run concurrently with each other and with
 //     reads on other threads. A find takes the shared lock of one of 16 shards, chosen by the
 //     session's digest, so validate() on several threads does not meet on one lock.
-//   - Compact: a session costs its field bytes plus about 130 bytes (its map node, its field
-//     buffer, its share of the bucket arrays and of the user index); bench/pylon_bench measures
-//     it. Ids are kept as their 32 digest bytes, not 64 hex characters.
+//   - Compact and cache-friendly: a session is one allocation (a fixed header followed by its
+//     field bytes), found through open-addressing tables of 16-byte slots that hold the key's
+//     hash next to the pointer, so a lookup touches one slot and then the session itself. Ids are
+//     kept as their 32 digest bytes, not 64 hex characters. bench/pylon_bench measures the bytes.
+//   - Fast start-up: a Loader fills the cache from a backend's rows on a second thread while the
+//     first reads them, prefetching the slots of the rows it will insert next.
 //   - Writes (put, erase, erase_expired) come from one thread at a time: SessionStore calls them
 //     under its write_mutex_. A write holds the user index's lock and one shard's lock, both
-//     exclusively, so a reader sees a session either wholly before or wholly after it.
+//     exclusively, so a reader sees a session either wholly before or wholly after it. A cached
+//     session is never changed in place: put() builds the new one first and swaps it in.
 #ifndef PYLON_SESSION_CACHE_HPP_
 #define PYLON_SESSION_CACHE_HPP_
 
 #include <array>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
-#include <cstring>
+#include <deque>
+#include <exception>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
-#include <unordered_map>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -33,11 +40,24 @@
 namespace pylon::detail {
 
 class SessionCache {
+  struct Entry;
+  struct EntryDelete {
+    void operator()(Entry* entry) const noexcept;
+  };
+  using OwnedEntry = std::unique_ptr<Entry, EntryDelete>;
+  // A session on its way in, with the hashes of its id and of its user id.
+  struct Pending {
+    OwnedEntry entry;
+    std::uint64_t id_hash = 0;
+    std::uint64_t user_hash = 0;
+  };
+  static constexpr std::size_t kShards = 16;
+
  public:
   enum class Found { kNone, kLive, kExpired };
 
-  SessionCache() = default;
-  ~SessionCache() = default;
+  SessionCache();
+  ~SessionCache();
   SessionCache(const SessionCache&) = delete;
   SessionCache& operator=(const SessionCache&) = delete;
   SessionCache(SessionCache&&) = delete;
@@ -62,73 +82,135 @@ class SessionCache {
   // ---- Writes: one thread at a time.
 
   // Inserts the session, or replaces the cached one with the same id. `session.id` must be a
-  // well-formed id (Error(kInternal) otherwise: callers check it first).
+  // well-formed id (Error(kInternal) otherwise: callers check it first). Allocates before it
+  // changes anything: a throw leaves the cache as it was.
   void put(const Session& session);
   // Removes the session if it is cached. False when it was not.
   bool erase(const SessionDigest& id);
   bool erase(std::string_view id);
   // Removes every session expired at `at`; returns how many.
   std::size_t erase_expired(std::int64_t at);
-  // Sizes the tables for `sessions` more, so a start-up load does not rehash as it grows.
-  void reserve(std::size_t sessions);
 
- private:
-  // One cached session. The text fields and data live in one buffer, one after the other, in the
-  // order of Field; optional ones only when set.
-  struct Entry {
-    enum Field : std::size_t { kUserId, kTenantId, kDevice, kIp, kData, kIdpSessionId, kFields };
-    const SessionDigest* id = nullptr;  // the key of the map node that holds this entry
-    // The user's sessions form a list through their entries; user_heads_ points at its head.
-    Entry* user_previous = nullptr;
-    Entry* user_next = nullptr;
-    std::unique_ptr<char[]> bytes;  // NOLINT(*-avoid-c-arrays): one buffer, sized at run time
-    std::int64_t created_at = 0;
-    std::int64_t expires_at = 0;
-    std::int64_t last_seen_at = 0;
-    std::int64_t absolute_expires_at = 0;
-    std::array<std::uint32_t, kFields> sizes{};
-    std::uint8_t present = 0;  // bit f: optional field f is set
+  // Fills a cache with many sessions, as put() would, but faster, for a start-up load. add()
+  // only copies the session into a batch (whose strings keep their buffers from one batch to the
+  // next); once a batch of kBatch is full, a second thread builds the entries and inserts them,
+  // so reading rows and filling tables overlap (a small load never starts it). Inserts prefetch
+  // the table slots and user heads of the sessions a few places ahead, so their memory latencies
+  // overlap too. The Loader holds every lock of the cache from construction to destruction:
+  // readers on other threads wait for the whole load.
+  //
+  // Sessions are in the cache once finish() returned. finish() and add() rethrow what building
+  // or inserting threw (Error(kInternal) for a malformed id, bad_alloc); a Loader destroyed
+  // without finish() stops its thread and may leave any subset of the sessions in the cache.
+  class Loader {
+   public:
+    explicit Loader(SessionCache& cache);
+    ~Loader();
+    Loader(const Loader&) = delete;
+    Loader& operator=(const Loader&) = delete;
+    Loader(Loader&&) = delete;
+    Loader& operator=(Loader&&) = delete;
 
-    std::string_view field(Field which) const noexcept;
-    std::optional<std::string> optional_field(Field which) const;
-    void assign(const Session& session);  // every field but the id and the user links
-    Session to_session() const;
+    void add(const Session& session);
+    void finish();
+
+   private:
+    static constexpr std::size_t kBatch = 1024;
+    static constexpr std::size_t kQueuedBatches = 4;  // bounds the memory ahead of the inserts
+
+    struct Batch {
+      std::vector<Session> rows;  // the first `size` are this batch's; the rest are spare buffers
+      std::size_t size = 0;
+    };
+
+    void hand_off();
+    void inserter_loop() noexcept;
+    void stop_inserter() noexcept;
+
+    SessionCache& cache_;
+    std::unique_lock<std::shared_mutex> users_lock_;
+    std::array<std::unique_lock<std::shared_mutex>, kShards> shard_locks_;
+    Batch batch_;                   // being filled by add()
+    std::vector<Pending> pending_;  // the entries of one batch, on their way in
+
+    std::mutex queue_mutex_;
+    std::condition_variable queue_filled_;
+    std::condition_variable queue_drained_;
+    std::deque<Batch> queue_;     // full batches, oldest first; guarded by queue_mutex_
+    std::vector<Batch> spare_;    // inserted batches, for add() to reuse; guarded by queue_mutex_
+    bool closing_ = false;        // guarded by queue_mutex_
+    std::exception_ptr failure_;  // guarded by queue_mutex_
+    std::thread inserter_;        // last: joined before the members above go
   };
 
-  // The digest is uniformly random already: its first bytes are the hash.
-  struct DigestHash {
-    std::size_t operator()(const SessionDigest& digest) const noexcept {
-      std::size_t hash = 0;
-      std::memcpy(&hash, digest.data(), sizeof hash);
-      return hash;
-    }
+ private:
+  // One slot of an open-addressing table: the key's 64-bit hash and the session it leads to
+  // (null: empty). Linear probing; deletion shifts the following slots back, so there are no
+  // tombstones and a lookup stops at the first empty slot.
+  struct Slot {
+    std::uint64_t hash = 0;
+    Entry* entry = nullptr;
+  };
+  class SlotTable {
+   public:
+    static constexpr std::size_t kNone = ~std::size_t{0};
+
+    // The index of the slot whose hash is `hash` and whose entry satisfies `matches`, or kNone.
+    template <typename Matches>
+    std::size_t find(std::uint64_t hash, Matches matches) const noexcept;
+    // Adds a slot; the key must not be in the table. Grows the table first when it is 3/4 full
+    // (may throw bad_alloc, changing nothing).
+    void insert(std::uint64_t hash, Entry* entry);
+    void erase_at(std::size_t index) noexcept;
+    void reserve(std::size_t entries);
+    // Hints to the processor: the home slot of `hash`, and the entry that slot holds if it is
+    // the key's.
+    void prefetch(std::uint64_t hash) const noexcept;
+    void prefetch_entry(std::uint64_t hash) const noexcept;
+
+    Entry* entry_at(std::size_t index) const noexcept { return slots_[index].entry; }
+    void set_entry_at(std::size_t index, Entry* entry) noexcept { slots_[index].entry = entry; }
+    std::size_t size() const noexcept { return size_; }
+    const std::vector<Slot>& slots() const noexcept { return slots_; }
+
+   private:
+    void rehash(std::size_t capacity);
+    std::size_t home_of(std::uint64_t hash) const noexcept { return hash & (slots_.size() - 1); }
+
+    std::vector<Slot> slots_;  // a power of two in size, or empty
+    std::size_t size_ = 0;
   };
 
   // Cache-line aligned, so that two threads locking two shards do not share a line.
   struct alignas(64) Shard {
     mutable std::shared_mutex mutex;
-    std::unordered_map<SessionDigest, Entry, DigestHash> entries;
+    SlotTable entries;  // keyed by the digest; owns its entries
   };
-  static constexpr std::size_t kShards = 16;
 
-  // The last digest byte picks the shard; the first eight hash within it.
-  Shard& shard_of(const SessionDigest& id) noexcept { return shards_[id.back() % kShards]; }
-  const Shard& shard_of(const SessionDigest& id) const noexcept {
-    return shards_[id.back() % kShards];
-  }
+  // The last digest byte picks the shard; the others hash within it.
+  static std::size_t shard_index(const SessionDigest& id) noexcept { return id.back() % kShards; }
+  static std::uint64_t hash_of(const SessionDigest& id) noexcept;
+  static std::uint64_t hash_of(std::string_view user_id) noexcept;
 
+  // The session as an entry, with its hashes; Error(kInternal) for a malformed id.
+  static Pending make_pending(const Session& session);
+  // Inserts the sessions in order, as insert_locked() does, prefetching ahead, and empties
+  // *pending. The caller holds every lock exclusively. Throws only bad_alloc; what was inserted
+  // before stays.
+  void insert_batch(std::vector<Pending>* pending);
+  // Inserts the entry, replacing a cached session with its id; returns the replaced one. The
+  // caller holds users_mutex_ and the shard's mutex exclusively. Throws only bad_alloc, and then
+  // changes nothing.
+  OwnedEntry insert_locked(Shard& shard, Pending pending);
   // The user list, under users_mutex_ held exclusively.
-  void link_user(Entry* entry);
-  void unlink_user(Entry* entry);
-  // Erases an entry of `shard`; the caller holds users_mutex_ and the shard's mutex exclusively.
-  void erase_locked(Shard& shard,
-                    std::unordered_map<SessionDigest, Entry, DigestHash>::iterator found);
+  void link_user(Entry* entry, std::uint64_t user_hash);
+  void unlink_user(Entry* entry) noexcept;
 
   std::array<Shard, kShards> shards_;
   mutable std::shared_mutex users_mutex_;
-  // The head of each user's list, keyed by a view of the head entry's user_id bytes (re-keyed
-  // when the head goes).
-  std::unordered_map<std::string_view, Entry*> user_heads_;  // guarded by users_mutex_
+  // One slot per user, keyed by the hash of the user id, pointing at the first session of the
+  // user's list (the sessions are linked through their entries). Guarded by users_mutex_.
+  SlotTable user_heads_;
   std::atomic<std::size_t> size_{0};
 };
 

@@ -27,6 +27,7 @@
 #include <iterator>
 #include <limits>
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 #include <thread>
 #include <tuple>
@@ -243,15 +244,17 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     : backend_(std::move(backend)), options_(std::move(options)) {
   if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
   check_store_options(options_);
-  backend_->load_each([this](const Session& row) {
+  detail::SessionCache::Loader loader(cache_);
+  backend_->load_each([this, &loader](const Session& row) {
     // A row that no token can match, or that holds what no write would store (a damaged or
     // hand-edited file), is never handed out: counted, left where it is.
     if (!detail::is_storable_session(row)) {
       ++skipped_rows_;
     } else if (in_scope(row)) {
-      cache_.put(row);
+      loader.add(row);
     }
   });
+  loader.finish();
   if (options_.reaper_interval.count() > 0) reaper_ = std::thread([this] { reaper_loop(); });
 }
 
@@ -475,6 +478,28 @@ NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions op
   return created;
 }
 
+namespace {
+
+// A copy of the exception being handled, for one caller of a failed batch. Every caller gets its
+// own object: rethrowing one exception_ptr on several threads hands them one shared object, which
+// the last of them frees (a race as ThreadSanitizer sees it, and a surprise to a caller that keeps
+// or changes what it caught). Call only inside a catch block.
+std::exception_ptr own_copy_of_current_exception() noexcept {
+  try {
+    throw;
+  } catch (const Error& error) {
+    return std::make_exception_ptr(error);
+  } catch (const std::bad_alloc&) {
+    return std::make_exception_ptr(std::bad_alloc());
+  } catch (const std::exception& error) {
+    return std::make_exception_ptr(Error(ErrorCode::kInternal, error.what()));
+  } catch (...) {
+    return std::make_exception_ptr(Error(ErrorCode::kInternal, "a save failed"));
+  }
+}
+
+}  // namespace
+
 void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch) {
   try {
     flush_pending_deletes();
@@ -488,7 +513,7 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
           cache_.put(item->session);
           item->committed = true;
         } catch (...) {
-          item->error = std::current_exception();
+          item->error = own_copy_of_current_exception();
         }
       }
       return;
@@ -513,7 +538,7 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
   } catch (...) {
     // Every create not yet committed fails with this error; none of them is in the cache.
     for (QueuedCreate* item : batch) {
-      if (!item->committed && !item->error) item->error = std::current_exception();
+      if (!item->committed && !item->error) item->error = own_copy_of_current_exception();
     }
   }
 }
