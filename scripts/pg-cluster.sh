@@ -3,6 +3,7 @@
 # directory, listening on 127.0.0.1 only, on a free port, with a random password.
 #
 #   eval "$(scripts/pg-cluster.sh start)"   # exports PYLON_TEST_DATABASE_URL and PYLON_PG_DIR
+#   scripts/pg-cluster.sh revive "$PYLON_PG_DIR"   # the server up again, if a test left it down
 #   scripts/pg-cluster.sh stop "$PYLON_PG_DIR"
 #
 # `start` writes only the two export lines to stdout (progress goes to stderr), and also leaves
@@ -164,9 +165,33 @@ stop_dir() {
   rm -rf -- "${dir}"
 }
 
+# Brings the server of a cluster made by `start` back after a test that took it away and could
+# not give it back (a sanitizer ends the process at its first report, before any clean-up): a
+# frozen server is thawed, a stopped one started. Does nothing to a running server.
+revive_dir() {
+  local dir="$1" bindir pid
+  [[ -d "${dir}" && -f "${dir}/${marker}" ]] || die "${dir} is not a cluster made by this script"
+  bindir=$(find_bindir)
+  choose_owner
+  if [[ -f "${dir}/data/postmaster.pid" ]]; then
+    pid=$(head -n 1 "${dir}/data/postmaster.pid")
+    pkill -CONT -P "${pid}" 2>/dev/null || true
+    kill -CONT "${pid}" 2>/dev/null || true
+  fi
+  if ! "${run_as[@]}" "${bindir}/pg_ctl" --pgdata="${dir}/data" status >/dev/null 2>&1; then
+    log "the server of ${dir} was down; starting it again"
+    "${run_as[@]}" "${bindir}/pg_ctl" --pgdata="${dir}/data" --log="${dir}/server.log" --wait \
+      --silent start >&2
+  fi
+}
+
 case "${1:-}" in
   start)
     start
+    ;;
+  revive)
+    [[ -n "${2:-}" ]] || die "usage: $0 revive DIR (DIR is \$PYLON_PG_DIR from start)"
+    revive_dir "$2"
     ;;
   stop)
     [[ -n "${2:-}" ]] || die "usage: $0 stop DIR (DIR is \$PYLON_PG_DIR from start)"
@@ -174,7 +199,7 @@ case "${1:-}" in
     log "stopped and removed $2"
     ;;
   *)
-    echo "usage: $0 start | stop DIR" >&2
+    echo "usage: $0 start | revive DIR | stop DIR" >&2
     exit 2
     ;;
 esac

@@ -174,6 +174,8 @@ for preset in "${presets[@]}"; do
   if stage "${preset} configure" cmake --preset "${preset}"; then
     if stage "${preset} build" "${prefix[@]}" cmake --build --preset "${preset}"; then
       stage "${preset} test" "${prefix[@]}" ctest --preset "${preset}" || true
+      # A failed fault test may have left the server stopped or frozen: the next stages need it.
+      if [[ -n "${PYLON_PG_DIR:-}" ]]; then bash scripts/pg-cluster.sh revive "${PYLON_PG_DIR}" || true; fi
     else
       skip "${preset} test"
     fi
