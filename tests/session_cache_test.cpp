@@ -1,0 +1,184 @@
+// SessionCache on its own: its open-addressing tables (deletion shifts slots back, so a session
+// moved by an erase must still be found), its per-user lists, and the start-up Loader, with more
+// sessions than one batch so that its inserting thread runs (under TSan and ASan in those builds).
+#include "session_cache.hpp"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "session_backend.hpp"
+#include "session_backend_internal.hpp"
+#include "support/test_support.hpp"
+
+namespace {
+
+using pylon::ErrorCode;
+using pylon::Session;
+using pylon::detail::SessionCache;
+using pylon::detail::SessionDigest;
+
+constexpr std::int64_t kNow = 1'000'000;
+
+// A session with a random id, of one of `users` users, carrying bytes that name it.
+Session make_session(std::mt19937_64& random, int user) {
+  Session session;
+  session.id = pylon::session_id_for_token(pylon::generate_token());
+  session.user_id = "user-" + std::to_string(user);
+  session.created_at = kNow;
+  session.last_seen_at = kNow;
+  session.absolute_expires_at = kNow + 3600;
+  session.expires_at = kNow + 60 + static_cast<std::int64_t>(random() % 3000);
+  session.device = "device of " + session.id.substr(0, 8);
+  if (user % 3 == 0) session.tenant_id = "tenant-" + std::to_string(user % 7);
+  session.data = std::string("\0bytes ", 7) + session.id;
+  return session;
+}
+
+SessionDigest digest_of(const std::string& id) {
+  SessionDigest digest{};
+  EXPECT_TRUE(pylon::detail::parse_session_id(id, &digest)) << id;
+  return digest;
+}
+
+// Every session of `expected` is in the cache as it is there, each user's list holds exactly
+// that user's sessions, and nothing else is cached.
+void expect_cache_holds(const SessionCache& cache, const std::map<std::string, Session>& expected) {
+  ASSERT_EQ(cache.size(), expected.size());
+  std::map<std::string, std::set<std::string>> by_user;
+  for (const auto& [id, session] : expected) {
+    by_user[session.user_id].insert(id);
+    Session found;
+    ASSERT_EQ(cache.find(digest_of(id), kNow, &found), SessionCache::Found::kLive) << id;
+    EXPECT_EQ(found, session);
+  }
+  EXPECT_EQ(cache.users(), by_user.size());
+  for (const auto& [user, ids] : by_user) {
+    std::set<std::string> listed;
+    for (const Session& session : cache.of_user(user)) {
+      EXPECT_EQ(session.user_id, user);
+      EXPECT_TRUE(listed.insert(session.id).second) << "listed twice: " << session.id;
+    }
+    EXPECT_EQ(listed, ids) << user;
+  }
+}
+
+TEST(SessionCache, ErasingHalfOfManySessionsLeavesEveryOtherOneFindable) {
+  std::mt19937_64 random(7);
+  SessionCache cache;
+  std::map<std::string, Session> expected;
+  for (int i = 0; i < 20'000; ++i) {
+    Session session = make_session(random, i % 500);
+    cache.put(session);
+    expected.emplace(session.id, std::move(session));
+  }
+  std::vector<std::string> ids;
+  for (const auto& entry : expected) ids.push_back(entry.first);
+  std::shuffle(ids.begin(), ids.end(), random);
+  for (std::size_t i = 0; i < ids.size() / 2; ++i) {
+    ASSERT_TRUE(cache.erase(std::string_view(ids[i])));
+    EXPECT_FALSE(cache.erase(std::string_view(ids[i]))) << "erased twice";
+    Session gone;
+    EXPECT_EQ(cache.find(digest_of(ids[i]), kNow, &gone), SessionCache::Found::kNone);
+    expected.erase(ids[i]);
+  }
+  expect_cache_holds(cache, expected);
+}
+
+TEST(SessionCache, PutReplacesASessionAndMovesItToItsNewUser) {
+  std::mt19937_64 random(11);
+  SessionCache cache;
+  std::map<std::string, Session> expected;
+  for (int i = 0; i < 50; ++i) {
+    Session session = make_session(random, i % 5);
+    cache.put(session);
+    expected.emplace(session.id, std::move(session));
+  }
+  for (auto& [id, session] : expected) {
+    session.user_id = session.user_id == "user-0" ? "user-moved" : session.user_id;
+    session.data += " updated";
+    session.device.reset();
+    cache.put(session);
+  }
+  expect_cache_holds(cache, expected);
+  EXPECT_TRUE(cache.of_user("user-0").empty());
+}
+
+TEST(SessionCache, EraseExpiredRemovesExactlyTheExpiredOnes) {
+  std::mt19937_64 random(13);
+  SessionCache cache;
+  std::map<std::string, Session> expected;
+  for (int i = 0; i < 5'000; ++i) {
+    Session session = make_session(random, i % 40);
+    cache.put(session);
+    expected.emplace(session.id, std::move(session));
+  }
+  const std::int64_t at = kNow + 1500;
+  std::size_t expired = 0;
+  for (auto it = expected.begin(); it != expected.end();) {
+    if (it->second.expires_at <= at) {
+      ++expired;
+      it = expected.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  ASSERT_GT(expired, 0U);
+  EXPECT_EQ(cache.erase_expired(at), expired);
+  expect_cache_holds(cache, expected);
+}
+
+TEST(SessionCache, TheLoaderFillsTheCacheAsPutWouldWithARepeatedIdLastWins) {
+  std::mt19937_64 random(17);
+  SessionCache cache;
+  std::map<std::string, Session> expected;
+  {
+    SessionCache::Loader loader(cache);
+    Session repeated = make_session(random, 1);
+    loader.add(repeated);
+    for (int i = 0; i < 9'000; ++i) {  // several batches: the inserting thread runs
+      Session session = make_session(random, i % 2'000);
+      loader.add(session);
+      expected.emplace(session.id, std::move(session));
+    }
+    repeated.data = "the later row";
+    loader.add(repeated);
+    expected[repeated.id] = repeated;
+    loader.finish();
+  }
+  expect_cache_holds(cache, expected);
+}
+
+TEST(SessionCache, ALoaderGivenAMalformedIdThrowsFromTheInsertingThread) {
+  std::mt19937_64 random(19);
+  SessionCache cache;
+  SessionCache::Loader loader(cache);
+  Session bad = make_session(random, 1);
+  bad.id = "not a session id";
+  loader.add(bad);
+  const auto load_the_rest = [&] {
+    for (int i = 0; i < 5'000; ++i) loader.add(make_session(random, i));
+    loader.finish();
+  };
+  EXPECT_PYLON_ERROR(load_the_rest(), ErrorCode::kInternal);
+}
+
+TEST(SessionCache, ALoaderAbandonedMidwayStopsItsThreadAndLeaksNothing) {
+  std::mt19937_64 random(23);
+  SessionCache cache;
+  {
+    SessionCache::Loader loader(cache);
+    for (int i = 0; i < 3'500; ++i) loader.add(make_session(random, i % 10));
+  }  // no finish(): what a failed start-up does
+  EXPECT_LE(cache.size(), 3'500U);
+  cache.put(make_session(random, 1));  // the locks were released
+  EXPECT_GE(cache.size(), 1U);
+}
+
+}  // namespace
