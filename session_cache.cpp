@@ -7,6 +7,7 @@
 #include <limits>
 #include <mutex>
 #include <new>
+#include <random>
 #include <type_traits>
 
 namespace pylon::detail {
@@ -36,7 +37,8 @@ struct SessionCache::Entry {
 
   const char* bytes() const noexcept {
     // The field bytes are allocated right behind the header (make_pending).
-    return reinterpret_cast<const char*>(this + 1);  // NOLINT(*-reinterpret-cast)
+    // NOLINTNEXTLINE(*-reinterpret-cast,*-pointer-arithmetic)
+    return reinterpret_cast<const char*>(this + 1);
   }
   std::string_view field(Field which) const noexcept {
     std::size_t offset = 0;
@@ -103,6 +105,7 @@ SessionCache::Pending SessionCache::make_pending(const Session& session) {
   char* bytes = const_cast<char*>(entry->bytes());  // NOLINT(*-const-cast): ours, just allocated
   for (const std::string* value : values) {
     if (value == nullptr) continue;
+    // NOLINTNEXTLINE(bugprone-not-null-terminated-result): fields are sized, not terminated
     std::memcpy(bytes, value->data(), value->size());
     bytes += value->size();  // NOLINT(*-pointer-arithmetic)
   }
@@ -223,12 +226,17 @@ std::uint64_t mix(std::uint64_t value) noexcept {
 }
 
 std::uint64_t process_seed() noexcept {
-  static const std::uint64_t seed = [] {
-    static const int anchor = 0;  // its address differs from run to run (ASLR)
-    const auto ticks = std::chrono::steady_clock::now().time_since_epoch().count();
-    return mix(static_cast<std::uint64_t>(ticks) ^ reinterpret_cast<std::uintptr_t>(&anchor));
+  static const std::uint64_t kSeed = [] {
+    auto seed =
+        static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+    try {
+      std::random_device device;
+      seed ^= (std::uint64_t{device()} << 32U) | device();
+    } catch (...) {  // NOLINT(bugprone-empty-catch): the clock alone still varies the seed
+    }
+    return mix(seed);
   }();
-  return seed;
+  return kSeed;
 }
 
 std::uint64_t hash_bytes(const void* data, std::size_t size) noexcept {
@@ -391,11 +399,14 @@ SessionCache::OwnedEntry SessionCache::insert_locked(Shard& shard, Pending pendi
 
 void SessionCache::put(const Session& session) {
   Pending pending = make_pending(session);  // allocates before any lock
-  Shard& shard = shards_[shard_index(pending.entry->id)];
-  OwnedEntry replaced;  // freed after the locks are released
-  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
-  const std::unique_lock<std::shared_mutex> lock(shard.mutex);
-  replaced = insert_locked(shard, std::move(pending));
+  OwnedEntry replaced;
+  {
+    Shard& shard = shards_[shard_index(pending.entry->id)];
+    const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
+    const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+    replaced = insert_locked(shard, std::move(pending));
+  }
+  replaced.reset();  // the free, once the locks are released
 }
 
 bool SessionCache::erase(const SessionDigest& id) {
@@ -450,9 +461,9 @@ std::size_t SessionCache::erase_expired(std::int64_t at) {
 
 // The slots of the session kAhead places on, and the user head of the one kAhead / 2 places on
 // (whose slot the first prefetch brought in), are fetched while this one is inserted.
-void SessionCache::insert_batch(std::vector<Pending>* batch) {
+void SessionCache::insert_batch(std::vector<Pending>* pending_sessions) {
   constexpr std::size_t kAhead = 8;
-  std::vector<Pending>& pending = *batch;
+  std::vector<Pending>& pending = *pending_sessions;
   for (std::size_t i = 0; i < pending.size(); ++i) {
     if (i + kAhead < pending.size()) {
       const Pending& ahead = pending[i + kAhead];

@@ -195,9 +195,9 @@ class SessionCache {
   // The session as an entry, with its hashes; Error(kInternal) for a malformed id.
   static Pending make_pending(const Session& session);
   // Inserts the sessions in order, as insert_locked() does, prefetching ahead, and empties
-  // *pending. The caller holds every lock exclusively. Throws only bad_alloc; what was inserted
-  // before stays.
-  void insert_batch(std::vector<Pending>* pending);
+  // *pending_sessions. The caller holds every lock exclusively. Throws only bad_alloc; what was
+  // inserted before stays.
+  void insert_batch(std::vector<Pending>* pending_sessions);
   // Inserts the entry, replacing a cached session with its id; returns the replaced one. The
   // caller holds users_mutex_ and the shard's mutex exclusively. Throws only bad_alloc, and then
   // changes nothing.

@@ -70,7 +70,7 @@ void expect_cache_holds(const SessionCache& cache, const std::map<std::string, S
 }
 
 TEST(SessionCache, ErasingHalfOfManySessionsLeavesEveryOtherOneFindable) {
-  std::mt19937_64 random(7);
+  std::mt19937_64 random(7);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
   SessionCache cache;
   std::map<std::string, Session> expected;
   for (int i = 0; i < 20'000; ++i) {
@@ -79,6 +79,7 @@ TEST(SessionCache, ErasingHalfOfManySessionsLeavesEveryOtherOneFindable) {
     expected.emplace(session.id, std::move(session));
   }
   std::vector<std::string> ids;
+  ids.reserve(expected.size());
   for (const auto& entry : expected) ids.push_back(entry.first);
   std::shuffle(ids.begin(), ids.end(), random);
   for (std::size_t i = 0; i < ids.size() / 2; ++i) {
@@ -92,7 +93,7 @@ TEST(SessionCache, ErasingHalfOfManySessionsLeavesEveryOtherOneFindable) {
 }
 
 TEST(SessionCache, PutReplacesASessionAndMovesItToItsNewUser) {
-  std::mt19937_64 random(11);
+  std::mt19937_64 random(11);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
   SessionCache cache;
   std::map<std::string, Session> expected;
   for (int i = 0; i < 50; ++i) {
@@ -111,7 +112,7 @@ TEST(SessionCache, PutReplacesASessionAndMovesItToItsNewUser) {
 }
 
 TEST(SessionCache, EraseExpiredRemovesExactlyTheExpiredOnes) {
-  std::mt19937_64 random(13);
+  std::mt19937_64 random(13);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
   SessionCache cache;
   std::map<std::string, Session> expected;
   for (int i = 0; i < 5'000; ++i) {
@@ -135,7 +136,7 @@ TEST(SessionCache, EraseExpiredRemovesExactlyTheExpiredOnes) {
 }
 
 TEST(SessionCache, TheLoaderFillsTheCacheAsPutWouldWithARepeatedIdLastWins) {
-  std::mt19937_64 random(17);
+  std::mt19937_64 random(17);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
   SessionCache cache;
   std::map<std::string, Session> expected;
   {
@@ -156,7 +157,7 @@ TEST(SessionCache, TheLoaderFillsTheCacheAsPutWouldWithARepeatedIdLastWins) {
 }
 
 TEST(SessionCache, ALoaderGivenAMalformedIdThrowsFromTheInsertingThread) {
-  std::mt19937_64 random(19);
+  std::mt19937_64 random(19);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
   SessionCache cache;
   SessionCache::Loader loader(cache);
   Session bad = make_session(random, 1);
@@ -170,7 +171,7 @@ TEST(SessionCache, ALoaderGivenAMalformedIdThrowsFromTheInsertingThread) {
 }
 
 TEST(SessionCache, ALoaderAbandonedMidwayStopsItsThreadAndLeaksNothing) {
-  std::mt19937_64 random(23);
+  std::mt19937_64 random(23);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
   SessionCache cache;
   {
     SessionCache::Loader loader(cache);
