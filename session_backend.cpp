@@ -369,6 +369,43 @@ std::int64_t parse_non_negative(std::string_view text, const std::string& what) 
   return value;
 }
 
+// One "key=value" of an SQLite URL's query string, applied to *options; Error(kInvalidArgument)
+// naming the URL (as shown, without its password) for an unknown key or a bad value.
+void apply_sqlite_parameter(std::string_view pair, const std::string& shown_url,
+                            SqliteOptions* options) {
+  const std::size_t equals = pair.find('=');
+  const std::string key = ascii_lower(pair.substr(0, equals));
+  const std::string value =
+      equals == std::string_view::npos ? std::string() : ascii_lower(pair.substr(equals + 1));
+  if (key == "synchronous") {
+    if (value == "full") {
+      options->synchronous = SqliteSync::kFull;
+    } else if (value == "normal") {
+      options->synchronous = SqliteSync::kNormal;
+    } else {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "synchronous must be 'full' or 'normal' in " + shown_url);
+    }
+    return;
+  }
+  if (key == "busy_timeout") {
+    options->busy_timeout = std::chrono::milliseconds(
+        parse_non_negative(value, "busy_timeout (milliseconds) in " + shown_url));
+    return;
+  }
+  // The name is shown only where the redacted URL shows it: text that some reading takes for a
+  // password may look like a parameter name to this one.
+  const std::string_view raw_key = pair.substr(0, equals);
+  std::string message = shown_url.find(raw_key) != std::string::npos
+                            ? "unknown SQLite URL parameter '" + key + "' in "
+                            : std::string(
+                                  "unknown SQLite URL parameter (its name overlaps what may be a "
+                                  "password, so it is not shown) in ");
+  message.append(shown_url).append(
+      "; known parameters: synchronous=full|normal, busy_timeout=<ms>");
+  throw Error(ErrorCode::kInvalidArgument, message);
+}
+
 // "path?synchronous=normal&busy_timeout=100" -> path and options.
 std::pair<std::string, SqliteOptions> parse_sqlite_location(std::string_view location,
                                                             const std::string& shown_url) {
@@ -381,37 +418,7 @@ std::pair<std::string, SqliteOptions> parse_sqlite_location(std::string_view loc
       const std::size_t amp = query.find('&');
       const std::string_view pair = query.substr(0, amp);
       query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-      if (pair.empty()) continue;
-      const std::size_t equals = pair.find('=');
-      const std::string key = ascii_lower(pair.substr(0, equals));
-      const std::string value =
-          equals == std::string_view::npos ? std::string() : ascii_lower(pair.substr(equals + 1));
-      if (key == "synchronous") {
-        if (value == "full") {
-          options.synchronous = SqliteSync::kFull;
-        } else if (value == "normal") {
-          options.synchronous = SqliteSync::kNormal;
-        } else {
-          throw Error(ErrorCode::kInvalidArgument,
-                      "synchronous must be 'full' or 'normal' in " + shown_url);
-        }
-      } else if (key == "busy_timeout") {
-        options.busy_timeout = std::chrono::milliseconds(
-            parse_non_negative(value, "busy_timeout (milliseconds) in " + shown_url));
-      } else {
-        // The name is shown only where the redacted URL shows it: text that some reading takes
-        // for a password may look like a parameter name to this one.
-        const std::string_view raw_key = pair.substr(0, equals);
-        std::string message = shown_url.find(raw_key) != std::string::npos
-                                  ? "unknown SQLite URL parameter '" + key + "' in "
-                                  : std::string(
-                                        "unknown SQLite URL parameter (its name overlaps "
-                                        "what may be a password, so it is not shown) in ");
-        message.append(shown_url).append(
-            "; known parameters: synchronous=full|normal, "
-            "busy_timeout=<ms>");
-        throw Error(ErrorCode::kInvalidArgument, message);
-      }
+      if (!pair.empty()) apply_sqlite_parameter(pair, shown_url, &options);
     }
   }
   if (path.empty()) {

@@ -24,6 +24,8 @@
 
 namespace {
 
+using namespace std::string_view_literals;
+
 [[noreturn]] void fail(const char* what, std::string_view detail = {}) {
   // A string_view, not a C string: the detail may hold NUL bytes (the input is arbitrary).
   std::cerr << "url_fuzz: broken promise: " << what << '\n' << detail << std::endl;
@@ -178,6 +180,31 @@ bool any_contains(const std::vector<std::string>& texts, std::string_view needle
 // length floor keeps the reports to passwords a person would recognise.
 constexpr std::size_t kMinPasswordLength = 4;
 
+// The bytes that delimit something in one reading of a URL or another. NUL too: what() is a C
+// string, so a NUL cuts a message short, in the input as in the twin.
+constexpr std::string_view kDelimiters = "&?#@/:='\\ \t\n\v\f\r\0"sv;
+
+// The input with every byte of every password span replaced by `filler`, except the delimiters
+// and every "password=" key, which stay where they are: the twin has the structure of the input.
+// With a password's '&' gone, a query value would end at a later '&' and hide different bytes
+// than the input's; and a "password=" key inside another password's value starts a value of its
+// own in some reading.
+std::string twin_of(const std::string& url, const std::vector<Span>& spans, char filler) {
+  std::vector<bool> is_key(url.size(), false);
+  for (std::size_t i = 0; i + kPasswordKey.size() <= url.size(); ++i) {
+    if (starts_with_ignoring_case(std::string_view(url).substr(i), kPasswordKey)) {
+      std::fill_n(is_key.begin() + static_cast<std::ptrdiff_t>(i), kPasswordKey.size(), true);
+    }
+  }
+  std::string twin = url;
+  for (const Span& span : spans) {
+    for (std::size_t i = span.begin; i < span.end; ++i) {
+      if (!is_key[i] && kDelimiters.find(twin[i]) == std::string_view::npos) twin[i] = filler;
+    }
+  }
+  return twin;
+}
+
 void check_passwords(const std::string& url, const std::vector<std::string>& texts) {
   const std::vector<Span> spans = find_passwords(url);
   for (const Span& span : spans) {
@@ -188,36 +215,14 @@ void check_passwords(const std::string& url, const std::vector<std::string>& tex
     // there *because of* the password: the same bytes may also be the user name
     // ("postgres://abcd:abcd@db"), the host, a lowercased scheme, or fixed text of the message
     // ("synchronous=full|normal"). So build a twin of the input in which every password byte is
-    // replaced by a filler byte the password does not contain, and run the library on it: if the
-    // twin's texts contain the password too, its bytes come from elsewhere and prove nothing.
-    // Fillers are letters and digits, and the bytes that delimit something in either reading
-    // (and every "password=" key) stay where they are, so the twin has the structure of the input:
-    // with a password's '&' gone, a query value would end at a later '&' and hide different bytes
-    // than the input's.
+    // replaced by a filler byte the password does not contain (letters and digits), and run the
+    // library on it: if the twin's texts contain the password too, its bytes come from elsewhere
+    // and prove nothing.
     constexpr std::string_view kFillers = "xqzjkvXQZJKV0123456789";
-    // NUL too: what() is a C string, so a NUL cuts a message short, in the input as in the twin.
-    static constexpr char kDelimiterBytes[] = "&?#@/:='\\ \t\n\v\f\r";  // NOLINT(*-avoid-c-arrays)
-    constexpr std::string_view kDelimiters(kDelimiterBytes, sizeof kDelimiterBytes);
     const std::size_t filler = kFillers.find_first_not_of(password);
     if (filler == std::string_view::npos) continue;
     if (password.find_first_not_of(kDelimiters) == std::string::npos) continue;
-    // A "password=" key inside another password's value is structure as well: it starts a
-    // value of its own in some reading.
-    std::vector<bool> is_key(url.size(), false);
-    for (std::size_t i = 0; i + kPasswordKey.size() <= url.size(); ++i) {
-      if (starts_with_ignoring_case(std::string_view(url).substr(i), kPasswordKey)) {
-        std::fill_n(is_key.begin() + static_cast<std::ptrdiff_t>(i), kPasswordKey.size(), true);
-      }
-    }
-    std::string twin = url;
-    for (const Span& other : spans) {
-      for (std::size_t i = other.begin; i < other.end; ++i) {
-        if (!is_key[i] && kDelimiters.find(twin[i]) == std::string_view::npos) {
-          twin[i] = kFillers[filler];
-        }
-      }
-    }
-    if (any_contains(shown_texts(twin), password)) continue;
+    if (any_contains(shown_texts(twin_of(url, spans, kFillers[filler])), password)) continue;
     std::string report = "input: ";
     report.append(url).append("\npassword: ").append(password);
     for (const std::string& text : texts) report.append("\nshown: ").append(text);

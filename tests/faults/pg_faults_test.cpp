@@ -66,6 +66,32 @@ std::set<std::string> cached_ids(SessionStore& store, const std::string& user_id
   return ids;
 }
 
+// Polls `done` every 20 ms until it holds; the test's own timeout bounds the wait.
+template <typename Condition>
+void wait_until(Condition done) {
+  while (!done()) std::this_thread::sleep_for(milliseconds(20));
+}
+
+// After a fault: no acknowledged create is missing from the table and, once one more write has
+// settled every create left in doubt, the cache of each writer's sessions equals the table's.
+void expect_nothing_lost(SessionStore& store, const TestDatabase& db,
+                         const std::vector<std::string>& acknowledged) {
+  std::set<std::string> stored;
+  for (const pylon::test::SqlRow& row : db.query("SELECT id FROM _pylon_sessions")) {
+    stored.insert(row.at(0).value_or(""));
+  }
+  std::size_t lost = 0;
+  for (const std::string& id : acknowledged) lost += stored.count(id) == 0 ? 1U : 0U;
+  EXPECT_EQ(lost, 0U) << "of " << acknowledged.size() << " acknowledged creates";
+  // A create whose COMMIT was in flight at the stop is in doubt: it left the cache until the
+  // next write read it back. One more write settles every doubt before the comparison.
+  (void)store.create("settle");
+  for (int t = 0; t < kThreads; ++t) {
+    const std::string user = "writer" + std::to_string(t);
+    EXPECT_EQ(cached_ids(store, user), stored_ids(db, user)) << user;
+  }
+}
+
 class PgFaults : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -113,6 +139,7 @@ TEST_P(PgFaults, AnImmediateStopUnderEightThreadsFailsFastResumesAndLosesNothing
   std::vector<milliseconds> back_after;         // per thread: first success after the return
   std::atomic<int> calls_before{0};
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       const std::string user = "writer" + std::to_string(t);
@@ -150,13 +177,10 @@ TEST_P(PgFaults, AnImmediateStopUnderEightThreadsFailsFastResumesAndLosesNothing
   back_at = Clock::now();
   phase = Phase::kBack;
   // Every thread is served again, or this waits for the test's own timeout.
-  for (;;) {
-    {
-      const std::lock_guard<std::mutex> lock(mutex);
-      if (back_after.size() == static_cast<std::size_t>(kThreads)) break;
-    }
-    std::this_thread::sleep_for(milliseconds(20));
-  }
+  wait_until([&] {
+    const std::lock_guard<std::mutex> lock(mutex);
+    return back_after.size() == static_cast<std::size_t>(kThreads);
+  });
   stop = true;
   for (std::thread& thread : threads) thread.join();
 
@@ -165,20 +189,7 @@ TEST_P(PgFaults, AnImmediateStopUnderEightThreadsFailsFastResumesAndLosesNothing
   for (const milliseconds took : back_after) {
     EXPECT_LE(took, milliseconds(5000)) << "a thread was served again only after this long";
   }
-  std::set<std::string> stored;
-  for (const pylon::test::SqlRow& row : db_->query("SELECT id FROM _pylon_sessions")) {
-    stored.insert(row.at(0).value_or(""));
-  }
-  std::size_t lost = 0;
-  for (const std::string& id : acknowledged) lost += stored.count(id) == 0 ? 1U : 0U;
-  EXPECT_EQ(lost, 0U) << "of " << acknowledged.size() << " acknowledged creates";
-  // A create whose COMMIT was in flight at the stop is in doubt: it left the cache until the
-  // next write read it back. One more write settles every doubt before the comparison.
-  (void)store.create("settle");
-  for (int t = 0; t < kThreads; ++t) {
-    const std::string user = "writer" + std::to_string(t);
-    EXPECT_EQ(cached_ids(store, user), stored_ids(*db_, user)) << user;
-  }
+  expect_nothing_lost(store, *db_, acknowledged);
 }
 
 TEST_P(PgFaults, AFrozenServerFailsEveryCallWithinTheDeadlineInsteadOfHanging) {
@@ -190,6 +201,7 @@ TEST_P(PgFaults, AFrozenServerFailsEveryCallWithinTheDeadlineInsteadOfHanging) {
   std::mutex mutex;
   std::vector<milliseconds> took;
   std::vector<std::thread> threads;
+  threads.reserve(kThreads);
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int call = 0; call < 2; ++call) {

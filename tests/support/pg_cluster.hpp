@@ -45,7 +45,7 @@ class PgCluster {
   // server (sockets stay open, the kernel still accepts connections, nobody answers).
   [[nodiscard]] bool signal_server(int signal) const {
     const std::string pid_file = read_file_bytes(dir_ + "/data/postmaster.pid");
-    const int postmaster = std::atoi(pid_file.c_str());
+    const auto postmaster = static_cast<pid_t>(std::strtol(pid_file.c_str(), nullptr, 10));
     if (postmaster <= 0) return false;
     bool ok = ::kill(postmaster, signal) == 0;
     const std::string children = read_file_bytes("/proc/" + std::to_string(postmaster) + "/task/" +
@@ -54,7 +54,8 @@ class PgCluster {
     while (begin < children.size()) {
       std::size_t end = children.find(' ', begin);
       if (end == std::string::npos) end = children.size();
-      const int child = std::atoi(children.substr(begin, end - begin).c_str());
+      const auto child =
+          static_cast<pid_t>(std::strtol(children.substr(begin, end - begin).c_str(), nullptr, 10));
       if (child > 0) ok = ::kill(child, signal) == 0 && ok;
       begin = end + 1;
     }
