@@ -150,7 +150,8 @@ class SessionBackend {
   virtual void save(const Session& session) = 0;
   // Upserts every session as save() does, in one transaction: all of them are durable on
   // return, or none is stored and it throws. SessionStore hands it the creates of concurrent
-  // callers, so that they share one commit and one fsync (group commit). Ids are distinct.
+  // callers, so that they share one commit and one fsync (group commit). An id repeated in the
+  // batch ends as its last row, as sequential save() calls would leave it.
   virtual void save_batch(const std::vector<Session>& sessions) = 0;
   // Deletes the row with this id. True if a row was removed. Durable on return.
   virtual bool remove(std::string_view id) = 0;
