@@ -33,6 +33,7 @@ namespace {
 
 using pylon::ErrorCode;
 using pylon::SessionStore;
+using pylon::test::password_of;
 using pylon::test::TestDatabase;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -73,15 +74,6 @@ std::vector<std::string> child_command(const std::vector<std::string>& args) {
   std::vector<std::string> command = {"/proc/self/exe", kChildFlag};
   command.insert(command.end(), args.begin(), args.end());
   return command;
-}
-
-// The password of a postgres:// URL with one ("user:password@host").
-std::string password_of(const std::string& url) {
-  const std::size_t start = url.find("://") + 3;
-  const std::size_t at = url.rfind('@');
-  const std::size_t colon = url.find(':', start);
-  if (at == std::string::npos || colon == std::string::npos || colon > at) return {};
-  return url.substr(colon + 1, at - colon - 1);
 }
 
 std::string replace_all(std::string text, const std::string& from, const std::string& to) {

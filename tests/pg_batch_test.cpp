@@ -30,6 +30,7 @@ namespace {
 using pylon::ErrorCode;
 using pylon::Session;
 using pylon::test::make_session;
+using pylon::test::password_of;
 using pylon::test::same_session;
 using pylon::test::TestDatabase;
 using ::testing::HasSubstr;
@@ -45,15 +46,6 @@ std::map<std::string, Session> load_by_id(pylon::SessionBackend& backend) {
     EXPECT_TRUE(by_id.emplace(id, std::move(session)).second) << "duplicate id " << id;
   }
   return by_id;
-}
-
-// The password of a postgres:// URL with one ("user:password@host").
-std::string password_of(const std::string& url) {
-  const std::size_t start = url.find("://") + 3;
-  const std::size_t at = url.rfind('@');
-  const std::size_t colon = url.find(':', start);
-  if (at == std::string::npos || colon == std::string::npos || colon > at) return {};
-  return url.substr(colon + 1, at - colon - 1);
 }
 
 // Sessions of every shape: all fields set, every optional absent, empty and awkward data,
@@ -333,9 +325,7 @@ TEST_P(PgBatch, ABatchWhoseReplyIsLostFailsWithinTheDeadlineAndIsAppliedWholeOrN
   options.deadline = kDeadline;
   auto backend = pylon::open_postgres_backend(db_->url(), options);
   backend->save(make_session("before", 1));
-  const std::int64_t pid = db_->query_int(
-      "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-      "AND pid <> pg_backend_pid() AND application_name = 'pylon-sessions'");
+  const std::int64_t pid = db_->library_server_pid();
   ASSERT_GT(pid, 0);
 
   // Freeze the backend's server process: the batch reaches its socket, no reply comes.

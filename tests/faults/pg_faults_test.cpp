@@ -269,9 +269,7 @@ TEST_P(PgFaults, ARotationWhoseReplyIsLostIsReadBackNotGuessed) {
   options.deadline = milliseconds(1000);
   SessionStore store(pylon::open_postgres_backend(db_->url(), options));
   const pylon::NewSession session = store.create("alice");
-  const std::int64_t pid = db_->query_int(
-      "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-      "AND pid <> pg_backend_pid() AND application_name = 'pylon-sessions'");
+  const std::int64_t pid = db_->library_server_pid();
   ASSERT_GT(pid, 0);
 
   // Freeze the store's server process: the rotation reaches its socket but gets no reply.

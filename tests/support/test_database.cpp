@@ -279,6 +279,20 @@ std::int64_t TestDatabase::query_int(const std::string& sql,
   return RawDb(path_).query_int(sql, params);
 }
 
+std::int64_t TestDatabase::library_server_pid() const {
+  return query_int(
+      "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+      "AND pid <> pg_backend_pid() AND application_name = 'pylon-sessions'");
+}
+
+std::string password_of(const std::string& url) {
+  const std::size_t start = url.find("://");
+  const std::size_t at = url.rfind('@');
+  const std::size_t colon = start == std::string::npos ? start : url.find(':', start + 3);
+  if (at == std::string::npos || colon == std::string::npos || colon > at) return {};
+  return url.substr(colon + 1, at - colon - 1);
+}
+
 std::int64_t TestDatabase::count(const std::string& where) const {
   return query_int("SELECT count(*) FROM _pylon_sessions WHERE " + where);
 }

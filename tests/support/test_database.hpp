@@ -86,6 +86,9 @@ class WriteBlock {
   WriteBlock& operator=(WriteBlock&&) = delete;
 };
 
+// The password of a postgres:// URL with one ("user:password@host"); "" without.
+std::string password_of(const std::string& url);
+
 class TestDatabase {
  public:
   // `kind` is kSqlite or kPostgres. Throws std::runtime_error, with a message saying what to do,
@@ -121,6 +124,10 @@ class TestDatabase {
                                           const std::vector<SqlValue>& params = {}) const;
   [[nodiscard]] std::int64_t query_int(const std::string& sql,
                                        const std::vector<SqlValue>& params = {}) const;
+
+  // The server process that serves the library's one connection to this database (PostgreSQL
+  // only; 0 if there is none): what a test freezes or ends to fault that connection.
+  [[nodiscard]] std::int64_t library_server_pid() const;
 
   // Rows of _pylon_sessions [WHERE where]; whether the row with this id is stored; one integer
   // column of the row with this id.
