@@ -264,6 +264,10 @@ class SessionStore::Impl {
     std::exception_ptr error;
     std::vector<SessionEvent> evictions;
     bool done = false;  // guarded by create_queue_mutex_
+    // Woken when `done` is set, or when the leader role is free and this item heads the queue:
+    // one waiter per event, never the whole queue (on two cores, a thundering herd of waiters
+    // costs the leader its core).
+    std::condition_variable wake;
   };
   // Writes the batch to storage and the cache; records each item's outcome, never throws.
   // Caller holds write_mutex_.
@@ -302,7 +306,6 @@ class SessionStore::Impl {
   std::size_t rotated_count_ = 0;  // ids in every shard of rotated_; guarded by write_mutex_
 
   std::mutex create_queue_mutex_;
-  std::condition_variable create_done_;      // an item is done, or the leader role is free
   std::vector<QueuedCreate*> create_queue_;  // guarded by create_queue_mutex_
 
   std::size_t skipped_rows_ = 0;  // set by the constructor only
@@ -538,15 +541,16 @@ NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions op
   // Group commit. The create joins the queue; if no leader is committing, this thread becomes
   // the leader and commits everything queued in one save_batch() (one transaction, one fsync)
   // while the creates that arrive meanwhile queue up for the next one. Followers sleep until
-  // their own item is done. Each caller returns only after its own row is durable, and a failed
-  // batch fails every caller in it.
-  QueuedCreate queued{std::move(created.session), false, nullptr, {}, false};
+  // their own item is done, or until the leader role is free and theirs heads the queue. Each
+  // caller returns only after its own row is durable, and a failed batch fails every caller in
+  // it.
+  QueuedCreate queued{std::move(created.session), false, nullptr, {}, false, {}};
   {
     std::unique_lock<std::mutex> queue(create_queue_mutex_);
     create_queue_.push_back(&queued);
     while (!queued.done) {
       if (create_leader_active_) {
-        create_done_.wait(queue);
+        queued.wake.wait(queue);
         continue;
       }
       create_leader_active_ = true;
@@ -558,9 +562,14 @@ NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions op
         commit_creates(batch);
       }
       queue.lock();
-      for (QueuedCreate* item : batch) item->done = true;
+      // Notified under the lock: a follower's item (and its condition variable) lives on its
+      // stack until it has seen `done`, which it cannot before this thread lets the lock go.
+      for (QueuedCreate* item : batch) {
+        item->done = true;
+        if (item != &queued) item->wake.notify_one();
+      }
       create_leader_active_ = false;
-      create_done_.notify_all();
+      if (!create_queue_.empty()) create_queue_.front()->wake.notify_one();  // the next leader
     }
   }
   created.session = std::move(queued.session);
