@@ -47,6 +47,18 @@ SessionDigest digest_of(const std::string& id) {
   return digest;
 }
 
+// Puts `count` new sessions of `users` users into the cache; returns them by id.
+std::map<std::string, Session> put_sessions(SessionCache* cache, std::mt19937_64& random, int count,
+                                            int users) {
+  std::map<std::string, Session> by_id;
+  for (int i = 0; i < count; ++i) {
+    Session session = make_session(random, i % users);
+    cache->put(session);
+    by_id.emplace(session.id, std::move(session));
+  }
+  return by_id;
+}
+
 // Every session of `expected` is in the cache as it is there, each user's list holds exactly
 // that user's sessions, and nothing else is cached.
 void expect_cache_holds(const SessionCache& cache, const std::map<std::string, Session>& expected) {
@@ -72,12 +84,7 @@ void expect_cache_holds(const SessionCache& cache, const std::map<std::string, S
 TEST(SessionCache, ErasingHalfOfManySessionsLeavesEveryOtherOneFindable) {
   std::mt19937_64 random(7);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
   SessionCache cache;
-  std::map<std::string, Session> expected;
-  for (int i = 0; i < 20'000; ++i) {
-    Session session = make_session(random, i % 500);
-    cache.put(session);
-    expected.emplace(session.id, std::move(session));
-  }
+  std::map<std::string, Session> expected = put_sessions(&cache, random, 20'000, 500);
   std::vector<std::string> ids;
   ids.reserve(expected.size());
   for (const auto& entry : expected) ids.push_back(entry.first);
@@ -95,12 +102,7 @@ TEST(SessionCache, ErasingHalfOfManySessionsLeavesEveryOtherOneFindable) {
 TEST(SessionCache, PutReplacesASessionAndMovesItToItsNewUser) {
   std::mt19937_64 random(11);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
   SessionCache cache;
-  std::map<std::string, Session> expected;
-  for (int i = 0; i < 50; ++i) {
-    Session session = make_session(random, i % 5);
-    cache.put(session);
-    expected.emplace(session.id, std::move(session));
-  }
+  std::map<std::string, Session> expected = put_sessions(&cache, random, 50, 5);
   for (auto& [id, session] : expected) {
     session.user_id = session.user_id == "user-0" ? "user-moved" : session.user_id;
     session.data += " updated";
@@ -114,12 +116,7 @@ TEST(SessionCache, PutReplacesASessionAndMovesItToItsNewUser) {
 TEST(SessionCache, EraseExpiredRemovesExactlyTheExpiredOnes) {
   std::mt19937_64 random(13);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
   SessionCache cache;
-  std::map<std::string, Session> expected;
-  for (int i = 0; i < 5'000; ++i) {
-    Session session = make_session(random, i % 40);
-    cache.put(session);
-    expected.emplace(session.id, std::move(session));
-  }
+  std::map<std::string, Session> expected = put_sessions(&cache, random, 5'000, 40);
   const std::int64_t at = kNow + 1500;
   std::size_t expired = 0;
   for (auto it = expected.begin(); it != expected.end();) {
