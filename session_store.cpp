@@ -12,21 +12,17 @@
 //     back from storage (settle_in_doubt()): the cache never guesses.
 //   - rotated_ remembers ids rotated away by this process, until they would have expired, so a
 //     replayed old token is reported; it never makes a token valid.
-//   - decoys_ holds kShards sessions shaped like a real one (see validate()) but holding none of
-//     its bytes: never handed out, never stored.
 // Locking: write_mutex_ serialises every storage write and the cache update that follows it, so
 // the cache changes in the order storage did. The cache locks itself (sharded; see
 // session_cache.hpp) only for map operations, never across a storage call, so reads never wait
 // for the disk. Creates queue under create_queue_mutex_ without holding write_mutex_, so that
 // they gather while a commit is in flight (group commit, see create()). Lock order:
-// create_queue_mutex_ is never held with another; write_mutex_, then a rotated_ shard's lock or
-// the locks of cache_ or decoys_, then last_error_mutex_. Events are delivered after every lock is
-// released.
+// create_queue_mutex_ is never held with another; write_mutex_, then rotated_mutex_ or the
+// cache's locks, then last_error_mutex_. Events are delivered after every lock is released.
 #include <algorithm>
 #include <array>
 #include <atomic>
 #include <condition_variable>
-#include <cstring>
 #include <exception>
 #include <iterator>
 #include <limits>
@@ -51,56 +47,6 @@ namespace {
 // How many rotated-away ids a store remembers for reuse detection. Each costs about 200 bytes;
 // past the cap, the oldest-expiring ones are forgotten first.
 constexpr std::size_t kMaxRotatedIds = 65536;
-// The shards of rotated_, and the decoy sessions a miss may copy in validate() (one per shard, so
-// that threads missing at once spread over as many locks as threads hitting at once).
-constexpr std::size_t kShards = 16;
-
-// A thread's last hit in a store: the session the thread's next miss there copies (validate()).
-struct LastHit {
-  const void* store = nullptr;  // the SessionStore::Impl it was found in
-  detail::SessionDigest digest{};
-};
-
-// The digest is uniformly random already: its first bytes are the hash.
-struct DigestHash {
-  std::size_t operator()(const detail::SessionDigest& digest) const noexcept {
-    std::size_t hash = 0;
-    std::memcpy(&hash, digest.data(), sizeof hash);
-    return hash;
-  }
-};
-
-// A session of the same shape as `model` (the same fields set, each of the same length) that
-// holds nothing of it: what validate() copies on a miss that has no real session to copy.
-Session decoy_shaped_like(const Session& model, const detail::SessionDigest& id) {
-  const auto filler = [](const std::string& field) { return std::string(field.size(), 'x'); };
-  const auto optional_filler = [&filler](const std::optional<std::string>& field) {
-    return field ? std::optional<std::string>(filler(*field)) : std::nullopt;
-  };
-  Session decoy;
-  decoy.id = detail::session_id_of(id);
-  decoy.user_id = filler(model.user_id);
-  decoy.tenant_id = optional_filler(model.tenant_id);
-  // Never expires, so that erase_expired() would never drop it.
-  decoy.expires_at = std::numeric_limits<std::int64_t>::max();
-  decoy.device = optional_filler(model.device);
-  decoy.ip = optional_filler(model.ip);
-  decoy.data = filler(model.data);
-  decoy.absolute_expires_at = decoy.expires_at;
-  decoy.idp_session_id = optional_filler(model.idp_session_id);
-  return decoy;
-}
-
-// Tells the optimiser that `session`'s bytes are used, so that a miss's copy, which is only freed
-// afterwards, is still made, allocations and copies included, even once inlining (LTO) shows it
-// unused. An empty asm statement that may read all memory: no instruction is emitted.
-void keep(const Session& session) noexcept {
-#if defined(__GNUC__)
-  asm volatile("" : : "r"(&session) : "memory");
-#else
-  static_cast<void>(session);
-#endif
-}
 
 std::int64_t saturating_add(std::int64_t base, std::int64_t delta) noexcept {
   if (delta > 0 && base > std::numeric_limits<std::int64_t>::max() - delta) {
@@ -211,17 +157,6 @@ class SessionStore::Impl {
   template <typename Call>
   auto write(Call&& call) -> decltype(call());
 
-  // The end of a validate() that found the token fresh in the cache (`valid`: `copy` is its
-  // session) or not at all (`copy` is another session, or a decoy): the same work either way.
-  static std::optional<Session> hand_out(Session& copy, bool valid);
-  // Makes every decoy the shape of `model`. Caller holds write_mutex_ (or is the constructor).
-  void shape_decoys_like(const Session& model);
-  // Remembers that `old_id` was rotated away, forgetting others past kMaxRotatedIds. Caller holds
-  // write_mutex_.
-  void remember_rotated(const detail::SessionDigest& old_id, RotatedAway away);
-  // Forgets rotated-away ids until one more fits under kMaxRotatedIds. Caller holds write_mutex_.
-  void make_room_in_rotated();
-
   // The live cached session of `id` (a well-formed id), copied.
   std::optional<Session> live_copy(const std::string& id, std::int64_t at) const;
   // The cached ids of a user (in `tenant`, when set).
@@ -272,30 +207,14 @@ class SessionStore::Impl {
   // Writes the batch to storage and the cache; records each item's outcome, never throws.
   // Caller holds write_mutex_.
   void commit_creates(const std::vector<QueuedCreate*>& batch);
-  // The first time a create commits, shapes the decoys like its session. Called last in a
-  // commit: if it throws (bad_alloc), every create is already marked committed or failed.
-  // Caller holds write_mutex_.
-  void shape_decoys_after(const std::vector<QueuedCreate*>& batch);
 
   void reaper_loop();
   std::size_t purge_in_batches();
 
-  // Rotated-away ids (old id -> ...), sharded as the cache is: every validate() looks here, hit
-  // or miss, and threads must not meet on one lock to do it. Written under write_mutex_ too.
-  struct alignas(64) RotatedShard {
-    std::shared_mutex mutex;
-    std::unordered_map<detail::SessionDigest, RotatedAway, DigestHash> ids;  // by mutex
-  };
-
   // The cache-line aligned members first: less padding.
   detail::SessionCache cache_;  // written under write_mutex_ only
-  // What a miss copies in validate() when its thread has no hit to copy: kShards sessions of one
-  // shape, keyed by decoy_ids_, in a cache of their own so that the copy runs the code a hit's
-  // runs. Written under write_mutex_ (SessionCache's rule for writes); read by any thread.
-  detail::SessionCache decoys_;
   StripedCounter cache_hits_;
   StripedCounter cache_misses_;
-  std::array<RotatedShard, kShards> rotated_;
 
   std::unique_ptr<SessionBackend> backend_;
   StoreOptions options_;
@@ -303,10 +222,13 @@ class SessionStore::Impl {
   std::mutex write_mutex_;
   std::unordered_set<std::string> pending_deletes_;  // guarded by write_mutex_
   std::unordered_set<std::string> in_doubt_;         // guarded by write_mutex_
-  std::size_t rotated_count_ = 0;  // ids in every shard of rotated_; guarded by write_mutex_
 
   std::mutex create_queue_mutex_;
   std::vector<QueuedCreate*> create_queue_;  // guarded by create_queue_mutex_
+  bool create_leader_active_ = false;        // guarded by create_queue_mutex_
+
+  std::mutex rotated_mutex_;
+  std::unordered_map<std::string, RotatedAway> rotated_;  // old id -> ...; by rotated_mutex_
 
   std::size_t skipped_rows_ = 0;  // set by the constructor only
   std::atomic<std::uint64_t> writes_{0};
@@ -316,19 +238,14 @@ class SessionStore::Impl {
 
   std::mutex reaper_mutex_;
   std::condition_variable reaper_wake_;
+  bool reaper_stopping_ = false;  // guarded by reaper_mutex_
   std::atomic<bool> stopping_{false};
-
-  // The one-byte members together, before the thread: less padding.
-  bool reaper_stopping_ = false;       // guarded by reaper_mutex_
-  bool create_leader_active_ = false;  // guarded by create_queue_mutex_
   // Group commit's gathering (see create()), guarded by create_queue_mutex_: how many callers the
   // last commit released that have not queued a create since, the leader waiting for them, and
   // how long the last commit took (capped at 10 ms).
   std::size_t creates_rejoining_ = 0;
   QueuedCreate* gathering_leader_ = nullptr;
   std::chrono::steady_clock::duration last_commit_time_{};
-  bool decoys_shaped_ = false;  // like a real session yet; guarded by write_mutex_
-  std::array<detail::SessionDigest, kShards> decoy_ids_{};  // set by the constructor only
 
   std::thread reaper_;  // last member: started once everything above exists
 };
@@ -337,13 +254,6 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     : backend_(std::move(backend)), options_(std::move(options)) {
   if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
   check_store_options(options_);
-  // Decoy ids no token hashes to (finding one would take a SHA-256 preimage), shaped like a bare
-  // session until the store caches a real one.
-  for (detail::SessionDigest& id : decoy_ids_) id = detail::digest_of_token(generate_token());
-  Session bare;
-  bare.user_id = "decoy";
-  shape_decoys_like(bare);
-  decoys_shaped_ = false;
   detail::SessionCache::Loader loader(cache_);
   backend_->load_each([this, &loader](const Session& row) {
     // A row that no token can match, or that holds what no write would store (a damaged or
@@ -352,7 +262,6 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
       ++skipped_rows_;
     } else if (in_scope(row)) {
       loader.add(row);
-      if (!decoys_shaped_) shape_decoys_like(row);
     }
   });
   loader.finish();
@@ -642,7 +551,6 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
           item->error = own_copy_of_current_exception();
         }
       }
-      shape_decoys_after(batch);
       return;
     }
     std::vector<Session> rows;
@@ -662,7 +570,6 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
       cache_.put(item->session);  // throws only bad_alloc: the row is stored, not cached
       item->committed = true;
     }
-    shape_decoys_after(batch);
   } catch (...) {
     // Every create not yet committed fails with this error; none of them is in the cache.
     for (QueuedCreate* item : batch) {
@@ -697,107 +604,47 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
   return updated;
 }
 
-// A hit (the token's session is cached and needs no touch) and a miss (nothing is cached under
-// the token) do the same work, so that validate()'s time does not tell them apart
-// (bench/validate_timing measures it):
-//   - hash the token, read the clock, look the digest up in cache_: a hit finds its session and
-//     copies it out, a miss finds an empty slot;
-//   - look a second digest up in cache_: a hit looks up its own digest with every byte flipped,
-//     which is not there (so the lookup ends at an empty slot, as the miss's first one did); a
-//     miss looks up the session of its thread's last hit, which is, and copies it out as the hit
-//     did its own: the same code, table and allocations, and a real session's sizes. Only when
-//     there is no such session (no hit on this thread yet, or it is gone) does a miss copy a
-//     decoy from decoys_ instead. Nothing of that copy leaves validate();
-//   - look the digest up in rotated_ (only a miss uses the answer);
-//   - count, and hand the copy out (hand_out()): to the caller on a hit, who frees it later; to a
-//     local that is freed on the way out on a miss.
-// Which digest the second lookup takes, and the thread's last hit, are chosen with masks, not
-// branches. A miss waits for nothing: a token is handed out only once its session is cached, so
-// there is nothing to re-check under write_mutex_. Rotated-away, expired and touch-due tokens
-// leave on their own, slower paths afterwards (an event, or a storage write).
 std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
   if (!is_well_formed_token(token)) {
     cache_misses_.add();
     return std::nullopt;
   }
-  thread_local LastHit last;
   const detail::SessionDigest digest = detail::digest_of_token(token);
   const std::int64_t at = now();
-  Session session;  // the token's session, if cached
-  Session other;    // on a miss, the last hit's session (or a decoy)
-  const detail::SessionCache::Found found = cache_.find(digest, at, &session);
-  const bool cached = found != detail::SessionCache::Found::kNone;
-  const unsigned take_last = !cached && last.store == this ? 0xFFU : 0U;
-  detail::SessionDigest second{};
-  for (std::size_t i = 0; i < second.size(); ++i) {
-    second[i] = static_cast<unsigned char>((last.digest[i] & take_last) |
-                                           ((digest[i] ^ 0xA5U) & ~take_last));
-  }
-  if (cache_.find(second, at, &other) == detail::SessionCache::Found::kNone && !cached) {
-    decoys_.find(decoy_ids_[digest.back() % kShards], at, &other);
-  }
+  Session session;
   std::optional<SessionEvent> event;
-  {
-    RotatedShard& shard = rotated_[digest.back() % kShards];
-    const std::shared_lock<std::shared_mutex> lock(shard.mutex);
-    const auto rotated = shard.ids.find(digest);
-    if (rotated != shard.ids.end() && !cached) {
-      event = SessionEvent{SessionEventType::kRotatedTokenReused, detail::session_id_of(digest),
+  switch (cache_.find(digest, at, &session)) {
+    case detail::SessionCache::Found::kLive:
+      cache_hits_.add();
+      // The common case: touched recently, so this read is a hash, a lookup and a clock check.
+      if (at - session.last_seen_at < options_.touch_interval.count()) return session;
+      break;
+    case detail::SessionCache::Found::kExpired:
+      event = SessionEvent{SessionEventType::kValidatedExpired, session.id, session.user_id, {}, 1};
+      break;
+    case detail::SessionCache::Found::kNone: {
+      // Unknown: a token is handed out only once its session is cached, so there is nothing to
+      // re-check under write_mutex_, and an unknown token never waits behind a commit.
+      std::string id = detail::session_id_of(digest);
+      const std::lock_guard<std::mutex> lock(rotated_mutex_);
+      const auto rotated = rotated_.find(id);
+      if (rotated == rotated_.end()) {
+        cache_misses_.add();
+        return std::nullopt;
+      }
+      event = SessionEvent{SessionEventType::kRotatedTokenReused, std::move(id),
                            rotated->second.user_id, rotated->second.successor_id, 1};
+      break;
     }
-  }
-  // The common hit: touched recently, so no write is due.
-  const bool fresh = found == detail::SessionCache::Found::kLive &&
-                     at - session.last_seen_at < options_.touch_interval.count();
-  if (fresh || (!cached && !event)) {
-    (fresh ? cache_hits_ : cache_misses_).add();
-    const unsigned keep_hit = fresh ? 0xFFU : 0U;  // a miss writes back what was there
-    for (std::size_t i = 0; i < digest.size(); ++i) {
-      last.digest[i] =
-          static_cast<unsigned char>((digest[i] & keep_hit) | (last.digest[i] & ~keep_hit));
-    }
-    last.store = fresh ? this : last.store;
-    return hand_out(fresh ? session : other, fresh);
-  }
-  if (found == detail::SessionCache::Found::kExpired) {
-    event = SessionEvent{SessionEventType::kValidatedExpired, session.id, session.user_id, {}, 1};
   }
   if (event) {
     cache_misses_.add();
     emit(*event);
     return std::nullopt;
   }
-  cache_hits_.add();
   std::optional<Session> touched = touch(session.id, at);
   if (!touched) cache_misses_.add();  // revoked or expired meanwhile
   return touched;
-}
-
-// Moves `copy` into the caller's optional when `valid`, or into one freed as this returns: one
-// move either way. A function of its own, with one return, so that `result` is built in the
-// caller's place (NRVO): returned from validate() itself, it would be moved once more, and only
-// when engaged.
-std::optional<Session> SessionStore::Impl::hand_out(Session& copy, bool valid) {
-  keep(copy);
-  std::optional<Session> result;
-  std::optional<Session> discarded;
-  (valid ? result : discarded).emplace(std::move(copy));
-  return result;
-}
-
-void SessionStore::Impl::shape_decoys_like(const Session& model) {
-  for (const detail::SessionDigest& id : decoy_ids_) decoys_.put(decoy_shaped_like(model, id));
-  decoys_shaped_ = true;
-}
-
-void SessionStore::Impl::shape_decoys_after(const std::vector<QueuedCreate*>& batch) {
-  if (decoys_shaped_) return;
-  for (const QueuedCreate* item : batch) {
-    if (item->committed) {
-      shape_decoys_like(item->session);
-      return;
-    }
-  }
 }
 
 std::optional<Session> SessionStore::Impl::find(std::string_view id) {
@@ -943,52 +790,24 @@ std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
     }
     cache_erase({old_id});
     cache_.put(rotated.session);
-    detail::SessionDigest old_digest{};
-    detail::parse_session_id(old_id, &old_digest);  // well formed: session_id_for_token made it
-    remember_rotated(old_digest, {current->user_id, rotated.session.id, current->expires_at});
+    const std::lock_guard<std::mutex> remembered(rotated_mutex_);
+    if (rotated_.size() >= kMaxRotatedIds) {
+      // Forget what has expired; if that is not enough, what expires first.
+      const std::int64_t at = now();
+      for (auto it = rotated_.begin(); it != rotated_.end();) {
+        it = it->second.expires_at <= at ? rotated_.erase(it) : std::next(it);
+      }
+      while (rotated_.size() >= kMaxRotatedIds) {
+        rotated_.erase(
+            std::min_element(rotated_.begin(), rotated_.end(), [](const auto& a, const auto& b) {
+              return a.second.expires_at < b.second.expires_at;
+            }));
+      }
+    }
+    rotated_[old_id] = {current->user_id, rotated.session.id, current->expires_at};
   }
   emit({SessionEventType::kRotated, old_id, rotated.session.user_id, rotated.session.id, 1});
   return rotated;
-}
-
-void SessionStore::Impl::remember_rotated(const detail::SessionDigest& old_id, RotatedAway away) {
-  if (rotated_count_ >= kMaxRotatedIds) make_room_in_rotated();
-  RotatedShard& shard = rotated_[old_id.back() % kShards];
-  const std::lock_guard<std::shared_mutex> lock(shard.mutex);
-  if (shard.ids.insert_or_assign(old_id, std::move(away)).second) ++rotated_count_;
-}
-
-void SessionStore::Impl::make_room_in_rotated() {
-  // Forget what has expired; if that is not enough, what expires first.
-  const std::int64_t at = now();
-  for (RotatedShard& shard : rotated_) {
-    const std::lock_guard<std::shared_mutex> lock(shard.mutex);
-    for (auto it = shard.ids.begin(); it != shard.ids.end();) {
-      if (it->second.expires_at <= at) {
-        it = shard.ids.erase(it);
-        --rotated_count_;
-      } else {
-        ++it;
-      }
-    }
-  }
-  while (rotated_count_ >= kMaxRotatedIds) {
-    // Only this thread writes (it holds write_mutex_), so the search needs no lock.
-    RotatedShard* first_shard = nullptr;
-    decltype(first_shard->ids)::iterator first;
-    for (RotatedShard& shard : rotated_) {
-      for (auto it = shard.ids.begin(); it != shard.ids.end(); ++it) {
-        if (first_shard == nullptr || it->second.expires_at < first->second.expires_at) {
-          first_shard = &shard;
-          first = it;
-        }
-      }
-    }
-    if (first_shard == nullptr) break;  // unreachable: rotated_count_ counts the shards' ids
-    const std::lock_guard<std::shared_mutex> lock(first_shard->mutex);
-    first_shard->ids.erase(first);
-    --rotated_count_;
-  }
 }
 
 std::optional<Session> SessionStore::Impl::update_data(std::string_view token, std::string data) {
