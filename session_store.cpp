@@ -225,7 +225,6 @@ class SessionStore::Impl {
 
   std::mutex create_queue_mutex_;
   std::vector<QueuedCreate*> create_queue_;  // guarded by create_queue_mutex_
-  bool create_leader_active_ = false;        // guarded by create_queue_mutex_
 
   std::mutex rotated_mutex_;
   std::unordered_map<std::string, RotatedAway> rotated_;  // old id -> ...; by rotated_mutex_
@@ -238,8 +237,6 @@ class SessionStore::Impl {
 
   std::mutex reaper_mutex_;
   std::condition_variable reaper_wake_;
-  bool reaper_stopping_ = false;  // guarded by reaper_mutex_
-  std::atomic<bool> stopping_{false};
   // Group commit's gathering (see create()), guarded by create_queue_mutex_: how many callers the
   // last commit released that have not queued a create since, the leader waiting for them, and
   // how long the last commit took (capped at 10 ms).
@@ -247,6 +244,10 @@ class SessionStore::Impl {
   QueuedCreate* gathering_leader_ = nullptr;
   std::chrono::steady_clock::duration last_commit_time_{};
 
+  // The one-byte members together, before the thread: less padding.
+  bool create_leader_active_ = false;  // guarded by create_queue_mutex_
+  bool reaper_stopping_ = false;       // guarded by reaper_mutex_
+  std::atomic<bool> stopping_{false};
   std::thread reaper_;  // last member: started once everything above exists
 };
 
