@@ -497,15 +497,21 @@ void SessionCache::Loader::add(const Session& session) {
 
 void SessionCache::Loader::finish() {
   if (!inserter_.joinable()) {  // a small load: no thread was needed
-    for (std::size_t i = 0; i < batch_.size; ++i) pending_.push_back(make_pending(batch_.rows[i]));
-    batch_.size = 0;
-    cache_.insert_batch(&pending_);
+    insert_rows(&batch_);
     return;
   }
   if (batch_.size > 0) hand_off();
   stop_inserter();
   const std::lock_guard<std::mutex> lock(queue_mutex_);
   if (failure_) std::rethrow_exception(failure_);
+}
+
+// Builds the entries of the batch's rows and inserts them; empties the batch, keeping its
+// buffers. Runs on the inserter, or on the loading thread when there is none.
+void SessionCache::Loader::insert_rows(Batch* batch) {
+  for (std::size_t i = 0; i < batch->size; ++i) pending_.push_back(make_pending(batch->rows[i]));
+  batch->size = 0;
+  cache_.insert_batch(&pending_);
 }
 
 // Queues the full batch for the inserter, starting it the first time, and takes a spare one to
@@ -542,12 +548,7 @@ void SessionCache::Loader::inserter_loop() noexcept {
     }
     queue_drained_.notify_one();
     try {
-      if (!failed) {
-        for (std::size_t i = 0; i < batch.size; ++i) {
-          pending_.push_back(make_pending(batch.rows[i]));
-        }
-        cache_.insert_batch(&pending_);
-      }
+      if (!failed) insert_rows(&batch);
       batch.size = 0;
       const std::lock_guard<std::mutex> lock(queue_mutex_);
       spare_.push_back(std::move(batch));

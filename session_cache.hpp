@@ -123,6 +123,7 @@ class SessionCache {
       std::size_t size = 0;
     };
 
+    void insert_rows(Batch* batch);
     void hand_off();
     void inserter_loop() noexcept;
     void stop_inserter() noexcept;
@@ -131,7 +132,7 @@ class SessionCache {
     std::unique_lock<std::shared_mutex> users_lock_;
     std::array<std::unique_lock<std::shared_mutex>, kShards> shard_locks_;
     Batch batch_;                   // being filled by add()
-    std::vector<Pending> pending_;  // the entries of one batch, on their way in
+    std::vector<Pending> pending_;  // the entries of one batch, on their way in (insert_rows)
 
     std::mutex queue_mutex_;
     std::condition_variable queue_filled_;
