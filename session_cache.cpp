@@ -1,7 +1,9 @@
 // pylon-sessions: SessionCache (see session_cache.hpp for what it promises).
 #include "session_cache.hpp"
 
+#include <algorithm>
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <limits>
@@ -121,65 +123,165 @@ SessionCache::Pending SessionCache::make_pending(const Session& session) {
 }
 
 // ------------------------------------------------------------------------------------------------
-// SlotTable: open addressing with linear probing
+// SlotTable: bucketized cuckoo hashing
 //
-// At most 3/4 full, so a probe always ends at an empty slot. The slot keeps the key's hash, so a
-// probe compares hashes and touches an entry only when they match.
+// A slot index is bucket * kWays + way. The slot keeps the key's hash, so a lookup compares
+// hashes and touches an entry only when they match.
 // ------------------------------------------------------------------------------------------------
 
 template <typename Matches>
 std::size_t SessionCache::SlotTable::find(std::uint64_t hash, Matches matches) const noexcept {
-  if (slots_.empty()) return kNone;
-  const std::size_t mask = slots_.size() - 1;
-  for (std::size_t index = home_of(hash);; index = (index + 1) & mask) {
-    const Slot& slot = slots_[index];
-    if (slot.entry == nullptr) return kNone;
-    if (slot.hash == hash && matches(slot.entry)) return index;
+  if (buckets_.empty()) return kNone;
+  for (const std::size_t bucket : {first_bucket(hash), second_bucket(hash)}) {
+    for (std::size_t way = 0; way < kWays; ++way) {
+      const Slot& slot = buckets_[bucket].slots[way];
+      if (slot.entry != nullptr && slot.hash == hash && matches(slot.entry)) {
+        return bucket * kWays + way;
+      }
+    }
+  }
+  return kNone;
+}
+
+// Every slot is read and folded in with masks, not branches: the instructions and memory reads
+// are the same wherever (and whether) the hash is found. Each pick keeps the first candidate:
+// `unset` is all ones until one is taken.
+SessionCache::SlotTable::Probe SessionCache::SlotTable::probe(std::uint64_t hash) const noexcept {
+  if (buckets_.empty()) return {};
+  const std::array<const Bucket*, 2> buckets = {&buckets_[first_bucket(hash)],
+                                                &buckets_[second_bucket(hash)]};
+  const auto all_if = [](bool condition) noexcept {
+    return std::uintptr_t{0} - static_cast<std::uintptr_t>(condition);
+  };
+  std::uintptr_t match = 0;
+  std::uintptr_t tagged = 0;
+  std::uintptr_t decoy = 0;
+  for (const Bucket* bucket : buckets) {
+    for (const Slot& slot : bucket->slots) {
+      // NOLINTNEXTLINE(*-reinterpret-cast): the pointer as bits, to select without a branch
+      const auto entry = reinterpret_cast<std::uintptr_t>(slot.entry);
+      const std::uintptr_t occupied = all_if(entry != 0);
+      match |= entry & occupied & all_if(slot.hash == hash) & all_if(match == 0);
+      tagged |= entry & occupied & all_if(slot.hash == (hash | kRotatedTag)) & all_if(tagged == 0);
+      decoy |= entry & occupied & all_if((slot.hash & kRotatedTag) == 0) & all_if(decoy == 0);
+    }
+  }
+  // NOLINTBEGIN(*-reinterpret-cast,performance-no-int-to-ptr): back from the bits of Entry*s
+  return {reinterpret_cast<const Entry*>(match), reinterpret_cast<const Entry*>(tagged),
+          reinterpret_cast<const Entry*>(decoy)};
+  // NOLINTEND(*-reinterpret-cast,performance-no-int-to-ptr)
+}
+
+const SessionCache::Entry* SessionCache::SlotTable::untagged_entry_after(
+    std::uint64_t hash) const noexcept {
+  if (buckets_.empty()) return nullptr;
+  const std::size_t mask = buckets_.size() - 1;
+  const std::size_t start = first_bucket(hash);
+  for (std::size_t bucket = (start + 1) & mask;; bucket = (bucket + 1) & mask) {
+    for (const Slot& slot : buckets_[bucket].slots) {
+      if (slot.entry != nullptr && (slot.hash & kRotatedTag) == 0) return slot.entry;
+    }
+    if (bucket == start) return nullptr;
   }
 }
 
 void SessionCache::SlotTable::insert(std::uint64_t hash, Entry* entry) {
   reserve(size_ + 1);
-  const std::size_t mask = slots_.size() - 1;
-  std::size_t index = home_of(hash);
-  while (slots_[index].entry != nullptr) index = (index + 1) & mask;
-  slots_[index] = Slot{hash, entry};
+  std::size_t index = make_room(hash);
+  // No path within the search bound: a bigger table (rarely needed at 3/4 full or less).
+  for (std::size_t buckets = buckets_.size() * 2; index == kNone; buckets *= 2) {
+    rehash(buckets);
+    index = make_room(hash);
+  }
+  slot_at(index) = Slot{hash, entry};
   ++size_;
 }
 
-// Backward-shift deletion: each following slot of the run moves into the hole unless its home
-// lies cyclically in (hole, slot], where moving it would put it before its home.
-void SessionCache::SlotTable::erase_at(std::size_t index) noexcept {
-  const std::size_t mask = slots_.size() - 1;
-  std::size_t hole = index;
-  for (std::size_t next = (hole + 1) & mask; slots_[next].entry != nullptr;
-       next = (next + 1) & mask) {
-    const std::size_t home = home_of(slots_[next].hash);
-    const bool stays = hole <= next ? (hole < home && home <= next) : (hole < home || home <= next);
-    if (!stays) {
-      slots_[hole] = slots_[next];
-      hole = next;
+// The search is a tree of buckets: the roots are the key's two, and a bucket's children are the
+// other buckets of the entries it holds, each bucket at most once. Reaching a bucket with a free
+// slot, each entry on the way back to the root moves one level down, into the slot its child
+// freed, and the root's slot is the key's.
+std::size_t SessionCache::SlotTable::make_room(std::uint64_t hash) noexcept {
+  struct Node {
+    std::size_t bucket;
+    std::size_t parent;  // index in `nodes`; kNone for a root
+    std::size_t way;     // the parent's slot whose entry would move into this bucket
+  };
+  constexpr std::size_t kMaxNodes = 2 + 2 * kWays + 2 * kWays * kWays;  // three levels
+  std::array<Node, kMaxNodes> nodes{};
+  std::size_t count = 0;
+  const auto visited = [&nodes, &count](std::size_t bucket) {
+    return std::any_of(nodes.begin(), nodes.begin() + static_cast<std::ptrdiff_t>(count),
+                       [bucket](const Node& node) { return node.bucket == bucket; });
+  };
+  nodes[count++] = {first_bucket(hash), kNone, 0};
+  nodes[count++] = {second_bucket(hash), kNone, 0};
+  for (std::size_t at = 0; at < count; ++at) {
+    const std::size_t bucket = nodes[at].bucket;
+    const std::array<Slot, kWays>& slots = buckets_[bucket].slots;
+    const auto free = std::find_if(slots.begin(), slots.end(),
+                                   [](const Slot& slot) { return slot.entry == nullptr; });
+    if (free != slots.end()) {
+      std::size_t node = at;
+      auto free_way = static_cast<std::size_t>(free - slots.begin());
+      for (; nodes[node].parent != kNone; node = nodes[node].parent) {
+        const Node& step = nodes[node];
+        Slot& from = buckets_[nodes[step.parent].bucket].slots[step.way];
+        buckets_[step.bucket].slots[free_way] = from;
+        from = Slot{};
+        free_way = step.way;
+      }
+      return nodes[node].bucket * kWays + free_way;
+    }
+    for (std::size_t way = 0; way < kWays && count < kMaxNodes; ++way) {
+      const std::uint64_t moved = slots[way].hash;
+      const std::size_t first = first_bucket(moved);
+      const std::size_t other = first == bucket ? second_bucket(moved) : first;
+      if (!visited(other)) nodes[count++] = {other, at, way};
     }
   }
-  slots_[hole] = Slot{};
+  return kNone;
+}
+
+void SessionCache::SlotTable::erase_at(std::size_t index) noexcept {
+  slot_at(index) = Slot{};
   --size_;
 }
 
 void SessionCache::SlotTable::reserve(std::size_t entries) {
-  std::size_t capacity = slots_.empty() ? 16 : slots_.size();
-  while (entries * 4 > capacity * 3) capacity *= 2;
-  if (capacity != slots_.size()) rehash(capacity);
+  std::size_t buckets = buckets_.empty() ? 4 : buckets_.size();
+  while (entries * 4 > buckets * kWays * 3) buckets *= 2;
+  if (buckets != buckets_.size()) rehash(buckets);
 }
 
-void SessionCache::SlotTable::rehash(std::size_t capacity) {
-  std::vector<Slot> old(capacity);
-  old.swap(slots_);
-  const std::size_t mask = capacity - 1;
-  for (const Slot& slot : old) {
-    if (slot.entry == nullptr) continue;
-    std::size_t index = home_of(slot.hash);
-    while (slots_[index].entry != nullptr) index = (index + 1) & mask;
-    slots_[index] = slot;
+// Builds the new table aside and swaps it in, so a bad_alloc changes nothing.
+void SessionCache::SlotTable::rehash(std::size_t buckets) {
+  SlotTable bigger;
+  for (;; buckets *= 2) {
+    bigger.buckets_.assign(buckets, Bucket{});
+    bigger.size_ = 0;
+    bool placed_all = true;
+    for_each([&bigger, &placed_all](const Slot& slot) {
+      if (!placed_all) return;
+      const std::size_t index = bigger.make_room(slot.hash);
+      if (index == kNone) {
+        placed_all = false;
+        return;
+      }
+      bigger.slot_at(index) = slot;
+      ++bigger.size_;
+    });
+    if (placed_all) break;
+  }
+  buckets_.swap(bigger.buckets_);
+}
+
+template <typename Visit>
+void SessionCache::SlotTable::for_each(Visit visit) const {
+  for (const Bucket& bucket : buckets_) {
+    for (const Slot& slot : bucket.slots) {
+      if (slot.entry != nullptr) visit(slot);
+    }
   }
 }
 
@@ -187,7 +289,9 @@ void SessionCache::SlotTable::rehash(std::size_t capacity) {
 // nothing but the hint.
 void SessionCache::SlotTable::prefetch(std::uint64_t hash) const noexcept {
 #if defined(__GNUC__)
-  if (!slots_.empty()) __builtin_prefetch(&slots_[home_of(hash)]);
+  if (buckets_.empty()) return;
+  __builtin_prefetch(&buckets_[first_bucket(hash)]);
+  __builtin_prefetch(&buckets_[second_bucket(hash)]);
 #else
   (void)hash;
 #endif
@@ -195,12 +299,11 @@ void SessionCache::SlotTable::prefetch(std::uint64_t hash) const noexcept {
 
 void SessionCache::SlotTable::prefetch_entry(std::uint64_t hash) const noexcept {
 #if defined(__GNUC__)
-  if (slots_.empty()) return;
-  const Slot& slot = slots_[home_of(hash)];
-  if (slot.entry != nullptr && slot.hash == hash) {
-    __builtin_prefetch(slot.entry);           // the user links
-    __builtin_prefetch(slot.entry->bytes());  // the user id, compared by link_user()
-  }
+  const std::size_t index = find(hash, [](const Entry*) { return true; });
+  if (index == kNone) return;
+  const Entry* entry = entry_at(index);
+  __builtin_prefetch(entry);           // the user links
+  __builtin_prefetch(entry->bytes());  // the user id, compared by link_user()
 #else
   (void)hash;
 #endif
@@ -259,7 +362,7 @@ std::uint64_t hash_bytes(const void* data, std::size_t size) noexcept {
 }  // namespace
 
 std::uint64_t SessionCache::hash_of(const SessionDigest& id) noexcept {
-  return hash_bytes(id.data(), id.size());
+  return hash_bytes(id.data(), id.size()) & ~kRotatedTag;
 }
 
 std::uint64_t SessionCache::hash_of(std::string_view user_id) noexcept {
@@ -274,7 +377,7 @@ SessionCache::SessionCache() = default;
 
 SessionCache::~SessionCache() {
   for (Shard& shard : shards_) {
-    for (const Slot& slot : shard.entries.slots()) EntryDelete()(slot.entry);
+    shard.entries.for_each([](const Slot& slot) { EntryDelete()(slot.entry); });
   }
 }
 
@@ -289,6 +392,55 @@ SessionCache::Found SessionCache::find(const SessionDigest& id, std::int64_t at,
   const Entry& entry = *shard.entries.entry_at(index);
   entry.copy_to(out);
   return entry.expires_at > at ? Found::kLive : Found::kExpired;
+}
+
+namespace {
+
+// Reads every byte of both, whatever they hold (memcmp stops at the first difference).
+bool equal_in_constant_time(const SessionDigest& a, const SessionDigest& b) noexcept {
+  unsigned difference = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) difference |= static_cast<unsigned>(a[i] ^ b[i]);
+  return difference == 0;
+}
+
+}  // namespace
+
+// A hit and a miss part ways only after the copy, and then only on the comparison's result. The
+// decoy is a session from the same two buckets: memory as far from the processor as a hit's
+// session would be, and a copy of the same size distribution. A miss whose buckets hold no
+// session (tables at least 3/8 full leave that to one miss in 40 or fewer) takes the next one
+// along the table; only a shard with no session at all has no decoy, and then no hit to be told
+// apart from either.
+SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64_t at,
+                                             Session* out) const {
+  const Shard& shard = shards_[shard_index(id)];
+  const std::uint64_t hash = hash_of(id);
+  const std::shared_lock<std::shared_mutex> lock(shard.mutex);
+  const SlotTable::Probe probe = shard.entries.probe(hash);
+  const Entry* compared = probe.match != nullptr ? probe.match : probe.decoy;
+  if (compared == nullptr) compared = shard.entries.untagged_entry_after(hash);
+  if (compared != nullptr) {
+    const bool same = equal_in_constant_time(compared->id, id);
+    compared->copy_to(out);
+    if (same) return compared->expires_at > at ? Found::kLive : Found::kExpired;
+  }
+  if (probe.match != nullptr) {
+    // Another id with the same 64-bit hash (keyed per process, so not one an attacker can aim
+    // for): the id may still be cached in another slot.
+    const std::size_t index =
+        shard.entries.find(hash, [&id](const Entry* entry) { return entry->id == id; });
+    if (index != SlotTable::kNone) {
+      const Entry& entry = *shard.entries.entry_at(index);
+      entry.copy_to(out);
+      return entry.expires_at > at ? Found::kLive : Found::kExpired;
+    }
+  }
+  if (probe.tagged != nullptr) {
+    const std::size_t index = shard.entries.find(
+        hash | kRotatedTag, [&id](const Entry* marker) { return marker->id == id; });
+    if (index != SlotTable::kNone) return Found::kRotatedAway;
+  }
+  return Found::kNone;
 }
 
 std::optional<Session> SessionCache::find_live(const SessionDigest& id, std::int64_t at) const {
@@ -316,17 +468,17 @@ std::vector<std::pair<std::string, std::string>> SessionCache::with_idp_session(
   std::vector<std::pair<std::string, std::string>> matches;
   for (const Shard& shard : shards_) {
     const std::shared_lock<std::shared_mutex> lock(shard.mutex);
-    for (const Slot& slot : shard.entries.slots()) {
+    shard.entries.for_each([&](const Slot& slot) {
       const Entry* entry = slot.entry;
-      if (entry == nullptr || !entry->has(Entry::kIdpSessionId) ||
+      if ((slot.hash & kRotatedTag) != 0 || !entry->has(Entry::kIdpSessionId) ||
           entry->field(Entry::kIdpSessionId) != idp_session_id) {
-        continue;
+        return;
       }
       if (tenant && (!entry->has(Entry::kTenantId) || entry->field(Entry::kTenantId) != *tenant)) {
-        continue;
+        return;
       }
       matches.emplace_back(session_id_of(entry->id), std::string(entry->field(Entry::kUserId)));
-    }
+    });
   }
   return matches;
 }
@@ -376,24 +528,32 @@ void SessionCache::unlink_user(Entry* entry) noexcept {
   entry->user_next = nullptr;
 }
 
+// Throws only bad_alloc, from link_user() (nothing changed yet) or the table's insert (undone).
 SessionCache::OwnedEntry SessionCache::insert_locked(Shard& shard, Pending pending) {
-  // Room first: after these two, nothing below allocates, so nothing below throws.
+  // Room first, so that the inserts below rarely allocate (only when no path of moves frees a
+  // slot in a key's buckets).
   shard.entries.reserve(shard.entries.size() + 1);
   user_heads_.reserve(user_heads_.size() + 1);
   const SessionDigest& id = pending.entry->id;
   const std::size_t index =
       shard.entries.find(pending.id_hash, [&id](const Entry* cached) { return cached->id == id; });
-  Entry* added = pending.entry.release();  // owned by the shard's table from here
+  Entry* added = pending.entry.get();
+  link_user(added, pending.user_hash);
   OwnedEntry replaced;
   if (index == SlotTable::kNone) {
-    shard.entries.insert(pending.id_hash, added);
+    try {
+      shard.entries.insert(pending.id_hash, added);
+    } catch (...) {
+      unlink_user(added);
+      throw;
+    }
     size_.fetch_add(1, std::memory_order_relaxed);
   } else {
     replaced.reset(shard.entries.entry_at(index));
     unlink_user(replaced.get());
     shard.entries.set_entry_at(index, added);
   }
-  link_user(added, pending.user_hash);
+  pending.entry.release();  // owned by the shard's table from here
   return replaced;
 }
 
@@ -430,29 +590,51 @@ bool SessionCache::erase(std::string_view id) {
   return parse_session_id(id, &digest) && erase(digest);
 }
 
-// Collects a shard's expired entries first, then erases them one by one: a backward shift moves
-// slots, so erasing while walking the table could skip one.
 std::size_t SessionCache::erase_expired(std::int64_t at) {
   std::size_t erased = 0;
-  std::vector<Entry*> expired;
   const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
   for (Shard& shard : shards_) {
     const std::unique_lock<std::shared_mutex> lock(shard.mutex);
-    expired.clear();
-    for (const Slot& slot : shard.entries.slots()) {
-      if (slot.entry != nullptr && slot.entry->expires_at <= at) expired.push_back(slot.entry);
-    }
-    for (Entry* entry : expired) {
-      const std::size_t index = shard.entries.find(
-          hash_of(entry->id), [entry](const Entry* cached) { return cached == entry; });
+    shard.entries.for_each([&](const Slot& slot) {
+      Entry* entry = slot.entry;
+      if ((slot.hash & kRotatedTag) != 0 || entry->expires_at > at) return;
       unlink_user(entry);
-      if (index != SlotTable::kNone) shard.entries.erase_at(index);
+      // An erase moves no other slot, so the walk goes on safely.
+      shard.entries.erase_at(
+          shard.entries.find(slot.hash, [entry](const Entry* cached) { return cached == entry; }));
       EntryDelete()(entry);
-    }
-    erased += expired.size();
+      ++erased;
+    });
   }
   size_.fetch_sub(erased, std::memory_order_relaxed);
   return erased;
+}
+
+// A marker is an entry with the id alone, stored under the id's hash with the tag bit set.
+void SessionCache::remember_rotated(const SessionDigest& id) {
+  OwnedEntry marker(new (::operator new(sizeof(Entry))) Entry);
+  marker->id = id;
+  Shard& shard = shards_[shard_index(id)];
+  const std::uint64_t hash = hash_of(id) | kRotatedTag;
+  const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+  if (shard.entries.find(hash, [&id](const Entry* cached) { return cached->id == id; }) !=
+      SlotTable::kNone) {
+    return;
+  }
+  shard.entries.insert(hash, marker.get());
+  marker.release();  // owned by the shard's table from here
+}
+
+bool SessionCache::forget_rotated(const SessionDigest& id) {
+  Shard& shard = shards_[shard_index(id)];
+  OwnedEntry forgotten;  // freed after the lock is released
+  const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+  const std::size_t index = shard.entries.find(
+      hash_of(id) | kRotatedTag, [&id](const Entry* cached) { return cached->id == id; });
+  if (index == SlotTable::kNone) return false;
+  forgotten.reset(shard.entries.entry_at(index));
+  shard.entries.erase_at(index);
+  return true;
 }
 
 // ------------------------------------------------------------------------------------------------

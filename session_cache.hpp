@@ -6,9 +6,11 @@
 //     reads on other threads. A find takes the shared lock of one of 16 shards, chosen by the
 //     session's digest, so validate() on several threads does not meet on one lock.
 //   - Compact and cache-friendly: a session is one allocation (a fixed header followed by its
-//     field bytes), found through open-addressing tables of 16-byte slots that hold the key's
-//     hash next to the pointer, so a lookup touches one slot and then the session itself. Ids are
+//     field bytes), found through hash tables of 16-byte slots that hold the key's hash next to
+//     the pointer, so a lookup reads two cache-line buckets and then the session itself. Ids are
 //     kept as their 32 digest bytes, not 64 hex characters. bench/pylon_bench measures the bytes.
+//   - find_token(), validate()'s lookup, does the same work for an id that is cached and for one
+//     that is not, so that validate() does not tell them apart by its time.
 //   - Fast start-up: a Loader fills the cache from a backend's rows on a second thread while the
 //     first reads them, prefetching the slots of the rows it will insert next.
 //   - Writes (put, erase, erase_expired) come from one thread at a time: SessionStore calls them
@@ -54,7 +56,7 @@ class SessionCache {
   static constexpr std::size_t kShards = 16;
 
  public:
-  enum class Found { kNone, kLive, kExpired };
+  enum class Found { kNone, kLive, kExpired, kRotatedAway };
 
   SessionCache();
   ~SessionCache();
@@ -68,6 +70,14 @@ class SessionCache {
   // Whether the session is cached and live at `at`; when it is cached, live or not, *out gets a
   // copy of it.
   Found find(const SessionDigest& id, std::int64_t at, Session* out) const;
+  // The lookup behind validate(), which must take no measurably different time for a token whose
+  // session is cached and for one that never was (issue 6): a miss does the work of a hit. It
+  // reads the same two buckets, compares the id in constant time against an entry (a hit's own,
+  // a miss's decoy: another session of those buckets), and copies that entry into *out. So on
+  // kNone *out holds a decoy the caller must discard unread; on kLive and kExpired it holds the
+  // session, as find() gives it. kRotatedAway: the id is marked by remember_rotated() (*out is
+  // then unspecified). Never kRotatedAway from find(): a marker is not a session.
+  Found find_token(const SessionDigest& id, std::int64_t at, Session* out) const;
   // The live session, copied.
   std::optional<Session> find_live(const SessionDigest& id, std::int64_t at) const;
   // Every cached session of the user, expired ones included, in no particular order.
@@ -90,6 +100,13 @@ class SessionCache {
   bool erase(std::string_view id);
   // Removes every session expired at `at`; returns how many.
   std::size_t erase_expired(std::int64_t at);
+  // Marks an id as rotated away, for find_token() to report; a marker lives beside the sessions,
+  // in the same buckets (so checking for one costs a lookup nothing), but is not a session:
+  // find(), erase(), erase_expired(), size() and the user lists do not see it. SessionStore keeps
+  // the markers in step with its record of rotated ids. remember_rotated() of a marked id does
+  // nothing; forget_rotated() returns whether there was a marker.
+  void remember_rotated(const SessionDigest& id);
+  bool forget_rotated(const SessionDigest& id);
 
   // Fills a cache with many sessions, as put() would, but faster, for a start-up load. add()
   // only copies the session into a batch (whose strings keep their buffers from one batch to the
@@ -145,40 +162,88 @@ class SessionCache {
   };
 
  private:
-  // One slot of an open-addressing table: the key's 64-bit hash and the session it leads to
-  // (null: empty). Linear probing; deletion shifts the following slots back, so there are no
-  // tombstones and a lookup stops at the first empty slot.
+  // One slot of a table: the key's 64-bit hash and the entry it leads to (null: empty).
   struct Slot {
     std::uint64_t hash = 0;
     Entry* entry = nullptr;
   };
+  // A hash table of slots (bucketized cuckoo hashing): buckets of kWays slots, one cache line
+  // each, and every key lives in one of its two buckets, both chosen by its hash. A lookup reads
+  // exactly those two buckets, whether the key is there or not, which is what lets probe() take
+  // the same path for a hit and a miss. An insert that finds both buckets full moves entries to
+  // their other buckets along the shortest free path (a breadth-first search); an erase only
+  // empties a slot. At most 3/4 full.
+  //
+  // Bit 0 of a hash is a tag the table's user may set: buckets are chosen by the other bits, so a
+  // key stored with either tag lives in the same two buckets (SessionCache tags rotated-away
+  // markers, see remember_rotated()).
   class SlotTable {
    public:
     static constexpr std::size_t kNone = ~std::size_t{0};
+    static constexpr std::size_t kWays = 4;
+
+    // What probe() saw in the two buckets of a hash: the entry stored under exactly that hash,
+    // the one stored under it with the tag bit set, and the first entry stored under an untagged
+    // hash (the decoy of a miss; see SessionCache::find_token). Each is null when there is none.
+    struct Probe {
+      const Entry* match = nullptr;
+      const Entry* tagged = nullptr;
+      const Entry* decoy = nullptr;
+    };
 
     // The index of the slot whose hash is `hash` and whose entry satisfies `matches`, or kNone.
     template <typename Matches>
     std::size_t find(std::uint64_t hash, Matches matches) const noexcept;
-    // Adds a slot; the key must not be in the table. Grows the table first when it is 3/4 full
-    // (may throw bad_alloc, changing nothing).
+    // Reads all 2 * kWays slots of the hash's buckets without a branch on what they hold. `hash`
+    // must be untagged (bit 0 clear). Two keys with one 64-bit hash are the caller's to tell
+    // apart (match is the first).
+    Probe probe(std::uint64_t hash) const noexcept;
+    // The first entry under an untagged hash in the buckets after the hash's first one, wrapping
+    // around; null when there is none. For the rare probe() that saw no decoy.
+    const Entry* untagged_entry_after(std::uint64_t hash) const noexcept;
+    // Adds a slot; the key must not be in the table. Grows the table first when it is 3/4 full,
+    // or when no path of moves frees a slot in the key's buckets. Strong guarantee: a throw
+    // (bad_alloc, only when it grows) leaves the table as it was.
     void insert(std::uint64_t hash, Entry* entry);
     void erase_at(std::size_t index) noexcept;
     void reserve(std::size_t entries);
-    // Hints to the processor: the home slot of `hash`, and the entry that slot holds if it is
-    // the key's.
+    // Hints to the processor: the two buckets of `hash`, and the entry under `hash` in them.
     void prefetch(std::uint64_t hash) const noexcept;
     void prefetch_entry(std::uint64_t hash) const noexcept;
 
-    Entry* entry_at(std::size_t index) const noexcept { return slots_[index].entry; }
-    void set_entry_at(std::size_t index, Entry* entry) noexcept { slots_[index].entry = entry; }
+    Entry* entry_at(std::size_t index) const noexcept { return slot_at(index).entry; }
+    void set_entry_at(std::size_t index, Entry* entry) noexcept { slot_at(index).entry = entry; }
     std::size_t size() const noexcept { return size_; }
-    const std::vector<Slot>& slots() const noexcept { return slots_; }
+    // Calls visit(const Slot&) for every occupied slot. Erasing the visited slot from within is
+    // safe: an erase moves no other slot.
+    template <typename Visit>
+    void for_each(Visit visit) const;
 
    private:
-    void rehash(std::size_t capacity);
-    std::size_t home_of(std::uint64_t hash) const noexcept { return hash & (slots_.size() - 1); }
+    struct alignas(64) Bucket {
+      std::array<Slot, kWays> slots;
+    };
 
-    std::vector<Slot> slots_;  // a power of two in size, or empty
+    // Breadth-first search for a free slot reachable from the hash's buckets by moving entries
+    // to their other buckets; makes the moves and returns the freed slot's index, or kNone
+    // (nothing moved) when none is within its search bound.
+    std::size_t make_room(std::uint64_t hash) noexcept;
+    void rehash(std::size_t buckets);
+    std::size_t first_bucket(std::uint64_t hash) const noexcept {
+      return (hash >> 1U) & (buckets_.size() - 1);
+    }
+    std::size_t second_bucket(std::uint64_t hash) const noexcept {
+      // Differs from the first whenever there are two buckets or more.
+      return (first_bucket(hash) ^ ((hash >> 33U) | 1U)) & (buckets_.size() - 1);
+    }
+    Slot& slot_at(std::size_t index) noexcept {
+      return buckets_[index / kWays].slots[index % kWays];
+    }
+    const Slot& slot_at(std::size_t index) const noexcept {
+      return buckets_[index / kWays].slots[index % kWays];
+    }
+
+    std::vector<Bucket> buckets_;  // a power of two in number, or empty
     std::size_t size_ = 0;
   };
 
@@ -190,7 +255,9 @@ class SessionCache {
 
   // The last digest byte picks the shard; the others hash within it.
   static std::size_t shard_index(const SessionDigest& id) noexcept { return id.back() % kShards; }
+  // Untagged: bit 0 is clear, and set only in the hash a rotated-away marker is stored under.
   static std::uint64_t hash_of(const SessionDigest& id) noexcept;
+  static constexpr std::uint64_t kRotatedTag = 1;
   static std::uint64_t hash_of(std::string_view user_id) noexcept;
 
   // The session as an entry, with its hashes; Error(kInternal) for a malformed id.

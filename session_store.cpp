@@ -11,13 +11,14 @@
 //     or not, only the server knows). They are out of the cache until the next write reads them
 //     back from storage (settle_in_doubt()): the cache never guesses.
 //   - rotated_ remembers ids rotated away by this process, until they would have expired, so a
-//     replayed old token is reported; it never makes a token valid.
+//     replayed old token is reported; it never makes a token valid. The cache holds a marker for
+//     exactly the ids in rotated_ (see remember_rotated()).
 // Locking: write_mutex_ serialises every storage write and the cache update that follows it, so
 // the cache changes in the order storage did. The cache locks itself (sharded; see
 // session_cache.hpp) only for map operations, never across a storage call, so reads never wait
 // for the disk. Creates queue under create_queue_mutex_ without holding write_mutex_, so that
 // they gather while a commit is in flight (group commit, see create()). Lock order:
-// create_queue_mutex_ is never held with another; write_mutex_, then rotated_mutex_ or the
+// create_queue_mutex_ is never held with another; write_mutex_, then rotated_mutex_, then the
 // cache's locks, then last_error_mutex_. Events are delivered after every lock is released.
 #include <algorithm>
 #include <array>
@@ -183,6 +184,10 @@ class SessionStore::Impl {
   // Evicts the user's oldest sessions until one more fits under max_sessions_per_user.
   void evict_to_make_room(const std::string& user_id, std::vector<SessionEvent>& events);
   std::optional<Session> touch(const std::string& id, std::int64_t at);
+  // Records an id rotate() replaced, for validate() to report if its token comes back. Caller
+  // holds write_mutex_.
+  void remember_rotated(const std::string& old_id, const std::string& user_id,
+                        const std::string& successor_id, std::int64_t expires_at) noexcept;
   // A cached session that a revoking write is about to delete: its id and its user.
   using Known = std::vector<std::pair<std::string, std::string>>;
   std::size_t revoke_matching(const SessionFilter& filter, const Known& known);
@@ -605,47 +610,56 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
   return updated;
 }
 
+// A known token and an unknown one take no measurably different time (issue 6; measured by
+// bench/validate_timing): find_token() does a hit's work for a miss too, copying a decoy session
+// into `result`, and both paths then free a whole Session, the miss here, the hit in the caller.
+// Every path returns `result` itself, so it is built in the caller's place and never moved.
 std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
+  std::optional<Session> result;
   if (!is_well_formed_token(token)) {
     cache_misses_.add();
-    return std::nullopt;
+    return result;
   }
   const detail::SessionDigest digest = detail::digest_of_token(token);
   const std::int64_t at = now();
-  Session session;
+  Session& session = result.emplace();
   std::optional<SessionEvent> event;
-  switch (cache_.find(digest, at, &session)) {
-    case detail::SessionCache::Found::kLive:
+  switch (cache_.find_token(digest, at, &session)) {
+    case detail::SessionCache::Found::kLive: {
       cache_hits_.add();
       // The common case: touched recently, so this read is a hash, a lookup and a clock check.
-      if (at - session.last_seen_at < options_.touch_interval.count()) return session;
-      break;
+      if (at - session.last_seen_at < options_.touch_interval.count()) return result;
+      const std::string id = session.id;
+      result = touch(id, at);
+      if (!result) cache_misses_.add();  // revoked or expired meanwhile
+      return result;
+    }
+    case detail::SessionCache::Found::kNone:
+      // Unknown (and `session` a decoy): a token is handed out only once its session is cached,
+      // so there is nothing to re-check under write_mutex_, and an unknown token never waits
+      // behind a commit.
+      cache_misses_.add();
+      result.reset();
+      return result;
     case detail::SessionCache::Found::kExpired:
       event = SessionEvent{SessionEventType::kValidatedExpired, session.id, session.user_id, {}, 1};
       break;
-    case detail::SessionCache::Found::kNone: {
-      // Unknown: a token is handed out only once its session is cached, so there is nothing to
-      // re-check under write_mutex_, and an unknown token never waits behind a commit.
+    case detail::SessionCache::Found::kRotatedAway: {
       std::string id = detail::session_id_of(digest);
       const std::lock_guard<std::mutex> lock(rotated_mutex_);
       const auto rotated = rotated_.find(id);
-      if (rotated == rotated_.end()) {
-        cache_misses_.add();
-        return std::nullopt;
+      // Not found: forgotten since the cache's marker was read.
+      if (rotated != rotated_.end()) {
+        event = SessionEvent{SessionEventType::kRotatedTokenReused, std::move(id),
+                             rotated->second.user_id, rotated->second.successor_id, 1};
       }
-      event = SessionEvent{SessionEventType::kRotatedTokenReused, std::move(id),
-                           rotated->second.user_id, rotated->second.successor_id, 1};
       break;
     }
   }
-  if (event) {
-    cache_misses_.add();
-    emit(*event);
-    return std::nullopt;
-  }
-  std::optional<Session> touched = touch(session.id, at);
-  if (!touched) cache_misses_.add();  // revoked or expired meanwhile
-  return touched;
+  cache_misses_.add();
+  result.reset();
+  if (event) emit(*event);
+  return result;
 }
 
 std::optional<Session> SessionStore::Impl::find(std::string_view id) {
@@ -791,24 +805,55 @@ std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
     }
     cache_erase({old_id});
     cache_.put(rotated.session);
-    const std::lock_guard<std::mutex> remembered(rotated_mutex_);
+    remember_rotated(old_id, current->user_id, rotated.session.id, current->expires_at);
+  }
+  emit({SessionEventType::kRotated, old_id, rotated.session.user_id, rotated.session.id, 1});
+  return rotated;
+}
+
+// Best effort, as the cap makes it anyway: on bad_alloc this id goes unrecorded (rotation has
+// succeeded by then, and its caller must get the new token). The id is in rotated_ (what
+// validate() reports) exactly when the cache holds its marker (what validate() checks: a marker
+// shares a session's buckets, so checking for one costs a lookup nothing).
+void SessionStore::Impl::remember_rotated(const std::string& old_id, const std::string& user_id,
+                                          const std::string& successor_id,
+                                          std::int64_t expires_at) noexcept {
+  const auto forget = [this](const std::string& id) {
+    detail::SessionDigest digest{};
+    if (detail::parse_session_id(id, &digest)) cache_.forget_rotated(digest);
+  };
+  try {
+    const std::lock_guard<std::mutex> lock(rotated_mutex_);
     if (rotated_.size() >= kMaxRotatedIds) {
       // Forget what has expired; if that is not enough, what expires first.
       const std::int64_t at = now();
       for (auto it = rotated_.begin(); it != rotated_.end();) {
-        it = it->second.expires_at <= at ? rotated_.erase(it) : std::next(it);
+        if (it->second.expires_at > at) {
+          ++it;
+          continue;
+        }
+        forget(it->first);
+        it = rotated_.erase(it);
       }
       while (rotated_.size() >= kMaxRotatedIds) {
-        rotated_.erase(
-            std::min_element(rotated_.begin(), rotated_.end(), [](const auto& a, const auto& b) {
-              return a.second.expires_at < b.second.expires_at;
-            }));
+        const auto first_to_expire = std::min_element(
+            rotated_.begin(), rotated_.end(),
+            [](const auto& a, const auto& b) { return a.second.expires_at < b.second.expires_at; });
+        forget(first_to_expire->first);
+        rotated_.erase(first_to_expire);
       }
     }
-    rotated_[old_id] = {current->user_id, rotated.session.id, current->expires_at};
+    detail::SessionDigest digest{};
+    if (!detail::parse_session_id(old_id, &digest)) return;  // ids here come from tokens
+    cache_.remember_rotated(digest);
+    try {
+      rotated_[old_id] = {user_id, successor_id, expires_at};
+    } catch (...) {
+      cache_.forget_rotated(digest);
+      throw;
+    }
+  } catch (const std::bad_alloc&) {  // NOLINT(bugprone-empty-catch): documented above
   }
-  emit({SessionEventType::kRotated, old_id, rotated.session.user_id, rotated.session.id, 1});
-  return rotated;
 }
 
 std::optional<Session> SessionStore::Impl::update_data(std::string_view token, std::string data) {

@@ -1,12 +1,15 @@
-// SessionCache on its own: its open-addressing tables (deletion shifts slots back, so a session
-// moved by an erase must still be found), its per-user lists, and the start-up Loader, with more
-// sessions than one batch so that its inserting thread runs (under TSan and ASan in those builds).
+// SessionCache on its own: its cuckoo tables (an insert moves entries to their other buckets, and
+// tables grow, so every session must still be found after many inserts and erases), validate()'s
+// lookup with its decoys and rotated-away markers, its per-user lists, and the start-up Loader,
+// with more sessions than one batch so that its inserting thread runs (under TSan and ASan in
+// those builds).
 #include "session_cache.hpp"
 
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cstddef>
+#include <limits>
 #include <map>
 #include <random>
 #include <set>
@@ -130,6 +133,60 @@ TEST(SessionCache, EraseExpiredRemovesExactlyTheExpiredOnes) {
   ASSERT_GT(expired, 0U);
   EXPECT_EQ(cache.erase_expired(at), expired);
   expect_cache_holds(cache, expected);
+}
+
+TEST(SessionCache, FindTokenFindsExactlyTheCachedSessionsAndCopiesThemWhole) {
+  std::mt19937_64 random(29);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
+  SessionCache cache;
+  Session nothing_cached;
+  EXPECT_EQ(cache.find_token(digest_of(make_session(random, 0).id), kNow, &nothing_cached),
+            SessionCache::Found::kNone);
+  const std::map<std::string, Session> expected = put_sessions(&cache, random, 20'000, 300);
+  std::size_t expired = 0;
+  for (const auto& [id, session] : expected) {
+    Session found;
+    const std::int64_t at = kNow + 1500;
+    const SessionCache::Found result = cache.find_token(digest_of(id), at, &found);
+    ASSERT_EQ(result,
+              session.expires_at > at ? SessionCache::Found::kLive : SessionCache::Found::kExpired)
+        << id;
+    EXPECT_EQ(found, session);
+    if (result == SessionCache::Found::kExpired) ++expired;
+  }
+  EXPECT_GT(expired, 0U);
+  for (int i = 0; i < 20'000; ++i) {
+    const Session unknown = make_session(random, 0);
+    Session decoy;
+    ASSERT_EQ(cache.find_token(digest_of(unknown.id), kNow, &decoy), SessionCache::Found::kNone);
+    // The decoy is a cached session (a miss copies one, as a hit does), never the unknown id.
+    ASSERT_EQ(expected.count(decoy.id), 1U) << decoy.id;
+  }
+}
+
+TEST(SessionCache, ARotatedAwayMarkerIsReportedByFindTokenAndIsNoSession) {
+  std::mt19937_64 random(31);  // NOLINT(cert-msc32-c,cert-msc51-cpp): reproducible
+  SessionCache cache;
+  const std::map<std::string, Session> expected = put_sessions(&cache, random, 2'000, 50);
+  std::vector<std::string> rotated;
+  for (int i = 0; i < 1'000; ++i) {
+    rotated.push_back(make_session(random, 0).id);
+    cache.remember_rotated(digest_of(rotated.back()));
+  }
+  cache.remember_rotated(digest_of(rotated.front()));  // twice: one marker
+  for (const std::string& id : rotated) {
+    Session out;
+    EXPECT_EQ(cache.find_token(digest_of(id), kNow, &out), SessionCache::Found::kRotatedAway);
+    EXPECT_EQ(cache.find(digest_of(id), kNow, &out), SessionCache::Found::kNone);
+    EXPECT_FALSE(cache.erase(std::string_view(id)));
+  }
+  EXPECT_EQ(cache.erase_expired(std::numeric_limits<std::int64_t>::max()), expected.size());
+  expect_cache_holds(cache, {});
+  for (const std::string& id : rotated) {
+    ASSERT_TRUE(cache.forget_rotated(digest_of(id))) << "the marker outlived erase_expired";
+    EXPECT_FALSE(cache.forget_rotated(digest_of(id)));
+    Session out;
+    EXPECT_EQ(cache.find_token(digest_of(id), kNow, &out), SessionCache::Found::kNone);
+  }
 }
 
 TEST(SessionCache, TheLoaderFillsTheCacheAsPutWouldWithARepeatedIdLastWins) {
