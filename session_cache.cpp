@@ -143,33 +143,27 @@ std::size_t SessionCache::SlotTable::find(std::uint64_t hash, Matches matches) c
   return kNone;
 }
 
-// Every slot is read and folded in with masks, not branches: the instructions and memory reads
-// are the same wherever (and whether) the hash is found. Each pick keeps the first candidate:
-// `unset` is all ones until one is taken.
+// Every slot is read and folded in by selects (conditional moves), not branches: the
+// instructions and memory reads are the same wherever (and whether) the hash is found. The walk
+// goes backwards, so that each pick ends as the first candidate in the forward order, which
+// starts at a slot the hash chooses: decoys are spread over every way of the buckets.
 SessionCache::SlotTable::Probe SessionCache::SlotTable::probe(std::uint64_t hash) const noexcept {
   if (buckets_.empty()) return {};
   const std::array<const Bucket*, 2> buckets = {&buckets_[first_bucket(hash)],
                                                 &buckets_[second_bucket(hash)]};
-  const auto all_if = [](bool condition) noexcept {
-    return std::uintptr_t{0} - static_cast<std::uintptr_t>(condition);
-  };
-  std::uintptr_t match = 0;
-  std::uintptr_t tagged = 0;
-  std::uintptr_t decoy = 0;
-  for (const Bucket* bucket : buckets) {
-    for (const Slot& slot : bucket->slots) {
-      // NOLINTNEXTLINE(*-reinterpret-cast): the pointer as bits, to select without a branch
-      const auto entry = reinterpret_cast<std::uintptr_t>(slot.entry);
-      const std::uintptr_t occupied = all_if(entry != 0);
-      match |= entry & occupied & all_if(slot.hash == hash) & all_if(match == 0);
-      tagged |= entry & occupied & all_if(slot.hash == (hash | kRotatedTag)) & all_if(tagged == 0);
-      decoy |= entry & occupied & all_if((slot.hash & kRotatedTag) == 0) & all_if(decoy == 0);
-    }
+  constexpr std::size_t kSlots = 2 * kWays;
+  const std::size_t start = (hash >> 40U) % kSlots;
+  Probe probe;
+  for (std::size_t i = kSlots; i-- > 0;) {
+    const std::size_t at = (start + i) % kSlots;
+    const Slot& slot = buckets[at / kWays]->slots[at % kWays];
+    const Entry* entry = slot.entry;
+    probe.match = slot.hash == hash ? entry : probe.match;
+    probe.tagged = slot.hash == (hash | kRotatedTag) ? entry : probe.tagged;
+    // An empty slot's entry is null, and its hash 0: untagged, but never the decoy.
+    probe.decoy = entry != nullptr && (slot.hash & kRotatedTag) == 0 ? entry : probe.decoy;
   }
-  // NOLINTBEGIN(*-reinterpret-cast,performance-no-int-to-ptr): back from the bits of Entry*s
-  return {reinterpret_cast<const Entry*>(match), reinterpret_cast<const Entry*>(tagged),
-          reinterpret_cast<const Entry*>(decoy)};
-  // NOLINTEND(*-reinterpret-cast,performance-no-int-to-ptr)
+  return probe;
 }
 
 const SessionCache::Entry* SessionCache::SlotTable::untagged_entry_after(
@@ -405,12 +399,13 @@ bool equal_in_constant_time(const SessionDigest& a, const SessionDigest& b) noex
 
 }  // namespace
 
-// A hit and a miss part ways only after the copy, and then only on the comparison's result. The
-// decoy is a session from the same two buckets: memory as far from the processor as a hit's
-// session would be, and a copy of the same size distribution. A miss whose buckets hold no
-// session (tables at least 3/8 full leave that to one miss in 40 or fewer) takes the next one
-// along the table; only a shard with no session at all has no decoy, and then no hit to be told
-// apart from either.
+// A hit and a miss run the same instructions here: the comparison's result is folded into the
+// answer by selects, and the two branches below it are not taken by either (they are for a
+// 64-bit hash collision and a rotated-away id). The decoy is a session from the same two buckets:
+// memory as far from the processor as a hit's session would be, and a copy of the same size
+// distribution. A miss whose buckets hold no session (tables at least 3/8 full leave that to one
+// miss in 40 or fewer) takes the next one along the table; only a shard with no session at all
+// has no decoy, and then no hit to be told apart from either.
 SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64_t at,
                                              Session* out) const {
   const Shard& shard = shards_[shard_index(id)];
@@ -419,12 +414,15 @@ SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64
   const SlotTable::Probe probe = shard.entries.probe(hash);
   const Entry* compared = probe.match != nullptr ? probe.match : probe.decoy;
   if (compared == nullptr) compared = shard.entries.untagged_entry_after(hash);
+  bool same = false;
+  Found found = Found::kNone;
   if (compared != nullptr) {
-    const bool same = equal_in_constant_time(compared->id, id);
+    same = equal_in_constant_time(compared->id, id);
     compared->copy_to(out);
-    if (same) return compared->expires_at > at ? Found::kLive : Found::kExpired;
+    const Found cached = compared->expires_at > at ? Found::kLive : Found::kExpired;
+    found = same ? cached : Found::kNone;
   }
-  if (probe.match != nullptr) {
+  if (!same & (probe.match != nullptr)) {
     // Another id with the same 64-bit hash (keyed per process, so not one an attacker can aim
     // for): the id may still be cached in another slot.
     const std::size_t index =
@@ -435,12 +433,12 @@ SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64
       return entry.expires_at > at ? Found::kLive : Found::kExpired;
     }
   }
-  if (probe.tagged != nullptr) {
+  if (!same & (probe.tagged != nullptr)) {
     const std::size_t index = shard.entries.find(
         hash | kRotatedTag, [&id](const Entry* marker) { return marker->id == id; });
     if (index != SlotTable::kNone) return Found::kRotatedAway;
   }
-  return Found::kNone;
+  return found;
 }
 
 std::optional<Session> SessionCache::find_live(const SessionDigest& id, std::int64_t at) const {
