@@ -213,11 +213,11 @@ std::size_t SessionCache::SlotTable::make_room(std::uint64_t hash) noexcept {
   for (std::size_t at = 0; at < count; ++at) {
     const std::size_t bucket = nodes[at].bucket;
     const std::array<Slot, kWays>& slots = buckets_[bucket].slots;
-    const auto free = std::find_if(slots.begin(), slots.end(),
-                                   [](const Slot& slot) { return slot.entry == nullptr; });
-    if (free != slots.end()) {
+    const auto* const empty_slot = std::find_if(
+        slots.begin(), slots.end(), [](const Slot& slot) { return slot.entry == nullptr; });
+    if (empty_slot != slots.end()) {
       std::size_t node = at;
-      auto free_way = static_cast<std::size_t>(free - slots.begin());
+      auto free_way = static_cast<std::size_t>(empty_slot - slots.begin());
       for (; nodes[node].parent != kNone; node = nodes[node].parent) {
         const Node& step = nodes[node];
         Slot& from = buckets_[nodes[step.parent].bucket].slots[step.way];
@@ -422,7 +422,10 @@ SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64
     const Found cached = compared->expires_at > at ? Found::kLive : Found::kExpired;
     found = same ? cached : Found::kNone;
   }
-  if (!same & (probe.match != nullptr)) {
+  // Selects, not `&&`, so that neither branch below depends on `same`.
+  const Entry* other_with_hash = same ? nullptr : probe.match;
+  const Entry* marker = same ? nullptr : probe.tagged;
+  if (other_with_hash != nullptr) {
     // Another id with the same 64-bit hash (keyed per process, so not one an attacker can aim
     // for): the id may still be cached in another slot.
     const std::size_t index =
@@ -433,9 +436,9 @@ SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64
       return entry.expires_at > at ? Found::kLive : Found::kExpired;
     }
   }
-  if (!same & (probe.tagged != nullptr)) {
+  if (marker != nullptr) {
     const std::size_t index = shard.entries.find(
-        hash | kRotatedTag, [&id](const Entry* marker) { return marker->id == id; });
+        hash | kRotatedTag, [&id](const Entry* cached) { return cached->id == id; });
     if (index != SlotTable::kNone) return Found::kRotatedAway;
   }
   return found;
@@ -551,7 +554,7 @@ SessionCache::OwnedEntry SessionCache::insert_locked(Shard& shard, Pending pendi
     unlink_user(replaced.get());
     shard.entries.set_entry_at(index, added);
   }
-  pending.entry.release();  // owned by the shard's table from here
+  static_cast<void>(pending.entry.release());  // owned by the shard's table from here
   return replaced;
 }
 
@@ -620,7 +623,7 @@ void SessionCache::remember_rotated(const SessionDigest& id) {
     return;
   }
   shard.entries.insert(hash, marker.get());
-  marker.release();  // owned by the shard's table from here
+  static_cast<void>(marker.release());  // owned by the shard's table from here
 }
 
 bool SessionCache::forget_rotated(const SessionDigest& id) {
