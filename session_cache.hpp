@@ -12,10 +12,11 @@
 //   - find_token(), validate()'s lookup, does the same work for an id that is cached and for one
 //     that is not, so that validate() does not tell them apart by its time.
 //   - Fast start-up: a Loader fills the cache from a backend's rows on a second thread while the
-//     first reads them, prefetching the slots of the rows it will insert next.
-//   - Writes (put, erase, erase_expired) come from one thread at a time: SessionStore calls them
-//     under its write_mutex_. A write holds the user index's lock and one shard's lock, both
-//     exclusively, so a reader sees a session either wholly before or wholly after it. A cached
+//     first reads them, prefetching the buckets of the rows it will insert next.
+//   - Writes (put, erase, erase_expired, remember_rotated, forget_rotated) come from one thread
+//     at a time: SessionStore calls them under its write_mutex_. A write holds one shard's lock
+//     exclusively, and the user index's too when it changes a session, so a reader sees a
+//     session either wholly before or wholly after it. A cached
 //     session is never changed in place: put() builds the new one first and swaps it in.
 #ifndef PYLON_SESSION_CACHE_HPP_
 #define PYLON_SESSION_CACHE_HPP_
