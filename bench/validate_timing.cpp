@@ -46,8 +46,8 @@
 // |t| < 4.5 read as "no measurable difference" (dudect's threshold for "probably not constant
 // time" is 4.5 as well; an actual leak drives |t| far past it as samples grow). The cropped t is
 // printed beside it but is not the verdict: its error is a few hundredths of a nanosecond, and it
-// resolves offsets of a few nanoseconds whose sign changes from run to run of the same binary
-// (where the heap, the stack and the code fall in a process), which no choice of code removes.
+// resolves offsets of a few tenths of a nanosecond whose sign changes from run to run of the same
+// binary (where the heap, the stack and the code fall in a process).
 // The verdict is a figure, not an assertion: the exit status is 0 whenever the run completed, 2
 // on an error, and 1 only with --check when |t| >= 4.5. --quick (a small N) is the smoke run that
 // keeps this program building and running; its figures mean little.

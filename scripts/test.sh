@@ -2,8 +2,10 @@
 # The test command (README, and CI through .ci/run): installs the Debian packages, starts a
 # throw-away PostgreSQL cluster, then configures, builds and runs every test in the dev, asan
 # (AddressSanitizer + UBSan) and tsan (ThreadSanitizer) presets, then runs the fuzz targets for
-# 60 s each with a fixed seed (scripts/fuzz.sh --seed 1 60) and the benchmark's smoke run (scripts/bench.sh --quick), and
-# finally scripts/lint.sh. A failed stage does not stop the others (only the rest of its preset is
+# 60 s each with a fixed seed (scripts/fuzz.sh --seed 1 60), the benchmark's smoke run
+# (scripts/bench.sh --quick) and validate()'s timing test (bench/validate_timing, 10^6 samples: its
+# PASS or FAIL line is a figure to read, not an assertion, as timed assertions fail on noisy
+# machines), and finally scripts/lint.sh. A failed stage does not stop the others (only the rest of its preset is
 # skipped); a summary with each stage's result and time comes last, and the exit status is
 # non-zero if any stage failed.
 #
@@ -13,7 +15,7 @@
 #   --no-pg       do not start PostgreSQL (PYLON_TEST_DATABASE_URL stays as it is)
 #   --no-lint     skip scripts/lint.sh
 #   --no-fuzz     skip scripts/fuzz.sh
-#   --no-bench    skip the benchmark smoke run
+#   --no-bench    skip the benchmark smoke run and the timing test
 #   --fail-fast   stop at the first failed stage
 set -euo pipefail
 
@@ -193,6 +195,9 @@ if ((run_fuzz)); then
 fi
 if ((run_bench)); then
   stage "bench smoke" bash scripts/bench.sh --quick || true
+  stop_early
+  stage timing bash -c 'cmake --build --preset release --target validate_timing >/dev/null &&
+    build/release/bench/validate_timing' || true
   stop_early
 fi
 
