@@ -404,17 +404,24 @@ SessionCache::~SessionCache() {
   }
 }
 
+std::size_t SessionCache::slot_of(const SlotTable& table, std::uint64_t hash,
+                                  const SessionDigest& id) noexcept {
+  return table.find(hash, [&id](const Entry* entry) { return entry->id == id; });
+}
+
+SessionCache::Found SessionCache::copy_out(const Entry& entry, std::int64_t at, Session* out) {
+  entry.copy_to(out);
+  return entry.expires_at > at ? Found::kLive : Found::kExpired;
+}
+
 SessionCache::Found SessionCache::find(const SessionDigest& id, std::int64_t at,
                                        Session* out) const {
   const Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id);
   const std::shared_lock<std::shared_mutex> lock(shard.mutex);
-  const std::size_t index =
-      shard.entries.find(hash, [&id](const Entry* entry) { return entry->id == id; });
+  const std::size_t index = slot_of(shard.entries, hash, id);
   if (index == SlotTable::kNone) return Found::kNone;
-  const Entry& entry = *shard.entries.entry_at(index);
-  entry.copy_to(out);
-  return entry.expires_at > at ? Found::kLive : Found::kExpired;
+  return copy_out(*shard.entries.entry_at(index), at, out);
 }
 
 namespace {
@@ -447,8 +454,7 @@ SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64
   Found found = Found::kNone;
   if (compared != nullptr) {
     same = equal_in_constant_time(compared->id, id);
-    compared->copy_to(out);
-    const Found cached = compared->expires_at > at ? Found::kLive : Found::kExpired;
+    const Found cached = copy_out(*compared, at, out);
     static_assert(static_cast<std::uintptr_t>(Found::kNone) == 0);
     found = static_cast<Found>(static_cast<std::uintptr_t>(cached) & mask_if(same));
   }
@@ -459,18 +465,11 @@ SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64
   if (other_with_hash != nullptr) {
     // Another id with the same 64-bit hash (keyed per process, so not one an attacker can aim
     // for): the id may still be cached in another slot.
-    const std::size_t index =
-        shard.entries.find(hash, [&id](const Entry* entry) { return entry->id == id; });
-    if (index != SlotTable::kNone) {
-      const Entry& entry = *shard.entries.entry_at(index);
-      entry.copy_to(out);
-      return entry.expires_at > at ? Found::kLive : Found::kExpired;
-    }
+    const std::size_t index = slot_of(shard.entries, hash, id);
+    if (index != SlotTable::kNone) return copy_out(*shard.entries.entry_at(index), at, out);
   }
-  if (marker != nullptr) {
-    const std::size_t index = shard.entries.find(
-        hash | kRotatedTag, [&id](const Entry* cached) { return cached->id == id; });
-    if (index != SlotTable::kNone) return Found::kRotatedAway;
+  if (marker != nullptr && slot_of(shard.entries, hash | kRotatedTag, id) != SlotTable::kNone) {
+    return Found::kRotatedAway;
   }
   return found;
 }
@@ -567,8 +566,7 @@ SessionCache::OwnedEntry SessionCache::insert_locked(Shard& shard, Pending pendi
   shard.entries.reserve(shard.entries.size() + 1);
   user_heads_.reserve(user_heads_.size() + 1);
   const SessionDigest& id = pending.entry->id;
-  const std::size_t index =
-      shard.entries.find(pending.id_hash, [&id](const Entry* cached) { return cached->id == id; });
+  const std::size_t index = slot_of(shard.entries, pending.id_hash, id);
   Entry* added = pending.entry.get();
   link_user(added, pending.user_hash);
   OwnedEntry replaced;
@@ -607,8 +605,7 @@ bool SessionCache::erase(const SessionDigest& id) {
   OwnedEntry erased;  // freed after the locks are released
   const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
   const std::unique_lock<std::shared_mutex> lock(shard.mutex);
-  const std::size_t index =
-      shard.entries.find(hash, [&id](const Entry* entry) { return entry->id == id; });
+  const std::size_t index = slot_of(shard.entries, hash, id);
   if (index == SlotTable::kNone) return false;
   erased.reset(shard.entries.entry_at(index));
   unlink_user(erased.get());
@@ -649,10 +646,7 @@ void SessionCache::remember_rotated(const SessionDigest& id) {
   Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id) | kRotatedTag;
   const std::unique_lock<std::shared_mutex> lock(shard.mutex);
-  if (shard.entries.find(hash, [&id](const Entry* cached) { return cached->id == id; }) !=
-      SlotTable::kNone) {
-    return;
-  }
+  if (slot_of(shard.entries, hash, id) != SlotTable::kNone) return;
   shard.entries.insert(hash, marker.get());
   static_cast<void>(marker.release());  // owned by the shard's table from here
 }
@@ -661,8 +655,7 @@ bool SessionCache::forget_rotated(const SessionDigest& id) {
   Shard& shard = shards_[shard_index(id)];
   OwnedEntry forgotten;  // freed after the lock is released
   const std::unique_lock<std::shared_mutex> lock(shard.mutex);
-  const std::size_t index = shard.entries.find(
-      hash_of(id) | kRotatedTag, [&id](const Entry* cached) { return cached->id == id; });
+  const std::size_t index = slot_of(shard.entries, hash_of(id) | kRotatedTag, id);
   if (index == SlotTable::kNone) return false;
   forgotten.reset(shard.entries.entry_at(index));
   shard.entries.erase_at(index);

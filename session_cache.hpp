@@ -256,6 +256,11 @@ class SessionCache {
 
   // The last digest byte picks the shard; the others hash within it.
   static std::size_t shard_index(const SessionDigest& id) noexcept { return id.back() % kShards; }
+  // The index of the slot of `table` under `hash` that holds `id`'s entry, or SlotTable::kNone.
+  static std::size_t slot_of(const SlotTable& table, std::uint64_t hash,
+                             const SessionDigest& id) noexcept;
+  // Copies the entry into *out; kLive or kExpired as it is at `at`.
+  static Found copy_out(const Entry& entry, std::int64_t at, Session* out);
   // Untagged: bit 0 is clear, and set only in the hash a rotated-away marker is stored under.
   static std::uint64_t hash_of(const SessionDigest& id) noexcept;
   static constexpr std::uint64_t kRotatedTag = 1;
