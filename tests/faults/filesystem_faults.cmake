@@ -9,15 +9,11 @@
 # Each tmpfs is private to its test and the tests touch nothing outside their own temporary
 # directories, so they can run in parallel with every other test: none is RUN_SERIAL. The timeout
 # covers the pwrite64 sweep under ASan (about 80 s on two busy cores; under 20 s in a dev build).
-add_executable(pylon_filesystem_faults_test
+pylon_add_test_program(pylon_filesystem_faults_test OWN_MAIN
   ${CMAKE_CURRENT_LIST_DIR}/filesystem_faults_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/fault_helpers.cpp
   ${CMAKE_CURRENT_LIST_DIR}/io_error_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/full_disk_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/corrupt_file_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/bad_path_test.cpp)
-target_link_libraries(pylon_filesystem_faults_test PRIVATE pylon_test_support)
-set_target_properties(pylon_filesystem_faults_test PROPERTIES CXX_EXTENSIONS OFF)
-pylon_enable_warnings(pylon_filesystem_faults_test)
-pylon_enable_sanitizers(pylon_filesystem_faults_test)
 gtest_discover_tests(pylon_filesystem_faults_test DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)

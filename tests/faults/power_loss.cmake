@@ -4,11 +4,7 @@
 # registered as the default VFS in this process only, and the sweeps that cut the power at every
 # I/O call of a create, a revoke and a rotation under synchronous=FULL and NORMAL.
 # Each test works in its own temporary directory, so the suite runs in parallel with the others.
-add_executable(pylon_power_loss_test
+pylon_add_test_program(pylon_power_loss_test
   ${CMAKE_CURRENT_LIST_DIR}/power_loss_test.cpp
   ${CMAKE_CURRENT_LIST_DIR}/power_loss_vfs.cpp)
-target_link_libraries(pylon_power_loss_test PRIVATE pylon_test_support GTest::gtest_main)
-set_target_properties(pylon_power_loss_test PROPERTIES CXX_EXTENSIONS OFF)
-pylon_enable_warnings(pylon_power_loss_test)
-pylon_enable_sanitizers(pylon_power_loss_test)
 gtest_discover_tests(pylon_power_loss_test NO_PRETTY_VALUES DISCOVERY_TIMEOUT 60 PROPERTIES TIMEOUT 300)
