@@ -218,11 +218,18 @@ void check_passwords(const std::string& url, const std::vector<std::string>& tex
     // replaced by a filler byte the password does not contain (letters and digits), and run the
     // library on it: if the twin's texts contain the password too, its bytes come from elsewhere
     // and prove nothing.
+    // A second twin fills this password's span alone. The first one, filling every span, also
+    // changes what other readings parse: text that one reading takes for a password may be, in
+    // the SQLite reading, a parameter the message then names ("busy_timeout (milliseconds)",
+    // found by CI's fuzzing with the password "sy_ti"), or a key the message quotes because the
+    // redacted URL shows it elsewhere anyway. Bytes still shown with this password filled come
+    // from elsewhere too; a leak of them is another password's, checked on its own turn.
     constexpr std::string_view kFillers = "xqzjkvXQZJKV0123456789";
     const std::size_t filler = kFillers.find_first_not_of(password);
     if (filler == std::string_view::npos) continue;
     if (password.find_first_not_of(kDelimiters) == std::string::npos) continue;
     if (any_contains(shown_texts(twin_of(url, spans, kFillers[filler])), password)) continue;
+    if (any_contains(shown_texts(twin_of(url, {span}, kFillers[filler])), password)) continue;
     std::string report = "input: ";
     report.append(url).append("\npassword: ").append(password);
     for (const std::string& text : texts) report.append("\nshown: ").append(text);
