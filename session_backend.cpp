@@ -752,20 +752,78 @@ constexpr detail::Migration kSqliteMigrations[] = {
 constexpr int kLatestSqliteVersion =
     kSqliteMigrations[std::size(kSqliteMigrations) - 1].version;  // NOLINT
 
+// Every column of a session, in the order read_session_row() reads them and bind_session() binds
+// them.
+#define PYLON_SQLITE_SESSION_COLUMNS                                                      \
+  "id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, " \
+  "device, ip, data, idp_session_id"
+
+void assign_column_text(sqlite3_stmt* query, int column, std::string& out) {
+  const auto* text = sqlite3_column_text(query, column);
+  const int size = sqlite3_column_bytes(query, column);
+  if (text == nullptr) {
+    out.clear();
+  } else {
+    out.assign(reinterpret_cast<const char*>(text),  // NOLINT: SQLite's text is bytes
+               static_cast<std::size_t>(size));
+  }
+}
+
+void assign_column_optional_text(sqlite3_stmt* query, int column, std::optional<std::string>& out) {
+  if (sqlite3_column_type(query, column) == SQLITE_NULL) {
+    out.reset();
+    return;
+  }
+  if (!out) out.emplace();
+  assign_column_text(query, column, *out);
+}
+
+// The row a statement selecting PYLON_SQLITE_SESSION_COLUMNS stands on, into `session`, whose
+// strings keep their buffers.
+void read_session_row(sqlite3_stmt* query, Session& session) {
+  assign_column_text(query, 0, session.id);
+  assign_column_text(query, 1, session.user_id);
+  assign_column_optional_text(query, 2, session.tenant_id);
+  session.created_at = sqlite3_column_int64(query, 3);
+  session.expires_at = sqlite3_column_int64(query, 4);
+  session.last_seen_at = sqlite3_column_int64(query, 5);
+  session.absolute_expires_at = sqlite3_column_int64(query, 6);
+  assign_column_optional_text(query, 7, session.device);
+  assign_column_optional_text(query, 8, session.ip);
+  const void* blob = sqlite3_column_blob(query, 9);
+  const int blob_size = sqlite3_column_bytes(query, 9);
+  if (blob == nullptr) {
+    session.data.clear();
+  } else {
+    session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
+  }
+  assign_column_optional_text(query, 10, session.idp_session_id);
+}
+
 class SqliteBackend final : public SessionBackend {
  public:
   SqliteBackend(std::string path, const SqliteOptions& options);
 
   std::vector<Session> load_all() override;
   void load_each(const std::function<void(const Session&)>& visit) override;
+  std::optional<Session> load_one(std::string_view id) override;
   void save(const Session& session) override;
   void save_batch(const std::vector<Session>& sessions) override;
   bool remove(std::string_view id) override;
   std::size_t remove_user(std::string_view user_id) override;
   std::size_t remove_expired(std::int64_t now) override;
-  std::size_t remove_matching(const SessionFilter& filter) override;
+  std::vector<RemovedSession> remove_matching(const SessionFilter& filter) override;
   bool replace(std::string_view old_id, const Session& replacement) override;
   std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override;
+  std::vector<RemovedSession> insert_new(const std::vector<Session>& sessions,
+                                         std::size_t max_per_user) override;
+  std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
+                               std::int64_t expires_at) override;
+  std::optional<Session> update_data(std::string_view id, std::string_view data) override;
+  std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
+                                std::int64_t now) override;
+  void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
+  std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   std::string describe() const override { return shown_path_; }
 
  private:
@@ -793,6 +851,15 @@ class SqliteBackend final : public SessionBackend {
   void bind_optional_text(sqlite3_stmt* statement, int index,
                           const std::optional<std::string>& text) const;
   std::size_t run_delete(sqlite3_stmt* statement, const std::string& action);
+  // Steps a statement that returns `id, user_id` rows (DELETE ... RETURNING) to its end.
+  std::vector<RemovedSession> run_returning_removed(sqlite3_stmt* statement,
+                                                    const std::string& action);
+  // Steps a statement that returns at most one session row (... RETURNING every column) to its
+  // end; the row, or nullopt when it returned none.
+  std::optional<Session> run_returning_session(sqlite3_stmt* statement, const char* action);
+  void bind_int64(sqlite3_stmt* statement, int index, std::int64_t value) const {
+    check(sqlite3_bind_int64(statement, index, value), "cannot bind a value for");
+  }
   void bind_session(sqlite3_stmt* statement, const Session& session);
   void step_done(sqlite3_stmt* statement, const char* action);
   // Runs `body` between BEGIN IMMEDIATE and COMMIT, the caller holding mutex_. If `body` returns
@@ -812,9 +879,18 @@ class SqliteBackend final : public SessionBackend {
   Statement delete_by_user_;
   Statement delete_expired_;
   Statement select_all_;
+  Statement select_one_;
   Statement delete_expired_batch_;
   Statement begin_;
   Statement commit_;
+  Statement evict_beyond_cap_;
+  Statement touch_;
+  Statement update_data_;
+  Statement record_rotated_;
+  Statement copy_as_successor_;
+  Statement select_rotated_;
+  Statement delete_expired_rotated_;
+  Statement delete_expired_rotated_batch_;
   // remove_matching()'s DELETE for each combination of filter fields, prepared on first use.
   std::array<Statement, 32> delete_matching_;
 };
@@ -999,6 +1075,15 @@ void SqliteBackend::verify_table_shape() {
                     " does not have the _pylon_sessions table its schema "
                     "version promises");
   }
+  static const std::vector<std::string> kRotatedColumns = {
+      "expires_at INTEGER", "id TEXT",        "replaced_by TEXT",
+      "rotated_at INTEGER", "tenant_id TEXT", "user_id TEXT"};
+  if (!table_exists("_pylon_rotated_ids", &type) || type != "table" ||
+      table_columns("_pylon_rotated_ids") != kRotatedColumns) {
+    throw Error(ErrorCode::kCorruptDatabase,
+                "database " + shown_path_ +
+                    " does not have the _pylon_rotated_ids table its schema version promises");
+  }
 }
 
 // ================================================================================================
@@ -1100,16 +1185,52 @@ void SqliteBackend::prepare_statements() {
   delete_by_id_ = prepare("DELETE FROM _pylon_sessions WHERE id = ?1", kPersistent);
   delete_by_user_ = prepare("DELETE FROM _pylon_sessions WHERE user_id = ?1", kPersistent);
   delete_expired_ = prepare("DELETE FROM _pylon_sessions WHERE expires_at <= ?1", kPersistent);
-  select_all_ = prepare(
-      "SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-      "absolute_expires_at, device, ip, data, idp_session_id FROM _pylon_sessions",
-      kPersistent);
+  select_all_ = prepare("SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions", kPersistent);
+  select_one_ = prepare("SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions WHERE id = ?1",
+                        kPersistent);
   delete_expired_batch_ = prepare(
       "DELETE FROM _pylon_sessions WHERE rowid IN "
       "(SELECT rowid FROM _pylon_sessions WHERE expires_at <= ?1 LIMIT ?2)",
       kPersistent);
   begin_ = prepare("BEGIN IMMEDIATE", kPersistent);
   commit_ = prepare("COMMIT", kPersistent);
+  // Oldest first by created_at, then by rowid: SQLite gives a new row a rowid larger than every
+  // row's in the table, so among the rows present it orders by insertion.
+  evict_beyond_cap_ = prepare(
+      "DELETE FROM _pylon_sessions WHERE rowid IN (SELECT rowid FROM _pylon_sessions "
+      "WHERE user_id = ?1 AND tenant_id IS ?2 ORDER BY created_at DESC, rowid DESC "
+      "LIMIT -1 OFFSET ?3) RETURNING id, user_id",
+      kPersistent);
+  touch_ = prepare(
+      "UPDATE _pylon_sessions SET last_seen_at = max(last_seen_at, ?2), "
+      "expires_at = max(expires_at, ?3) WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
+      kPersistent);
+  update_data_ = prepare(
+      "UPDATE _pylon_sessions SET data = ?2 WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
+      kPersistent);
+  record_rotated_ = prepare(
+      "INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, rotated_at, "
+      "expires_at) SELECT id, ?2, user_id, tenant_id, ?3, CASE WHEN absolute_expires_at > 0 "
+      "THEN absolute_expires_at ELSE expires_at END FROM _pylon_sessions "
+      "WHERE id = ?1 AND expires_at > ?3 "
+      "ON CONFLICT (id) DO UPDATE SET replaced_by = excluded.replaced_by, "
+      "user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
+      "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at",
+      kPersistent);
+  copy_as_successor_ = prepare(
+      "INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS ") SELECT ?2, user_id, "
+      "tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, "
+      "idp_session_id FROM _pylon_sessions WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
+      kPersistent);
+  select_rotated_ = prepare(
+      "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at FROM _pylon_rotated_ids",
+      kPersistent);
+  delete_expired_rotated_ =
+      prepare("DELETE FROM _pylon_rotated_ids WHERE expires_at <= ?1", kPersistent);
+  delete_expired_rotated_batch_ = prepare(
+      "DELETE FROM _pylon_rotated_ids WHERE rowid IN "
+      "(SELECT rowid FROM _pylon_rotated_ids WHERE expires_at <= ?1 LIMIT ?2)",
+      kPersistent);
 }
 
 void SqliteBackend::bind_text(sqlite3_stmt* statement, int index, std::string_view text) const {
@@ -1142,47 +1263,10 @@ void SqliteBackend::load_each(const std::function<void(const Session&)>& visit) 
   const std::lock_guard<std::mutex> lock(mutex_);
   sqlite3_stmt* query = select_all_.get();
   const StatementReset reset(query);
-
-  const auto assign_text = [query](int column, std::string& out) {
-    const auto* text = sqlite3_column_text(query, column);
-    const int size = sqlite3_column_bytes(query, column);
-    if (text == nullptr) {
-      out.clear();
-    } else {
-      out.assign(reinterpret_cast<const char*>(text),  // NOLINT: SQLite's text is bytes
-                 static_cast<std::size_t>(size));
-    }
-  };
-  const auto assign_optional_text = [query, &assign_text](int column,
-                                                          std::optional<std::string>& out) {
-    if (sqlite3_column_type(query, column) == SQLITE_NULL) {
-      out.reset();
-      return;
-    }
-    if (!out) out.emplace();
-    assign_text(column, *out);
-  };
-
   Session session;
   for (int step = sqlite3_step(query); step != SQLITE_DONE; step = sqlite3_step(query)) {
     if (step != SQLITE_ROW) fail(step, "cannot load sessions from");
-    assign_text(0, session.id);
-    assign_text(1, session.user_id);
-    assign_optional_text(2, session.tenant_id);
-    session.created_at = sqlite3_column_int64(query, 3);
-    session.expires_at = sqlite3_column_int64(query, 4);
-    session.last_seen_at = sqlite3_column_int64(query, 5);
-    session.absolute_expires_at = sqlite3_column_int64(query, 6);
-    assign_optional_text(7, session.device);
-    assign_optional_text(8, session.ip);
-    const void* blob = sqlite3_column_blob(query, 9);
-    const int blob_size = sqlite3_column_bytes(query, 9);
-    if (blob == nullptr) {
-      session.data.clear();
-    } else {
-      session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
-    }
-    assign_optional_text(10, session.idp_session_id);
+    read_session_row(query, session);
     visit(session);
   }
 }
@@ -1286,7 +1370,7 @@ bool SqliteBackend::replace(std::string_view old_id, const Session& replacement)
 
 // One DELETE per combination of set fields, so every one is a plain indexed equality (an
 // `?1 IS NULL OR user_id = ?1` form would keep SQLite from using the indexes).
-std::size_t SqliteBackend::remove_matching(const SessionFilter& filter) {
+std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& filter) {
   if (!filter.id && !filter.user_id && !filter.idp_session_id) {
     throw Error(ErrorCode::kInvalidArgument,
                 "remove_matching needs an id, a user_id or an idp_session_id: an empty filter "
@@ -1313,6 +1397,7 @@ std::size_t SqliteBackend::remove_matching(const SessionFilter& filter) {
       sql.append(separator).append(fields.at(i).second);
       separator = " AND ";
     }
+    sql.append(" RETURNING id, user_id");
     statement = prepare(sql.c_str(), SQLITE_PREPARE_PERSISTENT);
   }
   const StatementReset reset(statement.get());
@@ -1320,7 +1405,7 @@ std::size_t SqliteBackend::remove_matching(const SessionFilter& filter) {
   for (const auto& field : fields) {
     if (field.first->has_value()) bind_text(statement.get(), index++, **field.first);
   }
-  return run_delete(statement.get(), "cannot delete sessions from");
+  return run_returning_removed(statement.get(), "cannot delete sessions from");
 }
 
 std::size_t SqliteBackend::remove_expired_batch(std::int64_t now, std::size_t limit) {
@@ -1357,11 +1442,185 @@ std::size_t SqliteBackend::remove_user(std::string_view user_id) {
 }
 
 std::size_t SqliteBackend::remove_expired(std::int64_t now) {
+  const char* action = "cannot delete expired sessions from";
   const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* statement = delete_expired_.get();
+  std::size_t removed = 0;
+  in_transaction(action, [&] {
+    {
+      const StatementReset reset(delete_expired_.get());
+      bind_int64(delete_expired_.get(), 1, now);
+      removed = run_delete(delete_expired_.get(), action);
+    }
+    const StatementReset reset(delete_expired_rotated_.get());
+    bind_int64(delete_expired_rotated_.get(), 1, now);
+    run_delete(delete_expired_rotated_.get(), action);
+    return true;
+  });
+  return removed;
+}
+
+std::vector<RemovedSession> SqliteBackend::run_returning_removed(sqlite3_stmt* statement,
+                                                                 const std::string& action) {
+  std::vector<RemovedSession> removed;
+  for (int step = sqlite3_step(statement); step != SQLITE_DONE; step = sqlite3_step(statement)) {
+    if (step != SQLITE_ROW) fail(step, action);
+    RemovedSession row;
+    assign_column_text(statement, 0, row.id);
+    assign_column_text(statement, 1, row.user_id);
+    removed.push_back(std::move(row));
+  }
+  return removed;
+}
+
+std::optional<Session> SqliteBackend::run_returning_session(sqlite3_stmt* statement,
+                                                            const char* action) {
+  std::optional<Session> row;
+  for (int step = sqlite3_step(statement); step != SQLITE_DONE; step = sqlite3_step(statement)) {
+    if (step != SQLITE_ROW) fail(step, action);
+    read_session_row(statement, row.emplace());
+  }
+  return row;
+}
+
+std::optional<Session> SqliteBackend::load_one(std::string_view id) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* query = select_one_.get();
+  const StatementReset reset(query);
+  bind_text(query, 1, id);
+  return run_returning_session(query, "cannot read a session from");
+}
+
+// The creates and the evictions they cause share one BEGIN IMMEDIATE transaction: SQLite's write
+// lock makes counting, evicting and inserting one step for every connection to the file, so the
+// cap holds across processes, and a failed create evicts nothing.
+std::vector<RemovedSession> SqliteBackend::insert_new(const std::vector<Session>& sessions,
+                                                      std::size_t max_per_user) {
+  for (const Session& session : sessions) check_sqlite_storable(session);
+  std::vector<RemovedSession> evicted;
+  if (sessions.empty()) return evicted;
+  const char* action = "cannot save sessions to";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  const auto insert_all = [&] {
+    for (const Session& session : sessions) {
+      const StatementReset reset(upsert_.get());
+      bind_session(upsert_.get(), session);
+      step_done(upsert_.get(), action);
+    }
+  };
+  if (max_per_user == 0 && sessions.size() == 1) {
+    insert_all();  // one statement is its own transaction
+    return evicted;
+  }
+  in_transaction(action, [&] {
+    insert_all();
+    if (max_per_user == 0) return true;
+    std::vector<std::pair<std::string_view, const std::optional<std::string>*>> owners;
+    for (const Session& session : sessions) {
+      const std::pair<std::string_view, const std::optional<std::string>*> owner{
+          session.user_id, &session.tenant_id};
+      const bool seen = std::any_of(owners.begin(), owners.end(), [&](const auto& other) {
+        return other.first == owner.first && *other.second == *owner.second;
+      });
+      if (!seen) owners.push_back(owner);
+    }
+    for (const auto& [user_id, tenant_id] : owners) {
+      sqlite3_stmt* evict = evict_beyond_cap_.get();
+      const StatementReset reset(evict);
+      bind_text(evict, 1, user_id);
+      bind_optional_text(evict, 2, *tenant_id);
+      bind_int64(evict, 3,
+                 static_cast<std::int64_t>(std::min<std::size_t>(max_per_user, INT64_MAX)));
+      std::vector<RemovedSession> removed = run_returning_removed(evict, action);
+      std::move(removed.begin(), removed.end(), std::back_inserter(evicted));
+    }
+    return true;
+  });
+  return evicted;
+}
+
+std::optional<Session> SqliteBackend::touch(std::string_view id, std::int64_t last_seen_at,
+                                            std::int64_t expires_at) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = touch_.get();
   const StatementReset reset(statement);
-  check(sqlite3_bind_int64(statement, 1, now), "cannot bind a value for");
-  return run_delete(statement, "cannot delete expired sessions from");
+  bind_text(statement, 1, id);
+  bind_int64(statement, 2, last_seen_at);
+  bind_int64(statement, 3, expires_at);
+  return run_returning_session(statement, "cannot slide a session's expiry in");
+}
+
+std::optional<Session> SqliteBackend::update_data(std::string_view id, std::string_view data) {
+  if (data.size() > static_cast<std::size_t>(INT_MAX)) {
+    throw Error(ErrorCode::kInvalidArgument, "session data is larger than SQLite can store");
+  }
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = update_data_.get();
+  const StatementReset reset(statement);
+  bind_text(statement, 1, id);
+  // A zero-length blob must still be a blob, not NULL: bind_zeroblob(0) gives x''.
+  check(data.empty() ? sqlite3_bind_zeroblob(statement, 2, 0)
+                     : sqlite3_bind_blob(statement, 2, data.data(), static_cast<int>(data.size()),
+                                         SQLITE_STATIC),
+        "cannot bind a value for");
+  return run_returning_session(statement, "cannot update a session's data in");
+}
+
+// Rotation: the rotated-id record, the successor (copied from the stored row, in SQL) and the
+// delete of the old row commit together or not at all, so no reader, here or in another
+// process, ever sees both tokens valid or neither.
+std::optional<Session> SqliteBackend::rotate(std::string_view old_id, std::string_view new_id,
+                                             std::int64_t now) {
+  const char* action = "cannot rotate a session in";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  std::optional<Session> successor;
+  in_transaction(action, [&] {
+    {
+      sqlite3_stmt* record = record_rotated_.get();
+      const StatementReset reset(record);
+      bind_text(record, 1, old_id);
+      bind_text(record, 2, new_id);
+      bind_int64(record, 3, now);
+      if (run_delete(record, action) == 0) return false;  // no live row `old_id`
+    }
+    {
+      sqlite3_stmt* copy = copy_as_successor_.get();
+      const StatementReset reset(copy);
+      bind_text(copy, 1, old_id);
+      bind_text(copy, 2, new_id);
+      successor = run_returning_session(copy, action);
+    }
+    const StatementReset reset(delete_by_id_.get());
+    bind_text(delete_by_id_.get(), 1, old_id);
+    run_delete(delete_by_id_.get(), action);
+    return successor.has_value();
+  });
+  return successor;
+}
+
+void SqliteBackend::load_rotated_each(const std::function<void(const RotatedId&)>& visit) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* query = select_rotated_.get();
+  const StatementReset reset(query);
+  RotatedId rotated;
+  for (int step = sqlite3_step(query); step != SQLITE_DONE; step = sqlite3_step(query)) {
+    if (step != SQLITE_ROW) fail(step, "cannot load rotated session ids from");
+    assign_column_text(query, 0, rotated.id);
+    assign_column_text(query, 1, rotated.replaced_by);
+    assign_column_text(query, 2, rotated.user_id);
+    assign_column_optional_text(query, 3, rotated.tenant_id);
+    rotated.rotated_at = sqlite3_column_int64(query, 4);
+    rotated.expires_at = sqlite3_column_int64(query, 5);
+    visit(rotated);
+  }
+}
+
+std::size_t SqliteBackend::remove_expired_rotated(std::int64_t now, std::size_t limit) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  sqlite3_stmt* statement = delete_expired_rotated_batch_.get();
+  const StatementReset reset(statement);
+  bind_int64(statement, 1, now);
+  bind_int64(statement, 2, static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
+  return run_delete(statement, "cannot delete expired rotated session ids from");
 }
 
 }  // namespace

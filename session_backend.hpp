@@ -124,6 +124,36 @@ struct SessionFilter {
   std::optional<std::string> except_id;
 };
 
+// A row a delete removed: which session, and whose. Deletes that match many rows return these,
+// so that a caller can forget exactly what storage deleted, sessions other processes created
+// included.
+struct RemovedSession {
+  std::string id;
+  std::string user_id;
+
+  friend bool operator==(const RemovedSession& a, const RemovedSession& b) {
+    return a.id == b.id && a.user_id == b.user_id;
+  }
+};
+
+// A session id rotated away (SessionBackend::rotate), kept in storage until the session it
+// belonged to would have expired, so that every store, and a store after a restart, recognises a
+// replayed old token. It is not a session: it never validates and is never listed or counted.
+struct RotatedId {
+  std::string id;           // the old session id
+  std::string replaced_by;  // the id of the session that took its place
+  std::string user_id;
+  std::optional<std::string> tenant_id;
+  std::int64_t rotated_at = 0;
+  std::int64_t expires_at = 0;  // the old session's hard cap; purges delete it after that
+
+  friend bool operator==(const RotatedId& a, const RotatedId& b) {
+    return a.id == b.id && a.replaced_by == b.replaced_by && a.user_id == b.user_id &&
+           a.tenant_id == b.tenant_id && a.rotated_at == b.rotated_at &&
+           a.expires_at == b.expires_at;
+  }
+};
+
 // Synchronous storage of sessions in the table `_pylon_sessions`. Every call is one statement
 // or one transaction; every failure throws Error and leaves storage as it was before the call.
 // A backend serialises its own calls, so it may be shared between threads, but one caller's
@@ -157,20 +187,59 @@ class SessionBackend {
   virtual bool remove(std::string_view id) = 0;
   // Deletes every row of the user; returns how many.
   virtual std::size_t remove_user(std::string_view user_id) = 0;
-  // Deletes every row with expires_at <= now, in one statement; returns how many.
+  // Deletes every row with expires_at <= now, and every RotatedId with expires_at <= now, in one
+  // transaction; returns how many sessions it deleted.
   virtual std::size_t remove_expired(std::int64_t now) = 0;
 
-  // Deletes, in one statement, every row matching every field `filter` sets; returns how many.
-  // A filter that sets none of id, user_id and idp_session_id is refused with kInvalidArgument:
-  // it would match everyone.
-  virtual std::size_t remove_matching(const SessionFilter& filter) = 0;
-  // In one transaction, deletes the row `old_id` and inserts `replacement` (token rotation).
-  // Returns false, having written nothing, when there is no row `old_id`. With
-  // replacement.id == old_id it is an update that never re-inserts a row deleted meanwhile.
+  // Deletes, in one statement, every row matching every field `filter` sets; returns the rows
+  // it deleted. A filter that sets none of id, user_id and idp_session_id is refused with
+  // kInvalidArgument: it would match everyone.
+  virtual std::vector<RemovedSession> remove_matching(const SessionFilter& filter) = 0;
+  // In one transaction, deletes the row `old_id` and inserts `replacement`. Returns false,
+  // having written nothing, when there is no row `old_id`. With replacement.id == old_id it is
+  // an update that never re-inserts a row deleted meanwhile. (SessionStore rotates with rotate()
+  // and updates with touch() and update_data(), which never copy a caller's fields over storage.)
   virtual bool replace(std::string_view old_id, const Session& replacement) = 0;
   // Deletes at most `limit` rows with expires_at <= now, in one statement; returns how many.
   // Short statements keep a purge of millions of rows from stalling other writers.
   virtual std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) = 0;
+
+  // ---- Writes that change exactly what they mean to. Several stores, in several processes, may
+  // share one database: each of these reads what it needs from storage inside its own statement
+  // or transaction, so no write carries a caller's stale copy of a row over another's change.
+
+  // New sessions, in one transaction (a group commit of creates). With max_per_user > 0, the
+  // same transaction then deletes, for each user of `sessions`, that user's oldest rows in the
+  // new session's tenant (rows whose tenant_id equals it, or is null when it is null) beyond
+  // max_per_user: oldest is the smallest created_at, then the earliest inserted. It is atomic
+  // against every other writer, other processes included, so no interleaving of creates ever
+  // leaves more than max_per_user rows. Returns the rows it deleted. A failure throws and leaves
+  // storage as it was: nothing inserted, nothing evicted.
+  virtual std::vector<RemovedSession> insert_new(const std::vector<Session>& sessions,
+                                                 std::size_t max_per_user) = 0;
+  // The idle slide: sets last_seen_at and expires_at of the row `id`, each to the larger of its
+  // stored value and the one given (so two stores sliding in either order never move a session's
+  // expiry back), and no other column. Returns every column of the row as storage then holds
+  // it; nullopt, having written nothing, if there is no row `id`. Never inserts.
+  virtual std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
+                                       std::int64_t expires_at) = 0;
+  // Sets `data` of the row `id`, and no other column. Returns the row as storage then holds it;
+  // nullopt, having written nothing, if there is no row `id`. Never inserts.
+  virtual std::optional<Session> update_data(std::string_view id, std::string_view data) = 0;
+  // Token rotation, in one transaction: reads the row `old_id`; if there is none, or it expired
+  // (expires_at <= now), returns nullopt having written nothing. Otherwise inserts a copy of that
+  // row, every column as storage holds it, under `new_id` (inserted now, so the newest for
+  // max_per_user's order), deletes `old_id`, and stores the RotatedId {old_id, new_id, its user
+  // and tenant, rotated_at = now, expires_at = the row's absolute_expires_at, or its expires_at
+  // when that is 0}. Returns the new row as stored.
+  virtual std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
+                                        std::int64_t now) = 0;
+  // Calls `visit` with every stored RotatedId, expired ones included, one at a time, as
+  // load_each() does for sessions. remove_expired() deletes those with expires_at <= now, and
+  // remove_expired_rotated() does in batches.
+  virtual void load_rotated_each(const std::function<void(const RotatedId&)>& visit) = 0;
+  // Deletes at most `limit` RotatedIds with expires_at <= now, in one statement; returns how many.
+  virtual std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) = 0;
 
   // The URL or path this backend was opened with, its password hidden. For messages and tools.
   [[nodiscard]] virtual std::string describe() const = 0;
@@ -303,6 +372,11 @@ struct StoreOptions {
   // statements of at most reaper_batch_size rows, and stops when the store is destroyed.
   std::chrono::seconds reaper_interval{0};
   std::size_t reaper_batch_size = 1000;
+  // After rotate(), the old token still validates, as the new session, for this long, and
+  // presenting it raises no kRotatedTokenReused: requests a client sent before it received the
+  // new token are not logged out. After it, the old token is refused and its use reported.
+  // 0 = no grace: the old token is refused at once.
+  std::chrono::seconds rotation_grace{0};
   // Told of every event, on the thread that caused it, after storage has it. It must not call
   // back into the store; what it throws is caught and ignored. Events never carry a token.
   std::function<void(const SessionEvent&)> on_event;
@@ -379,9 +453,12 @@ class SessionStore {
   std::size_t size();
 
   // A new token for the session of `token` (same user, tenant, device, data, created_at and
-  // expiry); the old token stops working in the same storage transaction. Use it at login and
-  // on every privilege change, against session fixation. nullopt if `token` has no live
-  // session. Presenting the old token afterwards raises kRotatedTokenReused (in this process).
+  // expiry, as storage holds them); the old token stops working in the same storage transaction
+  // (after StoreOptions::rotation_grace, when that is set). Use it at login and on every
+  // privilege change, against session fixation. nullopt if `token` has no live session.
+  // Storage keeps the old id until the session would have expired, so presenting the old token
+  // afterwards raises kRotatedTokenReused in this store, after a restart, and in every store
+  // started on the same database since.
   std::optional<NewSession> rotate(std::string_view token);
 
   // Signs out every other session of the token's user (in the store's tenant scope), in one

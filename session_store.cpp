@@ -5,20 +5,23 @@
 //
 // Invariants (hold whenever no mutex is held):
 //   - cache_ holds exactly the rows of this store's tenant scope that storage holds and this
-//     process knows of, minus the ids in pending_deletes_: those are denied here already, but
-//     storage has not yet acknowledged their delete.
+//     process knows of, minus the sessions matching pending_deletes_: those are denied here
+//     already, but storage has not yet acknowledged their delete. Each write takes from storage
+//     what it changed (the row an update returns, the ids a delete returns), never from a copy
+//     read earlier, so a write racing another process's, or another thread's, cannot leave the
+//     cache claiming what storage does not hold.
 //   - in_doubt_ holds the ids of writes whose acknowledgement was lost (kConnectionLost: applied
 //     or not, only the server knows). They are out of the cache until the next write reads them
 //     back from storage (settle_in_doubt()): the cache never guesses.
-//   - rotated_ remembers ids rotated away by this process, until they would have expired, so a
-//     replayed old token is reported; it never makes a token valid. The cache holds a marker for
-//     exactly the ids in rotated_ (see remember_rotated()).
+//   - rotated_ids_ remembers the ids rotated away that storage holds (by this process, or read at
+//     start-up), until they would have expired, so a replayed old token is reported; it makes a
+//     token valid only as its successor, within rotation_grace.
 // Locking: write_mutex_ serialises every storage write and the cache update that follows it, so
 // the cache changes in the order storage did. The cache locks itself (sharded; see
 // session_cache.hpp) only for map operations, never across a storage call, so reads never wait
 // for the disk. Creates queue under create_queue_mutex_ without holding write_mutex_, so that
 // they gather while a commit is in flight (group commit, see create()). Lock order:
-// create_queue_mutex_ is never held with another; write_mutex_, then rotated_mutex_, then the
+// create_queue_mutex_ is never held with another; write_mutex_, then RotatedIds' lock, then the
 // cache's locks, then last_error_mutex_. Events are delivered after every lock is released.
 #include <algorithm>
 #include <array>
@@ -45,10 +48,6 @@ namespace pylon {
 
 namespace {
 
-// How many rotated-away ids a store remembers for reuse detection. Each costs about 200 bytes;
-// past the cap, the oldest-expiring ones are forgotten first.
-constexpr std::size_t kMaxRotatedIds = 65536;
-
 std::int64_t saturating_add(std::int64_t base, std::int64_t delta) noexcept {
   if (delta > 0 && base > std::numeric_limits<std::int64_t>::max() - delta) {
     return std::numeric_limits<std::int64_t>::max();
@@ -61,10 +60,10 @@ void check_store_options(const StoreOptions& options) {
     throw Error(ErrorCode::kInvalidArgument, "StoreOptions::absolute_ttl must be positive");
   }
   if (options.idle_timeout.count() < 0 || options.touch_interval.count() < 0 ||
-      options.reaper_interval.count() < 0) {
+      options.reaper_interval.count() < 0 || options.rotation_grace.count() < 0) {
     throw Error(ErrorCode::kInvalidArgument,
-                "StoreOptions::idle_timeout, touch_interval and reaper_interval must not be "
-                "negative");
+                "StoreOptions::idle_timeout, touch_interval, reaper_interval and rotation_grace "
+                "must not be negative");
   }
   if (options.reaper_interval.count() > 0 && options.reaper_batch_size == 0) {
     throw Error(ErrorCode::kInvalidArgument,
@@ -105,6 +104,87 @@ class StripedCounter {
   std::array<Stripe, kStripes> stripes_;
 };
 
+// The ids rotated away that storage holds (SessionBackend::rotate), for validate() to recognise a
+// replayed old token. Each id is kept twice, and this class keeps the two in step: as a marker
+// in the cache, which validate()'s lookup reads anyway (an unknown token costs no second lookup),
+// and here with what a reuse event or the grace window needs. Its own lock; callers may hold the
+// store's write_mutex_ (taken before this one), never the cache's locks.
+class RotatedIds {
+ public:
+  explicit RotatedIds(detail::SessionCache& cache) : cache_(cache) {}
+
+  // Remembers a rotated id (a well-formed one; others are ignored). Best effort: on bad_alloc
+  // the id goes unrecorded (in storage it is recorded, and a restart reads it back), since
+  // rotate() has succeeded by then and its caller must get the new token.
+  void remember(RotatedId rotated) noexcept {
+    detail::SessionDigest digest{};
+    if (!detail::parse_session_id(rotated.id, &digest)) return;
+    try {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      cache_.remember_rotated(digest);
+      try {
+        std::string id = rotated.id;
+        by_id_.insert_or_assign(std::move(id), std::move(rotated));
+      } catch (...) {
+        cache_.forget_rotated(digest);
+        throw;
+      }
+    } catch (const std::bad_alloc&) {  // NOLINT(bugprone-empty-catch): documented above
+    }
+  }
+
+  // The record of a rotated id, if remembered.
+  std::optional<RotatedId> find(const std::string& id) const {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    const auto found = by_id_.find(id);
+    if (found == by_id_.end()) return std::nullopt;
+    return found->second;
+  }
+
+  // The last session of a chain of rotations that starts at `rotated` (A -> B, then B -> C: C),
+  // as far as this process knows; a chain longer than a session could plausibly be rotated
+  // within one grace window ends early.
+  std::string last_successor(const RotatedId& rotated) const {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    std::string successor = rotated.replaced_by;
+    for (int hops = 0; hops < kMaxChain; ++hops) {
+      const auto next = by_id_.find(successor);
+      if (next == by_id_.end()) break;
+      successor = next->second.replaced_by;
+    }
+    return successor;
+  }
+
+  // Forgets every id whose session would have expired by `at`.
+  void forget_expired(std::int64_t at) noexcept {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = by_id_.begin(); it != by_id_.end();) {
+      if (it->second.expires_at > at) {
+        ++it;
+        continue;
+      }
+      detail::SessionDigest digest{};
+      if (detail::parse_session_id(it->first, &digest)) cache_.forget_rotated(digest);
+      it = by_id_.erase(it);
+    }
+  }
+
+ private:
+  static constexpr int kMaxChain = 64;
+  detail::SessionCache& cache_;
+  mutable std::mutex mutex_;
+  std::unordered_map<std::string, RotatedId> by_id_;  // guarded by mutex_
+};
+
+// Whether `session` is one of the rows `filter` matches (SessionBackend::remove_matching).
+bool matches(const SessionFilter& filter, const Session& session) {
+  return (!filter.id || session.id == *filter.id) &&
+         (!filter.user_id || session.user_id == *filter.user_id) &&
+         (!filter.tenant_id || session.tenant_id == filter.tenant_id) &&
+         (!filter.idp_session_id || session.idp_session_id == filter.idp_session_id) &&
+         (!filter.except_id || session.id != *filter.except_id);
+}
+
 }  // namespace
 
 std::int64_t system_clock_now() {
@@ -139,15 +219,6 @@ class SessionStore::Impl {
   StoreStats stats();
 
  private:
-  // cppcheck 2.10 misses the reads through rotated_'s iterators in validate().
-  struct RotatedAway {
-    // cppcheck-suppress unusedStructMember
-    std::string user_id;
-    // cppcheck-suppress unusedStructMember
-    std::string successor_id;
-    std::int64_t expires_at = 0;
-  };
-
   std::int64_t now() const { return options_.clock(); }
   bool in_scope(const Session& session) const {
     return !options_.tenant_id || session.tenant_id == options_.tenant_id;
@@ -160,11 +231,18 @@ class SessionStore::Impl {
 
   // The live cached session of `id` (a well-formed id), copied.
   std::optional<Session> live_copy(const std::string& id, std::int64_t at) const;
-  // The cached ids of a user (in `tenant`, when set).
-  std::vector<std::pair<std::string, std::string>> known_of_user(
-      const std::string& user_id, const std::optional<std::string>& tenant) const;
+  // The ids of the cached sessions `filter` matches.
+  std::vector<std::string> cached_ids_matching(const SessionFilter& filter) const;
+  // Whether a delete still pending (pending_deletes_) covers this session. Caller holds
+  // write_mutex_.
+  bool pending_delete_covers(const Session& session) const;
   // Cache removals; the caller holds write_mutex_.
   void cache_erase(const std::vector<std::string>& ids);
+  // Makes the cache hold `stored`, a row as storage returned it after a write to `id`: cached
+  // when it is live, storable and in scope, dropped otherwise. Returns it when it was cached.
+  // Caller holds write_mutex_.
+  std::optional<Session> cache_stored(const std::string& id, std::optional<Session> stored,
+                                      std::int64_t at);
 
   // Retries deletes left by failed revokes; throws (leaving the rest pending) if storage still
   // refuses. Caller holds write_mutex_. Called before every write.
@@ -177,27 +255,20 @@ class SessionStore::Impl {
   // Reads each id in in_doubt_ back from storage and makes the cache agree. Throws, leaving the
   // rest in doubt, if storage cannot answer. Caller holds write_mutex_.
   void settle_in_doubt();
-  // Runs a revoking write of `ids`, failing closed: if it throws, `ids` are denied here at once
-  // and queued for deletion before the next write. Caller holds write_mutex_.
-  template <typename Call>
-  auto revoke_write(const std::vector<std::string>& ids, Call&& call) -> decltype(call());
-  // Evicts the user's oldest sessions until one more fits under max_sessions_per_user.
-  void evict_to_make_room(const std::string& user_id, std::vector<SessionEvent>& events);
+  // Deletes what `filter` matches, in one statement, and removes from the cache exactly the
+  // rows storage deleted. Fails closed: if storage refuses, the cached sessions the filter
+  // matches are denied here at once, and the same filter (not a list of ids: other processes'
+  // sessions must go too) is retried before the next write until storage has it.
+  std::vector<RemovedSession> revoke_matching(const SessionFilter& filter);
+  // The idle slide of a live cached session, written when touch_interval has passed.
   std::optional<Session> touch(const std::string& id, std::int64_t at);
-  // Records an id rotate() replaced, for validate() to report if its token comes back. Caller
-  // holds write_mutex_.
-  void remember_rotated(const std::string& old_id, const std::string& user_id,
-                        const std::string& successor_id, std::int64_t expires_at) noexcept;
-  // A cached session that a revoking write is about to delete: its id and its user.
-  using Known = std::vector<std::pair<std::string, std::string>>;
-  std::size_t revoke_matching(const SessionFilter& filter, const Known& known);
-  // kRevoked for each known session, and one more, without an id, for the rows storage removed
-  // that this process did not know of (created by another instance).
-  void emit_revoked(const Known& known, std::size_t removed, const std::string& user_id) const;
-  static std::vector<std::string> ids_in(const Known& known);
+  // The session an old token stands for within rotation_grace: its chain's last successor,
+  // slid as validate() slides any session; nullopt if that is gone.
+  std::optional<Session> successor_in_grace(const RotatedId& rotated, std::int64_t at);
 
   // Group commit (see create()). A queued create: the leader that commits it fills in
-  // `committed`, `error` and `evictions`, then sets `done` under create_queue_mutex_.
+  // `committed`, `error` and `evictions` (the sessions of its user that its insert evicted),
+  // then sets `done` under create_queue_mutex_.
   struct QueuedCreate {
     Session session;
     bool committed = false;
@@ -225,14 +296,13 @@ class SessionStore::Impl {
   StoreOptions options_;
 
   std::mutex write_mutex_;
-  std::unordered_set<std::string> pending_deletes_;  // guarded by write_mutex_
-  std::unordered_set<std::string> in_doubt_;         // guarded by write_mutex_
+  std::vector<SessionFilter> pending_deletes_;  // guarded by write_mutex_
+  std::unordered_set<std::string> in_doubt_;    // guarded by write_mutex_
 
   std::mutex create_queue_mutex_;
   std::vector<QueuedCreate*> create_queue_;  // guarded by create_queue_mutex_
 
-  std::mutex rotated_mutex_;
-  std::unordered_map<std::string, RotatedAway> rotated_;  // old id -> ...; by rotated_mutex_
+  RotatedIds rotated_ids_{cache_};
 
   std::size_t skipped_rows_ = 0;  // set by the constructor only
   std::atomic<std::uint64_t> writes_{0};
@@ -260,17 +330,25 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     : backend_(std::move(backend)), options_(std::move(options)) {
   if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
   check_store_options(options_);
-  detail::SessionCache::Loader loader(cache_);
-  backend_->load_each([this, &loader](const Session& row) {
-    // A row that no token can match, or that holds what no write would store (a damaged or
-    // hand-edited file), is never handed out: counted, left where it is.
-    if (!detail::is_storable_session(row)) {
-      ++skipped_rows_;
-    } else if (in_scope(row)) {
-      loader.add(row);
+  const std::int64_t at = now();
+  {
+    detail::SessionCache::Loader loader(cache_);
+    backend_->load_each([this, &loader](const Session& row) {
+      // A row that no token can match, or that holds what no write would store (a damaged or
+      // hand-edited file), is never handed out: counted, left where it is.
+      if (!detail::is_storable_session(row)) {
+        ++skipped_rows_;
+      } else if (in_scope(row)) {
+        loader.add(row);
+      }
+    });
+    loader.finish();
+  }
+  backend_->load_rotated_each([this, at](const RotatedId& rotated) {
+    if (rotated.expires_at > at && (!options_.tenant_id || rotated.tenant_id == options_.tenant_id)) {
+      rotated_ids_.remember(rotated);
     }
   });
-  loader.finish();
   if (options_.reaper_interval.count() > 0) reaper_ = std::thread([this] { reaper_loop(); });
 }
 
@@ -287,9 +365,9 @@ SessionStore::Impl::~Impl() {
   // Last attempt for deletes that failed earlier. A destructor must not throw: what still fails
   // stays in storage, as the Error thrown by the original revoke reported.
   const std::lock_guard<std::mutex> lock(write_mutex_);
-  for (const std::string& id : pending_deletes_) {
+  for (const SessionFilter& filter : pending_deletes_) {
     try {
-      backend_->remove(id);
+      backend_->remove_matching(filter);
     } catch (...) {  // NOLINT(bugprone-empty-catch): reported when the revoke failed
     }
   }
@@ -328,23 +406,57 @@ std::optional<Session> SessionStore::Impl::live_copy(const std::string& id, std:
   return cache_.find_live(digest, at);
 }
 
-std::vector<std::pair<std::string, std::string>> SessionStore::Impl::known_of_user(
-    const std::string& user_id, const std::optional<std::string>& tenant) const {
-  std::vector<std::pair<std::string, std::string>> known;
-  for (Session& session : cache_.of_user(user_id)) {
-    if (!tenant || session.tenant_id == tenant) known.emplace_back(std::move(session.id), user_id);
+std::vector<std::string> SessionStore::Impl::cached_ids_matching(
+    const SessionFilter& filter) const {
+  std::vector<std::string> ids;
+  if (filter.id) {
+    detail::SessionDigest digest{};
+    Session cached;
+    if (detail::parse_session_id(*filter.id, &digest) &&
+        cache_.find(digest, 0, &cached) != detail::SessionCache::Found::kNone &&
+        matches(filter, cached)) {
+      ids.push_back(std::move(cached.id));
+    }
+  } else if (filter.user_id) {
+    for (Session& session : cache_.of_user(*filter.user_id)) {
+      if (matches(filter, session)) ids.push_back(std::move(session.id));
+    }
+  } else if (filter.idp_session_id) {
+    for (auto& [id, user] : cache_.with_idp_session(*filter.idp_session_id, filter.tenant_id)) {
+      if (!filter.except_id || id != *filter.except_id) ids.push_back(std::move(id));
+    }
   }
-  return known;
+  return ids;
+}
+
+bool SessionStore::Impl::pending_delete_covers(const Session& session) const {
+  return std::any_of(pending_deletes_.begin(), pending_deletes_.end(),
+                     [&session](const SessionFilter& filter) { return matches(filter, session); });
 }
 
 void SessionStore::Impl::cache_erase(const std::vector<std::string>& ids) {
   for (const std::string& id : ids) cache_.erase(std::string_view(id));
 }
 
+std::optional<Session> SessionStore::Impl::cache_stored(const std::string& id,
+                                                        std::optional<Session> stored,
+                                                        std::int64_t at) {
+  if (stored && stored->id == id && is_live(*stored, at) && detail::is_storable_session(*stored) &&
+      in_scope(*stored)) {
+    cache_.put(*stored);
+    return stored;
+  }
+  cache_.erase(std::string_view(id));
+  return std::nullopt;
+}
+
 void SessionStore::Impl::flush_pending_deletes() {
-  for (auto it = pending_deletes_.begin(); it != pending_deletes_.end();) {
-    write([&] { return backend_->remove(*it); });  // throws: this and the rest stay pending
-    it = pending_deletes_.erase(it);
+  while (!pending_deletes_.empty()) {
+    // Throws: this filter and the rest stay pending.
+    const std::vector<RemovedSession> removed =
+        write([&] { return backend_->remove_matching(pending_deletes_.front()); });
+    for (const RemovedSession& row : removed) cache_.erase(std::string_view(row.id));
+    pending_deletes_.erase(pending_deletes_.begin());
   }
   settle_in_doubt();
 }
@@ -368,7 +480,7 @@ auto SessionStore::Impl::write_in_doubt(const std::vector<std::string>& ids, Cal
 void SessionStore::Impl::settle_in_doubt() {
   for (auto it = in_doubt_.begin(); it != in_doubt_.end();) {
     const std::optional<Session> stored = write([&] { return backend_->load_one(*it); });
-    if (stored && pending_deletes_.count(*it) == 0 && detail::is_storable_session(*stored) &&
+    if (stored && !pending_delete_covers(*stored) && detail::is_storable_session(*stored) &&
         in_scope(*stored)) {
       cache_.put(*stored);
     } else {
@@ -378,42 +490,25 @@ void SessionStore::Impl::settle_in_doubt() {
   }
 }
 
-template <typename Call>
-auto SessionStore::Impl::revoke_write(const std::vector<std::string>& ids, Call&& call)
-    -> decltype(call()) {
-  try {
-    flush_pending_deletes();
-    return write(std::forward<Call>(call));
-  } catch (...) {
-    // Fail closed: denied in this process now, deleted from storage with the next write.
-    for (const std::string& id : ids) {
-      cache_.erase(std::string_view(id));
-      pending_deletes_.insert(id);
+std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFilter& filter) {
+  std::vector<RemovedSession> removed;
+  {
+    const std::lock_guard<std::mutex> lock(write_mutex_);
+    try {
+      flush_pending_deletes();
+      removed = write([&] { return backend_->remove_matching(filter); });
+    } catch (...) {
+      // Fail closed: denied in this process now, deleted from storage before the next write.
+      cache_erase(cached_ids_matching(filter));
+      pending_deletes_.push_back(filter);
+      throw;
     }
-    throw;
+    for (const RemovedSession& row : removed) cache_.erase(std::string_view(row.id));
   }
-}
-
-// Deletes the user's oldest sessions until one more fits under max_sessions_per_user. Storage
-// first, each one; the cache follows each delete that storage acknowledged. Runs under
-// write_mutex_ together with the create that follows, so concurrent creates never overshoot.
-void SessionStore::Impl::evict_to_make_room(const std::string& user_id,
-                                            std::vector<SessionEvent>& events) {
-  const std::size_t cap = options_.max_sessions_per_user;
-  if (cap == 0) return;
-  std::vector<std::pair<std::int64_t, std::string>> oldest_first;
-  for (Session& session : cache_.of_user(user_id)) {
-    oldest_first.emplace_back(session.created_at, std::move(session.id));
+  for (const RemovedSession& row : removed) {
+    emit({SessionEventType::kRevoked, row.id, row.user_id, {}, 1});
   }
-  if (oldest_first.size() < cap) return;
-  std::sort(oldest_first.begin(), oldest_first.end());
-  const std::size_t excess = oldest_first.size() - cap + 1;
-  for (std::size_t i = 0; i < excess; ++i) {
-    const std::string& id = oldest_first[i].second;
-    write([&] { return backend_->remove(id); });
-    cache_erase({id});
-    events.push_back({SessionEventType::kRevoked, id, user_id, {}, 1});
-  }
+  return removed;
 }
 
 NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
@@ -541,24 +636,16 @@ std::exception_ptr own_copy_of_current_exception() noexcept {
 
 }  // namespace
 
+
+// One transaction for the whole batch: the creates, and with a cap the evictions they cause
+// (SessionBackend::insert_new counts, evicts and inserts atomically, for every process). The
+// cache then follows what storage did: the new sessions in, the evicted ones out, including a
+// new one evicted by a later create of the same user in the same batch (as if they had run one
+// after the other).
 void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch) {
+  const std::size_t cap = options_.max_sessions_per_user;
   try {
     flush_pending_deletes();
-    if (options_.max_sessions_per_user > 0) {
-      // Evictions depend on the creates before them (two in one batch may be the same user's),
-      // so each is written on its own.
-      for (QueuedCreate* item : batch) {
-        try {
-          evict_to_make_room(item->session.user_id, item->evictions);
-          write_in_doubt({item->session.id}, [&] { backend_->save(item->session); });
-          cache_.put(item->session);
-          item->committed = true;
-        } catch (...) {
-          item->error = own_copy_of_current_exception();
-        }
-      }
-      return;
-    }
     std::vector<Session> rows;
     std::vector<std::string> ids;
     rows.reserve(batch.size());
@@ -567,14 +654,35 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
       rows.push_back(item->session);
       ids.push_back(item->session.id);
     }
-    if (rows.size() == 1) {
-      write_in_doubt(ids, [&] { backend_->save(rows.front()); });
-    } else {
-      write_in_doubt(ids, [&] { backend_->save_batch(rows); });
+    if (cap > 0) {
+      // A batch in doubt may have evicted any of its users' sessions: those are in doubt too.
+      for (const QueuedCreate* item : batch) {
+        SessionFilter same_owner;
+        same_owner.user_id = item->session.user_id;
+        for (std::string& id : cached_ids_matching(same_owner)) ids.push_back(std::move(id));
+      }
+    }
+    const std::vector<RemovedSession> evicted =
+        write_in_doubt(ids, [&] { return backend_->insert_new(rows, cap); });
+    std::unordered_set<std::string_view> evicted_ids;
+    for (const RemovedSession& row : evicted) {
+      evicted_ids.insert(row.id);
+      cache_.erase(std::string_view(row.id));
     }
     for (QueuedCreate* item : batch) {
-      cache_.put(item->session);  // throws only bad_alloc: the row is stored, not cached
+      // put() throws only bad_alloc: the row is stored, not cached.
+      if (evicted_ids.count(item->session.id) == 0) cache_.put(item->session);
       item->committed = true;
+    }
+    // Each eviction is reported by the last create of its user in the batch: the one that, in
+    // the order the batch stands for, pushed the user over the cap.
+    for (const RemovedSession& row : evicted) {
+      const auto by_user = std::find_if(batch.rbegin(), batch.rend(), [&row](const QueuedCreate* item) {
+        return item->session.user_id == row.user_id;
+      });
+      if (by_user != batch.rend()) {
+        (*by_user)->evictions.push_back({SessionEventType::kRevoked, row.id, row.user_id, {}, 1});
+      }
     }
   } catch (...) {
     // Every create not yet committed fails with this error; none of them is in the cache.
@@ -585,29 +693,32 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
 }
 
 // The slide of the idle expiry, written at most once per touch_interval. Re-reads the session
-// under write_mutex_: it may have been revoked or touched by another thread meanwhile.
+// under write_mutex_: it may have been revoked or touched by another thread meanwhile. Storage
+// moves only last_seen_at and expires_at, never back (SessionBackend::touch), and returns the
+// row it holds, which the cache then takes: data another store updated comes along.
 std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at) {
   const std::lock_guard<std::mutex> lock(write_mutex_);
   std::optional<Session> current = live_copy(id, at);
   if (!current) return std::nullopt;
-  Session updated = *std::move(current);
-  if (at - updated.last_seen_at < options_.touch_interval.count()) return updated;
+  if (at - current->last_seen_at < options_.touch_interval.count()) return current;
   const std::int64_t cap =
-      updated.absolute_expires_at > 0 ? updated.absolute_expires_at : updated.expires_at;
-  updated.last_seen_at = at;
-  if (options_.idle_timeout.count() > 0) {
-    updated.expires_at = std::max(updated.expires_at,
-                                  std::min(cap, saturating_add(at, options_.idle_timeout.count())));
-  }
+      current->absolute_expires_at > 0 ? current->absolute_expires_at : current->expires_at;
+  const std::int64_t slid_expiry =
+      options_.idle_timeout.count() > 0
+          ? std::min(cap, saturating_add(at, options_.idle_timeout.count()))
+          : current->expires_at;
   flush_pending_deletes();
-  // Update-only (replace() of the row by itself): if another instance revoked the session, the
-  // slide must not write it back.
-  if (!write_in_doubt({updated.id}, [&] { return backend_->replace(updated.id, updated); })) {
-    cache_erase({updated.id});
-    return std::nullopt;
-  }
-  cache_.put(updated);
-  return updated;
+  std::optional<Session> stored =
+      write_in_doubt({id}, [&] { return backend_->touch(id, at, slid_expiry); });
+  return cache_stored(id, std::move(stored), at);
+}
+
+std::optional<Session> SessionStore::Impl::successor_in_grace(const RotatedId& rotated,
+                                                              std::int64_t at) {
+  const std::string successor = rotated_ids_.last_successor(rotated);
+  std::optional<Session> session = live_copy(successor, at);
+  if (!session || at - session->last_seen_at < options_.touch_interval.count()) return session;
+  return touch(successor, at);
 }
 
 // A known token and an unknown one take no measurably different time (issue 6; measured by
@@ -645,13 +756,16 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
       event = SessionEvent{SessionEventType::kValidatedExpired, session.id, session.user_id, {}, 1};
       break;
     case detail::SessionCache::Found::kRotatedAway: {
-      std::string id = detail::session_id_of(digest);
-      const std::lock_guard<std::mutex> lock(rotated_mutex_);
-      const auto rotated = rotated_.find(id);
       // Not found: forgotten since the cache's marker was read.
-      if (rotated != rotated_.end()) {
-        event = SessionEvent{SessionEventType::kRotatedTokenReused, std::move(id),
-                             rotated->second.user_id, rotated->second.successor_id, 1};
+      if (std::optional<RotatedId> rotated = rotated_ids_.find(detail::session_id_of(digest))) {
+        if (at - rotated->rotated_at < options_.rotation_grace.count()) {
+          result = successor_in_grace(*rotated, at);
+          (result ? cache_hits_ : cache_misses_).add();
+          return result;
+        }
+        event = SessionEvent{SessionEventType::kRotatedTokenReused, std::move(rotated->id),
+                             std::move(rotated->user_id), rotated_ids_.last_successor(*rotated),
+                             1};
       }
       break;
     }
@@ -672,84 +786,24 @@ std::optional<Session> SessionStore::Impl::find(std::string_view id) {
   return found;
 }
 
-bool SessionStore::Impl::revoke_id(std::string_view id_view) {
-  if (!is_well_formed_session_id(id_view)) return false;
-  const std::string id(id_view);
-  std::string user_id;
-  bool removed = false;
-  {
-    const std::lock_guard<std::mutex> lock(write_mutex_);
-    if (detail::SessionDigest digest{}; detail::parse_session_id(id, &digest)) {
-      Session cached;
-      if (cache_.find(digest, 0, &cached) != detail::SessionCache::Found::kNone) {
-        user_id = std::move(cached.user_id);
-      }
-    }
-    // Always asked of storage, not of the cache: another process may have created the session.
-    // A store scoped to a tenant deletes only a row of that tenant.
-    removed = revoke_write({id}, [&] {
-      if (!options_.tenant_id) return backend_->remove(id);
-      SessionFilter filter;
-      filter.id = id;
-      filter.tenant_id = options_.tenant_id;
-      return backend_->remove_matching(filter) > 0;
-    });
-    cache_erase({id});
-  }
-  if (removed) emit({SessionEventType::kRevoked, id, user_id, {}, 1});
-  return removed;
+// Always asked of storage, not of the cache: another process may have created the session. A
+// store scoped to a tenant deletes only a row of that tenant.
+bool SessionStore::Impl::revoke_id(std::string_view id) {
+  if (!is_well_formed_session_id(id)) return false;
+  SessionFilter filter;
+  filter.id = std::string(id);
+  filter.tenant_id = options_.tenant_id;
+  return !revoke_matching(filter).empty();
 }
 
-std::vector<std::string> SessionStore::Impl::ids_in(const Known& known) {
-  std::vector<std::string> ids;
-  ids.reserve(known.size());
-  for (const auto& entry : known) ids.push_back(entry.first);
-  return ids;
-}
-
-void SessionStore::Impl::emit_revoked(const Known& known, std::size_t removed,
-                                      const std::string& user_id) const {
-  for (const auto& [id, user] : known) emit({SessionEventType::kRevoked, id, user, {}, 1});
-  if (removed > known.size()) {
-    emit({SessionEventType::kRevoked, {}, user_id, {}, removed - known.size()});
-  }
-}
-
-std::size_t SessionStore::Impl::revoke_matching(const SessionFilter& filter, const Known& known) {
-  const std::vector<std::string> ids = ids_in(known);
-  std::size_t removed = 0;
-  {
-    const std::lock_guard<std::mutex> lock(write_mutex_);
-    removed = revoke_write(ids, [&] { return backend_->remove_matching(filter); });
-    cache_erase(ids);
-  }
-  emit_revoked(known, removed, filter.user_id.value_or(std::string()));
-  return removed;
-}
-
-std::size_t SessionStore::Impl::revoke_user(std::string_view user_id_view,
+std::size_t SessionStore::Impl::revoke_user(std::string_view user_id,
                                             const std::optional<std::string>& tenant) {
   if (tenant) detail::check_text_field("tenant_id", *tenant);
   if (options_.tenant_id && tenant && tenant != options_.tenant_id) return 0;  // not ours
-  const std::string user_id(user_id_view);
-  const std::optional<std::string>& scope = tenant ? tenant : options_.tenant_id;
-  if (!scope) {
-    std::size_t removed = 0;
-    Known known;
-    {
-      const std::lock_guard<std::mutex> lock(write_mutex_);
-      known = known_of_user(user_id, std::nullopt);
-      const std::vector<std::string> ids = ids_in(known);
-      removed = revoke_write(ids, [&] { return backend_->remove_user(user_id); });
-      cache_erase(ids);
-    }
-    emit_revoked(known, removed, user_id);
-    return removed;
-  }
   SessionFilter filter;
-  filter.user_id = user_id;
-  filter.tenant_id = scope;
-  return revoke_matching(filter, known_of_user(user_id, scope));
+  filter.user_id = std::string(user_id);
+  filter.tenant_id = tenant ? tenant : options_.tenant_id;
+  return revoke_matching(filter).size();
 }
 
 std::size_t SessionStore::Impl::revoke_others(std::string_view token) {
@@ -760,11 +814,7 @@ std::size_t SessionStore::Impl::revoke_others(std::string_view token) {
   filter.user_id = current->user_id;
   filter.tenant_id = options_.tenant_id;
   filter.except_id = current->id;
-  Known known = known_of_user(current->user_id, options_.tenant_id);
-  known.erase(std::remove_if(known.begin(), known.end(),
-                             [&](const auto& entry) { return entry.first == current->id; }),
-              known.end());
-  return revoke_matching(filter, known);
+  return revoke_matching(filter).size();
 }
 
 std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view> sid,
@@ -774,8 +824,7 @@ std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view>
     SessionFilter filter;
     filter.idp_session_id = std::string(*sid);
     filter.tenant_id = options_.tenant_id;
-    // Back-channel logouts are rare: a scan is cheaper than an index kept for them.
-    return revoke_matching(filter, cache_.with_idp_session(*sid, options_.tenant_id));
+    return revoke_matching(filter).size();
   }
   if (sub) {
     detail::check_text_field("sub", *sub);
@@ -785,75 +834,36 @@ std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view>
               "logout_by_claims needs a `sid` or a `sub` claim (a logout token carries one)");
 }
 
+// Storage builds the successor from the row it holds, records the old id and deletes it, in one
+// transaction (SessionBackend::rotate); the cache then takes the successor storage returned.
 std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
   if (!is_well_formed_token(token)) return std::nullopt;
   const std::string old_id = session_id_for_token(token);
   NewSession rotated;
   {
     const std::lock_guard<std::mutex> lock(write_mutex_);
-    const std::optional<Session> current = live_copy(old_id, now());
-    if (!current) return std::nullopt;
+    const std::int64_t at = now();
+    if (!live_copy(old_id, at)) return std::nullopt;
     rotated.token = generate_token();
-    rotated.session = *current;
-    rotated.session.id = session_id_for_token(rotated.token);
+    const std::string new_id = session_id_for_token(rotated.token);
     flush_pending_deletes();
-    const bool replaced = write_in_doubt(
-        {old_id, rotated.session.id}, [&] { return backend_->replace(old_id, rotated.session); });
-    if (!replaced) {  // revoked in storage by another process meanwhile
-      cache_erase({old_id});
+    std::optional<Session> successor = write_in_doubt(
+        {old_id, new_id}, [&] { return backend_->rotate(old_id, new_id, at); });
+    cache_.erase(std::string_view(old_id));
+    if (!successor) return std::nullopt;  // revoked or expired in storage meanwhile
+    if (!cache_stored(new_id, successor, at)) {
+      // Stored, but not a session this store may hand out (out of scope, or unstorable bytes
+      // written by something else): the old token is gone either way.
       return std::nullopt;
     }
-    cache_erase({old_id});
-    cache_.put(rotated.session);
-    remember_rotated(old_id, current->user_id, rotated.session.id, current->expires_at);
+    rotated.session = *std::move(successor);
+    rotated_ids_.remember({old_id, new_id, rotated.session.user_id, rotated.session.tenant_id, at,
+                           rotated.session.absolute_expires_at > 0
+                               ? rotated.session.absolute_expires_at
+                               : rotated.session.expires_at});
   }
   emit({SessionEventType::kRotated, old_id, rotated.session.user_id, rotated.session.id, 1});
   return rotated;
-}
-
-// Best effort, as the cap makes it anyway: on bad_alloc this id goes unrecorded (rotation has
-// succeeded by then, and its caller must get the new token). The id is in rotated_ (what
-// validate() reports) exactly when the cache holds its marker (what validate() checks: a marker
-// shares a session's buckets, so checking for one costs a lookup nothing).
-void SessionStore::Impl::remember_rotated(const std::string& old_id, const std::string& user_id,
-                                          const std::string& successor_id,
-                                          std::int64_t expires_at) noexcept {
-  const auto forget = [this](const std::string& id) {
-    detail::SessionDigest digest{};
-    if (detail::parse_session_id(id, &digest)) cache_.forget_rotated(digest);
-  };
-  try {
-    const std::lock_guard<std::mutex> lock(rotated_mutex_);
-    if (rotated_.size() >= kMaxRotatedIds) {
-      // Forget what has expired; if that is not enough, what expires first.
-      const std::int64_t at = now();
-      for (auto it = rotated_.begin(); it != rotated_.end();) {
-        if (it->second.expires_at > at) {
-          ++it;
-          continue;
-        }
-        forget(it->first);
-        it = rotated_.erase(it);
-      }
-      while (rotated_.size() >= kMaxRotatedIds) {
-        const auto first_to_expire = std::min_element(
-            rotated_.begin(), rotated_.end(),
-            [](const auto& a, const auto& b) { return a.second.expires_at < b.second.expires_at; });
-        forget(first_to_expire->first);
-        rotated_.erase(first_to_expire);
-      }
-    }
-    detail::SessionDigest digest{};
-    if (!detail::parse_session_id(old_id, &digest)) return;  // ids here come from tokens
-    cache_.remember_rotated(digest);
-    try {
-      rotated_[old_id] = {user_id, successor_id, expires_at};
-    } catch (...) {
-      cache_.forget_rotated(digest);
-      throw;
-    }
-  } catch (const std::bad_alloc&) {  // NOLINT(bugprone-empty-catch): documented above
-  }
 }
 
 std::optional<Session> SessionStore::Impl::update_data(std::string_view token, std::string data) {
@@ -866,17 +876,14 @@ std::optional<Session> SessionStore::Impl::update_data(std::string_view token, s
   }
   const std::string id = session_id_for_token(token);
   const std::lock_guard<std::mutex> lock(write_mutex_);
-  std::optional<Session> updated = live_copy(id, now());
-  if (!updated) return std::nullopt;
-  updated->data = std::move(data);
+  const std::int64_t at = now();
+  if (!live_copy(id, at)) return std::nullopt;
   flush_pending_deletes();
-  // Update-only, as in touch(): never writes back a session another instance revoked.
-  if (!write_in_doubt({updated->id}, [&] { return backend_->replace(updated->id, *updated); })) {
-    cache_erase({updated->id});
-    return std::nullopt;
-  }
-  cache_.put(*updated);
-  return updated;
+  // Update-only: never writes back a session another instance revoked, and changes no column
+  // but `data`, so another store's slide is kept.
+  std::optional<Session> stored =
+      write_in_doubt({id}, [&] { return backend_->update_data(id, data); });
+  return cache_stored(id, std::move(stored), at);
 }
 
 std::vector<Session> SessionStore::Impl::list_user(std::string_view user_id,
@@ -902,6 +909,7 @@ std::size_t SessionStore::Impl::purge_expired() {
     flush_pending_deletes();
     removed = write([&] { return backend_->remove_expired(at); });
     cache_.erase_expired(at);
+    rotated_ids_.forget_expired(at);
   }
   if (removed > 0) emit({SessionEventType::kPurged, {}, {}, {}, removed});
   return removed;
@@ -912,27 +920,34 @@ std::size_t SessionStore::Impl::purge_expired() {
 //
 // Wakes every reaper_interval and deletes expired rows in statements of at most
 // reaper_batch_size rows, releasing write_mutex_ (and so the database's write lock) between
-// batches, so creates and revokes interleave with a purge of millions of rows. The cache is swept
-// once at the end: expired entries are never returned, so they may stay a little longer.
+// batches, so creates and revokes interleave with a purge of millions of rows: expired sessions
+// first, then expired rotated ids. The cache is swept once at the end: expired entries are never
+// returned, so they may stay a little longer.
 // ------------------------------------------------------------------------------------------------
 
 std::size_t SessionStore::Impl::purge_in_batches() {
   const std::int64_t at = now();
   const std::size_t batch = options_.reaper_batch_size;
-  std::size_t total = 0;
-  for (;;) {
-    std::size_t removed = 0;
-    {
-      const std::lock_guard<std::mutex> lock(write_mutex_);
-      flush_pending_deletes();
-      removed = write([&] { return backend_->remove_expired_batch(at, batch); });
+  const auto in_batches = [this, batch](auto&& remove_batch) {
+    std::size_t total = 0;
+    for (;;) {
+      std::size_t removed = 0;
+      {
+        const std::lock_guard<std::mutex> lock(write_mutex_);
+        flush_pending_deletes();
+        removed = write(remove_batch);
+      }
+      total += removed;
+      if (removed < batch || stopping_) return total;
     }
-    total += removed;
-    if (removed < batch || stopping_) break;
-  }
+  };
+  const std::size_t total =
+      in_batches([&] { return backend_->remove_expired_batch(at, batch); });
+  if (!stopping_) in_batches([&] { return backend_->remove_expired_rotated(at, batch); });
   {
     const std::lock_guard<std::mutex> lock(write_mutex_);
     cache_.erase_expired(at);
+    rotated_ids_.forget_expired(at);
   }
   if (total > 0) emit({SessionEventType::kPurged, {}, {}, {}, total});
   return total;

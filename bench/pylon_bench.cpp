@@ -61,7 +61,7 @@ struct Settings {
   bool quick = false;
   std::string dir = "/var/tmp";
   std::string postgres_url;
-  std::string only;  // one section, for profiling: validate, create, startup, bulk, postgres
+  std::string only;  // one section: validate, create, startup, bulk, rotate, postgres
   std::size_t startup_rows = 1000000;
   int repetitions = 5;
 };
@@ -791,6 +791,91 @@ void bench_postgres(const Settings& settings) {
   pg_exec(raw.get(), "TRUNCATE _pylon_sessions");
 }
 
+// ------------------------------------------------------------------------------------------------
+// rotate: the first rotations and the last ones of a long run, each next to the raw limit
+// ------------------------------------------------------------------------------------------------
+
+// The raw limit of one rotation: what SessionBackend::rotate does, as the library does it on
+// SQLite, in one transaction: record the old id, copy the stored row under the new id, delete
+// the old row.
+constexpr const char* kRawRecordRotated =
+    "INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, rotated_at, expires_at) "
+    "SELECT id, ?2, user_id, tenant_id, ?3, absolute_expires_at FROM _pylon_sessions "
+    "WHERE id = ?1 AND expires_at > ?3";
+constexpr const char* kRawCopySuccessor =
+    "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
+    "absolute_expires_at, device, ip, data, idp_session_id) SELECT ?2, user_id, tenant_id, "
+    "created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, idp_session_id "
+    "FROM _pylon_sessions WHERE id = ?1";
+constexpr const char* kRawDeleteOld = "DELETE FROM _pylon_sessions WHERE id = ?1";
+
+// `count` rotations of one chain of sessions through the store, and the same through raw
+// statements on a second file; seconds per rotation of each.
+void bench_rotate(const Settings& settings) {
+  // synchronous=NORMAL, so that a million rotations take seconds, not minutes of fsyncs: what is
+  // measured is whether a rotation gets slower as rotated ids pile up, not the disk.
+  const std::size_t total = settings.quick ? 20000 : 1000000;
+  const std::size_t window = settings.quick ? 1000 : 10000;
+  const std::int64_t now = pylon::system_clock_now();
+  const ScratchFile pylon_file(settings.dir, "rotate");
+  const ScratchFile raw_file(settings.dir, "rotate-raw");
+  pylon::SqliteOptions normal;
+  normal.synchronous = pylon::SqliteSync::kNormal;
+  { pylon::open_sqlite_backend(raw_file.path(), normal); }
+  SessionStore store(pylon::open_sqlite_backend(pylon_file.path(), normal));
+  std::string token = store.create("rotating-user").token;
+
+  const RawSqlite raw = open_raw_sqlite(raw_file.path());
+  sqlite_exec(raw.get(), "PRAGMA synchronous=NORMAL");
+  const RawStatement upsert = prepare(raw.get(), kRawUpsert);
+  const RawStatement record = prepare(raw.get(), kRawRecordRotated);
+  const RawStatement copy = prepare(raw.get(), kRawCopySuccessor);
+  const RawStatement remove = prepare(raw.get(), kRawDeleteOld);
+  std::string raw_id = random_hex_id();
+  raw_upsert(raw.get(), upsert.get(), raw_id, "rotating-user", now);
+  const auto raw_rotate = [&] {
+    const std::string next = random_hex_id();
+    sqlite_exec(raw.get(), "BEGIN IMMEDIATE");
+    for (sqlite3_stmt* statement : {record.get(), copy.get(), remove.get()}) {
+      sqlite3_bind_text(statement, 1, raw_id.data(), static_cast<int>(raw_id.size()),
+                        SQLITE_STATIC);
+      if (statement != remove.get()) {
+        sqlite3_bind_text(statement, 2, next.data(), static_cast<int>(next.size()),
+                          SQLITE_STATIC);
+      }
+      if (statement == record.get()) sqlite3_bind_int64(statement, 3, now);
+      if (sqlite3_step(statement) != SQLITE_DONE) die(std::string("raw rotate: ") +
+                                                       sqlite3_errmsg(raw.get()));
+      sqlite3_reset(statement);
+    }
+    sqlite_exec(raw.get(), "COMMIT");
+    raw_id = next;
+  };
+  const auto pylon_rotate = [&] {
+    std::optional<pylon::NewSession> next = store.rotate(token);
+    if (!next) die("rotate found no session");
+    token = std::move(next->token);
+  };
+  // Alternating windows of each side, so that drift on a noisy machine hits both.
+  const auto timed_window = [&](const std::function<void()>& rotate_once) {
+    const auto start = Clock::now();
+    for (std::size_t i = 0; i < window; ++i) rotate_once();
+    return seconds_since(start) / static_cast<double>(window);
+  };
+  const Pair first{timed_window(pylon_rotate), timed_window(raw_rotate)};
+  for (std::size_t done = window; done + window < total; done += window) {
+    timed_window(pylon_rotate);
+    timed_window(raw_rotate);
+  }
+  const Pair last{timed_window(pylon_rotate), timed_window(raw_rotate)};
+  row("rotate, first " + std::to_string(window) + " (synchronous=NORMAL)", first.pylon,
+      first.raw, "vs the same 3 statements raw");
+  row("rotate, last " + std::to_string(window) + " of " + std::to_string(total), last.pylon,
+      last.raw, "same cost as the first");
+  note("pylon last/first: " + std::to_string(last.pylon / first.pylon) +
+       "x; raw last/first: " + std::to_string(last.raw / first.raw) + "x");
+}
+
 Settings parse_arguments(int argc, char** argv) {
   Settings settings;
   const std::vector<std::string> args(argv + 1, argv + argc);
@@ -838,6 +923,7 @@ int main(int argc, char** argv) {
     if (wanted("create")) bench_create(settings);
     if (wanted("startup")) bench_startup_and_memory(settings);
     if (wanted("bulk")) bench_bulk_deletes(settings);
+    if (wanted("rotate")) bench_rotate(settings);
     if (wanted("postgres") && !settings.postgres_url.empty()) bench_postgres(settings);
   } catch (const pylon::Error& error) {
     die(std::string("library error: ") + error.what());

@@ -98,32 +98,35 @@ TEST_P(BackendFeatureContract, RemoveMatchingDeletesExactlyTheRowsMatchingEveryS
   others_in_t1.user_id = "alice";
   others_in_t1.tenant_id = "t1";
   others_in_t1.except_id = r1.id;
-  EXPECT_EQ(backend->remove_matching(others_in_t1), 1U);
+  EXPECT_EQ(backend->remove_matching(others_in_t1).size(), 1U);
   EXPECT_THAT(stored_ids(), UnorderedElementsAre(r1.id, r3.id, r4.id, r5.id));
 
   SessionFilter wrong_tenant;
   wrong_tenant.id = r4.id;
   wrong_tenant.tenant_id = "t2";
-  EXPECT_EQ(backend->remove_matching(wrong_tenant), 0U) << "r4 is t1's";
+  EXPECT_EQ(backend->remove_matching(wrong_tenant).size(), 0U) << "r4 is t1's";
 
   SessionFilter sid_in_t2;
   sid_in_t2.idp_session_id = "sid-A";
   sid_in_t2.tenant_id = "t2";
-  EXPECT_EQ(backend->remove_matching(sid_in_t2), 1U);
+  EXPECT_EQ(backend->remove_matching(sid_in_t2).size(), 1U);
   EXPECT_THAT(stored_ids(), UnorderedElementsAre(r1.id, r4.id, r5.id));
 
   SessionFilter unknown_sid;
   unknown_sid.idp_session_id = "sid-unknown";
-  EXPECT_EQ(backend->remove_matching(unknown_sid), 0U);
+  EXPECT_EQ(backend->remove_matching(unknown_sid).size(), 0U);
 
   SessionFilter sid;
   sid.idp_session_id = "sid-A";
-  EXPECT_EQ(backend->remove_matching(sid), 2U) << "r1 and r4, of two users";
+  EXPECT_THAT(backend->remove_matching(sid),
+              UnorderedElementsAre(pylon::RemovedSession{r1.id, "alice"},
+                                   pylon::RemovedSession{r4.id, "bob"}))
+      << "r1 and r4, of two users, each named with its user";
   EXPECT_THAT(stored_ids(), ElementsAre(r5.id));
 
   SessionFilter user;
   user.user_id = "alice";
-  EXPECT_EQ(backend->remove_matching(user), 1U);
+  EXPECT_EQ(backend->remove_matching(user).size(), 1U);
   EXPECT_THAT(stored_ids(), IsEmpty());
 }
 

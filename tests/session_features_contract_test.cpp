@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "session_backend.hpp"
+#include "support/forwarding_backend.hpp"
 #include "support/test_database.hpp"
 #include "support/test_support.hpp"
 
@@ -794,7 +795,7 @@ TEST_P(FeatureContract, TheReaperPurgesExpiredSessionsOnItsOwn) {
 
 // Forwards every call to a real backend and records what remove_expired_batch() was asked and
 // answered. It changes nothing: what the store sees comes from the real database.
-class BatchRecordingBackend final : public pylon::SessionBackend {
+class BatchRecordingBackend final : public pylon::test::ForwardingBackend {
  public:
   struct Batch {
     std::size_t limit;
@@ -804,30 +805,16 @@ class BatchRecordingBackend final : public pylon::SessionBackend {
   BatchRecordingBackend(std::unique_ptr<pylon::SessionBackend> real,
                         std::shared_ptr<std::vector<Batch>> batches,
                         std::shared_ptr<std::mutex> mutex)
-      : real_(std::move(real)), batches_(std::move(batches)), mutex_(std::move(mutex)) {}
+      : ForwardingBackend(std::move(real)), batches_(std::move(batches)), mutex_(std::move(mutex)) {}
 
-  std::vector<Session> load_all() override { return real_->load_all(); }
-  void save(const Session& session) override { real_->save(session); }
-  void save_batch(const std::vector<Session>& sessions) override { real_->save_batch(sessions); }
-  bool remove(std::string_view id) override { return real_->remove(id); }
-  std::size_t remove_user(std::string_view user_id) override { return real_->remove_user(user_id); }
-  std::size_t remove_expired(std::int64_t now) override { return real_->remove_expired(now); }
-  std::size_t remove_matching(const pylon::SessionFilter& filter) override {
-    return real_->remove_matching(filter);
-  }
-  bool replace(std::string_view old_id, const Session& replacement) override {
-    return real_->replace(old_id, replacement);
-  }
   std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override {
-    const std::size_t removed = real_->remove_expired_batch(now, limit);
+    const std::size_t removed = ForwardingBackend::remove_expired_batch(now, limit);
     const std::lock_guard<std::mutex> lock(*mutex_);
     batches_->push_back({limit, removed});
     return removed;
   }
-  [[nodiscard]] std::string describe() const override { return real_->describe(); }
 
  private:
-  std::unique_ptr<pylon::SessionBackend> real_;
   std::shared_ptr<std::vector<Batch>> batches_;
   std::shared_ptr<std::mutex> mutex_;
 };

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "session_backend.hpp"
+#include "support/forwarding_backend.hpp"
 #include "support/test_database.hpp"
 #include "support/test_support.hpp"
 
@@ -921,55 +922,66 @@ class CallLog {
   std::vector<std::string> calls_;
 };
 
-// A SessionBackend that forwards every call to a real backend and logs it. It changes nothing:
-// every failure the store sees comes from the real database.
-class RecordingBackend final : public pylon::SessionBackend {
+// A SessionBackend that forwards every call to a real backend and logs the calls that read all
+// rows or write. It changes nothing: every failure the store sees comes from the real database.
+class RecordingBackend final : public pylon::test::ForwardingBackend {
  public:
   RecordingBackend(std::unique_ptr<pylon::SessionBackend> real, std::shared_ptr<CallLog> log)
-      : real_(std::move(real)), log_(std::move(log)) {}
+      : ForwardingBackend(std::move(real)), log_(std::move(log)) {}
 
-  std::vector<Session> load_all() override {
-    log_->add("load_all");
-    return real_->load_all();
+  void load_each(const std::function<void(const Session&)>& visit) override {
+    log_->add("load_each");
+    ForwardingBackend::load_each(visit);
   }
   void save(const Session& session) override {
     log_->add("save " + session.id);
-    real_->save(session);
+    ForwardingBackend::save(session);
   }
-  void save_batch(const std::vector<Session>& sessions) override {
-    std::string line = "save_batch";
+  std::vector<pylon::RemovedSession> insert_new(const std::vector<Session>& sessions,
+                                                std::size_t max_per_user) override {
+    std::string line = "insert_new";
     for (const Session& session : sessions) line += " " + session.id;
     log_->add(line);
-    real_->save_batch(sessions);
+    return ForwardingBackend::insert_new(sessions, max_per_user);
   }
   bool remove(std::string_view id) override {
     log_->add("remove " + std::string(id));
-    return real_->remove(id);
-  }
-  std::size_t remove_user(std::string_view user_id) override {
-    log_->add("remove_user " + std::string(user_id));
-    return real_->remove_user(user_id);
+    return ForwardingBackend::remove(id);
   }
   std::size_t remove_expired(std::int64_t now) override {
     log_->add("remove_expired " + std::to_string(now));
-    return real_->remove_expired(now);
+    return ForwardingBackend::remove_expired(now);
   }
-  std::size_t remove_matching(const pylon::SessionFilter& filter) override {
-    log_->add("remove_matching");
-    return real_->remove_matching(filter);
+  std::vector<pylon::RemovedSession> remove_matching(const pylon::SessionFilter& filter) override {
+    std::string line = "remove_matching";
+    if (filter.id) line += " id=" + *filter.id;
+    if (filter.user_id) line += " user_id=" + *filter.user_id;
+    if (filter.tenant_id) line += " tenant_id=" + *filter.tenant_id;
+    if (filter.idp_session_id) line += " idp_session_id=" + *filter.idp_session_id;
+    if (filter.except_id) line += " except_id=" + *filter.except_id;
+    log_->add(line);
+    return ForwardingBackend::remove_matching(filter);
   }
-  bool replace(std::string_view old_id, const Session& replacement) override {
-    log_->add("replace " + std::string(old_id) + " " + replacement.id);
-    return real_->replace(old_id, replacement);
+  std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
+                               std::int64_t expires_at) override {
+    log_->add("touch " + std::string(id));
+    return ForwardingBackend::touch(id, last_seen_at, expires_at);
+  }
+  std::optional<Session> update_data(std::string_view id, std::string_view data) override {
+    log_->add("update_data " + std::string(id));
+    return ForwardingBackend::update_data(id, data);
+  }
+  std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
+                                std::int64_t now) override {
+    log_->add("rotate " + std::string(old_id) + " " + std::string(new_id));
+    return ForwardingBackend::rotate(old_id, new_id, now);
   }
   std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override {
     log_->add("remove_expired_batch " + std::to_string(now) + " " + std::to_string(limit));
-    return real_->remove_expired_batch(now, limit);
+    return ForwardingBackend::remove_expired_batch(now, limit);
   }
-  [[nodiscard]] std::string describe() const override { return real_->describe(); }
 
  private:
-  std::unique_ptr<pylon::SessionBackend> real_;
   std::shared_ptr<CallLog> log_;
 };
 
@@ -982,7 +994,7 @@ class RecordedStoreContract : public StoreContract {
     SessionStore store(
         std::make_unique<RecordingBackend>(pylon::open_backend(db_->impatient_url()), log_),
         options);
-    EXPECT_THAT(log_->take(), ElementsAre("load_all")) << "construction loads once";
+    EXPECT_THAT(log_->take(), ElementsAre("load_each")) << "construction loads once";
     return store;
   }
   // The stored row with this id.
@@ -1021,7 +1033,7 @@ TEST_P(RecordedStoreContract, ConstructionLoadsEveryRowOnceAndHidesExpiredOnes) 
 TEST_P(RecordedStoreContract, ReadsNeverTouchStorage) {
   SessionStore store = recorded_store();
   const NewSession created = store.create("alice");
-  EXPECT_THAT(log_->take(), ElementsAre("save " + created.session.id));
+  EXPECT_THAT(log_->take(), ElementsAre("insert_new " + created.session.id));
   for (int i = 0; i < 10; ++i) {
     clock_.advance(5);  // 50 s in all: within the touch interval
     ASSERT_TRUE(store.validate(created.token).has_value());
@@ -1039,7 +1051,7 @@ TEST_P(RecordedStoreContract, ValidateWritesASlideAtMostOncePerTouchInterval) {
   SessionStore store = recorded_store();
   const NewSession created = store.create("alice");
   log_->take();
-  const std::string slide = "replace " + created.session.id + " " + created.session.id;
+  const std::string slide = "touch " + created.session.id;
   clock_.advance(61);
   ASSERT_TRUE(store.validate(created.token).has_value());
   ASSERT_TRUE(store.validate(created.token).has_value());
@@ -1065,17 +1077,16 @@ TEST_P(RecordedStoreContract, AFailedCreateLeavesTheCacheAsStorageIs) {
     EXPECT_PYLON_ERROR(store.create("alice"), ErrorCode::kBusy);
     EXPECT_PYLON_ERROR(store.create("bob"), ErrorCode::kBusy);
   }
-  EXPECT_EQ(log_->take().size(), 3U) << "one save each, the failed ones included";
+  EXPECT_EQ(log_->take().size(), 3U) << "one insert each, the failed ones included";
   EXPECT_EQ(store.size(), 1U);
   EXPECT_THAT(ids_of(store.list_user("alice")), ElementsAre(kept.session.id));
   EXPECT_TRUE(store.list_user("bob").empty());
   EXPECT_EQ(db_->count(), 1);
 }
 
-TEST_P(RecordedStoreContract, AFailedCreateAtTheCapLeavesTheCacheAsStorageIs) {
-  // The eviction reaches storage but the save of the new session does not (a trigger refuses
-  // rows): whatever storage ends up holding, the cache must agree, and the new session must not
-  // exist.
+TEST_P(RecordedStoreContract, AFailedCreateAtTheCapEvictsNothing) {
+  // Counting, evicting and inserting are one storage transaction: when storage refuses the new
+  // row (a trigger), the eviction is rolled back with it, and the user keeps the session.
   StoreOptions options;
   options.max_sessions_per_user = 1;
   SessionStore store = recorded_store(options);
@@ -1085,13 +1096,12 @@ TEST_P(RecordedStoreContract, AFailedCreateAtTheCapLeavesTheCacheAsStorageIs) {
   EXPECT_THROW(store.create("alice"), pylon::Error);
   db_->refuse_saves(false);
   const std::vector<std::string> calls = log_->take();
-  EXPECT_THAT(calls, ::testing::Contains(::testing::StartsWith("save "))) << "the save was tried";
-  const bool kept = db_->has(oldest.session.id);
-  EXPECT_EQ(store.find(oldest.session.id).has_value(), kept)
-      << "storage " << (kept ? "still has" : "no longer has") << " the oldest session";
-  EXPECT_EQ(store.validate(oldest.token).has_value(), kept);
-  EXPECT_EQ(static_cast<std::int64_t>(store.list_user("alice").size()), db_->count());
-  EXPECT_EQ(static_cast<std::int64_t>(store.size()), db_->count());
+  EXPECT_THAT(calls, ::testing::Contains(::testing::StartsWith("insert_new ")))
+      << "the insert was tried";
+  EXPECT_TRUE(db_->has(oldest.session.id)) << "the failed create evicted nothing";
+  EXPECT_TRUE(store.validate(oldest.token).has_value());
+  EXPECT_EQ(store.list_user("alice").size(), 1U);
+  EXPECT_EQ(db_->count(), 1);
 }
 
 TEST_P(RecordedStoreContract, AFailedSlideLeavesTheSessionAsStorageHasIt) {
@@ -1130,11 +1140,12 @@ TEST_P(RecordedStoreContract, AFailedRevokeIsDeniedAtOnceAndRetriedBeforeTheNext
   EXPECT_EQ(db_->count(), 2) << "nothing reached storage while it was locked";
   const std::vector<std::string> failed = log_->take();
   ASSERT_GE(failed.size(), 2U) << ::testing::PrintToString(failed);
-  EXPECT_EQ(failed[0], "remove " + revoked.session.id);
-  EXPECT_EQ(failed[1], "remove " + revoked.session.id) << "retried before the create";
+  EXPECT_EQ(failed[0], "remove_matching id=" + revoked.session.id);
+  EXPECT_EQ(failed[1], "remove_matching id=" + revoked.session.id) << "retried before the create";
 
   const NewSession next = store.create("bob");
-  EXPECT_THAT(log_->take(), ElementsAre("remove " + revoked.session.id, "save " + next.session.id))
+  EXPECT_THAT(log_->take(), ElementsAre("remove_matching id=" + revoked.session.id,
+                                         "insert_new " + next.session.id))
       << "the pending delete goes first";
   EXPECT_FALSE(db_->has(revoked.session.id));
   EXPECT_TRUE(db_->has(next.session.id));
@@ -1142,7 +1153,7 @@ TEST_P(RecordedStoreContract, AFailedRevokeIsDeniedAtOnceAndRetriedBeforeTheNext
 
   // Once storage has it, it is not retried again.
   const NewSession carol = store.create("carol");
-  EXPECT_THAT(log_->take(), ElementsAre("save " + carol.session.id));
+  EXPECT_THAT(log_->take(), ElementsAre("insert_new " + carol.session.id));
 }
 
 TEST_P(RecordedStoreContract, TheDestructorRetriesPendingDeletesAndNeverThrows) {
@@ -1154,7 +1165,7 @@ TEST_P(RecordedStoreContract, TheDestructorRetriesPendingDeletesAndNeverThrows) 
     EXPECT_PYLON_ERROR(store.revoke(revoked.token), ErrorCode::kBusy);
     log_->take();
   }  // the block is released first, then the store's destructor retries
-  EXPECT_THAT(log_->take(), ElementsAre("remove " + revoked.session.id));
+  EXPECT_THAT(log_->take(), ElementsAre("remove_matching id=" + revoked.session.id));
   EXPECT_FALSE(db_->has(revoked.session.id));
 
   NewSession stuck;
@@ -1167,7 +1178,7 @@ TEST_P(RecordedStoreContract, TheDestructorRetriesPendingDeletesAndNeverThrows) 
       EXPECT_PYLON_ERROR(store.revoke(stuck.token), ErrorCode::kBusy);
       log_->take();
     }  // the destructor's last attempt fails too: it must swallow the error
-    EXPECT_THAT(log_->take(), ElementsAre("remove " + stuck.session.id));
+    EXPECT_THAT(log_->take(), ElementsAre("remove_matching id=" + stuck.session.id));
   }
   EXPECT_TRUE(db_->has(stuck.session.id)) << "storage refused the delete throughout";
 }
@@ -1181,7 +1192,7 @@ TEST_P(RecordedStoreContract, ConstructionFailsWhenLoadingFails) {
     SessionStore store(std::make_unique<RecordingBackend>(std::move(backend), log_), options);
   });
   ASSERT_TRUE(error.has_value()) << "a store must not start empty when loading fails";
-  EXPECT_THAT(log_->take(), ElementsAre("load_all"));
+  EXPECT_THAT(log_->take(), ElementsAre("load_each"));
 }
 
 }  // namespace
