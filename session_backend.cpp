@@ -754,7 +754,7 @@ constexpr int kLatestSqliteVersion =
 
 // Every column of a session, in the order read_session_row() reads them and bind_session() binds
 // them.
-#define PYLON_SQLITE_SESSION_COLUMNS                                                      \
+#define PYLON_SQLITE_SESSION_COLUMNS                                                    \
   "id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, " \
   "device, ip, data, idp_session_id"
 
@@ -1185,9 +1185,10 @@ void SqliteBackend::prepare_statements() {
   delete_by_id_ = prepare("DELETE FROM _pylon_sessions WHERE id = ?1", kPersistent);
   delete_by_user_ = prepare("DELETE FROM _pylon_sessions WHERE user_id = ?1", kPersistent);
   delete_expired_ = prepare("DELETE FROM _pylon_sessions WHERE expires_at <= ?1", kPersistent);
-  select_all_ = prepare("SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions", kPersistent);
-  select_one_ = prepare("SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions WHERE id = ?1",
-                        kPersistent);
+  select_all_ =
+      prepare("SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions", kPersistent);
+  select_one_ = prepare(
+      "SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions WHERE id = ?1", kPersistent);
   delete_expired_batch_ = prepare(
       "DELETE FROM _pylon_sessions WHERE rowid IN "
       "(SELECT rowid FROM _pylon_sessions WHERE expires_at <= ?1 LIMIT ?2)",
@@ -1218,7 +1219,8 @@ void SqliteBackend::prepare_statements() {
       "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at",
       kPersistent);
   copy_as_successor_ = prepare(
-      "INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS ") SELECT ?2, user_id, "
+      "INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS
+      ") SELECT ?2, user_id, "
       "tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, "
       "idp_session_id FROM _pylon_sessions WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
       kPersistent);

@@ -345,7 +345,8 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     loader.finish();
   }
   backend_->load_rotated_each([this, at](const RotatedId& rotated) {
-    if (rotated.expires_at > at && (!options_.tenant_id || rotated.tenant_id == options_.tenant_id)) {
+    if (rotated.expires_at > at &&
+        (!options_.tenant_id || rotated.tenant_id == options_.tenant_id)) {
       rotated_ids_.remember(rotated);
     }
   });
@@ -636,7 +637,6 @@ std::exception_ptr own_copy_of_current_exception() noexcept {
 
 }  // namespace
 
-
 // One transaction for the whole batch: the creates, and with a cap the evictions they cause
 // (SessionBackend::insert_new counts, evicts and inserts atomically, for every process). The
 // cache then follows what storage did: the new sessions in, the evicted ones out, including a
@@ -677,9 +677,9 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
     // Each eviction is reported by the last create of its user in the batch: the one that, in
     // the order the batch stands for, pushed the user over the cap.
     for (const RemovedSession& row : evicted) {
-      const auto by_user = std::find_if(batch.rbegin(), batch.rend(), [&row](const QueuedCreate* item) {
-        return item->session.user_id == row.user_id;
-      });
+      const auto by_user = std::find_if(
+          batch.rbegin(), batch.rend(),
+          [&row](const QueuedCreate* item) { return item->session.user_id == row.user_id; });
       if (by_user != batch.rend()) {
         (*by_user)->evictions.push_back({SessionEventType::kRevoked, row.id, row.user_id, {}, 1});
       }
@@ -764,8 +764,7 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
           return result;
         }
         event = SessionEvent{SessionEventType::kRotatedTokenReused, std::move(rotated->id),
-                             std::move(rotated->user_id), rotated_ids_.last_successor(*rotated),
-                             1};
+                             std::move(rotated->user_id), rotated_ids_.last_successor(*rotated), 1};
       }
       break;
     }
@@ -847,8 +846,8 @@ std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
     rotated.token = generate_token();
     const std::string new_id = session_id_for_token(rotated.token);
     flush_pending_deletes();
-    std::optional<Session> successor = write_in_doubt(
-        {old_id, new_id}, [&] { return backend_->rotate(old_id, new_id, at); });
+    std::optional<Session> successor =
+        write_in_doubt({old_id, new_id}, [&] { return backend_->rotate(old_id, new_id, at); });
     cache_.erase(std::string_view(old_id));
     if (!successor) return std::nullopt;  // revoked or expired in storage meanwhile
     if (!cache_stored(new_id, successor, at)) {
@@ -941,8 +940,7 @@ std::size_t SessionStore::Impl::purge_in_batches() {
       if (removed < batch || stopping_) return total;
     }
   };
-  const std::size_t total =
-      in_batches([&] { return backend_->remove_expired_batch(at, batch); });
+  const std::size_t total = in_batches([&] { return backend_->remove_expired_batch(at, batch); });
   if (!stopping_) in_batches([&] { return backend_->remove_expired_rotated(at, batch); });
   {
     const std::lock_guard<std::mutex> lock(write_mutex_);

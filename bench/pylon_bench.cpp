@@ -840,12 +840,12 @@ void bench_rotate(const Settings& settings) {
       sqlite3_bind_text(statement, 1, raw_id.data(), static_cast<int>(raw_id.size()),
                         SQLITE_STATIC);
       if (statement != remove.get()) {
-        sqlite3_bind_text(statement, 2, next.data(), static_cast<int>(next.size()),
-                          SQLITE_STATIC);
+        sqlite3_bind_text(statement, 2, next.data(), static_cast<int>(next.size()), SQLITE_STATIC);
       }
       if (statement == record.get()) sqlite3_bind_int64(statement, 3, now);
-      if (sqlite3_step(statement) != SQLITE_DONE) die(std::string("raw rotate: ") +
-                                                       sqlite3_errmsg(raw.get()));
+      if (sqlite3_step(statement) != SQLITE_DONE) {
+        die(std::string("raw rotate: ") + sqlite3_errmsg(raw.get()));
+      }
       sqlite3_reset(statement);
     }
     sqlite_exec(raw.get(), "COMMIT");
@@ -868,8 +868,8 @@ void bench_rotate(const Settings& settings) {
     timed_window(raw_rotate);
   }
   const Pair last{timed_window(pylon_rotate), timed_window(raw_rotate)};
-  row("rotate, first " + std::to_string(window) + " (synchronous=NORMAL)", first.pylon,
-      first.raw, "vs the same 3 statements raw");
+  row("rotate, first " + std::to_string(window) + " (synchronous=NORMAL)", first.pylon, first.raw,
+      "vs the same 3 statements raw");
   row("rotate, last " + std::to_string(window) + " of " + std::to_string(total), last.pylon,
       last.raw, "same cost as the first");
   note("pylon last/first: " + std::to_string(last.pylon / first.pylon) +

@@ -805,7 +805,9 @@ class BatchRecordingBackend final : public pylon::test::ForwardingBackend {
   BatchRecordingBackend(std::unique_ptr<pylon::SessionBackend> real,
                         std::shared_ptr<std::vector<Batch>> batches,
                         std::shared_ptr<std::mutex> mutex)
-      : ForwardingBackend(std::move(real)), batches_(std::move(batches)), mutex_(std::move(mutex)) {}
+      : ForwardingBackend(std::move(real)),
+        batches_(std::move(batches)),
+        mutex_(std::move(mutex)) {}
 
   std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override {
     const std::size_t removed = ForwardingBackend::remove_expired_batch(now, limit);

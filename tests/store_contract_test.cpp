@@ -1145,7 +1145,7 @@ TEST_P(RecordedStoreContract, AFailedRevokeIsDeniedAtOnceAndRetriedBeforeTheNext
 
   const NewSession next = store.create("bob");
   EXPECT_THAT(log_->take(), ElementsAre("remove_matching id=" + revoked.session.id,
-                                         "insert_new " + next.session.id))
+                                        "insert_new " + next.session.id))
       << "the pending delete goes first";
   EXPECT_FALSE(db_->has(revoked.session.id));
   EXPECT_TRUE(db_->has(next.session.id));
