@@ -10,7 +10,8 @@
 //     `data` round-trips NUL bytes and invalid UTF-8; text PostgreSQL cannot hold is refused with
 //     the same Error as on SQLite before anything is sent.
 //   - Every mutation is one autocommit statement, acknowledged once the server has committed it
-//     (save_batch() too, unless its rows exceed 32 MiB: then one transaction of several).
+//     (save_batch() and insert_new() too, unless their rows exceed 32 MiB: then one transaction
+//     of several; insert_new() with a cap per user is always one transaction of several).
 //   - A lost connection fails the call in flight with kConnectionLost and the next call
 //     reconnects. A statement whose outcome is unknown is never sent again behind the caller's
 //     back: only a connection found dead *before* sending is replaced silently.
@@ -42,10 +43,14 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <iterator>
 #include <limits>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
+#include <string_view>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -216,11 +221,35 @@ class ArrayParam {
   std::string bytes_;
 };
 
-// Column `column` of row 0, in binary format.
-std::string text_at(const PGresult* result, int column) {
-  const char* value = PQgetvalue(result, 0, column);
-  const int length = PQgetlength(result, 0, column);
+// Column `column` of row `row`, in binary format.
+std::string text_at(const PGresult* result, int row, int column) {
+  const char* value = PQgetvalue(result, row, column);
+  const int length = PQgetlength(result, row, column);
   return {value, static_cast<std::size_t>(std::max(length, 0))};
+}
+
+std::string text_at(const PGresult* result, int column) { return text_at(result, 0, column); }
+
+// Column `column` of row 0 into `into`, which keeps its buffer: a load reading every row into
+// one object allocates only when a value outgrows it.
+void assign_text_at(const PGresult* result, int column, std::string& into) {
+  into.assign(PQgetvalue(result, 0, column),
+              static_cast<std::size_t>(std::max(PQgetlength(result, 0, column), 0)));
+}
+
+void assign_optional_text_at(const PGresult* result, int column, std::optional<std::string>& into) {
+  if (PQgetisnull(result, 0, column) != 0) {
+    into.reset();
+    return;
+  }
+  if (!into) into.emplace();
+  assign_text_at(result, column, *into);
+}
+
+// Column `column` of row 0, an int8 in binary format; 0 for NULL (the columns are NOT NULL).
+std::int64_t int8_at(const PGresult* result, int column) {
+  if (PQgetisnull(result, 0, column) != 0 || PQgetlength(result, 0, column) != 8) return 0;
+  return decode_int8({PQgetvalue(result, 0, column), 8});
 }
 
 // ================================================================================================
@@ -381,6 +410,13 @@ constexpr const char* kSelectAll = "pylon_select_all";
 constexpr const char* kSelectById = "pylon_select_by_id";
 constexpr const char* kReplace = "pylon_replace";
 constexpr const char* kDeleteExpiredBatch = "pylon_delete_expired_batch";
+constexpr const char* kLockOwners = "pylon_lock_owners";
+constexpr const char* kEvictBeyondCap = "pylon_evict_beyond_cap";
+constexpr const char* kTouch = "pylon_touch";
+constexpr const char* kUpdateData = "pylon_update_data";
+constexpr const char* kRotate = "pylon_rotate";
+constexpr const char* kSelectRotated = "pylon_select_rotated";
+constexpr const char* kDeleteExpiredRotatedBatch = "pylon_delete_expired_rotated_batch";
 // remove_matching()'s statements are prepared on first use, one per combination of filter
 // fields: this prefix and the bitmask of the fields (see MatchField).
 constexpr const char* kDeleteMatchingPrefix = "pylon_delete_matching_";
@@ -394,6 +430,9 @@ constexpr std::size_t kBatchStatementBytes = std::size_t{32} << 20U;
 constexpr std::array<Oid, 11> kSelectAllTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
                                                  kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
                                                  kTextOid, kByteaOid, kTextOid};
+// The columns of kSelectRotated, in order, with the type each must have.
+constexpr std::array<Oid, 6> kSelectRotatedTypes = {kTextOid, kTextOid, kTextOid,
+                                                    kTextOid, kInt8Oid, kInt8Oid};
 
 // The fields of a SessionFilter, as bits of the mask that names remove_matching()'s statement.
 // Conditions and parameters follow this order.
@@ -421,6 +460,10 @@ constexpr int kLatestPostgresVersion =
 
 // pg_advisory_xact_lock key that serialises migrations across instances: "pylonmig" in ASCII.
 constexpr std::int64_t kMigrationLockKey = 0x70796C6F6E6D6967;
+// The first key of the two-key pg_advisory_xact_lock that insert_new() takes per user and tenant
+// ("pcap" in ASCII); the second is a hash of the two. PostgreSQL keeps two-key locks apart from
+// one-key locks such as kMigrationLockKey: the spaces never overlap.
+constexpr std::int32_t kCapLockClass = 0x70636170;
 
 class PostgresBackend final : public SessionBackend {
  public:
@@ -434,9 +477,18 @@ class PostgresBackend final : public SessionBackend {
   bool remove(std::string_view id) override;
   std::size_t remove_user(std::string_view user_id) override;
   std::size_t remove_expired(std::int64_t now) override;
-  std::size_t remove_matching(const SessionFilter& filter) override;
+  std::vector<RemovedSession> remove_matching(const SessionFilter& filter) override;
   bool replace(std::string_view old_id, const Session& replacement) override;
   std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override;
+  std::vector<RemovedSession> insert_new(const std::vector<Session>& sessions,
+                                         std::size_t max_per_user) override;
+  std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
+                               std::int64_t expires_at) override;
+  std::optional<Session> update_data(std::string_view id, std::string_view data) override;
+  std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
+                                std::int64_t now) override;
+  void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
+  std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   [[nodiscard]] std::string describe() const override { return shown_url_; }
 
  private:
@@ -464,6 +516,7 @@ class PostgresBackend final : public SessionBackend {
   bool relation_kind(const char* name, std::string* kind);
   std::vector<std::pair<std::string, std::string>> table_columns(const char* table);
   bool check_session_table(int applied);
+  void check_rotated_table(int applied);
   void verify_table_shape();
 
   // Statements. Each throws Error naming the action and the database.
@@ -476,6 +529,12 @@ class PostgresBackend final : public SessionBackend {
   PgResult execute(const char* statement, const Params& params, const std::string& action);
   void upsert_rows(const std::vector<const Session*>& rows, std::size_t begin, std::size_t end,
                    const std::string& action);
+  void upsert_in_statements(const std::vector<const Session*>& rows,
+                            const std::vector<std::size_t>& ends, const std::string& action);
+  std::optional<Session> run_returning_session(const char* statement, const Params& params,
+                                               const std::string& action);
+  void stream(const char* statement, const char* table, const Oid* types, std::size_t type_count,
+              const std::string& action, const std::function<void(const PGresult*)>& row);
   void roll_back() noexcept;
   std::size_t run_counting(const char* statement, const Params& params, const std::string& action);
   // Takes a non-const PGresult: libpq's PQcmdTuples() does.
@@ -933,6 +992,7 @@ void PostgresBackend::migrate() {
                       "it is)");
     }
     const bool adopt_pylon_table = check_session_table(applied);  // true only at version 0
+    check_rotated_table(applied);
     if (applied < kLatestPostgresVersion) {
       exec(
           "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
@@ -1033,8 +1093,18 @@ std::vector<std::pair<std::string, std::string>> session_columns_at(int version)
                                                               {"tenant_id", "text"},
                                                               {"user_id", "text"}};
   if (version >= 2) columns.emplace_back("idp_session_id", "text");
+  if (version >= 3) columns.emplace_back("insert_order", "bigint");
   std::sort(columns.begin(), columns.end());
   return columns;
+}
+
+// The version that creates `_pylon_rotated_ids`, and its columns as table_columns() returns them.
+constexpr int kRotatedIdsVersion = 3;
+const std::vector<std::pair<std::string, std::string>>& rotated_columns() {
+  static const std::vector<std::pair<std::string, std::string>> kColumns = {
+      {"expires_at", "bigint"}, {"id", "text"},        {"replaced_by", "text"},
+      {"rotated_at", "bigint"}, {"tenant_id", "text"}, {"user_id", "text"}};
+  return kColumns;
 }
 
 std::vector<std::pair<std::string, std::string>> current_session_columns() {
@@ -1091,16 +1161,36 @@ bool PostgresBackend::check_session_table(int applied) {
                   "database was left as it is)");
 }
 
-// After migrating: the table must be exactly ours, types included, because rows are read in
+// Refuses a `_pylon_rotated_ids` that exists before the migration that creates it has run: it
+// is not ours, and that migration would fail on it half-way (a duplicate table, reported as a
+// bug rather than as the database at fault).
+void PostgresBackend::check_rotated_table(int applied) {
+  std::string kind;
+  if (applied >= kRotatedIdsVersion || !relation_kind("_pylon_rotated_ids", &kind)) return;
+  throw Error(ErrorCode::kCorruptDatabase,
+              target() + " has a _pylon_rotated_ids " +
+                  (kind == "r" || kind == "p" ? std::string("table") : describe_relkind(kind)) +
+                  " that pylon-sessions did not create (its schema version is " +
+                  std::to_string(applied) +
+                  "); refusing to use it (the database was left as it is)");
+}
+
+// After migrating: the tables must be exactly ours, types included, because rows are read in
 // binary format and an INTEGER read as a BIGINT would be garbage, not an error.
 void PostgresBackend::verify_table_shape() {
-  std::string kind;
-  if (!relation_kind("_pylon_sessions", &kind) || (kind != "r" && kind != "p") ||
-      table_columns("_pylon_sessions") != current_session_columns()) {
-    throw Error(ErrorCode::kCorruptDatabase,
-                target() +
-                    " does not have the _pylon_sessions table its schema version promises "
-                    "(columns and types of migrations/postgres); the database was left as it is");
+  const auto is_ours = [this](const char* table, const auto& columns) {
+    std::string kind;
+    return relation_kind(table, &kind) && (kind == "r" || kind == "p") &&
+           table_columns(table) == columns;
+  };
+  for (const auto& [table, columns] : {std::pair{"_pylon_sessions", current_session_columns()},
+                                       std::pair{"_pylon_rotated_ids", rotated_columns()}}) {
+    if (!is_ours(table, columns)) {
+      throw Error(ErrorCode::kCorruptDatabase,
+                  target() + " does not have the " + table +
+                      " table its schema version promises (columns and types of "
+                      "migrations/postgres); the database was left as it is");
+    }
   }
 }
 
@@ -1126,7 +1216,23 @@ void PostgresBackend::verify_table_shape() {
 //     several instances purge side by side instead of queueing on the same rows.
 //   - remove_matching() has one statement per combination of filter fields, each a plain
 //     conjunction of equalities the indexes serve; there are 32 combinations and an application
-//     uses a few, so they are prepared on first use rather than all on every (re)connect.
+//     uses a few, so they are prepared on first use rather than all on every (re)connect. Each
+//     returns the ids and users it deleted.
+//   - rotate() is one statement too: a CTE deletes the live old row and returns it, a second
+//     records the rotated id, and the INSERT it feeds copies the row, as storage holds it, under
+//     the new id and returns the copy. touch() and update_data() are UPDATE ... RETURNING: each
+//     changes its columns only, in storage, and answers with the whole row.
+//   - remove_expired() deletes expired rotated ids in a CTE of its DELETE: one statement, whose
+//     command tag counts the sessions alone.
+//
+// The one exception is insert_new() with a cap per user: counting a user's sessions and evicting
+// the oldest must not interleave with another instance doing the same, or two creates at once
+// could each see room for one more. So it is a transaction in READ COMMITTED (whatever the
+// server's default: each statement must see what others committed before it started) that first
+// takes a transaction-scoped advisory lock per user and tenant of the batch, in the order of the
+// lock keys, so two batches sharing users queue instead of deadlocking; then inserts; then, in a
+// statement of its own that sees the rows committed by whoever held a lock before, deletes what
+// lies beyond the cap. Without a cap it is save_batch().
 // ================================================================================================
 
 // The columns a Session is written to, in the order of its parameters (bind_session()).
@@ -1264,7 +1370,10 @@ void PostgresBackend::prepare_statements() {
 
   prepare(kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1", {kTextOid});
   prepare(kDeleteByUser, "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid});
-  prepare(kDeleteExpired, "DELETE FROM _pylon_sessions WHERE expires_at <= $1", {kInt8Oid});
+  prepare(kDeleteExpired,
+          "WITH rotated AS (DELETE FROM _pylon_rotated_ids WHERE expires_at <= $1) "
+          "DELETE FROM _pylon_sessions WHERE expires_at <= $1",
+          {kInt8Oid});
   // By id rather than ctid: ctid is not unique in a partitioned table. FOR UPDATE is what keeps
   // it right under concurrent writes: in READ COMMITTED a row changed since the statement's
   // snapshot (a save() sliding its expiry) is re-read at its newest version and re-checked
@@ -1282,6 +1391,68 @@ void PostgresBackend::prepare_statements() {
       kSelectById,
       (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions WHERE id = $1").c_str(),
       {kTextOid});
+
+  // insert_new(): one lock per "user_id <US> tenant_id" key ($1, distinct), in the order of the
+  // lock keys. The server evaluates a volatile function of the select list after the sort (since
+  // PostgreSQL 9.6), so the locks are taken in that order; a hash shared by two keys is one lock,
+  // taken once.
+  prepare(kLockOwners,
+          ("SELECT pg_advisory_xact_lock(" + std::to_string(kCapLockClass) +
+           ", key) FROM (SELECT DISTINCT hashtext(owner) AS key FROM unnest($1::text[]) AS owner) "
+           "AS keys ORDER BY key")
+              .c_str(),
+          {kTextArrayOid});
+  // The rows of each (user, tenant) pair of $1 and $2 (distinct pairs) beyond the newest $3:
+  // newest by created_at, then by insertion. The join starts from the pairs, so the user index
+  // finds their rows.
+  prepare(kEvictBeyondCap,
+          "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM (SELECT s.id, row_number() "
+          "OVER (PARTITION BY s.user_id, s.tenant_id ORDER BY s.created_at DESC, "
+          "s.insert_order DESC) AS newer FROM unnest($1::text[], $2::text[]) AS owner(user_id, "
+          "tenant_id) JOIN _pylon_sessions AS s ON s.user_id = owner.user_id AND s.tenant_id IS "
+          "NOT DISTINCT FROM owner.tenant_id) AS ranked WHERE newer > $3) RETURNING id, user_id",
+          {kTextArrayOid, kTextArrayOid, kInt8Oid});
+  prepare(kTouch,
+          (std::string("UPDATE _pylon_sessions SET last_seen_at = GREATEST(last_seen_at, $2), "
+                       "expires_at = GREATEST(expires_at, $3) WHERE id = $1 RETURNING ") +
+           kSessionColumns)
+              .c_str(),
+          {kTextOid, kInt8Oid, kInt8Oid});
+  prepare(kUpdateData,
+          (std::string("UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING ") +
+           kSessionColumns)
+              .c_str(),
+          {kTextOid, kByteaOid});
+  // The INSERT copies what the DELETE returned, so the new row is the old one as storage held
+  // it at that instant; when there was no live old row, both CTEs and the INSERT see nothing and
+  // the statement writes nothing. A rotated id already recorded (its session re-created under
+  // the same id since) takes the new record's values.
+  const std::string rotate_sql =
+      std::string(
+          "WITH old AS (DELETE FROM _pylon_sessions WHERE id = $1 AND expires_at > $3 "
+          "RETURNING ") +
+      kSessionColumns +
+      "), rotated AS (INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, "
+      "rotated_at, expires_at) SELECT id, $2, user_id, tenant_id, $3, CASE WHEN "
+      "absolute_expires_at > 0 THEN absolute_expires_at ELSE expires_at END FROM old "
+      "ON CONFLICT (id) DO UPDATE SET replaced_by = excluded.replaced_by, "
+      "user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
+      "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at) "
+      "INSERT INTO _pylon_sessions (" +
+      kSessionColumns +
+      ") SELECT $2, user_id, tenant_id, created_at, expires_at, last_seen_at, "
+      "absolute_expires_at, device, ip, data, idp_session_id FROM old RETURNING " +
+      kSessionColumns;
+  prepare(kRotate, rotate_sql.c_str(), {kTextOid, kTextOid, kInt8Oid});
+  prepare(kSelectRotated,
+          "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at "
+          "FROM _pylon_rotated_ids",
+          {});
+  // As kDeleteExpiredBatch, for the same reasons.
+  prepare(kDeleteExpiredRotatedBatch,
+          "DELETE FROM _pylon_rotated_ids WHERE id IN (SELECT id FROM _pylon_rotated_ids "
+          "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+          {kInt8Oid, kInt8Oid});
   matching_prepared_.fill(false);
 }
 
@@ -1301,28 +1472,28 @@ std::string matching_sql(unsigned mask) {
     if (parameter > 0) sql += " AND ";
     sql += condition + std::to_string(++parameter);
   }
-  return sql;
+  return sql + " RETURNING id, user_id";
+}
+
+// The rows of a result of "... RETURNING id, user_id".
+std::vector<RemovedSession> removed_rows(const PGresult* result) {
+  std::vector<RemovedSession> removed;
+  const int rows = PQntuples(result);
+  removed.reserve(static_cast<std::size_t>(std::max(rows, 0)));
+  for (int row = 0; row < rows; ++row) {
+    removed.push_back({text_at(result, row, 0), text_at(result, row, 1)});
+  }
+  return removed;
 }
 
 // Row 0 of a result of kSelectAll or kSelectById into `session`. Its strings are assigned, not
 // built anew, so a load that reads every row into one Session reuses their buffers.
 void read_session_row(const PGresult* row, Session& session) {
-  const auto text = [row](int column, std::string& into) {
-    into.assign(PQgetvalue(row, 0, column),
-                static_cast<std::size_t>(std::max(PQgetlength(row, 0, column), 0)));
+  const auto text = [row](int column, std::string& into) { assign_text_at(row, column, into); };
+  const auto optional_text = [row](int column, std::optional<std::string>& into) {
+    assign_optional_text_at(row, column, into);
   };
-  const auto optional_text = [row, &text](int column, std::optional<std::string>& into) {
-    if (PQgetisnull(row, 0, column) != 0) {
-      into.reset();
-    } else {
-      if (!into) into.emplace();
-      text(column, *into);
-    }
-  };
-  const auto int8 = [row](int column) -> std::int64_t {
-    if (PQgetisnull(row, 0, column) != 0 || PQgetlength(row, 0, column) != 8) return 0;
-    return decode_int8({PQgetvalue(row, 0, column), 8});
-  };
+  const auto int8 = [row](int column) { return int8_at(row, column); };
   text(0, session.id);
   text(1, session.user_id);
   optional_text(2, session.tenant_id);
@@ -1364,9 +1535,38 @@ std::vector<Session> PostgresBackend::load_all() {
 
 void PostgresBackend::load_each(const std::function<void(const Session&)>& visit) {
   const std::string action = "cannot load sessions from";
+  Session session;  // every row is read into this one, reusing its buffers
+  stream(kSelectAll, "_pylon_sessions", kSelectAllTypes.data(), kSelectAllTypes.size(), action,
+         [&session, &visit](const PGresult* row) {
+           read_session_row(row, session);
+           visit(session);
+         });
+}
+
+void PostgresBackend::load_rotated_each(const std::function<void(const RotatedId&)>& visit) {
+  const std::string action = "cannot load rotated session ids from";
+  RotatedId rotated;  // as in load_each(), one for every row
+  stream(kSelectRotated, "_pylon_rotated_ids", kSelectRotatedTypes.data(),
+         kSelectRotatedTypes.size(), action, [&rotated, &visit](const PGresult* row) {
+           assign_text_at(row, 0, rotated.id);
+           assign_text_at(row, 1, rotated.replaced_by);
+           assign_text_at(row, 2, rotated.user_id);
+           assign_optional_text_at(row, 3, rotated.tenant_id);
+           rotated.rotated_at = int8_at(row, 4);
+           rotated.expires_at = int8_at(row, 5);
+           visit(rotated);
+         });
+}
+
+// Runs the prepared query `statement` of `table` in single-row mode and hands each row, a result
+// of one row, to `row`, once the types of its columns are checked against `types`. A row is
+// valid only during the call.
+void PostgresBackend::stream(const char* statement, const char* table, const Oid* types,
+                             std::size_t type_count, const std::string& action,
+                             const std::function<void(const PGresult*)>& row) {
   const Turn turn(*this, action);
   ensure_connected();
-  if (PQsendQueryPrepared(conn_.get(), kSelectAll, 0, nullptr, nullptr, nullptr, kBinaryFormat) ==
+  if (PQsendQueryPrepared(conn_.get(), statement, 0, nullptr, nullptr, nullptr, kBinaryFormat) ==
       0) {
     fail(nullptr, action);
   }
@@ -1378,7 +1578,6 @@ void PostgresBackend::load_each(const std::function<void(const Session&)>& visit
 
   PgResult error;  // the first failure; later results are read only to finish the query
   bool types_checked = false;
-  Session session;  // every row is read into this one, reusing its buffers
   // The deadline bounds the server's silence, not the size of the table: it starts again
   // whenever data arrives.
   for (PgResult result = next_result(action, /*restart_deadline=*/true); result;
@@ -1386,19 +1585,20 @@ void PostgresBackend::load_each(const std::function<void(const Session&)>& visit
     const ExecStatusType status = PQresultStatus(result.get());
     if (status == PGRES_SINGLE_TUPLE && !error) {
       if (!types_checked) {
-        for (std::size_t column = 0; column < kSelectAllTypes.size(); ++column) {
+        // NOLINTBEGIN(cppcoreguidelines-pro-bounds-pointer-arithmetic): types[0, type_count)
+        for (std::size_t column = 0; column < type_count; ++column) {
           const int index = static_cast<int>(column);
-          if (PQftype(result.get(), index) != kSelectAllTypes.at(column) ||
+          if (PQftype(result.get(), index) != types[column] ||
               PQfformat(result.get(), index) != kBinaryFormat) {
             throw Error(ErrorCode::kCorruptDatabase,
                         action + " " + target() + ": column " + PQfname(result.get(), index) +
-                            " of _pylon_sessions is not of the type pylon-sessions wrote");
+                            " of " + table + " is not of the type pylon-sessions wrote");
           }
         }
+        // NOLINTEND(cppcoreguidelines-pro-bounds-pointer-arithmetic)
         types_checked = true;
       }
-      read_session_row(result.get(), session);
-      visit(session);
+      row(result.get());
     } else if (status != PGRES_SINGLE_TUPLE && status != PGRES_TUPLES_OK && !error) {
       error = std::move(result);
     }
@@ -1429,16 +1629,9 @@ void PostgresBackend::save(const Session& session) {
   run(kUpsert, params, action);
 }
 
-// One statement, so one round trip and one commit (one WAL flush on the server) for the whole
-// batch, and the guarantees of save(): autocommit, so a lost reply leaves nothing open on the
-// server, and in doubt only as save() is. Past kBatchStatementBytes the rows go in several such
-// statements inside BEGIN ... COMMIT: a round trip each, still one commit.
-void PostgresBackend::save_batch(const std::vector<Session>& sessions) {
-  for (const Session& session : sessions) detail::check_session_for_storage(session);
-  if (sessions.empty()) return;
-  const std::vector<const Session*> rows = last_of_each_id(sessions);
-  // Where each statement's rows end: at least one row each, at most kBatchStatementBytes
-  // unless a single row is larger.
+// Where each statement of a batch ends in `rows`: at least one row each, at most
+// kBatchStatementBytes unless a single row is larger.
+std::vector<std::size_t> statement_ends(const std::vector<const Session*>& rows) {
   std::vector<std::size_t> ends;
   std::size_t bytes = 0;
   for (std::size_t row = 0; row < rows.size(); ++row) {
@@ -1450,10 +1643,29 @@ void PostgresBackend::save_batch(const std::vector<Session>& sessions) {
     bytes += size;
   }
   ends.push_back(rows.size());
+  return ends;
+}
 
+// One statement, so one round trip and one commit (one WAL flush on the server) for the whole
+// batch, and the guarantees of save(): autocommit, so a lost reply leaves nothing open on the
+// server, and in doubt only as save() is. Past kBatchStatementBytes the rows go in several such
+// statements inside BEGIN ... COMMIT: a round trip each, still one commit.
+void PostgresBackend::save_batch(const std::vector<Session>& sessions) {
+  for (const Session& session : sessions) detail::check_session_for_storage(session);
+  if (sessions.empty()) return;
+  const std::vector<const Session*> rows = last_of_each_id(sessions);
+  const std::vector<std::size_t> ends = statement_ends(rows);
   const std::string action = "cannot save sessions to";
   const Turn turn(*this, action);
   ensure_connected();
+  upsert_in_statements(rows, ends, action);
+}
+
+// save_batch()'s statements for `rows`, split at `ends`, on a connection the caller has just
+// checked, in its Turn.
+void PostgresBackend::upsert_in_statements(const std::vector<const Session*>& rows,
+                                           const std::vector<std::size_t>& ends,
+                                           const std::string& action) {
   if (ends.size() == 1) {
     upsert_rows(rows, 0, rows.size(), action);
     return;
@@ -1516,7 +1728,7 @@ std::size_t PostgresBackend::remove_expired(std::int64_t now) {
   return run_counting(kDeleteExpired, params, action);
 }
 
-std::size_t PostgresBackend::remove_matching(const SessionFilter& filter) {
+std::vector<RemovedSession> PostgresBackend::remove_matching(const SessionFilter& filter) {
   if (!filter.id && !filter.user_id && !filter.idp_session_id) {
     throw Error(ErrorCode::kInvalidArgument,
                 "remove_matching needs an id, a user_id or an idp_session_id: an empty filter "
@@ -1537,7 +1749,7 @@ std::size_t PostgresBackend::remove_matching(const SessionFilter& filter) {
     // parameter): an equality on it matches nothing, and sparing it spares no row.
     if (!detail::is_storable_text(**value)) {
       if (field == kMatchExceptId) continue;
-      return 0;
+      return {};
     }
     mask |= field;
     params.text(**value);
@@ -1552,7 +1764,7 @@ std::size_t PostgresBackend::remove_matching(const SessionFilter& filter) {
     matching_prepared_.at(mask) = true;
   }
   const PgResult result = execute(name.c_str(), params, action);
-  return affected_rows(result.get(), action);
+  return removed_rows(result.get());
 }
 
 bool PostgresBackend::replace(std::string_view old_id, const Session& replacement) {
@@ -1574,6 +1786,126 @@ std::size_t PostgresBackend::remove_expired_batch(std::int64_t now, std::size_t 
   const std::string action = "cannot delete expired sessions from";
   const Turn turn(*this, action);
   return run_counting(kDeleteExpiredBatch, params, action);
+}
+
+// See the section comment: without a cap, save_batch(); with one, a transaction that locks the
+// batch's users and tenants, inserts, and evicts.
+std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Session>& sessions,
+                                                        std::size_t max_per_user) {
+  for (const Session& session : sessions) detail::check_session_for_storage(session);
+  if (sessions.empty()) return {};
+  const std::vector<const Session*> rows = last_of_each_id(sessions);
+  const std::vector<std::size_t> ends = statement_ends(rows);
+  const std::string action = "cannot save sessions to";
+  if (max_per_user == 0) {
+    const Turn turn(*this, action);
+    ensure_connected();
+    upsert_in_statements(rows, ends, action);
+    return {};
+  }
+
+  // The distinct (user, tenant) pairs of the batch, and the key each one's lock is taken by:
+  // the user and the tenant joined by U+001F, a character that ends neither. A null tenant and
+  // an empty one share a key; they only wait for each other.
+  std::set<std::pair<std::string_view, std::optional<std::string_view>>> owners;
+  for (const Session* session : rows) {
+    std::optional<std::string_view> tenant_id;
+    if (session->tenant_id) tenant_id = *session->tenant_id;
+    owners.emplace(session->user_id, tenant_id);
+  }
+  ArrayParam keys(kTextOid, owners.size());
+  ArrayParam users(kTextOid, owners.size());
+  ArrayParam tenants(kTextOid, owners.size());
+  for (const auto& [user_id, tenant_id] : owners) {
+    std::string key(user_id);
+    key += '\x1f';
+    if (tenant_id) key += *tenant_id;
+    keys.bytes(key);
+    users.bytes(user_id);
+    tenants.optional_bytes(tenant_id ? std::optional<std::string>(*tenant_id) : std::nullopt);
+  }
+  Params lock;
+  lock.array(kTextArrayOid, keys.encoded());
+  const auto max_cap = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+  Params evict;
+  evict.array(kTextArrayOid, users.encoded())
+      .array(kTextArrayOid, tenants.encoded())
+      .int8(static_cast<std::int64_t>(std::min(max_per_user, max_cap)));
+
+  const Turn turn(*this, action);
+  ensure_connected();
+  exec("BEGIN ISOLATION LEVEL READ COMMITTED", action);
+  try {
+    execute(kLockOwners, lock, action);
+    std::size_t begin = 0;
+    for (const std::size_t end : ends) {
+      upsert_rows(rows, begin, end, action);
+      begin = end;
+    }
+    const PgResult evicted = execute(kEvictBeyondCap, evict, action);
+    std::vector<RemovedSession> removed = removed_rows(evicted.get());
+    exec("COMMIT", action);
+    return removed;
+  } catch (...) {
+    // Nothing is committed: no row inserted, none evicted (see save_batch()).
+    roll_back();
+    throw;
+  }
+}
+
+// Runs `statement`, an UPDATE or INSERT ... RETURNING every column, which changes one row or
+// none; the row as stored, or nullopt.
+std::optional<Session> PostgresBackend::run_returning_session(const char* statement,
+                                                              const Params& params,
+                                                              const std::string& action) {
+  const Turn turn(*this, action);
+  const PgResult result = run(statement, params, action);
+  if (PQntuples(result.get()) == 0) return std::nullopt;
+  Session session;
+  read_session_row(result.get(), session);
+  return session;
+}
+
+std::optional<Session> PostgresBackend::touch(std::string_view id, std::int64_t last_seen_at,
+                                              std::int64_t expires_at) {
+  if (!detail::is_storable_text(id)) return std::nullopt;  // as in remove(): no row can have it
+  Params params;
+  params.text(id).int8(last_seen_at).int8(expires_at);
+  return run_returning_session(kTouch, params, "cannot slide a session's expiry in");
+}
+
+std::optional<Session> PostgresBackend::update_data(std::string_view id, std::string_view data) {
+  if (!detail::is_storable_text(id)) return std::nullopt;  // as in remove(): no row can have it
+  Params params;
+  params.text(id).bytea(data);
+  return run_returning_session(kUpdateData, params, "cannot update a session's data in");
+}
+
+std::optional<Session> PostgresBackend::rotate(std::string_view old_id, std::string_view new_id,
+                                               std::int64_t now) {
+  // The new row's id is the one field of it the caller gives: checked as save() checks an id.
+  if (!is_well_formed_session_id(new_id)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
+  }
+  if (new_id == old_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "a rotated session needs a new id: the new id is the old one");
+  }
+  if (!detail::is_storable_text(old_id)) return std::nullopt;  // as in remove(): no such row
+  Params params;
+  params.text(old_id).text(new_id).int8(now);
+  return run_returning_session(kRotate, params, "cannot rotate a session in");
+}
+
+std::size_t PostgresBackend::remove_expired_rotated(std::int64_t now, std::size_t limit) {
+  if (limit == 0) return 0;  // as in remove_expired_batch()
+  const auto max_limit = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+  Params params;
+  params.int8(now).int8(static_cast<std::int64_t>(std::min(limit, max_limit)));
+  const std::string action = "cannot delete expired rotated session ids from";
+  const Turn turn(*this, action);
+  return run_counting(kDeleteExpiredRotatedBatch, params, action);
 }
 
 }  // namespace

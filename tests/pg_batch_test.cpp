@@ -10,12 +10,15 @@
 #include <gtest/gtest.h>
 #include <signal.h>  // NOLINT(modernize-deprecated-headers): kill() is POSIX, not <csignal>
 
+#include <array>
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <limits>
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -378,6 +381,367 @@ TEST_P(PgBatch, LoadEachCarriesNoFieldOverFromOneRowToTheNext) {
     EXPECT_TRUE(same_session(found->second, row));
   });
   EXPECT_EQ(visited, sessions.size());
+}
+
+// ------------------------------------------------------------------------------------------------
+// insert_new with a cap: atomic against a second connection
+// ------------------------------------------------------------------------------------------------
+
+constexpr std::size_t kRacers = 2;
+constexpr std::array<const char*, 2> kCappedUsers = {"capped-a", "capped-b"};
+
+// The batch of each racer in round `round`: one session of each capped user, in tenant "t",
+// racer 0 listing capped-a first and racer 1 capped-b. A round's sessions tie on created_at.
+std::array<std::vector<Session>, kRacers> race_batches(int round) {
+  std::array<std::vector<Session>, kRacers> batches;
+  for (std::size_t racer = 0; racer < kRacers; ++racer) {
+    for (std::size_t user = 0; user < kCappedUsers.size(); ++user) {
+      Session session = make_session(kCappedUsers.at((user + racer) % kCappedUsers.size()),
+                                     round * static_cast<int>(kRacers) + static_cast<int>(racer));
+      session.tenant_id = "t";
+      session.created_at = 1'700'000'000 + round;
+      batches.at(racer).push_back(session);
+    }
+  }
+  return batches;
+}
+
+// What one racer's insert_new() returned, or the message of what it threw.
+struct RaceOutcome {
+  std::vector<pylon::RemovedSession> removed;
+  std::string failure;
+};
+
+// Runs insert_new(batches[i], cap) on backends[i], each on its own thread, started together as
+// near as two threads can be.
+std::array<RaceOutcome, kRacers> race(
+    const std::array<std::unique_ptr<pylon::SessionBackend>, kRacers>& backends,
+    const std::array<std::vector<Session>, kRacers>& batches, std::size_t cap) {
+  std::array<RaceOutcome, kRacers> outcomes;
+  std::atomic<std::size_t> ready{0};
+  std::vector<std::thread> threads;
+  for (std::size_t racer = 0; racer < kRacers; ++racer) {
+    threads.emplace_back([&, racer] {
+      ++ready;
+      while (ready.load() < kRacers) std::this_thread::yield();
+      try {
+        outcomes.at(racer).removed = backends.at(racer)->insert_new(batches.at(racer), cap);
+      } catch (const pylon::Error& error) {
+        outcomes.at(racer).failure = error.what();
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  return outcomes;
+}
+
+// Two connections create sessions for the same two users at once, round after round, each
+// batch naming the users in the other's order (so a lock taken in batch order could deadlock).
+// After every round each user has at most the cap; at the end the newest sessions remain, and
+// every session created is either still stored or was returned as evicted, once.
+TEST_P(PgBatch, ConcurrentCappedCreatesOnTwoConnectionsNeverLeaveMoreThanTheCap) {
+  constexpr std::size_t kCap = 2;
+  constexpr int kRounds = 150;
+  const std::array<std::unique_ptr<pylon::SessionBackend>, kRacers> backends = {
+      db_->open_backend(), db_->open_backend()};
+  std::set<std::string> created;
+  std::set<std::string> evicted;
+  for (int round = 0; round < kRounds; ++round) {
+    const std::array<std::vector<Session>, kRacers> batches = race_batches(round);
+    for (const auto& batch : batches) {
+      for (const Session& session : batch) created.insert(session.id);
+    }
+    for (const RaceOutcome& outcome : race(backends, batches, kCap)) {
+      ASSERT_EQ(outcome.failure, "") << "round " << round;
+      for (const pylon::RemovedSession& row : outcome.removed) {
+        EXPECT_EQ(created.count(row.id), 1U) << "evicted a session nobody created";
+        EXPECT_TRUE(evicted.insert(row.id).second) << "evicted twice: " << row.id;
+      }
+    }
+    for (const std::string user : kCappedUsers) {
+      ASSERT_LE(db_->count("user_id = '" + user + "'"), static_cast<std::int64_t>(kCap))
+          << user << " has more than the cap after round " << round;
+    }
+  }
+  std::set<std::string> stored;
+  for (const Session& session : backends[0]->load_all()) {
+    stored.insert(session.id);
+    EXPECT_EQ(session.created_at, 1'700'000'000 + kRounds - 1) << "an older session survived";
+    EXPECT_EQ(evicted.count(session.id), 0U) << "returned as evicted, yet stored";
+  }
+  EXPECT_EQ(stored.size(), kCappedUsers.size() * kCap);
+  EXPECT_EQ(stored.size() + evicted.size(), created.size());
+}
+
+TEST_P(PgBatch, CappedCreatesEvictByCreationThenInsertionOrderWithinTheTenant) {
+  auto backend = db_->open_backend();
+  // Same created_at for all: insertion order decides. Another tenant's and another user's rows
+  // are not counted.
+  std::vector<Session> first;
+  for (int i = 0; i < 3; ++i) {
+    Session session = make_session("alice", i);
+    session.created_at = 1'700'000'000;
+    session.tenant_id = "t1";
+    first.push_back(session);
+  }
+  Session other_tenant = make_session("alice", 10);
+  other_tenant.tenant_id.reset();
+  Session other_user = make_session("bob", 11);
+  other_user.tenant_id = "t1";
+  backend->save_batch({other_tenant, other_user});
+  EXPECT_TRUE(backend->insert_new(first, 0).empty()) << "no cap, no eviction";
+
+  Session newest = make_session("alice", 4);
+  newest.created_at = 1'700'000'000;
+  newest.tenant_id = "t1";
+  Session older = make_session("alice", 5);  // created earlier, inserted last
+  older.created_at = 1'600'000'000;
+  older.tenant_id = "t1";
+  const std::vector<pylon::RemovedSession> removed = backend->insert_new({newest, older}, 2);
+  const std::vector<pylon::RemovedSession> expected = {
+      {first[0].id, "alice"}, {first[1].id, "alice"}, {older.id, "alice"}};
+  EXPECT_THAT(removed, ::testing::UnorderedElementsAreArray(expected));
+  EXPECT_TRUE(db_->has(first[2].id));
+  EXPECT_TRUE(db_->has(newest.id));
+  EXPECT_TRUE(db_->has(other_tenant.id));
+  EXPECT_TRUE(db_->has(other_user.id));
+  EXPECT_EQ(db_->count(), 4);
+}
+
+TEST_P(PgBatch, AFailedCappedCreateInsertsNothingAndEvictsNothing) {
+  auto backend = db_->open_backend();
+  Session kept = make_session("alice", 1);
+  kept.tenant_id.reset();
+  backend->save(kept);
+  db_->exec(
+      "ALTER TABLE _pylon_sessions ADD CONSTRAINT pylon_test_no_poison "
+      "CHECK (user_id <> 'poison')");
+  const std::vector<Session> batch = {make_session("alice", 2), make_session("poison", 3)};
+  EXPECT_PYLON_ERROR(backend->insert_new(batch, 1), ErrorCode::kInvalidArgument);
+  EXPECT_EQ(db_->count(), 1);
+  EXPECT_TRUE(db_->has(kept.id));
+  // No transaction was left open, and the locks went with it: the next capped create works.
+  Session next = make_session("alice", 4);
+  next.tenant_id.reset();
+  EXPECT_THAT(backend->insert_new({next}, 1),
+              ::testing::ElementsAre(pylon::RemovedSession{kept.id, "alice"}));
+  EXPECT_EQ(db_->count(), 1);
+}
+
+// ------------------------------------------------------------------------------------------------
+// rotate: one statement
+// ------------------------------------------------------------------------------------------------
+
+TEST_P(PgBatch, RotateIsOneStatementThatAlsoRecordsTheRotatedId) {
+  auto backend = db_->open_backend();
+  const Session old = make_session("alice", 1);
+  Session uncapped = make_session("bob", 2);
+  uncapped.absolute_expires_at = 0;
+  backend->save_batch({old, uncapped});
+  // Each row written, with the transaction and the statement (the client's query text) that
+  // wrote it.
+  db_->exec(
+      "CREATE TABLE pylon_test_writes (tbl TEXT, op TEXT, xact TEXT, query TEXT); "
+      "CREATE FUNCTION pylon_test_write() RETURNS trigger LANGUAGE plpgsql AS "
+      "$$ BEGIN INSERT INTO pylon_test_writes VALUES (TG_TABLE_NAME, TG_OP, "
+      "txid_current()::text, current_query()); RETURN NULL; END $$; "
+      "CREATE TRIGGER pylon_test_write AFTER INSERT OR DELETE ON _pylon_sessions "
+      "FOR EACH ROW EXECUTE FUNCTION pylon_test_write(); "
+      "CREATE TRIGGER pylon_test_write AFTER INSERT OR DELETE ON _pylon_rotated_ids "
+      "FOR EACH ROW EXECUTE FUNCTION pylon_test_write()");
+  const std::int64_t old_order =
+      db_->query_int("SELECT insert_order FROM _pylon_sessions WHERE id = ?1", {old.id});
+
+  const std::int64_t now = old.created_at + 60;
+  const std::string new_id = pylon::session_id_for_token(pylon::generate_token());
+  const std::optional<Session> rotated = backend->rotate(old.id, new_id, now);
+  ASSERT_TRUE(rotated.has_value());
+  Session expected = old;
+  expected.id = new_id;
+  EXPECT_TRUE(same_session(expected, *rotated));
+  const std::optional<Session> stored = backend->load_one(new_id);
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_TRUE(same_session(expected, *stored));
+  EXPECT_FALSE(db_->has(old.id));
+  EXPECT_GT(db_->query_int("SELECT insert_order FROM _pylon_sessions WHERE id = ?1", {new_id}),
+            old_order)
+      << "the copy is the newest row for max_sessions_per_user's order";
+
+  const std::vector<pylon::test::SqlRow> writes =
+      db_->query("SELECT tbl, op, xact, query FROM pylon_test_writes ORDER BY tbl, op");
+  ASSERT_EQ(writes.size(), 3U);
+  EXPECT_EQ(writes[0][0], "_pylon_rotated_ids");
+  EXPECT_EQ(writes[0][1], "INSERT");
+  EXPECT_EQ(writes[1][0], "_pylon_sessions");
+  EXPECT_EQ(writes[1][1], "DELETE");
+  EXPECT_EQ(writes[2][0], "_pylon_sessions");
+  EXPECT_EQ(writes[2][1], "INSERT");
+  for (const pylon::test::SqlRow& write : writes) {
+    EXPECT_EQ(write[2], writes[0][2]) << "one transaction";
+    EXPECT_EQ(write[3], writes[0][3]) << "one statement";
+  }
+
+  std::vector<pylon::RotatedId> records;
+  backend->load_rotated_each([&](const pylon::RotatedId& id) { records.push_back(id); });
+  const pylon::RotatedId record = {old.id,        new_id, "alice",
+                                   old.tenant_id, now,    old.absolute_expires_at};
+  EXPECT_THAT(records, ::testing::ElementsAre(record));
+
+  // Without an absolute cap, the record lives until the session's expiry.
+  const std::string bob_new = pylon::session_id_for_token(pylon::generate_token());
+  ASSERT_TRUE(backend->rotate(uncapped.id, bob_new, now).has_value());
+  records.clear();
+  backend->load_rotated_each([&](const pylon::RotatedId& id) { records.push_back(id); });
+  const pylon::RotatedId bob_record = {uncapped.id,        bob_new, "bob",
+                                       uncapped.tenant_id, now,     uncapped.expires_at};
+  EXPECT_THAT(records, ::testing::UnorderedElementsAre(record, bob_record));
+
+  // The batch purge takes expired records alone; remove_expired() takes them with the sessions,
+  // and counts the sessions only.
+  EXPECT_EQ(backend->remove_expired_rotated(uncapped.expires_at, 10), 1U);
+  EXPECT_EQ(db_->query_int("SELECT count(*) FROM _pylon_rotated_ids"), 1);
+  EXPECT_EQ(backend->remove_expired(uncapped.expires_at), 2U) << "both copies, not the record";
+  EXPECT_EQ(db_->query_int("SELECT count(*) FROM _pylon_rotated_ids"), 1);
+  EXPECT_EQ(backend->remove_expired(old.absolute_expires_at), 0U);
+  EXPECT_EQ(db_->query_int("SELECT count(*) FROM _pylon_rotated_ids"), 0);
+}
+
+TEST_P(PgBatch, RotateOfAMissingOrExpiredSessionWritesNothing) {
+  auto backend = db_->open_backend();
+  const Session session = make_session("alice", 1);
+  const Session taken = make_session("bob", 2);
+  backend->save_batch({session, taken});
+  const std::string before = db_->all_tables_text();
+  const std::string new_id = pylon::session_id_for_token(pylon::generate_token());
+  EXPECT_FALSE(backend->rotate(new_id, session.id, session.created_at).has_value()) << "missing";
+  EXPECT_FALSE(backend->rotate(session.id, new_id, session.expires_at).has_value()) << "expired";
+  // The new id taken already: refused, and the whole statement undone.
+  EXPECT_PYLON_ERROR(backend->rotate(session.id, taken.id, session.created_at),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_PYLON_ERROR(backend->rotate(session.id, "not-an-id", session.created_at),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_EQ(db_->all_tables_text(), before);
+  EXPECT_TRUE(backend->rotate(session.id, new_id, session.created_at).has_value());
+}
+
+// ------------------------------------------------------------------------------------------------
+// Migrating to version 3
+// ------------------------------------------------------------------------------------------------
+
+// The schema of `version` (1 or 2) as migrations 0001 and 0002 left it, recorded as applied.
+std::string schema_at(int version) {
+  std::string sql =
+      "CREATE TABLE _pylon_sessions (id TEXT NOT NULL PRIMARY KEY CHECK (length(id) = 64), "
+      "user_id TEXT NOT NULL, tenant_id TEXT, created_at BIGINT NOT NULL, "
+      "expires_at BIGINT NOT NULL, last_seen_at BIGINT NOT NULL, "
+      "absolute_expires_at BIGINT NOT NULL DEFAULT 0, device TEXT, ip TEXT, "
+      "data BYTEA NOT NULL DEFAULT ''::bytea); "
+      "CREATE INDEX _pylon_sessions_by_user ON _pylon_sessions (user_id); "
+      "CREATE INDEX _pylon_sessions_by_expiry ON _pylon_sessions (expires_at); "
+      "CREATE TABLE _pylon_schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+      "applied_at BIGINT NOT NULL); "
+      "INSERT INTO _pylon_schema_migrations VALUES (1, '0001_create_sessions.sql', 1700000000); ";
+  if (version >= 2) {
+    sql +=
+        "ALTER TABLE _pylon_sessions ADD COLUMN idp_session_id TEXT; "
+        "CREATE INDEX _pylon_sessions_by_idp_session ON _pylon_sessions (idp_session_id) "
+        "WHERE idp_session_id IS NOT NULL; "
+        "INSERT INTO _pylon_schema_migrations VALUES (2, '0002_idp_session_id.sql', 1700000000)";
+  }
+  return sql;
+}
+
+// `data` as hex digits, for decode(..., 'hex').
+std::string hex_of(const std::string& data) {
+  static constexpr std::array<char, 16> kDigits = {'0', '1', '2', '3', '4', '5', '6', '7',
+                                                   '8', '9', 'a', 'b', 'c', 'd', 'e', 'f'};
+  std::string hex;
+  for (const char c : data) {
+    const auto byte = static_cast<unsigned char>(c);
+    hex += kDigits.at(byte >> 4U);
+    hex += kDigits.at(byte & 0xFU);
+  }
+  return hex;
+}
+
+// Writes `session` into a database of schema `version` by hand, as that version's library did.
+void insert_at(const TestDatabase& db, int version, const Session& session) {
+  std::vector<pylon::test::SqlValue> params = {session.id,
+                                               session.user_id,
+                                               session.tenant_id.value_or(""),
+                                               session.created_at,
+                                               session.expires_at,
+                                               session.last_seen_at,
+                                               session.absolute_expires_at,
+                                               session.device.value_or(""),
+                                               session.ip.value_or(""),
+                                               hex_of(session.data)};
+  std::string columns =
+      "id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
+      "absolute_expires_at, device, ip, data";
+  std::string values = "?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, decode(?10, 'hex')";
+  if (version >= 2) {
+    columns += ", idp_session_id";
+    values += ", ?11";
+    params.emplace_back(session.idp_session_id ? pylon::test::SqlValue(*session.idp_session_id)
+                                               : pylon::test::SqlValue(nullptr));
+  }
+  const auto rows = db.query(
+      "INSERT INTO _pylon_sessions (" + columns + ") VALUES (" + values + ") RETURNING 1", params);
+  ASSERT_EQ(rows.size(), 1U);
+}
+
+TEST_P(PgBatch, VersionOneAndTwoDatabasesMigrateKeepingTheirRowsAndNumberingThem) {
+  for (const int version : {1, 2}) {
+    SCOPED_TRACE("from version " + std::to_string(version));
+    std::unique_ptr<TestDatabase> db;
+    ASSERT_TRUE(pylon::test::make_test_database(GetParam(), &db));
+    db->exec(schema_at(version));
+    std::vector<Session> rows;
+    for (int i = 0; i < 5; ++i) {
+      Session session = make_session("user-" + std::to_string(i % 2), i);
+      session.idp_session_id.reset();
+      if (version >= 2 && i % 2 == 0) session.idp_session_id = "sid-" + std::to_string(i);
+      insert_at(*db, version, session);
+      rows.push_back(session);
+    }
+
+    auto backend = db->open_backend();
+    EXPECT_EQ(db->query_int("SELECT max(version) FROM _pylon_schema_migrations"), 3);
+    const std::map<std::string, Session> stored = load_by_id(*backend);
+    ASSERT_EQ(stored.size(), rows.size());
+    for (const Session& session : rows) {
+      ASSERT_EQ(stored.count(session.id), 1U);
+      EXPECT_TRUE(same_session(session, stored.at(session.id)));
+    }
+    EXPECT_EQ(db->query_int("SELECT count(DISTINCT insert_order) FROM _pylon_sessions "
+                            "WHERE insert_order IS NOT NULL"),
+              5)
+        << "every row numbered, each differently";
+    EXPECT_EQ(db->query_int("SELECT count(*) FROM _pylon_rotated_ids"), 0);
+
+    // New rows come after the migrated ones, and eviction counts both.
+    const std::int64_t last_migrated =
+        db->query_int("SELECT max(insert_order) FROM _pylon_sessions");
+    Session fresh = make_session("user-0", 0);  // the created_at of rows[0]: inserted later
+    fresh.tenant_id = rows[0].tenant_id;
+    EXPECT_THAT(backend->insert_new({fresh}, 1),
+                ::testing::ElementsAre(pylon::RemovedSession{rows[0].id, "user-0"}));
+    EXPECT_GT(db->query_int("SELECT insert_order FROM _pylon_sessions WHERE id = ?1", {fresh.id}),
+              last_migrated);
+  }
+}
+
+TEST_P(PgBatch, AForeignRotatedIdsTableBeforeVersionThreeIsRefusedAndUnchanged) {
+  db_->exec(schema_at(2));
+  db_->exec("CREATE TABLE _pylon_rotated_ids (id TEXT, note TEXT)");
+  db_->exec("INSERT INTO _pylon_rotated_ids VALUES ('a', 'kept')");
+  const std::string before = db_->all_tables_text();
+  const auto error = pylon::test::capture_pylon_error([&] { db_->open_backend(); });
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), ErrorCode::kCorruptDatabase) << error->what();
+  EXPECT_THAT(error->what(), HasSubstr("_pylon_rotated_ids"));
+  EXPECT_EQ(db_->all_tables_text(), before);
 }
 
 }  // namespace
