@@ -62,6 +62,8 @@ const char* to_string(ErrorCode code) noexcept {
       return "read_only";
     case ErrorCode::kIo:
       return "io";
+    case ErrorCode::kConfiguration:
+      return "configuration";
     case ErrorCode::kInternal:
       return "internal";
   }

@@ -34,7 +34,7 @@ namespace pylon {
 // What went wrong, in terms a caller can act on.
 //   Retry the same call later:  kBusy (another writer holds the lock past the busy timeout),
 //                               kConnectionLost (the server went away; the next call reconnects).
-//   Fix the environment first: kStorageFull, kReadOnly, kIo.
+//   Fix the environment first: kStorageFull, kReadOnly, kIo, kConfiguration.
 //   Do not retry:               kInvalidArgument, kUnsupportedScheme, kCorruptDatabase,
 //                               kSchemaTooNew, kInternal.
 enum class ErrorCode {
@@ -48,6 +48,9 @@ enum class ErrorCode {
   kReadOnly,           // the file, directory or server refuses writes
   kIo,                 // any other operating-system level failure (open, fsync, permissions)
   kInternal,           // a bug in pylon-sessions or a misuse of the C libraries beneath it
+  // The server refused how it was asked: authentication failed, the database or role does not
+  // exist, a setting it does not accept. Retrying the same call cannot cure it.
+  kConfiguration,
 };
 
 // A stable, lowercase name for a code ("storage_full"); also used in Error messages.

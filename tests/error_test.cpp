@@ -13,7 +13,7 @@ namespace {
 
 using pylon::ErrorCode;
 
-constexpr std::array<ErrorCode, 10> kAllCodes = {
+constexpr std::array<ErrorCode, 11> kAllCodes = {
     ErrorCode::kInvalidArgument,
     ErrorCode::kUnsupportedScheme,
     ErrorCode::kCorruptDatabase,
@@ -24,6 +24,7 @@ constexpr std::array<ErrorCode, 10> kAllCodes = {
     ErrorCode::kReadOnly,
     ErrorCode::kIo,
     ErrorCode::kInternal,
+    ErrorCode::kConfiguration,
 };
 
 TEST(ErrorCode, EveryCodeHasADistinctLowercaseName) {
