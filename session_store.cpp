@@ -344,12 +344,17 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     });
     loader.finish();
   }
-  backend_->load_rotated_each([this, at](const RotatedId& rotated) {
+  // Gathered first and remembered once the backend has returned: remember() takes cache locks,
+  // which are never taken under the backend's own lock (the Loader above holds the cache's
+  // locks across load_each(), so the two orders would meet).
+  std::vector<RotatedId> rotated_ids;
+  backend_->load_rotated_each([this, at, &rotated_ids](const RotatedId& rotated) {
     if (rotated.expires_at > at &&
         (!options_.tenant_id || rotated.tenant_id == options_.tenant_id)) {
-      rotated_ids_.remember(rotated);
+      rotated_ids.push_back(rotated);
     }
   });
+  for (RotatedId& rotated : rotated_ids) rotated_ids_.remember(std::move(rotated));
   if (options_.reaper_interval.count() > 0) reaper_ = std::thread([this] { reaper_loop(); });
 }
 
