@@ -157,25 +157,66 @@ bool is_storable_text(std::string_view text) noexcept {
   return true;
 }
 
-void check_text_field(const char* field, std::string_view value) {
+bool is_storable_field(const TextField& field, std::string_view value) noexcept {
+  return value.size() <= field.max_bytes && is_storable_text(value);
+}
+
+void check_text_field(const TextField& field, std::string_view value) {
+  if (value.size() > field.max_bytes) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string("session field '") + field.name + "' is " +
+                    std::to_string(value.size()) + " bytes, over its limit of " +
+                    std::to_string(field.max_bytes) + " (the same on every backend)");
+  }
   if (!is_storable_text(value)) {
     throw Error(ErrorCode::kInvalidArgument,
-                std::string("session field '") + field +
+                std::string("session field '") + field.name +
                     "' must be UTF-8 text without NUL bytes (use `data` for arbitrary bytes)");
   }
 }
 
-void check_optional_text_field(const char* field, const std::optional<std::string>& value) {
+void check_optional_text_field(const TextField& field, const std::optional<std::string>& value) {
   if (value) check_text_field(field, *value);
 }
 
 bool is_storable_session(const Session& session) noexcept {
-  const auto storable = [](const std::optional<std::string>& text) {
-    return !text || is_storable_text(*text);
+  const auto storable = [](const TextField& field, const std::optional<std::string>& text) {
+    return !text || is_storable_field(field, *text);
   };
   return is_well_formed_session_id(session.id) && !session.user_id.empty() &&
-         is_storable_text(session.user_id) && storable(session.tenant_id) &&
-         storable(session.device) && storable(session.ip) && storable(session.idp_session_id);
+         is_storable_field(kUserIdField, session.user_id) &&
+         storable(kTenantIdField, session.tenant_id) && storable(kDeviceField, session.device) &&
+         storable(kIpField, session.ip) && storable(kIdpSessionIdField, session.idp_session_id);
+}
+
+bool has_sane_times(const Session& session) noexcept {
+  const auto in_range = [](std::int64_t time) { return time >= 0 && time <= kMaxSessionTime; };
+  return in_range(session.created_at) && in_range(session.last_seen_at) &&
+         in_range(session.expires_at) && in_range(session.absolute_expires_at) &&
+         session.created_at <= session.last_seen_at &&
+         (session.absolute_expires_at == 0 || session.expires_at <= session.absolute_expires_at);
+}
+
+bool is_servable_session(const Session& session) noexcept {
+  return is_storable_session(session) && has_sane_times(session);
+}
+
+std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept {
+  std::int64_t sum = 0;
+  if (__builtin_add_overflow(a, b, &sum)) {
+    return b > 0 ? std::numeric_limits<std::int64_t>::max()
+                 : std::numeric_limits<std::int64_t>::min();
+  }
+  return sum;
+}
+
+std::int64_t saturating_sub(std::int64_t a, std::int64_t b) noexcept {
+  std::int64_t difference = 0;
+  if (__builtin_sub_overflow(a, b, &difference)) {
+    return b < 0 ? std::numeric_limits<std::int64_t>::max()
+                 : std::numeric_limits<std::int64_t>::min();
+  }
+  return difference;
 }
 
 void check_session_for_storage(const Session& session) {
@@ -186,11 +227,11 @@ void check_session_for_storage(const Session& session) {
   if (session.user_id.empty()) {
     throw Error(ErrorCode::kInvalidArgument, "session field 'user_id' must not be empty");
   }
-  check_text_field("user_id", session.user_id);
-  check_optional_text_field("tenant_id", session.tenant_id);
-  check_optional_text_field("device", session.device);
-  check_optional_text_field("ip", session.ip);
-  check_optional_text_field("idp_session_id", session.idp_session_id);
+  check_text_field(kUserIdField, session.user_id);
+  check_optional_text_field(kTenantIdField, session.tenant_id);
+  check_optional_text_field(kDeviceField, session.device);
+  check_optional_text_field(kIpField, session.ip);
+  check_optional_text_field(kIdpSessionIdField, session.idp_session_id);
 }
 
 }  // namespace detail

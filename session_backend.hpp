@@ -97,6 +97,21 @@ struct Session {
   friend bool operator!=(const Session& a, const Session& b) { return !(a == b); }
 };
 
+// The most bytes each text field of a Session may hold, the same on every backend (PostgreSQL's
+// index rows bound the indexed ones, and the others bound memory as max_data_bytes does). A
+// longer value is refused with kInvalidArgument before anything is written; a stored row that
+// holds one is skipped at start-up (StoreStats::skipped_rows).
+inline constexpr std::size_t kMaxUserIdBytes = 512;
+inline constexpr std::size_t kMaxTenantIdBytes = 512;
+inline constexpr std::size_t kMaxIdpSessionIdBytes = 512;
+inline constexpr std::size_t kMaxDeviceBytes = 1024;
+inline constexpr std::size_t kMaxIpBytes = 256;
+
+// The range of every time a session holds, in Unix seconds: 1970 to the end of year 9999. A
+// stored row with a time outside it, or with times out of order (created_at after last_seen_at,
+// or expires_at after absolute_expires_at when that is set), is skipped at start-up.
+inline constexpr std::int64_t kMaxSessionTime = 253402300799;
+
 // Length of a token: "pylon_" followed by 64 lowercase hex characters (32 random bytes).
 inline constexpr std::size_t kTokenLength = 70;
 
@@ -351,19 +366,30 @@ struct StoreStats {
   std::size_t skipped_rows = 0;
 };
 
+// The largest values StoreOptions accepts for its counts (see StoreOptions).
+inline constexpr std::int64_t kMaxSessionsPerUser = 1000000;
+inline constexpr std::int64_t kMaxDataBytes = std::int64_t{64} * 1024 * 1024;
+inline constexpr std::int64_t kMaxReaperBatchSize = 1000000;
+
+// Every option has a range, given beside it; the constructor refuses a value outside it with
+// kInvalidArgument naming the option, its value and its range.
 struct StoreOptions {
   // Hard lifetime from creation, whatever the activity: bounds how long a stolen token is useful.
+  // 1 second to 100 years.
   std::chrono::seconds absolute_ttl{std::chrono::hours(24)};
   // A session unused this long expires (0 = no idle expiry): ends sessions left open on a
-  // shared or lost device. Slides forward on validate().
+  // shared or lost device. Slides forward on validate(). 0 to 100 years.
   std::chrono::seconds idle_timeout{std::chrono::hours(1)};
   // validate() writes a slide at most once per interval per session, so reads stay off the disk.
   // The idle expiry a user sees is therefore between idle_timeout - touch_interval and
-  // idle_timeout after their last request.
+  // idle_timeout after their last request. 0 to 100 years.
   std::chrono::seconds touch_interval{std::chrono::seconds(60)};
-  // 0 = unlimited. When a user is at the cap, create() first evicts their oldest sessions.
+  // 0 = unlimited. When a user is at the cap, create() evicts their oldest sessions in the same
+  // storage transaction. Counted per user within the new session's tenant. 0 to
+  // kMaxSessionsPerUser.
   std::size_t max_sessions_per_user = 0;
-  // create() refuses a larger `data` payload with kInvalidArgument and stores nothing.
+  // create() and update_data() refuse a larger `data` payload with kInvalidArgument and store
+  // nothing. 0 to kMaxDataBytes (64 MiB).
   std::size_t max_data_bytes = std::size_t{64} * 1024;
   // Unix seconds. Injectable, so tests move time instead of sleeping.
   std::function<std::int64_t()> clock = system_clock_now;
@@ -373,12 +399,14 @@ struct StoreOptions {
   std::optional<std::string> tenant_id;
   // 0 = no reaper. Otherwise a background thread purges expired sessions this often, in
   // statements of at most reaper_batch_size rows, and stops when the store is destroyed.
+  // reaper_interval: 0 to 365 days; reaper_batch_size, when the reaper runs: 1 to
+  // kMaxReaperBatchSize.
   std::chrono::seconds reaper_interval{0};
   std::size_t reaper_batch_size = 1000;
   // After rotate(), the old token still validates, as the new session, for this long, and
   // presenting it raises no kRotatedTokenReused: requests a client sent before it received the
   // new token are not logged out. After it, the old token is refused and its use reported.
-  // 0 = no grace: the old token is refused at once.
+  // 0 = no grace: the old token is refused at once. 0 to 1 day.
   std::chrono::seconds rotation_grace{0};
   // Told of every event, on the thread that caused it, after storage has it. It must not call
   // back into the store; what it throws is caught and ignored. Events never carry a token.

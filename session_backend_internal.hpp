@@ -5,6 +5,8 @@
 #define PYLON_SESSION_BACKEND_INTERNAL_HPP_
 
 #include <array>
+#include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -49,15 +51,37 @@ struct Migration {
 // PostgreSQL TEXT column can hold, and so what every backend accepts in a text field.
 bool is_storable_text(std::string_view text) noexcept;
 
-// Throws Error(kInvalidArgument) naming `field` unless is_storable_text(value).
-void check_text_field(const char* field, std::string_view value);
-void check_optional_text_field(const char* field, const std::optional<std::string>& value);
+// A text field and the most bytes it may hold (session_backend.hpp's kMax*Bytes).
+struct TextField {
+  const char* name;
+  std::size_t max_bytes;
+};
+inline constexpr TextField kUserIdField{"user_id", kMaxUserIdBytes};
+inline constexpr TextField kTenantIdField{"tenant_id", kMaxTenantIdBytes};
+inline constexpr TextField kIdpSessionIdField{"idp_session_id", kMaxIdpSessionIdBytes};
+inline constexpr TextField kDeviceField{"device", kMaxDeviceBytes};
+inline constexpr TextField kIpField{"ip", kMaxIpBytes};
+
+// Whether `value` is storable text within the field's limit.
+bool is_storable_field(const TextField& field, std::string_view value) noexcept;
+// Throws Error(kInvalidArgument) naming the field unless is_storable_field(field, value).
+void check_text_field(const TextField& field, std::string_view value);
+void check_optional_text_field(const TextField& field, const std::optional<std::string>& value);
 
 // What every backend checks before it writes a row: a well-formed id, a non-empty user, and
-// storable text fields. Throws Error(kInvalidArgument).
+// storable text fields within their limits. Throws Error(kInvalidArgument).
 void check_session_for_storage(const Session& session);
-// The same test without the message: what SessionStore applies to the rows it loads.
+// The same test without the message.
 bool is_storable_session(const Session& session) noexcept;
+// Times within [0, kMaxSessionTime] and in order: created_at <= last_seen_at, and expires_at <=
+// absolute_expires_at when that is set (not 0).
+bool has_sane_times(const Session& session) noexcept;
+// What SessionStore caches of the rows storage gives it: is_storable_session and has_sane_times.
+bool is_servable_session(const Session& session) noexcept;
+
+// a + b and a - b, clamped to the range of int64 instead of overflowing.
+std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept;
+std::int64_t saturating_sub(std::int64_t a, std::int64_t b) noexcept;
 
 // Where a DATABASE_URL points, as open_backend() reads it: a PostgreSQL URL (handed to libpq
 // whole), or an SQLite path with the options of its query string. Throws Error(kInvalidArgument)

@@ -48,31 +48,45 @@ namespace pylon {
 
 namespace {
 
-std::int64_t saturating_add(std::int64_t base, std::int64_t delta) noexcept {
-  if (delta > 0 && base > std::numeric_limits<std::int64_t>::max() - delta) {
-    return std::numeric_limits<std::int64_t>::max();
+using detail::saturating_add;
+using detail::saturating_sub;
+
+// Every option has a documented range (session_backend.hpp, StoreOptions); a value outside it is
+// refused here, so no arithmetic on it can overflow later (a reaper_interval of 300 years would
+// overflow the wait's conversion to nanoseconds).
+void check_range(const char* option, std::int64_t value, std::int64_t low, std::int64_t high,
+                 const char* unit) {
+  if (value < low || value > high) {
+    throw Error(ErrorCode::kInvalidArgument, std::string("StoreOptions::") + option + " is " +
+                                                 std::to_string(value) + " " + unit +
+                                                 ", outside its range of " + std::to_string(low) +
+                                                 " to " + std::to_string(high) + " " + unit);
   }
-  return base + delta;
 }
 
 void check_store_options(const StoreOptions& options) {
-  if (options.absolute_ttl.count() <= 0) {
-    throw Error(ErrorCode::kInvalidArgument, "StoreOptions::absolute_ttl must be positive");
-  }
-  if (options.idle_timeout.count() < 0 || options.touch_interval.count() < 0 ||
-      options.reaper_interval.count() < 0 || options.rotation_grace.count() < 0) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "StoreOptions::idle_timeout, touch_interval, reaper_interval and rotation_grace "
-                "must not be negative");
-  }
-  if (options.reaper_interval.count() > 0 && options.reaper_batch_size == 0) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "StoreOptions::reaper_batch_size must be positive when the reaper runs");
+  constexpr std::int64_t kDay = 86400;
+  constexpr std::int64_t kHundredYears = 36525 * kDay;
+  check_range("absolute_ttl", options.absolute_ttl.count(), 1, kHundredYears, "seconds");
+  check_range("idle_timeout", options.idle_timeout.count(), 0, kHundredYears, "seconds");
+  check_range("touch_interval", options.touch_interval.count(), 0, kHundredYears, "seconds");
+  check_range("reaper_interval", options.reaper_interval.count(), 0, 365 * kDay, "seconds");
+  check_range("rotation_grace", options.rotation_grace.count(), 0, kDay, "seconds");
+  const auto count = [](std::size_t value) {
+    return static_cast<std::int64_t>(
+        std::min<std::size_t>(value, std::numeric_limits<std::int64_t>::max()));
+  };
+  check_range("max_sessions_per_user", count(options.max_sessions_per_user), 0, kMaxSessionsPerUser,
+              "sessions");
+  check_range("max_data_bytes", count(options.max_data_bytes), 0, kMaxDataBytes, "bytes");
+  if (options.reaper_interval.count() > 0) {
+    check_range("reaper_batch_size", count(options.reaper_batch_size), 1, kMaxReaperBatchSize,
+                "rows");
   }
   if (!options.clock) {
     throw Error(ErrorCode::kInvalidArgument, "StoreOptions::clock must be set");
   }
-  detail::check_optional_text_field("tenant_id", options.tenant_id);
+  detail::check_optional_text_field(detail::kTenantIdField, options.tenant_id);
 }
 
 bool is_live(const Session& session, std::int64_t at) { return session.expires_at > at; }
@@ -336,7 +350,7 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     backend_->load_each([this, &loader](const Session& row) {
       // A row that no token can match, or that holds what no write would store (a damaged or
       // hand-edited file), is never handed out: counted, left where it is.
-      if (!detail::is_storable_session(row)) {
+      if (!detail::is_servable_session(row)) {
         ++skipped_rows_;
       } else if (in_scope(row)) {
         loader.add(row);
@@ -447,7 +461,7 @@ void SessionStore::Impl::cache_erase(const std::vector<std::string>& ids) {
 std::optional<Session> SessionStore::Impl::cache_stored(const std::string& id,
                                                         std::optional<Session> stored,
                                                         std::int64_t at) {
-  if (stored && stored->id == id && is_live(*stored, at) && detail::is_storable_session(*stored) &&
+  if (stored && stored->id == id && is_live(*stored, at) && detail::is_servable_session(*stored) &&
       in_scope(*stored)) {
     cache_.put(*stored);
     return stored;
@@ -486,7 +500,7 @@ auto SessionStore::Impl::write_in_doubt(const std::vector<std::string>& ids, Cal
 void SessionStore::Impl::settle_in_doubt() {
   for (auto it = in_doubt_.begin(); it != in_doubt_.end();) {
     const std::optional<Session> stored = write([&] { return backend_->load_one(*it); });
-    if (stored && !pending_delete_covers(*stored) && detail::is_storable_session(*stored) &&
+    if (stored && !pending_delete_covers(*stored) && detail::is_servable_session(*stored) &&
         in_scope(*stored)) {
       cache_.put(*stored);
     } else {
@@ -519,11 +533,11 @@ std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFil
 
 NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
   if (user_id.empty()) throw Error(ErrorCode::kInvalidArgument, "user_id must not be empty");
-  detail::check_text_field("user_id", user_id);
-  detail::check_optional_text_field("tenant_id", options.tenant_id);
-  detail::check_optional_text_field("device", options.device);
-  detail::check_optional_text_field("ip", options.ip);
-  detail::check_optional_text_field("idp_session_id", options.idp_session_id);
+  detail::check_text_field(detail::kUserIdField, user_id);
+  detail::check_optional_text_field(detail::kTenantIdField, options.tenant_id);
+  detail::check_optional_text_field(detail::kDeviceField, options.device);
+  detail::check_optional_text_field(detail::kIpField, options.ip);
+  detail::check_optional_text_field(detail::kIdpSessionIdField, options.idp_session_id);
   if (options_.tenant_id) {
     if (options.tenant_id && options.tenant_id != options_.tenant_id) {
       throw Error(ErrorCode::kInvalidArgument,
@@ -705,7 +719,7 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
   const std::lock_guard<std::mutex> lock(write_mutex_);
   std::optional<Session> current = live_copy(id, at);
   if (!current) return std::nullopt;
-  if (at - current->last_seen_at < options_.touch_interval.count()) return current;
+  if (saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) return current;
   const std::int64_t cap =
       current->absolute_expires_at > 0 ? current->absolute_expires_at : current->expires_at;
   const std::int64_t slid_expiry =
@@ -722,7 +736,8 @@ std::optional<Session> SessionStore::Impl::successor_in_grace(const RotatedId& r
                                                               std::int64_t at) {
   const std::string successor = rotated_ids_.last_successor(rotated);
   std::optional<Session> session = live_copy(successor, at);
-  if (!session || at - session->last_seen_at < options_.touch_interval.count()) return session;
+  if (!session || saturating_sub(at, session->last_seen_at) < options_.touch_interval.count())
+    return session;
   return touch(successor, at);
 }
 
@@ -744,7 +759,7 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
     case detail::SessionCache::Found::kLive: {
       cache_hits_.add();
       // The common case: touched recently, so this read is a hash, a lookup and a clock check.
-      if (at - session.last_seen_at < options_.touch_interval.count()) return result;
+      if (saturating_sub(at, session.last_seen_at) < options_.touch_interval.count()) return result;
       const std::string id = session.id;
       result = touch(id, at);
       if (!result) cache_misses_.add();  // revoked or expired meanwhile
@@ -763,7 +778,7 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
     case detail::SessionCache::Found::kRotatedAway: {
       // Not found: forgotten since the cache's marker was read.
       if (std::optional<RotatedId> rotated = rotated_ids_.find(detail::session_id_of(digest))) {
-        if (at - rotated->rotated_at < options_.rotation_grace.count()) {
+        if (saturating_sub(at, rotated->rotated_at) < options_.rotation_grace.count()) {
           result = successor_in_grace(*rotated, at);
           (result ? cache_hits_ : cache_misses_).add();
           return result;
@@ -802,7 +817,7 @@ bool SessionStore::Impl::revoke_id(std::string_view id) {
 
 std::size_t SessionStore::Impl::revoke_user(std::string_view user_id,
                                             const std::optional<std::string>& tenant) {
-  if (tenant) detail::check_text_field("tenant_id", *tenant);
+  if (tenant) detail::check_text_field(detail::kTenantIdField, *tenant);
   if (options_.tenant_id && tenant && tenant != options_.tenant_id) return 0;  // not ours
   SessionFilter filter;
   filter.user_id = std::string(user_id);
@@ -824,14 +839,14 @@ std::size_t SessionStore::Impl::revoke_others(std::string_view token) {
 std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view> sid,
                                                  std::optional<std::string_view> sub) {
   if (sid) {
-    detail::check_text_field("sid", *sid);
+    detail::check_text_field({"sid", kMaxIdpSessionIdBytes}, *sid);
     SessionFilter filter;
     filter.idp_session_id = std::string(*sid);
     filter.tenant_id = options_.tenant_id;
     return revoke_matching(filter).size();
   }
   if (sub) {
-    detail::check_text_field("sub", *sub);
+    detail::check_text_field({"sub", kMaxUserIdBytes}, *sub);
     return revoke_user(*sub, std::nullopt);
   }
   throw Error(ErrorCode::kInvalidArgument,

@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -187,6 +188,53 @@ TEST_P(BackendFeatureContract, RemoveExpiredBatchRespectsItsLimitAndSparesLiveRo
   EXPECT_EQ(backend->remove_expired_batch(kNow, 4), 2U);
   EXPECT_EQ(backend->remove_expired_batch(kNow, 4), 0U);
   EXPECT_THAT(stored_ids(), UnorderedElementsAre(live.at(0), live.at(1), live.at(2)));
+}
+
+}  // namespace
+
+namespace {
+
+// One set of limits on every backend: a text field over its limit is refused with the same code
+// and message before anything is written (PostgreSQL would otherwise refuse a long user_id with
+// an index error SQLite never gives), and a value at its limit is stored byte for byte.
+TEST_P(BackendFeatureContract, TextFieldsHaveTheSameLimitsOnEveryBackend) {
+  auto backend = open();
+  struct Oversized {
+    const char* field;
+    std::function<void(Session&)> set;
+  };
+  const std::vector<Oversized> cases = {
+      {"user_id", [](Session& s) { s.user_id = std::string(3000, 'u'); }},
+      {"tenant_id",
+       [](Session& s) { s.tenant_id = std::string(pylon::kMaxTenantIdBytes + 1, 't'); }},
+      {"idp_session_id", [](Session& s) { s.idp_session_id = std::string(9000, 's'); }},
+      {"device", [](Session& s) { s.device = std::string(std::size_t{1} << 20U, 'd'); }},
+      {"ip", [](Session& s) { s.ip = std::string(pylon::kMaxIpBytes + 1, '1'); }},
+  };
+  int seed = 1;
+  for (const Oversized& oversized : cases) {
+    Session session = row("alice", std::nullopt, std::nullopt, seed++);
+    oversized.set(session);
+    const auto error = pylon::test::capture_pylon_error([&] { backend->save(session); });
+    ASSERT_TRUE(error.has_value()) << oversized.field << " over its limit was stored";
+    EXPECT_EQ(error->code(), ErrorCode::kInvalidArgument) << oversized.field;
+    EXPECT_THAT(error->what(),
+                ::testing::HasSubstr(std::string("session field '") + oversized.field + "' is "))
+        << oversized.field;
+    EXPECT_PYLON_ERROR(backend->insert_new({session}, 0), ErrorCode::kInvalidArgument)
+        << oversized.field;
+  }
+  EXPECT_THAT(stored_ids(), IsEmpty()) << "nothing over a limit reached storage";
+
+  Session at_limits =
+      row(std::string(pylon::kMaxUserIdBytes, 'u'), std::string(pylon::kMaxTenantIdBytes, 't'),
+          std::string(pylon::kMaxIdpSessionIdBytes, 's'), seed++);
+  at_limits.device = std::string(pylon::kMaxDeviceBytes, 'd');
+  at_limits.ip = std::string(pylon::kMaxIpBytes, '1');
+  backend->save(at_limits);
+  const std::optional<Session> stored = backend->load_one(at_limits.id);
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_TRUE(same_session(at_limits, *stored));
 }
 
 }  // namespace
