@@ -23,6 +23,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace pylon {
@@ -131,6 +132,41 @@ bool is_well_formed_session_id(std::string_view id) noexcept;
 // ------------------------------------------------------------------------------------------------
 // Storage
 // ------------------------------------------------------------------------------------------------
+
+// What SessionStore tells StoreOptions::on_event, and what a backend reports of its own opening.
+enum class SessionEventType {
+  kCreated,             // create()
+  kValidatedExpired,    // validate() of a token whose session exists but has expired
+  kRevoked,             // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
+  kRotated,             // rotate(): session_id is the old id, replaced_by the new one
+  kRotatedTokenReused,  // validate() of a token rotated away: a stolen cookie may be in use
+  kPurged,              // purge_expired() or the reaper: `count` expired rows deleted
+  kReaperFailed,        // the reaper's purge failed (`detail`: the error); retried next interval
+  // The SQLite file (and its -wal, -shm) was readable by group or others, and was made 0600
+  // before anything was read (`detail`: the path and the modes).
+  kFilePermissionsTightened,
+};
+
+struct SessionEvent {
+  SessionEventType type;
+  std::string session_id;   // empty for kPurged, kReaperFailed, kFilePermissionsTightened
+  std::string user_id;      // empty for those too
+  std::string replaced_by;  // kRotated and kRotatedTokenReused: the id of the successor
+  std::size_t count = 1;    // how many sessions the event covers
+  std::string detail;       // kReaperFailed, kFilePermissionsTightened: what happened
+
+  // One named way to build each kind of event.
+  static SessionEvent of_session(SessionEventType type, std::string session_id, std::string user_id,
+                                 std::string replaced_by = {}) {
+    return {type, std::move(session_id), std::move(user_id), std::move(replaced_by), 1, {}};
+  }
+  static SessionEvent purged(std::size_t count) {
+    return {SessionEventType::kPurged, {}, {}, {}, count, {}};
+  }
+  static SessionEvent with_detail(SessionEventType type, std::string detail) {
+    return {type, {}, {}, {}, 0, std::move(detail)};
+  }
+};
 
 // Which rows SessionBackend::remove_matching() deletes: a row matches when it equals every field
 // that is set. `except_id` keeps one row ("sign out the others").
@@ -261,6 +297,10 @@ class SessionBackend {
 
   // The URL or path this backend was opened with, its password hidden. For messages and tools.
   [[nodiscard]] virtual std::string describe() const = 0;
+  // What the backend did on its own while opening that its user should hear of (the SQLite
+  // backend tightening a file's permissions), as events; SessionStore delivers them to
+  // StoreOptions::on_event when it is constructed. The default has none.
+  [[nodiscard]] virtual std::vector<SessionEvent> opening_events() const { return {}; }
 
  protected:
   SessionBackend() = default;
@@ -335,23 +375,6 @@ std::string redact_url(std::string_view url);
 // The current time in Unix seconds from the system clock: StoreOptions::clock's default.
 std::int64_t system_clock_now();
 
-enum class SessionEventType {
-  kCreated,             // create()
-  kValidatedExpired,    // validate() of a token whose session exists but has expired
-  kRevoked,             // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
-  kRotated,             // rotate(): session_id is the old id, replaced_by the new one
-  kRotatedTokenReused,  // validate() of a token rotated away: a stolen cookie may be in use
-  kPurged,              // purge_expired() or the reaper: `count` expired rows deleted
-};
-
-struct SessionEvent {
-  SessionEventType type;
-  std::string session_id;   // empty for kPurged, and for revoked rows this process never knew
-  std::string user_id;      // empty for kPurged
-  std::string replaced_by;  // kRotated and kRotatedTokenReused: the id of the successor
-  std::size_t count = 1;    // how many sessions the event covers
-};
-
 // What SessionStore::stats() reports. Counters start at 0 when the store is constructed.
 struct StoreStats {
   std::size_t sessions = 0;          // in the cache, expired ones not yet purged included
@@ -364,6 +387,7 @@ struct StoreStats {
   // Rows found at start-up that no token can match or that a write would refuse (a malformed
   // id, an empty user_id, text that is not UTF-8 or holds NUL): left in storage, never cached.
   std::size_t skipped_rows = 0;
+  std::uint64_t reaper_failures = 0;  // reaper runs that failed (each also a kReaperFailed event)
 };
 
 // The largest values StoreOptions accepts for its counts (see StoreOptions).

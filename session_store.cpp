@@ -321,6 +321,7 @@ class SessionStore::Impl {
   std::size_t skipped_rows_ = 0;  // set by the constructor only
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<std::uint64_t> write_failures_{0};
+  std::atomic<std::uint64_t> reaper_failures_{0};
   std::mutex last_error_mutex_;
   std::string last_error_;  // guarded by last_error_mutex_
 
@@ -369,6 +370,7 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     }
   });
   for (RotatedId& rotated : rotated_ids) rotated_ids_.remember(std::move(rotated));
+  for (const SessionEvent& event : backend_->opening_events()) emit(event);
   if (options_.reaper_interval.count() > 0) reaper_ = std::thread([this] { reaper_loop(); });
 }
 
@@ -526,7 +528,7 @@ std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFil
     for (const RemovedSession& row : removed) cache_.erase(std::string_view(row.id));
   }
   for (const RemovedSession& row : removed) {
-    emit({SessionEventType::kRevoked, row.id, row.user_id, {}, 1});
+    emit(SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
   }
   return removed;
 }
@@ -630,7 +632,8 @@ NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions op
   created.session = std::move(queued.session);
   for (const SessionEvent& event : queued.evictions) emit(event);
   if (queued.error) std::rethrow_exception(queued.error);
-  emit({SessionEventType::kCreated, created.session.id, created.session.user_id, {}, 1});
+  emit(SessionEvent::of_session(SessionEventType::kCreated, created.session.id,
+                                created.session.user_id));
   return created;
 }
 
@@ -700,7 +703,8 @@ void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch)
           batch.rbegin(), batch.rend(),
           [&row](const QueuedCreate* item) { return item->session.user_id == row.user_id; });
       if (by_user != batch.rend()) {
-        (*by_user)->evictions.push_back({SessionEventType::kRevoked, row.id, row.user_id, {}, 1});
+        (*by_user)->evictions.push_back(
+            SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
       }
     }
   } catch (...) {
@@ -773,7 +777,8 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
       result.reset();
       return result;
     case detail::SessionCache::Found::kExpired:
-      event = SessionEvent{SessionEventType::kValidatedExpired, session.id, session.user_id, {}, 1};
+      event = SessionEvent::of_session(SessionEventType::kValidatedExpired, session.id,
+                                       session.user_id);
       break;
     case detail::SessionCache::Found::kRotatedAway: {
       // Not found: forgotten since the cache's marker was read.
@@ -783,8 +788,9 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
           (result ? cache_hits_ : cache_misses_).add();
           return result;
         }
-        event = SessionEvent{SessionEventType::kRotatedTokenReused, std::move(rotated->id),
-                             std::move(rotated->user_id), rotated_ids_.last_successor(*rotated), 1};
+        event = SessionEvent::of_session(SessionEventType::kRotatedTokenReused,
+                                         std::move(rotated->id), std::move(rotated->user_id),
+                                         rotated_ids_.last_successor(*rotated));
       }
       break;
     }
@@ -881,7 +887,8 @@ std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
                                ? rotated.session.absolute_expires_at
                                : rotated.session.expires_at});
   }
-  emit({SessionEventType::kRotated, old_id, rotated.session.user_id, rotated.session.id, 1});
+  emit(SessionEvent::of_session(SessionEventType::kRotated, old_id, rotated.session.user_id,
+                                rotated.session.id));
   return rotated;
 }
 
@@ -930,7 +937,7 @@ std::size_t SessionStore::Impl::purge_expired() {
     cache_.erase_expired(at);
     rotated_ids_.forget_expired(at);
   }
-  if (removed > 0) emit({SessionEventType::kPurged, {}, {}, {}, removed});
+  if (removed > 0) emit(SessionEvent::purged(removed));
   return removed;
 }
 
@@ -967,7 +974,7 @@ std::size_t SessionStore::Impl::purge_in_batches() {
     cache_.erase_expired(at);
     rotated_ids_.forget_expired(at);
   }
-  if (total > 0) emit({SessionEventType::kPurged, {}, {}, {}, total});
+  if (total > 0) emit(SessionEvent::purged(total));
   return total;
 }
 
@@ -976,9 +983,24 @@ void SessionStore::Impl::reaper_loop() {
   while (
       !reaper_wake_.wait_for(lock, options_.reaper_interval, [this] { return reaper_stopping_; })) {
     lock.unlock();
+    // A failure is retried next interval; it is counted, and told to the listener, so that a
+    // reaper that keeps failing (a full disk, a lost server) is seen.
+    bool failed = false;
+    SessionEvent failure = SessionEvent::with_detail(SessionEventType::kReaperFailed, {});
     try {
       purge_in_batches();
-    } catch (...) {  // NOLINT(bugprone-empty-catch): counted in stats(); retried next interval
+    } catch (const std::exception& error) {
+      failed = true;
+      try {
+        failure.detail = error.what();
+      } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: the event goes without it
+      }
+    } catch (...) {
+      failed = true;
+    }
+    if (failed) {
+      ++reaper_failures_;
+      emit(failure);
     }
     lock.lock();
   }
@@ -995,6 +1017,7 @@ StoreStats SessionStore::Impl::stats() {
   stats.writes = writes_;
   stats.write_failures = write_failures_;
   stats.skipped_rows = skipped_rows_;
+  stats.reaper_failures = reaper_failures_;
   const std::lock_guard<std::mutex> lock(last_error_mutex_);
   stats.last_error = last_error_;
   return stats;

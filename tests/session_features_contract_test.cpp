@@ -76,6 +76,10 @@ const char* type_name(SessionEventType type) {
       return "rotated_token_reused";
     case SessionEventType::kPurged:
       return "purged";
+    case SessionEventType::kReaperFailed:
+      return "reaper_failed";
+    case SessionEventType::kFilePermissionsTightened:
+      return "file_permissions_tightened";
   }
   return "?";
 }
@@ -791,6 +795,29 @@ TEST_P(FeatureContract, TheReaperPurgesExpiredSessionsOnItsOwn) {
   }
   EXPECT_TRUE(store.validate(live.token).has_value());
   EXPECT_EQ(store.list_user("carol").size(), 1U);
+}
+
+// A reaper whose purge fails (storage locked by another connection past the busy timeout) says
+// so: a kReaperFailed event naming the failure, counted in stats(); and it purges again once
+// storage is back.
+TEST_P(FeatureContract, AFailingReaperRaisesAnEventAndIsCounted) {
+  StoreOptions opts = options();
+  opts.reaper_interval = std::chrono::seconds(1);
+  SessionStore store = SessionStore::open(db_->impatient_url(), opts);
+  store.create("alice");
+  clock_.advance(kHour + 1);
+  {
+    const auto block = db_->block_writes();
+    ASSERT_TRUE(eventually([&] { return !events_->of(SessionEventType::kReaperFailed).empty(); }))
+        << "no kReaperFailed event while storage refused every write;"
+        << describe(events_->events());
+    EXPECT_GE(store.stats().reaper_failures, 1U);
+    const SessionEvent failure = events_->of(SessionEventType::kReaperFailed).front();
+    EXPECT_THAT(failure.detail, HasSubstr("[pylon."));
+    EXPECT_EQ(failure.session_id, "");
+  }
+  ASSERT_TRUE(eventually([&] { return db_->count() == 0; }))
+      << "the reaper did not purge once storage was back";
 }
 
 // Forwards every call to a real backend and records what remove_expired_batch() was asked and

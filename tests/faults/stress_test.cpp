@@ -212,6 +212,8 @@ struct EventCounts {
         ++expired;
         break;
       case SessionEventType::kPurged:
+      case SessionEventType::kReaperFailed:
+      case SessionEventType::kFilePermissionsTightened:
         break;
     }
   }

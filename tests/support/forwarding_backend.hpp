@@ -63,6 +63,9 @@ class ForwardingBackend : public SessionBackend {
     return real_->remove_expired_rotated(now, limit);
   }
   [[nodiscard]] std::string describe() const override { return real_->describe(); }
+  [[nodiscard]] std::vector<SessionEvent> opening_events() const override {
+    return real_->opening_events();
+  }
 
  protected:
   SessionBackend& real() { return *real_; }
