@@ -18,12 +18,15 @@
 #include <array>
 #include <cctype>
 #include <cerrno>
+#include <chrono>
 #include <climits>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <tuple>
 #include <unordered_map>
@@ -351,6 +354,94 @@ bool create_private_file_if_missing(const std::string& path) {
   return true;
 }
 
+// The database file and its -wal and -shm as they are on disk, before SQLite reads a byte of them:
+// refused when another user owns one or group or others may write one, tightened to 0600 when
+// group or others may only read one (pylon's own runtime created its file 0644). Nothing is
+// changed unless every file passes. Returns the event that reports a tightening, if any.
+std::optional<SessionEvent> secure_database_files(const std::string& path,
+                                                  const std::string& shown_path) {
+  struct Found {
+    std::string path;
+    std::string shown;
+    mode_t mode;
+  };
+  std::vector<Found> to_tighten;
+  for (const char* suffix : {"", "-wal", "-shm"}) {
+    const std::string file = path + suffix;
+    const std::string shown = shown_path + suffix;
+    struct stat info {};
+    if (::stat(file.c_str(), &info) != 0) {
+      const int error_number = errno;
+      if (error_number == ENOENT) continue;
+      throw Error(ErrorCode::kIo, "cannot check the permissions of database file " + shown + ": " +
+                                      system_error_text(error_number));
+    }
+    const mode_t mode = info.st_mode & 07777U;
+    std::array<char, 8> octal{};
+    std::snprintf(octal.data(), octal.size(), "%04o", static_cast<unsigned>(mode));
+    if (info.st_uid != ::geteuid()) {
+      throw Error(ErrorCode::kIo,
+                  "database file " + shown + " is owned by user ID " + std::to_string(info.st_uid) +
+                      ", not by this process's user ID " + std::to_string(::geteuid()) +
+                      ": that user could insert a session and log in as anyone. Fix: chown it "
+                      "to the user the application runs as and chmod 600 it, or set "
+                      "allow_shared_file to share it knowingly (the file was left as it is)");
+    }
+    if ((mode & (S_IWGRP | S_IWOTH)) != 0) {
+      throw Error(ErrorCode::kIo,
+                  "database file " + shown + " has mode " + octal.data() +
+                      ": group or others may write it, and so insert a session and log in as "
+                      "anyone. Fix: chmod 600 " +
+                      shown +
+                      ", or set allow_shared_file to share it knowingly (the file was left as "
+                      "it is)");
+    }
+    if ((mode & (S_IRWXG | S_IRWXO)) != 0) to_tighten.push_back({file, shown, mode});
+  }
+  if (to_tighten.empty()) return std::nullopt;
+  std::string detail;
+  for (const Found& found : to_tighten) {
+    const mode_t tightened = found.mode & ~static_cast<mode_t>(S_IRWXG | S_IRWXO);
+    if (::chmod(found.path.c_str(), tightened) != 0) {
+      const int error_number = errno;
+      throw Error(ErrorCode::kIo, "cannot make database file " + found.shown + " private (chmod " +
+                                      "600): " + system_error_text(error_number));
+    }
+    std::array<char, 32> modes{};
+    std::snprintf(modes.data(), modes.size(), ": mode %04o -> %04o",
+                  static_cast<unsigned>(found.mode), static_cast<unsigned>(tightened));
+    detail += (detail.empty() ? "" : "; ") + found.shown + modes.data();
+  }
+  return SessionEvent::with_detail(SessionEventType::kFilePermissionsTightened,
+                                   "group or others could read the database files; made them "
+                                   "private: " +
+                                       detail);
+}
+
+// SQLite's default VFS takes paths of at most mxPathname bytes once made absolute. A longer one
+// would be created here and then refused by sqlite3_open_v2, leaving a file behind: refused first.
+void check_path_fits_sqlite(const std::string& path) {
+  const sqlite3_vfs* vfs = sqlite3_vfs_find(nullptr);
+  const std::size_t limit = vfs != nullptr ? static_cast<std::size_t>(vfs->mxPathname) : 512;
+  std::size_t absolute = path.size();
+  if (path.front() != '/') {
+    std::string directory(4096, '\0');
+    if (::getcwd(directory.data(), directory.size()) == nullptr) {
+      const int error_number = errno;
+      throw Error(ErrorCode::kIo,
+                  "cannot read the working directory to place the relative SQLite path in it: " +
+                      system_error_text(error_number));
+    }
+    absolute += std::strlen(directory.c_str()) + 1;
+  }
+  if (absolute >= limit) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the SQLite database path is " + std::to_string(absolute) +
+                    " bytes long once made absolute; SQLite takes paths shorter than " +
+                    std::to_string(limit) + " bytes (nothing was created)");
+  }
+}
+
 void sqlite_sha256_hex(sqlite3_context* context, int argc, sqlite3_value** argv) {
   sqlite3_value* token = argc == 1 ? *argv : nullptr;
   if (token == nullptr || sqlite3_value_type(token) == SQLITE_NULL) {
@@ -477,6 +568,7 @@ class SqliteBackend final : public SessionBackend {
   void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
   std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   std::string describe() const override { return shown_path_; }
+  std::vector<SessionEvent> opening_events() const override { return opening_events_; }
 
  private:
   // Open-time steps, in order.
@@ -525,7 +617,8 @@ class SqliteBackend final : public SessionBackend {
   // string ("host=db password=...") was taken for a file name.
   std::string shown_path_;
   bool adopt_pylon_table_ = false;  // set by check_schema_version_and_shape(), used by migrate()
-  Connection db_;                   // declared before the statements: they finalize first
+  std::vector<SessionEvent> opening_events_;
+  Connection db_;  // declared before the statements: they finalize first
   Statement upsert_;
   Statement delete_by_id_;
   Statement delete_by_user_;
@@ -550,7 +643,14 @@ class SqliteBackend final : public SessionBackend {
 SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
     : path_(std::move(path)), shown_path_(redact_url(path_)) {
   const bool in_memory = path_ == ":memory:";
-  if (!in_memory) create_private_file_if_missing(path_);
+  if (!in_memory) {
+    create_private_file_if_missing(path_);
+    if (!options.allow_shared_file) {
+      if (std::optional<SessionEvent> tightened = secure_database_files(path_, shown_path_)) {
+        opening_events_.push_back(*std::move(tightened));
+      }
+    }
+  }
 
   sqlite3* handle = nullptr;
   // No SQLITE_OPEN_CREATE: the file exists by now, and a file deleted since must not be silently
@@ -1296,9 +1396,12 @@ std::unique_ptr<SessionBackend> open_sqlite_backend(const std::string& path,
   if (path.find('\0') != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "SQLite database path contains a NUL byte");
   }
-  if (options.busy_timeout.count() < 0) {
-    throw Error(ErrorCode::kInvalidArgument, "SQLite busy_timeout must not be negative");
+  if (options.busy_timeout.count() < 0 || options.busy_timeout > std::chrono::hours(1)) {
+    throw Error(ErrorCode::kInvalidArgument, "SQLite busy_timeout is " +
+                                                 std::to_string(options.busy_timeout.count()) +
+                                                 " ms, outside its range of 0 to 1 hour");
   }
+  if (path != ":memory:") check_path_fits_sqlite(path);
   return std::make_unique<SqliteBackend>(path, options);
 }
 

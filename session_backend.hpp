@@ -319,8 +319,17 @@ enum class SqliteSync { kFull, kNormal };
 
 struct SqliteOptions {
   SqliteSync synchronous = SqliteSync::kFull;
-  // How long a write waits for another connection's lock before failing with kBusy.
+  // How long a write waits for another connection's lock before failing with kBusy. 0 to 1 hour.
   std::chrono::milliseconds busy_timeout{5000};
+  // false (the default): an existing database file, -wal or -shm that another user owns, or that
+  // group or others may write, is refused (kIo), since whoever can write it can insert a session
+  // and log in as anyone; one that group or others may only read is made 0600 before anything is
+  // read (a kFilePermissionsTightened event), since it holds every session's metadata and data.
+  // true: the files are used as they are, for a deployment that shares one file between users
+  // (a group-writable file and directory) and accepts that every member of that group can read
+  // and forge sessions. New files are created 0600 either way. URL parameter:
+  // allow_shared_file=true.
+  bool allow_shared_file = false;
 };
 
 // Opens (creating it with mode 0600 if missing) an SQLite database file and brings its schema
