@@ -486,6 +486,14 @@ const std::vector<std::string>& current_session_columns() {
   return kColumns;
 }
 
+// The columns of `_pylon_rotated_ids` ("name TYPE", sorted), which schema version 3 made.
+const std::vector<std::string>& rotated_id_columns() {
+  static const std::vector<std::string> kColumns = {"expires_at INTEGER", "id TEXT",
+                                                    "replaced_by TEXT",   "rotated_at INTEGER",
+                                                    "tenant_id TEXT",     "user_id TEXT"};
+  return kColumns;
+}
+
 // The schema, embedded from migrations/sqlite/*.sql by cmake/embed_migrations.cmake. A C array:
 // the fragment is a list of braced initialisers, which std::array cannot size in C++17.
 // NOLINTNEXTLINE(cppcoreguidelines-avoid-c-arrays,modernize-avoid-c-arrays)
@@ -574,6 +582,13 @@ class SqliteBackend final : public SessionBackend {
   // Open-time steps, in order.
   void probe();
   void check_schema_version_and_shape();
+  void check_keys_and_indexes(const char* table, int version);
+  void check_rotated_ids_table(int version);
+  // Throws kCorruptDatabase: the file `what` ("has a ... table ..."), or is damaged when SQLite's
+  // quick_check finds it so.
+  [[noreturn]] void refuse_table(const std::string& what);
+  // What PRAGMA quick_check finds wrong with the file; nullopt when it is sound.
+  std::optional<std::string> damage_report() noexcept;
   void set_pragmas(const SqliteOptions& options);
   void migrate();
   void verify_table_shape();
@@ -762,6 +777,7 @@ void SqliteBackend::check_schema_version_and_shape() {
                     std::to_string(kLatestSqliteVersion) +
                     " that this build knows; upgrade pylon-sessions (the file was left as it is)");
   }
+  check_rotated_ids_table(version);
   std::string type;
   if (!table_exists("_pylon_sessions", &type)) return;
   if (type != "table") {
@@ -772,8 +788,13 @@ void SqliteBackend::check_schema_version_and_shape() {
   // Each schema version has exactly one shape; version 0 (no migrations table) may hold a table
   // shaped like our version 1, or pylon's.
   const std::vector<std::string> columns = table_columns("_pylon_sessions");
-  if (version >= 2 && columns == current_session_columns()) return;
-  if (version <= 1 && columns == version_1_session_columns()) return;
+  if ((version >= 2 && columns == current_session_columns()) ||
+      (version <= 1 && columns == version_1_session_columns())) {
+    // Our statements rely on the primary key (ON CONFLICT (id)) and on the indexes the
+    // migrations made; a table without them is not ours, however its columns look.
+    check_keys_and_indexes("_pylon_sessions", version >= 1 ? version : 0);
+    return;
+  }
   // pylon's runtime: token, user_id, expires_at, created_at, device, and later tenant_id.
   std::vector<std::string> legacy = {"created_at", "device", "expires_at", "token", "user_id"};
   std::vector<std::string> legacy_with_tenant = {"created_at", "device", "expires_at",
@@ -785,10 +806,97 @@ void SqliteBackend::check_schema_version_and_shape() {
   }
   std::string listed;
   for (const std::string& column : columns) listed += (listed.empty() ? "" : ", ") + column;
-  throw Error(ErrorCode::kCorruptDatabase,
-              "database " + shown_path_ + " has a _pylon_sessions table with columns (" + listed +
-                  ") that is neither pylon-sessions' nor pylon's; refusing to use it (the file "
-                  "was left as it is)");
+  refuse_table("has a _pylon_sessions table with columns (" + listed +
+               ") that is neither pylon-sessions' nor pylon's");
+}
+
+// The indexes each schema version's migrations made, as "table index column".
+const std::vector<std::array<const char*, 4>>& expected_indexes() {
+  // {table, index, first column, the version that made it}
+  static const std::vector<std::array<const char*, 4>> kIndexes = {
+      {"_pylon_sessions", "_pylon_sessions_by_user", "user_id", "1"},
+      {"_pylon_sessions", "_pylon_sessions_by_expiry", "expires_at", "1"},
+      {"_pylon_sessions", "_pylon_sessions_by_idp_session", "idp_session_id", "2"},
+      {"_pylon_rotated_ids", "_pylon_rotated_ids_by_expiry", "expires_at", "3"},
+  };
+  return kIndexes;
+}
+
+void SqliteBackend::check_keys_and_indexes(const char* table, int version) {
+  Statement key = prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk", 0);
+  check(sqlite3_bind_text(key.get(), 1, table, -1, SQLITE_STATIC), "cannot read the schema of");
+  std::string primary_key;
+  for (int step = sqlite3_step(key.get()); step != SQLITE_DONE; step = sqlite3_step(key.get())) {
+    if (step != SQLITE_ROW) fail(step, "cannot read the schema of");
+    const unsigned char* name = sqlite3_column_text(key.get(), 0);
+    primary_key +=
+        (primary_key.empty() ? "" : ", ") +
+        std::string(name == nullptr ? "" : reinterpret_cast<const char*>(name));  // NOLINT
+  }
+  if (primary_key != "id") {
+    refuse_table(std::string("has a ") + table + " table whose primary key is (" + primary_key +
+                 "), not (id)");
+  }
+  Statement index = prepare(
+      "SELECT count(*) FROM pragma_index_list(?1) AS list, pragma_index_info(list.name) AS info "
+      "WHERE list.name = ?2 AND info.seqno = 0 AND info.name = ?3",
+      0);
+  for (const auto& [owner, name, column, since] : expected_indexes()) {
+    if (std::string_view(owner) != table || version < std::atoi(since)) continue;  // NOLINT
+    const StatementReset reset(index.get());
+    check(sqlite3_bind_text(index.get(), 1, table, -1, SQLITE_STATIC), "cannot read the schema of");
+    check(sqlite3_bind_text(index.get(), 2, name, -1, SQLITE_STATIC), "cannot read the schema of");
+    check(sqlite3_bind_text(index.get(), 3, column, -1, SQLITE_STATIC),
+          "cannot read the schema of");
+    const int step = sqlite3_step(index.get());
+    if (step != SQLITE_ROW) fail(step, "cannot read the schema of");
+    if (sqlite3_column_int(index.get(), 0) != 1) {
+      refuse_table(std::string("has a ") + table + " table without the index " + name + " on (" +
+                   column + ") that its schema version " + std::to_string(version) + " promises");
+    }
+  }
+}
+
+void SqliteBackend::check_rotated_ids_table(int version) {
+  std::string type;
+  if (!table_exists("_pylon_rotated_ids", &type)) return;
+  if (version < 3) {
+    refuse_table("has a _pylon_rotated_ids " + type +
+                 " that pylon-sessions did not create (its "
+                 "schema version is " +
+                 std::to_string(version) + ", and version 3 makes it)");
+  }
+  if (type != "table" || table_columns("_pylon_rotated_ids") != rotated_id_columns()) {
+    refuse_table("has a _pylon_rotated_ids " + type + " that is not pylon-sessions'");
+  }
+  check_keys_and_indexes("_pylon_rotated_ids", version);
+}
+
+std::optional<std::string> SqliteBackend::damage_report() noexcept {
+  try {
+    Statement query = prepare("PRAGMA quick_check(1)", 0);
+    const int step = sqlite3_step(query.get());
+    if (step != SQLITE_ROW)
+      return "PRAGMA quick_check failed: " + std::string(sqlite3_errstr(step));
+    const unsigned char* text = sqlite3_column_text(query.get(), 0);
+    const std::string result =
+        text == nullptr ? "" : reinterpret_cast<const char*>(text);  // NOLINT
+    if (result == "ok") return std::nullopt;
+    return "PRAGMA quick_check: " + result;
+  } catch (...) {
+    return "PRAGMA quick_check could not run";
+  }
+}
+
+void SqliteBackend::refuse_table(const std::string& what) {
+  // A damaged file can look like a foreign one (a page of the schema overwritten); say which.
+  if (std::optional<std::string> damage = damage_report()) {
+    throw Error(ErrorCode::kCorruptDatabase,
+                "database " + shown_path_ + " is damaged (" + *damage + "); it " + what +
+                    "; refusing to use it (the file was left as it is)");
+  }
+  throw Error(ErrorCode::kCorruptDatabase, "database " + shown_path_ + " " + what +
+                                               "; refusing to use it (the file was left as it is)");
 }
 
 void SqliteBackend::set_pragmas(const SqliteOptions& options) {
@@ -827,11 +935,8 @@ void SqliteBackend::verify_table_shape() {
                     " does not have the _pylon_sessions table its schema "
                     "version promises");
   }
-  static const std::vector<std::string> kRotatedColumns = {
-      "expires_at INTEGER", "id TEXT",        "replaced_by TEXT",
-      "rotated_at INTEGER", "tenant_id TEXT", "user_id TEXT"};
   if (!table_exists("_pylon_rotated_ids", &type) || type != "table" ||
-      table_columns("_pylon_rotated_ids") != kRotatedColumns) {
+      table_columns("_pylon_rotated_ids") != rotated_id_columns()) {
     throw Error(ErrorCode::kCorruptDatabase,
                 "database " + shown_path_ +
                     " does not have the _pylon_rotated_ids table its schema version promises");

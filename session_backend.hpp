@@ -539,6 +539,12 @@ class SessionStore {
   // Throws kInvalidArgument when both are missing.
   std::size_t logout_by_claims(std::optional<std::string_view> sid,
                                std::optional<std::string_view> sub);
+  // The same, for the sessions of one tenant only: an application that serves several identity
+  // providers stamps each provider's sessions with a tenant (CreateOptions::tenant_id) and passes
+  // it here, so that one provider's logout never reaches another's sessions, even when their
+  // `sid` or `sub` values collide. On a store scoped to another tenant it revokes nothing.
+  std::size_t logout_by_claims(std::optional<std::string_view> sid,
+                               std::optional<std::string_view> sub, std::string_view tenant_id);
 
   // list_user() and revoke_user() for one tenant of the user.
   std::vector<Session> list_user(std::string_view user_id, std::string_view tenant_id);

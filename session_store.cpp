@@ -223,7 +223,8 @@ class SessionStore::Impl {
   std::size_t revoke_user(std::string_view user_id, const std::optional<std::string>& tenant);
   std::size_t revoke_others(std::string_view token);
   std::size_t logout_by_claims(std::optional<std::string_view> sid,
-                               std::optional<std::string_view> sub);
+                               std::optional<std::string_view> sub,
+                               const std::optional<std::string>& tenant);
   std::optional<NewSession> rotate(std::string_view token);
   std::optional<Session> update_data(std::string_view token, std::string data);
   std::vector<Session> list_user(std::string_view user_id,
@@ -843,17 +844,20 @@ std::size_t SessionStore::Impl::revoke_others(std::string_view token) {
 }
 
 std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view> sid,
-                                                 std::optional<std::string_view> sub) {
+                                                 std::optional<std::string_view> sub,
+                                                 const std::optional<std::string>& tenant) {
+  if (tenant) detail::check_text_field(detail::kTenantIdField, *tenant);
   if (sid) {
     detail::check_text_field({"sid", kMaxIdpSessionIdBytes}, *sid);
+    if (options_.tenant_id && tenant && tenant != options_.tenant_id) return 0;  // not ours
     SessionFilter filter;
     filter.idp_session_id = std::string(*sid);
-    filter.tenant_id = options_.tenant_id;
+    filter.tenant_id = tenant ? tenant : options_.tenant_id;
     return revoke_matching(filter).size();
   }
   if (sub) {
     detail::check_text_field({"sub", kMaxUserIdBytes}, *sub);
-    return revoke_user(*sub, std::nullopt);
+    return revoke_user(*sub, tenant);
   }
   throw Error(ErrorCode::kInvalidArgument,
               "logout_by_claims needs a `sid` or a `sub` claim (a logout token carries one)");
@@ -1075,7 +1079,12 @@ std::optional<Session> SessionStore::update_data(std::string_view token, std::st
 }
 std::size_t SessionStore::logout_by_claims(std::optional<std::string_view> sid,
                                            std::optional<std::string_view> sub) {
-  return impl_->logout_by_claims(sid, sub);
+  return impl_->logout_by_claims(sid, sub, std::nullopt);
+}
+std::size_t SessionStore::logout_by_claims(std::optional<std::string_view> sid,
+                                           std::optional<std::string_view> sub,
+                                           std::string_view tenant_id) {
+  return impl_->logout_by_claims(sid, sub, std::string(tenant_id));
 }
 StoreStats SessionStore::stats() { return impl_->stats(); }
 

@@ -596,6 +596,58 @@ TEST_P(FeatureContract, LogoutBySubRevokesEveryOneOfTheUsersSessions) {
   EXPECT_TRUE(store.validate(b1.token).has_value());
 }
 
+// Two identity providers whose `sid` and `sub` values collide, each mapped to a tenant on one
+// unscoped store: a logout scoped to one tenant never reaches the other's sessions.
+TEST_P(FeatureContract, ALogoutScopedToATenantNeverReachesAnotherTenantsSessions) {
+  SessionStore store = open_store();
+  const auto create_in = [&store](const std::string& tenant, const std::string& sid) {
+    CreateOptions where;
+    where.tenant_id = tenant;
+    where.idp_session_id = sid;
+    return store.create("alice", where);
+  };
+  const NewSession a_first = create_in("idp-a", "sid-1");
+  const NewSession a_second = create_in("idp-a", "sid-2");
+  const NewSession b_first = create_in("idp-b", "sid-1");
+  const NewSession b_second = create_in("idp-b", "sid-2");
+
+  EXPECT_EQ(store.logout_by_claims("sid-1", std::nullopt, "idp-a"), 1U);
+  EXPECT_FALSE(store.validate(a_first.token).has_value());
+  EXPECT_TRUE(store.validate(b_first.token).has_value()) << "the same sid at another provider";
+
+  EXPECT_EQ(store.logout_by_claims(std::nullopt, "alice", "idp-b"), 2U);
+  EXPECT_FALSE(store.validate(b_first.token).has_value());
+  EXPECT_FALSE(store.validate(b_second.token).has_value());
+  EXPECT_TRUE(store.validate(a_second.token).has_value()) << "the same sub at another provider";
+  EXPECT_THAT(stored_ids(), ElementsAre(a_second.session.id));
+
+  SessionStore scoped = open_store(scoped_options("idp-a"));
+  EXPECT_EQ(scoped.logout_by_claims("sid-2", std::nullopt, "idp-b"), 0U) << "not its tenant";
+  EXPECT_TRUE(scoped.validate(a_second.token).has_value());
+}
+
+// In an unscoped store the cap counts a user's sessions per tenant: one tenant's logins never
+// evict another's.
+TEST_P(FeatureContract, TheCapCountsSessionsPerTenantAndUser) {
+  StoreOptions capped = options();
+  capped.max_sessions_per_user = 1;
+  SessionStore store = open_store(capped);
+  CreateOptions in_a;
+  in_a.tenant_id = "a";
+  CreateOptions in_b;
+  in_b.tenant_id = "b";
+  const NewSession first_a = store.create("alice", in_a);
+  const NewSession first_b = store.create("alice", in_b);
+  const NewSession untenanted = store.create("alice");
+  EXPECT_THAT(stored_ids(),
+              UnorderedElementsAre(first_a.session.id, first_b.session.id, untenanted.session.id));
+  clock_.advance(1);
+  const NewSession second_a = store.create("alice", in_a);
+  EXPECT_THAT(stored_ids(),
+              UnorderedElementsAre(second_a.session.id, first_b.session.id, untenanted.session.id));
+  EXPECT_FALSE(store.validate(first_a.token).has_value());
+}
+
 TEST_P(FeatureContract, LogoutWithUnknownClaimsRevokesNothingAndWithoutClaimsIsRefused) {
   SessionStore store = open_store();
   const NewSession a1 = create_with_sid(store, "alice", "sid-A");

@@ -32,6 +32,7 @@ using pylon::test::same_session;
 using pylon::test::TempDir;
 using ::testing::AnyOf;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 // Restores the process umask on scope exit.
 class ScopedUmask {
@@ -183,6 +184,96 @@ TEST(SqliteBackend, ValidHeaderWithDamagedSchemaPageIsRefusedAndUntouched) {
   bytes.replace(100, noise.size(), noise);
   pylon::test::write_file_bytes(path, bytes);
   expect_refused_and_untouched(path, {ErrorCode::kCorruptDatabase}, false);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tables that look like ours but are not: what our statements rely on is checked before anything
+// is written or any pragma changes the file
+// ------------------------------------------------------------------------------------------------
+
+// A current pylon-sessions file with one session, changed by `edit` (raw SQL); then opening it
+// must be refused as kCorruptDatabase with `reason` in the message, the file left byte for byte.
+void expect_edited_file_refused(const std::string& edit, const std::string& reason) {
+  TempDir dir;
+  const std::string path = dir.file("edited.db");
+  pylon::open_sqlite_backend(path)->save(make_session("alice", 1));
+  {
+    RawDb raw(path);
+    raw.exec(edit);
+    raw.exec("PRAGMA wal_checkpoint(TRUNCATE)");
+  }
+  const std::string before = read_file_bytes(path);
+  const auto error = pylon::test::capture_pylon_error([&] { pylon::open_sqlite_backend(path); });
+  ASSERT_TRUE(error.has_value()) << "opened after: " << edit;
+  EXPECT_EQ(error->code(), ErrorCode::kCorruptDatabase) << error->what();
+  EXPECT_THAT(error->what(), HasSubstr(path));
+  EXPECT_THAT(error->what(), HasSubstr(reason));
+  EXPECT_THAT(error->what(), Not(HasSubstr("damaged"))) << "a sound file called damaged";
+  EXPECT_TRUE(read_file_bytes(path) == before) << path << " was modified";
+}
+
+TEST(SqliteBackend, ATableWithoutItsPrimaryKeyIsRefusedAndUntouched) {
+  expect_edited_file_refused(
+      "CREATE TABLE copy AS SELECT * FROM _pylon_sessions; DROP TABLE _pylon_sessions; "
+      "CREATE TABLE _pylon_sessions (id TEXT NOT NULL, user_id TEXT NOT NULL, tenant_id TEXT, "
+      "created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, last_seen_at INTEGER NOT NULL, "
+      "absolute_expires_at INTEGER NOT NULL DEFAULT 0, device TEXT, ip TEXT, data BLOB NOT NULL "
+      "DEFAULT x'', idp_session_id TEXT) STRICT; INSERT INTO _pylon_sessions SELECT * FROM copy; "
+      "DROP TABLE copy; CREATE INDEX _pylon_sessions_by_user ON _pylon_sessions (user_id); "
+      "CREATE INDEX _pylon_sessions_by_expiry ON _pylon_sessions (expires_at); "
+      "CREATE INDEX _pylon_sessions_by_idp_session ON _pylon_sessions (idp_session_id)",
+      "whose primary key is (), not (id)");
+}
+
+TEST(SqliteBackend, ATableWithoutAnIndexItsVersionPromisesIsRefusedAndUntouched) {
+  expect_edited_file_refused("DROP INDEX _pylon_sessions_by_user",
+                             "without the index _pylon_sessions_by_user on (user_id)");
+  expect_edited_file_refused("DROP INDEX _pylon_rotated_ids_by_expiry",
+                             "without the index _pylon_rotated_ids_by_expiry on (expires_at)");
+}
+
+TEST(SqliteBackend, ARotatedIdsTableOfAnotherShapeIsRefusedAndUntouched) {
+  expect_edited_file_refused(
+      "DROP TABLE _pylon_rotated_ids; CREATE TABLE _pylon_rotated_ids (id TEXT PRIMARY KEY, x)",
+      "_pylon_rotated_ids table that is not pylon-sessions'");
+}
+
+TEST(SqliteBackend, ARotatedIdsTableBeforeVersionThreeIsForeignAndRefused) {
+  expect_edited_file_refused(
+      "DELETE FROM _pylon_schema_migrations WHERE version = 3; DROP TABLE _pylon_rotated_ids; "
+      "CREATE TABLE _pylon_rotated_ids (anything TEXT)",
+      "_pylon_rotated_ids table that pylon-sessions did not create");
+}
+
+// A file whose pages are damaged, in a way that also makes its table look foreign, is reported
+// as damaged, with what SQLite's integrity check says, not as someone else's table.
+TEST(SqliteBackend, ADamagedFileIsReportedAsDamagedWithTheIntegrityCheck) {
+  TempDir dir;
+  const std::string path = dir.file("damaged.db");
+  {
+    RawDb raw(path);
+    raw.exec("PRAGMA page_size = 4096");
+    raw.exec("CREATE TABLE _pylon_sessions (token TEXT, something_else INTEGER)");
+    raw.exec("CREATE TABLE app_log (id INTEGER PRIMARY KEY, line TEXT)");
+    raw.exec("CREATE INDEX app_log_by_line ON app_log (line)");
+    raw.exec("BEGIN");
+    for (int i = 0; i < 400; ++i) {
+      raw.exec("INSERT INTO app_log (line) VALUES ('line " + std::to_string(i) +
+               " of a log that fills several pages')");
+    }
+    raw.exec("COMMIT");
+  }
+  // Scribble over page 4 onwards (the log's pages), leaving the header and schema intact.
+  std::string bytes = read_file_bytes(path);
+  ASSERT_GT(bytes.size(), 6U * 4096U);
+  const std::string noise = pylon::test::random_bytes(2 * 4096, 11);
+  bytes.replace(3 * 4096, noise.size(), noise);
+  pylon::test::write_file_bytes(path, bytes);
+  const auto error = pylon::test::capture_pylon_error([&] { pylon::open_sqlite_backend(path); });
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->code(), ErrorCode::kCorruptDatabase) << error->what();
+  EXPECT_THAT(error->what(), HasSubstr("is damaged (PRAGMA quick_check: "));
+  EXPECT_TRUE(read_file_bytes(path) == bytes) << path << " was modified";
 }
 
 // ------------------------------------------------------------------------------------------------
