@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <exception>
 #include <filesystem>
@@ -23,6 +24,7 @@
 #include <iomanip>
 #include <iostream>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -171,6 +173,38 @@ void write_pylon_v0(const fs::path& path, bool with_tenant) {
            ")");
 }
 
+// The latest schema with rows whose times no write of pylon's makes (issue 19: loaded under
+// UBSan, each must be skipped and counted, never served, and nothing may overflow): INT64_MIN and
+// INT64_MAX times, times out of order, a device over its limit; and a rotated id.
+void write_hostile_times(const fs::path& path) {
+  write_latest(path, true);
+  RawDatabase raw(path);
+  const std::string min = std::to_string(std::numeric_limits<std::int64_t>::min());
+  const std::string max = std::to_string(std::numeric_limits<std::int64_t>::max());
+  const std::string created = std::to_string(kCreated);
+  const std::string far = std::to_string(kFarFuture);
+  // created_at, expires_at, last_seen_at, absolute_expires_at
+  const std::vector<std::array<std::string, 4>> rows = {
+      {created, far, min, far},         {created, max, created, max}, {far, far, created, far},
+      {created, far, created, created}, {min, min, min, min},         {max, max, max, max},
+  };
+  char digit = 'a';
+  for (const auto& times : rows) {
+    raw.exec(
+        "INSERT INTO _pylon_sessions (id, user_id, created_at, expires_at, last_seen_at,"
+        " absolute_expires_at) VALUES ('" +
+        session(digit++, "mallory").id + "', 'mallory', " + times[0] + ", " + times[1] + ", " +
+        times[2] + ", " + times[3] + ")");
+  }
+  raw.exec(
+      "INSERT INTO _pylon_sessions (id, user_id, created_at, expires_at, last_seen_at,"
+      " absolute_expires_at, device) VALUES ('" +
+      session(digit++, "mallory").id + "', 'mallory', " + created + ", " + far + ", " + created +
+      ", " + far + ", '" + std::string(2000, 'd') + "')");
+  raw.exec("INSERT INTO _pylon_rotated_ids VALUES ('" + session(digit++, "mallory").id + "', '" +
+           session('1', "alice").id + "', 'alice', 'acme', " + created + ", " + max + ")");
+}
+
 // Files the library must refuse, each for its own reason.
 void write_too_new(const fs::path& path) {
   write_latest(path, false);
@@ -263,6 +297,7 @@ void write_db_seeds(const fs::path& out) {
   write_latest(out / "latest_empty.db", false);
   write_latest(out / "latest_sessions.db", true);
   write_schema_v1(out / "schema_v1.db");
+  write_hostile_times(out / "hostile_times.db");
   write_pylon_v0(out / "pylon_v0_tenant.db", true);
   write_pylon_v0(out / "pylon_v0_no_tenant.db", false);
   write_too_new(out / "refused_schema_too_new.db");

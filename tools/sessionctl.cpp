@@ -161,9 +161,16 @@ std::int64_t floor_div(std::int64_t a, std::int64_t b) {
   return (a % b != 0 && (a < 0) != (b < 0)) ? q - 1 : q;
 }
 
+// Whether a stored time can be shown as a date: a hand-edited or damaged row may hold any
+// integer, and the arithmetic below is for years 0 to 9999.
+bool is_showable_time(std::int64_t unix_seconds) {
+  return unix_seconds >= -62167219200 && unix_seconds <= pylon::kMaxSessionTime;
+}
+
 // Unix seconds as ISO-8601 UTC, "2024-05-01T12:00:00Z". Computed with Howard Hinnant's
 // civil_from_days rather than gmtime, so it is thread-safe and has no range surprises.
 std::string iso8601(std::int64_t unix_seconds) {
+  if (!is_showable_time(unix_seconds)) return "out-of-range";
   const std::int64_t days = floor_div(unix_seconds, 86400);
   const std::int64_t secs = unix_seconds - days * 86400;
   const std::int64_t z = days + 719468;
@@ -187,6 +194,7 @@ std::string timestamp(std::int64_t unix_seconds) {
 
 // "in 59m 58s" or "2h 3m ago": how far `when` is from `now`, to two units.
 std::string relative(std::int64_t when, std::int64_t now) {
+  if (!is_showable_time(when) || !is_showable_time(now)) return "out of range";
   const std::int64_t delta = when >= now ? when - now : now - when;
   std::string text;
   if (delta >= 86400) {
