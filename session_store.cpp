@@ -1,45 +1,44 @@
 // pylon-sessions: SessionStore, the write-through cache in front of a SessionBackend.
 //
-// Split out of session_backend.cpp when the store grew rotation, tenants, back-channel logout,
-// the reaper, events and stats: the backend file stays about storage, this one about sessions.
+// What it owns: the operations of the public API. Each reads as: check the arguments, take the
+// write lock, write through to storage, make the cache what storage returned, emit the events.
+// The mechanisms they rely on are classes of their own, each owning its state and its lock:
+//   StorageWrites  (internal/storage_writes.hpp)  the write lock, deletes owed after a failure
+//                  (fail closed), writes in doubt, the write counters;
+//   GroupCommit    (internal/group_commit.hpp)    concurrent creates sharing one commit;
+//   RotatedIds     (internal/rotated_ids.hpp)     the rotated ids a replay is recognised by;
+//   Reaper         (internal/reaper.hpp)          the purge on a schedule;
+//   SessionCache   (session_cache.hpp)            the sharded in-memory table of sessions.
 //
-// Invariants (hold whenever no mutex is held):
-//   - cache_ holds exactly the rows of this store's tenant scope that storage holds and this
-//     process knows of, minus the sessions matching pending_deletes_: those are denied here
-//     already, but storage has not yet acknowledged their delete. Each write takes from storage
-//     what it changed (the row an update returns, the ids a delete returns), never from a copy
-//     read earlier, so a write racing another process's, or another thread's, cannot leave the
-//     cache claiming what storage does not hold.
-//   - in_doubt_ holds the ids of writes whose acknowledgement was lost (kConnectionLost: applied
-//     or not, only the server knows). They are out of the cache until the next write reads them
-//     back from storage (settle_in_doubt()): the cache never guesses.
-//   - rotated_ids_ remembers the ids rotated away that storage holds (by this process, or read at
-//     start-up), until they would have expired, so a replayed old token is reported; it makes a
-//     token valid only as its successor, within rotation_grace.
-// Locking: write_mutex_ serialises every storage write and the cache update that follows it, so
-// the cache changes in the order storage did. The cache locks itself (sharded; see
-// session_cache.hpp) only for map operations, never across a storage call, so reads never wait
-// for the disk. Creates queue under create_queue_mutex_ without holding write_mutex_, so that
-// they gather while a commit is in flight (group commit, see create()). Lock order:
-// create_queue_mutex_ is never held with another; write_mutex_, then RotatedIds' lock, then the
-// cache's locks, then last_error_mutex_. Events are delivered after every lock is released.
+// Invariant, whenever no lock is held: the cache holds exactly the rows of this store's tenant
+// scope that storage holds and this process knows of, minus those StorageWrites has denied or
+// holds in doubt. Each write takes from storage what it changed (the row an update returns, the
+// ids a delete returns), never from a copy read earlier, so a write racing another process's,
+// or another thread's, cannot leave the cache claiming what storage does not hold.
+//
+// Locking: the write lock (StorageWrites::mutex()) serialises every storage write and the cache
+// update after it, so the cache changes in the order storage did. The cache locks itself only
+// for map operations, never across a storage call, so reads never wait for the disk. Creates
+// queue in GroupCommit without the write lock, so they gather while a commit is in flight. Lock
+// order: GroupCommit's lock is never held with another; the write lock, then RotatedIds' lock,
+// then the cache's locks, then the counters' lock. Events are delivered after every lock is
+// released. scripts/thread-safety.sh has Clang check the annotated rules.
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <condition_variable>
 #include <exception>
-#include <iterator>
 #include <limits>
-#include <mutex>
+#include <memory>
 #include <new>
-#include <shared_mutex>
-#include <thread>
 #include <tuple>
-#include <type_traits>
-#include <unordered_map>
 #include <unordered_set>
 #include <utility>
 
+#include "internal/group_commit.hpp"
+#include "internal/reaper.hpp"
+#include "internal/rotated_ids.hpp"
+#include "internal/storage_writes.hpp"
+#include "internal/thread_annotations.hpp"
 #include "session_backend.hpp"
 #include "session_backend_internal.hpp"
 #include "session_cache.hpp"
@@ -48,6 +47,7 @@ namespace pylon {
 
 namespace {
 
+using detail::MutexLock;
 using detail::saturating_add;
 using detail::saturating_sub;
 
@@ -118,86 +118,32 @@ class StripedCounter {
   std::array<Stripe, kStripes> stripes_;
 };
 
-// The ids rotated away that storage holds (SessionBackend::rotate), for validate() to recognise a
-// replayed old token. Each id is kept twice, and this class keeps the two in step: as a marker
-// in the cache, which validate()'s lookup reads anyway (an unknown token costs no second lookup),
-// and here with what a reuse event or the grace window needs. Its own lock; callers may hold the
-// store's write_mutex_ (taken before this one), never the cache's locks.
-class RotatedIds {
- public:
-  explicit RotatedIds(detail::SessionCache& cache) : cache_(cache) {}
-
-  // Remembers a rotated id (a well-formed one; others are ignored). Best effort: on bad_alloc
-  // the id goes unrecorded (in storage it is recorded, and a restart reads it back), since
-  // rotate() has succeeded by then and its caller must get the new token.
-  void remember(RotatedId rotated) noexcept {
-    detail::SessionDigest digest{};
-    if (!detail::parse_session_id(rotated.id, &digest)) return;
-    try {
-      const std::lock_guard<std::mutex> lock(mutex_);
-      cache_.remember_rotated(digest);
-      try {
-        std::string id = rotated.id;
-        by_id_.insert_or_assign(std::move(id), std::move(rotated));
-      } catch (...) {
-        cache_.forget_rotated(digest);
-        throw;
-      }
-    } catch (const std::bad_alloc&) {  // NOLINT(bugprone-empty-catch): documented above
-    }
+// A copy of the exception being handled, for one caller of a failed group. Every caller gets its
+// own object: rethrowing one exception_ptr on several threads hands them one shared object, which
+// the last of them frees (a race as ThreadSanitizer sees it, and a surprise to a caller that keeps
+// or changes what it caught). Call only inside a catch block.
+std::exception_ptr own_copy_of_current_exception() noexcept {
+  try {
+    throw;
+  } catch (const Error& error) {
+    return std::make_exception_ptr(error);
+  } catch (const std::bad_alloc&) {
+    return std::make_exception_ptr(std::bad_alloc());
+  } catch (const std::exception& error) {
+    return std::make_exception_ptr(Error(ErrorCode::kInternal, error.what()));
+  } catch (...) {
+    return std::make_exception_ptr(Error(ErrorCode::kInternal, "a save failed"));
   }
-
-  // The record of a rotated id, if remembered.
-  std::optional<RotatedId> find(const std::string& id) const {
-    const std::lock_guard<std::mutex> lock(mutex_);
-    const auto found = by_id_.find(id);
-    if (found == by_id_.end()) return std::nullopt;
-    return found->second;
-  }
-
-  // The last session of a chain of rotations that starts at `rotated` (A -> B, then B -> C: C),
-  // as far as this process knows; a chain longer than a session could plausibly be rotated
-  // within one grace window ends early.
-  std::string last_successor(const RotatedId& rotated) const {
-    const std::lock_guard<std::mutex> lock(mutex_);
-    std::string successor = rotated.replaced_by;
-    for (int hops = 0; hops < kMaxChain; ++hops) {
-      const auto next = by_id_.find(successor);
-      if (next == by_id_.end()) break;
-      successor = next->second.replaced_by;
-    }
-    return successor;
-  }
-
-  // Forgets every id whose session would have expired by `at`.
-  void forget_expired(std::int64_t at) noexcept {
-    const std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = by_id_.begin(); it != by_id_.end();) {
-      if (it->second.expires_at > at) {
-        ++it;
-        continue;
-      }
-      detail::SessionDigest digest{};
-      if (detail::parse_session_id(it->first, &digest)) cache_.forget_rotated(digest);
-      it = by_id_.erase(it);
-    }
-  }
-
- private:
-  static constexpr int kMaxChain = 64;
-  detail::SessionCache& cache_;
-  mutable std::mutex mutex_;
-  std::unordered_map<std::string, RotatedId> by_id_;  // guarded by mutex_
-};
-
-// Whether `session` is one of the rows `filter` matches (SessionBackend::remove_matching).
-bool matches(const SessionFilter& filter, const Session& session) {
-  return (!filter.id || session.id == *filter.id) &&
-         (!filter.user_id || session.user_id == *filter.user_id) &&
-         (!filter.tenant_id || session.tenant_id == filter.tenant_id) &&
-         (!filter.idp_session_id || session.idp_session_id == filter.idp_session_id) &&
-         (!filter.except_id || session.id != *filter.except_id);
 }
+
+// One create on its way through group commit: the leader that commits it fills in `committed`,
+// `error` and `evictions` (the sessions of its user its insert evicted).
+struct QueuedCreate {
+  Session session;
+  bool committed = false;
+  std::exception_ptr error;
+  std::vector<SessionEvent> evictions;
+};
 
 }  // namespace
 
@@ -228,130 +174,81 @@ class SessionStore::Impl {
   std::optional<NewSession> rotate(std::string_view token);
   std::optional<Session> update_data(std::string_view token, std::string data);
   std::vector<Session> list_user(std::string_view user_id,
-                                 const std::optional<std::string>& tenant);
+                                 const std::optional<std::string>& tenant) const;
   std::size_t purge_expired();
-  std::size_t size();
+  std::size_t size() const;
   StoreStats stats();
 
  private:
+  using CreateQueue = detail::GroupCommit<QueuedCreate>;
+
   std::int64_t now() const { return options_.clock(); }
   bool in_scope(const Session& session) const {
     return !options_.tenant_id || session.tenant_id == options_.tenant_id;
   }
+  // Whether a row storage returned may be cached: storable, sane, in this store's scope.
+  bool cacheable(const Session& row) const {
+    return detail::is_servable_session(row) && in_scope(row);
+  }
   void emit(const SessionEvent& event) const noexcept;
-
-  // Every storage write goes through here: counts it, records a failure, rethrows.
-  template <typename Call>
-  auto write(Call&& call) -> decltype(call());
+  Session new_session(std::string_view user_id, CreateOptions options) const;
 
   // The live cached session of `id` (a well-formed id), copied.
   std::optional<Session> live_copy(const std::string& id, std::int64_t at) const;
   // The ids of the cached sessions `filter` matches.
   std::vector<std::string> cached_ids_matching(const SessionFilter& filter) const;
-  // Whether a delete still pending (pending_deletes_) covers this session. Caller holds
-  // write_mutex_.
-  bool pending_delete_covers(const Session& session) const;
-  // Cache removals; the caller holds write_mutex_.
-  void cache_erase(const std::vector<std::string>& ids);
-  // Makes the cache hold `stored`, a row as storage returned it after a write to `id`: cached
-  // when it is live, storable and in scope, dropped otherwise. Returns it when it was cached.
-  // Caller holds write_mutex_.
+  // Makes the cache hold `stored`, the row storage returned after a write to `id`: cached when it
+  // is live and cacheable, dropped otherwise. Returns it when it was cached.
   std::optional<Session> cache_stored(const std::string& id, std::optional<Session> stored,
-                                      std::int64_t at);
+                                      std::int64_t at) REQUIRES(writes_.mutex());
 
-  // Retries deletes left by failed revokes; throws (leaving the rest pending) if storage still
-  // refuses. Caller holds write_mutex_. Called before every write.
-  void flush_pending_deletes();
-  // The ids of a write that failed in doubt leave the cache and join in_doubt_; any other
-  // failure is a known outcome (nothing applied) and changes nothing. Rethrows. Caller holds
-  // write_mutex_.
-  template <typename Call>
-  auto write_in_doubt(const std::vector<std::string>& ids, Call&& call) -> decltype(call());
-  // Reads each id in in_doubt_ back from storage and makes the cache agree. Throws, leaving the
-  // rest in doubt, if storage cannot answer. Caller holds write_mutex_.
-  void settle_in_doubt();
-  // Deletes what `filter` matches, in one statement, and removes from the cache exactly the
-  // rows storage deleted. Fails closed: if storage refuses, the cached sessions the filter
-  // matches are denied here at once, and the same filter (not a list of ids: other processes'
-  // sessions must go too) is retried before the next write until storage has it.
-  std::vector<RemovedSession> revoke_matching(const SessionFilter& filter);
+  // Commits a group of creates (one transaction) and records each one's outcome; never throws.
+  void commit_creates(const std::vector<CreateQueue::Writer*>& group) EXCLUDES(writes_.mutex());
+  // Deletes what `filter` matches, in one statement, and removes from the cache exactly the rows
+  // storage deleted. Fails closed: if storage refuses, the cached sessions the filter matches are
+  // denied here at once and the same filter is owed to storage (StorageWrites).
+  std::vector<RemovedSession> revoke_matching(const SessionFilter& filter)
+      EXCLUDES(writes_.mutex());
   // The idle slide of a live cached session, written when touch_interval has passed.
-  std::optional<Session> touch(const std::string& id, std::int64_t at);
-  // The session an old token stands for within rotation_grace: its chain's last successor,
-  // slid as validate() slides any session; nullopt if that is gone.
-  std::optional<Session> successor_in_grace(const RotatedId& rotated, std::int64_t at);
-
-  // Group commit (see create()). A queued create: the leader that commits it fills in
-  // `committed`, `error` and `evictions` (the sessions of its user that its insert evicted),
-  // then sets `done` under create_queue_mutex_.
-  struct QueuedCreate {
-    Session session;
-    bool committed = false;
-    std::exception_ptr error;
-    std::vector<SessionEvent> evictions;
-    bool done = false;  // guarded by create_queue_mutex_
-    // Woken when `done` is set, or when the leader role is free and this item heads the queue:
-    // one waiter per event, never the whole queue (on two cores, a thundering herd of waiters
-    // costs the leader its core).
-    std::condition_variable wake;
-  };
-  // Writes the batch to storage and the cache; records each item's outcome, never throws.
-  // Caller holds write_mutex_.
-  void commit_creates(const std::vector<QueuedCreate*>& batch);
-
-  void reaper_loop();
-  std::size_t purge_in_batches();
+  std::optional<Session> touch(const std::string& id, std::int64_t at) EXCLUDES(writes_.mutex());
+  // The session an old token stands for within rotation_grace: its chain's last successor, slid
+  // as validate() slides any session; nullopt if that is gone.
+  std::optional<Session> successor_in_grace(const RotatedId& rotated, std::int64_t at)
+      EXCLUDES(writes_.mutex());
+  // One run of the reaper: expired sessions, then expired rotated ids, in batches of at most
+  // reaper_batch_size rows, with the write lock released between batches so that other writers
+  // interleave with a purge of millions of rows. A failure is counted and reported.
+  void reap() noexcept EXCLUDES(writes_.mutex());
+  std::size_t purge_in_batches() EXCLUDES(writes_.mutex());
 
   // The cache-line aligned members first: less padding.
-  detail::SessionCache cache_;  // written under write_mutex_ only
+  detail::SessionCache cache_;
   StripedCounter cache_hits_;
   StripedCounter cache_misses_;
 
   std::unique_ptr<SessionBackend> backend_;
   StoreOptions options_;
-
-  std::mutex write_mutex_;
-  std::vector<SessionFilter> pending_deletes_;  // guarded by write_mutex_
-  std::unordered_set<std::string> in_doubt_;    // guarded by write_mutex_
-
-  std::mutex create_queue_mutex_;
-  std::vector<QueuedCreate*> create_queue_;  // guarded by create_queue_mutex_
-
-  RotatedIds rotated_ids_{cache_};
-
+  detail::StorageWrites writes_;
+  CreateQueue create_queue_;
+  detail::RotatedIds rotated_ids_{cache_};
   std::size_t skipped_rows_ = 0;  // set by the constructor only
-  std::atomic<std::uint64_t> writes_{0};
-  std::atomic<std::uint64_t> write_failures_{0};
   std::atomic<std::uint64_t> reaper_failures_{0};
-  std::mutex last_error_mutex_;
-  std::string last_error_;  // guarded by last_error_mutex_
-
-  std::mutex reaper_mutex_;
-  std::condition_variable reaper_wake_;
-  // Group commit's gathering (see create()), guarded by create_queue_mutex_: how many callers the
-  // last commit released that have not queued a create since, the leader waiting for them, and
-  // how long the last commit took (capped at 10 ms).
-  std::size_t creates_rejoining_ = 0;
-  QueuedCreate* gathering_leader_ = nullptr;
-  std::chrono::steady_clock::duration last_commit_time_{};
-
-  // The one-byte members together, before the thread: less padding.
-  bool create_leader_active_ = false;  // guarded by create_queue_mutex_
-  bool reaper_stopping_ = false;       // guarded by reaper_mutex_
-  std::atomic<bool> stopping_{false};
-  std::thread reaper_;  // last member: started once everything above exists
+  std::unique_ptr<detail::Reaper> reaper_;  // last: started once everything above exists
 };
 
 SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options)
-    : backend_(std::move(backend)), options_(std::move(options)) {
-  if (!backend_) throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend");
+    : backend_(std::move(backend)),
+      options_(std::move(options)),
+      writes_(backend_ ? *backend_
+                       : throw Error(ErrorCode::kInvalidArgument, "SessionStore needs a backend"),
+              cache_, [this](const Session& row) { return cacheable(row); }) {
   check_store_options(options_);
   const std::int64_t at = now();
   {
     detail::SessionCache::Loader loader(cache_);
     backend_->load_each([this, &loader](const Session& row) {
-      // A row that no token can match, or that holds what no write would store (a damaged or
-      // hand-edited file), is never handed out: counted, left where it is.
+      // A row that no token can match, or that holds what no write of ours would store (a
+      // damaged or hand-edited file), is never handed out: counted, left where it is.
       if (!detail::is_servable_session(row)) {
         ++skipped_rows_;
       } else if (in_scope(row)) {
@@ -361,8 +258,8 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     loader.finish();
   }
   // Gathered first and remembered once the backend has returned: remember() takes cache locks,
-  // which are never taken under the backend's own lock (the Loader above holds the cache's
-  // locks across load_each(), so the two orders would meet).
+  // which are never taken under the backend's own lock (the Loader above holds the cache's locks
+  // across load_each(), so the two orders would meet).
   std::vector<RotatedId> rotated_ids;
   backend_->load_rotated_each([this, at, &rotated_ids](const RotatedId& rotated) {
     if (rotated.expires_at > at &&
@@ -372,54 +269,20 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
   });
   for (RotatedId& rotated : rotated_ids) rotated_ids_.remember(std::move(rotated));
   for (const SessionEvent& event : backend_->opening_events()) emit(event);
-  if (options_.reaper_interval.count() > 0) reaper_ = std::thread([this] { reaper_loop(); });
+  if (options_.reaper_interval.count() > 0) {
+    reaper_ = std::make_unique<detail::Reaper>(options_.reaper_interval, [this] { reap(); });
+  }
 }
 
-SessionStore::Impl::~Impl() {
-  if (reaper_.joinable()) {
-    {
-      const std::lock_guard<std::mutex> lock(reaper_mutex_);
-      reaper_stopping_ = true;
-    }
-    stopping_ = true;  // also ends a purge between two batches
-    reaper_wake_.notify_all();
-    reaper_.join();
-  }
-  // Last attempt for deletes that failed earlier. A destructor must not throw: what still fails
-  // stays in storage, as the Error thrown by the original revoke reported.
-  const std::lock_guard<std::mutex> lock(write_mutex_);
-  for (const SessionFilter& filter : pending_deletes_) {
-    try {
-      backend_->remove_matching(filter);
-    } catch (...) {  // NOLINT(bugprone-empty-catch): reported when the revoke failed
-    }
-  }
-}
+// The reaper stops first (it writes through writes_); StorageWrites' destructor then makes the
+// last attempt at the deletes still owed.
+SessionStore::Impl::~Impl() { reaper_.reset(); }
 
 void SessionStore::Impl::emit(const SessionEvent& event) const noexcept {
   if (!options_.on_event) return;
   try {
     options_.on_event(event);
   } catch (...) {  // NOLINT(bugprone-empty-catch): documented: a listener cannot fail a call
-  }
-}
-
-template <typename Call>
-auto SessionStore::Impl::write(Call&& call) -> decltype(call()) {
-  try {
-    if constexpr (std::is_void_v<decltype(call())>) {
-      call();
-      ++writes_;
-    } else {
-      auto result = call();
-      ++writes_;
-      return result;
-    }
-  } catch (const std::exception& error) {
-    ++write_failures_;
-    const std::lock_guard<std::mutex> lock(last_error_mutex_);
-    last_error_ = error.what();
-    throw;
   }
 }
 
@@ -437,12 +300,12 @@ std::vector<std::string> SessionStore::Impl::cached_ids_matching(
     Session cached;
     if (detail::parse_session_id(*filter.id, &digest) &&
         cache_.find(digest, 0, &cached) != detail::SessionCache::Found::kNone &&
-        matches(filter, cached)) {
+        detail::matches(filter, cached)) {
       ids.push_back(std::move(cached.id));
     }
   } else if (filter.user_id) {
     for (Session& session : cache_.of_user(*filter.user_id)) {
-      if (matches(filter, session)) ids.push_back(std::move(session.id));
+      if (detail::matches(filter, session)) ids.push_back(std::move(session.id));
     }
   } else if (filter.idp_session_id) {
     for (auto& [id, user] : cache_.with_idp_session(*filter.idp_session_id, filter.tenant_id)) {
@@ -452,20 +315,10 @@ std::vector<std::string> SessionStore::Impl::cached_ids_matching(
   return ids;
 }
 
-bool SessionStore::Impl::pending_delete_covers(const Session& session) const {
-  return std::any_of(pending_deletes_.begin(), pending_deletes_.end(),
-                     [&session](const SessionFilter& filter) { return matches(filter, session); });
-}
-
-void SessionStore::Impl::cache_erase(const std::vector<std::string>& ids) {
-  for (const std::string& id : ids) cache_.erase(std::string_view(id));
-}
-
 std::optional<Session> SessionStore::Impl::cache_stored(const std::string& id,
                                                         std::optional<Session> stored,
                                                         std::int64_t at) {
-  if (stored && stored->id == id && is_live(*stored, at) && detail::is_servable_session(*stored) &&
-      in_scope(*stored)) {
+  if (stored && stored->id == id && is_live(*stored, at) && cacheable(*stored)) {
     cache_.put(*stored);
     return stored;
   }
@@ -473,57 +326,15 @@ std::optional<Session> SessionStore::Impl::cache_stored(const std::string& id,
   return std::nullopt;
 }
 
-void SessionStore::Impl::flush_pending_deletes() {
-  while (!pending_deletes_.empty()) {
-    // Throws: this filter and the rest stay pending.
-    const std::vector<RemovedSession> removed =
-        write([&] { return backend_->remove_matching(pending_deletes_.front()); });
-    for (const RemovedSession& row : removed) cache_.erase(std::string_view(row.id));
-    pending_deletes_.erase(pending_deletes_.begin());
-  }
-  settle_in_doubt();
-}
-
-template <typename Call>
-auto SessionStore::Impl::write_in_doubt(const std::vector<std::string>& ids, Call&& call)
-    -> decltype(call()) {
-  try {
-    return write(std::forward<Call>(call));
-  } catch (const Error& error) {
-    if (error.code() == ErrorCode::kConnectionLost) {
-      for (const std::string& id : ids) {
-        cache_.erase(std::string_view(id));
-        in_doubt_.insert(id);
-      }
-    }
-    throw;
-  }
-}
-
-void SessionStore::Impl::settle_in_doubt() {
-  for (auto it = in_doubt_.begin(); it != in_doubt_.end();) {
-    const std::optional<Session> stored = write([&] { return backend_->load_one(*it); });
-    if (stored && !pending_delete_covers(*stored) && detail::is_servable_session(*stored) &&
-        in_scope(*stored)) {
-      cache_.put(*stored);
-    } else {
-      cache_.erase(std::string_view(*it));
-    }
-    it = in_doubt_.erase(it);
-  }
-}
-
 std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFilter& filter) {
   std::vector<RemovedSession> removed;
   {
-    const std::lock_guard<std::mutex> lock(write_mutex_);
+    const MutexLock lock(writes_.mutex());
     try {
-      flush_pending_deletes();
-      removed = write([&] { return backend_->remove_matching(filter); });
+      writes_.settle();
+      removed = writes_.run([&] { return backend_->remove_matching(filter); });
     } catch (...) {
-      // Fail closed: denied in this process now, deleted from storage before the next write.
-      cache_erase(cached_ids_matching(filter));
-      pending_deletes_.push_back(filter);
+      writes_.owe_delete(filter, cached_ids_matching(filter));
       throw;
     }
     for (const RemovedSession& row : removed) cache_.erase(std::string_view(row.id));
@@ -534,7 +345,8 @@ std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFil
   return removed;
 }
 
-NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
+// A new session of `user_id`, checked and stamped, not yet stored.
+Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions options) const {
   if (user_id.empty()) throw Error(ErrorCode::kInvalidArgument, "user_id must not be empty");
   detail::check_text_field(detail::kUserIdField, user_id);
   detail::check_optional_text_field(detail::kTenantIdField, options.tenant_id);
@@ -554,18 +366,13 @@ NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions op
                     " bytes, over the limit of " + std::to_string(options_.max_data_bytes) +
                     " (StoreOptions::max_data_bytes); nothing was stored");
   }
-
-  NewSession created;
-  created.token = generate_token();
-  Session& session = created.session;
-  session.id = session_id_for_token(created.token);
+  Session session;
   session.user_id = std::string(user_id);
   session.tenant_id = std::move(options.tenant_id);
   session.device = std::move(options.device);
   session.ip = std::move(options.ip);
   session.data = std::move(options.data);
   session.idp_session_id = std::move(options.idp_session_id);
-
   // The clock is read before queueing: a create stamped a little before its group commit is
   // still a create made at that time.
   const std::int64_t at = now();
@@ -576,152 +383,95 @@ NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions op
       options_.idle_timeout.count() > 0
           ? std::min(session.absolute_expires_at, saturating_add(at, options_.idle_timeout.count()))
           : session.absolute_expires_at;
+  return session;
+}
 
-  // Group commit. The create joins the queue; if no leader is committing, this thread becomes
-  // the leader and commits everything queued in one save_batch() (one transaction, one fsync)
-  // while the creates that arrive meanwhile queue up for the next one. Followers sleep until
-  // their own item is done, or until the leader role is free and theirs heads the queue. Each
-  // caller returns only after its own row is durable, and a failed batch fails every caller in
-  // it.
-  QueuedCreate queued{std::move(created.session), false, nullptr, {}, false, {}};
-  {
-    std::unique_lock<std::mutex> queue(create_queue_mutex_);
-    create_queue_.push_back(&queued);
-    if (creates_rejoining_ > 0 && --creates_rejoining_ == 0 && gathering_leader_ != nullptr) {
-      gathering_leader_->wake.notify_one();
-    }
-    while (!queued.done) {
-      if (create_leader_active_) {
-        queued.wake.wait(queue);
-        continue;
-      }
-      create_leader_active_ = true;
-      // The callers the last commit released usually come straight back with their next create,
-      // while the creates queued during that commit are already here. Waiting a moment for the
-      // former, at most half as long as that commit took, lets one commit carry both groups
-      // instead of alternating between two half-full ones. A caller that does not come back
-      // costs the others that half commit once.
-      if (creates_rejoining_ > 0) {
-        gathering_leader_ = &queued;
-        queued.wake.wait_for(queue, last_commit_time_ / 2,
-                             [this] { return creates_rejoining_ == 0; });
-        gathering_leader_ = nullptr;
-      }
-      std::vector<QueuedCreate*> batch;
-      batch.swap(create_queue_);
-      queue.unlock();
-      const auto commit_started = std::chrono::steady_clock::now();
-      {
-        const std::lock_guard<std::mutex> lock(write_mutex_);
-        commit_creates(batch);
-      }
-      const auto commit_time = std::chrono::steady_clock::now() - commit_started;
-      queue.lock();
-      last_commit_time_ =
-          std::min<std::chrono::steady_clock::duration>(commit_time, std::chrono::milliseconds(10));
-      creates_rejoining_ = batch.size();
-      // Notified under the lock: a follower's item (and its condition variable) lives on its
-      // stack until it has seen `done`, which it cannot before this thread lets the lock go.
-      for (QueuedCreate* item : batch) {
-        item->done = true;
-        if (item != &queued) item->wake.notify_one();
-      }
-      create_leader_active_ = false;
-      if (!create_queue_.empty()) create_queue_.front()->wake.notify_one();  // the next leader
-    }
-  }
-  created.session = std::move(queued.session);
-  for (const SessionEvent& event : queued.evictions) emit(event);
-  if (queued.error) std::rethrow_exception(queued.error);
+// Each caller returns only after its own row is durable; a failed group fails every create in
+// it (GroupCommit).
+NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
+  NewSession created;
+  created.session = new_session(user_id, std::move(options));
+  created.token = generate_token();
+  created.session.id = session_id_for_token(created.token);
+  CreateQueue::Writer queued(create_queue_,
+                             QueuedCreate{std::move(created.session), false, {}, {}});
+  create_queue_.write(
+      queued, [this](const std::vector<CreateQueue::Writer*>& group) { commit_creates(group); });
+  QueuedCreate& outcome = queued.item;
+  created.session = std::move(outcome.session);
+  for (const SessionEvent& event : outcome.evictions) emit(event);
+  if (outcome.error) std::rethrow_exception(outcome.error);
   emit(SessionEvent::of_session(SessionEventType::kCreated, created.session.id,
                                 created.session.user_id));
   return created;
 }
 
-namespace {
-
-// A copy of the exception being handled, for one caller of a failed batch. Every caller gets its
-// own object: rethrowing one exception_ptr on several threads hands them one shared object, which
-// the last of them frees (a race as ThreadSanitizer sees it, and a surprise to a caller that keeps
-// or changes what it caught). Call only inside a catch block.
-std::exception_ptr own_copy_of_current_exception() noexcept {
-  try {
-    throw;
-  } catch (const Error& error) {
-    return std::make_exception_ptr(error);
-  } catch (const std::bad_alloc&) {
-    return std::make_exception_ptr(std::bad_alloc());
-  } catch (const std::exception& error) {
-    return std::make_exception_ptr(Error(ErrorCode::kInternal, error.what()));
-  } catch (...) {
-    return std::make_exception_ptr(Error(ErrorCode::kInternal, "a save failed"));
-  }
-}
-
-}  // namespace
-
-// One transaction for the whole batch: the creates, and with a cap the evictions they cause
+// One transaction for the whole group: the creates, and with a cap the evictions they cause
 // (SessionBackend::insert_new counts, evicts and inserts atomically, for every process). The
 // cache then follows what storage did: the new sessions in, the evicted ones out, including a
-// new one evicted by a later create of the same user in the same batch (as if they had run one
+// new one evicted by a later create of the same user in the same group (as if they had run one
 // after the other).
-void SessionStore::Impl::commit_creates(const std::vector<QueuedCreate*>& batch) {
+void SessionStore::Impl::commit_creates(const std::vector<CreateQueue::Writer*>& group) {
   const std::size_t cap = options_.max_sessions_per_user;
+  const MutexLock lock(writes_.mutex());
   try {
-    flush_pending_deletes();
+    writes_.settle();
     std::vector<Session> rows;
     std::vector<std::string> ids;
-    rows.reserve(batch.size());
-    ids.reserve(batch.size());
-    for (const QueuedCreate* item : batch) {
-      rows.push_back(item->session);
-      ids.push_back(item->session.id);
+    rows.reserve(group.size());
+    ids.reserve(group.size());
+    for (const CreateQueue::Writer* writer : group) {
+      rows.push_back(writer->item.session);
+      ids.push_back(writer->item.session.id);
     }
     if (cap > 0) {
-      // A batch in doubt may have evicted any of its users' sessions: those are in doubt too.
-      for (const QueuedCreate* item : batch) {
+      // A group in doubt may have evicted any of its users' sessions: those are in doubt too.
+      for (const CreateQueue::Writer* writer : group) {
         SessionFilter same_owner;
-        same_owner.user_id = item->session.user_id;
+        same_owner.user_id = writer->item.session.user_id;
         for (std::string& id : cached_ids_matching(same_owner)) ids.push_back(std::move(id));
       }
     }
     const std::vector<RemovedSession> evicted =
-        write_in_doubt(ids, [&] { return backend_->insert_new(rows, cap); });
+        writes_.run_in_doubt(ids, [&] { return backend_->insert_new(rows, cap); });
     std::unordered_set<std::string_view> evicted_ids;
     for (const RemovedSession& row : evicted) {
       evicted_ids.insert(row.id);
       cache_.erase(std::string_view(row.id));
     }
-    for (QueuedCreate* item : batch) {
+    for (CreateQueue::Writer* writer : group) {
       // put() throws only bad_alloc: the row is stored, not cached.
-      if (evicted_ids.count(item->session.id) == 0) cache_.put(item->session);
-      item->committed = true;
+      if (evicted_ids.count(writer->item.session.id) == 0) cache_.put(writer->item.session);
+      writer->item.committed = true;
     }
-    // Each eviction is reported by the last create of its user in the batch: the one that, in
-    // the order the batch stands for, pushed the user over the cap.
+    // Each eviction is reported by the last create of its user in the group: the one that, in
+    // the order the group stands for, pushed the user over the cap.
     for (const RemovedSession& row : evicted) {
-      const auto by_user = std::find_if(
-          batch.rbegin(), batch.rend(),
-          [&row](const QueuedCreate* item) { return item->session.user_id == row.user_id; });
-      if (by_user != batch.rend()) {
-        (*by_user)->evictions.push_back(
+      const auto by_user =
+          std::find_if(group.rbegin(), group.rend(), [&row](const CreateQueue::Writer* writer) {
+            return writer->item.session.user_id == row.user_id;
+          });
+      if (by_user != group.rend()) {
+        (*by_user)->item.evictions.push_back(
             SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
       }
     }
   } catch (...) {
     // Every create not yet committed fails with this error; none of them is in the cache.
-    for (QueuedCreate* item : batch) {
-      if (!item->committed && !item->error) item->error = own_copy_of_current_exception();
+    for (CreateQueue::Writer* writer : group) {
+      if (!writer->item.committed && !writer->item.error) {
+        writer->item.error = own_copy_of_current_exception();
+      }
     }
   }
 }
 
-// The slide of the idle expiry, written at most once per touch_interval. Re-reads the session
-// under write_mutex_: it may have been revoked or touched by another thread meanwhile. Storage
-// moves only last_seen_at and expires_at, never back (SessionBackend::touch), and returns the
-// row it holds, which the cache then takes: data another store updated comes along.
+// Re-reads the session under the write lock: it may have been revoked or touched by another
+// thread meanwhile. Storage moves only last_seen_at and expires_at, never back
+// (SessionBackend::touch), and returns the row it holds, which the cache then takes: data
+// another store updated comes along.
 std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at) {
-  const std::lock_guard<std::mutex> lock(write_mutex_);
+  const MutexLock lock(writes_.mutex());
   std::optional<Session> current = live_copy(id, at);
   if (!current) return std::nullopt;
   if (saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) return current;
@@ -731,9 +481,9 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
       options_.idle_timeout.count() > 0
           ? std::min(cap, saturating_add(at, options_.idle_timeout.count()))
           : current->expires_at;
-  flush_pending_deletes();
+  writes_.settle();
   std::optional<Session> stored =
-      write_in_doubt({id}, [&] { return backend_->touch(id, at, slid_expiry); });
+      writes_.run_in_doubt({id}, [&] { return backend_->touch(id, at, slid_expiry); });
   return cache_stored(id, std::move(stored), at);
 }
 
@@ -741,8 +491,9 @@ std::optional<Session> SessionStore::Impl::successor_in_grace(const RotatedId& r
                                                               std::int64_t at) {
   const std::string successor = rotated_ids_.last_successor(rotated);
   std::optional<Session> session = live_copy(successor, at);
-  if (!session || saturating_sub(at, session->last_seen_at) < options_.touch_interval.count())
+  if (!session || saturating_sub(at, session->last_seen_at) < options_.touch_interval.count()) {
     return session;
+  }
   return touch(successor, at);
 }
 
@@ -772,7 +523,7 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
     }
     case detail::SessionCache::Found::kNone:
       // Unknown (and `session` a decoy): a token is handed out only once its session is cached,
-      // so there is nothing to re-check under write_mutex_, and an unknown token never waits
+      // so there is nothing to re-check under the write lock, and an unknown token never waits
       // behind a commit.
       cache_misses_.add();
       result.reset();
@@ -870,14 +621,14 @@ std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
   const std::string old_id = session_id_for_token(token);
   NewSession rotated;
   {
-    const std::lock_guard<std::mutex> lock(write_mutex_);
+    const MutexLock lock(writes_.mutex());
     const std::int64_t at = now();
     if (!live_copy(old_id, at)) return std::nullopt;
     rotated.token = generate_token();
     const std::string new_id = session_id_for_token(rotated.token);
-    flush_pending_deletes();
-    std::optional<Session> successor =
-        write_in_doubt({old_id, new_id}, [&] { return backend_->rotate(old_id, new_id, at); });
+    writes_.settle();
+    std::optional<Session> successor = writes_.run_in_doubt(
+        {old_id, new_id}, [&] { return backend_->rotate(old_id, new_id, at); });
     cache_.erase(std::string_view(old_id));
     if (!successor) return std::nullopt;  // revoked or expired in storage meanwhile
     if (!cache_stored(new_id, successor, at)) {
@@ -905,19 +656,19 @@ std::optional<Session> SessionStore::Impl::update_data(std::string_view token, s
                     " (StoreOptions::max_data_bytes); nothing was stored");
   }
   const std::string id = session_id_for_token(token);
-  const std::lock_guard<std::mutex> lock(write_mutex_);
+  const MutexLock lock(writes_.mutex());
   const std::int64_t at = now();
   if (!live_copy(id, at)) return std::nullopt;
-  flush_pending_deletes();
+  writes_.settle();
   // Update-only: never writes back a session another instance revoked, and changes no column
   // but `data`, so another store's slide is kept.
   std::optional<Session> stored =
-      write_in_doubt({id}, [&] { return backend_->update_data(id, data); });
+      writes_.run_in_doubt({id}, [&] { return backend_->update_data(id, data); });
   return cache_stored(id, std::move(stored), at);
 }
 
 std::vector<Session> SessionStore::Impl::list_user(std::string_view user_id,
-                                                   const std::optional<std::string>& tenant) {
+                                                   const std::optional<std::string>& tenant) const {
   const std::int64_t at = now();
   std::vector<Session> live;
   for (Session& session : cache_.of_user(user_id)) {
@@ -934,10 +685,10 @@ std::vector<Session> SessionStore::Impl::list_user(std::string_view user_id,
 std::size_t SessionStore::Impl::purge_expired() {
   std::size_t removed = 0;
   {
-    const std::lock_guard<std::mutex> lock(write_mutex_);
+    const MutexLock lock(writes_.mutex());
     const std::int64_t at = now();
-    flush_pending_deletes();
-    removed = write([&] { return backend_->remove_expired(at); });
+    writes_.settle();
+    removed = writes_.run([&] { return backend_->remove_expired(at); });
     cache_.erase_expired(at);
     rotated_ids_.forget_expired(at);
   }
@@ -946,13 +697,10 @@ std::size_t SessionStore::Impl::purge_expired() {
 }
 
 // ------------------------------------------------------------------------------------------------
-// The reaper
+// The reaper's run
 //
-// Wakes every reaper_interval and deletes expired rows in statements of at most
-// reaper_batch_size rows, releasing write_mutex_ (and so the database's write lock) between
-// batches, so creates and revokes interleave with a purge of millions of rows: expired sessions
-// first, then expired rotated ids. The cache is swept once at the end: expired entries are never
-// returned, so they may stay a little longer.
+// The cache is swept once at the end: expired entries are never returned, so they may stay a
+// little longer.
 // ------------------------------------------------------------------------------------------------
 
 std::size_t SessionStore::Impl::purge_in_batches() {
@@ -963,18 +711,20 @@ std::size_t SessionStore::Impl::purge_in_batches() {
     for (;;) {
       std::size_t removed = 0;
       {
-        const std::lock_guard<std::mutex> lock(write_mutex_);
-        flush_pending_deletes();
-        removed = write(remove_batch);
+        const MutexLock lock(writes_.mutex());
+        writes_.settle();
+        removed = writes_.run(remove_batch);
       }
       total += removed;
-      if (removed < batch || stopping_) return total;
+      if (removed < batch || reaper_->stopping()) return total;
     }
   };
   const std::size_t total = in_batches([&] { return backend_->remove_expired_batch(at, batch); });
-  if (!stopping_) in_batches([&] { return backend_->remove_expired_rotated(at, batch); });
+  if (!reaper_->stopping()) {
+    in_batches([&] { return backend_->remove_expired_rotated(at, batch); });
+  }
   {
-    const std::lock_guard<std::mutex> lock(write_mutex_);
+    const MutexLock lock(writes_.mutex());
     cache_.erase_expired(at);
     rotated_ids_.forget_expired(at);
   }
@@ -982,35 +732,29 @@ std::size_t SessionStore::Impl::purge_in_batches() {
   return total;
 }
 
-void SessionStore::Impl::reaper_loop() {
-  std::unique_lock<std::mutex> lock(reaper_mutex_);
-  while (
-      !reaper_wake_.wait_for(lock, options_.reaper_interval, [this] { return reaper_stopping_; })) {
-    lock.unlock();
-    // A failure is retried next interval; it is counted, and told to the listener, so that a
-    // reaper that keeps failing (a full disk, a lost server) is seen.
-    bool failed = false;
-    SessionEvent failure = SessionEvent::with_detail(SessionEventType::kReaperFailed, {});
+// A failure is retried next interval; it is counted, and told to the listener, so that a reaper
+// that keeps failing (a full disk, a lost server) is seen.
+void SessionStore::Impl::reap() noexcept {
+  bool failed = false;
+  SessionEvent failure = SessionEvent::with_detail(SessionEventType::kReaperFailed, {});
+  try {
+    purge_in_batches();
+  } catch (const std::exception& error) {
+    failed = true;
     try {
-      purge_in_batches();
-    } catch (const std::exception& error) {
-      failed = true;
-      try {
-        failure.detail = error.what();
-      } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: the event goes without it
-      }
-    } catch (...) {
-      failed = true;
+      failure.detail = error.what();
+    } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory: the event goes without it
     }
-    if (failed) {
-      ++reaper_failures_;
-      emit(failure);
-    }
-    lock.lock();
+  } catch (...) {
+    failed = true;
+  }
+  if (failed) {
+    ++reaper_failures_;
+    emit(failure);
   }
 }
 
-std::size_t SessionStore::Impl::size() { return cache_.size(); }
+std::size_t SessionStore::Impl::size() const { return cache_.size(); }
 
 StoreStats SessionStore::Impl::stats() {
   StoreStats stats;
@@ -1018,12 +762,11 @@ StoreStats SessionStore::Impl::stats() {
   stats.users = cache_.users();
   stats.cache_hits = cache_hits_.total();
   stats.cache_misses = cache_misses_.total();
-  stats.writes = writes_;
-  stats.write_failures = write_failures_;
+  stats.writes = writes_.writes();
+  stats.write_failures = writes_.failures();
   stats.skipped_rows = skipped_rows_;
   stats.reaper_failures = reaper_failures_;
-  const std::lock_guard<std::mutex> lock(last_error_mutex_);
-  stats.last_error = last_error_;
+  stats.last_error = writes_.last_error();
   return stats;
 }
 
