@@ -5,7 +5,8 @@
 # 60 s each with a fixed seed (scripts/fuzz.sh --seed 1 60), the benchmark's smoke run
 # (scripts/bench.sh --quick) and validate()'s timing test (bench/validate_timing, 10^6 samples: its
 # PASS or FAIL line is a figure to read, not an assertion, as timed assertions fail on noisy
-# machines), and finally scripts/lint.sh. A failed stage does not stop the others (only the rest of its preset is
+# machines), and finally scripts/lint.sh and scripts/thread-safety.sh (Clang's analysis of the
+# annotated lock rules). A failed stage does not stop the others (only the rest of its preset is
 # skipped); a summary with each stage's result and time comes last, and the exit status is
 # non-zero if any stage failed.
 #
@@ -13,7 +14,7 @@
 #   --quick       the dev preset only: no fuzzing, benchmark or lint (the fast loop while editing)
 #   --no-deps     skip scripts/install-deps.sh
 #   --no-pg       do not start PostgreSQL (PYLON_TEST_DATABASE_URL stays as it is)
-#   --no-lint     skip scripts/lint.sh
+#   --no-lint     skip scripts/lint.sh and scripts/thread-safety.sh
 #   --no-fuzz     skip scripts/fuzz.sh
 #   --no-bench    skip the benchmark smoke run and the timing test
 #   --fail-fast   stop at the first failed stage
@@ -204,6 +205,7 @@ fi
 # ---- lint ---------------------------------------------------------------------------------------
 if ((run_lint)); then
   stage lint bash scripts/lint.sh || true
+  stage "thread-safety" bash scripts/thread-safety.sh || true
 fi
 
 summary
