@@ -257,24 +257,6 @@ namespace {
 using Connection = std::unique_ptr<sqlite3, detail::FreeWith<sqlite3_close_v2>>;
 using Statement = std::unique_ptr<sqlite3_stmt, detail::FreeWith<sqlite3_finalize>>;
 
-// Resets a reused statement however the scope ends: a statement left mid-step would keep its
-// read transaction (and so the WAL) pinned.
-class StatementReset {
- public:
-  explicit StatementReset(sqlite3_stmt* statement) noexcept : statement_(statement) {}
-  ~StatementReset() {
-    sqlite3_reset(statement_);
-    sqlite3_clear_bindings(statement_);
-  }
-  StatementReset(const StatementReset&) = delete;
-  StatementReset& operator=(const StatementReset&) = delete;
-  StatementReset(StatementReset&&) = delete;
-  StatementReset& operator=(StatementReset&&) = delete;
-
- private:
-  sqlite3_stmt* statement_;
-};
-
 ErrorCode error_code_for_sqlite(int result) noexcept {
   switch (result & 0xFF) {
     case SQLITE_FULL:
@@ -606,25 +588,9 @@ class SqliteBackend final : public SessionBackend {
   std::vector<std::string> table_columns(const char* table, bool with_types = true);
   int applied_schema_version();
 
-  void bind_text(sqlite3_stmt* statement, int index, std::string_view text) const;
-  void bind_optional_text(sqlite3_stmt* statement, int index,
-                          const std::optional<std::string>& text) const;
-  std::size_t run_delete(sqlite3_stmt* statement, const std::string& action);
-  // Steps a statement that returns `id, user_id` rows (DELETE ... RETURNING) to its end.
-  std::vector<RemovedSession> run_returning_removed(sqlite3_stmt* statement,
-                                                    const std::string& action);
-  // Steps a statement that returns at most one session row (... RETURNING every column) to its
-  // end; the row, or nullopt when it returned none.
-  std::optional<Session> run_returning_session(sqlite3_stmt* statement, const char* action);
-  void bind_int64(sqlite3_stmt* statement, int index, std::int64_t value) const {
-    check(sqlite3_bind_int64(statement, index, value), "cannot bind a value for");
-  }
-  void bind_session(sqlite3_stmt* statement, const Session& session);
-  void step_done(sqlite3_stmt* statement, const char* action);
-  // Runs `body` between BEGIN IMMEDIATE and COMMIT, the caller holding mutex_. If `body` returns
-  // false or anything throws, the transaction is rolled back and nothing was written.
-  template <typename Body>
-  bool in_transaction(const char* action, Body&& body);
+  // A prepared statement in use, and a transaction; see "Statements in use" below.
+  class Use;
+  class Transaction;
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
@@ -653,6 +619,144 @@ class SqliteBackend final : public SessionBackend {
   Statement delete_expired_rotated_batch_;
   // remove_matching()'s DELETE for each combination of filter fields, prepared on first use.
   std::array<Statement, 32> delete_matching_;
+};
+
+// ------------------------------------------------------------------------------------------------
+// Statements in use
+//
+// Use is one prepared statement in use: typed binds that check their result once, next_row() and
+// run() that step it and fail with the path and SQLite's message, and a reset (bindings cleared)
+// however the scope ends, so a statement left mid-step never keeps its read transaction (and so
+// the WAL) pinned. Transaction is BEGIN IMMEDIATE ... COMMIT that rolls back unless committed.
+// ------------------------------------------------------------------------------------------------
+
+class SqliteBackend::Use {
+ public:
+  Use(const SqliteBackend& backend, const Statement& statement, const char* action)
+      : backend_(backend), statement_(statement.get()), action_(action) {}
+  ~Use() {
+    sqlite3_reset(statement_);
+    sqlite3_clear_bindings(statement_);
+  }
+  Use(const Use&) = delete;
+  Use& operator=(const Use&) = delete;
+  Use(Use&&) = delete;
+  Use& operator=(Use&&) = delete;
+
+  Use& bind(int index, std::string_view text) {
+    if (text.size() > static_cast<std::size_t>(INT_MAX)) {
+      throw Error(ErrorCode::kInvalidArgument, "a session field is larger than SQLite can bind");
+    }
+    return checked(sqlite3_bind_text(statement_, index, text.data(), static_cast<int>(text.size()),
+                                     SQLITE_STATIC));
+  }
+  Use& bind(int index, const std::optional<std::string>& text) {
+    return text ? bind(index, std::string_view(*text))
+                : checked(sqlite3_bind_null(statement_, index));
+  }
+  Use& bind(int index, std::int64_t value) {
+    return checked(sqlite3_bind_int64(statement_, index, value));
+  }
+  Use& bind(int index, std::size_t count) {
+    return bind(index, static_cast<std::int64_t>(std::min<std::size_t>(count, INT64_MAX)));
+  }
+  // Bytes as a BLOB; an empty one is still a blob, not NULL (bind_zeroblob(0) gives x'').
+  Use& bind_blob(int index, std::string_view bytes) {
+    if (bytes.size() > static_cast<std::size_t>(INT_MAX)) {
+      throw Error(ErrorCode::kInvalidArgument, "session data is larger than SQLite can store");
+    }
+    return checked(bytes.empty()
+                       ? sqlite3_bind_zeroblob(statement_, index, 0)
+                       : sqlite3_bind_blob(statement_, index, bytes.data(),
+                                           static_cast<int>(bytes.size()), SQLITE_STATIC));
+  }
+  // Every column of a session, as PYLON_SQLITE_SESSION_COLUMNS lists them, from ?1 to ?11.
+  Use& bind(const Session& session) {
+    bind(1, std::string_view(session.id)).bind(2, std::string_view(session.user_id));
+    bind(3, session.tenant_id).bind(4, session.created_at).bind(5, session.expires_at);
+    bind(6, session.last_seen_at).bind(7, session.absolute_expires_at);
+    bind(8, session.device).bind(9, session.ip).bind_blob(10, session.data);
+    return bind(11, session.idp_session_id);
+  }
+
+  // Steps once: true with a row to read, false when the statement is done.
+  bool next_row() {
+    const int step = sqlite3_step(statement_);
+    if (step == SQLITE_ROW) return true;
+    if (step != SQLITE_DONE) backend_.fail(step, action_);
+    return false;
+  }
+  // Steps to the end (reading no rows); the number of rows it changed.
+  std::size_t run() {
+    while (next_row()) {
+    }
+    return static_cast<std::size_t>(sqlite3_changes64(backend_.db_.get()));
+  }
+  // Steps to the end, collecting the `id, user_id` rows a DELETE ... RETURNING gives.
+  std::vector<RemovedSession> removed_rows() {
+    std::vector<RemovedSession> removed;
+    while (next_row()) {
+      RemovedSession row;
+      assign_column_text(statement_, 0, row.id);
+      assign_column_text(statement_, 1, row.user_id);
+      removed.push_back(std::move(row));
+    }
+    return removed;
+  }
+  // Steps to the end; the one session row it gave (every column), or nullopt.
+  std::optional<Session> session_row() {
+    std::optional<Session> row;
+    while (next_row()) read_session_row(statement_, row.emplace());
+    return row;
+  }
+  sqlite3_stmt* get() const { return statement_; }
+
+ private:
+  Use& checked(int result) {
+    if (result != SQLITE_OK) backend_.fail(result, "cannot bind a value for");
+    return *this;
+  }
+
+  const SqliteBackend& backend_;
+  sqlite3_stmt* statement_;
+  const char* action_;
+};
+
+class SqliteBackend::Transaction {
+ public:
+  // Before prepare_statements() (migrations), BEGIN and COMMIT are run as plain SQL.
+  Transaction(SqliteBackend& backend, const char* action) : backend_(backend), action_(action) {
+    if (backend_.begin_) {
+      Use(backend_, backend_.begin_, action_).run();
+    } else {
+      backend_.exec("BEGIN IMMEDIATE", action_);
+    }
+  }
+  // Nothing was acknowledged: roll back, so the connection is usable again. A failed COMMIT
+  // leaves the transaction open; if SQLite already rolled back on its own, this is a no-op.
+  ~Transaction() {
+    if (!committed_ && sqlite3_get_autocommit(backend_.db_.get()) == 0) {
+      sqlite3_exec(backend_.db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+  }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+  Transaction(Transaction&&) = delete;
+  Transaction& operator=(Transaction&&) = delete;
+
+  void commit() {
+    if (backend_.commit_) {
+      Use(backend_, backend_.commit_, action_).run();
+    } else {
+      backend_.exec("COMMIT", action_);
+    }
+    committed_ = true;
+  }
+
+ private:
+  SqliteBackend& backend_;
+  const char* action_;
+  bool committed_ = false;
 };
 
 SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
@@ -722,15 +826,10 @@ Statement SqliteBackend::prepare(const char* sql, unsigned int flags, const char
 }
 
 bool SqliteBackend::table_exists(const char* name, std::string* type) {
-  Statement query = prepare("SELECT type FROM sqlite_schema WHERE name = ?1", 0);
-  check(sqlite3_bind_text(query.get(), 1, name, -1, SQLITE_STATIC), "cannot read the schema of");
-  const int step = sqlite3_step(query.get());
-  if (step == SQLITE_DONE) return false;
-  if (step != SQLITE_ROW) fail(step, "cannot read the schema of");
-  if (type != nullptr) {
-    const unsigned char* text = sqlite3_column_text(query.get(), 0);
-    *type = text == nullptr ? std::string() : reinterpret_cast<const char*>(text);  // NOLINT
-  }
+  const Statement query = prepare("SELECT type FROM sqlite_schema WHERE name = ?1", 0);
+  Use use(*this, query, "cannot read the schema of");
+  if (!use.bind(1, std::string_view(name)).next_row()) return false;
+  if (type != nullptr) assign_column_text(use.get(), 0, *type);
   return true;
 }
 
@@ -740,32 +839,28 @@ std::vector<std::string> SqliteBackend::table_columns(const char* table, bool wi
       prepare(with_types ? "SELECT name || ' ' || upper(type) FROM pragma_table_info(?1) ORDER BY 1"
                          : "SELECT name FROM pragma_table_info(?1) ORDER BY 1",
               0);
-  check(sqlite3_bind_text(query.get(), 1, table, -1, SQLITE_STATIC), "cannot read the schema of");
+  Use use(*this, query, "cannot read the schema of");
+  use.bind(1, std::string_view(table));
   std::vector<std::string> columns;
-  for (int step = sqlite3_step(query.get()); step != SQLITE_DONE;
-       step = sqlite3_step(query.get())) {
-    if (step != SQLITE_ROW) fail(step, "cannot read the schema of");
-    const unsigned char* text = sqlite3_column_text(query.get(), 0);
-    columns.emplace_back(text == nullptr ? "" : reinterpret_cast<const char*>(text));  // NOLINT
-  }
+  while (use.next_row()) assign_column_text(use.get(), 0, columns.emplace_back());
   return columns;
 }
 
 int SqliteBackend::applied_schema_version() {
   if (!table_exists("_pylon_schema_migrations")) return 0;
-  Statement query = prepare("SELECT coalesce(max(version), 0) FROM _pylon_schema_migrations", 0);
-  const int step = sqlite3_step(query.get());
-  if (step != SQLITE_ROW) fail(step, "cannot read the schema version of");
-  const sqlite3_int64 version = sqlite3_column_int64(query.get(), 0);
+  const Statement query =
+      prepare("SELECT coalesce(max(version), 0) FROM _pylon_schema_migrations", 0);
+  Use use(*this, query, "cannot read the schema version of");
+  if (!use.next_row()) return 0;
+  const sqlite3_int64 version = sqlite3_column_int64(use.get(), 0);
   return static_cast<int>(std::clamp<sqlite3_int64>(version, 0, INT_MAX));
 }
 
 void SqliteBackend::probe() {
   // Reading the schema forces SQLite to parse the header and the first page: this is where a
   // file of random bytes or another format is caught (SQLITE_NOTADB), before anything is written.
-  Statement query = prepare("SELECT count(*) FROM sqlite_schema", 0, "cannot read");
-  const int step = sqlite3_step(query.get());
-  if (step != SQLITE_ROW) fail(step, "cannot read");
+  const Statement query = prepare("SELECT count(*) FROM sqlite_schema", 0, "cannot read");
+  Use(*this, query, "cannot read").run();
 }
 
 void SqliteBackend::check_schema_version_and_shape() {
@@ -823,34 +918,33 @@ const std::vector<std::array<const char*, 4>>& expected_indexes() {
 }
 
 void SqliteBackend::check_keys_and_indexes(const char* table, int version) {
-  Statement key = prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk", 0);
-  check(sqlite3_bind_text(key.get(), 1, table, -1, SQLITE_STATIC), "cannot read the schema of");
+  const char* action = "cannot read the schema of";
+  const Statement key =
+      prepare("SELECT name FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk", 0);
   std::string primary_key;
-  for (int step = sqlite3_step(key.get()); step != SQLITE_DONE; step = sqlite3_step(key.get())) {
-    if (step != SQLITE_ROW) fail(step, "cannot read the schema of");
-    const unsigned char* name = sqlite3_column_text(key.get(), 0);
-    primary_key +=
-        (primary_key.empty() ? "" : ", ") +
-        std::string(name == nullptr ? "" : reinterpret_cast<const char*>(name));  // NOLINT
+  {
+    Use use(*this, key, action);
+    use.bind(1, std::string_view(table));
+    std::string name;
+    while (use.next_row()) {
+      assign_column_text(use.get(), 0, name);
+      primary_key += (primary_key.empty() ? "" : ", ") + name;
+    }
   }
   if (primary_key != "id") {
     refuse_table(std::string("has a ") + table + " table whose primary key is (" + primary_key +
                  "), not (id)");
   }
-  Statement index = prepare(
+  const Statement index = prepare(
       "SELECT count(*) FROM pragma_index_list(?1) AS list, pragma_index_info(list.name) AS info "
       "WHERE list.name = ?2 AND info.seqno = 0 AND info.name = ?3",
       0);
   for (const auto& [owner, name, column, since] : expected_indexes()) {
     if (std::string_view(owner) != table || version < std::atoi(since)) continue;  // NOLINT
-    const StatementReset reset(index.get());
-    check(sqlite3_bind_text(index.get(), 1, table, -1, SQLITE_STATIC), "cannot read the schema of");
-    check(sqlite3_bind_text(index.get(), 2, name, -1, SQLITE_STATIC), "cannot read the schema of");
-    check(sqlite3_bind_text(index.get(), 3, column, -1, SQLITE_STATIC),
-          "cannot read the schema of");
-    const int step = sqlite3_step(index.get());
-    if (step != SQLITE_ROW) fail(step, "cannot read the schema of");
-    if (sqlite3_column_int(index.get(), 0) != 1) {
+    Use use(*this, index, action);
+    use.bind(1, std::string_view(table)).bind(2, std::string_view(name));
+    if (!use.bind(3, std::string_view(column)).next_row() ||
+        sqlite3_column_int(use.get(), 0) != 1) {
       refuse_table(std::string("has a ") + table + " table without the index " + name + " on (" +
                    column + ") that its schema version " + std::to_string(version) + " promises");
     }
@@ -905,22 +999,19 @@ void SqliteBackend::set_pragmas(const SqliteOptions& options) {
   // finishes (found by tests/faults/io_error_test.cpp with an injected fdatasync failure): so
   // the statement is stepped to its end and checked, and the mode is read back afterwards.
   {
-    Statement wal = prepare("PRAGMA journal_mode = WAL", 0);
-    int step = sqlite3_step(wal.get());
-    while (step == SQLITE_ROW) step = sqlite3_step(wal.get());
-    if (step != SQLITE_DONE) fail(step, "cannot switch to WAL mode");
+    const Statement wal = prepare("PRAGMA journal_mode = WAL", 0);
+    Use(*this, wal, "cannot switch to WAL mode").run();
   }
-  Statement query = prepare("PRAGMA journal_mode", 0);
-  const int step = sqlite3_step(query.get());
-  if (step != SQLITE_ROW) fail(step, "cannot read the journal mode of");
-  const unsigned char* mode = sqlite3_column_text(query.get(), 0);
-  const std::string mode_text =
-      mode == nullptr ? "" : reinterpret_cast<const char*>(mode);  // NOLINT
+  std::string mode_text;
+  {
+    const Statement query = prepare("PRAGMA journal_mode", 0);
+    Use use(*this, query, "cannot read the journal mode of");
+    if (use.next_row()) assign_column_text(use.get(), 0, mode_text);
+  }
   if (mode_text != "wal" && mode_text != "memory") {
     throw Error(ErrorCode::kIo, "cannot switch " + shown_path_ + " to WAL mode (it stays in " +
                                     mode_text + " mode)");
   }
-  query.reset();
   exec(options.synchronous == SqliteSync::kFull ? "PRAGMA synchronous = FULL"
                                                 : "PRAGMA synchronous = NORMAL",
        "cannot set synchronous on");
@@ -972,47 +1063,40 @@ void SqliteBackend::migrate() {
   // NOLINTNEXTLINE(*-array-to-pointer-decay): the embedded array, see its declaration
   for (const detail::Migration& migration : kSqliteMigrations) {
     const std::string action = "migration " + std::string(migration.name) + " failed on";
-    exec("BEGIN IMMEDIATE", action);
-    try {
-      exec(
-          "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
-          " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
-          action);
-      if (applied_schema_version() >= migration.version) {
-        exec("COMMIT", action);
-        continue;
-      }
-      if (migration.version == 1 && adopt_pylon_table_ && table_exists("_pylon_sessions")) {
-        if (table_columns("_pylon_sessions", false).size() == 5) {  // pylon before tenant_id
-          exec("ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT", action);
-        }
-        exec("ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
-        adopted = true;
-      }
-      exec(migration.sql, action);
-      Statement record = prepare(
-          "INSERT INTO _pylon_schema_migrations (version, name, applied_at) "
-          "VALUES (?1, ?2, unixepoch())",
-          0);
-      check(sqlite3_bind_int(record.get(), 1, migration.version), action);
-      check(sqlite3_bind_text(record.get(), 2, migration.name, -1, SQLITE_STATIC), action);
-      const int step = sqlite3_step(record.get());
-      if (step != SQLITE_DONE) fail(step, action);
-      exec("COMMIT", action);
-    } catch (...) {
-      // Nothing of the migration was committed; ROLLBACK can only fail if SQLite already rolled
-      // back on its own (after SQLITE_FULL, say), which is the outcome we want anyway.
-      sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-      throw;
+    // Nothing of a migration that fails is committed: the Transaction rolls it back.
+    Transaction transaction(*this, action.c_str());
+    exec(
+        "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL)",
+        action);
+    if (applied_schema_version() >= migration.version) {
+      transaction.commit();
+      continue;
     }
+    if (migration.version == 1 && adopt_pylon_table_ && table_exists("_pylon_sessions")) {
+      if (table_columns("_pylon_sessions", false).size() == 5) {  // pylon before tenant_id
+        exec("ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT", action);
+      }
+      exec("ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
+      adopted = true;
+    }
+    exec(migration.sql, action);
+    const Statement record = prepare(
+        "INSERT INTO _pylon_schema_migrations (version, name, applied_at) "
+        "VALUES (?1, ?2, unixepoch())",
+        0);
+    Use(*this, record, action.c_str())
+        .bind(1, std::int64_t{migration.version})
+        .bind(2, std::string_view(migration.name))
+        .run();
+    transaction.commit();
   }
 
   if (adopted) {
     exec("VACUUM", "cannot VACUUM the adopted pylon table out of");
-    Statement checkpoint = prepare("PRAGMA wal_checkpoint(TRUNCATE)", 0);
-    const int step = sqlite3_step(checkpoint.get());
-    if (step != SQLITE_ROW) fail(step, "cannot checkpoint the WAL of");
-    if (sqlite3_column_int(checkpoint.get(), 0) != 0) {
+    const Statement checkpoint = prepare("PRAGMA wal_checkpoint(TRUNCATE)", 0);
+    Use use(*this, checkpoint, "cannot checkpoint the WAL of");
+    if (!use.next_row() || sqlite3_column_int(use.get(), 0) != 0) {
       throw Error(ErrorCode::kBusy,
                   "adopted pylon's sessions in " + shown_path_ +
                       " but another connection kept the WAL from being truncated; open the "
@@ -1092,23 +1176,9 @@ void SqliteBackend::prepare_statements() {
       kPersistent);
 }
 
-void SqliteBackend::bind_text(sqlite3_stmt* statement, int index, std::string_view text) const {
-  if (text.size() > static_cast<std::size_t>(INT_MAX)) {
-    throw Error(ErrorCode::kInvalidArgument, "a session field is larger than SQLite can bind");
-  }
-  check(sqlite3_bind_text(statement, index, text.data(), static_cast<int>(text.size()),
-                          SQLITE_STATIC),
-        "cannot bind a value for");
-}
-
-void SqliteBackend::bind_optional_text(sqlite3_stmt* statement, int index,
-                                       const std::optional<std::string>& text) const {
-  if (text) {
-    bind_text(statement, index, *text);
-  } else {
-    check(sqlite3_bind_null(statement, index), "cannot bind a value for");
-  }
-}
+// ------------------------------------------------------------------------------------------------
+// The calls
+// ------------------------------------------------------------------------------------------------
 
 std::vector<Session> SqliteBackend::load_all() {
   std::vector<Session> sessions;
@@ -1120,14 +1190,17 @@ std::vector<Session> SqliteBackend::load_all() {
 // million rows allocates for the cache, not for the rows on their way into it.
 void SqliteBackend::load_each(const std::function<void(const Session&)>& visit) {
   const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* query = select_all_.get();
-  const StatementReset reset(query);
+  Use query(*this, select_all_, "cannot load sessions from");
   Session session;
-  for (int step = sqlite3_step(query); step != SQLITE_DONE; step = sqlite3_step(query)) {
-    if (step != SQLITE_ROW) fail(step, "cannot load sessions from");
-    read_session_row(query, session);
+  while (query.next_row()) {
+    read_session_row(query.get(), session);
     visit(session);
   }
+}
+
+std::optional<Session> SqliteBackend::load_one(std::string_view id) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return Use(*this, select_one_, "cannot read a session from").bind(1, id).session_row();
 }
 
 // The checks of every write: storable text fields, and a blob SQLite can bind.
@@ -1141,90 +1214,106 @@ void check_sqlite_storable(const Session& session) {
 void SqliteBackend::save(const Session& session) {
   check_sqlite_storable(session);
   const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* upsert = upsert_.get();
-  const StatementReset reset(upsert);
-  bind_session(upsert, session);
-  step_done(upsert, "cannot save a session to");
+  Use(*this, upsert_, "cannot save a session to").bind(session).run();
 }
 
-void SqliteBackend::save_batch(const std::vector<Session>& sessions) {
+void SqliteBackend::save_batch(const std::vector<Session>& sessions) { insert_new(sessions, 0); }
+
+// The creates and the evictions they cause share one BEGIN IMMEDIATE transaction: SQLite's write
+// lock makes counting, evicting and inserting one step for every connection to the file, so the
+// cap holds across processes, and a failed create evicts nothing.
+std::vector<RemovedSession> SqliteBackend::insert_new(const std::vector<Session>& sessions,
+                                                      std::size_t max_per_user) {
   for (const Session& session : sessions) check_sqlite_storable(session);
-  if (sessions.empty()) return;
+  std::vector<RemovedSession> evicted;
+  if (sessions.empty()) return evicted;
+  const char* action = "cannot save sessions to";
   const std::lock_guard<std::mutex> lock(mutex_);
-  in_transaction("cannot save sessions to", [&] {
+  if (max_per_user == 0 && sessions.size() == 1) {
+    Use(*this, upsert_, action).bind(sessions.front()).run();  // its own transaction
+    return evicted;
+  }
+  Transaction transaction(*this, action);
+  for (const Session& session : sessions) Use(*this, upsert_, action).bind(session).run();
+  if (max_per_user > 0) {
+    // Each (user, tenant) of the batch once.
+    std::vector<const Session*> owners;
     for (const Session& session : sessions) {
-      const StatementReset reset(upsert_.get());
-      bind_session(upsert_.get(), session);
-      step_done(upsert_.get(), "cannot save sessions to");
+      const bool seen = std::any_of(owners.begin(), owners.end(), [&](const Session* other) {
+        return other->user_id == session.user_id && other->tenant_id == session.tenant_id;
+      });
+      if (!seen) owners.push_back(&session);
     }
-    return true;
-  });
+    for (const Session* owner : owners) {
+      std::vector<RemovedSession> removed = Use(*this, evict_beyond_cap_, action)
+                                                .bind(1, std::string_view(owner->user_id))
+                                                .bind(2, owner->tenant_id)
+                                                .bind(3, max_per_user)
+                                                .removed_rows();
+      std::move(removed.begin(), removed.end(), std::back_inserter(evicted));
+    }
+  }
+  transaction.commit();
+  return evicted;
 }
 
-template <typename Body>
-bool SqliteBackend::in_transaction(const char* action, Body&& body) {
-  {
-    const StatementReset reset(begin_.get());
-    step_done(begin_.get(), action);
-  }
-  try {
-    if (!body()) {
-      sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-      return false;
-    }
-    const StatementReset reset(commit_.get());
-    step_done(commit_.get(), action);
-  } catch (...) {
-    // Nothing was acknowledged. A failed COMMIT leaves the transaction open; roll it back so the
-    // connection is usable. If SQLite already rolled back on its own, this is a no-op.
-    if (sqlite3_get_autocommit(db_.get()) == 0) {
-      sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
-    }
-    throw;
-  }
+// An update that never re-inserts a row deleted meanwhile: the delete finds nothing and the whole
+// transaction is rolled back.
+bool SqliteBackend::replace(std::string_view old_id, const Session& replacement) {
+  check_sqlite_storable(replacement);
+  const char* action = "cannot rotate a session in";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Transaction transaction(*this, action);
+  if (Use(*this, delete_by_id_, action).bind(1, old_id).run() == 0) return false;
+  Use(*this, upsert_, action).bind(replacement).run();
+  transaction.commit();
   return true;
 }
 
-void SqliteBackend::bind_session(sqlite3_stmt* statement, const Session& session) {
-  bind_text(statement, 1, session.id);
-  bind_text(statement, 2, session.user_id);
-  bind_optional_text(statement, 3, session.tenant_id);
-  check(sqlite3_bind_int64(statement, 4, session.created_at), "cannot bind a value for");
-  check(sqlite3_bind_int64(statement, 5, session.expires_at), "cannot bind a value for");
-  check(sqlite3_bind_int64(statement, 6, session.last_seen_at), "cannot bind a value for");
-  check(sqlite3_bind_int64(statement, 7, session.absolute_expires_at), "cannot bind a value for");
-  bind_optional_text(statement, 8, session.device);
-  bind_optional_text(statement, 9, session.ip);
-  // A zero-length blob must still be a blob, not NULL: bind_zeroblob(0) gives x''.
-  check(session.data.empty()
-            ? sqlite3_bind_zeroblob(statement, 10, 0)
-            : sqlite3_bind_blob(statement, 10, session.data.data(),
-                                static_cast<int>(session.data.size()), SQLITE_STATIC),
-        "cannot bind a value for");
-  bind_optional_text(statement, 11, session.idp_session_id);
-}
-
-void SqliteBackend::step_done(sqlite3_stmt* statement, const char* action) {
-  const int step = sqlite3_step(statement);
-  if (step != SQLITE_DONE) fail(step, action);
-}
-
-// Rotation: the delete of the old id and the insert of the new one commit together or not at
-// all, so no reader, here or in another process, ever sees both tokens valid or neither.
-bool SqliteBackend::replace(std::string_view old_id, const Session& replacement) {
-  check_sqlite_storable(replacement);
+std::optional<Session> SqliteBackend::touch(std::string_view id, std::int64_t last_seen_at,
+                                            std::int64_t expires_at) {
   const std::lock_guard<std::mutex> lock(mutex_);
-  return in_transaction("cannot rotate a session in", [&] {
-    {
-      const StatementReset reset(delete_by_id_.get());
-      bind_text(delete_by_id_.get(), 1, old_id);
-      if (run_delete(delete_by_id_.get(), "cannot rotate a session in") == 0) return false;
-    }
-    const StatementReset reset(upsert_.get());
-    bind_session(upsert_.get(), replacement);
-    step_done(upsert_.get(), "cannot rotate a session in");
-    return true;
-  });
+  return Use(*this, touch_, "cannot slide a session's expiry in")
+      .bind(1, id)
+      .bind(2, last_seen_at)
+      .bind(3, expires_at)
+      .session_row();
+}
+
+std::optional<Session> SqliteBackend::update_data(std::string_view id, std::string_view data) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return Use(*this, update_data_, "cannot update a session's data in")
+      .bind(1, id)
+      .bind_blob(2, data)
+      .session_row();
+}
+
+// Rotation: the rotated-id record, the successor (copied from the stored row, in SQL) and the
+// delete of the old row commit together or not at all, so no reader, here or in another
+// process, ever sees both tokens valid or neither.
+std::optional<Session> SqliteBackend::rotate(std::string_view old_id, std::string_view new_id,
+                                             std::int64_t now) {
+  // The new row's id is the one field of it the caller gives: checked as save() checks an id.
+  if (!is_well_formed_session_id(new_id)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
+  }
+  if (new_id == old_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "a rotated session needs a new id: the new id is the old one");
+  }
+  const char* action = "cannot rotate a session in";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Transaction transaction(*this, action);
+  if (Use(*this, record_rotated_, action).bind(1, old_id).bind(2, new_id).bind(3, now).run() == 0) {
+    return std::nullopt;  // no live row `old_id`
+  }
+  std::optional<Session> successor =
+      Use(*this, copy_as_successor_, action).bind(1, old_id).bind(2, new_id).session_row();
+  if (!successor) return std::nullopt;
+  Use(*this, delete_by_id_, action).bind(1, old_id).run();
+  transaction.commit();
+  return successor;
 }
 
 // One DELETE per combination of set fields, so every one is a plain indexed equality (an
@@ -1259,236 +1348,63 @@ std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& 
     sql.append(" RETURNING id, user_id");
     statement = prepare(sql.c_str(), SQLITE_PREPARE_PERSISTENT);
   }
-  const StatementReset reset(statement.get());
+  Use use(*this, statement, "cannot delete sessions from");
   int index = 1;
   for (const auto& field : fields) {
-    if (field.first->has_value()) bind_text(statement.get(), index++, **field.first);
+    if (field.first->has_value()) use.bind(index++, std::string_view(**field.first));
   }
-  return run_returning_removed(statement.get(), "cannot delete sessions from");
-}
-
-std::size_t SqliteBackend::remove_expired_batch(std::int64_t now, std::size_t limit) {
-  const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* statement = delete_expired_batch_.get();
-  const StatementReset reset(statement);
-  check(sqlite3_bind_int64(statement, 1, now), "cannot bind a value for");
-  check(sqlite3_bind_int64(statement, 2,
-                           static_cast<sqlite3_int64>(std::min<std::size_t>(limit, INT64_MAX))),
-        "cannot bind a value for");
-  return run_delete(statement, "cannot delete expired sessions from");
-}
-
-std::size_t SqliteBackend::run_delete(sqlite3_stmt* statement, const std::string& action) {
-  const int step = sqlite3_step(statement);
-  if (step != SQLITE_DONE) fail(step, action);
-  return static_cast<std::size_t>(sqlite3_changes64(db_.get()));
+  return use.removed_rows();
 }
 
 bool SqliteBackend::remove(std::string_view id) {
   const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* statement = delete_by_id_.get();
-  const StatementReset reset(statement);
-  bind_text(statement, 1, id);
-  return run_delete(statement, "cannot delete a session from") > 0;
+  return Use(*this, delete_by_id_, "cannot delete a session from").bind(1, id).run() > 0;
 }
 
 std::size_t SqliteBackend::remove_user(std::string_view user_id) {
   const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* statement = delete_by_user_.get();
-  const StatementReset reset(statement);
-  bind_text(statement, 1, user_id);
-  return run_delete(statement, "cannot delete a user's sessions from");
+  return Use(*this, delete_by_user_, "cannot delete a user's sessions from").bind(1, user_id).run();
 }
 
 std::size_t SqliteBackend::remove_expired(std::int64_t now) {
   const char* action = "cannot delete expired sessions from";
   const std::lock_guard<std::mutex> lock(mutex_);
-  std::size_t removed = 0;
-  in_transaction(action, [&] {
-    {
-      const StatementReset reset(delete_expired_.get());
-      bind_int64(delete_expired_.get(), 1, now);
-      removed = run_delete(delete_expired_.get(), action);
-    }
-    const StatementReset reset(delete_expired_rotated_.get());
-    bind_int64(delete_expired_rotated_.get(), 1, now);
-    run_delete(delete_expired_rotated_.get(), action);
-    return true;
-  });
+  Transaction transaction(*this, action);
+  const std::size_t removed = Use(*this, delete_expired_, action).bind(1, now).run();
+  Use(*this, delete_expired_rotated_, action).bind(1, now).run();
+  transaction.commit();
   return removed;
 }
 
-std::vector<RemovedSession> SqliteBackend::run_returning_removed(sqlite3_stmt* statement,
-                                                                 const std::string& action) {
-  std::vector<RemovedSession> removed;
-  for (int step = sqlite3_step(statement); step != SQLITE_DONE; step = sqlite3_step(statement)) {
-    if (step != SQLITE_ROW) fail(step, action);
-    RemovedSession row;
-    assign_column_text(statement, 0, row.id);
-    assign_column_text(statement, 1, row.user_id);
-    removed.push_back(std::move(row));
-  }
-  return removed;
-}
-
-std::optional<Session> SqliteBackend::run_returning_session(sqlite3_stmt* statement,
-                                                            const char* action) {
-  std::optional<Session> row;
-  for (int step = sqlite3_step(statement); step != SQLITE_DONE; step = sqlite3_step(statement)) {
-    if (step != SQLITE_ROW) fail(step, action);
-    read_session_row(statement, row.emplace());
-  }
-  return row;
-}
-
-std::optional<Session> SqliteBackend::load_one(std::string_view id) {
+std::size_t SqliteBackend::remove_expired_batch(std::int64_t now, std::size_t limit) {
   const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* query = select_one_.get();
-  const StatementReset reset(query);
-  bind_text(query, 1, id);
-  return run_returning_session(query, "cannot read a session from");
-}
-
-// The creates and the evictions they cause share one BEGIN IMMEDIATE transaction: SQLite's write
-// lock makes counting, evicting and inserting one step for every connection to the file, so the
-// cap holds across processes, and a failed create evicts nothing.
-std::vector<RemovedSession> SqliteBackend::insert_new(const std::vector<Session>& sessions,
-                                                      std::size_t max_per_user) {
-  for (const Session& session : sessions) check_sqlite_storable(session);
-  std::vector<RemovedSession> evicted;
-  if (sessions.empty()) return evicted;
-  const char* action = "cannot save sessions to";
-  const std::lock_guard<std::mutex> lock(mutex_);
-  const auto insert_all = [&] {
-    for (const Session& session : sessions) {
-      const StatementReset reset(upsert_.get());
-      bind_session(upsert_.get(), session);
-      step_done(upsert_.get(), action);
-    }
-  };
-  if (max_per_user == 0 && sessions.size() == 1) {
-    insert_all();  // one statement is its own transaction
-    return evicted;
-  }
-  in_transaction(action, [&] {
-    insert_all();
-    if (max_per_user == 0) return true;
-    std::vector<std::pair<std::string_view, const std::optional<std::string>*>> owners;
-    for (const Session& session : sessions) {
-      const std::pair<std::string_view, const std::optional<std::string>*> owner{
-          session.user_id, &session.tenant_id};
-      const bool seen = std::any_of(owners.begin(), owners.end(), [&](const auto& other) {
-        return other.first == owner.first && *other.second == *owner.second;
-      });
-      if (!seen) owners.push_back(owner);
-    }
-    for (const auto& [user_id, tenant_id] : owners) {
-      sqlite3_stmt* evict = evict_beyond_cap_.get();
-      const StatementReset reset(evict);
-      bind_text(evict, 1, user_id);
-      bind_optional_text(evict, 2, *tenant_id);
-      bind_int64(evict, 3,
-                 static_cast<std::int64_t>(std::min<std::size_t>(max_per_user, INT64_MAX)));
-      std::vector<RemovedSession> removed = run_returning_removed(evict, action);
-      std::move(removed.begin(), removed.end(), std::back_inserter(evicted));
-    }
-    return true;
-  });
-  return evicted;
-}
-
-std::optional<Session> SqliteBackend::touch(std::string_view id, std::int64_t last_seen_at,
-                                            std::int64_t expires_at) {
-  const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* statement = touch_.get();
-  const StatementReset reset(statement);
-  bind_text(statement, 1, id);
-  bind_int64(statement, 2, last_seen_at);
-  bind_int64(statement, 3, expires_at);
-  return run_returning_session(statement, "cannot slide a session's expiry in");
-}
-
-std::optional<Session> SqliteBackend::update_data(std::string_view id, std::string_view data) {
-  if (data.size() > static_cast<std::size_t>(INT_MAX)) {
-    throw Error(ErrorCode::kInvalidArgument, "session data is larger than SQLite can store");
-  }
-  const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* statement = update_data_.get();
-  const StatementReset reset(statement);
-  bind_text(statement, 1, id);
-  // A zero-length blob must still be a blob, not NULL: bind_zeroblob(0) gives x''.
-  check(data.empty() ? sqlite3_bind_zeroblob(statement, 2, 0)
-                     : sqlite3_bind_blob(statement, 2, data.data(), static_cast<int>(data.size()),
-                                         SQLITE_STATIC),
-        "cannot bind a value for");
-  return run_returning_session(statement, "cannot update a session's data in");
-}
-
-// Rotation: the rotated-id record, the successor (copied from the stored row, in SQL) and the
-// delete of the old row commit together or not at all, so no reader, here or in another
-// process, ever sees both tokens valid or neither.
-std::optional<Session> SqliteBackend::rotate(std::string_view old_id, std::string_view new_id,
-                                             std::int64_t now) {
-  // The new row's id is the one field of it the caller gives: checked as save() checks an id.
-  if (!is_well_formed_session_id(new_id)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
-  }
-  if (new_id == old_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "a rotated session needs a new id: the new id is the old one");
-  }
-  const char* action = "cannot rotate a session in";
-  const std::lock_guard<std::mutex> lock(mutex_);
-  std::optional<Session> successor;
-  in_transaction(action, [&] {
-    {
-      sqlite3_stmt* record = record_rotated_.get();
-      const StatementReset reset(record);
-      bind_text(record, 1, old_id);
-      bind_text(record, 2, new_id);
-      bind_int64(record, 3, now);
-      if (run_delete(record, action) == 0) return false;  // no live row `old_id`
-    }
-    {
-      sqlite3_stmt* copy = copy_as_successor_.get();
-      const StatementReset reset(copy);
-      bind_text(copy, 1, old_id);
-      bind_text(copy, 2, new_id);
-      successor = run_returning_session(copy, action);
-    }
-    const StatementReset reset(delete_by_id_.get());
-    bind_text(delete_by_id_.get(), 1, old_id);
-    run_delete(delete_by_id_.get(), action);
-    return successor.has_value();
-  });
-  return successor;
+  return Use(*this, delete_expired_batch_, "cannot delete expired sessions from")
+      .bind(1, now)
+      .bind(2, limit)
+      .run();
 }
 
 void SqliteBackend::load_rotated_each(const std::function<void(const RotatedId&)>& visit) {
   const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* query = select_rotated_.get();
-  const StatementReset reset(query);
+  Use query(*this, select_rotated_, "cannot load rotated session ids from");
   RotatedId rotated;
-  for (int step = sqlite3_step(query); step != SQLITE_DONE; step = sqlite3_step(query)) {
-    if (step != SQLITE_ROW) fail(step, "cannot load rotated session ids from");
-    assign_column_text(query, 0, rotated.id);
-    assign_column_text(query, 1, rotated.replaced_by);
-    assign_column_text(query, 2, rotated.user_id);
-    assign_column_optional_text(query, 3, rotated.tenant_id);
-    rotated.rotated_at = sqlite3_column_int64(query, 4);
-    rotated.expires_at = sqlite3_column_int64(query, 5);
+  while (query.next_row()) {
+    assign_column_text(query.get(), 0, rotated.id);
+    assign_column_text(query.get(), 1, rotated.replaced_by);
+    assign_column_text(query.get(), 2, rotated.user_id);
+    assign_column_optional_text(query.get(), 3, rotated.tenant_id);
+    rotated.rotated_at = sqlite3_column_int64(query.get(), 4);
+    rotated.expires_at = sqlite3_column_int64(query.get(), 5);
     visit(rotated);
   }
 }
 
 std::size_t SqliteBackend::remove_expired_rotated(std::int64_t now, std::size_t limit) {
   const std::lock_guard<std::mutex> lock(mutex_);
-  sqlite3_stmt* statement = delete_expired_rotated_batch_.get();
-  const StatementReset reset(statement);
-  bind_int64(statement, 1, now);
-  bind_int64(statement, 2, static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
-  return run_delete(statement, "cannot delete expired rotated session ids from");
+  return Use(*this, delete_expired_rotated_batch_, "cannot delete expired rotated session ids from")
+      .bind(1, now)
+      .bind(2, limit)
+      .run();
 }
 
 }  // namespace
