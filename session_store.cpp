@@ -164,7 +164,7 @@ class SessionStore::Impl {
 
   NewSession create(std::string_view user_id, CreateOptions options);
   std::optional<Session> validate(std::string_view token);
-  std::optional<Session> find(std::string_view id);
+  std::optional<Session> find(std::string_view id) const;
   bool revoke_id(std::string_view id);
   std::size_t revoke_user(std::string_view user_id, const std::optional<std::string>& tenant);
   std::size_t revoke_others(std::string_view token);
@@ -177,7 +177,7 @@ class SessionStore::Impl {
                                  const std::optional<std::string>& tenant) const;
   std::size_t purge_expired();
   std::size_t size() const;
-  StoreStats stats();
+  StoreStats stats() const;
 
  private:
   using CreateQueue = detail::GroupCommit<QueuedCreate>;
@@ -223,8 +223,9 @@ class SessionStore::Impl {
 
   // The cache-line aligned members first: less padding.
   detail::SessionCache cache_;
-  StripedCounter cache_hits_;
-  StripedCounter cache_misses_;
+  // Counted by the read-only calls too.
+  mutable StripedCounter cache_hits_;
+  mutable StripedCounter cache_misses_;
 
   std::unique_ptr<SessionBackend> backend_;
   StoreOptions options_;
@@ -553,7 +554,7 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
   return result;
 }
 
-std::optional<Session> SessionStore::Impl::find(std::string_view id) {
+std::optional<Session> SessionStore::Impl::find(std::string_view id) const {
   if (!is_well_formed_session_id(id)) {
     cache_misses_.add();
     return std::nullopt;
@@ -756,7 +757,7 @@ void SessionStore::Impl::reap() noexcept {
 
 std::size_t SessionStore::Impl::size() const { return cache_.size(); }
 
-StoreStats SessionStore::Impl::stats() {
+StoreStats SessionStore::Impl::stats() const {
   StoreStats stats;
   stats.sessions = cache_.size();
   stats.users = cache_.users();
@@ -791,7 +792,7 @@ NewSession SessionStore::create(std::string_view user_id, CreateOptions options)
 std::optional<Session> SessionStore::validate(std::string_view token) {
   return impl_->validate(token);
 }
-std::optional<Session> SessionStore::find(std::string_view id) { return impl_->find(id); }
+std::optional<Session> SessionStore::find(std::string_view id) const { return impl_->find(id); }
 bool SessionStore::revoke(std::string_view token) {
   if (!is_well_formed_token(token)) return false;
   return impl_->revoke_id(session_id_for_token(token));
@@ -803,14 +804,15 @@ std::size_t SessionStore::revoke_user(std::string_view user_id) {
 std::size_t SessionStore::revoke_user(std::string_view user_id, std::string_view tenant_id) {
   return impl_->revoke_user(user_id, std::string(tenant_id));
 }
-std::vector<Session> SessionStore::list_user(std::string_view user_id) {
+std::vector<Session> SessionStore::list_user(std::string_view user_id) const {
   return impl_->list_user(user_id, std::nullopt);
 }
-std::vector<Session> SessionStore::list_user(std::string_view user_id, std::string_view tenant_id) {
+std::vector<Session> SessionStore::list_user(std::string_view user_id,
+                                             std::string_view tenant_id) const {
   return impl_->list_user(user_id, std::string(tenant_id));
 }
 std::size_t SessionStore::purge_expired() { return impl_->purge_expired(); }
-std::size_t SessionStore::size() { return impl_->size(); }
+std::size_t SessionStore::size() const { return impl_->size(); }
 std::optional<NewSession> SessionStore::rotate(std::string_view token) {
   return impl_->rotate(token);
 }
@@ -829,6 +831,6 @@ std::size_t SessionStore::logout_by_claims(std::optional<std::string_view> sid,
                                            std::string_view tenant_id) {
   return impl_->logout_by_claims(sid, sub, std::string(tenant_id));
 }
-StoreStats SessionStore::stats() { return impl_->stats(); }
+StoreStats SessionStore::stats() const { return impl_->stats(); }
 
 }  // namespace pylon

@@ -135,7 +135,7 @@ class StorageWrites {
 
   std::uint64_t writes() const noexcept { return writes_; }
   std::uint64_t failures() const noexcept { return failures_; }
-  std::string last_error() EXCLUDES(last_error_mutex_) {
+  std::string last_error() const EXCLUDES(last_error_mutex_) {
     const MutexLock lock(last_error_mutex_);
     return last_error_;
   }
@@ -155,7 +155,7 @@ class StorageWrites {
   std::unordered_set<std::string> in_doubt_ GUARDED_BY(mutex_);
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<std::uint64_t> failures_{0};
-  Mutex last_error_mutex_;
+  mutable Mutex last_error_mutex_;
   std::string last_error_ GUARDED_BY(last_error_mutex_);
 };
 
