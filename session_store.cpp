@@ -8,6 +8,7 @@
 //   GroupCommit    (internal/group_commit.hpp)    concurrent creates sharing one commit;
 //   RotatedIds     (internal/rotated_ids.hpp)     the rotated ids a replay is recognised by;
 //   Reaper         (internal/reaper.hpp)          the purge on a schedule;
+//   MissLookups    (internal/miss_lookups.hpp)    the bound on storage reads for cache misses;
 //   SessionCache   (session_cache.hpp)            the sharded in-memory table of sessions.
 //
 // Invariant, whenever no lock is held: the cache holds exactly the rows of this store's tenant
@@ -35,6 +36,7 @@
 #include <utility>
 
 #include "internal/group_commit.hpp"
+#include "internal/miss_lookups.hpp"
 #include "internal/reaper.hpp"
 #include "internal/rotated_ids.hpp"
 #include "internal/storage_writes.hpp"
@@ -79,6 +81,8 @@ void check_store_options(const StoreOptions& options) {
   check_range("max_sessions_per_user", count(options.max_sessions_per_user), 0, kMaxSessionsPerUser,
               "sessions");
   check_range("max_data_bytes", count(options.max_data_bytes), 0, kMaxDataBytes, "bytes");
+  check_range("miss_lookups_per_second", count(options.miss_lookups_per_second), 0,
+              kMaxMissLookupsPerSecond, "reads");
   if (options.reaper_interval.count() > 0) {
     check_range("reaper_batch_size", count(options.reaper_batch_size), 1, kMaxReaperBatchSize,
                 "rows");
@@ -164,7 +168,7 @@ class SessionStore::Impl {
 
   NewSession create(std::string_view user_id, CreateOptions options);
   std::optional<Session> validate(std::string_view token);
-  std::optional<Session> find(std::string_view id) const;
+  std::optional<Session> find(std::string_view id);
   bool revoke_id(std::string_view id);
   std::size_t revoke_user(std::string_view user_id, const std::optional<std::string>& tenant);
   std::size_t revoke_others(std::string_view token);
@@ -209,6 +213,13 @@ class SessionStore::Impl {
   // denied here at once and the same filter is owed to storage (StorageWrites).
   std::vector<RemovedSession> revoke_matching(const SessionFilter& filter)
       EXCLUDES(writes_.mutex());
+  // A well-formed id the cache does not hold: its row read from storage, cached and returned
+  // when it is live (and slid as validate() slides); nullopt when storage has none, the lookup
+  // bound is reached, the read fails (counted), or a failed revoke still owes its delete. The read
+  // is made under the write lock, so it cannot interleave with this process's own writes (a revoke
+  // between the read and the cache update would bring the session back here).
+  std::optional<Session> look_up_miss(const std::string& id, std::int64_t at, bool slide)
+      EXCLUDES(writes_.mutex());
   // The idle slide of a live cached session, written when touch_interval has passed.
   std::optional<Session> touch(const std::string& id, std::int64_t at) EXCLUDES(writes_.mutex());
   // The session an old token stands for within rotation_grace: its chain's last successor, slid
@@ -234,6 +245,9 @@ class SessionStore::Impl {
   detail::RotatedIds rotated_ids_{cache_};
   std::size_t skipped_rows_ = 0;  // set by the constructor only
   std::atomic<std::uint64_t> reaper_failures_{0};
+  std::atomic<std::uint64_t> miss_lookup_failures_{0};
+  mutable detail::MissLookups miss_lookups_{static_cast<std::int64_t>(
+      std::min<std::size_t>(options_.miss_lookups_per_second, INT64_MAX))};
   std::unique_ptr<detail::Reaper> reaper_;  // last: started once everything above exists
 };
 
@@ -488,6 +502,34 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
   return cache_stored(id, std::move(stored), at);
 }
 
+std::optional<Session> SessionStore::Impl::look_up_miss(const std::string& id, std::int64_t at,
+                                                        bool slide) {
+  if (!miss_lookups_.try_acquire()) return std::nullopt;
+  std::optional<Session> found;
+  {
+    const MutexLock lock(writes_.mutex());
+    found = live_copy(id, at);  // cached meanwhile, by another thread
+    if (!found) {
+      if (writes_.denies_id(id)) return std::nullopt;
+      std::optional<Session> stored;
+      try {
+        stored = backend_->load_one(id);
+      } catch (const std::exception&) {
+        // Not checked, so not accepted: refused, and counted. Nothing changed anywhere.
+        ++miss_lookup_failures_;
+        return std::nullopt;
+      }
+      if (!stored || writes_.denies(*stored)) return std::nullopt;
+      found = cache_stored(id, std::move(stored), at);
+    }
+  }
+  if (!found || !slide ||
+      saturating_sub(at, found->last_seen_at) < options_.touch_interval.count()) {
+    return found;
+  }
+  return touch(id, at);
+}
+
 std::optional<Session> SessionStore::Impl::successor_in_grace(const RotatedId& rotated,
                                                               std::int64_t at) {
   const std::string successor = rotated_ids_.last_successor(rotated);
@@ -523,11 +565,11 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
       return result;
     }
     case detail::SessionCache::Found::kNone:
-      // Unknown (and `session` a decoy): a token is handed out only once its session is cached,
-      // so there is nothing to re-check under the write lock, and an unknown token never waits
-      // behind a commit.
-      cache_misses_.add();
+      // Not cached (and `session` a decoy): another instance may have created it. A token this
+      // store handed out is cached before it is returned, so only storage can say more.
       result.reset();
+      result = look_up_miss(detail::session_id_of(digest), at, /*slide=*/true);
+      (result ? cache_hits_ : cache_misses_).add();
       return result;
     case detail::SessionCache::Found::kExpired:
       event = SessionEvent::of_session(SessionEventType::kValidatedExpired, session.id,
@@ -554,12 +596,27 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
   return result;
 }
 
-std::optional<Session> SessionStore::Impl::find(std::string_view id) const {
+std::optional<Session> SessionStore::Impl::find(std::string_view id) {
   if (!is_well_formed_session_id(id)) {
     cache_misses_.add();
     return std::nullopt;
   }
-  std::optional<Session> found = live_copy(std::string(id), now());
+  const std::int64_t at = now();
+  detail::SessionDigest digest{};
+  detail::parse_session_id(id, &digest);  // well-formed: checked above
+  std::optional<Session> found;
+  Session cached;
+  switch (cache_.find(digest, at, &cached)) {
+    case detail::SessionCache::Found::kLive:
+      found = std::move(cached);
+      break;
+    case detail::SessionCache::Found::kNone:
+      found = look_up_miss(std::string(id), at, /*slide=*/false);
+      break;
+    case detail::SessionCache::Found::kExpired:
+    case detail::SessionCache::Found::kRotatedAway:
+      break;
+  }
   (found ? cache_hits_ : cache_misses_).add();
   return found;
 }
@@ -767,6 +824,9 @@ StoreStats SessionStore::Impl::stats() const {
   stats.write_failures = writes_.failures();
   stats.skipped_rows = skipped_rows_;
   stats.reaper_failures = reaper_failures_;
+  stats.miss_lookups = miss_lookups_.made();
+  stats.miss_lookups_refused = miss_lookups_.refused();
+  stats.miss_lookup_failures = miss_lookup_failures_;
   stats.last_error = writes_.last_error();
   return stats;
 }
@@ -792,7 +852,7 @@ NewSession SessionStore::create(std::string_view user_id, CreateOptions options)
 std::optional<Session> SessionStore::validate(std::string_view token) {
   return impl_->validate(token);
 }
-std::optional<Session> SessionStore::find(std::string_view id) const { return impl_->find(id); }
+std::optional<Session> SessionStore::find(std::string_view id) { return impl_->find(id); }
 bool SessionStore::revoke(std::string_view token) {
   if (!is_well_formed_token(token)) return false;
   return impl_->revoke_id(session_id_for_token(token));

@@ -133,6 +133,14 @@ class StorageWrites {
     }
   }
 
+  // Whether a failed delete still owed to storage covers `session`: it is denied here.
+  bool denies(const Session& session) const REQUIRES(mutex_) { return owes_delete_of(session); }
+  // Whether a failed delete of exactly this id is owed: denied without reading its row.
+  bool denies_id(std::string_view id) const REQUIRES(mutex_) {
+    return std::any_of(owed_deletes_.begin(), owed_deletes_.end(),
+                       [id](const SessionFilter& filter) { return filter.id && *filter.id == id; });
+  }
+
   std::uint64_t writes() const noexcept { return writes_; }
   std::uint64_t failures() const noexcept { return failures_; }
   std::string last_error() const EXCLUDES(last_error_mutex_) {
