@@ -1,18 +1,16 @@
 // pylon-sessions: sessions that survive a restart, for C++17 applications.
 //
-// This header is the whole public API. It includes no database header: SQLite,
-// libpq and OpenSSL stay inside the library.
+// This header is the whole public API. It includes no database header: SQLite, libpq and
+// OpenSSL stay inside the library.
 //
 //   auto store = pylon::SessionStore::open("sqlite://sessions.db");
-//   pylon::NewSession login = store.create("user-42");       // give
-//   login.token to the client std::optional<pylon::Session> s =
-//   store.validate(token);  // on every request store.revoke(token); // sign
-//   out
+//   pylon::NewSession login = store.create("user-42");       // give login.token to the client
+//   std::optional<pylon::Session> s = store.validate(token);  // on every request
+//   store.revoke(token);                                      // sign out
 //
-// Error model: every failure of storage, and every invalid argument, throws
-// pylon::Error, which carries an ErrorCode. "Not found" is never an error: it
-// is an empty optional, `false` or 0. No message ever contains a raw token or a
-// password.
+// Error model: every failure of storage, and every invalid argument, throws pylon::Error, which
+// carries an ErrorCode. "Not found" is never an error: it is an empty optional, `false` or 0.
+// No message ever contains a raw token or a password.
 #ifndef PYLON_SESSION_BACKEND_HPP_
 #define PYLON_SESSION_BACKEND_HPP_
 
@@ -35,55 +33,41 @@ namespace pylon {
 // ------------------------------------------------------------------------------------------------
 
 // What went wrong, in terms a caller can act on.
-//   Retry the same call later:  kBusy (another writer holds the lock past the
-//   busy timeout),
-//                               kConnectionLost (the server went away; the next
-//                               call reconnects).
+//   Retry the same call later:  kBusy (another writer holds the lock past the busy timeout),
+//                               kConnectionLost (the server went away; the next call reconnects).
 //   Fix the environment first: kStorageFull, kReadOnly, kIo, kConfiguration.
-//   Do not retry:               kInvalidArgument, kUnsupportedScheme,
-//   kCorruptDatabase,
+//   Do not retry:               kInvalidArgument, kUnsupportedScheme, kCorruptDatabase,
 //                               kSchemaTooNew, kInternal.
 enum class ErrorCode {
-  kInvalidArgument,   // a malformed URL, an oversized payload, a field storage
-                      // cannot hold
-  kUnsupportedScheme, // DATABASE_URL scheme unknown, or not compiled into this
-                      // build
-  kCorruptDatabase,   // not an SQLite file, a damaged file, or a foreign
-                      // `_pylon_sessions`
-  kSchemaTooNew,      // the database was migrated by a newer pylon-sessions
-  kBusy,              // lock contention outlasted the busy timeout
-  kConnectionLost,    // the database server could not be reached or went away
-  kStorageFull,       // the disk (or the server's disk) is full
-  kReadOnly,          // the file, directory or server refuses writes
-  kIo, // any other operating-system level failure (open, fsync, permissions)
-  kInternal, // a bug in pylon-sessions or a misuse of the C libraries beneath
-             // it
-  // The server refused how it was asked: authentication failed, the database or
-  // role does not exist, a setting it does not accept. Retrying the same call
-  // cannot cure it.
+  kInvalidArgument,    // a malformed URL, an oversized payload, a field storage cannot hold
+  kUnsupportedScheme,  // DATABASE_URL scheme unknown, or not compiled into this build
+  kCorruptDatabase,    // not an SQLite file, a damaged file, or a foreign `_pylon_sessions`
+  kSchemaTooNew,       // the database was migrated by a newer pylon-sessions
+  kBusy,               // lock contention outlasted the busy timeout
+  kConnectionLost,     // the database server could not be reached or went away
+  kStorageFull,        // the disk (or the server's disk) is full
+  kReadOnly,           // the file, directory or server refuses writes
+  kIo,                 // any other operating-system level failure (open, fsync, permissions)
+  kInternal,           // a bug in pylon-sessions or a misuse of the C libraries beneath it
+  // The server refused how it was asked: authentication failed, the database or role does not
+  // exist, a setting it does not accept. Retrying the same call cannot cure it.
   kConfiguration,
 };
 
-// A stable, lowercase name for a code ("storage_full"); also used in Error
-// messages.
-const char *to_string(ErrorCode code) noexcept;
+// A stable, lowercase name for a code ("storage_full"); also used in Error messages.
+const char* to_string(ErrorCode code) noexcept;
 
-// The one exception type of the library. what() reads "[pylon.<code>]
-// <message>", where the message names the object at fault (a path, a URL
-// without its password, a migration number).
+// The one exception type of the library. what() reads "[pylon.<code>] <message>", where the
+// message names the object at fault (a path, a URL without its password, a migration number).
 class Error : public std::runtime_error {
-public:
-  Error(ErrorCode code, const std::string &message,
-        std::string backend_detail = {});
+ public:
+  Error(ErrorCode code, const std::string& message, std::string backend_detail = {});
 
   [[nodiscard]] ErrorCode code() const noexcept { return code_; }
-  // What the backend itself said, for logs and bug reports: "SQLITE_FULL (13)",
-  // "SQLSTATE 53100".
-  [[nodiscard]] const std::string &backend_detail() const noexcept {
-    return backend_detail_;
-  }
+  // What the backend itself said, for logs and bug reports: "SQLITE_FULL (13)", "SQLSTATE 53100".
+  [[nodiscard]] const std::string& backend_detail() const noexcept { return backend_detail_; }
 
-private:
+ private:
   ErrorCode code_;
   std::string backend_detail_;
 };
@@ -92,68 +76,54 @@ private:
 // Sessions and tokens
 // ------------------------------------------------------------------------------------------------
 
-// One stored session. Times are Unix seconds. A Session never holds its token:
-// `id` is the lowercase hex SHA-256 of the token, safe to show on a "your
-// devices" page and to revoke by.
+// One stored session. Times are Unix seconds. A Session never holds its token: `id` is the
+// lowercase hex SHA-256 of the token, safe to show on a "your devices" page and to revoke by.
 struct Session {
-  std::string id;      // 64 lowercase hex characters; the primary key
-  std::string user_id; // UTF-8 text without NUL bytes
-  std::optional<std::string> tenant_id; // UTF-8 text without NUL bytes
+  std::string id;                        // 64 lowercase hex characters; the primary key
+  std::string user_id;                   // UTF-8 text without NUL bytes
+  std::optional<std::string> tenant_id;  // UTF-8 text without NUL bytes
   std::int64_t created_at = 0;
-  std::int64_t expires_at =
-      0; // the effective expiry: min(absolute cap, last_seen + idle)
-  std::int64_t last_seen_at =
-      0; // the last activity written to storage (see touch_interval)
-  std::optional<std::string>
-      device; // free text, e.g. a user agent; UTF-8 without NUL
-  std::optional<std::string> ip; // as the application saw it; UTF-8 without NUL
-  std::string data;              // opaque bytes, NUL and invalid UTF-8 included
-  // The hard cap from creation (created_at + absolute_ttl). Sliding never moves
-  // expires_at past it. Zero means "no cap beyond expires_at" (rows saved
-  // through a bare SessionBackend).
+  std::int64_t expires_at = 0;        // the effective expiry: min(absolute cap, last_seen + idle)
+  std::int64_t last_seen_at = 0;      // the last activity written to storage (see touch_interval)
+  std::optional<std::string> device;  // free text, e.g. a user agent; UTF-8 without NUL
+  std::optional<std::string> ip;      // as the application saw it; UTF-8 without NUL
+  std::string data;                   // opaque bytes, NUL and invalid UTF-8 included
+  // The hard cap from creation (created_at + absolute_ttl). Sliding never moves expires_at past
+  // it. Zero means "no cap beyond expires_at" (rows saved through a bare SessionBackend).
   std::int64_t absolute_expires_at = 0;
-  // The identity provider's session id (OIDC `sid`), for back-channel logout;
-  // UTF-8 without NUL.
+  // The identity provider's session id (OIDC `sid`), for back-channel logout; UTF-8 without NUL.
   std::optional<std::string> idp_session_id;
 
-  friend bool operator==(const Session &a, const Session &b);
-  friend bool operator!=(const Session &a, const Session &b) {
-    return !(a == b);
-  }
+  friend bool operator==(const Session& a, const Session& b);
+  friend bool operator!=(const Session& a, const Session& b) { return !(a == b); }
 };
 
-// The most bytes each text field of a Session may hold, the same on every
-// backend (PostgreSQL's index rows bound the indexed ones, and the others bound
-// memory as max_data_bytes does). A longer value is refused with
-// kInvalidArgument before anything is written; a stored row that holds one is
-// skipped at start-up (StoreStats::skipped_rows).
+// The most bytes each text field of a Session may hold, the same on every backend (PostgreSQL's
+// index rows bound the indexed ones, and the others bound memory as max_data_bytes does). A
+// longer value is refused with kInvalidArgument before anything is written; a stored row that
+// holds one is skipped at start-up (StoreStats::skipped_rows).
 inline constexpr std::size_t kMaxUserIdBytes = 512;
 inline constexpr std::size_t kMaxTenantIdBytes = 512;
 inline constexpr std::size_t kMaxIdpSessionIdBytes = 512;
 inline constexpr std::size_t kMaxDeviceBytes = 1024;
 inline constexpr std::size_t kMaxIpBytes = 256;
 
-// The range of every time a session holds, in Unix seconds: 1970 to the end of
-// year 9999. A stored row with a time outside it, or with times out of order
-// (created_at after last_seen_at, or expires_at after absolute_expires_at when
-// that is set), is skipped at start-up.
+// The range of every time a session holds, in Unix seconds: 1970 to the end of year 9999. A
+// stored row with a time outside it, or with times out of order (created_at after last_seen_at,
+// or expires_at after absolute_expires_at when that is set), is skipped at start-up.
 inline constexpr std::int64_t kMaxSessionTime = 253402300799;
 
-// Length of a token: "pylon_" followed by 64 lowercase hex characters (32
-// random bytes).
+// Length of a token: "pylon_" followed by 64 lowercase hex characters (32 random bytes).
 inline constexpr std::size_t kTokenLength = 70;
 
-// A fresh token from OpenSSL's CSPRNG (RAND_bytes). Throws Error(kInternal) if
-// the CSPRNG fails.
+// A fresh token from OpenSSL's CSPRNG (RAND_bytes). Throws Error(kInternal) if the CSPRNG fails.
 std::string generate_token();
 
-// True when `token` has exactly the form generate_token() produces. Checked
-// before any hashing or lookup, so a garbage cookie costs a length check and
-// never reaches storage.
+// True when `token` has exactly the form generate_token() produces. Checked before any hashing
+// or lookup, so a garbage cookie costs a length check and never reaches storage.
 bool is_well_formed_token(std::string_view token) noexcept;
 
-// The session id of a token: lowercase hex SHA-256 of its bytes (any bytes are
-// accepted here).
+// The session id of a token: lowercase hex SHA-256 of its bytes (any bytes are accepted here).
 std::string session_id_for_token(std::string_view token);
 
 // True when `id` is 64 lowercase hex characters.
@@ -163,45 +133,32 @@ bool is_well_formed_session_id(std::string_view id) noexcept;
 // Storage
 // ------------------------------------------------------------------------------------------------
 
-// What SessionStore tells StoreOptions::on_event, and what a backend reports of
-// its own opening.
+// What SessionStore tells StoreOptions::on_event, and what a backend reports of its own opening.
 enum class SessionEventType {
-  kCreated,          // create()
-  kValidatedExpired, // validate() of a token whose session exists but has
-                     // expired
-  kRevoked, // revoke(), revoke_id(), revoke_user(), revoke_others(), logout,
-            // eviction
-  kRotated, // rotate(): session_id is the old id, replaced_by the new one
-  kRotatedTokenReused, // validate() of a token rotated away: a stolen cookie
-                       // may be in use
-  kPurged,       // purge_expired() or the reaper: `count` expired rows deleted
-  kReaperFailed, // the reaper's purge failed (`detail`: the error); retried
-                 // next interval
-  // The SQLite file (and its -wal, -shm) was readable by group or others, and
-  // was made 0600 before anything was read (`detail`: the path and the modes).
+  kCreated,             // create()
+  kValidatedExpired,    // validate() of a token whose session exists but has expired
+  kRevoked,             // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
+  kRotated,             // rotate(): session_id is the old id, replaced_by the new one
+  kRotatedTokenReused,  // validate() of a token rotated away: a stolen cookie may be in use
+  kPurged,              // purge_expired() or the reaper: `count` expired rows deleted
+  kReaperFailed,        // the reaper's purge failed (`detail`: the error); retried next interval
+  // The SQLite file (and its -wal, -shm) was readable by group or others, and was made 0600
+  // before anything was read (`detail`: the path and the modes).
   kFilePermissionsTightened,
 };
 
 struct SessionEvent {
   SessionEventType type;
-  std::string
-      session_id; // empty for kPurged, kReaperFailed, kFilePermissionsTightened
-  std::string user_id; // empty for those too
-  std::string
-      replaced_by; // kRotated and kRotatedTokenReused: the id of the successor
-  std::size_t count = 1; // how many sessions the event covers
-  std::string detail; // kReaperFailed, kFilePermissionsTightened: what happened
+  std::string session_id;   // empty for kPurged, kReaperFailed, kFilePermissionsTightened
+  std::string user_id;      // empty for those too
+  std::string replaced_by;  // kRotated and kRotatedTokenReused: the id of the successor
+  std::size_t count = 1;    // how many sessions the event covers
+  std::string detail;       // kReaperFailed, kFilePermissionsTightened: what happened
 
   // One named way to build each kind of event.
-  static SessionEvent of_session(SessionEventType type, std::string session_id,
-                                 std::string user_id,
+  static SessionEvent of_session(SessionEventType type, std::string session_id, std::string user_id,
                                  std::string replaced_by = {}) {
-    return {type,
-            std::move(session_id),
-            std::move(user_id),
-            std::move(replaced_by),
-            1,
-            {}};
+    return {type, std::move(session_id), std::move(user_id), std::move(replaced_by), 1, {}};
   }
   static SessionEvent purged(std::size_t count) {
     return {SessionEventType::kPurged, {}, {}, {}, count, {}};
@@ -211,288 +168,238 @@ struct SessionEvent {
   }
 };
 
-// Which rows SessionBackend::remove_matching() deletes: a row matches when it
-// equals every field that is set. `except_id` keeps one row ("sign out the
-// others").
+// Which rows SessionBackend::remove_matching() deletes: a row matches when it equals every field
+// that is set. `except_id` keeps one row ("sign out the others").
 struct SessionFilter {
   std::optional<std::string> id;
   std::optional<std::string> user_id;
-  std::optional<std::string> tenant_id; // rows of exactly this tenant
+  std::optional<std::string> tenant_id;  // rows of exactly this tenant
   std::optional<std::string> idp_session_id;
   std::optional<std::string> except_id;
 };
 
-// A row a delete removed: which session, and whose. Deletes that match many
-// rows return these, so that a caller can forget exactly what storage deleted,
-// sessions other processes created included.
+// A row a delete removed: which session, and whose. Deletes that match many rows return these,
+// so that a caller can forget exactly what storage deleted, sessions other processes created
+// included.
 struct RemovedSession {
   std::string id;
   std::string user_id;
 
-  friend bool operator==(const RemovedSession &a, const RemovedSession &b) {
+  friend bool operator==(const RemovedSession& a, const RemovedSession& b) {
     return a.id == b.id && a.user_id == b.user_id;
   }
 };
 
-// A session id rotated away (SessionBackend::rotate), kept in storage until the
-// session it belonged to would have expired, so that every store, and a store
-// after a restart, recognises a replayed old token. It is not a session: it
-// never validates and is never listed or counted.
+// A session id rotated away (SessionBackend::rotate), kept in storage until the session it
+// belonged to would have expired, so that every store, and a store after a restart, recognises a
+// replayed old token. It is not a session: it never validates and is never listed or counted.
 struct RotatedId {
-  std::string id;          // the old session id
-  std::string replaced_by; // the id of the session that took its place
+  std::string id;           // the old session id
+  std::string replaced_by;  // the id of the session that took its place
   std::string user_id;
   std::optional<std::string> tenant_id;
   std::int64_t rotated_at = 0;
-  std::int64_t expires_at =
-      0; // the old session's hard cap; purges delete it after that
+  std::int64_t expires_at = 0;  // the old session's hard cap; purges delete it after that
 
-  friend bool operator==(const RotatedId &a, const RotatedId &b) {
-    return a.id == b.id && a.replaced_by == b.replaced_by &&
-           a.user_id == b.user_id && a.tenant_id == b.tenant_id &&
-           a.rotated_at == b.rotated_at && a.expires_at == b.expires_at;
+  friend bool operator==(const RotatedId& a, const RotatedId& b) {
+    return a.id == b.id && a.replaced_by == b.replaced_by && a.user_id == b.user_id &&
+           a.tenant_id == b.tenant_id && a.rotated_at == b.rotated_at &&
+           a.expires_at == b.expires_at;
   }
 };
 
-// Synchronous storage of sessions in the table `_pylon_sessions`. Every call is
-// one statement or one transaction; every failure throws Error and leaves
-// storage as it was before the call. A backend serialises its own calls, so it
-// may be shared between threads, but one caller's calls are not grouped into
-// transactions with another's.
+// Synchronous storage of sessions in the table `_pylon_sessions`. Every call is one statement
+// or one transaction; every failure throws Error and leaves storage as it was before the call.
+// A backend serialises its own calls, so it may be shared between threads, but one caller's
+// calls are not grouped into transactions with another's.
 //
-// Implement this interface to put sessions somewhere else (Redis, DynamoDB,
-// ...); SessionStore works with any implementation that keeps this contract.
+// Implement this interface to put sessions somewhere else (Redis, DynamoDB, ...);
+// SessionStore works with any implementation that keeps this contract.
 class SessionBackend {
-public:
+ public:
   virtual ~SessionBackend() = default;
 
   // Every stored row, expired ones included, in no particular order.
   virtual std::vector<Session> load_all() = 0;
-  // Calls `visit` with every row load_all() would return, one at a time,
-  // without holding them all: SessionStore loads its cache through it. The
-  // Session passed is valid only during the call, and `visit` must not call
-  // this backend. An exception from `visit` ends the load and propagates. The
-  // default implementation calls load_all(); both built-in backends stream.
-  virtual void load_each(const std::function<void(const Session &)> &visit);
-  // The row with this id, if storage holds one. SessionStore asks it for the
-  // outcome of a write whose acknowledgement was lost (kConnectionLost: it may
-  // or may not have been applied). The default scans load_each(); a backend
-  // that can look the id up directly overrides it.
+  // Calls `visit` with every row load_all() would return, one at a time, without holding them
+  // all: SessionStore loads its cache through it. The Session passed is valid only during the
+  // call, and `visit` must not call this backend. An exception from `visit` ends the load and
+  // propagates. The default implementation calls load_all(); both built-in backends stream.
+  virtual void load_each(const std::function<void(const Session&)>& visit);
+  // The row with this id, if storage holds one. SessionStore asks it for the outcome of a write
+  // whose acknowledgement was lost (kConnectionLost: it may or may not have been applied). The
+  // default scans load_each(); a backend that can look the id up directly overrides it.
   virtual std::optional<Session> load_one(std::string_view id);
-  // Inserts the session, or replaces every field of the row with the same id.
-  // Durable on return.
-  virtual void save(const Session &session) = 0;
-  // Upserts every session as save() does, in one transaction: all of them are
-  // durable on return, or none is stored and it throws. SessionStore hands it
-  // the creates of concurrent callers, so that they share one commit and one
-  // fsync (group commit). An id repeated in the batch ends as its last row, as
-  // sequential save() calls would leave it.
-  virtual void save_batch(const std::vector<Session> &sessions) = 0;
+  // Inserts the session, or replaces every field of the row with the same id. Durable on return.
+  virtual void save(const Session& session) = 0;
+  // Upserts every session as save() does, in one transaction: all of them are durable on
+  // return, or none is stored and it throws. SessionStore hands it the creates of concurrent
+  // callers, so that they share one commit and one fsync (group commit). An id repeated in the
+  // batch ends as its last row, as sequential save() calls would leave it.
+  virtual void save_batch(const std::vector<Session>& sessions) = 0;
   // Deletes the row with this id. True if a row was removed. Durable on return.
   virtual bool remove(std::string_view id) = 0;
   // Deletes every row of the user; returns how many.
   virtual std::size_t remove_user(std::string_view user_id) = 0;
-  // Deletes every row with expires_at <= now, and every RotatedId with
-  // expires_at <= now, in one transaction; returns how many sessions it
-  // deleted.
+  // Deletes every row with expires_at <= now, and every RotatedId with expires_at <= now, in one
+  // transaction; returns how many sessions it deleted.
   virtual std::size_t remove_expired(std::int64_t now) = 0;
 
-  // Deletes, in one statement, every row matching every field `filter` sets;
-  // returns the rows it deleted. A filter that sets none of id, user_id and
-  // idp_session_id is refused with kInvalidArgument: it would match everyone.
-  virtual std::vector<RemovedSession>
-  remove_matching(const SessionFilter &filter) = 0;
-  // In one transaction, deletes the row `old_id` and inserts `replacement`.
-  // Returns false, having written nothing, when there is no row `old_id`. With
-  // replacement.id == old_id it is an update that never re-inserts a row
-  // deleted meanwhile. (SessionStore rotates with rotate() and updates with
-  // touch() and update_data(), which never copy a caller's fields over
-  // storage.)
-  virtual bool replace(std::string_view old_id, const Session &replacement) = 0;
-  // Deletes at most `limit` rows with expires_at <= now, in one statement;
-  // returns how many. Short statements keep a purge of millions of rows from
-  // stalling other writers.
-  virtual std::size_t remove_expired_batch(std::int64_t now,
-                                           std::size_t limit) = 0;
+  // Deletes, in one statement, every row matching every field `filter` sets; returns the rows
+  // it deleted. A filter that sets none of id, user_id and idp_session_id is refused with
+  // kInvalidArgument: it would match everyone.
+  virtual std::vector<RemovedSession> remove_matching(const SessionFilter& filter) = 0;
+  // In one transaction, deletes the row `old_id` and inserts `replacement`. Returns false,
+  // having written nothing, when there is no row `old_id`. With replacement.id == old_id it is
+  // an update that never re-inserts a row deleted meanwhile. (SessionStore rotates with rotate()
+  // and updates with touch() and update_data(), which never copy a caller's fields over storage.)
+  virtual bool replace(std::string_view old_id, const Session& replacement) = 0;
+  // Deletes at most `limit` rows with expires_at <= now, in one statement; returns how many.
+  // Short statements keep a purge of millions of rows from stalling other writers.
+  virtual std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) = 0;
 
-  // ---- Writes that change exactly what they mean to. Several stores, in
-  // several processes, may share one database: each of these reads what it
-  // needs from storage inside its own statement or transaction, so no write
-  // carries a caller's stale copy of a row over another's change.
+  // ---- Writes that change exactly what they mean to. Several stores, in several processes, may
+  // share one database: each of these reads what it needs from storage inside its own statement
+  // or transaction, so no write carries a caller's stale copy of a row over another's change.
 
-  // New sessions, in one transaction (a group commit of creates). With
-  // max_per_user > 0, the same transaction then deletes, for each user of
-  // `sessions`, that user's oldest rows in the new session's tenant (rows whose
-  // tenant_id equals it, or is null when it is null) beyond max_per_user:
-  // oldest is the smallest created_at, then the earliest inserted. It is atomic
-  // against every other writer, other processes included, so no interleaving of
-  // creates ever leaves more than max_per_user rows. Returns the rows it
-  // deleted. A failure throws and leaves storage as it was: nothing inserted,
-  // nothing evicted.
-  virtual std::vector<RemovedSession>
-  insert_new(const std::vector<Session> &sessions,
-             std::size_t max_per_user) = 0;
-  // The idle slide: sets last_seen_at and expires_at of the row `id`, each to
-  // the larger of its stored value and the one given (so two stores sliding in
-  // either order never move a session's expiry back), and no other column.
-  // Returns every column of the row as storage then holds it; nullopt, having
-  // written nothing, if there is no row `id`. Never inserts.
-  virtual std::optional<Session> touch(std::string_view id,
-                                       std::int64_t last_seen_at,
+  // New sessions, in one transaction (a group commit of creates). With max_per_user > 0, the
+  // same transaction then deletes, for each user of `sessions`, that user's oldest rows in the
+  // new session's tenant (rows whose tenant_id equals it, or is null when it is null) beyond
+  // max_per_user: oldest is the smallest created_at, then the earliest inserted. It is atomic
+  // against every other writer, other processes included, so no interleaving of creates ever
+  // leaves more than max_per_user rows. Returns the rows it deleted. A failure throws and leaves
+  // storage as it was: nothing inserted, nothing evicted.
+  virtual std::vector<RemovedSession> insert_new(const std::vector<Session>& sessions,
+                                                 std::size_t max_per_user) = 0;
+  // The idle slide: sets last_seen_at and expires_at of the row `id`, each to the larger of its
+  // stored value and the one given (so two stores sliding in either order never move a session's
+  // expiry back), and no other column. Returns every column of the row as storage then holds
+  // it; nullopt, having written nothing, if there is no row `id`. Never inserts.
+  virtual std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
                                        std::int64_t expires_at) = 0;
-  // Sets `data` of the row `id`, and no other column. Returns the row as
-  // storage then holds it; nullopt, having written nothing, if there is no row
-  // `id`. Never inserts.
-  virtual std::optional<Session> update_data(std::string_view id,
-                                             std::string_view data) = 0;
-  // Token rotation, in one transaction: reads the row `old_id`; if there is
-  // none, or it expired (expires_at <= now), returns nullopt having written
-  // nothing. Otherwise inserts a copy of that row, every column as storage
-  // holds it, under `new_id` (inserted now, so the newest for max_per_user's
-  // order), deletes `old_id`, and stores the RotatedId {old_id, new_id, its
-  // user and tenant, rotated_at = now, expires_at = the row's
-  // absolute_expires_at, or its expires_at when that is 0}. Returns the new row
-  // as stored.
-  virtual std::optional<Session> rotate(std::string_view old_id,
-                                        std::string_view new_id,
+  // Sets `data` of the row `id`, and no other column. Returns the row as storage then holds it;
+  // nullopt, having written nothing, if there is no row `id`. Never inserts.
+  virtual std::optional<Session> update_data(std::string_view id, std::string_view data) = 0;
+  // Token rotation, in one transaction: reads the row `old_id`; if there is none, or it expired
+  // (expires_at <= now), returns nullopt having written nothing. Otherwise inserts a copy of that
+  // row, every column as storage holds it, under `new_id` (inserted now, so the newest for
+  // max_per_user's order), deletes `old_id`, and stores the RotatedId {old_id, new_id, its user
+  // and tenant, rotated_at = now, expires_at = the row's absolute_expires_at, or its expires_at
+  // when that is 0}. Returns the new row as stored.
+  virtual std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
                                         std::int64_t now) = 0;
-  // Calls `visit` with every stored RotatedId, expired ones included, one at a
-  // time, as load_each() does for sessions. remove_expired() deletes those with
-  // expires_at <= now, and remove_expired_rotated() does in batches.
-  virtual void
-  load_rotated_each(const std::function<void(const RotatedId &)> &visit) = 0;
-  // Deletes at most `limit` RotatedIds with expires_at <= now, in one
-  // statement; returns how many.
-  virtual std::size_t remove_expired_rotated(std::int64_t now,
-                                             std::size_t limit) = 0;
+  // Calls `visit` with every stored RotatedId, expired ones included, one at a time, as
+  // load_each() does for sessions. remove_expired() deletes those with expires_at <= now, and
+  // remove_expired_rotated() does in batches.
+  virtual void load_rotated_each(const std::function<void(const RotatedId&)>& visit) = 0;
+  // Deletes at most `limit` RotatedIds with expires_at <= now, in one statement; returns how many.
+  virtual std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) = 0;
 
-  // The URL or path this backend was opened with, its password hidden. For
-  // messages and tools.
+  // The URL or path this backend was opened with, its password hidden. For messages and tools.
   [[nodiscard]] virtual std::string describe() const = 0;
-  // What the backend did on its own while opening that its user should hear of
-  // (the SQLite backend tightening a file's permissions), as events;
-  // SessionStore delivers them to StoreOptions::on_event when it is
-  // constructed. The default has none.
-  [[nodiscard]] virtual std::vector<SessionEvent> opening_events() const {
-    return {};
-  }
+  // What the backend did on its own while opening that its user should hear of (the SQLite
+  // backend tightening a file's permissions), as events; SessionStore delivers them to
+  // StoreOptions::on_event when it is constructed. The default has none.
+  [[nodiscard]] virtual std::vector<SessionEvent> opening_events() const { return {}; }
 
-protected:
+ protected:
   SessionBackend() = default;
-  SessionBackend(const SessionBackend &) = default;
-  SessionBackend &operator=(const SessionBackend &) = default;
-  SessionBackend(SessionBackend &&) = default;
-  SessionBackend &operator=(SessionBackend &&) = default;
+  SessionBackend(const SessionBackend&) = default;
+  SessionBackend& operator=(const SessionBackend&) = default;
+  SessionBackend(SessionBackend&&) = default;
+  SessionBackend& operator=(SessionBackend&&) = default;
 };
 
-// How much an acknowledged write survives, for the SQLite backend (the
-// `synchronous` pragma in WAL mode). kFull: a commit is fsynced before save()
-// returns; it survives a process crash and a power loss. kNormal: a commit
-// survives a process crash, but the last commits before a power loss or OS
-// crash may be rolled back (never corrupted); about one fsync per checkpoint
-// instead of one per commit.
+// How much an acknowledged write survives, for the SQLite backend (the `synchronous` pragma in
+// WAL mode). kFull: a commit is fsynced before save() returns; it survives a process crash and
+// a power loss. kNormal: a commit survives a process crash, but the last commits before a power
+// loss or OS crash may be rolled back (never corrupted); about one fsync per checkpoint instead
+// of one per commit.
 enum class SqliteSync { kFull, kNormal };
 
 struct SqliteOptions {
   SqliteSync synchronous = SqliteSync::kFull;
-  // How long a write waits for another connection's lock before failing with
-  // kBusy. 0 to 1 hour.
+  // How long a write waits for another connection's lock before failing with kBusy. 0 to 1 hour.
   std::chrono::milliseconds busy_timeout{5000};
-  // false (the default): an existing database file, -wal or -shm that another
-  // user owns, or that group or others may write, is refused (kIo), since
-  // whoever can write it can insert a session and log in as anyone; one that
-  // group or others may only read is made 0600 before anything is read (a
-  // kFilePermissionsTightened event), since it holds every session's metadata
-  // and data. true: the files are used as they are, for a deployment that
-  // shares one file between users (a group-writable file and directory) and
-  // accepts that every member of that group can read and forge sessions. New
-  // files are created 0600 either way. URL parameter: allow_shared_file=true.
+  // false (the default): an existing database file, -wal or -shm that another user owns, or that
+  // group or others may write, is refused (kIo), since whoever can write it can insert a session
+  // and log in as anyone; one that group or others may only read is made 0600 before anything is
+  // read (a kFilePermissionsTightened event), since it holds every session's metadata and data.
+  // true: the files are used as they are, for a deployment that shares one file between users
+  // (a group-writable file and directory) and accepts that every member of that group can read
+  // and forge sessions. New files are created 0600 either way. URL parameter:
+  // allow_shared_file=true.
   bool allow_shared_file = false;
 };
 
-// Opens (creating it with mode 0600 if missing) an SQLite database file and
-// brings its schema up to date. `path` is a file path, or ":memory:" for a
-// private in-memory database. Throws Error: kCorruptDatabase for a file that is
-// not an SQLite database or whose
-// `_pylon_sessions` is not ours, kSchemaTooNew, kIo / kReadOnly for paths that
-// cannot be used. A file that is refused is left byte for byte as it was.
-std::unique_ptr<SessionBackend>
-open_sqlite_backend(const std::string &path, const SqliteOptions &options = {});
+// Opens (creating it with mode 0600 if missing) an SQLite database file and brings its schema
+// up to date. `path` is a file path, or ":memory:" for a private in-memory database.
+// Throws Error: kCorruptDatabase for a file that is not an SQLite database or whose
+// `_pylon_sessions` is not ours, kSchemaTooNew, kIo / kReadOnly for paths that cannot be used.
+// A file that is refused is left byte for byte as it was.
+std::unique_ptr<SessionBackend> open_sqlite_backend(const std::string& path,
+                                                    const SqliteOptions& options = {});
 
 struct PostgresOptions {
-  // The longest a call waits: for its turn on the connection (another call may
-  // hold it), to reconnect, and for the server's reply (for a load: between two
-  // arrivals of rows). Past it the call fails, with kBusy if it had sent
-  // nothing yet and kConnectionLost otherwise (the statement may or may not
-  // have been applied), and the next call starts on a new connection. It bounds
-  // what a frozen server or a network that drops packets silently can cost a
-  // caller; libpq's connect_timeout (5 s unless the URL or PGCONNECT_TIMEOUT
-  // sets it) also still bounds each connection attempt.
+  // The longest a call waits: for its turn on the connection (another call may hold it), to
+  // reconnect, and for the server's reply (for a load: between two arrivals of rows). Past it
+  // the call fails, with kBusy if it had sent nothing yet and kConnectionLost otherwise (the
+  // statement may or may not have been applied), and the next call starts on a new connection.
+  // It bounds what a frozen server or a network that drops packets silently can cost a caller;
+  // libpq's connect_timeout (5 s unless the URL or PGCONNECT_TIMEOUT sets it) also still bounds
+  // each connection attempt.
   std::chrono::milliseconds deadline{6000};
 };
 
-// Opens a PostgreSQL database (a postgres:// or postgresql:// URL, or a libpq
-// keyword/value string) and brings its schema up to date. open_backend() calls
-// it with the default options. Throws Error(kUnsupportedScheme) in a build
-// without libpq, Error(kInvalidArgument) for a malformed URL or a deadline that
-// is not positive, and kConnectionLost when no server answers.
-std::unique_ptr<SessionBackend>
-open_postgres_backend(const std::string &url,
-                      const PostgresOptions &options = {});
+// Opens a PostgreSQL database (a postgres:// or postgresql:// URL, or a libpq keyword/value
+// string) and brings its schema up to date. open_backend() calls it with the default options.
+// Throws Error(kUnsupportedScheme) in a build without libpq, Error(kInvalidArgument) for a
+// malformed URL or a deadline that is not positive, and kConnectionLost when no server answers.
+std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
+                                                      const PostgresOptions& options = {});
 
 // Opens the backend a DATABASE_URL names:
-//   ""                             the file sessions.db in the working
-//   directory sessions.db, /var/lib/app.db   a bare file path
+//   ""                             the file sessions.db in the working directory
+//   sessions.db, /var/lib/app.db   a bare file path
 //   sqlite://relative/path.db      a path relative to the working directory
 //   sqlite:///absolute/path.db     an absolute path
-//   sqlite::memory:                a private in-memory database (nothing
-//   survives a restart) postgres://... postgresql://   PostgreSQL, when this
-//   build has libpq support
-// SQLite URLs take query parameters `synchronous=full|normal` and
-// `busy_timeout=<ms>`. Throws Error(kUnsupportedScheme) for other schemes (the
-// message lists the supported ones), Error(kInvalidArgument) for a malformed
-// URL, and whatever opening the backend throws.
-std::unique_ptr<SessionBackend> open_backend(const std::string &database_url);
+//   sqlite::memory:                a private in-memory database (nothing survives a restart)
+//   postgres://... postgresql://   PostgreSQL, when this build has libpq support
+// SQLite URLs take query parameters `synchronous=full|normal` and `busy_timeout=<ms>`.
+// Throws Error(kUnsupportedScheme) for other schemes (the message lists the supported ones),
+// Error(kInvalidArgument) for a malformed URL, and whatever opening the backend throws.
+std::unique_ptr<SessionBackend> open_backend(const std::string& database_url);
 
 // The value of the environment variable DATABASE_URL, or "" when it is unset.
 std::string database_url_from_env();
 
-// `url` with any password replaced by "***" ("postgres://app:***@db/sessions").
-// Used by every message that shows a URL.
+// `url` with any password replaced by "***" ("postgres://app:***@db/sessions"). Used by every
+// message that shows a URL.
 std::string redact_url(std::string_view url);
 
 // ------------------------------------------------------------------------------------------------
 // The store
 // ------------------------------------------------------------------------------------------------
 
-// The current time in Unix seconds from the system clock: StoreOptions::clock's
-// default.
+// The current time in Unix seconds from the system clock: StoreOptions::clock's default.
 std::int64_t system_clock_now();
 
-// What SessionStore::stats() reports. Counters start at 0 when the store is
-// constructed.
+// What SessionStore::stats() reports. Counters start at 0 when the store is constructed.
 struct StoreStats {
-  std::size_t sessions =
-      0;                 // in the cache, expired ones not yet purged included
-  std::size_t users = 0; // users with at least one session in the cache
-  std::uint64_t cache_hits =
-      0; // validate()/find() calls that returned a session
-  std::uint64_t cache_misses = 0; // validate()/find() calls that returned none
-  std::uint64_t writes = 0;       // storage writes that succeeded
-  std::uint64_t write_failures = 0; // storage writes that threw
-  std::string last_error; // what() of the last failed write; "" if none
-  // Rows found at start-up that no token can match or that a write would refuse
-  // (a malformed id, an empty user_id, text that is not UTF-8 or holds NUL):
-  // left in storage, never cached.
+  std::size_t sessions = 0;          // in the cache, expired ones not yet purged included
+  std::size_t users = 0;             // users with at least one session in the cache
+  std::uint64_t cache_hits = 0;      // validate()/find() calls that returned a session
+  std::uint64_t cache_misses = 0;    // validate()/find() calls that returned none
+  std::uint64_t writes = 0;          // storage writes that succeeded
+  std::uint64_t write_failures = 0;  // storage writes that threw
+  std::string last_error;            // what() of the last failed write; "" if none
+  // Rows found at start-up that no token can match or that a write would refuse (a malformed
+  // id, an empty user_id, text that is not UTF-8 or holds NUL): left in storage, never cached.
   std::size_t skipped_rows = 0;
-  std::uint64_t reaper_failures =
-      0; // reaper runs that failed (each also a kReaperFailed event)
-  std::uint64_t miss_lookups =
-      0; // storage reads made for tokens the cache did not hold
-  std::uint64_t miss_lookups_refused =
-      0; // misses refused without a read: over the bound
-  std::uint64_t miss_lookup_failures =
-      0; // reads for misses that failed (the token refused)
+  std::uint64_t reaper_failures = 0;  // reaper runs that failed (each also a kReaperFailed event)
+  std::uint64_t miss_lookups = 0;     // storage reads made for tokens the cache did not hold
+  std::uint64_t miss_lookups_refused = 0;  // misses refused without a read: over the bound
+  std::uint64_t miss_lookup_failures = 0;  // reads for misses that failed (the token refused)
 };
 
 // The largest values StoreOptions accepts for its counts (see StoreOptions).
@@ -501,192 +408,170 @@ inline constexpr std::int64_t kMaxDataBytes = std::int64_t{64} * 1024 * 1024;
 inline constexpr std::int64_t kMaxReaperBatchSize = 1000000;
 inline constexpr std::int64_t kMaxMissLookupsPerSecond = 1000000;
 
-// Every option has a range, given beside it; the constructor refuses a value
-// outside it with kInvalidArgument naming the option, its value and its range.
+// Every option has a range, given beside it; the constructor refuses a value outside it with
+// kInvalidArgument naming the option, its value and its range.
 struct StoreOptions {
-  // Hard lifetime from creation, whatever the activity: bounds how long a
-  // stolen token is useful. 1 second to 100 years.
+  // Hard lifetime from creation, whatever the activity: bounds how long a stolen token is useful.
+  // 1 second to 100 years.
   std::chrono::seconds absolute_ttl{std::chrono::hours(24)};
-  // A session unused this long expires (0 = no idle expiry): ends sessions left
-  // open on a shared or lost device. Slides forward on validate(). 0 to 100
-  // years.
+  // A session unused this long expires (0 = no idle expiry): ends sessions left open on a
+  // shared or lost device. Slides forward on validate(). 0 to 100 years.
   std::chrono::seconds idle_timeout{std::chrono::hours(1)};
-  // validate() writes a slide at most once per interval per session, so reads
-  // stay off the disk. The idle expiry a user sees is therefore between
-  // idle_timeout - touch_interval and idle_timeout after their last request. 0
-  // to 100 years.
+  // validate() writes a slide at most once per interval per session, so reads stay off the disk.
+  // The idle expiry a user sees is therefore between idle_timeout - touch_interval and
+  // idle_timeout after their last request. 0 to 100 years.
   std::chrono::seconds touch_interval{std::chrono::seconds(60)};
-  // 0 = unlimited. When a user is at the cap, create() evicts their oldest
-  // sessions in the same storage transaction. Counted per user within the new
-  // session's tenant. 0 to kMaxSessionsPerUser.
+  // 0 = unlimited. When a user is at the cap, create() evicts their oldest sessions in the same
+  // storage transaction. Counted per user within the new session's tenant. 0 to
+  // kMaxSessionsPerUser.
   std::size_t max_sessions_per_user = 0;
-  // create() and update_data() refuse a larger `data` payload with
-  // kInvalidArgument and store nothing. 0 to kMaxDataBytes (64 MiB).
+  // create() and update_data() refuse a larger `data` payload with kInvalidArgument and store
+  // nothing. 0 to kMaxDataBytes (64 MiB).
   std::size_t max_data_bytes = std::size_t{64} * 1024;
   // Unix seconds. Injectable, so tests move time instead of sleeping.
   std::function<std::int64_t()> clock = system_clock_now;
-  // Scopes the store to one tenant: create() stamps it on every session, and no
-  // call returns, lists or revokes a session of another tenant (purges still
-  // delete every tenant's expired rows). Unset: every tenant.
+  // Scopes the store to one tenant: create() stamps it on every session, and no call returns,
+  // lists or revokes a session of another tenant (purges still delete every tenant's expired
+  // rows). Unset: every tenant.
   std::optional<std::string> tenant_id;
-  // 0 = no reaper. Otherwise a background thread purges expired sessions this
-  // often, in statements of at most reaper_batch_size rows, and stops when the
-  // store is destroyed. reaper_interval: 0 to 365 days; reaper_batch_size, when
-  // the reaper runs: 1 to kMaxReaperBatchSize.
+  // 0 = no reaper. Otherwise a background thread purges expired sessions this often, in
+  // statements of at most reaper_batch_size rows, and stops when the store is destroyed.
+  // reaper_interval: 0 to 365 days; reaper_batch_size, when the reaper runs: 1 to
+  // kMaxReaperBatchSize.
   std::chrono::seconds reaper_interval{0};
   std::size_t reaper_batch_size = 1000;
-  // After rotate(), the old token still validates, as the new session, for this
-  // long, and presenting it raises no kRotatedTokenReused: requests a client
-  // sent before it received the new token are not logged out. After it, the old
-  // token is refused and its use reported. 0 = no grace: the old token is
-  // refused at once. 0 to 1 day.
+  // After rotate(), the old token still validates, as the new session, for this long, and
+  // presenting it raises no kRotatedTokenReused: requests a client sent before it received the
+  // new token are not logged out. After it, the old token is refused and its use reported.
+  // 0 = no grace: the old token is refused at once. 0 to 1 day.
   std::chrono::seconds rotation_grace{0};
-  // A well-formed token (or id) the cache does not hold may belong to a session
-  // another instance created: validate() and find() then read that one row from
-  // storage (a point read by primary key) before refusing it, and cache it when
-  // it is live. At most this many such reads a second (a burst of up to one
-  // second's worth): past that, a miss is refused without reading storage, and
-  // counted (StoreStats::miss_lookups_refused), so a flood of random tokens
-  // cannot overload the database. 0 = never read storage on a miss. 0 to
-  // kMaxMissLookupsPerSecond.
+  // A well-formed token (or id) the cache does not hold may belong to a session another instance
+  // created: validate() and find() then read that one row from storage (a point read by primary
+  // key) before refusing it, and cache it when it is live. At most this many such reads a second
+  // (a burst of up to one second's worth): past that, a miss is refused without reading storage,
+  // and counted (StoreStats::miss_lookups_refused), so a flood of random tokens cannot overload
+  // the database. 0 = never read storage on a miss. 0 to kMaxMissLookupsPerSecond.
   std::size_t miss_lookups_per_second = 100;
-  // Told of every event, on the thread that caused it, after storage has it. It
-  // must not call back into the store; what it throws is caught and ignored.
-  // Events never carry a token.
-  std::function<void(const SessionEvent &)> on_event;
+  // Told of every event, on the thread that caused it, after storage has it. It must not call
+  // back into the store; what it throws is caught and ignored. Events never carry a token.
+  std::function<void(const SessionEvent&)> on_event;
 };
 
 struct CreateOptions {
   std::optional<std::string> tenant_id;
-  std::optional<std::string>
-      idp_session_id; // OIDC `sid`, for logout_by_claims()
+  std::optional<std::string> idp_session_id;  // OIDC `sid`, for logout_by_claims()
   std::optional<std::string> device;
   std::optional<std::string> ip;
   std::string data;
 };
 
 struct NewSession {
-  std::string token; // give this to the client, once; it is stored nowhere
+  std::string token;  // give this to the client, once; it is stored nowhere
   Session session;
 };
 
-// An in-process cache of every session, restored from a SessionBackend at
-// construction, so that reads never touch storage and a restart logs nobody
-// out.
+// An in-process cache of every session, restored from a SessionBackend at construction, so that
+// reads never touch storage and a restart logs nobody out.
 //
-// Thread safety: all member functions may be called concurrently from any
-// number of threads. Consistency: writes go to storage first and to the cache
-// only once storage has them. A write that throws leaves the cache exactly as
-// storage is. A revoke whose write fails fails closed: it throws, the session
-// is denied in this process at once, and the delete is retried before the
+// Thread safety: all member functions may be called concurrently from any number of threads.
+// Consistency: writes go to storage first and to the cache only once storage has them. A write
+// that throws leaves the cache exactly as storage is. A revoke whose write fails fails closed: it
+// throws, the session is denied in this process at once, and the delete is retried before the
 // store's next write until storage has it.
 // Expired sessions are never returned by any call.
 class SessionStore {
-public:
-  // Loads every row of `backend`. Throws Error if that fails, or if `options`
-  // are invalid (a negative duration, an absolute_ttl of 0, an empty clock).
-  explicit SessionStore(std::unique_ptr<SessionBackend> backend,
-                        StoreOptions options = {});
+ public:
+  // Loads every row of `backend`. Throws Error if that fails, or if `options` are invalid
+  // (a negative duration, an absolute_ttl of 0, an empty clock).
+  explicit SessionStore(std::unique_ptr<SessionBackend> backend, StoreOptions options = {});
   // open_backend(database_url), then the constructor above.
-  static SessionStore open(const std::string &database_url,
-                           StoreOptions options = {});
+  static SessionStore open(const std::string& database_url, StoreOptions options = {});
 
   // A moved-from store may only be destroyed or assigned to.
-  SessionStore(SessionStore &&other) noexcept;
-  SessionStore &operator=(SessionStore &&other) noexcept;
-  SessionStore(const SessionStore &) = delete;
-  SessionStore &operator=(const SessionStore &) = delete;
-  // Makes a last attempt at deletes still pending from failed revokes; never
-  // throws.
+  SessionStore(SessionStore&& other) noexcept;
+  SessionStore& operator=(SessionStore&& other) noexcept;
+  SessionStore(const SessionStore&) = delete;
+  SessionStore& operator=(const SessionStore&) = delete;
+  // Makes a last attempt at deletes still pending from failed revokes; never throws.
   ~SessionStore();
 
-  // A new session for `user_id` (non-empty), stored before this returns. Evicts
-  // the user's oldest sessions first when max_sessions_per_user is reached.
-  // Throws kInvalidArgument (empty user, NUL in a text field, data over
-  // max_data_bytes) or a storage error; then nothing was stored and the cache
-  // is unchanged.
+  // A new session for `user_id` (non-empty), stored before this returns. Evicts the user's
+  // oldest sessions first when max_sessions_per_user is reached.
+  // Throws kInvalidArgument (empty user, NUL in a text field, data over max_data_bytes) or a
+  // storage error; then nothing was stored and the cache is unchanged.
   NewSession create(std::string_view user_id, CreateOptions options = {});
 
-  // The live session of `token`, or nullopt (malformed, unknown, revoked or
-  // expired token). Slides the idle expiry; the slide is written at most once
-  // per touch_interval, and a failed slide write throws Error (the session
-  // stays as storage has it). A token the cache does not hold costs one bounded
-  // point read of storage (StoreOptions::miss_lookups_per_second); a read that
-  // fails (storage unreachable or locked) refuses the token, which could not be
-  // checked, and is counted (StoreStats::miss_lookup_failures).
+  // The live session of `token`, or nullopt (malformed, unknown, revoked or expired token).
+  // Slides the idle expiry; the slide is written at most once per touch_interval, and a failed
+  // slide write throws Error (the session stays as storage has it). A token the cache does not
+  // hold costs one bounded point read of storage (StoreOptions::miss_lookups_per_second); a read
+  // that fails (storage unreachable or locked) refuses the token, which could not be checked, and
+  // is counted (StoreStats::miss_lookup_failures).
   std::optional<Session> validate(std::string_view token);
 
-  // The live session with this id, without sliding its expiry. An id the cache
-  // does not hold costs one bounded point read of storage, as in validate().
+  // The live session with this id, without sliding its expiry. An id the cache does not hold
+  // costs one bounded point read of storage, as in validate().
   std::optional<Session> find(std::string_view id);
 
-  // Deletes the session of `token` / with this id from storage. False if there
-  // was none. Throws on a storage failure, after denying the session in this
-  // process (fail closed).
+  // Deletes the session of `token` / with this id from storage. False if there was none.
+  // Throws on a storage failure, after denying the session in this process (fail closed).
   bool revoke(std::string_view token);
   bool revoke_id(std::string_view id);
 
-  // Deletes every session of the user from storage ("sign out everywhere"),
-  // including sessions other processes created; returns how many rows storage
-  // removed. Fails closed like revoke().
+  // Deletes every session of the user from storage ("sign out everywhere"), including sessions
+  // other processes created; returns how many rows storage removed. Fails closed like revoke().
   std::size_t revoke_user(std::string_view user_id);
 
   // The user's live sessions, oldest first.
   std::vector<Session> list_user(std::string_view user_id) const;
 
-  // Deletes every expired session from storage in one statement; returns how
-  // many rows went.
+  // Deletes every expired session from storage in one statement; returns how many rows went.
   std::size_t purge_expired();
 
   // Number of sessions in the cache, expired ones not yet purged included.
   std::size_t size() const;
 
-  // A new token for the session of `token` (same user, tenant, device, data,
-  // created_at and expiry, as storage holds them); the old token stops working
-  // in the same storage transaction (after StoreOptions::rotation_grace, when
-  // that is set). Use it at login and on every privilege change, against
-  // session fixation. nullopt if `token` has no live session. Storage keeps the
-  // old id until the session would have expired, so presenting the old token
-  // afterwards raises kRotatedTokenReused in this store, after a restart, and
-  // in every store started on the same database since.
+  // A new token for the session of `token` (same user, tenant, device, data, created_at and
+  // expiry, as storage holds them); the old token stops working in the same storage transaction
+  // (after StoreOptions::rotation_grace, when that is set). Use it at login and on every
+  // privilege change, against session fixation. nullopt if `token` has no live session.
+  // Storage keeps the old id until the session would have expired, so presenting the old token
+  // afterwards raises kRotatedTokenReused in this store, after a restart, and in every store
+  // started on the same database since.
   std::optional<NewSession> rotate(std::string_view token);
 
-  // Signs out every other session of the token's user (in the store's tenant
-  // scope), in one statement; returns how many rows went. 0 if `token` has no
-  // live session.
+  // Signs out every other session of the token's user (in the store's tenant scope), in one
+  // statement; returns how many rows went. 0 if `token` has no live session.
   std::size_t revoke_others(std::string_view token);
 
-  // Replaces the session's data, write-through; max_data_bytes applies. Last
-  // writer wins: each update is whole and atomic, so concurrent updates never
-  // mix, and the later one stays. nullopt if `token` has no live session.
+  // Replaces the session's data, write-through; max_data_bytes applies. Last writer wins: each
+  // update is whole and atomic, so concurrent updates never mix, and the later one stays.
+  // nullopt if `token` has no live session.
   std::optional<Session> update_data(std::string_view token, std::string data);
 
-  // OIDC back-channel logout: revokes the sessions of the identity provider's
-  // session `sid` when given, else every session of `sub`. Unknown ids revoke
-  // nothing and are not errors. Throws kInvalidArgument when both are missing.
+  // OIDC back-channel logout: revokes the sessions of the identity provider's session `sid`
+  // when given, else every session of `sub`. Unknown ids revoke nothing and are not errors.
+  // Throws kInvalidArgument when both are missing.
   std::size_t logout_by_claims(std::optional<std::string_view> sid,
                                std::optional<std::string_view> sub);
-  // The same, for the sessions of one tenant only: an application that serves
-  // several identity providers stamps each provider's sessions with a tenant
-  // (CreateOptions::tenant_id) and passes it here, so that one provider's
-  // logout never reaches another's sessions, even when their `sid` or `sub`
-  // values collide. On a store scoped to another tenant it revokes nothing.
+  // The same, for the sessions of one tenant only: an application that serves several identity
+  // providers stamps each provider's sessions with a tenant (CreateOptions::tenant_id) and passes
+  // it here, so that one provider's logout never reaches another's sessions, even when their
+  // `sid` or `sub` values collide. On a store scoped to another tenant it revokes nothing.
   std::size_t logout_by_claims(std::optional<std::string_view> sid,
-                               std::optional<std::string_view> sub,
-                               std::string_view tenant_id);
+                               std::optional<std::string_view> sub, std::string_view tenant_id);
 
   // list_user() and revoke_user() for one tenant of the user.
-  std::vector<Session> list_user(std::string_view user_id,
-                                 std::string_view tenant_id) const;
+  std::vector<Session> list_user(std::string_view user_id, std::string_view tenant_id) const;
   std::size_t revoke_user(std::string_view user_id, std::string_view tenant_id);
 
   StoreStats stats() const;
 
-private:
+ private:
   class Impl;
   std::unique_ptr<Impl> impl_;
 };
 
-} // namespace pylon
+}  // namespace pylon
 
-#endif // PYLON_SESSION_BACKEND_HPP_
+#endif  // PYLON_SESSION_BACKEND_HPP_
