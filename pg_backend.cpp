@@ -19,8 +19,15 @@
 //     connection, to reconnect, and to hear from the server. A server that is frozen, or a
 //     network that silently drops packets, fails the call when it runs out, instead of after
 //     the kernel's TCP timeouts (minutes).
-//   - No message carries the password: the URL is shown through redact_url(), the server through
-//     its host, port and database name, and every text from libpq is scrubbed of the password.
+//   - No message carries the password: a URL that readers could split differently is refused
+//     before libpq sees it (database_url.cpp), the URL is shown through redact_url(), the server
+//     through its host, port and database name, and every text from libpq is scrubbed of every
+//     string that some reading of the URL takes for a password, down to four bytes of one.
+//   - Failures carry the code that says whether to retry: the server refusing the connection as
+//     configured (authentication, a database or role that does not exist) is kConfiguration, a
+//     write that a constraint or trigger refuses is kInvalidArgument as on SQLite, and a table
+//     that is not the one the schema version promises is kCorruptDatabase, found before anything
+//     is written.
 //
 // The file reads in order:
 //   1. libpq handles   RAII for PGconn and PGresult; parameters and columns in binary format
@@ -29,6 +36,7 @@
 //   4. the connection  connecting, durability, noticing a dead connection, reconnecting
 //   5. migrations      the embedded schema, the advisory lock, pylon adoption
 //   6. the backend     prepared statements and the SessionBackend calls
+#ifdef PYLON_WITH_POSTGRES  // without it this file is empty, so it may always be compiled
 #include <libpq-fe.h>
 #include <poll.h>
 
@@ -287,10 +295,16 @@ ErrorCode error_code_for_postgres(std::string_view sqlstate, bool connection_bad
   // not write the table: the server refuses writes.
   if (sqlstate == "25006" || sqlstate == "42501") return ErrorCode::kReadOnly;
   // Data exceptions (invalid UTF-8, untranslatable characters, values out of range), integrity
-  // constraints, program limits (a bytea over 1 GB): the value cannot be stored.
-  if (error_class == "22" || error_class == "23" || error_class == "54") {
+  // constraints, program limits (a bytea over 1 GB): the value cannot be stored. A trigger that
+  // refuses a row raises an exception (P0001, RAISE EXCEPTION) or fails an ASSERT (P0004): the
+  // row cannot be stored either, as SQLITE_CONSTRAINT from a trigger's RAISE(ABORT) on SQLite.
+  if (error_class == "22" || error_class == "23" || error_class == "54" || sqlstate == "P0001" ||
+      sqlstate == "P0004") {
     return ErrorCode::kInvalidArgument;
   }
+  // Authentication or authorization refused (class 28), a database that does not exist: the
+  // server refuses how it is asked, and asking again changes nothing.
+  if (error_class == "28" || sqlstate == "3D000") return ErrorCode::kConfiguration;
   // Our table or a column of it is missing or of another type: not the schema its version
   // promises. data_corrupted and index_corrupted speak for themselves.
   if (sqlstate == "42P01" || sqlstate == "42703" || sqlstate == "42804" || sqlstate == "XX001" ||
@@ -301,15 +315,55 @@ ErrorCode error_code_for_postgres(std::string_view sqlstate, bool connection_bad
   return ErrorCode::kInternal;
 }
 
-// `text` with every occurrence of `secret` replaced by "***". libpq does not put passwords in
-// its messages; scrubbing costs little, and a leaked password costs a lot.
-std::string scrub(std::string text, const std::string& secret) {
-  if (secret.empty()) return text;
-  for (std::size_t at = text.find(secret); at != std::string::npos;
-       at = text.find(secret, at + 3)) {
-    text.replace(at, secret.size(), "***");
+// The same at connection time, when the server's refusal is final more often: the role's
+// password or pg_hba.conf (class 28), a database that does not exist (3D000), no CONNECT
+// privilege (42501), a setting in `options` the server does not know or accept (42704, 22023:
+// classes 42 and 22), a database that takes no connections (55000), a feature the server lacks
+// (0A000). `needs_password`: the server asked for a password and none was given. A failure
+// without SQLSTATE (refused, unreachable, a name that does not resolve, TLS) may pass.
+ErrorCode error_code_for_connection(std::string_view sqlstate, bool needs_password) noexcept {
+  if (needs_password) return ErrorCode::kConfiguration;
+  if (sqlstate.size() != 5) return ErrorCode::kConnectionLost;
+  const std::string_view error_class = sqlstate.substr(0, 2);
+  if (error_class == "28" || error_class == "42" || error_class == "22" || sqlstate == "3D000" ||
+      sqlstate == "55000" || sqlstate == "0A000") {
+    return ErrorCode::kConfiguration;
   }
-  return text;
+  const ErrorCode code = error_code_for_postgres(sqlstate, /*connection_bad=*/false);
+  return code == ErrorCode::kInternal ? ErrorCode::kConnectionLost : code;
+}
+
+// `text` with every run of bytes that holds one of `secrets`, or four bytes in a row of one,
+// replaced by "***" (a secret shorter than four bytes: where it occurs whole). libpq does not put
+// passwords in its messages, but it quotes host names, ports and database names, which a URL
+// read one way holds what another reading takes for the password; scrubbing costs little, and
+// a leaked password costs a lot. Repeated until nothing changes, since a "***" may complete a
+// window of a secret that holds '*' with the bytes beside it.
+std::string scrub(std::string text, const std::vector<std::string>& secrets) {
+  constexpr std::size_t kWindow = 4;
+  for (;;) {
+    std::vector<bool> hidden(text.size(), false);
+    for (const std::string& secret : secrets) {
+      const std::size_t width = std::min(secret.size(), kWindow);
+      for (std::size_t start = 0; width > 0 && start + width <= secret.size(); ++start) {
+        const std::string_view window = std::string_view(secret).substr(start, width);
+        for (std::size_t at = text.find(window); at != std::string::npos;
+             at = text.find(window, at + 1)) {
+          std::fill_n(hidden.begin() + static_cast<std::ptrdiff_t>(at), width, true);
+        }
+      }
+    }
+    std::string scrubbed;
+    for (std::size_t i = 0; i < text.size(); ++i) {
+      if (!hidden[i]) {
+        scrubbed += text[i];
+      } else if (i == 0 || !hidden[i - 1]) {
+        scrubbed += "***";
+      }
+    }
+    if (scrubbed == text) return text;
+    text = std::move(scrubbed);
+  }
 }
 
 // libpq's multi-line messages ("...failed: ...\n\tIs the server running...?\n") on one line:
@@ -332,30 +386,78 @@ std::string one_line(std::string_view text) {
   return line;
 }
 
-// A parse error quotes the text it choked on, which can be the password. We cannot know which
-// part of a malformed URL is the password, so a quoted part is shown only when it can be read in
-// `shown_url` (the redacted URL, shown anyway): an unknown parameter's name stays, a badly
-// percent-encoded password goes.
-std::string without_secret_quotes(std::string_view text, std::string_view shown_url) {
-  std::string kept;
-  std::size_t pos = 0;
-  while (pos < text.size()) {
-    const std::size_t open = text.find('"', pos);
-    const std::size_t close = open == std::string_view::npos ? open : text.find('"', open + 1);
-    if (close == std::string_view::npos) {
-      kept.append(text.substr(pos));
-      break;
+// Why PQconninfoParse() refused a connection string, in words of our own. libpq's message
+// quotes the text it choked on, which may be the password (and a '"' in that text ends the
+// quoting early, so no pairing of quotes can tell what to hide); nothing of it is repeated but
+// a parameter name made of letters, digits and '_', which the caller scrubs as every message.
+std::string parse_failure_reason(std::string_view said) {
+  struct Known {
+    std::string_view start;
+    const char* reason;
+  };
+  static constexpr std::array<Known, 11> kKnown = {{
+      {"invalid percent-encoded token", "a '%' that does not start a %XX escape"},
+      {"forbidden value %00", "%00 (a NUL byte) in a percent-encoded value"},
+      {"missing \"=\" after", "a word without '=' (a keyword/value string is name=value pairs)"},
+      {"unterminated quoted string", "a quoted value without its closing quote"},
+      {"invalid connection option", "an unknown connection parameter"},
+      {"invalid URI query parameter", "an unknown connection parameter"},
+      {"extra key/value separator", "a query parameter with more than one '='"},
+      {"missing key/value separator", "a query parameter without '='"},
+      {"end of string reached when looking for matching", "an IPv6 address without its ']'"},
+      {"IPv6 host address may not be empty", "an empty IPv6 address ([])"},
+      {"unexpected character", "an unexpected character after an IPv6 address ([...])"},
+  }};
+  for (const Known& known : kKnown) {
+    if (said.substr(0, known.start.size()) != known.start) continue;
+    std::string reason = known.reason;
+    const std::size_t open = said.find('"');
+    const std::size_t close = said.rfind('"');
+    if (reason.find("parameter") != std::string::npos && open != std::string_view::npos &&
+        close > open + 1 && close - open <= 65) {
+      const std::string_view name = said.substr(open + 1, close - open - 1);
+      const bool plain = std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) != 0 || c == '_';
+      });
+      if (plain) reason.append(" '").append(name).append("'");
     }
-    const std::string_view quoted = text.substr(open + 1, close - open - 1);
-    kept.append(text.substr(pos, open - pos));
-    kept += '"';
-    kept += !quoted.empty() && shown_url.find(quoted) != std::string_view::npos
-                ? std::string(quoted)
-                : std::string("...");
-    kept += '"';
-    pos = close + 1;
+    return reason;
   }
-  return kept;
+  return "libpq cannot parse it (its own message is not shown: it would quote the text)";
+}
+
+// What a connection failure's message says, read at PQERRORS_VERBOSE: the server's SQLSTATE
+// (after "SEVERITY:  ", the last one when libpq tried several hosts) and the text without it or
+// the LOCATION lines that this verbosity adds.
+struct ConnectionFailure {
+  std::string sqlstate;
+  std::string text;
+};
+
+ConnectionFailure read_connection_failure(std::string_view message) {
+  ConnectionFailure failure;
+  const auto is_code_char = [](char c) { return (c >= '0' && c <= '9') || (c >= 'A' && c <= 'Z'); };
+  while (!message.empty()) {
+    const std::size_t newline = message.find('\n');
+    std::string line(message.substr(0, newline));
+    message = newline == std::string_view::npos ? std::string_view() : message.substr(newline + 1);
+    if (line.rfind("LOCATION:", 0) == 0) continue;
+    // "...failed: FATAL:  28P01: password authentication failed for user ..."
+    for (std::size_t at = line.find(":  "); at != std::string::npos;
+         at = line.find(":  ", at + 1)) {
+      const std::size_t code = at + 3;
+      if (code + 7 <= line.size() && line.compare(code + 5, 2, ": ") == 0 &&
+          std::all_of(line.begin() + static_cast<std::ptrdiff_t>(code),
+                      line.begin() + static_cast<std::ptrdiff_t>(code + 5), is_code_char)) {
+        failure.sqlstate = line.substr(code, 5);
+        line.erase(code, 7);
+        break;
+      }
+    }
+    if (!failure.text.empty()) failure.text += '\n';
+    failure.text += line;
+  }
+  return failure;
 }
 
 // ================================================================================================
@@ -465,6 +567,16 @@ constexpr std::int64_t kMigrationLockKey = 0x70796C6F6E6D6967;
 // one-key locks such as kMigrationLockKey: the spaces never overlap.
 constexpr std::int32_t kCapLockClass = 0x70636170;
 
+// One column of a table as the migrations make it: its type as format_type() names it, whether
+// it is NOT NULL, the schema version that adds it, and whether it must fill itself (an identity).
+struct ExpectedColumn {
+  const char* name;
+  const char* type;
+  bool not_null;
+  int since;
+  bool generated = false;
+};
+
 class PostgresBackend final : public SessionBackend {
  public:
   PostgresBackend(const std::string& url, const PostgresOptions& options);
@@ -497,7 +609,9 @@ class PostgresBackend final : public SessionBackend {
 
   // The connection. All but the constructor's steps run in a call's Turn.
   void connect(const std::string& url, bool url_sets_connect_timeout);
-  void wait_for_socket(short events, const std::string& action);  // NOLINT(google-runtime-int)
+  void remember_used_password();
+  // NOLINTNEXTLINE(google-runtime-int): pollfd's type
+  void wait_for_socket(short events, const std::string& action, bool connecting = false);
   void flush_query(const std::string& action);
   PgResult await_result(const std::string& action);
   PgResult next_result(const std::string& action, bool restart_deadline = false);
@@ -517,10 +631,14 @@ class PostgresBackend final : public SessionBackend {
   std::vector<std::pair<std::string, std::string>> table_columns(const char* table);
   bool check_session_table(int applied);
   void check_rotated_table(int applied);
-  void verify_table_shape();
+  void verify_table_shape(int version);
+  void verify_table(const char* table, const std::vector<ExpectedColumn>& expected, int version);
+  void verify_columns(const char* table, const std::vector<ExpectedColumn>& expected, int version);
+  void verify_keys(const char* table, int version);
+  [[noreturn]] void refuse_table(const std::string& what) const;
 
   // Statements. Each throws Error naming the action and the database.
-  [[noreturn]] void fail_connection(const std::string& action);
+  [[noreturn]] void fail_connection(const std::string& action, bool in_handshake = false);
   [[noreturn]] void fail(const PGresult* result, const std::string& action);
   void check(const PGresult* result, const std::string& action);
   PgResult exec(const char* sql, const std::string& action);
@@ -552,7 +670,12 @@ class PostgresBackend final : public SessionBackend {
   // Until when calls fail at once: a deadline after one ran out waiting for the server.
   std::chrono::steady_clock::time_point unresponsive_until_{};
   std::string shown_url_;  // the URL with its password hidden: describe() and messages
-  std::string password_;   // scrubbed out of every text libpq gives us
+  // Every string some reading of the URL takes for a password, and the password libpq used:
+  // scrubbed out of every text libpq gives us.
+  std::vector<std::string> secrets_;
+  // Opening, or setting a new connection up: a statement cancelled by the server's
+  // statement_timeout then says the setting is too short for us, not that the server is busy.
+  bool setting_up_ = true;
   PgConnection conn_;
   bool broken_ = false;  // a call saw the connection fail; the next call reconnects
   // The server process of a connection lost with a statement in flight, until it is known to
@@ -565,31 +688,38 @@ class PostgresBackend final : public SessionBackend {
 };
 
 PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
-    : deadline_(options.deadline), shown_url_(redact_url(url)) {
+    : deadline_(options.deadline),
+      shown_url_(redact_url(url)),
+      secrets_(detail::password_candidates(url)) {
   char* raw_error = nullptr;
   const PgConninfo conninfo(PQconninfoParse(url.c_str(), &raw_error));
   const PgText parse_error(raw_error);
   if (!conninfo) {
-    const std::string reason = parse_error
-                                   ? one_line(without_secret_quotes(parse_error.get(), shown_url_))
-                                   : "out of memory";
-    throw Error(ErrorCode::kInvalidArgument,
-                "malformed PostgreSQL URL " + shown_url_ + ": " + reason);
+    // Not even the redacted URL: libpq and redact_url() may disagree on what is a password in a
+    // string that libpq cannot parse.
+    const std::string reason =
+        parse_error ? scrub(one_line(parse_failure_reason(parse_error.get())), secrets_)
+                    : "out of memory";
+    throw Error(
+        ErrorCode::kInvalidArgument,
+        "malformed PostgreSQL connection string (not shown: it may hold credentials): " + reason);
   }
   bool url_sets_connect_timeout = false;
   // libpq's option list is a C array ended by a null keyword.
   for (const PQconninfoOption* option = conninfo.get(); option->keyword != nullptr;
        ++option) {  // NOLINT(cppcoreguidelines-pro-bounds-pointer-arithmetic)
     if (option->val == nullptr || *option->val == '\0') continue;
-    if (std::strcmp(option->keyword, "password") == 0) password_ = option->val;
+    if (std::strcmp(option->keyword, "password") == 0) secrets_.emplace_back(option->val);
     if (std::strcmp(option->keyword, "connect_timeout") == 0) url_sets_connect_timeout = true;
   }
 
+  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
   connect(url, url_sets_connect_timeout);
   call_deadline_ = std::chrono::steady_clock::now() + deadline_;
   configure_session();
   migrate();
   prepare_statements();
+  setting_up_ = false;
 }
 
 void PostgresBackend::connect(const std::string& url, bool url_sets_connect_timeout) {
@@ -611,17 +741,46 @@ void PostgresBackend::connect(const std::string& url, bool url_sets_connect_time
   keywords.push_back(nullptr);
   values.push_back(nullptr);
 
-  conn_.reset(PQconnectdbParams(keywords.data(), values.data(), /*expand_dbname=*/1));
+  // Started, then polled rather than PQconnectdbParams(): the server's SQLSTATE reaches a
+  // connection failure's message only at PQERRORS_VERBOSE, which must be set before the server
+  // answers (the connection keeps it for every reconnect). Polling, libpq does not apply
+  // connect_timeout itself: the wait ends at the earlier of it and the deadline.
+  conn_.reset(PQconnectStartParams(keywords.data(), values.data(), /*expand_dbname=*/1));
   if (!conn_) {
     throw Error(ErrorCode::kInternal,
                 "libpq could not allocate a connection (out of memory) for " + shown_url_);
   }
   PQsetNoticeProcessor(conn_.get(), ignore_notice, nullptr);
-  // A password from PGPASSWORD or ~/.pgpass is as secret as one in the URL.
-  const char* used_password = PQpass(conn_.get());
-  if (password_.empty() && used_password != nullptr) password_ = used_password;
-  if (PQstatus(conn_.get()) != CONNECTION_OK) fail_connection("cannot connect to PostgreSQL");
+  PQsetErrorVerbosity(conn_.get(), PQERRORS_VERBOSE);
+  const PgConninfo in_use(PQconninfo(conn_.get()));
+  for (const PQconninfoOption* option = in_use.get(); option && option->keyword != nullptr;
+       ++option) {  // NOLINT(cppcoreguidelines-pro-bounds-pointer-arithmetic): libpq's C array
+    if (std::strcmp(option->keyword, "connect_timeout") != 0 || option->val == nullptr) continue;
+    const long seconds = std::strtol(option->val, nullptr, 10);  // NOLINT(google-runtime-int)
+    if (seconds > 0) {  // libpq waits at least 2 s; 0 or less: without a limit
+      call_deadline_ = std::min(call_deadline_, std::chrono::steady_clock::now() +
+                                                    std::chrono::seconds(std::max(seconds, 2L)));
+    }
+  }
+  const std::string action = "cannot connect to PostgreSQL";
+  if (PQstatus(conn_.get()) == CONNECTION_BAD) fail_connection(action, /*in_handshake=*/true);
+  for (PostgresPollingStatusType status = PGRES_POLLING_WRITING; status != PGRES_POLLING_OK;
+       status = PQconnectPoll(conn_.get())) {
+    if (status == PGRES_POLLING_FAILED) fail_connection(action, /*in_handshake=*/true);
+    wait_for_socket(status == PGRES_POLLING_READING ? POLLIN : POLLOUT, action,
+                    /*connecting=*/true);
+  }
+  remember_used_password();
   if (PQsetnonblocking(conn_.get(), 1) != 0) fail_connection("cannot set up the connection to");
+}
+
+// A password from PGPASSWORD or ~/.pgpass is as secret as one in the URL.
+void PostgresBackend::remember_used_password() {
+  const char* used_password = conn_ ? PQpass(conn_.get()) : nullptr;
+  if (used_password == nullptr || *used_password == '\0') return;
+  if (std::find(secrets_.begin(), secrets_.end(), used_password) == secrets_.end()) {
+    secrets_.emplace_back(used_password);
+  }
 }
 
 class PostgresBackend::Turn {
@@ -677,15 +836,29 @@ std::string PostgresBackend::target() const {
   const std::string host_text = host != nullptr && *host != '\0' ? host : "localhost";
   text += host_text[0] == '/' || host_text[0] == '@' ? " via the Unix socket in " : " on host ";
   text += host_text + ", port " + (port != nullptr && *port != '\0' ? port : "5432");
-  return scrub(text, password_);
+  return scrub(text, secrets_);
 }
 
-void PostgresBackend::fail_connection(const std::string& action) {
+// `in_handshake`: the failure ended a connection attempt (first or re-), so libpq's message is
+// the server's refusal, with its SQLSTATE, or libpq's own account of the attempt.
+void PostgresBackend::fail_connection(const std::string& action, bool in_handshake) {
   broken_ = true;
-  const std::string said =
-      scrub(one_line(conn_ ? PQerrorMessage(conn_.get()) : "libpq could not allocate a connection"),
-            password_);
-  throw Error(ErrorCode::kConnectionLost, action + " " + target() + ": " + said, "libpq: " + said);
+  remember_used_password();
+  ConnectionFailure failure =
+      read_connection_failure(conn_ ? PQerrorMessage(conn_.get()) : "libpq has no connection");
+  if (!in_handshake) failure.sqlstate.clear();  // an older message may still be there
+  const bool needs_password = in_handshake && conn_ && PQconnectionNeedsPassword(conn_.get()) != 0;
+  const ErrorCode code = error_code_for_connection(failure.sqlstate, needs_password);
+  const std::string said = scrub(one_line(failure.text), secrets_);
+  std::string message = action + " " + target() + ": " + said;
+  if (code == ErrorCode::kConfiguration) {
+    message +=
+        " (the server refuses the connection as configured; retrying cannot help: fix the URL, "
+        "the role or the server's configuration)";
+  }
+  throw Error(
+      code, message,
+      failure.sqlstate.empty() ? "libpq: " + said : "SQLSTATE " + failure.sqlstate + ": " + said);
 }
 
 // True when the connection can take a statement now. See the section comment: this is where a
@@ -711,16 +884,18 @@ void PostgresBackend::ensure_connected() {
   if (is_usable()) return;
   broken_ = true;  // stays set until the connection is fully set up again
   const std::string action = "cannot reconnect to PostgreSQL";
-  if (PQresetStart(conn_.get()) == 0) fail_connection(action);
+  if (PQresetStart(conn_.get()) == 0) fail_connection(action, /*in_handshake=*/true);
   for (PostgresPollingStatusType status = PGRES_POLLING_WRITING; status != PGRES_POLLING_OK;
        status = PQresetPoll(conn_.get())) {
-    if (status == PGRES_POLLING_FAILED) fail_connection(action);
+    if (status == PGRES_POLLING_FAILED) fail_connection(action, /*in_handshake=*/true);
     wait_for_socket(status == PGRES_POLLING_READING ? POLLIN : POLLOUT, action);
   }
   if (PQsetnonblocking(conn_.get(), 1) != 0) fail_connection(action);
+  setting_up_ = true;
   configure_session();
   settle_lost_statement();
   prepare_statements();
+  setting_up_ = false;
   broken_ = false;
 }
 
@@ -776,7 +951,12 @@ void PostgresBackend::fail(const PGresult* result, const std::string& action) {
   const char* primary =
       result != nullptr ? PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
   const std::string state = sqlstate != nullptr ? sqlstate : "";
-  const ErrorCode code = error_code_for_postgres(state, connection_bad);
+  ErrorCode code = error_code_for_postgres(state, connection_bad);
+  // query_canceled while opening or setting a connection up: a statement_timeout of the role or
+  // database too short for statements that take milliseconds, which no retry outlasts. (A
+  // cancel by an administrator lands here too; it is as final for this attempt.)
+  const bool cancelled_setting_up = setting_up_ && state == "57014";
+  if (cancelled_setting_up) code = ErrorCode::kConfiguration;
   if (code == ErrorCode::kConnectionLost) note_lost_statement();
 
   // Without a server message, the failure is libpq's own ("server closed the connection
@@ -789,9 +969,18 @@ void PostgresBackend::fail(const PGresult* result, const std::string& action) {
   } else if (conn_) {
     text = PQerrorMessage(conn_.get());
   }
-  const std::string said = scrub(one_line(text), password_);
+  const std::string said = scrub(one_line(text), secrets_);
   std::string message = action + " " + target() + ": " + said;
-  if (code == ErrorCode::kConnectionLost) {
+  if (cancelled_setting_up) {
+    message +=
+        " (the server cancelled it while the connection was being set up: a statement_timeout "
+        "set for the role or database is too short; raise it, or add "
+        "options=-c%20statement_timeout%3D0 to the URL)";
+  } else if (code == ErrorCode::kConfiguration) {
+    message += " (the server refuses this as configured; retrying cannot help)";
+  } else if (state.substr(0, 2) == "23" || state == "P0001" || state == "P0004") {
+    message += " (a constraint or trigger of the table refused the row)";
+  } else if (code == ErrorCode::kConnectionLost) {
     message +=
         " (the connection was lost; a statement that reached the server may or may not have "
         "been applied; the next call reconnects)";
@@ -811,8 +1000,9 @@ void PostgresBackend::check(const PGresult* result, const std::string& action) {
 
 // Waits until the socket is ready for `events` or the call's deadline passes; at the deadline
 // the connection is given up (the next call reconnects) and the call fails with kConnectionLost.
+// `connecting`: the first connection's handshake, when no statement can be in flight.
 void PostgresBackend::wait_for_socket(short events,  // NOLINT(google-runtime-int): pollfd's type
-                                      const std::string& action) {
+                                      const std::string& action, bool connecting) {
   pollfd socket{};
   socket.fd = PQsocket(conn_.get());
   socket.events = events;
@@ -820,6 +1010,14 @@ void PostgresBackend::wait_for_socket(short events,  // NOLINT(google-runtime-in
   for (;;) {
     const auto left = std::chrono::ceil<std::chrono::milliseconds>(
         call_deadline_ - std::chrono::steady_clock::now());
+    if (left.count() <= 0 && connecting) {
+      broken_ = true;
+      throw Error(ErrorCode::kConnectionLost,
+                  action + " " + target() + ": no answer within connect_timeout or the deadline " +
+                      "of " + std::to_string(deadline_.count()) +
+                      " ms (PostgresOptions::deadline), whichever is shorter",
+                  "pylon: client deadline");
+    }
     if (left.count() <= 0) {
       note_lost_statement();
       unresponsive_until_ = std::chrono::steady_clock::now() + deadline_;
@@ -993,6 +1191,10 @@ void PostgresBackend::migrate() {
     }
     const bool adopt_pylon_table = check_session_table(applied);  // true only at version 0
     check_rotated_table(applied);
+    // Before anything is written: the tables as version `applied` left them, keys and indexes
+    // included. (A table that lacks its primary key would otherwise fail the first upsert, and
+    // one that lacks an index would be migrated further and then refused.)
+    if (!adopt_pylon_table) verify_table_shape(applied);
     if (applied < kLatestPostgresVersion) {
       exec(
           "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
@@ -1021,8 +1223,8 @@ void PostgresBackend::migrate() {
             record, action);
       }
       action = "cannot migrate the schema of";
+      verify_table_shape(kLatestPostgresVersion);
     }
-    verify_table_shape();
     exec("COMMIT", action);
   } catch (...) {
     // Nothing of the migration is committed. ROLLBACK fails only on a dead connection, and then
@@ -1079,36 +1281,64 @@ std::vector<std::pair<std::string, std::string>> PostgresBackend::table_columns(
   return columns;
 }
 
-// (name, type) of every column of `_pylon_sessions` once migration `version` (1 or later) has
-// run, ordered by name as table_columns() returns them.
-std::vector<std::pair<std::string, std::string>> session_columns_at(int version) {
-  std::vector<std::pair<std::string, std::string>> columns = {{"absolute_expires_at", "bigint"},
-                                                              {"created_at", "bigint"},
-                                                              {"data", "bytea"},
-                                                              {"device", "text"},
-                                                              {"expires_at", "bigint"},
-                                                              {"id", "text"},
-                                                              {"ip", "text"},
-                                                              {"last_seen_at", "bigint"},
-                                                              {"tenant_id", "text"},
-                                                              {"user_id", "text"}};
-  if (version >= 2) columns.emplace_back("idp_session_id", "text");
-  if (version >= 3) columns.emplace_back("insert_order", "bigint");
-  std::sort(columns.begin(), columns.end());
-  return columns;
-}
-
-// The version that creates `_pylon_rotated_ids`, and its columns as table_columns() returns them.
-constexpr int kRotatedIdsVersion = 3;
-const std::vector<std::pair<std::string, std::string>>& rotated_columns() {
-  static const std::vector<std::pair<std::string, std::string>> kColumns = {
-      {"expires_at", "bigint"}, {"id", "text"},        {"replaced_by", "text"},
-      {"rotated_at", "bigint"}, {"tenant_id", "text"}, {"user_id", "text"}};
+const std::vector<ExpectedColumn>& session_column_shapes() {
+  static const std::vector<ExpectedColumn> kColumns = {
+      {"id", "text", true, 1},
+      {"user_id", "text", true, 1},
+      {"tenant_id", "text", false, 1},
+      {"created_at", "bigint", true, 1},
+      {"expires_at", "bigint", true, 1},
+      {"last_seen_at", "bigint", true, 1},
+      {"absolute_expires_at", "bigint", true, 1},
+      {"device", "text", false, 1},
+      {"ip", "text", false, 1},
+      {"data", "bytea", true, 1},
+      {"idp_session_id", "text", false, 2},
+      // No statement gives it a value: its identity does (an identity column is NOT NULL).
+      {"insert_order", "bigint", true, 3, /*generated=*/true},
+  };
   return kColumns;
 }
 
-std::vector<std::pair<std::string, std::string>> current_session_columns() {
-  return session_columns_at(kLatestPostgresVersion);
+// The version that creates `_pylon_rotated_ids`, and its columns.
+constexpr int kRotatedIdsVersion = 3;
+const std::vector<ExpectedColumn>& rotated_column_shapes() {
+  static const std::vector<ExpectedColumn> kColumns = {
+      {"id", "text", true, kRotatedIdsVersion},
+      {"replaced_by", "text", true, kRotatedIdsVersion},
+      {"user_id", "text", true, kRotatedIdsVersion},
+      {"tenant_id", "text", false, kRotatedIdsVersion},
+      {"rotated_at", "bigint", true, kRotatedIdsVersion},
+      {"expires_at", "bigint", true, kRotatedIdsVersion},
+  };
+  return kColumns;
+}
+
+// The indexes the migrations make besides the primary keys, by name and first column: what
+// the purges, the cap and remove_matching() rely on to cost a batch, not a scan.
+struct ExpectedIndex {
+  const char* table;
+  const char* name;
+  const char* column;
+  int since;
+};
+
+constexpr std::array<ExpectedIndex, 4> kIndexes = {{
+    {"_pylon_sessions", "_pylon_sessions_by_user", "user_id", 1},
+    {"_pylon_sessions", "_pylon_sessions_by_expiry", "expires_at", 1},
+    {"_pylon_sessions", "_pylon_sessions_by_idp_session", "idp_session_id", 2},
+    {"_pylon_rotated_ids", "_pylon_rotated_ids_by_expiry", "expires_at", kRotatedIdsVersion},
+}};
+
+// (name, type) of every column of `_pylon_sessions` once migration `version` (1 or later) has
+// run, ordered by name as table_columns() returns them.
+std::vector<std::pair<std::string, std::string>> session_columns_at(int version) {
+  std::vector<std::pair<std::string, std::string>> columns;
+  for (const ExpectedColumn& column : session_column_shapes()) {
+    if (column.since <= version) columns.emplace_back(column.name, column.type);
+  }
+  std::sort(columns.begin(), columns.end());
+  return columns;
 }
 
 std::vector<std::string> names_of(const std::vector<std::pair<std::string, std::string>>& columns) {
@@ -1175,21 +1405,110 @@ void PostgresBackend::check_rotated_table(int applied) {
                   "); refusing to use it (the database was left as it is)");
 }
 
-// After migrating: the tables must be exactly ours, types included, because rows are read in
-// binary format and an INTEGER read as a BIGINT would be garbage, not an error.
-void PostgresBackend::verify_table_shape() {
-  const auto is_ours = [this](const char* table, const auto& columns) {
-    std::string kind;
-    return relation_kind(table, &kind) && (kind == "r" || kind == "p") &&
-           table_columns(table) == columns;
+// The tables as schema version `version` leaves them, exactly: every column with its type and
+// NOT NULL (rows are read in binary format, and an INTEGER read as a BIGINT would be garbage,
+// not an error), the primary key on (id) that every ON CONFLICT (id) relies on, and the indexes
+// the migrations made, valid. At version 0 a table of version 1's columns is taken over by
+// migration 1, which makes its indexes: only its columns and key are checked then.
+// Error(kCorruptDatabase) naming the first difference.
+void PostgresBackend::verify_table_shape(int version) {
+  verify_table("_pylon_sessions", session_column_shapes(), version);
+  if (version >= kRotatedIdsVersion) {
+    verify_table("_pylon_rotated_ids", rotated_column_shapes(), version);
+  }
+}
+
+void PostgresBackend::refuse_table(const std::string& what) const {
+  throw Error(ErrorCode::kCorruptDatabase,
+              target() + " has a " + what +
+                  "; it is not pylon-sessions' table, refusing to use it (the database was left "
+                  "as it is)");
+}
+
+void PostgresBackend::verify_table(const char* table, const std::vector<ExpectedColumn>& expected,
+                                   int version) {
+  std::string kind;
+  if (!relation_kind(table, &kind)) {
+    if (version == 0) return;
+    refuse_table(std::string(table) + " table missing, which its schema version " +
+                 std::to_string(version) + " promises");
+  }
+  if (kind != "r" && kind != "p") refuse_table(std::string(table) + " " + describe_relkind(kind));
+  verify_columns(table, expected, std::max(version, 1));
+  verify_keys(table, version);
+}
+
+void PostgresBackend::verify_columns(const char* table, const std::vector<ExpectedColumn>& expected,
+                                     int version) {
+  Params name;
+  name.text(table);
+  const PgResult columns = exec_params(
+      "SELECT attname::text, format_type(atttypid, NULL), attnotnull::text, "
+      "(attidentity <> '' OR atthasdef)::text FROM pg_attribute "
+      "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
+      name, "cannot read the schema of");
+  const int rows = PQntuples(columns.get());
+  int wanted = 0;
+  for (const ExpectedColumn& column : expected) {
+    if (column.since > version) continue;
+    ++wanted;
+    int row = 0;
+    while (row < rows && text_at(columns.get(), row, 0) != column.name) ++row;
+    if (row == rows) refuse_table(std::string(table) + " table without the column " + column.name);
+    const std::string named = std::string(table) + " table whose column " + column.name;
+    const std::string type = text_at(columns.get(), row, 1);
+    if (type != column.type) {
+      std::string what = named;
+      refuse_table(what.append(" is of type ").append(type).append(", not ").append(column.type));
+    }
+    if ((text_at(columns.get(), row, 2) == "true") != column.not_null) {
+      refuse_table(named + (column.not_null ? " may be NULL" : " is NOT NULL") + ", unlike ours");
+    }
+    if (column.generated && text_at(columns.get(), row, 3) != "true") {
+      refuse_table(named + " is not an identity column");
+    }
+  }
+  if (rows != wanted) {
+    refuse_table(std::string(table) + " table with columns that its schema version " +
+                 std::to_string(version) + " does not have");
+  }
+}
+
+// The primary key on (id), and from version 1 on the indexes of kIndexes.
+void PostgresBackend::verify_keys(const char* table, int version) {
+  Params name;
+  name.text(table);
+  // Each index: its name, its first column ('' for an expression), whether it is the primary
+  // key, its number of key columns, whether it is usable.
+  const PgResult indexes = exec_params(
+      "SELECT c.relname::text, coalesce((SELECT a.attname::text FROM pg_attribute a "
+      "WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[0]), ''), i.indisprimary::text, "
+      "i.indnkeyatts::text, (i.indisvalid AND i.indisready AND i.indexprs IS NULL)::text "
+      "FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+      "WHERE i.indrelid = to_regclass($1)",
+      name, "cannot read the schema of");
+  const int rows = PQntuples(indexes.get());
+  const auto has_index = [&indexes, rows](const char* index_name, const char* column,
+                                          bool primary) {
+    for (int row = 0; row < rows; ++row) {
+      const bool usable =
+          text_at(indexes.get(), row, 1) == column && text_at(indexes.get(), row, 4) == "true";
+      const bool named = primary ? text_at(indexes.get(), row, 2) == "true" &&
+                                       text_at(indexes.get(), row, 3) == "1"
+                                 : text_at(indexes.get(), row, 0) == index_name;
+      if (usable && named) return true;
+    }
+    return false;
   };
-  for (const auto& [table, columns] : {std::pair{"_pylon_sessions", current_session_columns()},
-                                       std::pair{"_pylon_rotated_ids", rotated_columns()}}) {
-    if (!is_ours(table, columns)) {
-      throw Error(ErrorCode::kCorruptDatabase,
-                  target() + " does not have the " + table +
-                      " table its schema version promises (columns and types of "
-                      "migrations/postgres); the database was left as it is");
+  if (!has_index(nullptr, "id", /*primary=*/true)) {
+    refuse_table(std::string(table) + " table whose primary key is not (id)");
+  }
+  for (const ExpectedIndex& index : kIndexes) {
+    if (std::strcmp(index.table, table) != 0 || index.since > version) continue;
+    if (!has_index(index.name, index.column, /*primary=*/false)) {
+      refuse_table(std::string(table) + " table without the index " + index.name + " on (" +
+                   index.column + ") that its schema version " + std::to_string(version) +
+                   " promises");
     }
   }
 }
@@ -1915,6 +2234,17 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
   if (url.find('\0') != std::string::npos) {
     throw Error(ErrorCode::kInvalidArgument, "PostgreSQL URL contains a NUL byte");
   }
+  // A URL (anything that starts like "scheme:") is checked as open_backend() checks it: one
+  // that readers could split differently is refused before libpq sees it, and one of another
+  // scheme is not ours. Anything else is a libpq keyword/value string (or a database name).
+  const detail::DatabaseLocation location = detail::parse_database_url(url);
+  const bool is_bare = url.empty() || location.sqlite_path == url;  // not read as a URL
+  if (!location.is_postgres && !is_bare) {
+    throw Error(ErrorCode::kUnsupportedScheme,
+                "open_postgres_backend takes a postgres:// or postgresql:// URL or a libpq "
+                "keyword/value string, not " +
+                    redact_url(url));
+  }
   if (options.deadline.count() <= 0) {
     throw Error(ErrorCode::kInvalidArgument,
                 "PostgresOptions::deadline must be positive, for " + redact_url(url));
@@ -1933,3 +2263,4 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
 }
 
 }  // namespace pylon
+#endif  // PYLON_WITH_POSTGRES

@@ -11,6 +11,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "session_backend.hpp"
 
@@ -93,6 +94,11 @@ struct DatabaseLocation {
   SqliteOptions sqlite_options;
 };
 DatabaseLocation parse_database_url(const std::string& database_url);
+
+// Every string that some reading of `url` (RFC 3986's, libpq's URI or keyword/value parser)
+// could take for a password: what redact_url() hides, and what the PostgreSQL backend scrubs
+// from every message libpq writes.
+std::vector<std::string> password_candidates(std::string_view url);
 
 }  // namespace pylon::detail
 

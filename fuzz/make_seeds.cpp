@@ -269,6 +269,19 @@ void write_url_seeds(const fs::path& out) {
       {"postgres_multi_host", "postgres://app:tr0ub4dor@db1:5432,db2:5433/sessions"},
       {"unknown_scheme", "mysql://root:letmein1@localhost/app"},
       {"keyword_value", "host=db user=app password=Pa55word dbname=sessions"},
+      // The shapes that once leaked a password, and forms that must be refused (issue 19).
+      {"url_fuzz-quote-and-bad-percent-escape",
+       "postgresql://app:Tr0ub4dor\"&3%horse@127.0.0.1:5432/app"},
+      {"url_fuzz-unencoded-at-in-password", "postgresql://app:hunter2@work!@127.0.0.1:5432/app"},
+      {"url_fuzz-unencoded-slash-in-password",
+       "postgresql://app:Zm9vYmFy/YmF6cXV4@127.0.0.1:5432/app"},
+      {"url_fuzz-percent-encoded-password",
+       "postgresql://app:Zm9vYmFy%2FYmF6cXV4@127.0.0.1:5432/"
+       "app?sslmode=require&password=Sw0rd%3Df1sh"},
+      {"url_fuzz-libpq-keyword-value-quoted",
+       "host=db port=5432 password = 'Tr0ub\\'4dor x'user=app dbname=app"},
+      {"url_fuzz-file-uri", "file:data.db"},
+      {"url_fuzz-sqlite-one-slash", "sqlite:/one-slash.db"},
   };
   fs::create_directories(out);
   for (const auto& [name, url] : urls) write_bytes(out / (std::string(name) + ".txt"), url);
