@@ -26,7 +26,46 @@
 #include <utility>
 #include <vector>
 
+// The version and the export macro. CMakeLists.txt reads the version from here: the one place
+// it is written.
+// The version of the header. pylon::version() returns the library's, which differs only when an
+// application is built against one release and runs with the shared library of another.
+#define PYLON_SESSIONS_VERSION_MAJOR 0
+#define PYLON_SESSIONS_VERSION_MINOR 1
+#define PYLON_SESSIONS_VERSION_PATCH 0
+#define PYLON_SESSIONS_VERSION_STRING "0.1.0"
+// One number for comparisons: 10000 * major + 100 * minor + patch (0.1.0 is 100).
+#define PYLON_SESSIONS_VERSION                                                 \
+  (PYLON_SESSIONS_VERSION_MAJOR * 10000 + PYLON_SESSIONS_VERSION_MINOR * 100 + \
+   PYLON_SESSIONS_VERSION_PATCH)
+
+// PYLON_API marks what the library exports: the public API of session_backend.hpp and nothing
+// else. The library is compiled with hidden visibility, so everything in pylon::detail stays
+// inside a shared build. Builds define PYLON_SHARED when the library is a DLL or shared object
+// (CMake does, for BUILD_SHARED_LIBS=ON), and PYLON_BUILDING_LIBRARY while compiling it.
+#if defined(_WIN32) && defined(PYLON_SHARED)
+#if defined(PYLON_BUILDING_LIBRARY)
+#define PYLON_API __declspec(dllexport)
+#else
+#define PYLON_API __declspec(dllimport)
+#endif
+#elif defined(__GNUC__) || defined(__clang__)
+#define PYLON_API __attribute__((visibility("default")))
+#else
+#define PYLON_API
+#endif
+// PYLON_HIDDEN keeps a class nested in an exported one (SessionStore::Impl) inside the library.
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(_WIN32)
+#define PYLON_HIDDEN __attribute__((visibility("hidden")))
+#else
+#define PYLON_HIDDEN
+#endif
+
 namespace pylon {
+
+// The version of the library this program runs with, "major.minor.patch"
+// (PYLON_SESSIONS_VERSION_STRING is the header's).
+PYLON_API const char* version() noexcept;
 
 // ------------------------------------------------------------------------------------------------
 // Errors
@@ -55,11 +94,11 @@ enum class ErrorCode {
 };
 
 // A stable, lowercase name for a code ("storage_full"); also used in Error messages.
-const char* to_string(ErrorCode code) noexcept;
+PYLON_API const char* to_string(ErrorCode code) noexcept;
 
 // The one exception type of the library. what() reads "[pylon.<code>] <message>", where the
 // message names the object at fault (a path, a URL without its password, a migration number).
-class Error : public std::runtime_error {
+class PYLON_API Error : public std::runtime_error {
  public:
   Error(ErrorCode code, const std::string& message, std::string backend_detail = {});
 
@@ -94,7 +133,7 @@ struct Session {
   // The identity provider's session id (OIDC `sid`), for back-channel logout; UTF-8 without NUL.
   std::optional<std::string> idp_session_id;
 
-  friend bool operator==(const Session& a, const Session& b);
+  friend PYLON_API bool operator==(const Session& a, const Session& b);
   friend bool operator!=(const Session& a, const Session& b) { return !(a == b); }
 };
 
@@ -117,17 +156,17 @@ inline constexpr std::int64_t kMaxSessionTime = 253402300799;
 inline constexpr std::size_t kTokenLength = 70;
 
 // A fresh token from OpenSSL's CSPRNG (RAND_bytes). Throws Error(kInternal) if the CSPRNG fails.
-std::string generate_token();
+PYLON_API std::string generate_token();
 
 // True when `token` has exactly the form generate_token() produces. Checked before any hashing
 // or lookup, so a garbage cookie costs a length check and never reaches storage.
-bool is_well_formed_token(std::string_view token) noexcept;
+PYLON_API bool is_well_formed_token(std::string_view token) noexcept;
 
 // The session id of a token: lowercase hex SHA-256 of its bytes (any bytes are accepted here).
-std::string session_id_for_token(std::string_view token);
+PYLON_API std::string session_id_for_token(std::string_view token);
 
 // True when `id` is 64 lowercase hex characters.
-bool is_well_formed_session_id(std::string_view id) noexcept;
+PYLON_API bool is_well_formed_session_id(std::string_view id) noexcept;
 
 // ------------------------------------------------------------------------------------------------
 // Storage
@@ -215,7 +254,7 @@ struct RotatedId {
 //
 // Implement this interface to put sessions somewhere else (Redis, DynamoDB, ...);
 // SessionStore works with any implementation that keeps this contract.
-class SessionBackend {
+class PYLON_API SessionBackend {
  public:
   virtual ~SessionBackend() = default;
 
@@ -337,8 +376,8 @@ struct SqliteOptions {
 // Throws Error: kCorruptDatabase for a file that is not an SQLite database or whose
 // `_pylon_sessions` is not ours, kSchemaTooNew, kIo / kReadOnly for paths that cannot be used.
 // A file that is refused is left byte for byte as it was.
-std::unique_ptr<SessionBackend> open_sqlite_backend(const std::string& path,
-                                                    const SqliteOptions& options = {});
+PYLON_API std::unique_ptr<SessionBackend> open_sqlite_backend(const std::string& path,
+                                                              const SqliteOptions& options = {});
 
 struct PostgresOptions {
   // The longest a call waits: for its turn on the connection (another call may hold it), to
@@ -355,8 +394,8 @@ struct PostgresOptions {
 // string) and brings its schema up to date. open_backend() calls it with the default options.
 // Throws Error(kUnsupportedScheme) in a build without libpq, Error(kInvalidArgument) for a
 // malformed URL or a deadline that is not positive, and kConnectionLost when no server answers.
-std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
-                                                      const PostgresOptions& options = {});
+PYLON_API std::unique_ptr<SessionBackend> open_postgres_backend(
+    const std::string& url, const PostgresOptions& options = {});
 
 // Opens the backend a DATABASE_URL names:
 //   ""                             the file sessions.db in the working directory
@@ -368,21 +407,21 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
 // SQLite URLs take query parameters `synchronous=full|normal` and `busy_timeout=<ms>`.
 // Throws Error(kUnsupportedScheme) for other schemes (the message lists the supported ones),
 // Error(kInvalidArgument) for a malformed URL, and whatever opening the backend throws.
-std::unique_ptr<SessionBackend> open_backend(const std::string& database_url);
+PYLON_API std::unique_ptr<SessionBackend> open_backend(const std::string& database_url);
 
 // The value of the environment variable DATABASE_URL, or "" when it is unset.
-std::string database_url_from_env();
+PYLON_API std::string database_url_from_env();
 
 // `url` with any password replaced by "***" ("postgres://app:***@db/sessions"). Used by every
 // message that shows a URL.
-std::string redact_url(std::string_view url);
+PYLON_API std::string redact_url(std::string_view url);
 
 // ------------------------------------------------------------------------------------------------
 // The store
 // ------------------------------------------------------------------------------------------------
 
 // The current time in Unix seconds from the system clock: StoreOptions::clock's default.
-std::int64_t system_clock_now();
+PYLON_API std::int64_t system_clock_now();
 
 // What SessionStore::stats() reports. Counters start at 0 when the store is constructed.
 struct StoreStats {
@@ -479,7 +518,7 @@ struct NewSession {
 // throws, the session is denied in this process at once, and the delete is retried before the
 // store's next write until storage has it.
 // Expired sessions are never returned by any call.
-class SessionStore {
+class PYLON_API SessionStore {
  public:
   // Loads every row of `backend`. Throws Error if that fails, or if `options` are invalid
   // (a negative duration, an absolute_ttl of 0, an empty clock).
@@ -568,7 +607,7 @@ class SessionStore {
   StoreStats stats() const;
 
  private:
-  class Impl;
+  class PYLON_HIDDEN Impl;
   std::unique_ptr<Impl> impl_;
 };
 

@@ -3,15 +3,20 @@
 #   {NNNN, "NNNN_<name>.sql", R"pylon_sql(<file contents>)pylon_sql"},
 # initialisers, sorted by version, that session_backend.cpp includes inside an array.
 #
-# Usable two ways: pylon_embed_migrations() from CMakeLists.txt, or by hand when vendoring the
-# sources without CMake:
+# Usable two ways: pylon_embed_migrations() from CMakeLists.txt, or as a script (relative paths
+# are taken from the working directory); scripts/amalgamate.sh runs it so, from the top of the
+# repository:
 #   cmake -DDIALECT=sqlite -DSOURCE_DIR=migrations/sqlite -DOUTPUT=pylon_migrations_sqlite.inc \
 #         -P cmake/embed_migrations.cmake
+# To build without CMake, use the one-file amalgamation (amalgamation/, see the README).
 
 function(pylon_write_migrations_fragment source_dir output)
   file(GLOB sql_files RELATIVE ${source_dir} ${source_dir}/*.sql)
   list(SORT sql_files)
-  set(fragment "// Generated from ${source_dir} by cmake/embed_migrations.cmake. Do not edit.\n")
+  # The comment names migrations/<dialect>, never an absolute path: the amalgamation embeds the
+  # fragment and must not depend on where the repository is checked out.
+  get_filename_component(dialect_dir "${source_dir}" NAME)
+  set(fragment "// Generated from migrations/${dialect_dir} by cmake/embed_migrations.cmake. Do not edit.\n")
   set(expected 1)
   foreach(file IN LISTS sql_files)
     if(NOT file MATCHES "^([0-9][0-9][0-9][0-9])_[a-z0-9_]+\\.sql$")
@@ -43,6 +48,8 @@ function(pylon_write_migrations_fragment source_dir output)
 endfunction()
 
 if(CMAKE_SCRIPT_MODE_FILE)
+  get_filename_component(SOURCE_DIR "${SOURCE_DIR}" ABSOLUTE)  # from the working directory
+  get_filename_component(OUTPUT "${OUTPUT}" ABSOLUTE)  # from the working directory
   pylon_write_migrations_fragment(${SOURCE_DIR} ${OUTPUT})
   return()
 endif()
