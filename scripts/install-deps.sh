@@ -11,6 +11,11 @@ packages=(
   build-essential cmake ninja-build pkg-config git
   # the library's dependencies
   libsqlite3-dev sqlite3 libssl-dev libpq-dev
+  # sessionctl (CLI11, nlohmann-json) and the demo web app (cpp-httplib)
+  libcli11-dev nlohmann-json3-dev libcpp-httplib-dev
+  # the demo's browser test (tests/browser): headless Chromium driven over its DevTools
+  # protocol by Debian's Python and its WebSocket client; fonts so that screenshots show text
+  chromium python3 python3-websocket fonts-dejavu-core
   # tests: GoogleTest/GoogleMock, a throw-away PostgreSQL server (scripts/pg-cluster.sh),
   # chattr (e2fsprogs) and setpriv (util-linux) for failure injection, strace
   libgtest-dev libgmock-dev googletest postgresql e2fsprogs util-linux strace

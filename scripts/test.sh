@@ -5,7 +5,9 @@
 # 60 s each with a fixed seed (scripts/fuzz.sh --seed 1 60), the benchmark's smoke run
 # (scripts/bench.sh --quick) and validate()'s timing test (bench/validate_timing, 10^6 samples: its
 # PASS or FAIL line is a figure to read, not an assertion, as timed assertions fail on noisy
-# machines), and finally scripts/lint.sh and scripts/thread-safety.sh (Clang's analysis of the
+# machines), the packaging checks (scripts/amalgamate.sh --check, scripts/consumer-tests.sh: every
+# route of embedding the library built and run), and finally scripts/lint.sh and
+# scripts/thread-safety.sh (Clang's analysis of the
 # annotated lock rules). A failed stage does not stop the others (only the rest of its preset is
 # skipped); a summary with each stage's result and time comes last, and the exit status is
 # non-zero if any stage failed.
@@ -188,6 +190,12 @@ for preset in "${presets[@]}"; do
   fi
   stop_early
 done
+
+# ---- packaging: the committed amalgamation is current, and every way of embedding builds ------
+stage "amalgamation current" bash scripts/amalgamate.sh --check || true
+stop_early
+stage consumer bash scripts/consumer-tests.sh || true
+stop_early
 
 # ---- fuzzing and the benchmark's smoke run ------------------------------------------------------
 if ((run_fuzz)); then
