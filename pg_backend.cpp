@@ -2245,9 +2245,12 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
                 "keyword/value string, not " +
                     redact_url(url));
   }
-  if (options.deadline.count() <= 0) {
+  // Bounded above too: the deadline is added to the steady clock, where milliseconds::max()
+  // would overflow.
+  if (options.deadline.count() <= 0 || options.deadline > std::chrono::hours(1)) {
     throw Error(ErrorCode::kInvalidArgument,
-                "PostgresOptions::deadline must be positive, for " + redact_url(url));
+                "PostgresOptions::deadline is " + std::to_string(options.deadline.count()) +
+                    " ms, outside its range of 1 ms to 1 hour, for " + redact_url(url));
   }
   // open_backend() takes the scheme in any case (RFC 3986: schemes are case-insensitive), but
   // libpq recognises only a lowercase "postgresql://" or "postgres://".

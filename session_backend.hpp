@@ -386,7 +386,7 @@ struct PostgresOptions {
   // statement may or may not have been applied), and the next call starts on a new connection.
   // It bounds what a frozen server or a network that drops packets silently can cost a caller;
   // libpq's connect_timeout (5 s unless the URL or PGCONNECT_TIMEOUT sets it) also still bounds
-  // each connection attempt.
+  // each connection attempt. 1 ms to 1 hour.
   std::chrono::milliseconds deadline{6000};
 };
 

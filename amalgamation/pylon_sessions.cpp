@@ -430,7 +430,7 @@ struct PostgresOptions {
   // statement may or may not have been applied), and the next call starts on a new connection.
   // It bounds what a frozen server or a network that drops packets silently can cost a caller;
   // libpq's connect_timeout (5 s unless the URL or PGCONNECT_TIMEOUT sets it) also still bounds
-  // each connection attempt.
+  // each connection attempt. 1 ms to 1 hour.
   std::chrono::milliseconds deadline{6000};
 };
 
@@ -7968,9 +7968,12 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
                 "keyword/value string, not " +
                     redact_url(url));
   }
-  if (options.deadline.count() <= 0) {
+  // Bounded above too: the deadline is added to the steady clock, where milliseconds::max()
+  // would overflow.
+  if (options.deadline.count() <= 0 || options.deadline > std::chrono::hours(1)) {
     throw Error(ErrorCode::kInvalidArgument,
-                "PostgresOptions::deadline must be positive, for " + redact_url(url));
+                "PostgresOptions::deadline is " + std::to_string(options.deadline.count()) +
+                    " ms, outside its range of 1 ms to 1 hour, for " + redact_url(url));
   }
   // open_backend() takes the scheme in any case (RFC 3986: schemes are case-insensitive), but
   // libpq recognises only a lowercase "postgresql://" or "postgres://".

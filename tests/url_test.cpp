@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <optional>
 #include <string>
@@ -597,6 +598,28 @@ TEST_F(DatabaseUrlEnv, ReadsTheVariable) {
 TEST_F(DatabaseUrlEnv, IsEmptyWhenUnset) {
   ASSERT_EQ(::unsetenv("DATABASE_URL"), 0);
   EXPECT_EQ(pylon::database_url_from_env(), "");
+}
+
+}  // namespace
+
+namespace {
+
+// The deadline has a range, refused past either end before any connection is tried (the URL
+// names a port nothing listens on: a connection attempt would fail differently).
+TEST(PostgresOptionsValidation, TheDeadlineIsRangeChecked) {
+  const std::string url = "postgres://app:Pa55w0rd-x@127.0.0.1:1/app";
+  for (const std::chrono::milliseconds deadline :
+       {std::chrono::milliseconds(0), std::chrono::milliseconds(-5),
+        std::chrono::milliseconds(3600001), std::chrono::milliseconds::max()}) {
+    pylon::PostgresOptions options;
+    options.deadline = deadline;
+    const auto error =
+        pylon::test::capture_pylon_error([&] { pylon::open_postgres_backend(url, options); });
+    ASSERT_TRUE(error.has_value()) << deadline.count();
+    EXPECT_EQ(error->code(), pylon::ErrorCode::kInvalidArgument) << error->what();
+    EXPECT_THAT(error->what(), ::testing::HasSubstr("PostgresOptions::deadline"));
+    EXPECT_THAT(error->what(), ::testing::Not(::testing::HasSubstr("Pa55w0rd")));
+  }
 }
 
 }  // namespace
