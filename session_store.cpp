@@ -229,8 +229,8 @@ class SessionStore::Impl {
   // One run of the reaper: expired sessions, then expired rotated ids, in batches of at most
   // reaper_batch_size rows, with the write lock released between batches so that other writers
   // interleave with a purge of millions of rows. A failure is counted and reported.
-  void reap() noexcept EXCLUDES(writes_.mutex());
-  std::size_t purge_in_batches() EXCLUDES(writes_.mutex());
+  void reap(const detail::Reaper& reaper) noexcept EXCLUDES(writes_.mutex());
+  std::size_t purge_in_batches(const detail::Reaper& reaper) EXCLUDES(writes_.mutex());
 
   // The cache-line aligned members first: less padding.
   detail::SessionCache cache_;
@@ -285,7 +285,8 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
   for (RotatedId& rotated : rotated_ids) rotated_ids_.remember(std::move(rotated));
   for (const SessionEvent& event : backend_->opening_events()) emit(event);
   if (options_.reaper_interval.count() > 0) {
-    reaper_ = std::make_unique<detail::Reaper>(options_.reaper_interval, [this] { reap(); });
+    reaper_ = std::make_unique<detail::Reaper>(
+        options_.reaper_interval, [this](const detail::Reaper& reaper) { reap(reaper); });
   }
 }
 
@@ -761,10 +762,10 @@ std::size_t SessionStore::Impl::purge_expired() {
 // little longer.
 // ------------------------------------------------------------------------------------------------
 
-std::size_t SessionStore::Impl::purge_in_batches() {
+std::size_t SessionStore::Impl::purge_in_batches(const detail::Reaper& reaper) {
   const std::int64_t at = now();
   const std::size_t batch = options_.reaper_batch_size;
-  const auto in_batches = [this, batch](auto&& remove_batch) {
+  const auto in_batches = [this, batch, &reaper](auto&& remove_batch) {
     std::size_t total = 0;
     for (;;) {
       std::size_t removed = 0;
@@ -774,11 +775,11 @@ std::size_t SessionStore::Impl::purge_in_batches() {
         removed = writes_.run(remove_batch);
       }
       total += removed;
-      if (removed < batch || reaper_->stopping()) return total;
+      if (removed < batch || reaper.stopping()) return total;
     }
   };
   const std::size_t total = in_batches([&] { return backend_->remove_expired_batch(at, batch); });
-  if (!reaper_->stopping()) {
+  if (!reaper.stopping()) {
     in_batches([&] { return backend_->remove_expired_rotated(at, batch); });
   }
   {
@@ -792,11 +793,11 @@ std::size_t SessionStore::Impl::purge_in_batches() {
 
 // A failure is retried next interval; it is counted, and told to the listener, so that a reaper
 // that keeps failing (a full disk, a lost server) is seen.
-void SessionStore::Impl::reap() noexcept {
+void SessionStore::Impl::reap(const detail::Reaper& reaper) noexcept {
   bool failed = false;
   SessionEvent failure = SessionEvent::with_detail(SessionEventType::kReaperFailed, {});
   try {
-    purge_in_batches();
+    purge_in_batches(reaper);
   } catch (const std::exception& error) {
     failed = true;
     try {

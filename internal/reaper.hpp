@@ -19,7 +19,9 @@ namespace pylon::detail {
 
 class Reaper {
  public:
-  Reaper(std::chrono::seconds interval, std::function<void()> run)
+  // `run` gets the Reaper, to ask stopping(): it runs on the reaper's thread, which may start
+  // before whoever constructs the Reaper has stored it anywhere.
+  Reaper(std::chrono::seconds interval, std::function<void(const Reaper&)> run)
       : interval_(interval), run_(std::move(run)), thread_([this] { loop(); }) {}
   ~Reaper() {
     {
@@ -45,7 +47,7 @@ class Reaper {
       return stop_requested_;  // evaluated with mutex_ held, inside the wait
     })) {
       lock.unlock();
-      run_();
+      run_(*this);
       lock.lock();
     }
   }
@@ -55,7 +57,7 @@ class Reaper {
   bool stop_requested_ GUARDED_BY(mutex_) = false;
   std::atomic<bool> stopping_{false};
   const std::chrono::seconds interval_;
-  const std::function<void()> run_;
+  const std::function<void(const Reaper&)> run_;
   std::thread thread_;  // last: started once everything above exists
 };
 

@@ -89,6 +89,7 @@ install_once() {
   ((installed)) && return 0
   note "building and installing into ${prefix}"
   rm -rf "${install_dir}" "${prefix}"
+  mkdir -p "${base}"  # the logs sit beside the build directory
   cmake -S . -B "${install_dir}" "${generator[@]}" -DPYLON_BUILD_TESTS=OFF -DPYLON_BUILD_BENCH=OFF \
     -DPYLON_BUILD_TOOLS=OFF -DPYLON_BUILD_CONFORMANCE=ON >"${install_dir}.log" 2>&1 ||
     { cat "${install_dir}.log"; fail "configuring the library"; }
