@@ -3363,7 +3363,9 @@ namespace pylon::detail {
 
 class Reaper {
  public:
-  Reaper(std::chrono::seconds interval, std::function<void()> run)
+  // `run` gets the Reaper, to ask stopping(): it runs on the reaper's thread, which may start
+  // before whoever constructs the Reaper has stored it anywhere.
+  Reaper(std::chrono::seconds interval, std::function<void(const Reaper&)> run)
       : interval_(interval), run_(std::move(run)), thread_([this] { loop(); }) {}
   ~Reaper() {
     {
@@ -3389,7 +3391,7 @@ class Reaper {
       return stop_requested_;  // evaluated with mutex_ held, inside the wait
     })) {
       lock.unlock();
-      run_();
+      run_(*this);
       lock.lock();
     }
   }
@@ -3399,7 +3401,7 @@ class Reaper {
   bool stop_requested_ GUARDED_BY(mutex_) = false;
   std::atomic<bool> stopping_{false};
   const std::chrono::seconds interval_;
-  const std::function<void()> run_;
+  const std::function<void(const Reaper&)> run_;
   std::thread thread_;  // last: started once everything above exists
 };
 
@@ -4135,11 +4137,11 @@ class SessionStore::Impl {
   // denied here at once and the same filter is owed to storage (StorageWrites).
   std::vector<RemovedSession> revoke_matching(const SessionFilter& filter)
       EXCLUDES(writes_.mutex());
-  // A well-formed id the cache does not hold: its row read from storage, cached and returned
-  // when it is live (and slid as validate() slides); nullopt when storage has none, the lookup
-  // bound is reached, the read fails (counted), or a failed revoke still owes its delete. The read
-  // is made under the write lock, so it cannot interleave with this process's own writes (a revoke
-  // between the read and the cache update would bring the session back here).
+  // A well-formed id the cache does not hold, once MissLookups allowed the read: its row read
+  // from storage, cached and returned when it is live (and slid as validate() slides); nullopt
+  // when storage has none, the read fails (counted), or a failed revoke still owes its delete.
+  // The read is made under the write lock, so it cannot interleave with this process's own
+  // writes (a revoke between the read and the cache update would bring the session back here).
   std::optional<Session> look_up_miss(const std::string& id, std::int64_t at, bool slide)
       EXCLUDES(writes_.mutex());
   // The idle slide of a live cached session, written when touch_interval has passed.
@@ -4151,8 +4153,8 @@ class SessionStore::Impl {
   // One run of the reaper: expired sessions, then expired rotated ids, in batches of at most
   // reaper_batch_size rows, with the write lock released between batches so that other writers
   // interleave with a purge of millions of rows. A failure is counted and reported.
-  void reap() noexcept EXCLUDES(writes_.mutex());
-  std::size_t purge_in_batches() EXCLUDES(writes_.mutex());
+  void reap(const detail::Reaper& reaper) noexcept EXCLUDES(writes_.mutex());
+  std::size_t purge_in_batches(const detail::Reaper& reaper) EXCLUDES(writes_.mutex());
 
   // The cache-line aligned members first: less padding.
   detail::SessionCache cache_;
@@ -4207,7 +4209,8 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
   for (RotatedId& rotated : rotated_ids) rotated_ids_.remember(std::move(rotated));
   for (const SessionEvent& event : backend_->opening_events()) emit(event);
   if (options_.reaper_interval.count() > 0) {
-    reaper_ = std::make_unique<detail::Reaper>(options_.reaper_interval, [this] { reap(); });
+    reaper_ = std::make_unique<detail::Reaper>(
+        options_.reaper_interval, [this](const detail::Reaper& reaper) { reap(reaper); });
   }
 }
 
@@ -4426,7 +4429,6 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
 
 std::optional<Session> SessionStore::Impl::look_up_miss(const std::string& id, std::int64_t at,
                                                         bool slide) {
-  if (!miss_lookups_.try_acquire()) return std::nullopt;
   std::optional<Session> found;
   {
     const MutexLock lock(writes_.mutex());
@@ -4489,8 +4491,12 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
     case detail::SessionCache::Found::kNone:
       // Not cached (and `session` a decoy): another instance may have created it. A token this
       // store handed out is cached before it is returned, so only storage can say more.
+      // The bound is asked first: a miss refused by it costs no more than before lookups existed
+      // (bench/validate_timing measures with lookups off).
       result.reset();
-      result = look_up_miss(detail::session_id_of(digest), at, /*slide=*/true);
+      if (miss_lookups_.try_acquire()) {
+        result = look_up_miss(detail::session_id_of(digest), at, /*slide=*/true);
+      }
       (result ? cache_hits_ : cache_misses_).add();
       return result;
     case detail::SessionCache::Found::kExpired:
@@ -4533,7 +4539,7 @@ std::optional<Session> SessionStore::Impl::find(std::string_view id) {
       found = std::move(cached);
       break;
     case detail::SessionCache::Found::kNone:
-      found = look_up_miss(std::string(id), at, /*slide=*/false);
+      if (miss_lookups_.try_acquire()) found = look_up_miss(std::string(id), at, /*slide=*/false);
       break;
     case detail::SessionCache::Found::kExpired:
     case detail::SessionCache::Found::kRotatedAway:
@@ -4683,10 +4689,10 @@ std::size_t SessionStore::Impl::purge_expired() {
 // little longer.
 // ------------------------------------------------------------------------------------------------
 
-std::size_t SessionStore::Impl::purge_in_batches() {
+std::size_t SessionStore::Impl::purge_in_batches(const detail::Reaper& reaper) {
   const std::int64_t at = now();
   const std::size_t batch = options_.reaper_batch_size;
-  const auto in_batches = [this, batch](auto&& remove_batch) {
+  const auto in_batches = [this, batch, &reaper](auto&& remove_batch) {
     std::size_t total = 0;
     for (;;) {
       std::size_t removed = 0;
@@ -4696,11 +4702,11 @@ std::size_t SessionStore::Impl::purge_in_batches() {
         removed = writes_.run(remove_batch);
       }
       total += removed;
-      if (removed < batch || reaper_->stopping()) return total;
+      if (removed < batch || reaper.stopping()) return total;
     }
   };
   const std::size_t total = in_batches([&] { return backend_->remove_expired_batch(at, batch); });
-  if (!reaper_->stopping()) {
+  if (!reaper.stopping()) {
     in_batches([&] { return backend_->remove_expired_rotated(at, batch); });
   }
   {
@@ -4714,11 +4720,11 @@ std::size_t SessionStore::Impl::purge_in_batches() {
 
 // A failure is retried next interval; it is counted, and told to the listener, so that a reaper
 // that keeps failing (a full disk, a lost server) is seen.
-void SessionStore::Impl::reap() noexcept {
+void SessionStore::Impl::reap(const detail::Reaper& reaper) noexcept {
   bool failed = false;
   SessionEvent failure = SessionEvent::with_detail(SessionEventType::kReaperFailed, {});
   try {
-    purge_in_batches();
+    purge_in_batches(reaper);
   } catch (const std::exception& error) {
     failed = true;
     try {
