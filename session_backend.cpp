@@ -336,6 +336,13 @@ bool create_private_file_if_missing(const std::string& path) {
   return true;
 }
 
+// A file mode as chmod(1) writes it: four octal digits ("0644").
+std::string octal_mode(mode_t mode) {
+  std::string digits(4, '0');
+  for (std::size_t i = 4; i-- > 0; mode >>= 3U) digits[i] = static_cast<char>('0' + (mode & 7U));
+  return digits;
+}
+
 // The database file and its -wal and -shm as they are on disk, before SQLite reads a byte of them:
 // refused when another user owns one or group or others may write one, tightened to 0600 when
 // group or others may only read one (pylon's own runtime created its file 0644). Nothing is
@@ -359,8 +366,6 @@ std::optional<SessionEvent> secure_database_files(const std::string& path,
                                       system_error_text(error_number));
     }
     const mode_t mode = info.st_mode & 07777U;
-    std::array<char, 8> octal{};
-    std::snprintf(octal.data(), octal.size(), "%04o", static_cast<unsigned>(mode));
     if (info.st_uid != ::geteuid()) {
       throw Error(ErrorCode::kIo,
                   "database file " + shown + " is owned by user ID " + std::to_string(info.st_uid) +
@@ -370,13 +375,16 @@ std::optional<SessionEvent> secure_database_files(const std::string& path,
                       "allow_shared_file to share it knowingly (the file was left as it is)");
     }
     if ((mode & (S_IWGRP | S_IWOTH)) != 0) {
-      throw Error(ErrorCode::kIo,
-                  "database file " + shown + " has mode " + octal.data() +
-                      ": group or others may write it, and so insert a session and log in as "
-                      "anyone. Fix: chmod 600 " +
-                      shown +
-                      ", or set allow_shared_file to share it knowingly (the file was left as "
-                      "it is)");
+      std::string message = "database file ";
+      message.append(shown)
+          .append(" has mode ")
+          .append(octal_mode(mode))
+          .append(
+              ": group or others may write it, and so insert a session and log in as "
+              "anyone. Fix: chmod 600 ")
+          .append(shown)
+          .append(", or set allow_shared_file to share it knowingly (the file was left as it is)");
+      throw Error(ErrorCode::kIo, message);
     }
     if ((mode & (S_IRWXG | S_IRWXO)) != 0) to_tighten.push_back({file, shown, mode});
   }
@@ -389,10 +397,12 @@ std::optional<SessionEvent> secure_database_files(const std::string& path,
       throw Error(ErrorCode::kIo, "cannot make database file " + found.shown + " private (chmod " +
                                       "600): " + system_error_text(error_number));
     }
-    std::array<char, 32> modes{};
-    std::snprintf(modes.data(), modes.size(), ": mode %04o -> %04o",
-                  static_cast<unsigned>(found.mode), static_cast<unsigned>(tightened));
-    detail += (detail.empty() ? "" : "; ") + found.shown + modes.data();
+    if (!detail.empty()) detail += "; ";
+    detail.append(found.shown)
+        .append(": mode ")
+        .append(octal_mode(found.mode))
+        .append(" -> ")
+        .append(octal_mode(tightened));
   }
   return SessionEvent::with_detail(SessionEventType::kFilePermissionsTightened,
                                    "group or others could read the database files; made them "
@@ -852,8 +862,8 @@ int SqliteBackend::applied_schema_version() {
       prepare("SELECT coalesce(max(version), 0) FROM _pylon_schema_migrations", 0);
   Use use(*this, query, "cannot read the schema version of");
   if (!use.next_row()) return 0;
-  const sqlite3_int64 version = sqlite3_column_int64(use.get(), 0);
-  return static_cast<int>(std::clamp<sqlite3_int64>(version, 0, INT_MAX));
+  const sqlite3_int64 applied = sqlite3_column_int64(use.get(), 0);
+  return static_cast<int>(std::clamp<sqlite3_int64>(applied, 0, INT_MAX));
 }
 
 void SqliteBackend::probe() {
@@ -864,15 +874,15 @@ void SqliteBackend::probe() {
 }
 
 void SqliteBackend::check_schema_version_and_shape() {
-  const int version = applied_schema_version();
-  if (version > kLatestSqliteVersion) {
+  const int applied = applied_schema_version();
+  if (applied > kLatestSqliteVersion) {
     throw Error(ErrorCode::kSchemaTooNew,
                 "database " + shown_path_ + " has pylon-sessions schema version " +
-                    std::to_string(version) + ", newer than version " +
+                    std::to_string(applied) + ", newer than version " +
                     std::to_string(kLatestSqliteVersion) +
                     " that this build knows; upgrade pylon-sessions (the file was left as it is)");
   }
-  check_rotated_ids_table(version);
+  check_rotated_ids_table(applied);
   std::string type;
   if (!table_exists("_pylon_sessions", &type)) return;
   if (type != "table") {
@@ -883,11 +893,11 @@ void SqliteBackend::check_schema_version_and_shape() {
   // Each schema version has exactly one shape; version 0 (no migrations table) may hold a table
   // shaped like our version 1, or pylon's.
   const std::vector<std::string> columns = table_columns("_pylon_sessions");
-  if ((version >= 2 && columns == current_session_columns()) ||
-      (version <= 1 && columns == version_1_session_columns())) {
+  if ((applied >= 2 && columns == current_session_columns()) ||
+      (applied <= 1 && columns == version_1_session_columns())) {
     // Our statements rely on the primary key (ON CONFLICT (id)) and on the indexes the
     // migrations made; a table without them is not ours, however its columns look.
-    check_keys_and_indexes("_pylon_sessions", version >= 1 ? version : 0);
+    check_keys_and_indexes("_pylon_sessions", applied >= 1 ? applied : 0);
     return;
   }
   // pylon's runtime: token, user_id, expires_at, created_at, device, and later tenant_id.
@@ -895,7 +905,7 @@ void SqliteBackend::check_schema_version_and_shape() {
   std::vector<std::string> legacy_with_tenant = {"created_at", "device", "expires_at",
                                                  "tenant_id",  "token",  "user_id"};
   const std::vector<std::string> names = table_columns("_pylon_sessions", false);
-  if (version == 0 && (names == legacy || names == legacy_with_tenant)) {
+  if (applied == 0 && (names == legacy || names == legacy_with_tenant)) {
     adopt_pylon_table_ = true;
     return;
   }
@@ -970,8 +980,9 @@ std::optional<std::string> SqliteBackend::damage_report() noexcept {
   try {
     Statement query = prepare("PRAGMA quick_check(1)", 0);
     const int step = sqlite3_step(query.get());
-    if (step != SQLITE_ROW)
+    if (step != SQLITE_ROW) {
       return "PRAGMA quick_check failed: " + std::string(sqlite3_errstr(step));
+    }
     const unsigned char* text = sqlite3_column_text(query.get(), 0);
     const std::string result =
         text == nullptr ? "" : reinterpret_cast<const char*>(text);  // NOLINT

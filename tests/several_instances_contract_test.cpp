@@ -73,7 +73,7 @@ TEST_P(SeveralInstances, ALookupServesOnlyALiveRowAndSlidesItAsValidateDoes) {
   SessionStore a = open_store(options());
   const NewSession stale = a.create("alice");
   const NewSession fresh = a.create("alice");
-  clock_.advance(2 * 3600);                // past the idle timeout of both
+  clock_.advance(std::int64_t{2} * 3600);  // past the idle timeout of both
   SessionStore b = open_store(options());  // loads both, as expired
   SessionStore c_later = open_store(options());
   EXPECT_FALSE(b.validate(stale.token).has_value());

@@ -266,8 +266,8 @@ TEST(SqliteBackend, ADamagedFileIsReportedAsDamagedWithTheIntegrityCheck) {
   // Scribble over page 4 onwards (the log's pages), leaving the header and schema intact.
   std::string bytes = read_file_bytes(path);
   ASSERT_GT(bytes.size(), 6U * 4096U);
-  const std::string noise = pylon::test::random_bytes(2 * 4096, 11);
-  bytes.replace(3 * 4096, noise.size(), noise);
+  const std::string noise = pylon::test::random_bytes(std::size_t{2} * 4096, 11);
+  bytes.replace(std::size_t{3} * 4096, noise.size(), noise);
   pylon::test::write_file_bytes(path, bytes);
   const auto error = pylon::test::capture_pylon_error([&] { pylon::open_sqlite_backend(path); });
   ASSERT_TRUE(error.has_value());
