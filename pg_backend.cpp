@@ -2202,15 +2202,7 @@ std::optional<Session> PostgresBackend::update_data(std::string_view id, std::st
 
 std::optional<Session> PostgresBackend::rotate(std::string_view old_id, std::string_view new_id,
                                                std::int64_t now) {
-  // The new row's id is the one field of it the caller gives: checked as save() checks an id.
-  if (!is_well_formed_session_id(new_id)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
-  }
-  if (new_id == old_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "a rotated session needs a new id: the new id is the old one");
-  }
+  detail::check_rotation_ids(old_id, new_id);
   if (!detail::is_storable_text(old_id)) return std::nullopt;  // as in remove(): no such row
   Params params;
   params.text(old_id).text(new_id).int8(now);

@@ -222,6 +222,17 @@ std::int64_t saturating_sub(std::int64_t a, std::int64_t b) noexcept {
   return difference;
 }
 
+void check_rotation_ids(std::string_view old_id, std::string_view new_id) {
+  if (!is_well_formed_session_id(new_id)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
+  }
+  if (new_id == old_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "a rotated session needs a new id: the new id is the old one");
+  }
+}
+
 void check_session_for_storage(const Session& session) {
   if (!is_well_formed_session_id(session.id)) {
     throw Error(ErrorCode::kInvalidArgument,
@@ -1304,15 +1315,7 @@ std::optional<Session> SqliteBackend::update_data(std::string_view id, std::stri
 // process, ever sees both tokens valid or neither.
 std::optional<Session> SqliteBackend::rotate(std::string_view old_id, std::string_view new_id,
                                              std::int64_t now) {
-  // The new row's id is the one field of it the caller gives: checked as save() checks an id.
-  if (!is_well_formed_session_id(new_id)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
-  }
-  if (new_id == old_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "a rotated session needs a new id: the new id is the old one");
-  }
+  detail::check_rotation_ids(old_id, new_id);
   const char* action = "cannot rotate a session in";
   const std::lock_guard<std::mutex> lock(mutex_);
   Transaction transaction(*this, action);

@@ -74,6 +74,10 @@ void check_optional_text_field(const TextField& field, const std::optional<std::
 void check_session_for_storage(const Session& session);
 // The same test without the message.
 bool is_storable_session(const Session& session) noexcept;
+// What every backend checks of SessionBackend::rotate()'s new id, the one field of the new row
+// the caller gives: well formed, as save() checks an id, and not the old one. Throws
+// Error(kInvalidArgument).
+void check_rotation_ids(std::string_view old_id, std::string_view new_id);
 // Times within [0, kMaxSessionTime] and in order: created_at <= last_seen_at, and expires_at <=
 // absolute_expires_at when that is set (not 0).
 bool has_sane_times(const Session& session) noexcept;

@@ -761,6 +761,10 @@ void check_optional_text_field(const TextField& field, const std::optional<std::
 void check_session_for_storage(const Session& session);
 // The same test without the message.
 bool is_storable_session(const Session& session) noexcept;
+// What every backend checks of SessionBackend::rotate()'s new id, the one field of the new row
+// the caller gives: well formed, as save() checks an id, and not the old one. Throws
+// Error(kInvalidArgument).
+void check_rotation_ids(std::string_view old_id, std::string_view new_id);
 // Times within [0, kMaxSessionTime] and in order: created_at <= last_seen_at, and expires_at <=
 // absolute_expires_at when that is set (not 0).
 bool has_sane_times(const Session& session) noexcept;
@@ -976,6 +980,17 @@ std::int64_t saturating_sub(std::int64_t a, std::int64_t b) noexcept {
                  : std::numeric_limits<std::int64_t>::min();
   }
   return difference;
+}
+
+void check_rotation_ids(std::string_view old_id, std::string_view new_id) {
+  if (!is_well_formed_session_id(new_id)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
+  }
+  if (new_id == old_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "a rotated session needs a new id: the new id is the old one");
+  }
 }
 
 void check_session_for_storage(const Session& session) {
@@ -2133,15 +2148,7 @@ std::optional<Session> SqliteBackend::update_data(std::string_view id, std::stri
 // process, ever sees both tokens valid or neither.
 std::optional<Session> SqliteBackend::rotate(std::string_view old_id, std::string_view new_id,
                                              std::int64_t now) {
-  // The new row's id is the one field of it the caller gives: checked as save() checks an id.
-  if (!is_well_formed_session_id(new_id)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
-  }
-  if (new_id == old_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "a rotated session needs a new id: the new id is the old one");
-  }
+  detail::check_rotation_ids(old_id, new_id);
   const char* action = "cannot rotate a session in";
   const std::lock_guard<std::mutex> lock(mutex_);
   Transaction transaction(*this, action);
@@ -7942,15 +7949,7 @@ std::optional<Session> PostgresBackend::update_data(std::string_view id, std::st
 
 std::optional<Session> PostgresBackend::rotate(std::string_view old_id, std::string_view new_id,
                                                std::int64_t now) {
-  // The new row's id is the one field of it the caller gives: checked as save() checks an id.
-  if (!is_well_formed_session_id(new_id)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
-  }
-  if (new_id == old_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "a rotated session needs a new id: the new id is the old one");
-  }
+  detail::check_rotation_ids(old_id, new_id);
   if (!detail::is_storable_text(old_id)) return std::nullopt;  // as in remove(): no such row
   Params params;
   params.text(old_id).text(new_id).int8(now);

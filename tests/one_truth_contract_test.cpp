@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "session_backend.hpp"
+#include "support/forwarding_backend.hpp"
 #include "support/process.hpp"
 #include "support/test_database.hpp"
 #include "support/test_support.hpp"
@@ -121,9 +122,10 @@ class EventLog {
 // of the next remove_matching(), before the DELETE: the moment a bulk revoke has been decided
 // and storage has not yet been asked. A callback that writes through another store on the same
 // database puts a commit exactly between the two.
-class HookedBackend final : public SessionBackend {
+class HookedBackend final : public pylon::test::ForwardingBackend {
  public:
-  explicit HookedBackend(std::unique_ptr<SessionBackend> inner) : inner_(std::move(inner)) {}
+  explicit HookedBackend(std::unique_ptr<SessionBackend> inner)
+      : ForwardingBackend(std::move(inner)) {}
 
   // Runs `hook` once, in the next remove_matching().
   void before_next_remove_matching(std::function<void()> hook) {
@@ -132,18 +134,6 @@ class HookedBackend final : public SessionBackend {
   }
   [[nodiscard]] int hooks_run() const { return hooks_run_.load(); }
 
-  std::vector<Session> load_all() override { return inner_->load_all(); }
-  void load_each(const std::function<void(const Session&)>& visit) override {
-    inner_->load_each(visit);
-  }
-  std::optional<Session> load_one(std::string_view id) override { return inner_->load_one(id); }
-  void save(const Session& session) override { inner_->save(session); }
-  void save_batch(const std::vector<Session>& sessions) override { inner_->save_batch(sessions); }
-  bool remove(std::string_view id) override { return inner_->remove(id); }
-  std::size_t remove_user(std::string_view user_id) override {
-    return inner_->remove_user(user_id);
-  }
-  std::size_t remove_expired(std::int64_t now) override { return inner_->remove_expired(now); }
   std::vector<RemovedSession> remove_matching(const SessionFilter& filter) override {
     std::function<void()> hook;
     {
@@ -154,39 +144,10 @@ class HookedBackend final : public SessionBackend {
       hook();
       ++hooks_run_;
     }
-    return inner_->remove_matching(filter);
+    return ForwardingBackend::remove_matching(filter);
   }
-  bool replace(std::string_view old_id, const Session& replacement) override {
-    return inner_->replace(old_id, replacement);
-  }
-  std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override {
-    return inner_->remove_expired_batch(now, limit);
-  }
-  std::vector<RemovedSession> insert_new(const std::vector<Session>& sessions,
-                                         std::size_t max_per_user) override {
-    return inner_->insert_new(sessions, max_per_user);
-  }
-  std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
-                               std::int64_t expires_at) override {
-    return inner_->touch(id, last_seen_at, expires_at);
-  }
-  std::optional<Session> update_data(std::string_view id, std::string_view data) override {
-    return inner_->update_data(id, data);
-  }
-  std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
-                                std::int64_t now) override {
-    return inner_->rotate(old_id, new_id, now);
-  }
-  void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override {
-    inner_->load_rotated_each(visit);
-  }
-  std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override {
-    return inner_->remove_expired_rotated(now, limit);
-  }
-  [[nodiscard]] std::string describe() const override { return inner_->describe(); }
 
  private:
-  std::unique_ptr<SessionBackend> inner_;
   std::mutex mutex_;
   std::function<void()> hook_;  // guarded by mutex_
   std::atomic<int> hooks_run_{0};
