@@ -2,7 +2,10 @@
 // measured in the same run on the same machine, with the ratio printed. The README's
 // "Performance" table comes from this program (scripts/bench.sh runs it on a release build).
 //
-//   pylon_bench [--quick] [--dir DIR] [--postgres URL] [--rows N] [--only SECTION]
+//   pylon_bench [--quick] [--dir DIR] [--postgres URL] [--rows N] [--sessions N]
+//               [--only SECTION]
+//
+// --rows: the start-up section's rows; --sessions: the workload section's N (10,000).
 //
 // Discipline: every figure is the median of several repetitions after a warm-up run; library
 // and raw limit alternate within a repetition, so drift on a noisy machine hits both. Nothing is
@@ -16,8 +19,14 @@
 //              out as validate() returns it
 //   create     one prepared INSERT ... ON CONFLICT DO UPDATE per transaction, on a file opened
 //              as the library opens it (WAL, synchronous=FULL), one thread
+//   writes     each write of the library (create, slide, update_data, rotate, revoke_user,
+//              revoke) as the raw prepared statement(s) making the same change to its table, in
+//              its own transaction, on a file opened the same way (WAL, synchronous FULL or
+//              NORMAL); a rotation is three statements in one BEGIN IMMEDIATE ... COMMIT
 //   start-up   one SELECT of every column of every row, each value read (sqlite3_column_*)
 //   memory     RSS growth and heap in use per cached session, minus its field bytes
+// The `workload` section has no raw column: it is the workload other session stores publish
+// rates for (bench/peer/ runs it against better-sqlite3-session-store), as calls per second.
 #include <libpq-fe.h>
 #include <malloc.h>
 #include <openssl/evp.h>
@@ -29,6 +38,7 @@
 #include <array>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -38,13 +48,12 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <pylon/session_backend.hpp>
 #include <string>
 #include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
-
-#include "session_backend.hpp"
 
 namespace {
 
@@ -61,8 +70,10 @@ struct Settings {
   bool quick = false;
   std::string dir = "/var/tmp";
   std::string postgres_url;
-  std::string only;  // one section: validate, create, startup, bulk, rotate, postgres
+  std::string only;  // one section: validate, create, startup, bulk, rotate, writes, workload,
+                     // postgres
   std::size_t startup_rows = 1000000;
+  std::size_t workload_sessions = 10000;  // the workload section's N (bench/peer/ takes the same)
   int repetitions = 5;
 };
 
@@ -179,15 +190,17 @@ void sqlite_exec(sqlite3* db, const char* sql) {
 }
 
 // Opens a file the library has created (so the table, indexes and pragmas are the library's) the
-// way the library opens it: WAL, synchronous=FULL.
-RawSqlite open_raw_sqlite(const std::string& path) {
+// way the library opens it: WAL, and `synchronous` as SqliteOptions::synchronous sets it.
+RawSqlite open_raw_sqlite(const std::string& path,
+                          pylon::SqliteSync synchronous = pylon::SqliteSync::kFull) {
   sqlite3* handle = nullptr;
   const int opened = sqlite3_open_v2(path.c_str(), &handle, SQLITE_OPEN_READWRITE, nullptr);
   RawSqlite db(handle);
   if (opened != SQLITE_OK) die("cannot open " + path);
   sqlite3_busy_timeout(db.get(), 5000);
   sqlite_exec(db.get(), "PRAGMA journal_mode=WAL");
-  sqlite_exec(db.get(), "PRAGMA synchronous=FULL");
+  sqlite_exec(db.get(), synchronous == pylon::SqliteSync::kFull ? "PRAGMA synchronous=FULL"
+                                                                : "PRAGMA synchronous=NORMAL");
   return db;
 }
 
@@ -809,6 +822,41 @@ constexpr const char* kRawCopySuccessor =
     "FROM _pylon_sessions WHERE id = ?1";
 constexpr const char* kRawDeleteOld = "DELETE FROM _pylon_sessions WHERE id = ?1";
 
+// The three statements of a raw rotation, prepared once on one connection.
+class RawRotation {
+ public:
+  explicit RawRotation(sqlite3* db)
+      : db_(db),
+        record_(prepare(db, kRawRecordRotated)),
+        copy_(prepare(db, kRawCopySuccessor)),
+        remove_(prepare(db, kRawDeleteOld)) {}
+  // Replaces the row `old_id` by a copy under `new_id`, recording `old_id` as rotated at `now`,
+  // in one transaction.
+  void rotate(const std::string& old_id, const std::string& new_id, std::int64_t now) {
+    sqlite_exec(db_, "BEGIN IMMEDIATE");
+    for (sqlite3_stmt* statement : {record_.get(), copy_.get(), remove_.get()}) {
+      sqlite3_bind_text(statement, 1, old_id.data(), static_cast<int>(old_id.size()),
+                        SQLITE_STATIC);
+      if (statement != remove_.get()) {
+        sqlite3_bind_text(statement, 2, new_id.data(), static_cast<int>(new_id.size()),
+                          SQLITE_STATIC);
+      }
+      if (statement == record_.get()) sqlite3_bind_int64(statement, 3, now);
+      if (sqlite3_step(statement) != SQLITE_DONE || sqlite3_changes(db_) != 1) {
+        die(std::string("raw rotate: ") + sqlite3_errmsg(db_));
+      }
+      sqlite3_reset(statement);
+    }
+    sqlite_exec(db_, "COMMIT");
+  }
+
+ private:
+  sqlite3* db_;
+  RawStatement record_;
+  RawStatement copy_;
+  RawStatement remove_;
+};
+
 // `count` rotations of one chain of sessions through the store, and the same through raw
 // statements on a second file; seconds per rotation of each.
 void bench_rotate(const Settings& settings) {
@@ -825,31 +873,15 @@ void bench_rotate(const Settings& settings) {
   SessionStore store(pylon::open_sqlite_backend(pylon_file.path(), normal));
   std::string token = store.create("rotating-user").token;
 
-  const RawSqlite raw = open_raw_sqlite(raw_file.path());
-  sqlite_exec(raw.get(), "PRAGMA synchronous=NORMAL");
+  const RawSqlite raw = open_raw_sqlite(raw_file.path(), pylon::SqliteSync::kNormal);
   const RawStatement upsert = prepare(raw.get(), kRawUpsert);
-  const RawStatement record = prepare(raw.get(), kRawRecordRotated);
-  const RawStatement copy = prepare(raw.get(), kRawCopySuccessor);
-  const RawStatement remove = prepare(raw.get(), kRawDeleteOld);
+  RawRotation rotation(raw.get());
   std::string raw_id = random_hex_id();
   raw_upsert(raw.get(), upsert.get(), raw_id, "rotating-user", now);
   const auto raw_rotate = [&] {
-    const std::string next = random_hex_id();
-    sqlite_exec(raw.get(), "BEGIN IMMEDIATE");
-    for (sqlite3_stmt* statement : {record.get(), copy.get(), remove.get()}) {
-      sqlite3_bind_text(statement, 1, raw_id.data(), static_cast<int>(raw_id.size()),
-                        SQLITE_STATIC);
-      if (statement != remove.get()) {
-        sqlite3_bind_text(statement, 2, next.data(), static_cast<int>(next.size()), SQLITE_STATIC);
-      }
-      if (statement == record.get()) sqlite3_bind_int64(statement, 3, now);
-      if (sqlite3_step(statement) != SQLITE_DONE) {
-        die(std::string("raw rotate: ") + sqlite3_errmsg(raw.get()));
-      }
-      sqlite3_reset(statement);
-    }
-    sqlite_exec(raw.get(), "COMMIT");
-    raw_id = next;
+    std::string new_id = random_hex_id();
+    rotation.rotate(raw_id, new_id, now);
+    raw_id = std::move(new_id);
   };
   const auto pylon_rotate = [&] {
     std::optional<pylon::NewSession> next = store.rotate(token);
@@ -876,6 +908,367 @@ void bench_rotate(const Settings& settings) {
        "x; raw last/first: " + std::to_string(last.raw / first.raw) + "x");
 }
 
+// ------------------------------------------------------------------------------------------------
+// The shape both write sections share: the workload other session stores are benchmarked on
+// (about 5 sessions per user, a device string, 200 bytes of data), a manual clock, and both
+// settings of SqliteOptions::synchronous
+// ------------------------------------------------------------------------------------------------
+
+constexpr std::size_t kSessionsPerUser = 5;
+constexpr const char* kWorkloadDevice =
+    "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0";
+
+// 200 bytes of JSON-shaped session data; `variant` makes a second payload for update_data().
+std::string workload_data(char variant) {
+  std::string data = R"({"csrf":"8f14e45fceea167a5a36dedd4bea2543","theme":"dark","pad":")";
+  data.append(200 - data.size() - 2, variant);
+  data += "\"}";
+  return data;
+}
+
+// The users of `sessions` sessions, kSessionsPerUser each: session i belongs to users[i / 5].
+std::vector<std::string> workload_users(std::size_t sessions) {
+  std::vector<std::string> users;
+  for (std::size_t i = 0; i < sessions; i += kSessionsPerUser) {
+    users.push_back("user-" + std::to_string(i / kSessionsPerUser));
+  }
+  return users;
+}
+
+// A clock the bench moves by hand, so that a slide falls due exactly when it is asked to.
+class ManualClock {
+ public:
+  void advance(std::int64_t seconds) { *now_ += seconds; }
+  std::int64_t now() const { return now_->load(); }
+  StoreOptions options() const {
+    StoreOptions options;
+    options.clock = [now = now_] { return now->load(); };
+    return options;
+  }
+
+ private:
+  std::shared_ptr<std::atomic<std::int64_t>> now_ =
+      std::make_shared<std::atomic<std::int64_t>>(pylon::system_clock_now());
+};
+
+struct Durability {
+  pylon::SqliteSync synchronous;
+  const char* name;
+};
+constexpr std::array<Durability, 2> kDurabilities{
+    {{pylon::SqliteSync::kFull, "FULL"}, {pylon::SqliteSync::kNormal, "NORMAL"}}};
+
+pylon::SqliteOptions sqlite_options(pylon::SqliteSync synchronous) {
+  pylon::SqliteOptions options;
+  options.synchronous = synchronous;
+  return options;
+}
+
+// Runs call(0) ... call(count - 1); seconds per call.
+template <typename Call>
+double per_call(std::size_t count, Call&& call) {
+  const auto start = Clock::now();
+  for (std::size_t i = 0; i < count; ++i) call(i);
+  return seconds_since(start) / static_cast<double>(count);
+}
+
+// ------------------------------------------------------------------------------------------------
+// Every write, one at a time, at both settings, next to the raw statements doing the same change
+// ------------------------------------------------------------------------------------------------
+
+// The raw limits of the writes: each the prepared statement that makes the same change to the
+// library's table, in its own (autocommit) transaction; a rotation is RawRotation's three.
+constexpr const char* kRawInsert =
+    "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
+    "absolute_expires_at, device, ip, data, idp_session_id) "
+    "VALUES (?1, ?2, NULL, ?3, ?4, ?3, ?5, ?6, NULL, ?7, NULL)";
+constexpr const char* kRawSlide =
+    "UPDATE _pylon_sessions SET last_seen_at = ?2, expires_at = ?3 WHERE id = ?1";
+constexpr const char* kRawUpdateData = "UPDATE _pylon_sessions SET data = ?2 WHERE id = ?1";
+constexpr const char* kRawDeleteUser = "DELETE FROM _pylon_sessions WHERE user_id = ?1";
+
+// Seconds per call of each write, one side of one round.
+struct WriteTimes {
+  double create = 0;
+  double slide = 0;
+  double update_data = 0;
+  double rotate = 0;
+  double revoke_user = 0;
+  double revoke = 0;
+};
+
+struct WriteRow {
+  const char* name;
+  double WriteTimes::*seconds;
+};
+constexpr std::array<WriteRow, 6> kWriteRows{{
+    {"create", &WriteTimes::create},
+    {"slide (validate past touch_interval)", &WriteTimes::slide},
+    {"update_data (200 B)", &WriteTimes::update_data},
+    {"rotate", &WriteTimes::rotate},
+    {"revoke_user (5 sessions)", &WriteTimes::revoke_user},
+    {"revoke", &WriteTimes::revoke},
+}};
+
+// One round through the library: create every session, validate each once its slide is due,
+// update its data, rotate it, then revoke_user() the first half of the users and revoke() each
+// session of the other half. Dies if a call does not do what it should.
+WriteTimes pylon_writes(const Settings& settings, pylon::SqliteSync synchronous,
+                        const std::vector<std::string>& users) {
+  const std::size_t sessions = users.size() * kSessionsPerUser;
+  const ScratchFile file(settings.dir, "writes");
+  ManualClock clock;
+  SessionStore store(pylon::open_sqlite_backend(file.path(), sqlite_options(synchronous)),
+                     clock.options());
+  const std::string data = workload_data('a');
+  const std::string new_data = workload_data('b');
+  std::vector<std::string> tokens(sessions);
+  WriteTimes seconds;
+  seconds.create = per_call(sessions, [&](std::size_t i) {
+    pylon::CreateOptions options;
+    options.device = kWorkloadDevice;
+    options.data = data;
+    tokens[i] = store.create(users[i / kSessionsPerUser], std::move(options)).token;
+  });
+  clock.advance(StoreOptions{}.touch_interval.count() + 1);
+  const std::uint64_t writes = store.stats().writes;
+  seconds.slide = per_call(sessions, [&](std::size_t i) {
+    if (!store.validate(tokens[i])) die("validate lost a session");
+  });
+  if (store.stats().writes - writes != sessions) die("a validate past the interval wrote no slide");
+  seconds.update_data = per_call(sessions, [&](std::size_t i) {
+    if (!store.update_data(tokens[i], new_data)) die("update_data lost a session");
+  });
+  seconds.rotate = per_call(sessions, [&](std::size_t i) {
+    std::optional<pylon::NewSession> next = store.rotate(tokens[i]);
+    if (!next) die("rotate lost a session");
+    tokens[i] = std::move(next->token);
+  });
+  const std::size_t half = users.size() / 2;
+  seconds.revoke_user = per_call(half, [&](std::size_t u) {
+    if (store.revoke_user(users[u]) != kSessionsPerUser) die("revoke_user count");
+  });
+  const std::size_t first = half * kSessionsPerUser;
+  seconds.revoke = per_call(sessions - first, [&](std::size_t i) {
+    if (!store.revoke(tokens[first + i])) die("revoke found no session");
+  });
+  if (store.size() != 0) die("sessions left after the round");
+  return seconds;
+}
+
+// step_raw: steps a write statement to its end, checks it changed `changes` rows, resets it.
+void step_raw(sqlite3* db, sqlite3_stmt* statement, int changes) {
+  if (sqlite3_step(statement) != SQLITE_DONE) die(std::string("raw write: ") + sqlite3_errmsg(db));
+  if (sqlite3_changes(db) != changes) die("raw write changed an unexpected number of rows");
+  sqlite3_reset(statement);
+}
+
+void bind_text(sqlite3_stmt* statement, int index, const std::string& text) {
+  sqlite3_bind_text(statement, index, text.data(), static_cast<int>(text.size()), SQLITE_STATIC);
+}
+
+// The same round as raw statements on a file the library created, opened the same way. Ids are
+// drawn before the clock starts (the library's side makes and hashes its tokens inside it).
+WriteTimes raw_writes(const Settings& settings, pylon::SqliteSync synchronous,
+                      const std::vector<std::string>& users) {
+  const std::size_t sessions = users.size() * kSessionsPerUser;
+  const ScratchFile file(settings.dir, "writes-raw");
+  { pylon::open_sqlite_backend(file.path(), sqlite_options(synchronous)); }
+  const RawSqlite db = open_raw_sqlite(file.path(), synchronous);
+  const RawStatement insert = prepare(db.get(), kRawInsert);
+  const RawStatement slide = prepare(db.get(), kRawSlide);
+  const RawStatement update_data = prepare(db.get(), kRawUpdateData);
+  const RawStatement delete_user = prepare(db.get(), kRawDeleteUser);
+  const RawStatement delete_one = prepare(db.get(), kRawDeleteOld);
+  RawRotation rotation(db.get());
+  const std::string device = kWorkloadDevice;
+  const std::string data = workload_data('a');
+  const std::string new_data = workload_data('b');
+  std::vector<std::string> ids;
+  std::vector<std::string> successors;
+  for (std::size_t i = 0; i < sessions; ++i) {
+    ids.push_back(random_hex_id());
+    successors.push_back(random_hex_id());
+  }
+  std::int64_t now = pylon::system_clock_now();
+  const StoreOptions defaults;
+  WriteTimes seconds;
+  seconds.create = per_call(sessions, [&](std::size_t i) {
+    bind_text(insert.get(), 1, ids[i]);
+    bind_text(insert.get(), 2, users[i / kSessionsPerUser]);
+    sqlite3_bind_int64(insert.get(), 3, now);
+    sqlite3_bind_int64(insert.get(), 4, now + defaults.idle_timeout.count());
+    sqlite3_bind_int64(insert.get(), 5, now + defaults.absolute_ttl.count());
+    bind_text(insert.get(), 6, device);
+    sqlite3_bind_blob(insert.get(), 7, data.data(), static_cast<int>(data.size()), SQLITE_STATIC);
+    step_raw(db.get(), insert.get(), 1);
+  });
+  now += defaults.touch_interval.count() + 1;
+  seconds.slide = per_call(sessions, [&](std::size_t i) {
+    bind_text(slide.get(), 1, ids[i]);
+    sqlite3_bind_int64(slide.get(), 2, now);
+    sqlite3_bind_int64(slide.get(), 3, now + defaults.idle_timeout.count());
+    step_raw(db.get(), slide.get(), 1);
+  });
+  seconds.update_data = per_call(sessions, [&](std::size_t i) {
+    bind_text(update_data.get(), 1, ids[i]);
+    sqlite3_bind_blob(update_data.get(), 2, new_data.data(), static_cast<int>(new_data.size()),
+                      SQLITE_STATIC);
+    step_raw(db.get(), update_data.get(), 1);
+  });
+  seconds.rotate = per_call(sessions, [&](std::size_t i) {
+    rotation.rotate(ids[i], successors[i], now);
+    ids[i] = successors[i];
+  });
+  const std::size_t half = users.size() / 2;
+  seconds.revoke_user = per_call(half, [&](std::size_t u) {
+    bind_text(delete_user.get(), 1, users[u]);
+    step_raw(db.get(), delete_user.get(), static_cast<int>(kSessionsPerUser));
+  });
+  const std::size_t first = half * kSessionsPerUser;
+  seconds.revoke = per_call(sessions - first, [&](std::size_t i) {
+    bind_text(delete_one.get(), 1, ids[first + i]);
+    step_raw(db.get(), delete_one.get(), 1);
+  });
+  return seconds;
+}
+
+void bench_writes(const Settings& settings) {
+  for (const Durability& durability : kDurabilities) {
+    const bool full = durability.synchronous == pylon::SqliteSync::kFull;
+    const std::size_t sessions = settings.quick ? 50 : full ? 1000 : 5000;
+    const std::vector<std::string> users = workload_users(sessions);
+    std::vector<WriteTimes> pylon_runs;
+    std::vector<WriteTimes> raw_runs;
+    // Round 0 warms up (none in the smoke run: its figures mean nothing anyway).
+    for (int round = settings.quick ? 1 : 0; round <= settings.repetitions; ++round) {
+      WriteTimes pylon_side = pylon_writes(settings, durability.synchronous, users);
+      WriteTimes raw_side = raw_writes(settings, durability.synchronous, users);
+      if (round == 0) continue;
+      pylon_runs.push_back(pylon_side);
+      raw_runs.push_back(raw_side);
+    }
+    note("every write, one at a time, " + std::to_string(sessions) +
+         " sessions (5 per user, a device, 200 B data), WAL + synchronous=" + durability.name +
+         ":");
+    for (const WriteRow& write : kWriteRows) {
+      std::vector<double> pylon_seconds;
+      std::vector<double> raw_seconds;
+      for (const WriteTimes& run : pylon_runs) pylon_seconds.push_back(run.*write.seconds);
+      for (const WriteTimes& run : raw_runs) raw_seconds.push_back(run.*write.seconds);
+      row(std::string(write.name) + ", " + durability.name, median(pylon_seconds),
+          median(raw_seconds), full ? "reported" : ">= 0.9x (issue 17)");
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The workload other session stores publish figures for, as rates per phase (bench/peer/ runs
+// it against better-sqlite3-session-store and prints the same table)
+// ------------------------------------------------------------------------------------------------
+
+struct WorkloadRates {
+  double create = 0;    // sessions per second
+  double validate = 0;  // within touch_interval: no write
+  double slide = 0;     // validate once the slide is due: one write each
+  double revoke = 0;    // every other session
+  double restart = 0;   // rows per second of reopening the store (the load of the rest)
+};
+
+struct WorkloadRow {
+  const char* name;
+  double WorkloadRates::*rate;
+};
+constexpr std::array<WorkloadRow, 5> kWorkloadRows{{
+    {"create", &WorkloadRates::create},
+    {"validate", &WorkloadRates::validate},
+    {"slide (validate past touch_interval)", &WorkloadRates::slide},
+    {"revoke (half)", &WorkloadRates::revoke},
+    {"restart, rows/s (reopen, load the rest)", &WorkloadRates::restart},
+}};
+
+WorkloadRates run_workload(const Settings& settings, pylon::SqliteSync synchronous,
+                           std::size_t sessions) {
+  const std::vector<std::string> users = workload_users(sessions);
+  const ScratchFile file(settings.dir, "workload");
+  ManualClock clock;
+  std::optional<SessionStore> store(
+      std::in_place, pylon::open_sqlite_backend(file.path(), sqlite_options(synchronous)),
+      clock.options());
+  const std::string data = workload_data('a');
+  std::vector<std::string> tokens(sessions);
+  const auto rate = [](double seconds_per_call) { return 1 / seconds_per_call; };
+  WorkloadRates rates;
+  rates.create = rate(per_call(sessions, [&](std::size_t i) {
+    pylon::CreateOptions options;
+    options.device = kWorkloadDevice;
+    options.data = data;
+    tokens[i] = store->create(users[i / kSessionsPerUser], std::move(options)).token;
+  }));
+  const std::uint64_t writes = store->stats().writes;
+  rates.validate = rate(per_call(sessions, [&](std::size_t i) {
+    if (!store->validate(tokens[i])) die("validate lost a session");
+  }));
+  if (store->stats().writes != writes) die("a validate within touch_interval wrote");
+  clock.advance(StoreOptions{}.touch_interval.count() + 1);
+  rates.slide = rate(per_call(sessions, [&](std::size_t i) {
+    if (!store->validate(tokens[i])) die("validate lost a session");
+  }));
+  if (store->stats().writes - writes != sessions) {
+    die("a validate past the interval wrote no slide");
+  }
+  rates.revoke = rate(per_call(sessions / 2, [&](std::size_t i) {
+    if (!store->revoke(tokens[2 * i])) die("revoke found no session");
+  }));
+  store.reset();  // the restart: its teardown is not timed, the reopening and load are
+  const auto start = Clock::now();
+  store.emplace(pylon::open_sqlite_backend(file.path(), sqlite_options(synchronous)),
+                clock.options());
+  rates.restart = static_cast<double>(store->size()) / seconds_since(start);
+  if (store->size() != sessions - sessions / 2) die("restart count");
+  return rates;
+}
+
+// 12345.6 -> "12,346"
+std::string with_commas(double value) {
+  std::string digits = std::to_string(std::llround(value));
+  for (std::size_t i = digits.size(); i > 3; i -= 3) digits.insert(i - 3, ",");
+  return digits;
+}
+
+void bench_workload(const Settings& settings) {
+  const std::size_t sessions = settings.quick ? 200 : settings.workload_sessions;
+  const int repetitions = settings.quick ? 1 : 3;
+  std::array<WorkloadRates, kDurabilities.size()> medians{};
+  for (std::size_t d = 0; d < kDurabilities.size(); ++d) {
+    std::vector<WorkloadRates> runs;
+    for (int round = settings.quick ? 1 : 0; round <= repetitions; ++round) {  // 0 warms up
+      WorkloadRates rates = run_workload(settings, kDurabilities[d].synchronous, sessions);
+      if (round > 0) runs.push_back(rates);
+    }
+    for (const WorkloadRow& phase : kWorkloadRows) {
+      std::vector<double> values;
+      for (const WorkloadRates& run : runs) values.push_back(run.*phase.rate);
+      medians[d].*phase.rate = median(values);
+    }
+  }
+  std::printf(
+      "\nworkload: %zu sessions, %zu per user, a device string and %zu B of data; create "
+      "each, validate each,\nvalidate each past touch_interval (each writes its slide), "
+      "revoke half, reopen and load the rest;\none call at a time; median of %d runs, "
+      "calls per second\n",
+      sessions, kSessionsPerUser, workload_data('a').size(), repetitions);
+  std::printf("| %-40s | %22s | %22s |\n", "phase", "WAL + synchronous=FULL",
+              "WAL + synchronous=NORMAL");
+  for (const WorkloadRow& phase : kWorkloadRows) {
+    std::printf("| %-40s | %22s | %22s |\n", phase.name,
+                with_commas(medians[0].*phase.rate).c_str(),
+                with_commas(medians[1].*phase.rate).c_str());
+  }
+  std::printf("\n");
+  std::fflush(stdout);
+}
+
 Settings parse_arguments(int argc, char** argv) {
   Settings settings;
   const std::vector<std::string> args(argv + 1, argv + argc);
@@ -894,10 +1287,13 @@ Settings parse_arguments(int argc, char** argv) {
       settings.only = value();
     } else if (args[i] == "--rows") {
       settings.startup_rows = static_cast<std::size_t>(std::stoull(value()));
+    } else if (args[i] == "--sessions") {
+      settings.workload_sessions = static_cast<std::size_t>(std::stoull(value()));
+      if (settings.workload_sessions < 2) die("--sessions needs at least 2");
     } else {
       die("unknown argument " + args[i] +
           "; usage: pylon_bench [--quick] [--dir DIR] [--postgres URL] [--rows N] "
-          "[--only SECTION]");
+          "[--sessions N] [--only SECTION]");
     }
   }
   if (settings.quick) {
@@ -924,6 +1320,8 @@ int main(int argc, char** argv) {
     if (wanted("startup")) bench_startup_and_memory(settings);
     if (wanted("bulk")) bench_bulk_deletes(settings);
     if (wanted("rotate")) bench_rotate(settings);
+    if (wanted("writes")) bench_writes(settings);
+    if (wanted("workload")) bench_workload(settings);
     if (wanted("postgres") && !settings.postgres_url.empty()) bench_postgres(settings);
   } catch (const pylon::Error& error) {
     die(std::string("library error: ") + error.what());

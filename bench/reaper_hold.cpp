@@ -16,10 +16,9 @@
 #include <iomanip>
 #include <iostream>
 #include <memory>
+#include <pylon/session_backend.hpp>
 #include <string>
 #include <vector>
-
-#include "session_backend.hpp"
 
 namespace {
 

@@ -63,13 +63,12 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <pylon/session_backend.hpp>
 #include <random>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
-
-#include "session_backend.hpp"
 
 namespace {
 

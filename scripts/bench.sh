@@ -5,13 +5,23 @@
 # and stops what it started.
 #
 # Usage: scripts/bench.sh [--quick] [pylon_bench options...]
+#        scripts/bench.sh --peer [--sessions N] [--runs R] [--dir DIR]
 #   --quick   small sizes and one repetition: the smoke run scripts/test.sh makes so that the
 #             benchmark never rots (its figures mean nothing; nothing is asserted about time)
-# Other options go to pylon_bench as they are (--rows N, --dir DIR, --only SECTION).
+#   --peer    instead, the `workload` section's peer: bench/peer/run.sh, the same workload
+#             through better-sqlite3-session-store on Node.js (needs node and npm; installs its
+#             pinned packages on first use). Not part of the test command.
+# Other options go to pylon_bench as they are (--rows N, --sessions N, --dir DIR,
+# --only SECTION).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "${root}"
+
+if [[ "${1:-}" == --peer ]]; then
+  shift
+  exec bash bench/peer/run.sh "$@"
+fi
 
 cmake --preset release >/dev/null
 cmake --build --preset release --target pylon_bench
