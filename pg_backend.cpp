@@ -32,10 +32,12 @@
 // The file reads in order:
 //   1. libpq handles   RAII for PGconn and PGresult; parameters and columns in binary format
 //   2. errors          SQLSTATE to ErrorCode in one function; messages without passwords
-//   3. fields          what a Session may hold (the checks the SQLite backend makes)
-//   4. the connection  connecting, durability, noticing a dead connection, reconnecting
-//   5. migrations      the embedded schema, the advisory lock, pylon adoption
-//   6. the backend     prepared statements and the SessionBackend calls
+//   3. the connection  PgConnection: connecting, durability, the deadline, noticing a dead
+//                      connection and reconnecting; exec, exec_params, exec_prepared
+//   4. migrations      PgMigrations: the embedded schema, the advisory lock, pylon adoption,
+//                      the tables' shape
+//   5. the backend     PostgresBackend: the statements, their parameters, the SessionBackend
+//                      calls
 #ifdef PYLON_WITH_POSTGRES  // without it this file is empty, so it may always be compiled
 #include <libpq-fe.h>
 #include <poll.h>
@@ -79,7 +81,7 @@ namespace pylon {
 
 namespace {
 
-using PgConnection = std::unique_ptr<PGconn, detail::FreeWith<PQfinish>>;
+using PgHandle = std::unique_ptr<PGconn, detail::FreeWith<PQfinish>>;
 using PgResult = std::unique_ptr<PGresult, detail::FreeWith<PQclear>>;
 using PgConninfo = std::unique_ptr<PQconninfoOption, detail::FreeWith<PQconninfoFree>>;
 using PgText = std::unique_ptr<char, detail::FreeWith<PQfreemem>>;
@@ -461,17 +463,23 @@ ConnectionFailure read_connection_failure(std::string_view message) {
 }
 
 // ================================================================================================
-// 3. Fields
+// 3. The connection
 //
-// PostgreSQL TEXT holds neither NUL nor invalid UTF-8. Both backends refuse such text with the
-// same checks and messages (session_backend_internal.hpp), so a caller sees one behaviour
-// whichever backend it runs on.
-// ================================================================================================
-
-// ================================================================================================
-// 4. The connection
+// PgConnection is one connection to the server and everything that keeps it honest: the call's
+// deadline, noticing a dead connection and reconnecting, and turning what libpq says into an
+// Error. It knows nothing of sessions: its owner hands it a setup to run on every new server
+// session (PostgresBackend prepares its statements there), so a second one can be opened on the
+// same URL for another purpose, with a setup of its own.
 //
-// PostgresBackend owns one connection; a mutex serialises its calls, as SqliteBackend does.
+// Running SQL has three plain ways, as libpqxx names them: exec() (constant SQL text),
+// exec_params() (SQL and parameters) and exec_prepared() (a prepared statement; whole, or row by
+// row). Each first takes a Reconnect, so every call site says whether the call may replace a
+// connection found dead before anything is sent (Reconnect::kIfDead) or must use the one it has
+// (Reconnect::kNever: inside a transaction, while setting a connection up, or after the caller
+// has checked the connection itself). No statement is ever sent twice.
+//
+// A connection is one call's at a time: a call takes its Turn, which sets the call's deadline;
+// a transaction is a Transaction, which rolls back unless committed.
 //
 // Connecting: the URL goes to PQconnectdbParams as `dbname` with expand_dbname, between two
 // groups of keywords. Keywords before it are defaults that the URL overrides (connect_timeout,
@@ -486,7 +494,7 @@ ConnectionFailure read_connection_failure(std::string_view message) {
 //
 // Losing the connection: a call first checks the connection. A server that restarted or ended
 // our session while we were idle has left an EOF or a FATAL message on the socket; reading it
-// marks the connection bad, and the call reconnects (PQreset) and prepares its statements again
+// marks the connection bad, and the call reconnects (PQreset) and runs the owner's setup again
 // before sending anything. A failure while a statement is in flight is reported as
 // kConnectionLost and marks the connection broken; the statement is not re-sent (it may have
 // been applied), and the next call reconnects.
@@ -502,161 +510,75 @@ ConnectionFailure read_connection_failure(std::string_view message) {
 
 constexpr const char* kDefaultConnectTimeoutSeconds = "5";
 
-// The prepared statements, by name. Names are per connection: every reconnect prepares them again.
-constexpr const char* kUpsert = "pylon_upsert";
-constexpr const char* kUpsertBatch = "pylon_upsert_batch";
-constexpr const char* kDeleteById = "pylon_delete_by_id";
-constexpr const char* kDeleteByUser = "pylon_delete_by_user";
-constexpr const char* kDeleteExpired = "pylon_delete_expired";
-constexpr const char* kSelectAll = "pylon_select_all";
-constexpr const char* kSelectById = "pylon_select_by_id";
-constexpr const char* kReplace = "pylon_replace";
-constexpr const char* kDeleteExpiredBatch = "pylon_delete_expired_batch";
-constexpr const char* kLockOwners = "pylon_lock_owners";
-constexpr const char* kEvictBeyondCap = "pylon_evict_beyond_cap";
-constexpr const char* kTouch = "pylon_touch";
-constexpr const char* kUpdateData = "pylon_update_data";
-constexpr const char* kRotate = "pylon_rotate";
-constexpr const char* kSelectRotated = "pylon_select_rotated";
-constexpr const char* kDeleteExpiredRotatedBatch = "pylon_delete_expired_rotated_batch";
-// remove_matching()'s statements are prepared on first use, one per combination of filter
-// fields: this prefix and the bitmask of the fields (see MatchField).
-constexpr const char* kDeleteMatchingPrefix = "pylon_delete_matching_";
-
-// The most array bytes one statement of save_batch() sends. The server would take up to 1 GB;
-// this keeps the copies a statement makes (ours, the server's arrays and the rows unnested from
-// them) small, while any batch of ordinary sessions, thousands of them, is still one statement.
-constexpr std::size_t kBatchStatementBytes = std::size_t{32} << 20U;
-
-// The columns of kSelectAll, in order, with the type each must have.
-constexpr std::array<Oid, 11> kSelectAllTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
-                                                 kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
-                                                 kTextOid, kByteaOid, kTextOid};
-// The columns of kSelectRotated, in order, with the type each must have.
-constexpr std::array<Oid, 6> kSelectRotatedTypes = {kTextOid, kTextOid, kTextOid,
-                                                    kTextOid, kInt8Oid, kInt8Oid};
-
-// The fields of a SessionFilter, as bits of the mask that names remove_matching()'s statement.
-// Conditions and parameters follow this order.
-enum MatchField : unsigned {
-  kMatchId = 1U << 0U,
-  kMatchUserId = 1U << 1U,
-  kMatchTenantId = 1U << 2U,
-  kMatchIdpSessionId = 1U << 3U,
-  kMatchExceptId = 1U << 4U,
-};
-constexpr std::size_t kMatchCombinations = 32;
-
 // libpq's default notice processor prints to stderr; a library must not ("relation already
 // exists, skipping" from a migration, or a FATAL that arrives while idle).
 void ignore_notice(void* /*arg*/, const char* /*message*/) {}
 
-// The schema, embedded from migrations/postgres/*.sql by cmake/embed_migrations.cmake. A C array:
-// the fragment is a list of braced initialisers, which std::array cannot size in C++17.
-// NOLINTNEXTLINE(cppcoreguidelines-avoid-c-arrays,modernize-avoid-c-arrays)
-constexpr detail::Migration kPostgresMigrations[] = {
-#include "pylon_migrations_postgres.inc"
-};
-constexpr int kLatestPostgresVersion =
-    kPostgresMigrations[std::size(kPostgresMigrations) - 1].version;  // NOLINT
-
-// pg_advisory_xact_lock key that serialises migrations across instances: "pylonmig" in ASCII.
-constexpr std::int64_t kMigrationLockKey = 0x70796C6F6E6D6967;
-// The first key of the two-key pg_advisory_xact_lock that insert_new() takes per user and tenant
-// ("pcap" in ASCII); the second is a hash of the two. PostgreSQL keeps two-key locks apart from
-// one-key locks such as kMigrationLockKey: the spaces never overlap.
-constexpr std::int32_t kCapLockClass = 0x70636170;
-
-// One column of a table as the migrations make it: its type as format_type() names it, whether
-// it is NOT NULL, the schema version that adds it, and whether it must fill itself (an identity).
-struct ExpectedColumn {
-  const char* name;
-  const char* type;
-  bool not_null;
-  int since;
-  bool generated = false;
+// Whether a call may replace a connection that it finds dead before it sends anything.
+enum class Reconnect {
+  kIfDead,  // check the connection, and reconnect (running the setup again) if it died
+  kNever,   // send on the connection as it is: in a transaction, in setup, or already checked
 };
 
-class PostgresBackend final : public SessionBackend {
+class PgConnection {
  public:
-  PostgresBackend(const std::string& url, const PostgresOptions& options);
+  // A call's hold on the connection, taken by the call's deadline, which it sets.
+  class Turn;
+  // BEGIN ... COMMIT, rolled back unless committed.
+  class Transaction;
 
-  std::vector<Session> load_all() override;
-  void load_each(const std::function<void(const Session&)>& visit) override;
-  std::optional<Session> load_one(std::string_view id) override;
-  void save(const Session& session) override;
-  void save_batch(const std::vector<Session>& sessions) override;
-  bool remove(std::string_view id) override;
-  std::size_t remove_user(std::string_view user_id) override;
-  std::size_t remove_expired(std::int64_t now) override;
-  std::vector<RemovedSession> remove_matching(const SessionFilter& filter) override;
-  bool replace(std::string_view old_id, const Session& replacement) override;
-  std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override;
-  std::vector<RemovedSession> insert_new(const std::vector<Session>& sessions,
-                                         std::size_t max_per_user) override;
-  std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
-                               std::int64_t expires_at) override;
-  std::optional<Session> update_data(std::string_view id, std::string_view data) override;
-  std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
-                                std::int64_t now) override;
-  void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
-  std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
-  [[nodiscard]] std::string describe() const override { return shown_url_; }
+  // Connects to `url` (a libpq connection string or URL) and configures the server session,
+  // within one `deadline`. The connection counts as being set up (a statement the server cancels
+  // is then its configuration's fault) until finish_setup().
+  PgConnection(const std::string& url, std::chrono::milliseconds deadline);
+
+  // Runs `setup` now and again on every new server session after a reconnect, before anything
+  // else is sent on it, still within the deadline of the opening (or of the call that
+  // reconnects); then the connection is set up.
+  void finish_setup(std::function<void()> setup);
+
+  PgResult exec(Reconnect reconnect, const char* sql, const std::string& action);
+  PgResult exec_params(Reconnect reconnect, const char* sql, const Params& params,
+                       const std::string& action);
+  PgResult exec_prepared(Reconnect reconnect, const char* name, const Params& params,
+                         const std::string& action);
+  // The prepared query `name` in single-row mode: each row, a result of one row valid only
+  // during the call, goes to `row`. The deadline starts again whenever data arrives.
+  void exec_prepared(Reconnect reconnect, const char* name, const Params& params,
+                     const std::string& action, const std::function<void(const PGresult*)>& row);
+  void prepare(Reconnect reconnect, const char* name, const char* sql,
+               const std::vector<Oid>& types);
+  // Reconnect::kIfDead on its own, for a caller that must know the server session it will use
+  // before it chooses its statements (one prepared on first use, say).
+  void reconnect_if_dead();
+
+  // "database "app" on host db.internal, port 5432", for messages: never the password.
+  [[nodiscard]] std::string target() const;
+  // The URL with its password hidden.
+  [[nodiscard]] const std::string& shown_url() const noexcept { return shown_url_; }
 
  private:
-  // A call's hold on the connection (in_use_), taken by the call's deadline, which it sets.
-  class Turn;
-
-  // The connection. All but the constructor's steps run in a call's Turn.
+  bool read_conninfo(const std::string& url);
   void connect(const std::string& url, bool url_sets_connect_timeout);
   void remember_used_password();
   // NOLINTNEXTLINE(google-runtime-int): pollfd's type
   void wait_for_socket(short events, const std::string& action, bool connecting = false);
   void flush_query(const std::string& action);
   PgResult await_result(const std::string& action);
+  PgResult checked_result(const std::string& action);
+  // exec() and exec_params() without their Reconnect, for the setup of a new server session,
+  // which runs inside a reconnect.
+  PgResult send_text(const char* sql, const std::string& action);
+  PgResult send_params(const char* sql, const Params& params, const std::string& action);
   PgResult next_result(const std::string& action, bool restart_deadline = false);
   bool is_usable() noexcept;
-  void ensure_connected();
   void configure_session();
   void note_lost_statement() noexcept;
   void settle_lost_statement();
-  void prepare_statements();
-  void prepare(const char* name, const char* sql, const std::vector<Oid>& types);
-  [[nodiscard]] std::string target() const;
-
-  // Migrations, in one transaction (section 5).
-  void migrate();
-  int applied_schema_version();
-  bool relation_kind(const char* name, std::string* kind);
-  std::vector<std::pair<std::string, std::string>> table_columns(const char* table);
-  bool check_session_table(int applied);
-  void check_rotated_table(int applied);
-  void verify_table_shape(int version);
-  void verify_table(const char* table, const std::vector<ExpectedColumn>& expected, int version);
-  void verify_columns(const char* table, const std::vector<ExpectedColumn>& expected, int version);
-  void verify_keys(const char* table, int version);
-  [[noreturn]] void refuse_table(const std::string& what) const;
-
-  // Statements. Each throws Error naming the action and the database.
+  void roll_back() noexcept;
   [[noreturn]] void fail_connection(const std::string& action, bool in_handshake = false);
   [[noreturn]] void fail(const PGresult* result, const std::string& action);
   void check(const PGresult* result, const std::string& action);
-  PgResult exec(const char* sql, const std::string& action);
-  PgResult exec_params(const char* sql, const Params& params, const std::string& action);
-  PgResult run(const char* statement, const Params& params, const std::string& action);
-  PgResult execute(const char* statement, const Params& params, const std::string& action);
-  void upsert_rows(const std::vector<const Session*>& rows, std::size_t begin, std::size_t end,
-                   const std::string& action);
-  void upsert_in_statements(const std::vector<const Session*>& rows,
-                            const std::vector<std::size_t>& ends, const std::string& action);
-  std::optional<Session> run_returning_session(const char* statement, const Params& params,
-                                               const std::string& action);
-  void stream(const char* statement, const char* table, const Oid* types, std::size_t type_count,
-              const std::string& action, const std::function<void(const PGresult*)>& row);
-  void roll_back() noexcept;
-  std::size_t run_counting(const char* statement, const Params& params, const std::string& action);
-  // Takes a non-const PGresult: libpq's PQcmdTuples() does.
-  std::size_t affected_rows(PGresult* result, const std::string& action) const;
 
   // The connection is one call's at a time: in_use_, under turn_mutex_, with turn_free_ to wait
   // for it until a deadline. (Not a std::timed_mutex: libstdc++ locks it by the steady clock
@@ -676,21 +598,34 @@ class PostgresBackend final : public SessionBackend {
   // Opening, or setting a new connection up: a statement cancelled by the server's
   // statement_timeout then says the setting is too short for us, not that the server is busy.
   bool setting_up_ = true;
-  PgConnection conn_;
+  PgHandle conn_;
   bool broken_ = false;  // a call saw the connection fail; the next call reconnects
   // The server process of a connection lost with a statement in flight, until it is known to
   // be gone (0: none). A frozen server may still run that statement once it thaws; see
   // settle_lost_statement().
   int lost_statement_pid_ = 0;
-  // Which of remove_matching()'s statements this connection has prepared, by field mask.
-  // prepare_statements() clears it: a reconnect starts a server session that has none.
-  std::array<bool, kMatchCombinations> matching_prepared_{};
+  // The owner's setup of every new server session (finish_setup()).
+  std::function<void()> setup_;
 };
 
-PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
-    : deadline_(options.deadline),
-      shown_url_(redact_url(url)),
-      secrets_(detail::password_candidates(url)) {
+PgConnection::PgConnection(const std::string& url, std::chrono::milliseconds deadline)
+    : deadline_(deadline), shown_url_(redact_url(url)), secrets_(detail::password_candidates(url)) {
+  const bool url_sets_connect_timeout = read_conninfo(url);
+  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
+  connect(url, url_sets_connect_timeout);
+  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
+  configure_session();
+}
+
+void PgConnection::finish_setup(std::function<void()> setup) {
+  setup_ = std::move(setup);
+  setup_();
+  setting_up_ = false;
+}
+
+// Refuses a connection string libpq cannot parse, and learns from it the password it holds
+// (a secret) and whether it sets connect_timeout (the return value).
+bool PgConnection::read_conninfo(const std::string& url) {
   char* raw_error = nullptr;
   const PgConninfo conninfo(PQconninfoParse(url.c_str(), &raw_error));
   const PgText parse_error(raw_error);
@@ -712,17 +647,10 @@ PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& 
     if (std::strcmp(option->keyword, "password") == 0) secrets_.emplace_back(option->val);
     if (std::strcmp(option->keyword, "connect_timeout") == 0) url_sets_connect_timeout = true;
   }
-
-  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
-  connect(url, url_sets_connect_timeout);
-  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
-  configure_session();
-  migrate();
-  prepare_statements();
-  setting_up_ = false;
+  return url_sets_connect_timeout;
 }
 
-void PostgresBackend::connect(const std::string& url, bool url_sets_connect_timeout) {
+void PgConnection::connect(const std::string& url, bool url_sets_connect_timeout) {
   std::vector<const char*> keywords;
   std::vector<const char*> values;
   // PGCONNECT_TIMEOUT is the user's choice too; an explicit keyword would hide it.
@@ -775,7 +703,7 @@ void PostgresBackend::connect(const std::string& url, bool url_sets_connect_time
 }
 
 // A password from PGPASSWORD or ~/.pgpass is as secret as one in the URL.
-void PostgresBackend::remember_used_password() {
+void PgConnection::remember_used_password() {
   const char* used_password = conn_ ? PQpass(conn_.get()) : nullptr;
   if (used_password == nullptr || *used_password == '\0') return;
   if (std::find(secrets_.begin(), secrets_.end(), used_password) == secrets_.end()) {
@@ -783,39 +711,40 @@ void PostgresBackend::remember_used_password() {
   }
 }
 
-class PostgresBackend::Turn {
+class PgConnection::Turn {
  public:
-  Turn(PostgresBackend& backend, const std::string& action) : backend_(backend) {
-    const auto deadline = std::chrono::steady_clock::now() + backend.deadline_;
-    std::unique_lock<std::mutex> lock(backend.turn_mutex_);
-    if (!backend.turn_free_.wait_until(lock, deadline, [&backend] { return !backend.in_use_; })) {
-      throw Error(ErrorCode::kBusy, action + " " + backend.shown_url_ +
+  Turn(PgConnection& connection, const std::string& action) : connection_(connection) {
+    const auto deadline = std::chrono::steady_clock::now() + connection.deadline_;
+    std::unique_lock<std::mutex> lock(connection.turn_mutex_);
+    if (!connection.turn_free_.wait_until(lock, deadline,
+                                          [&connection] { return !connection.in_use_; })) {
+      throw Error(ErrorCode::kBusy, action + " " + connection.shown_url_ +
                                         ": the call ahead of this one has held the " +
                                         "connection for the whole deadline of " +
-                                        std::to_string(backend.deadline_.count()) +
+                                        std::to_string(connection.deadline_.count()) +
                                         " ms (PostgresOptions::deadline); nothing was sent");
     }
     // Behind a call that found the server unresponsive, waiting a whole deadline again (and
     // again for each call queued since) would hang callers after all: they fail at once, for
     // one deadline, and the first call after that tries a new connection.
-    if (std::chrono::steady_clock::now() < backend.unresponsive_until_) {
+    if (std::chrono::steady_clock::now() < connection.unresponsive_until_) {
       throw Error(ErrorCode::kConnectionLost,
-                  action + " " + backend.shown_url_ +
+                  action + " " + connection.shown_url_ +
                       ": the server did not answer within the deadline of " +
-                      std::to_string(backend.deadline_.count()) +
+                      std::to_string(connection.deadline_.count()) +
                       " ms a moment ago; calls fail at once for one deadline, then the next one "
                       "reconnects (nothing was sent)",
                   "pylon: server unresponsive");
     }
-    backend.in_use_ = true;
-    backend.call_deadline_ = deadline;
+    connection.in_use_ = true;
+    connection.call_deadline_ = deadline;
   }
   ~Turn() {
     {
-      const std::lock_guard<std::mutex> lock(backend_.turn_mutex_);
-      backend_.in_use_ = false;
+      const std::lock_guard<std::mutex> lock(connection_.turn_mutex_);
+      connection_.in_use_ = false;
     }
-    backend_.turn_free_.notify_one();
+    connection_.turn_free_.notify_one();
   }
   Turn(const Turn&) = delete;
   Turn& operator=(const Turn&) = delete;
@@ -823,12 +752,12 @@ class PostgresBackend::Turn {
   Turn& operator=(Turn&&) = delete;
 
  private:
-  PostgresBackend& backend_;
+  PgConnection& connection_;
 };
 
 // "database "app" on host db.internal, port 5432", from what libpq resolved (defaults and
 // environment included), for messages. Never the password, never the full conninfo.
-std::string PostgresBackend::target() const {
+std::string PgConnection::target() const {
   const char* db = conn_ ? PQdb(conn_.get()) : nullptr;
   const char* host = conn_ ? PQhost(conn_.get()) : nullptr;
   const char* port = conn_ ? PQport(conn_.get()) : nullptr;
@@ -841,7 +770,7 @@ std::string PostgresBackend::target() const {
 
 // `in_handshake`: the failure ended a connection attempt (first or re-), so libpq's message is
 // the server's refusal, with its SQLSTATE, or libpq's own account of the attempt.
-void PostgresBackend::fail_connection(const std::string& action, bool in_handshake) {
+void PgConnection::fail_connection(const std::string& action, bool in_handshake) {
   broken_ = true;
   remember_used_password();
   ConnectionFailure failure =
@@ -863,7 +792,7 @@ void PostgresBackend::fail_connection(const std::string& action, bool in_handsha
 
 // True when the connection can take a statement now. See the section comment: this is where a
 // connection that died while idle is found, before anything is sent on it.
-bool PostgresBackend::is_usable() noexcept {
+bool PgConnection::is_usable() noexcept {
   if (broken_ || !conn_ || PQstatus(conn_.get()) != CONNECTION_OK) return false;
   pollfd socket{};
   socket.fd = PQsocket(conn_.get());
@@ -880,7 +809,7 @@ bool PostgresBackend::is_usable() noexcept {
 
 // Reconnects on a fresh socket (PQresetStart closes the old one), within the call's deadline as
 // well as libpq's connect_timeout.
-void PostgresBackend::ensure_connected() {
+void PgConnection::reconnect_if_dead() {
   if (is_usable()) return;
   broken_ = true;  // stays set until the connection is fully set up again
   const std::string action = "cannot reconnect to PostgreSQL";
@@ -894,14 +823,14 @@ void PostgresBackend::ensure_connected() {
   setting_up_ = true;
   configure_session();
   settle_lost_statement();
-  prepare_statements();
+  setup_();
   setting_up_ = false;
   broken_ = false;
 }
 
 // The connection is lost with a statement in flight, or may be: it is given up (the next call
 // reconnects), and its server process is remembered for settle_lost_statement().
-void PostgresBackend::note_lost_statement() noexcept {
+void PgConnection::note_lost_statement() noexcept {
   broken_ = true;
   if (lost_statement_pid_ == 0 && conn_) lost_statement_pid_ = PQbackendPID(conn_.get());
 }
@@ -911,7 +840,7 @@ void PostgresBackend::note_lost_statement() noexcept {
 // commits it, possibly after the caller has been told "in doubt" and has read the row back.
 // Ending that process, and waiting until it is gone, makes the outcome final before this
 // connection sends anything, so what the caller reads next is what stays.
-void PostgresBackend::settle_lost_statement() {
+void PgConnection::settle_lost_statement() {
   if (lost_statement_pid_ == 0) return;
   Params pid;
   pid.int8(lost_statement_pid_);
@@ -920,7 +849,7 @@ void PostgresBackend::settle_lost_statement() {
   pid.int8(std::max<std::int64_t>(left.count(), 1));
   // false, with a warning, when the process is gone already (the server restarted, or it ended
   // the session itself); false too if it outlives the deadline, and then this call fails.
-  const PgResult ended = exec_params(
+  const PgResult ended = send_params(
       "SELECT pg_terminate_backend($1::integer, $2) OR NOT EXISTS "
       "(SELECT 1 FROM pg_stat_activity WHERE pid = $1::integer)",
       pid, "cannot end the server process of a lost connection on");
@@ -934,8 +863,8 @@ void PostgresBackend::settle_lost_statement() {
   lost_statement_pid_ = 0;
 }
 
-void PostgresBackend::configure_session() {
-  exec(
+void PgConnection::configure_session() {
+  send_text(
       "SELECT set_config('synchronous_commit', 'local', false) FROM pg_settings "
       "WHERE name = 'synchronous_commit' AND setting = 'off' AND source <> 'client'",
       "cannot configure the session on");
@@ -945,7 +874,7 @@ void PostgresBackend::configure_session() {
 // Running statements
 // ------------------------------------------------------------------------------------------------
 
-void PostgresBackend::fail(const PGresult* result, const std::string& action) {
+void PgConnection::fail(const PGresult* result, const std::string& action) {
   const bool connection_bad = !conn_ || PQstatus(conn_.get()) != CONNECTION_OK;
   const char* sqlstate = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
   const char* primary =
@@ -990,7 +919,7 @@ void PostgresBackend::fail(const PGresult* result, const std::string& action) {
   throw Error(code, message, state.empty() ? "libpq: " + said : "SQLSTATE " + state + ": " + said);
 }
 
-void PostgresBackend::check(const PGresult* result, const std::string& action) {
+void PgConnection::check(const PGresult* result, const std::string& action) {
   const ExecStatusType status = result != nullptr ? PQresultStatus(result) : PGRES_FATAL_ERROR;
   if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_SINGLE_TUPLE) {
     return;
@@ -1001,8 +930,8 @@ void PostgresBackend::check(const PGresult* result, const std::string& action) {
 // Waits until the socket is ready for `events` or the call's deadline passes; at the deadline
 // the connection is given up (the next call reconnects) and the call fails with kConnectionLost.
 // `connecting`: the first connection's handshake, when no statement can be in flight.
-void PostgresBackend::wait_for_socket(short events,  // NOLINT(google-runtime-int): pollfd's type
-                                      const std::string& action, bool connecting) {
+void PgConnection::wait_for_socket(short events,  // NOLINT(google-runtime-int): pollfd's type
+                                   const std::string& action, bool connecting) {
   pollfd socket{};
   socket.fd = PQsocket(conn_.get());
   socket.events = events;
@@ -1037,7 +966,7 @@ void PostgresBackend::wait_for_socket(short events,  // NOLINT(google-runtime-in
 
 // The result of the statement just sent, as PQexec() would return it (the first failure, else
 // the last result), read without ever blocking past the call's deadline.
-PgResult PostgresBackend::await_result(const std::string& action) {
+PgResult PgConnection::await_result(const std::string& action) {
   flush_query(action);
   PgResult kept;
   bool kept_a_failure = false;
@@ -1053,7 +982,7 @@ PgResult PostgresBackend::await_result(const std::string& action) {
 
 // Sends what libpq still holds of the statement: a non-blocking connection queues what the
 // socket would not take at once.
-void PostgresBackend::flush_query(const std::string& action) {
+void PgConnection::flush_query(const std::string& action) {
   for (int pending = PQflush(conn_.get()); pending != 0; pending = PQflush(conn_.get())) {
     if (pending < 0) fail(nullptr, action);
     // The server may be sending (a notice, an error) while we still write: take it in, or both
@@ -1066,7 +995,7 @@ void PostgresBackend::flush_query(const std::string& action) {
 // PQgetResult() once the whole result is in, so it never blocks; null after the last one. With
 // `restart_deadline`, the call's deadline starts again each time data arrives (a load, whose
 // rows may take longer than one deadline in all).
-PgResult PostgresBackend::next_result(const std::string& action, bool restart_deadline) {
+PgResult PgConnection::next_result(const std::string& action, bool restart_deadline) {
   while (PQisBusy(conn_.get()) != 0) {
     wait_for_socket(POLLIN, action);
     if (PQconsumeInput(conn_.get()) == 0) fail(nullptr, action);
@@ -1075,94 +1004,158 @@ PgResult PostgresBackend::next_result(const std::string& action, bool restart_de
   return PgResult(PQgetResult(conn_.get()));
 }
 
-// Simple-query protocol: for constant SQL only (it may hold several statements, as a migration
-// file does). Nothing a caller supplies ever goes through here.
-PgResult PostgresBackend::exec(const char* sql, const std::string& action) {
-  if (PQsendQuery(conn_.get(), sql) == 0) fail(nullptr, action);
+PgResult PgConnection::checked_result(const std::string& action) {
   PgResult result = await_result(action);
   check(result.get(), action);
   return result;
 }
 
-PgResult PostgresBackend::exec_params(const char* sql, const Params& params,
-                                      const std::string& action) {
+// Simple-query protocol: for constant SQL only (it may hold several statements, as a migration
+// file does). Nothing a caller supplies ever goes through here.
+PgResult PgConnection::exec(Reconnect reconnect, const char* sql, const std::string& action) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
+  return send_text(sql, action);
+}
+
+PgResult PgConnection::exec_params(Reconnect reconnect, const char* sql, const Params& params,
+                                   const std::string& action) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
+  return send_params(sql, params, action);
+}
+
+PgResult PgConnection::send_text(const char* sql, const std::string& action) {
+  if (PQsendQuery(conn_.get(), sql) == 0) fail(nullptr, action);
+  return checked_result(action);
+}
+
+PgResult PgConnection::send_params(const char* sql, const Params& params,
+                                   const std::string& action) {
   if (PQsendQueryParams(conn_.get(), sql, params.count(), params.types(), params.values(),
                         params.lengths(), params.formats(), kBinaryFormat) == 0) {
     fail(nullptr, action);
   }
-  PgResult result = await_result(action);
-  check(result.get(), action);
-  return result;
+  return checked_result(action);
 }
 
-PgResult PostgresBackend::run(const char* statement, const Params& params,
-                              const std::string& action) {
-  ensure_connected();
-  return execute(statement, params, action);
-}
-
-// run() without the connection check, for a caller that has just made it (and prepared a
-// statement on the connection it checked).
-PgResult PostgresBackend::execute(const char* statement, const Params& params,
-                                  const std::string& action) {
-  if (PQsendQueryPrepared(conn_.get(), statement, params.count(), params.values(), params.lengths(),
+PgResult PgConnection::exec_prepared(Reconnect reconnect, const char* name, const Params& params,
+                                     const std::string& action) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
+  if (PQsendQueryPrepared(conn_.get(), name, params.count(), params.values(), params.lengths(),
                           params.formats(), kBinaryFormat) == 0) {
     fail(nullptr, action);
   }
-  PgResult result = await_result(action);
-  check(result.get(), action);
-  return result;
+  return checked_result(action);
 }
 
-// Ends the transaction a failed step left open, from a catch block that rethrows the step's
-// error. A broken connection is left alone: the server rolls back when it goes, and the next
-// call reconnects.
-void PostgresBackend::roll_back() noexcept {
-  if (broken_) return;
-  try {
-    exec("ROLLBACK", "cannot roll back a transaction on");
-  } catch (...) {  // NOLINT(bugprone-empty-catch): the step's own error is the one to report
+// Marks the connection broken unless the query in flight was read to its end: an exception
+// while rows still arrive leaves the connection mid-query, and dropping it at the next call is
+// cheaper than reading a million rows we no longer want.
+class QueryInFlight {
+ public:
+  explicit QueryInFlight(bool& broken) noexcept : broken_(broken) {}
+  ~QueryInFlight() {
+    if (!finished_) broken_ = true;
   }
-}
+  QueryInFlight(const QueryInFlight&) = delete;
+  QueryInFlight& operator=(const QueryInFlight&) = delete;
+  QueryInFlight(QueryInFlight&&) = delete;
+  QueryInFlight& operator=(QueryInFlight&&) = delete;
+  void finished() noexcept { finished_ = true; }
 
-std::size_t PostgresBackend::run_counting(const char* statement, const Params& params,
-                                          const std::string& action) {
-  const PgResult result = run(statement, params, action);
-  return affected_rows(result.get(), action);
-}
+ private:
+  bool& broken_;
+  bool finished_ = false;
+};
 
-// The "N" of the command tag "DELETE N" or "INSERT 0 N".
-std::size_t PostgresBackend::affected_rows(PGresult* result, const std::string& action) const {
-  const std::string_view tuples = PQcmdTuples(result);
-  std::size_t count = 0;
-  const bool digits_only =
-      !tuples.empty() && tuples.size() < 20 &&
-      std::all_of(tuples.begin(), tuples.end(), [](char c) { return c >= '0' && c <= '9'; });
-  if (!digits_only) {
-    throw Error(ErrorCode::kInternal,
-                action + " " + target() + ": the server did not say how many rows it changed");
+void PgConnection::exec_prepared(Reconnect reconnect, const char* name, const Params& params,
+                                 const std::string& action,
+                                 const std::function<void(const PGresult*)>& row) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
+  if (PQsendQueryPrepared(conn_.get(), name, params.count(), params.values(), params.lengths(),
+                          params.formats(), kBinaryFormat) == 0) {
+    fail(nullptr, action);
   }
-  for (const char digit : tuples) count = count * 10 + static_cast<std::size_t>(digit - '0');
-  return count;
+  QueryInFlight query(broken_);
+  if (PQsetSingleRowMode(conn_.get()) == 0) {
+    throw Error(ErrorCode::kInternal, action + " " + target() + ": libpq refused single-row mode");
+  }
+  flush_query(action);
+
+  PgResult error;  // the first failure; later results are read only to finish the query
+  // The deadline bounds the server's silence, not the size of the table: it starts again
+  // whenever data arrives.
+  for (PgResult result = next_result(action, /*restart_deadline=*/true); result;
+       result = next_result(action, /*restart_deadline=*/true)) {
+    const ExecStatusType status = PQresultStatus(result.get());
+    if (status == PGRES_SINGLE_TUPLE && !error) {
+      row(result.get());
+    } else if (status != PGRES_SINGLE_TUPLE && status != PGRES_TUPLES_OK && !error) {
+      error = std::move(result);
+    }
+  }
+  query.finished();
+  if (error) fail(error.get(), action);
 }
 
-void PostgresBackend::prepare(const char* name, const char* sql, const std::vector<Oid>& types) {
+void PgConnection::prepare(Reconnect reconnect, const char* name, const char* sql,
+                           const std::vector<Oid>& types) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
   const std::string action = "cannot prepare a statement on";
   if (PQsendPrepare(conn_.get(), name, sql, static_cast<int>(types.size()), types.data()) == 0) {
     fail(nullptr, action);
   }
-  const PgResult result = await_result(action);
-  check(result.get(), action);
+  checked_result(action);
 }
 
+// Ends the transaction a failed step left open, while its error propagates. A broken connection
+// is left alone: the server rolls back when it goes, and the next call reconnects.
+void PgConnection::roll_back() noexcept {
+  if (broken_) return;
+  try {
+    exec(Reconnect::kNever, "ROLLBACK", "cannot roll back a transaction on");
+  } catch (...) {  // NOLINT(bugprone-empty-catch): the step's own error is the one to report
+  }
+}
+
+class PgConnection::Transaction {
+ public:
+  // Sends `begin` ("BEGIN ...").
+  Transaction(PgConnection& connection, Reconnect reconnect, const char* begin,
+              const std::string& action)
+      : connection_(connection) {
+    connection_.exec(reconnect, begin, action);
+  }
+  // Nothing is committed unless commit() returned. ROLLBACK fails only on a dead connection, and
+  // then the server has rolled back already (or, if COMMIT itself was lost in flight, it alone
+  // knows: the caller was told kConnectionLost).
+  ~Transaction() {
+    if (!committed_) connection_.roll_back();
+  }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+  Transaction(Transaction&&) = delete;
+  Transaction& operator=(Transaction&&) = delete;
+
+  void commit(const std::string& action) {
+    connection_.exec(Reconnect::kNever, "COMMIT", action);
+    committed_ = true;
+  }
+
+ private:
+  PgConnection& connection_;
+  bool committed_ = false;
+};
+
 // ================================================================================================
-// 5. Migrations
+// 4. Migrations
 //
-// Opening runs every step below in ONE transaction that first takes a transaction-scoped
-// advisory lock. Two instances starting at once against an empty database queue on the lock;
-// the second reads the schema version only once the first has committed (READ COMMITTED is
-// forced: each statement sees what was committed before it, whatever the server's default
-// isolation), finds the work done and skips it. Both come up, with one schema.
+// PgMigrations brings the schema up to date and checks its tables, on a connection that is
+// being set up (PostgresBackend's, before it prepares its statements). Opening runs every step
+// below in ONE transaction that first takes a transaction-scoped advisory lock. Two instances
+// starting at once against an empty database queue on the lock; the second reads the schema version
+// only once the first has committed (READ COMMITTED is forced: each statement sees what was
+// committed before it, whatever the server's default isolation), finds the work done and skips it.
+// Both come up, with one schema.
 //
 // Anything refused (a schema newer than this code, a `_pylon_sessions` that is a view or has
 // columns we do not know) rolls the transaction back: the database is left as it was.
@@ -1172,77 +1165,127 @@ void PostgresBackend::prepare(const char* name, const char* sql, const std::vect
 // live rows under the hash of their token and drops it.
 // ================================================================================================
 
-void PostgresBackend::migrate() {
+// The schema, embedded from migrations/postgres/*.sql by cmake/embed_migrations.cmake. A C array:
+// the fragment is a list of braced initialisers, which std::array cannot size in C++17.
+// NOLINTNEXTLINE(cppcoreguidelines-avoid-c-arrays,modernize-avoid-c-arrays)
+constexpr detail::Migration kPostgresMigrations[] = {
+#include "pylon_migrations_postgres.inc"
+};
+constexpr int kLatestPostgresVersion =
+    kPostgresMigrations[std::size(kPostgresMigrations) - 1].version;  // NOLINT
+
+// pg_advisory_xact_lock key that serialises migrations across instances: "pylonmig" in ASCII.
+constexpr std::int64_t kMigrationLockKey = 0x70796C6F6E6D6967;
+// One column of a table as the migrations make it: its type as format_type() names it, whether
+// it is NOT NULL, the schema version that adds it, and whether it must fill itself (an identity).
+struct ExpectedColumn {
+  const char* name;
+  const char* type;
+  bool not_null;
+  int since;
+  bool generated = false;
+};
+
+class PgMigrations {
+ public:
+  explicit PgMigrations(PgConnection& connection) : connection_(connection) {}
+  // Migrates to kLatestPostgresVersion and verifies the tables, in one transaction.
+  void run();
+
+ private:
+  void apply(int applied, bool adopt_pylon_table, std::string& action);
+  int applied_schema_version();
+  bool relation_kind(const char* name, std::string* kind);
+  std::vector<std::pair<std::string, std::string>> table_columns(const char* table);
+  bool check_session_table(int applied);
+  void check_rotated_table(int applied);
+  void verify_table_shape(int version);
+  void verify_table(const char* table, const std::vector<ExpectedColumn>& expected, int version);
+  void verify_columns(const char* table, const std::vector<ExpectedColumn>& expected, int version);
+  void verify_keys(const char* table, int version);
+  [[noreturn]] void refuse_table(const std::string& what) const;
+
+  PgConnection& connection_;
+};
+
+void PgMigrations::run() {
   std::string action = "cannot migrate the schema of";
-  exec("BEGIN ISOLATION LEVEL READ COMMITTED", action);
-  try {
-    {
-      Params key;
-      key.int8(kMigrationLockKey);
-      exec_params("SELECT pg_advisory_xact_lock($1)", key, action);
-    }
-    const int applied = applied_schema_version();
-    if (applied > kLatestPostgresVersion) {
-      throw Error(ErrorCode::kSchemaTooNew,
-                  target() + " has pylon-sessions schema version " + std::to_string(applied) +
-                      ", newer than version " + std::to_string(kLatestPostgresVersion) +
-                      " that this build knows; upgrade pylon-sessions (the database was left as "
-                      "it is)");
-    }
-    const bool adopt_pylon_table = check_session_table(applied);  // true only at version 0
-    check_rotated_table(applied);
-    // Before anything is written: the tables as version `applied` left them, keys and indexes
-    // included. (A table that lacks its primary key would otherwise fail the first upsert, and
-    // one that lacks an index would be migrated further and then refused.)
-    if (!adopt_pylon_table) verify_table_shape(applied);
-    if (applied < kLatestPostgresVersion) {
-      exec(
-          "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
-          " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-          action);
-      // Versions run from 1 without gaps (cmake/embed_migrations.cmake refuses a gap), so the
-      // first migration to apply is entry `applied`.
-      for (auto index = static_cast<std::size_t>(applied); index < std::size(kPostgresMigrations);
-           ++index) {
-        const detail::Migration& migration = kPostgresMigrations[index];
-        action = "migration " + std::string(migration.name) + " failed on";
-        if (migration.version == 1 && adopt_pylon_table) {
-          const auto columns = table_columns("_pylon_sessions");
-          const bool has_tenant =
-              std::any_of(columns.begin(), columns.end(),
-                          [](const auto& column) { return column.first == "tenant_id"; });
-          if (!has_tenant) exec("ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT", action);
-          exec("ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
-        }
-        exec(migration.sql, action);
-        Params record;
-        record.int8(migration.version).text(migration.name);
-        exec_params(
-            "INSERT INTO _pylon_schema_migrations (version, name, applied_at) "
-            "VALUES ($1, $2, floor(extract(epoch FROM now()))::bigint)",
-            record, action);
+  // Nothing of the migration is committed unless all of it is.
+  PgConnection::Transaction transaction(connection_, Reconnect::kNever,
+                                        "BEGIN ISOLATION LEVEL READ COMMITTED", action);
+  {
+    Params key;
+    key.int8(kMigrationLockKey);
+    connection_.exec_params(Reconnect::kNever, "SELECT pg_advisory_xact_lock($1)", key, action);
+  }
+  const int applied = applied_schema_version();
+  if (applied > kLatestPostgresVersion) {
+    throw Error(ErrorCode::kSchemaTooNew,
+                connection_.target() + " has pylon-sessions schema version " +
+                    std::to_string(applied) + ", newer than version " +
+                    std::to_string(kLatestPostgresVersion) +
+                    " that this build knows; upgrade pylon-sessions (the database was left as "
+                    "it is)");
+  }
+  const bool adopt_pylon_table = check_session_table(applied);  // true only at version 0
+  check_rotated_table(applied);
+  // Before anything is written: the tables as version `applied` left them, keys and indexes
+  // included. (A table that lacks its primary key would otherwise fail the first upsert, and
+  // one that lacks an index would be migrated further and then refused.)
+  if (!adopt_pylon_table) verify_table_shape(applied);
+  if (applied < kLatestPostgresVersion) {
+    apply(applied, adopt_pylon_table, action);
+    action = "cannot migrate the schema of";
+    verify_table_shape(kLatestPostgresVersion);
+  }
+  transaction.commit(action);
+}
+
+// The migrations after version `applied`, each recorded; `action` names the one running.
+void PgMigrations::apply(int applied, bool adopt_pylon_table, std::string& action) {
+  connection_.exec(Reconnect::kNever,
+                   "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
+                   " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+                   action);
+  // Versions run from 1 without gaps (cmake/embed_migrations.cmake refuses a gap), so the
+  // first migration to apply is entry `applied`.
+  for (auto index = static_cast<std::size_t>(applied); index < std::size(kPostgresMigrations);
+       ++index) {
+    const detail::Migration& migration = kPostgresMigrations[index];
+    action = "migration " + std::string(migration.name) + " failed on";
+    if (migration.version == 1 && adopt_pylon_table) {
+      const auto columns = table_columns("_pylon_sessions");
+      const bool has_tenant = std::any_of(columns.begin(), columns.end(), [](const auto& column) {
+        return column.first == "tenant_id";
+      });
+      if (!has_tenant) {
+        connection_.exec(Reconnect::kNever, "ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT",
+                         action);
       }
-      action = "cannot migrate the schema of";
-      verify_table_shape(kLatestPostgresVersion);
+      connection_.exec(Reconnect::kNever,
+                       "ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
     }
-    exec("COMMIT", action);
-  } catch (...) {
-    // Nothing of the migration is committed. ROLLBACK fails only on a dead connection, and then
-    // the server has rolled back already.
-    roll_back();
-    throw;
+    connection_.exec(Reconnect::kNever, migration.sql, action);
+    Params record;
+    record.int8(migration.version).text(migration.name);
+    connection_.exec_params(Reconnect::kNever,
+                            "INSERT INTO _pylon_schema_migrations (version, name, applied_at) "
+                            "VALUES ($1, $2, floor(extract(epoch FROM now()))::bigint)",
+                            record, action);
   }
 }
 
-int PostgresBackend::applied_schema_version() {
+int PgMigrations::applied_schema_version() {
   const std::string action = "cannot read the schema version of";
   std::string kind;
   if (!relation_kind("_pylon_schema_migrations", &kind)) return 0;
-  const PgResult result = exec_params(
-      "SELECT coalesce(max(version), 0)::bigint FROM _pylon_schema_migrations", Params(), action);
+  const PgResult result = connection_.exec_params(
+      Reconnect::kNever, "SELECT coalesce(max(version), 0)::bigint FROM _pylon_schema_migrations",
+      Params(), action);
   if (PQntuples(result.get()) != 1 || PQgetlength(result.get(), 0, 0) != 8) {
-    throw Error(ErrorCode::kCorruptDatabase,
-                action + " " + target() + ": _pylon_schema_migrations is not pylon-sessions'");
+    throw Error(
+        ErrorCode::kCorruptDatabase,
+        action + " " + connection_.target() + ": _pylon_schema_migrations is not pylon-sessions'");
   }
   return static_cast<int>(
       std::clamp<std::int64_t>(decode_int8({PQgetvalue(result.get(), 0, 0), 8}), 0, INT_MAX));
@@ -1250,22 +1293,23 @@ int PostgresBackend::applied_schema_version() {
 
 // Whether `name` resolves (through search_path, as our unqualified statements do) to a
 // relation, and its pg_class.relkind.
-bool PostgresBackend::relation_kind(const char* name, std::string* kind) {
+bool PgMigrations::relation_kind(const char* name, std::string* kind) {
   Params params;
   params.text(name);
-  const PgResult result =
-      exec_params("SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", params,
-                  "cannot read the schema of");
+  const PgResult result = connection_.exec_params(
+      Reconnect::kNever, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", params,
+      "cannot read the schema of");
   if (PQntuples(result.get()) == 0) return false;
   *kind = text_at(result.get(), 0);
   return true;
 }
 
 // (name, type) of every column of `table`, ordered by name.
-std::vector<std::pair<std::string, std::string>> PostgresBackend::table_columns(const char* table) {
+std::vector<std::pair<std::string, std::string>> PgMigrations::table_columns(const char* table) {
   Params params;
   params.text(table);
-  const PgResult result = exec_params(
+  const PgResult result = connection_.exec_params(
+      Reconnect::kNever,
       "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute "
       "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
       params, "cannot read the schema of");
@@ -1362,12 +1406,12 @@ std::string describe_relkind(const std::string& kind) {
 // version `applied` left them) nor pylon's. Returns true when it is pylon's table, to be adopted
 // by migration 1. As on SQLite, only the column names are compared here; verify_table_shape()
 // checks the types after migrating.
-bool PostgresBackend::check_session_table(int applied) {
+bool PgMigrations::check_session_table(int applied) {
   std::string kind;
   if (!relation_kind("_pylon_sessions", &kind)) return false;
   if (kind != "r" && kind != "p") {  // an ordinary or a partitioned table
     throw Error(ErrorCode::kCorruptDatabase,
-                target() + " has a _pylon_sessions " + describe_relkind(kind) +
+                connection_.target() + " has a _pylon_sessions " + describe_relkind(kind) +
                     ", not a table; refusing to use it (the database was left as it is)");
   }
   const std::vector<std::string> columns = names_of(table_columns("_pylon_sessions"));
@@ -1386,7 +1430,7 @@ bool PostgresBackend::check_session_table(int applied) {
   std::string listed;
   for (const std::string& column : columns) listed += (listed.empty() ? "" : ", ") + column;
   throw Error(ErrorCode::kCorruptDatabase,
-              target() + " has a _pylon_sessions table with columns (" + listed +
+              connection_.target() + " has a _pylon_sessions table with columns (" + listed +
                   ") that is neither pylon-sessions' nor pylon's; refusing to use it (the "
                   "database was left as it is)");
 }
@@ -1394,11 +1438,11 @@ bool PostgresBackend::check_session_table(int applied) {
 // Refuses a `_pylon_rotated_ids` that exists before the migration that creates it has run: it
 // is not ours, and that migration would fail on it half-way (a duplicate table, reported as a
 // bug rather than as the database at fault).
-void PostgresBackend::check_rotated_table(int applied) {
+void PgMigrations::check_rotated_table(int applied) {
   std::string kind;
   if (applied >= kRotatedIdsVersion || !relation_kind("_pylon_rotated_ids", &kind)) return;
   throw Error(ErrorCode::kCorruptDatabase,
-              target() + " has a _pylon_rotated_ids " +
+              connection_.target() + " has a _pylon_rotated_ids " +
                   (kind == "r" || kind == "p" ? std::string("table") : describe_relkind(kind)) +
                   " that pylon-sessions did not create (its schema version is " +
                   std::to_string(applied) +
@@ -1411,22 +1455,22 @@ void PostgresBackend::check_rotated_table(int applied) {
 // the migrations made, valid. At version 0 a table of version 1's columns is taken over by
 // migration 1, which makes its indexes: only its columns and key are checked then.
 // Error(kCorruptDatabase) naming the first difference.
-void PostgresBackend::verify_table_shape(int version) {
+void PgMigrations::verify_table_shape(int version) {
   verify_table("_pylon_sessions", session_column_shapes(), version);
   if (version >= kRotatedIdsVersion) {
     verify_table("_pylon_rotated_ids", rotated_column_shapes(), version);
   }
 }
 
-void PostgresBackend::refuse_table(const std::string& what) const {
+void PgMigrations::refuse_table(const std::string& what) const {
   throw Error(ErrorCode::kCorruptDatabase,
-              target() + " has a " + what +
+              connection_.target() + " has a " + what +
                   "; it is not pylon-sessions' table, refusing to use it (the database was left "
                   "as it is)");
 }
 
-void PostgresBackend::verify_table(const char* table, const std::vector<ExpectedColumn>& expected,
-                                   int version) {
+void PgMigrations::verify_table(const char* table, const std::vector<ExpectedColumn>& expected,
+                                int version) {
   std::string kind;
   if (!relation_kind(table, &kind)) {
     if (version == 0) return;
@@ -1438,11 +1482,12 @@ void PostgresBackend::verify_table(const char* table, const std::vector<Expected
   verify_keys(table, version);
 }
 
-void PostgresBackend::verify_columns(const char* table, const std::vector<ExpectedColumn>& expected,
-                                     int version) {
+void PgMigrations::verify_columns(const char* table, const std::vector<ExpectedColumn>& expected,
+                                  int version) {
   Params name;
   name.text(table);
-  const PgResult columns = exec_params(
+  const PgResult columns = connection_.exec_params(
+      Reconnect::kNever,
       "SELECT attname::text, format_type(atttypid, NULL), attnotnull::text, "
       "(attidentity <> '' OR atthasdef)::text FROM pg_attribute "
       "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
@@ -1475,12 +1520,13 @@ void PostgresBackend::verify_columns(const char* table, const std::vector<Expect
 }
 
 // The primary key on (id), and from version 1 on the indexes of kIndexes.
-void PostgresBackend::verify_keys(const char* table, int version) {
+void PgMigrations::verify_keys(const char* table, int version) {
   Params name;
   name.text(table);
   // Each index: its name, its first column ('' for an expression), whether it is the primary
   // key, its number of key columns, whether it is usable.
-  const PgResult indexes = exec_params(
+  const PgResult indexes = connection_.exec_params(
+      Reconnect::kNever,
       "SELECT c.relname::text, coalesce((SELECT a.attname::text FROM pg_attribute a "
       "WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[0]), ''), i.indisprimary::text, "
       "i.indnkeyatts::text, (i.indisvalid AND i.indisready AND i.indexprs IS NULL)::text "
@@ -1514,7 +1560,15 @@ void PostgresBackend::verify_keys(const char* table, int version) {
 }
 
 // ================================================================================================
-// 6. The backend
+
+// ================================================================================================
+// 5. The backend
+//
+// PostgresBackend is the SessionBackend: it owns its statements, their texts and the encoding of
+// a Session as their parameters, and runs them on its PgConnection, whose setup prepares them.
+// Fields are checked before anything is sent: PostgreSQL TEXT holds neither NUL nor invalid
+// UTF-8, and both backends refuse such text with the same checks and messages
+// (session_backend_internal.hpp), so a caller sees one behaviour whichever backend it runs on.
 //
 // Every statement is prepared once per connection with the types of its parameters, and every
 // call sends only parameters. load_all() streams: in single-row mode libpq hands over one row at
@@ -1553,6 +1607,132 @@ void PostgresBackend::verify_keys(const char* table, int version) {
 // statement of its own that sees the rows committed by whoever held a lock before, deletes what
 // lies beyond the cap. Without a cap it is save_batch().
 // ================================================================================================
+
+// The prepared statements, by name. Names are per connection: every reconnect prepares them again.
+constexpr const char* kUpsert = "pylon_upsert";
+constexpr const char* kUpsertBatch = "pylon_upsert_batch";
+constexpr const char* kDeleteById = "pylon_delete_by_id";
+constexpr const char* kDeleteByUser = "pylon_delete_by_user";
+constexpr const char* kDeleteExpired = "pylon_delete_expired";
+constexpr const char* kSelectAll = "pylon_select_all";
+constexpr const char* kSelectById = "pylon_select_by_id";
+constexpr const char* kReplace = "pylon_replace";
+constexpr const char* kDeleteExpiredBatch = "pylon_delete_expired_batch";
+constexpr const char* kLockOwners = "pylon_lock_owners";
+constexpr const char* kEvictBeyondCap = "pylon_evict_beyond_cap";
+constexpr const char* kTouch = "pylon_touch";
+constexpr const char* kUpdateData = "pylon_update_data";
+constexpr const char* kRotate = "pylon_rotate";
+constexpr const char* kSelectRotated = "pylon_select_rotated";
+constexpr const char* kDeleteExpiredRotatedBatch = "pylon_delete_expired_rotated_batch";
+// remove_matching()'s statements are prepared on first use, one per combination of filter
+// fields: this prefix and the bitmask of the fields (see MatchField).
+constexpr const char* kDeleteMatchingPrefix = "pylon_delete_matching_";
+
+// The most array bytes one statement of save_batch() sends. The server would take up to 1 GB;
+// this keeps the copies a statement makes (ours, the server's arrays and the rows unnested from
+// them) small, while any batch of ordinary sessions, thousands of them, is still one statement.
+constexpr std::size_t kBatchStatementBytes = std::size_t{32} << 20U;
+
+// The columns of kSelectAll, in order, with the type each must have.
+constexpr std::array<Oid, 11> kSelectAllTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
+                                                 kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
+                                                 kTextOid, kByteaOid, kTextOid};
+// The columns of kSelectRotated, in order, with the type each must have.
+constexpr std::array<Oid, 6> kSelectRotatedTypes = {kTextOid, kTextOid, kTextOid,
+                                                    kTextOid, kInt8Oid, kInt8Oid};
+
+// The fields of a SessionFilter, as bits of the mask that names remove_matching()'s statement.
+// Conditions and parameters follow this order.
+enum MatchField : unsigned {
+  kMatchId = 1U << 0U,
+  kMatchUserId = 1U << 1U,
+  kMatchTenantId = 1U << 2U,
+  kMatchIdpSessionId = 1U << 3U,
+  kMatchExceptId = 1U << 4U,
+};
+constexpr std::size_t kMatchCombinations = 32;
+
+// The first key of the two-key pg_advisory_xact_lock that insert_new() takes per user and tenant
+// ("pcap" in ASCII); the second is a hash of the two. PostgreSQL keeps two-key locks apart from
+// one-key locks such as kMigrationLockKey: the spaces never overlap.
+constexpr std::int32_t kCapLockClass = 0x70636170;
+
+class PostgresBackend final : public SessionBackend {
+ public:
+  PostgresBackend(const std::string& url, const PostgresOptions& options);
+
+  std::vector<Session> load_all() override;
+  void load_each(const std::function<void(const Session&)>& visit) override;
+  std::optional<Session> load_one(std::string_view id) override;
+  void save(const Session& session) override;
+  void save_batch(const std::vector<Session>& sessions) override;
+  bool remove(std::string_view id) override;
+  std::size_t remove_user(std::string_view user_id) override;
+  std::size_t remove_expired(std::int64_t now) override;
+  std::vector<RemovedSession> remove_matching(const SessionFilter& filter) override;
+  bool replace(std::string_view old_id, const Session& replacement) override;
+  std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override;
+  std::vector<RemovedSession> insert_new(const std::vector<Session>& sessions,
+                                         std::size_t max_per_user) override;
+  std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
+                               std::int64_t expires_at) override;
+  std::optional<Session> update_data(std::string_view id, std::string_view data) override;
+  std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
+                                std::int64_t now) override;
+  void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
+  std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
+  [[nodiscard]] std::string describe() const override { return connection_.shown_url(); }
+
+ private:
+  // Every new server session's setup: the statements, prepared again after each reconnect.
+  void prepare_statements();
+  // Each call below runs in the caller's Turn and throws Error naming the action and the
+  // database.
+  std::size_t run_counting(const char* statement, const Params& params, const std::string& action);
+  std::optional<Session> run_returning_session(const char* statement, const Params& params,
+                                               const std::string& action);
+  void load_rows(const char* statement, const char* table, const Oid* types, std::size_t type_count,
+                 const std::string& action, const std::function<void(const PGresult*)>& row);
+  void upsert_in_statements(const std::vector<const Session*>& rows,
+                            const std::vector<std::size_t>& ends, const std::string& action);
+  void upsert_rows(const std::vector<const Session*>& rows, std::size_t begin, std::size_t end,
+                   const std::string& action);
+  // Takes a non-const PGresult: libpq's PQcmdTuples() does.
+  std::size_t affected_rows(PGresult* result, const std::string& action) const;
+
+  PgConnection connection_;
+  // Which of remove_matching()'s statements this connection has prepared, by field mask.
+  // prepare_statements() clears it: a reconnect starts a server session that has none.
+  std::array<bool, kMatchCombinations> matching_prepared_{};
+};
+
+PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
+    : connection_(url, options.deadline) {
+  PgMigrations(connection_).run();
+  connection_.finish_setup([this] { prepare_statements(); });
+}
+
+std::size_t PostgresBackend::run_counting(const char* statement, const Params& params,
+                                          const std::string& action) {
+  const PgResult result = connection_.exec_prepared(Reconnect::kIfDead, statement, params, action);
+  return affected_rows(result.get(), action);
+}
+
+// The "N" of the command tag "DELETE N" or "INSERT 0 N".
+std::size_t PostgresBackend::affected_rows(PGresult* result, const std::string& action) const {
+  const std::string_view tuples = PQcmdTuples(result);
+  std::size_t count = 0;
+  const bool digits_only =
+      !tuples.empty() && tuples.size() < 20 &&
+      std::all_of(tuples.begin(), tuples.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits_only) {
+    throw Error(ErrorCode::kInternal, action + " " + connection_.target() +
+                                          ": the server did not say how many rows it changed");
+  }
+  for (const char digit : tuples) count = count * 10 + static_cast<std::size_t>(digit - '0');
+  return count;
+}
 
 // The columns a Session is written to, in the order of its parameters (bind_session()).
 constexpr const char* kSessionColumns =
@@ -1658,7 +1838,7 @@ void PostgresBackend::prepare_statements() {
   const std::string upsert = std::string("INSERT INTO _pylon_sessions (") + kSessionColumns +
                              ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)" +
                              kUpdateEveryColumn;
-  prepare(kUpsert, upsert.c_str(), session_parameter_types());
+  connection_.prepare(Reconnect::kNever, kUpsert, upsert.c_str(), session_parameter_types());
 
   // save_batch(): the same upsert for many rows in one statement, each column an array. The
   // unnest() calls of a select list run in step (row i holds the arrays' i-th elements, in
@@ -1672,7 +1852,7 @@ void PostgresBackend::prepare_statements() {
   upsert_batch += kUpdateEveryColumn;
   std::vector<Oid> array_types;
   for (const Oid type : session_parameter_types()) array_types.push_back(array_type_of(type));
-  prepare(kUpsertBatch, upsert_batch.c_str(), array_types);
+  connection_.prepare(Reconnect::kNever, kUpsertBatch, upsert_batch.c_str(), array_types);
 
   // The INSERT runs only when the DELETE found the old row; its command tag then says 1, else 0.
   // The upsert form keeps replace() writing exactly what save() would (a replacement whose id
@@ -1685,14 +1865,16 @@ void PostgresBackend::prepare_statements() {
   std::vector<Oid> replace_types = {kTextOid};
   replace_types.insert(replace_types.end(), session_parameter_types().begin(),
                        session_parameter_types().end());
-  prepare(kReplace, replace_sql.c_str(), replace_types);
+  connection_.prepare(Reconnect::kNever, kReplace, replace_sql.c_str(), replace_types);
 
-  prepare(kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1", {kTextOid});
-  prepare(kDeleteByUser, "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid});
-  prepare(kDeleteExpired,
-          "WITH rotated AS (DELETE FROM _pylon_rotated_ids WHERE expires_at <= $1) "
-          "DELETE FROM _pylon_sessions WHERE expires_at <= $1",
-          {kInt8Oid});
+  connection_.prepare(Reconnect::kNever, kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1",
+                      {kTextOid});
+  connection_.prepare(Reconnect::kNever, kDeleteByUser,
+                      "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid});
+  connection_.prepare(Reconnect::kNever, kDeleteExpired,
+                      "WITH rotated AS (DELETE FROM _pylon_rotated_ids WHERE expires_at <= $1) "
+                      "DELETE FROM _pylon_sessions WHERE expires_at <= $1",
+                      {kInt8Oid});
   // By id rather than ctid: ctid is not unique in a partitioned table. FOR UPDATE is what keeps
   // it right under concurrent writes: in READ COMMITTED a row changed since the statement's
   // snapshot (a save() sliding its expiry) is re-read at its newest version and re-checked
@@ -1700,14 +1882,15 @@ void PostgresBackend::prepare_statements() {
   // finds by id is still expired. (An id semi-join alone would not re-check expires_at.) With no
   // second expires_at condition outside, the planner walks at most `limit` entries of the
   // expiry index and looks each row up by key: a batch costs its size, not the backlog's.
-  prepare(kDeleteExpiredBatch,
-          "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM _pylon_sessions "
-          "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-          {kInt8Oid, kInt8Oid});
-  prepare(kSelectAll, (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions").c_str(),
-          {});
-  prepare(
-      kSelectById,
+  connection_.prepare(Reconnect::kNever, kDeleteExpiredBatch,
+                      "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM _pylon_sessions "
+                      "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                      {kInt8Oid, kInt8Oid});
+  connection_.prepare(Reconnect::kNever, kSelectAll,
+                      (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions").c_str(),
+                      {});
+  connection_.prepare(
+      Reconnect::kNever, kSelectById,
       (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions WHERE id = $1").c_str(),
       {kTextOid});
 
@@ -1715,33 +1898,37 @@ void PostgresBackend::prepare_statements() {
   // lock keys. The server evaluates a volatile function of the select list after the sort (since
   // PostgreSQL 9.6), so the locks are taken in that order; a hash shared by two keys is one lock,
   // taken once.
-  prepare(kLockOwners,
-          ("SELECT pg_advisory_xact_lock(" + std::to_string(kCapLockClass) +
-           ", key) FROM (SELECT DISTINCT hashtext(owner) AS key FROM unnest($1::text[]) AS owner) "
-           "AS keys ORDER BY key")
-              .c_str(),
-          {kTextArrayOid});
+  connection_.prepare(
+      Reconnect::kNever, kLockOwners,
+      ("SELECT pg_advisory_xact_lock(" + std::to_string(kCapLockClass) +
+       ", key) FROM (SELECT DISTINCT hashtext(owner) AS key FROM unnest($1::text[]) AS owner) "
+       "AS keys ORDER BY key")
+          .c_str(),
+      {kTextArrayOid});
   // The rows of each (user, tenant) pair of $1 and $2 (distinct pairs) beyond the newest $3:
   // newest by created_at, then by insertion. The join starts from the pairs, so the user index
   // finds their rows.
-  prepare(kEvictBeyondCap,
-          "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM (SELECT s.id, row_number() "
-          "OVER (PARTITION BY s.user_id, s.tenant_id ORDER BY s.created_at DESC, "
-          "s.insert_order DESC) AS newer FROM unnest($1::text[], $2::text[]) AS owner(user_id, "
-          "tenant_id) JOIN _pylon_sessions AS s ON s.user_id = owner.user_id AND s.tenant_id IS "
-          "NOT DISTINCT FROM owner.tenant_id) AS ranked WHERE newer > $3) RETURNING id, user_id",
-          {kTextArrayOid, kTextArrayOid, kInt8Oid});
-  prepare(kTouch,
-          (std::string("UPDATE _pylon_sessions SET last_seen_at = GREATEST(last_seen_at, $2), "
-                       "expires_at = GREATEST(expires_at, $3) WHERE id = $1 RETURNING ") +
-           kSessionColumns)
-              .c_str(),
-          {kTextOid, kInt8Oid, kInt8Oid});
-  prepare(kUpdateData,
-          (std::string("UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING ") +
-           kSessionColumns)
-              .c_str(),
-          {kTextOid, kByteaOid});
+  connection_.prepare(
+      Reconnect::kNever, kEvictBeyondCap,
+      "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM (SELECT s.id, row_number() "
+      "OVER (PARTITION BY s.user_id, s.tenant_id ORDER BY s.created_at DESC, "
+      "s.insert_order DESC) AS newer FROM unnest($1::text[], $2::text[]) AS owner(user_id, "
+      "tenant_id) JOIN _pylon_sessions AS s ON s.user_id = owner.user_id AND s.tenant_id IS "
+      "NOT DISTINCT FROM owner.tenant_id) AS ranked WHERE newer > $3) RETURNING id, user_id",
+      {kTextArrayOid, kTextArrayOid, kInt8Oid});
+  connection_.prepare(
+      Reconnect::kNever, kTouch,
+      (std::string("UPDATE _pylon_sessions SET last_seen_at = GREATEST(last_seen_at, $2), "
+                   "expires_at = GREATEST(expires_at, $3) WHERE id = $1 RETURNING ") +
+       kSessionColumns)
+          .c_str(),
+      {kTextOid, kInt8Oid, kInt8Oid});
+  connection_.prepare(
+      Reconnect::kNever, kUpdateData,
+      (std::string("UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING ") +
+       kSessionColumns)
+          .c_str(),
+      {kTextOid, kByteaOid});
   // The INSERT copies what the DELETE returned, so the new row is the old one as storage held
   // it at that instant; when there was no live old row, both CTEs and the INSERT see nothing and
   // the statement writes nothing. A rotated id already recorded (its session re-created under
@@ -1762,16 +1949,18 @@ void PostgresBackend::prepare_statements() {
       ") SELECT $2, user_id, tenant_id, created_at, expires_at, last_seen_at, "
       "absolute_expires_at, device, ip, data, idp_session_id FROM old RETURNING " +
       kSessionColumns;
-  prepare(kRotate, rotate_sql.c_str(), {kTextOid, kTextOid, kInt8Oid});
-  prepare(kSelectRotated,
-          "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at "
-          "FROM _pylon_rotated_ids",
-          {});
+  connection_.prepare(Reconnect::kNever, kRotate, rotate_sql.c_str(),
+                      {kTextOid, kTextOid, kInt8Oid});
+  connection_.prepare(Reconnect::kNever, kSelectRotated,
+                      "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at "
+                      "FROM _pylon_rotated_ids",
+                      {});
   // As kDeleteExpiredBatch, for the same reasons.
-  prepare(kDeleteExpiredRotatedBatch,
-          "DELETE FROM _pylon_rotated_ids WHERE id IN (SELECT id FROM _pylon_rotated_ids "
-          "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-          {kInt8Oid, kInt8Oid});
+  connection_.prepare(
+      Reconnect::kNever, kDeleteExpiredRotatedBatch,
+      "DELETE FROM _pylon_rotated_ids WHERE id IN (SELECT id FROM _pylon_rotated_ids "
+      "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+      {kInt8Oid, kInt8Oid});
   matching_prepared_.fill(false);
 }
 
@@ -1826,26 +2015,6 @@ void read_session_row(const PGresult* row, Session& session) {
   optional_text(10, session.idp_session_id);
 }
 
-// Marks the connection broken unless the query in flight was read to its end: an exception
-// while rows still arrive leaves the connection mid-query, and dropping it at the next call is
-// cheaper than reading a million rows we no longer want.
-class QueryInFlight {
- public:
-  explicit QueryInFlight(bool& broken) noexcept : broken_(broken) {}
-  ~QueryInFlight() {
-    if (!finished_) broken_ = true;
-  }
-  QueryInFlight(const QueryInFlight&) = delete;
-  QueryInFlight& operator=(const QueryInFlight&) = delete;
-  QueryInFlight(QueryInFlight&&) = delete;
-  QueryInFlight& operator=(QueryInFlight&&) = delete;
-  void finished() noexcept { finished_ = true; }
-
- private:
-  bool& broken_;
-  bool finished_ = false;
-};
-
 std::vector<Session> PostgresBackend::load_all() {
   std::vector<Session> sessions;
   load_each([&sessions](const Session& session) { sessions.push_back(session); });
@@ -1855,75 +2024,54 @@ std::vector<Session> PostgresBackend::load_all() {
 void PostgresBackend::load_each(const std::function<void(const Session&)>& visit) {
   const std::string action = "cannot load sessions from";
   Session session;  // every row is read into this one, reusing its buffers
-  stream(kSelectAll, "_pylon_sessions", kSelectAllTypes.data(), kSelectAllTypes.size(), action,
-         [&session, &visit](const PGresult* row) {
-           read_session_row(row, session);
-           visit(session);
-         });
+  load_rows(kSelectAll, "_pylon_sessions", kSelectAllTypes.data(), kSelectAllTypes.size(), action,
+            [&session, &visit](const PGresult* row) {
+              read_session_row(row, session);
+              visit(session);
+            });
 }
 
 void PostgresBackend::load_rotated_each(const std::function<void(const RotatedId&)>& visit) {
   const std::string action = "cannot load rotated session ids from";
   RotatedId rotated;  // as in load_each(), one for every row
-  stream(kSelectRotated, "_pylon_rotated_ids", kSelectRotatedTypes.data(),
-         kSelectRotatedTypes.size(), action, [&rotated, &visit](const PGresult* row) {
-           assign_text_at(row, 0, rotated.id);
-           assign_text_at(row, 1, rotated.replaced_by);
-           assign_text_at(row, 2, rotated.user_id);
-           assign_optional_text_at(row, 3, rotated.tenant_id);
-           rotated.rotated_at = int8_at(row, 4);
-           rotated.expires_at = int8_at(row, 5);
-           visit(rotated);
-         });
+  load_rows(kSelectRotated, "_pylon_rotated_ids", kSelectRotatedTypes.data(),
+            kSelectRotatedTypes.size(), action, [&rotated, &visit](const PGresult* row) {
+              assign_text_at(row, 0, rotated.id);
+              assign_text_at(row, 1, rotated.replaced_by);
+              assign_text_at(row, 2, rotated.user_id);
+              assign_optional_text_at(row, 3, rotated.tenant_id);
+              rotated.rotated_at = int8_at(row, 4);
+              rotated.expires_at = int8_at(row, 5);
+              visit(rotated);
+            });
 }
 
 // Runs the prepared query `statement` of `table` in single-row mode and hands each row, a result
 // of one row, to `row`, once the types of its columns are checked against `types`. A row is
 // valid only during the call.
-void PostgresBackend::stream(const char* statement, const char* table, const Oid* types,
-                             std::size_t type_count, const std::string& action,
-                             const std::function<void(const PGresult*)>& row) {
-  const Turn turn(*this, action);
-  ensure_connected();
-  if (PQsendQueryPrepared(conn_.get(), statement, 0, nullptr, nullptr, nullptr, kBinaryFormat) ==
-      0) {
-    fail(nullptr, action);
-  }
-  QueryInFlight query(broken_);
-  if (PQsetSingleRowMode(conn_.get()) == 0) {
-    throw Error(ErrorCode::kInternal, action + " " + target() + ": libpq refused single-row mode");
-  }
-  flush_query(action);
-
-  PgResult error;  // the first failure; later results are read only to finish the query
+void PostgresBackend::load_rows(const char* statement, const char* table, const Oid* types,
+                                std::size_t type_count, const std::string& action,
+                                const std::function<void(const PGresult*)>& row) {
+  const PgConnection::Turn turn(connection_, action);
   bool types_checked = false;
-  // The deadline bounds the server's silence, not the size of the table: it starts again
-  // whenever data arrives.
-  for (PgResult result = next_result(action, /*restart_deadline=*/true); result;
-       result = next_result(action, /*restart_deadline=*/true)) {
-    const ExecStatusType status = PQresultStatus(result.get());
-    if (status == PGRES_SINGLE_TUPLE && !error) {
-      if (!types_checked) {
-        // NOLINTBEGIN(cppcoreguidelines-pro-bounds-pointer-arithmetic): types[0, type_count)
-        for (std::size_t column = 0; column < type_count; ++column) {
-          const int index = static_cast<int>(column);
-          if (PQftype(result.get(), index) != types[column] ||
-              PQfformat(result.get(), index) != kBinaryFormat) {
-            throw Error(ErrorCode::kCorruptDatabase,
-                        action + " " + target() + ": column " + PQfname(result.get(), index) +
-                            " of " + table + " is not of the type pylon-sessions wrote");
-          }
-        }
-        // NOLINTEND(cppcoreguidelines-pro-bounds-pointer-arithmetic)
-        types_checked = true;
+  const auto check_types = [&](const PGresult* result) {
+    // NOLINTBEGIN(cppcoreguidelines-pro-bounds-pointer-arithmetic): types[0, type_count)
+    for (std::size_t column = 0; column < type_count; ++column) {
+      const int index = static_cast<int>(column);
+      if (PQftype(result, index) != types[column] || PQfformat(result, index) != kBinaryFormat) {
+        throw Error(ErrorCode::kCorruptDatabase, action + " " + connection_.target() + ": column " +
+                                                     PQfname(result, index) + " of " + table +
+                                                     " is not of the type pylon-sessions wrote");
       }
-      row(result.get());
-    } else if (status != PGRES_SINGLE_TUPLE && status != PGRES_TUPLES_OK && !error) {
-      error = std::move(result);
     }
-  }
-  query.finished();
-  if (error) fail(error.get(), action);
+    // NOLINTEND(cppcoreguidelines-pro-bounds-pointer-arithmetic)
+    types_checked = true;
+  };
+  connection_.exec_prepared(Reconnect::kIfDead, statement, Params(), action,
+                            [&](const PGresult* result) {
+                              if (!types_checked) check_types(result);
+                              row(result);
+                            });
 }
 
 std::optional<Session> PostgresBackend::load_one(std::string_view id) {
@@ -1931,8 +2079,9 @@ std::optional<Session> PostgresBackend::load_one(std::string_view id) {
   Params params;
   params.text(id);
   const std::string action = "cannot load a session from";
-  const Turn turn(*this, action);
-  const PgResult result = run(kSelectById, params, action);
+  const PgConnection::Turn turn(connection_, action);
+  const PgResult result =
+      connection_.exec_prepared(Reconnect::kIfDead, kSelectById, params, action);
   if (PQntuples(result.get()) == 0) return std::nullopt;
   Session session;
   read_session_row(result.get(), session);
@@ -1944,8 +2093,8 @@ void PostgresBackend::save(const Session& session) {
   Params params;
   bind_session(params, session);
   const std::string action = "cannot save a session to";
-  const Turn turn(*this, action);
-  run(kUpsert, params, action);
+  const PgConnection::Turn turn(connection_, action);
+  connection_.exec_prepared(Reconnect::kIfDead, kUpsert, params, action);
 }
 
 // Where each statement of a batch ends in `rows`: at least one row each, at most
@@ -1975,8 +2124,8 @@ void PostgresBackend::save_batch(const std::vector<Session>& sessions) {
   const std::vector<const Session*> rows = last_of_each_id(sessions);
   const std::vector<std::size_t> ends = statement_ends(rows);
   const std::string action = "cannot save sessions to";
-  const Turn turn(*this, action);
-  ensure_connected();
+  const PgConnection::Turn turn(connection_, action);
+  connection_.reconnect_if_dead();
   upsert_in_statements(rows, ends, action);
 }
 
@@ -1989,21 +2138,13 @@ void PostgresBackend::upsert_in_statements(const std::vector<const Session*>& ro
     upsert_rows(rows, 0, rows.size(), action);
     return;
   }
-  exec("BEGIN", action);
-  try {
-    std::size_t begin = 0;
-    for (const std::size_t end : ends) {
-      upsert_rows(rows, begin, end, action);
-      begin = end;
-    }
-    exec("COMMIT", action);
-  } catch (...) {
-    // Nothing is committed. ROLLBACK fails only on a dead connection, and then the server has
-    // rolled back already (or, if COMMIT itself was lost in flight, it alone knows: the caller
-    // was told kConnectionLost).
-    roll_back();
-    throw;
+  PgConnection::Transaction transaction(connection_, Reconnect::kNever, "BEGIN", action);
+  std::size_t begin = 0;
+  for (const std::size_t end : ends) {
+    upsert_rows(rows, begin, end, action);
+    begin = end;
   }
+  transaction.commit(action);
 }
 
 // Upserts rows[begin, end), whose ids are distinct, in one statement.
@@ -2012,12 +2153,12 @@ void PostgresBackend::upsert_rows(const std::vector<const Session*>& rows, std::
   Params params;
   if (end - begin == 1) {  // the plain upsert: no arrays to build, none for the server to unnest
     bind_session(params, *rows[begin]);
-    execute(kUpsert, params, action);
+    connection_.exec_prepared(Reconnect::kNever, kUpsert, params, action);
     return;
   }
   std::vector<ArrayParam> columns;
   bind_sessions(params, columns, rows, begin, end);
-  execute(kUpsertBatch, params, action);
+  connection_.exec_prepared(Reconnect::kNever, kUpsertBatch, params, action);
 }
 
 bool PostgresBackend::remove(std::string_view id) {
@@ -2026,7 +2167,7 @@ bool PostgresBackend::remove(std::string_view id) {
   Params params;
   params.text(id);
   const std::string action = "cannot delete a session from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteById, params, action) > 0;
 }
 
@@ -2035,7 +2176,7 @@ std::size_t PostgresBackend::remove_user(std::string_view user_id) {
   Params params;
   params.text(user_id);
   const std::string action = "cannot delete a user's sessions from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteByUser, params, action);
 }
 
@@ -2043,7 +2184,7 @@ std::size_t PostgresBackend::remove_expired(std::int64_t now) {
   Params params;
   params.int8(now);
   const std::string action = "cannot delete expired sessions from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteExpired, params, action);
 }
 
@@ -2075,14 +2216,15 @@ std::vector<RemovedSession> PostgresBackend::remove_matching(const SessionFilter
   }
   const std::string action = "cannot delete sessions from";
   const std::string name = kDeleteMatchingPrefix + std::to_string(mask);
-  const Turn turn(*this, action);
-  ensure_connected();  // may reconnect, which forgets what was prepared
+  const PgConnection::Turn turn(connection_, action);
+  connection_.reconnect_if_dead();  // a reconnect forgets what was prepared
   if (!matching_prepared_.at(mask)) {
-    prepare(name.c_str(), matching_sql(mask).c_str(),
-            std::vector<Oid>(static_cast<std::size_t>(params.count()), kTextOid));
+    connection_.prepare(Reconnect::kNever, name.c_str(), matching_sql(mask).c_str(),
+                        std::vector<Oid>(static_cast<std::size_t>(params.count()), kTextOid));
     matching_prepared_.at(mask) = true;
   }
-  const PgResult result = execute(name.c_str(), params, action);
+  const PgResult result =
+      connection_.exec_prepared(Reconnect::kNever, name.c_str(), params, action);
   return removed_rows(result.get());
 }
 
@@ -2093,7 +2235,7 @@ bool PostgresBackend::replace(std::string_view old_id, const Session& replacemen
   params.text(old_id);
   bind_session(params, replacement);
   const std::string action = "cannot rotate a session in";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kReplace, params, action) > 0;
 }
 
@@ -2103,7 +2245,7 @@ std::size_t PostgresBackend::remove_expired_batch(std::int64_t now, std::size_t 
   Params params;
   params.int8(now).int8(static_cast<std::int64_t>(std::min(limit, max_limit)));
   const std::string action = "cannot delete expired sessions from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteExpiredBatch, params, action);
 }
 
@@ -2117,8 +2259,8 @@ std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Sessio
   const std::vector<std::size_t> ends = statement_ends(rows);
   const std::string action = "cannot save sessions to";
   if (max_per_user == 0) {
-    const Turn turn(*this, action);
-    ensure_connected();
+    const PgConnection::Turn turn(connection_, action);
+    connection_.reconnect_if_dead();
     upsert_in_statements(rows, ends, action);
     return {};
   }
@@ -2151,25 +2293,21 @@ std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Sessio
       .array(kTextArrayOid, tenants.encoded())
       .int8(static_cast<std::int64_t>(std::min(max_per_user, max_cap)));
 
-  const Turn turn(*this, action);
-  ensure_connected();
-  exec("BEGIN ISOLATION LEVEL READ COMMITTED", action);
-  try {
-    execute(kLockOwners, lock, action);
-    std::size_t begin = 0;
-    for (const std::size_t end : ends) {
-      upsert_rows(rows, begin, end, action);
-      begin = end;
-    }
-    const PgResult evicted = execute(kEvictBeyondCap, evict, action);
-    std::vector<RemovedSession> removed = removed_rows(evicted.get());
-    exec("COMMIT", action);
-    return removed;
-  } catch (...) {
-    // Nothing is committed: no row inserted, none evicted (see save_batch()).
-    roll_back();
-    throw;
+  const PgConnection::Turn turn(connection_, action);
+  // Nothing is committed unless all is: no row inserted, none evicted.
+  PgConnection::Transaction transaction(connection_, Reconnect::kIfDead,
+                                        "BEGIN ISOLATION LEVEL READ COMMITTED", action);
+  connection_.exec_prepared(Reconnect::kNever, kLockOwners, lock, action);
+  std::size_t begin = 0;
+  for (const std::size_t end : ends) {
+    upsert_rows(rows, begin, end, action);
+    begin = end;
   }
+  const PgResult evicted =
+      connection_.exec_prepared(Reconnect::kNever, kEvictBeyondCap, evict, action);
+  std::vector<RemovedSession> removed = removed_rows(evicted.get());
+  transaction.commit(action);
+  return removed;
 }
 
 // Runs `statement`, an UPDATE or INSERT ... RETURNING every column, which changes one row or
@@ -2177,8 +2315,8 @@ std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Sessio
 std::optional<Session> PostgresBackend::run_returning_session(const char* statement,
                                                               const Params& params,
                                                               const std::string& action) {
-  const Turn turn(*this, action);
-  const PgResult result = run(statement, params, action);
+  const PgConnection::Turn turn(connection_, action);
+  const PgResult result = connection_.exec_prepared(Reconnect::kIfDead, statement, params, action);
   if (PQntuples(result.get()) == 0) return std::nullopt;
   Session session;
   read_session_row(result.get(), session);
@@ -2215,7 +2353,7 @@ std::size_t PostgresBackend::remove_expired_rotated(std::int64_t now, std::size_
   Params params;
   params.int8(now).int8(static_cast<std::int64_t>(std::min(limit, max_limit)));
   const std::string action = "cannot delete expired rotated session ids from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteExpiredRotatedBatch, params, action);
 }
 
