@@ -25,9 +25,11 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <shared_mutex>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <unordered_set>
@@ -532,26 +534,62 @@ void assign_column_optional_text(sqlite3_stmt* query, int column, std::optional<
   assign_column_text(query, column, *out);
 }
 
-// The row a statement selecting PYLON_SQLITE_SESSION_COLUMNS stands on, into `session`, whose
-// strings keep their buffers.
-void read_session_row(sqlite3_stmt* query, Session& session) {
-  assign_column_text(query, 0, session.id);
-  assign_column_text(query, 1, session.user_id);
-  assign_column_optional_text(query, 2, session.tenant_id);
-  session.created_at = sqlite3_column_int64(query, 3);
-  session.expires_at = sqlite3_column_int64(query, 4);
-  session.last_seen_at = sqlite3_column_int64(query, 5);
-  session.absolute_expires_at = sqlite3_column_int64(query, 6);
-  assign_column_optional_text(query, 7, session.device);
-  assign_column_optional_text(query, 8, session.ip);
-  const void* blob = sqlite3_column_blob(query, 9);
-  const int blob_size = sqlite3_column_bytes(query, 9);
+// The row a statement selecting PYLON_SQLITE_SESSION_COLUMNS (from column `first` on) stands
+// on, into `session`, whose strings keep their buffers.
+void read_session_row(sqlite3_stmt* query, Session& session, int first = 0) {
+  assign_column_text(query, first, session.id);
+  assign_column_text(query, first + 1, session.user_id);
+  assign_column_optional_text(query, first + 2, session.tenant_id);
+  session.created_at = sqlite3_column_int64(query, first + 3);
+  session.expires_at = sqlite3_column_int64(query, first + 4);
+  session.last_seen_at = sqlite3_column_int64(query, first + 5);
+  session.absolute_expires_at = sqlite3_column_int64(query, first + 6);
+  assign_column_optional_text(query, first + 7, session.device);
+  assign_column_optional_text(query, first + 8, session.ip);
+  const void* blob = sqlite3_column_blob(query, first + 9);
+  const int blob_size = sqlite3_column_bytes(query, first + 9);
   if (blob == nullptr) {
     session.data.clear();
   } else {
     session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
   }
-  assign_column_optional_text(query, 10, session.idp_session_id);
+  assign_column_optional_text(query, first + 10, session.idp_session_id);
+}
+
+// Every column of a rotated id, in the order read_rotated_row() reads them.
+#define PYLON_SQLITE_ROTATED_COLUMNS "id, replaced_by, user_id, tenant_id, rotated_at, expires_at"
+
+void read_rotated_row(sqlite3_stmt* query, RotatedId& rotated, int first = 0) {
+  assign_column_text(query, first, rotated.id);
+  assign_column_text(query, first + 1, rotated.replaced_by);
+  assign_column_text(query, first + 2, rotated.user_id);
+  assign_column_optional_text(query, first + 3, rotated.tenant_id);
+  rotated.rotated_at = sqlite3_column_int64(query, first + 4);
+  rotated.expires_at = sqlite3_column_int64(query, first + 5);
+}
+
+// An entry of the change log with what storage holds for its id: position, id, then whether a
+// session row was joined and its columns, then whether a rotated id was joined and its columns.
+#define PYLON_SQLITE_CHANGE_COLUMNS                                                   \
+  "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, "  \
+  "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "     \
+  "s.idp_session_id, r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, " \
+  "r.rotated_at, r.expires_at FROM _pylon_change_log AS c "                           \
+  "LEFT JOIN _pylon_sessions AS s ON s.id = c.id LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id"
+constexpr int kChangeSessionColumn = 3;
+constexpr int kChangeRotatedColumn = 15;
+
+SessionChange read_change_row(sqlite3_stmt* query) {
+  SessionChange change;
+  change.position = sqlite3_column_int64(query, 0);
+  assign_column_text(query, 1, change.id);
+  if (sqlite3_column_int(query, kChangeSessionColumn - 1) != 0) {
+    read_session_row(query, change.session.emplace(), kChangeSessionColumn);
+  }
+  if (sqlite3_column_int(query, kChangeRotatedColumn - 1) != 0) {
+    read_rotated_row(query, change.rotated.emplace(), kChangeRotatedColumn);
+  }
+  return change;
 }
 
 class SqliteBackend final : public SessionBackend {
@@ -580,6 +618,14 @@ class SqliteBackend final : public SessionBackend {
   std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   std::string describe() const override { return shown_path_; }
   std::vector<SessionEvent> opening_events() const override { return opening_events_; }
+  std::unique_ptr<ChangeSource> open_change_source() override;
+
+  // The change log, for SqliteChangeSource, which reads it through a backend of its own.
+  std::int64_t data_version();
+  std::int64_t change_position();
+  ChangeBatch read_changes(std::int64_t after, const std::vector<std::int64_t>& also,
+                           std::size_t limit);
+  std::size_t prune_changes(std::chrono::seconds keep);
 
  private:
   // Open-time steps, in order.
@@ -615,6 +661,7 @@ class SqliteBackend final : public SessionBackend {
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
+  SqliteOptions options_;  // as opened: a change source opens the file again with them
   // path_ as messages show it: through redact_url(), in case a mistyped libpq keyword/value
   // string ("host=db password=...") was taken for a file name.
   std::string shown_path_;
@@ -638,6 +685,13 @@ class SqliteBackend final : public SessionBackend {
   Statement select_rotated_;
   Statement delete_expired_rotated_;
   Statement delete_expired_rotated_batch_;
+  Statement data_version_;
+  Statement change_position_;
+  Statement changes_after_;
+  Statement change_at_;
+  Statement pruned_through_;
+  Statement record_pruned_;
+  Statement delete_pruned_;
   // remove_matching()'s DELETE for each combination of filter fields, prepared on first use.
   std::array<Statement, 32> delete_matching_;
 };
@@ -781,7 +835,7 @@ class SqliteBackend::Transaction {
 };
 
 SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
-    : path_(std::move(path)), shown_path_(redact_url(path_)) {
+    : path_(std::move(path)), options_(options), shown_path_(redact_url(path_)) {
   const bool in_memory = path_ == ":memory:";
   if (!in_memory) {
     create_private_file_if_missing(path_);
@@ -1187,14 +1241,32 @@ void SqliteBackend::prepare_statements() {
       "tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, "
       "idp_session_id FROM _pylon_sessions WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
       kPersistent);
-  select_rotated_ = prepare(
-      "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at FROM _pylon_rotated_ids",
-      kPersistent);
+  select_rotated_ =
+      prepare("SELECT " PYLON_SQLITE_ROTATED_COLUMNS " FROM _pylon_rotated_ids", kPersistent);
   delete_expired_rotated_ =
       prepare("DELETE FROM _pylon_rotated_ids WHERE expires_at <= ?1", kPersistent);
   delete_expired_rotated_batch_ = prepare(
       "DELETE FROM _pylon_rotated_ids WHERE rowid IN "
       "(SELECT rowid FROM _pylon_rotated_ids WHERE expires_at <= ?1 LIMIT ?2)",
+      kPersistent);
+  data_version_ = prepare("PRAGMA data_version", kPersistent);
+  change_position_ = prepare(
+      "SELECT max(coalesce((SELECT max(position) FROM _pylon_change_log), 0), "
+      "(SELECT pruned_through FROM _pylon_change_log_state))",
+      kPersistent);
+  changes_after_ = prepare("SELECT " PYLON_SQLITE_CHANGE_COLUMNS
+                           " WHERE c.position > ?1 ORDER BY c.position LIMIT ?2",
+                           kPersistent);
+  change_at_ = prepare("SELECT " PYLON_SQLITE_CHANGE_COLUMNS " WHERE c.position = ?1", kPersistent);
+  pruned_through_ = prepare("SELECT pruned_through FROM _pylon_change_log_state", kPersistent);
+  record_pruned_ = prepare(
+      "UPDATE _pylon_change_log_state SET pruned_through = max(pruned_through, "
+      "coalesce((SELECT max(position) FROM _pylon_change_log "
+      "WHERE logged_at < CAST(strftime('%s', 'now') AS INTEGER) - ?1), 0))",
+      kPersistent);
+  delete_pruned_ = prepare(
+      "DELETE FROM _pylon_change_log WHERE position <= "
+      "(SELECT pruned_through FROM _pylon_change_log_state)",
       kPersistent);
 }
 
@@ -1403,14 +1475,91 @@ void SqliteBackend::load_rotated_each(const std::function<void(const RotatedId&)
   Use query(*this, select_rotated_, "cannot load rotated session ids from");
   RotatedId rotated;
   while (query.next_row()) {
-    assign_column_text(query.get(), 0, rotated.id);
-    assign_column_text(query.get(), 1, rotated.replaced_by);
-    assign_column_text(query.get(), 2, rotated.user_id);
-    assign_column_optional_text(query.get(), 3, rotated.tenant_id);
-    rotated.rotated_at = sqlite3_column_int64(query.get(), 4);
-    rotated.expires_at = sqlite3_column_int64(query.get(), 5);
+    read_rotated_row(query.get(), rotated);
     visit(rotated);
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The change log
+// ------------------------------------------------------------------------------------------------
+
+std::int64_t SqliteBackend::data_version() {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Use query(*this, data_version_, "cannot read the data version of");
+  return query.next_row() ? sqlite3_column_int64(query.get(), 0) : 0;
+}
+
+std::int64_t SqliteBackend::change_position() {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Use query(*this, change_position_, "cannot read the change log of");
+  return query.next_row() ? sqlite3_column_int64(query.get(), 0) : 0;
+}
+
+// The entries first, pruned_through after: a prune that removed entries before the first read
+// has recorded it by the second.
+ChangeBatch SqliteBackend::read_changes(std::int64_t after, const std::vector<std::int64_t>& also,
+                                        std::size_t limit) {
+  const char* action = "cannot read the change log of";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  ChangeBatch batch;
+  for (const std::int64_t position : also) {
+    Use query(*this, change_at_, action);
+    query.bind(1, position);
+    while (query.next_row()) batch.changes.push_back(read_change_row(query.get()));
+  }
+  {
+    Use query(*this, changes_after_, action);
+    query.bind(1, after).bind(2, limit);
+    while (query.next_row()) batch.changes.push_back(read_change_row(query.get()));
+  }
+  Use query(*this, pruned_through_, action);
+  batch.pruned_through = query.next_row() ? sqlite3_column_int64(query.get(), 0) : 0;
+  return batch;
+}
+
+std::size_t SqliteBackend::prune_changes(std::chrono::seconds keep) {
+  const char* action = "cannot prune the change log of";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Transaction transaction(*this, action);
+  Use(*this, record_pruned_, action).bind(1, static_cast<std::int64_t>(keep.count())).run();
+  const std::size_t pruned = Use(*this, delete_pruned_, action).run();
+  transaction.commit();
+  return pruned;
+}
+
+// SQLite cannot notify: wait() sleeps, then asks whether another connection committed since it
+// last asked (PRAGMA data_version, which changes on every commit of another connection, this
+// process's own backend included). The log itself is read through a backend of its own, so a
+// read never waits behind the store's writes for the backend's lock.
+class SqliteChangeSource final : public ChangeSource {
+ public:
+  explicit SqliteChangeSource(std::unique_ptr<SqliteBackend> backend)
+      : backend_(std::move(backend)), seen_version_(backend_->data_version()) {}
+
+  std::int64_t position() override { return backend_->change_position(); }
+  ChangeBatch read(std::int64_t after, const std::vector<std::int64_t>& also,
+                   std::size_t limit) override {
+    return backend_->read_changes(after, also, limit);
+  }
+  bool wait(std::chrono::milliseconds timeout) override {
+    if (timeout.count() > 0) std::this_thread::sleep_for(timeout);
+    const std::int64_t version = backend_->data_version();
+    const bool changed = version != seen_version_;
+    seen_version_ = version;
+    return changed;
+  }
+  std::size_t prune(std::chrono::seconds keep) override { return backend_->prune_changes(keep); }
+
+ private:
+  std::unique_ptr<SqliteBackend> backend_;
+  std::int64_t seen_version_;
+};
+
+// An in-memory database is private to its connection: no one else can write it.
+std::unique_ptr<ChangeSource> SqliteBackend::open_change_source() {
+  if (path_ == ":memory:") return nullptr;
+  return std::make_unique<SqliteChangeSource>(std::make_unique<SqliteBackend>(path_, options_));
 }
 
 std::size_t SqliteBackend::remove_expired_rotated(std::int64_t now, std::size_t limit) {

@@ -639,6 +639,25 @@ std::size_t SessionCache::erase_expired(std::int64_t at) {
   return erased;
 }
 
+std::size_t SessionCache::erase_unless(const std::function<bool(const SessionDigest&)>& keep) {
+  std::size_t erased = 0;
+  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
+  for (Shard& shard : shards_) {
+    const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+    shard.entries.for_each([&](const Slot& slot) {
+      Entry* entry = slot.entry;
+      if ((slot.hash & kRotatedTag) != 0 || keep(entry->id)) return;
+      unlink_user(entry);
+      shard.entries.erase_at(
+          shard.entries.find(slot.hash, [entry](const Entry* cached) { return cached == entry; }));
+      EntryDelete()(entry);
+      ++erased;
+    });
+  }
+  size_.fetch_sub(erased, std::memory_order_relaxed);
+  return erased;
+}
+
 // A marker is an entry with the id alone, stored under the id's hash with the tag bit set.
 void SessionCache::remember_rotated(const SessionDigest& id) {
   OwnedEntry marker(new (::operator new(sizeof(Entry))) Entry);

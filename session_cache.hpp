@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -101,6 +102,9 @@ class SessionCache {
   bool erase(std::string_view id);
   // Removes every session expired at `at`; returns how many.
   std::size_t erase_expired(std::int64_t at);
+  // Removes every session whose id `keep` rejects; returns how many. `keep` runs with the cache's
+  // locks held and must not call the cache.
+  std::size_t erase_unless(const std::function<bool(const SessionDigest&)>& keep);
   // Marks an id as rotated away, for find_token() to report; a marker lives beside the sessions,
   // in the same buckets (so checking for one costs a lookup nothing), but is not a session:
   // find(), erase(), erase_expired(), size() and the user lists do not see it. SessionStore keeps

@@ -9,21 +9,24 @@
 //   RotatedIds     (internal/rotated_ids.hpp)     the rotated ids a replay is recognised by;
 //   Reaper         (internal/reaper.hpp)          the purge on a schedule;
 //   MissLookups    (internal/miss_lookups.hpp)    the bound on storage reads for cache misses;
+//   ChangeFeed     (internal/change_feed.hpp)     what other stores wrote, applied to the cache;
 //   SessionCache   (session_cache.hpp)            the sharded in-memory table of sessions.
 //
 // Invariant, whenever no lock is held: the cache holds exactly the rows of this store's tenant
-// scope that storage holds and this process knows of, minus those StorageWrites has denied or
-// holds in doubt. Each write takes from storage what it changed (the row an update returns, the
-// ids a delete returns), never from a copy read earlier, so a write racing another process's,
-// or another thread's, cannot leave the cache claiming what storage does not hold.
+// scope that storage holds and this process knows of (with a change feed, every row storage held
+// when the feed last read the log), minus those StorageWrites has denied or holds in doubt. Each
+// write takes from storage what it changed (the row an update returns, the ids a delete returns),
+// never from a copy read earlier, so a write racing another process's, or another thread's, cannot
+// leave the cache claiming what storage does not hold.
 //
 // Locking: the write lock (StorageWrites::mutex()) serialises every storage write and the cache
 // update after it, so the cache changes in the order storage did. The cache locks itself only
 // for map operations, never across a storage call, so reads never wait for the disk. Creates
 // queue in GroupCommit without the write lock, so they gather while a commit is in flight. Lock
-// order: GroupCommit's lock is never held with another; the write lock, then RotatedIds' lock,
-// then the cache's locks, then the counters' lock. Events are delivered after every lock is
-// released. scripts/thread-safety.sh has Clang check the annotated rules.
+// order: GroupCommit's lock is never held with another; the ChangeFeed's lock, then the write
+// lock, then RotatedIds' lock, then the cache's locks, then the counters' lock. Events are
+// delivered after every lock is released, except the feed's own (kChangeFeedLost, Resumed), sent
+// with the feed's lock held. scripts/thread-safety.sh has Clang check the annotated rules.
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -35,6 +38,7 @@
 #include <unordered_set>
 #include <utility>
 
+#include "internal/change_feed.hpp"
 #include "internal/group_commit.hpp"
 #include "internal/miss_lookups.hpp"
 #include "internal/reaper.hpp"
@@ -74,6 +78,10 @@ void check_store_options(const StoreOptions& options) {
   check_range("touch_interval", options.touch_interval.count(), 0, kHundredYears, "seconds");
   check_range("reaper_interval", options.reaper_interval.count(), 0, 365 * kDay, "seconds");
   check_range("rotation_grace", options.rotation_grace.count(), 0, kDay, "seconds");
+  check_range("change_check_interval", options.change_check_interval.count(), 0, 60000,
+              "milliseconds");
+  check_range("change_log_retention", options.change_log_retention.count(), 60, 30 * kDay,
+              "seconds");
   const auto count = [](std::size_t value) {
     return static_cast<std::int64_t>(
         std::min<std::size_t>(value, std::numeric_limits<std::int64_t>::max()));
@@ -157,10 +165,10 @@ std::int64_t system_clock_now() {
       .count();
 }
 
-class SessionStore::Impl {
+class SessionStore::Impl final : private detail::ChangeApplier {
  public:
   Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options);
-  ~Impl();
+  ~Impl();  // NOLINT(*-use-override): the base's destructor is protected and not virtual
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   Impl(Impl&&) = delete;
@@ -187,6 +195,14 @@ class SessionStore::Impl {
   using CreateQueue = detail::GroupCommit<QueuedCreate>;
 
   std::int64_t now() const { return options_.clock(); }
+  // What the ChangeFeed needs (detail::ChangeApplier).
+  void exclusive(const std::function<void()>& step) override EXCLUDES(writes_.mutex());
+  void apply(const SessionChange& change) override NO_THREAD_SAFETY_ANALYSIS;
+  void reload() override NO_THREAD_SAFETY_ANALYSIS;
+  void report(const SessionEvent& event) noexcept override { emit(event); }
+  // With change_check_interval 0, applies what other stores wrote before a lookup. False when
+  // the store does not follow the log and refuse_while_not_following says to refuse.
+  bool follow_before_lookup();
   bool in_scope(const Session& session) const {
     return !options_.tenant_id || session.tenant_id == options_.tenant_id;
   }
@@ -248,7 +264,8 @@ class SessionStore::Impl {
   std::atomic<std::uint64_t> miss_lookup_failures_{0};
   mutable detail::MissLookups miss_lookups_{static_cast<std::int64_t>(
       std::min<std::size_t>(options_.miss_lookups_per_second, INT64_MAX))};
-  std::unique_ptr<detail::Reaper> reaper_;  // last: started once everything above exists
+  std::unique_ptr<detail::ChangeFeed> feed_;  // null for a backend without a change log
+  std::unique_ptr<detail::Reaper> reaper_;    // last: started once everything above exists
 };
 
 SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options)
@@ -259,6 +276,13 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
               cache_, [this](const Session& row) { return cacheable(row); }) {
   check_store_options(options_);
   const std::int64_t at = now();
+  // The feed takes the log's position before the load: what is written during it is applied
+  // after it.
+  if (std::unique_ptr<ChangeSource> source = backend_->open_change_source()) {
+    feed_ = std::make_unique<detail::ChangeFeed>(
+        std::move(source), static_cast<detail::ChangeApplier&>(*this),
+        detail::ChangeFeed::Options{options_.change_check_interval, options_.change_log_retention});
+  }
   {
     detail::SessionCache::Loader loader(cache_);
     backend_->load_each([this, &loader](const Session& row) {
@@ -288,11 +312,67 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     reaper_ = std::make_unique<detail::Reaper>(
         options_.reaper_interval, [this](const detail::Reaper& reaper) { reap(reaper); });
   }
+  if (feed_) feed_->start();
 }
 
-// The reaper stops first (it writes through writes_); StorageWrites' destructor then makes the
-// last attempt at the deletes still owed.
-SessionStore::Impl::~Impl() { reaper_.reset(); }
+// The feed and the reaper stop first (they write to the cache and through writes_);
+// StorageWrites' destructor then makes the last attempt at the deletes still owed.
+SessionStore::Impl::~Impl() {
+  feed_.reset();
+  reaper_.reset();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Following other stores (detail::ChangeApplier, called by the ChangeFeed)
+// ------------------------------------------------------------------------------------------------
+
+// Under the write lock: a row read from storage inside `step` cannot be older than what this
+// store's own writes put in the cache (each holds the lock from its storage call to its cache
+// update), so applying it never brings back a session this store has just revoked.
+void SessionStore::Impl::exclusive(const std::function<void()>& step) {
+  const MutexLock lock(writes_.mutex());
+  step();
+}
+
+// Called inside exclusive(): the write lock is held (not visible to the analysis through the
+// std::function).
+void SessionStore::Impl::apply(const SessionChange& change) {
+  const std::int64_t at = now();
+  const std::optional<Session>& stored = change.session;
+  // An expired row is cached too, as the start-up load caches it: validate() reports it
+  // (kValidatedExpired) until a purge deletes it.
+  if (stored && stored->id == change.id && cacheable(*stored) && !writes_.denies(*stored)) {
+    cache_.put(*stored);
+  } else {
+    cache_.erase(std::string_view(change.id));
+  }
+  if (change.rotated && change.rotated->id == change.id && change.rotated->expires_at > at &&
+      (!options_.tenant_id || change.rotated->tenant_id == options_.tenant_id)) {
+    rotated_ids_.remember(*change.rotated);
+  }
+}
+
+// Called inside exclusive(). Every row storage holds is put (replacing what the cache had), as
+// the start-up load puts it, then every cached session storage no longer holds is erased: the
+// cache never goes empty on the way, so lookups meanwhile still find the sessions that stay.
+void SessionStore::Impl::reload() {
+  std::unordered_set<std::string> stored_ids;
+  backend_->load_each([&](const Session& row) {
+    if (cacheable(row) && !writes_.denies(row)) {
+      cache_.put(row);
+      stored_ids.insert(row.id);
+    }
+  });
+  cache_.erase_unless([&stored_ids](const detail::SessionDigest& digest) {
+    return stored_ids.count(detail::session_id_of(digest)) > 0;
+  });
+}
+
+bool SessionStore::Impl::follow_before_lookup() {
+  if (!feed_) return true;
+  if (options_.change_check_interval.count() == 0) feed_->check_now();
+  return feed_->following() || !options_.refuse_while_not_following;
+}
 
 void SessionStore::Impl::emit(const SessionEvent& event) const noexcept {
   if (!options_.on_event) return;
@@ -550,6 +630,10 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
     cache_misses_.add();
     return result;
   }
+  if (!follow_before_lookup()) {
+    cache_misses_.add();
+    return result;
+  }
   const detail::SessionDigest digest = detail::digest_of_token(token);
   const std::int64_t at = now();
   Session& session = result.emplace();
@@ -601,7 +685,7 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
 }
 
 std::optional<Session> SessionStore::Impl::find(std::string_view id) {
-  if (!is_well_formed_session_id(id)) {
+  if (!is_well_formed_session_id(id) || !follow_before_lookup()) {
     cache_misses_.add();
     return std::nullopt;
   }
@@ -832,6 +916,12 @@ StoreStats SessionStore::Impl::stats() const {
   stats.miss_lookups_refused = miss_lookups_.refused();
   stats.miss_lookup_failures = miss_lookup_failures_;
   stats.last_error = writes_.last_error();
+  if (feed_) {
+    stats.following_changes = feed_->following();
+    stats.changes_applied = feed_->applied();
+    stats.change_feed_losses = feed_->losses();
+    stats.change_feed_reloads = feed_->reloads();
+  }
   return stats;
 }
 

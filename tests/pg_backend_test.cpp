@@ -478,8 +478,9 @@ TEST_P(PgBackend, ProcessesMigratingAnEmptyDatabaseAtOnceAllComeUpWithOneSchema)
       << "one row per version";
   EXPECT_EQ(db_->query_int("SELECT min(version) FROM _pylon_schema_migrations"), 1);
   EXPECT_EQ(db_->query_int("SELECT count(*) FROM pg_class WHERE relname = '_pylon_sessions'"), 1);
-  EXPECT_EQ(db_->query_int("SELECT count(*) FROM pg_tables WHERE tablename LIKE '_pylon%'"), 3)
-      << "_pylon_sessions, _pylon_rotated_ids and _pylon_schema_migrations, nothing left over";
+  EXPECT_EQ(db_->query_int("SELECT count(*) FROM pg_tables WHERE tablename LIKE '_pylon%'"), 5)
+      << "_pylon_sessions, _pylon_rotated_ids, _pylon_change_log, _pylon_change_log_state and "
+         "_pylon_schema_migrations, nothing left over";
   auto backend = db_->open_backend();
   backend->save(pylon::test::make_session("alice", 1));
   EXPECT_EQ(backend->load_all().size(), 1U);

@@ -707,7 +707,7 @@ TEST_P(PgBatch, VersionOneAndTwoDatabasesMigrateKeepingTheirRowsAndNumberingThem
     }
 
     auto backend = db->open_backend();
-    EXPECT_EQ(db->query_int("SELECT max(version) FROM _pylon_schema_migrations"), 3);
+    EXPECT_EQ(db->query_int("SELECT max(version) FROM _pylon_schema_migrations"), 4);
     const std::map<std::string, Session> stored = load_by_id(*backend);
     ASSERT_EQ(stored.size(), rows.size());
     for (const Session& session : rows) {

@@ -80,6 +80,10 @@ const char* type_name(SessionEventType type) {
       return "reaper_failed";
     case SessionEventType::kFilePermissionsTightened:
       return "file_permissions_tightened";
+    case SessionEventType::kChangeFeedLost:
+      return "change_feed_lost";
+    case SessionEventType::kChangeFeedResumed:
+      return "change_feed_resumed";
   }
   return "?";
 }

@@ -1,5 +1,5 @@
 // A full disk (issue 6, item 3), on a real one: each test mounts its own 256 KiB tmpfs
-// (mount -t tmpfs -o size=256k), puts the database on it, and fills it with sessions until a
+// (mount -t tmpfs -o size=512k), puts the database on it, and fills it with sessions until a
 // create fails. Promises checked:
 //   - the failing create throws pylon::Error kStorageFull naming the file, and the cache keeps
 //     exactly what storage has: every acknowledged session, not the failed one;
@@ -44,8 +44,9 @@ using ::testing::HasSubstr;
 
 constexpr std::size_t kPayloadBytes = 3000;  // a session carrying data: about a WAL frame
 // What the first filler leaves for sessions: room for about four creates (each commit appends
-// about four 4 KiB WAL frames), while freeing the filler later gives back more than 100 KiB.
-constexpr std::uint64_t kRoomLeft = std::uint64_t{72} * 1024;
+// about six 4 KiB WAL frames: the session's table and indexes, and the change log's), while
+// freeing the filler later gives back more than 300 KiB.
+constexpr std::uint64_t kRoomLeft = std::uint64_t{104} * 1024;
 constexpr int kMaxCreates = 1000;  // a disk that never fills is a failure
 
 // Bytes the filesystem of `path` can still give an unprivileged writer.
@@ -96,9 +97,9 @@ class FullDisk : public ::testing::Test {
     ASSERT_EQ(::geteuid(), 0U) << "FullDisk mounts a tmpfs: run this suite as root";
     // NOLINTNEXTLINE(cppcoreguidelines-pro-type-vararg): mount(2) is a C API
     const int mounted =
-        ::mount("tmpfs", dir_.path().c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=256k,mode=0700");
+        ::mount("tmpfs", dir_.path().c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=512k,mode=0700");
     const int error_number = errno;
-    ASSERT_EQ(mounted, 0) << "mount -t tmpfs -o size=256k on " << dir_.path() << " failed: "
+    ASSERT_EQ(mounted, 0) << "mount -t tmpfs -o size=512k on " << dir_.path() << " failed: "
                           << std::strerror(error_number)  // NOLINT(concurrency-mt-unsafe)
                           << " (a container needs CAP_SYS_ADMIN)";
     mounted_ = true;
@@ -152,7 +153,7 @@ TEST_F(FullDisk, CreateFailsWithStorageFullAndTheCacheKeepsWhatStorageHas) {
   leave_little_room();
   const auto error = create_until_full(store);
   ASSERT_TRUE(error.has_value()) << kMaxCreates << " creates of " << kPayloadBytes
-                                 << " bytes never filled a 256 KiB tmpfs";
+                                 << " bytes never filled a 512 KiB tmpfs";
   EXPECT_EQ(error->code(), ErrorCode::kStorageFull) << error->what();
   EXPECT_THAT(error->what(), HasSubstr(db_path_));
   ASSERT_FALSE(created_.empty()) << "the tmpfs was full before the first session";

@@ -319,12 +319,13 @@ class CrashRun {
       // Second life: a few operations, then the one under test, and the power goes.
       {
         pylon::SessionStore store(pylon::open_sqlite_backend(path, sqlite));
-        // A second connection, as the batch writer; opened before the count starts.
+        // A third connection, as the batch writer (the store has two: its backend's and its
+        // change feed's); opened before the count starts.
         std::unique_ptr<pylon::SessionBackend> batch_backend;
         if (case_.operation == Operation::kCreateBatch) {
           batch_backend = pylon::open_sqlite_backend(path, sqlite);
         }
-        if (case_.checkpoint_every_commit) checkpoint_every_commit(path, batch_backend ? 2 : 1);
+        if (case_.checkpoint_every_commit) checkpoint_every_commit(path, batch_backend ? 3 : 2);
         create(&store, &vfs, "s1");
         create(&store, &vfs, "s2");
         create(&store, &vfs, "s3");

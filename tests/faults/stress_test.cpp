@@ -214,6 +214,8 @@ struct EventCounts {
       case SessionEventType::kPurged:
       case SessionEventType::kReaperFailed:
       case SessionEventType::kFilePermissionsTightened:
+      case SessionEventType::kChangeFeedLost:
+      case SessionEventType::kChangeFeedResumed:
         break;
     }
   }
