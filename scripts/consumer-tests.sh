@@ -13,6 +13,9 @@
 #                     every exported symbol pylon's, the installed sessionctl runs
 #   memory-backend    examples/memory_backend built against the installed copy and run through
 #                     the shipped conformance suite (find_package ... COMPONENTS conformance)
+#   tests-without-pg  not a consumer: the library's own tests configured with
+#                     PYLON_WITH_POSTGRES=OFF and a libpq that does not exist, built and run
+#                     (no PostgreSQL test registered, no program linked to libpq)
 # Runs every route even after one fails; prints a summary; exits non-zero if any failed.
 #
 # Usage: scripts/consumer-tests.sh [route...]     (default: every route)
@@ -28,7 +31,7 @@ command -v ninja >/dev/null 2>&1 || generator=()
 export CMAKE_BUILD_PARALLEL_LEVEL=2
 
 all_routes=(find-package add-subdirectory fetchcontent pkg-config amalgamation static shared
-  memory-backend)
+  memory-backend tests-without-pg)
 routes=()
 for arg in "$@"; do
   case "${arg}" in
@@ -234,6 +237,30 @@ route_memory_backend() {
     >"${dir}.configure.log" 2>&1 || { cat "${dir}.configure.log"; fail "configuring the example"; }
   cmake --build "${dir}" >"${dir}.build.log" 2>&1 || { tail -n 40 "${dir}.build.log"; fail "building the example"; }
   "${dir}/memory_backend_test" --gtest_brief=1 || fail "the conformance suite failed on MemoryBackend"
+}
+
+# A machine without libpq builds and runs the tests with -DPYLON_WITH_POSTGRES=OFF. libpq is
+# pointed at paths that do not exist, so any find_package(PostgreSQL REQUIRED) left in the build
+# fails here. No build type (no -g, no -O): the cheapest compile, as this route is about what is
+# built and registered; -Werror still covers the code only a build without PostgreSQL compiles.
+# CI and PYLON_TEST_DATABASE_URL stay as they are: such a build must not want PostgreSQL anyway.
+route_tests_without_pg() {
+  local dir pg_tests linked
+  dir=$(fresh tests-without-pg)
+  cmake -S . -B "${dir}" "${generator[@]}" -DPYLON_WITH_POSTGRES=OFF -DPYLON_BUILD_TESTS=ON \
+    -DPYLON_BUILD_CONFORMANCE=ON -DPYLON_BUILD_TOOLS=OFF -DPYLON_BUILD_BENCH=OFF \
+    -DPYLON_WERROR=ON -DCMAKE_BUILD_TYPE= \
+    -DPostgreSQL_LIBRARY=/nonexistent/libpq.so -DPostgreSQL_INCLUDE_DIR=/nonexistent/include \
+    >"${dir}.configure.log" 2>&1 || { cat "${dir}.configure.log"; fail "configuring the tests without PostgreSQL"; }
+  cmake --build "${dir}" >"${dir}.build.log" 2>&1 ||
+    { tail -n 40 "${dir}.build.log"; fail "building the tests without PostgreSQL"; }
+  linked=$(find "${dir}" -type f -perm -u+x -name 'pylon_*' -exec sh -c 'ldd "$1" | grep -q libpq && echo "$1"' _ {} \;)
+  [[ -z "${linked}" ]] || fail "linked to libpq: ${linked}"
+  ctest --test-dir "${dir}" -j2 --output-on-failure >"${dir}.ctest.log" 2>&1 ||
+    { grep -E 'Failed|\*\*\*|tests passed|Total Test' "${dir}.ctest.log" | tail -n 40; fail "the tests failed without PostgreSQL"; }
+  tail -n 3 "${dir}.ctest.log"
+  pg_tests=$(ctest --test-dir "${dir}" -N -L pg | sed -n 's/^Total Tests: //p')
+  [[ "${pg_tests}" == 0 ]] || fail "${pg_tests} PostgreSQL tests registered in a build without PostgreSQL"
 }
 
 rm -rf "${prefix}"

@@ -6,7 +6,8 @@
 # (scripts/bench.sh --quick) and validate()'s timing test (bench/validate_timing, 10^6 samples: its
 # PASS or FAIL line is a figure to read, not an assertion, as timed assertions fail on noisy
 # machines), the packaging checks (scripts/amalgamate.sh --check, scripts/consumer-tests.sh: every
-# route of embedding the library built and run), and finally scripts/lint.sh and
+# route of embedding the library built and run, and the tests built and run without PostgreSQL
+# and libpq), and finally scripts/lint.sh and
 # scripts/thread-safety.sh (Clang's analysis of the
 # annotated lock rules). A failed stage does not stop the others (only the rest of its preset is
 # skipped); a summary with each stage's result and time comes last, and the exit status is

@@ -1,7 +1,9 @@
 // Implementation of the per-test databases (see test_database.hpp).
 #include "support/test_database.hpp"
 
+#ifdef PYLON_TESTS_WITH_POSTGRES
 #include <libpq-fe.h>
+#endif
 
 #include <cstdlib>
 #include <iomanip>
@@ -31,7 +33,11 @@ std::optional<std::string> environment(const char* name) {
 std::optional<std::string> test_database_url() { return environment("PYLON_TEST_DATABASE_URL"); }
 
 bool postgres_tests_wanted() {
+#ifdef PYLON_TESTS_WITH_POSTGRES
   return test_database_url().has_value() || environment("CI").has_value();
+#else
+  return false;  // no PostgreSQL backend in this build: its tests are not built
+#endif
 }
 
 std::vector<std::string> contract_backends() {
@@ -67,6 +73,7 @@ std::string postgres_url_for(const std::string& url, const std::string& database
 // Raw PostgreSQL
 // ------------------------------------------------------------------------------------------------
 
+#ifdef PYLON_TESTS_WITH_POSTGRES
 namespace {
 
 struct ResultClearer {
@@ -151,6 +158,29 @@ std::int64_t PgConn::query_int(const std::string& sql, const std::vector<SqlValu
   return std::stoll(*rows.front().front());
 }
 
+namespace {
+using RawPg = PgConn;
+}  // namespace
+#else
+namespace {
+// What TestDatabase uses for PostgreSQL in a build without it, where no TestDatabase is of kind
+// "postgres" (the constructor refuses): one code path for both builds, and no libpq.
+class RawPg {
+ public:
+  [[noreturn]] explicit RawPg(const std::string& /*url*/) {
+    throw std::logic_error("raw postgres: this build has no PostgreSQL");
+  }
+  void exec(const std::string& /*sql*/) {}
+  std::vector<SqlRow> query(const std::string& /*sql*/, const std::vector<SqlValue>& /*params*/) {
+    return {};
+  }
+  std::int64_t query_int(const std::string& /*sql*/, const std::vector<SqlValue>& /*params*/) {
+    return 0;
+  }
+};
+}  // namespace
+#endif  // PYLON_TESTS_WITH_POSTGRES
+
 // ------------------------------------------------------------------------------------------------
 // One fresh database
 // ------------------------------------------------------------------------------------------------
@@ -198,7 +228,7 @@ class PostgresWriteBlock final : public WriteBlock {
   PostgresWriteBlock& operator=(PostgresWriteBlock&&) = delete;
 
  private:
-  PgConn raw_;
+  RawPg raw_;
 };
 
 }  // namespace
@@ -211,6 +241,9 @@ TestDatabase::TestDatabase(std::string kind) : kind_(std::move(kind)) {
     return;
   }
   if (kind_ != kPostgres) throw std::runtime_error("unknown backend kind " + kind_);
+#ifndef PYLON_TESTS_WITH_POSTGRES
+  throw std::runtime_error("this build has no PostgreSQL backend (PYLON_WITH_POSTGRES=OFF)");
+#endif
   const std::optional<std::string> url = test_database_url();
   if (!url) {
     throw std::runtime_error(
@@ -221,14 +254,14 @@ TestDatabase::TestDatabase(std::string kind) : kind_(std::move(kind)) {
   }
   admin_url_ = *url;
   name_ = "pylon_t_" + random_suffix();
-  PgConn admin(admin_url_);
+  RawPg admin(admin_url_);
   admin.exec("CREATE DATABASE " + name_ + " TEMPLATE template0");
 }
 
 TestDatabase::~TestDatabase() {
   if (!is_postgres() || admin_url_.empty()) return;
   try {
-    PgConn admin(admin_url_);
+    RawPg admin(admin_url_);
     admin.exec("DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
   } catch (const std::exception& error) {
     ADD_FAILURE() << "cannot drop the test database: " << error.what();
@@ -261,7 +294,7 @@ std::string TestDatabase::convert(const std::string& sql) const {
 
 void TestDatabase::exec(const std::string& sql) const {
   if (is_postgres()) {
-    PgConn(url()).exec(sql);
+    RawPg(url()).exec(sql);
   } else {
     RawDb(path_).exec(sql);
   }
@@ -269,13 +302,13 @@ void TestDatabase::exec(const std::string& sql) const {
 
 std::vector<SqlRow> TestDatabase::query(const std::string& sql,
                                         const std::vector<SqlValue>& params) const {
-  if (is_postgres()) return PgConn(url()).query(convert(sql), params);
+  if (is_postgres()) return RawPg(url()).query(convert(sql), params);
   return RawDb(path_).query(sql, params);
 }
 
 std::int64_t TestDatabase::query_int(const std::string& sql,
                                      const std::vector<SqlValue>& params) const {
-  if (is_postgres()) return PgConn(url()).query_int(convert(sql), params);
+  if (is_postgres()) return RawPg(url()).query_int(convert(sql), params);
   return RawDb(path_).query_int(sql, params);
 }
 

@@ -6,6 +6,10 @@
 //             scripts/pg-cluster.sh), dropped WITH (FORCE) when the test ends.
 // Plus raw access to what the library stored, and real ways to make its writes fail: another
 // connection holding a lock, or a trigger refusing rows.
+//
+// PYLON_TESTS_WITH_POSTGRES (tests/CMakeLists.txt) is defined when the library has its
+// PostgreSQL backend. Without it nothing here needs libpq: there is no PgConn, the suites run
+// on "sqlite" alone, and a TestDatabase of kind "postgres" cannot be made.
 #ifndef PYLON_TESTS_SUPPORT_TEST_DATABASE_HPP_
 #define PYLON_TESTS_SUPPORT_TEST_DATABASE_HPP_
 
@@ -20,7 +24,9 @@
 #include "session_backend.hpp"
 #include "support/test_support.hpp"
 
+#ifdef PYLON_TESTS_WITH_POSTGRES
 struct pg_conn;
+#endif
 
 namespace pylon::test {
 
@@ -34,7 +40,8 @@ inline constexpr const char* kPostgres = "postgres";
 // PYLON_TEST_DATABASE_URL, when set and non-empty.
 std::optional<std::string> test_database_url();
 // True when the PostgreSQL tests are registered: the URL is set, or CI is (and then a missing
-// URL makes every PostgreSQL test fail with a message saying so, rather than vanish).
+// URL makes every PostgreSQL test fail with a message saying so, rather than vanish). Always
+// false in a build without PostgreSQL, whose PostgreSQL tests are not built at all.
 bool postgres_tests_wanted();
 // The parameters of the contract suites: "sqlite", and "postgres" when postgres_tests_wanted().
 std::vector<std::string> contract_backends();
@@ -48,6 +55,7 @@ std::string backend_name(const ::testing::TestParamInfo<std::string>& info);
 std::string postgres_url_for(const std::string& url, const std::string& database,
                              const std::string& query = {});
 
+#ifdef PYLON_TESTS_WITH_POSTGRES
 // ------------------------------------------------------------------------------------------------
 // Raw PostgreSQL
 // ------------------------------------------------------------------------------------------------
@@ -70,6 +78,7 @@ class PgConn {
  private:
   pg_conn* conn_ = nullptr;
 };
+#endif  // PYLON_TESTS_WITH_POSTGRES
 
 // ------------------------------------------------------------------------------------------------
 // One fresh database
@@ -92,7 +101,8 @@ std::string password_of(const std::string& url);
 class TestDatabase {
  public:
   // `kind` is kSqlite or kPostgres. Throws std::runtime_error, with a message saying what to do,
-  // when the database cannot be made (for PostgreSQL: no URL, or the server refuses).
+  // when the database cannot be made (for PostgreSQL: no URL, the server refuses, or this build
+  // has no PostgreSQL).
   explicit TestDatabase(std::string kind);
   ~TestDatabase();
   TestDatabase(const TestDatabase&) = delete;
