@@ -1834,11 +1834,19 @@ std::vector<const Session*> last_of_each_id(const std::vector<Session>& sessions
   return rows;
 }
 
-void PostgresBackend::prepare_statements() {
+// A statement every server session has prepared: its name, its text, its parameters' types.
+struct Statement {
+  const char* name;
+  std::string sql;
+  std::vector<Oid> types;
+};
+
+// save(), save_batch() and replace(): upserts of whole rows.
+void add_upserts(std::vector<Statement>& statements) {
   const std::string upsert = std::string("INSERT INTO _pylon_sessions (") + kSessionColumns +
                              ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)" +
                              kUpdateEveryColumn;
-  connection_.prepare(Reconnect::kNever, kUpsert, upsert.c_str(), session_parameter_types());
+  statements.push_back({kUpsert, upsert, session_parameter_types()});
 
   // save_batch(): the same upsert for many rows in one statement, each column an array. The
   // unnest() calls of a select list run in step (row i holds the arrays' i-th elements, in
@@ -1852,7 +1860,7 @@ void PostgresBackend::prepare_statements() {
   upsert_batch += kUpdateEveryColumn;
   std::vector<Oid> array_types;
   for (const Oid type : session_parameter_types()) array_types.push_back(array_type_of(type));
-  connection_.prepare(Reconnect::kNever, kUpsertBatch, upsert_batch.c_str(), array_types);
+  statements.push_back({kUpsertBatch, upsert_batch, array_types});
 
   // The INSERT runs only when the DELETE found the old row; its command tag then says 1, else 0.
   // The upsert form keeps replace() writing exactly what save() would (a replacement whose id
@@ -1865,16 +1873,18 @@ void PostgresBackend::prepare_statements() {
   std::vector<Oid> replace_types = {kTextOid};
   replace_types.insert(replace_types.end(), session_parameter_types().begin(),
                        session_parameter_types().end());
-  connection_.prepare(Reconnect::kNever, kReplace, replace_sql.c_str(), replace_types);
+  statements.push_back({kReplace, replace_sql, replace_types});
+}
 
-  connection_.prepare(Reconnect::kNever, kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1",
-                      {kTextOid});
-  connection_.prepare(Reconnect::kNever, kDeleteByUser,
-                      "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid});
-  connection_.prepare(Reconnect::kNever, kDeleteExpired,
-                      "WITH rotated AS (DELETE FROM _pylon_rotated_ids WHERE expires_at <= $1) "
-                      "DELETE FROM _pylon_sessions WHERE expires_at <= $1",
-                      {kInt8Oid});
+// The removals and the loads.
+void add_deletes_and_selects(std::vector<Statement>& statements) {
+  statements.push_back({kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1", {kTextOid}});
+  statements.push_back(
+      {kDeleteByUser, "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid}});
+  statements.push_back({kDeleteExpired,
+                        "WITH rotated AS (DELETE FROM _pylon_rotated_ids WHERE expires_at <= $1) "
+                        "DELETE FROM _pylon_sessions WHERE expires_at <= $1",
+                        {kInt8Oid}});
   // By id rather than ctid: ctid is not unique in a partitioned table. FOR UPDATE is what keeps
   // it right under concurrent writes: in READ COMMITTED a row changed since the statement's
   // snapshot (a save() sliding its expiry) is re-read at its newest version and re-checked
@@ -1882,53 +1892,56 @@ void PostgresBackend::prepare_statements() {
   // finds by id is still expired. (An id semi-join alone would not re-check expires_at.) With no
   // second expires_at condition outside, the planner walks at most `limit` entries of the
   // expiry index and looks each row up by key: a batch costs its size, not the backlog's.
-  connection_.prepare(Reconnect::kNever, kDeleteExpiredBatch,
-                      "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM _pylon_sessions "
-                      "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-                      {kInt8Oid, kInt8Oid});
-  connection_.prepare(Reconnect::kNever, kSelectAll,
-                      (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions").c_str(),
-                      {});
-  connection_.prepare(
-      Reconnect::kNever, kSelectById,
-      (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions WHERE id = $1").c_str(),
-      {kTextOid});
+  statements.push_back({kDeleteExpiredBatch,
+                        "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM _pylon_sessions "
+                        "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                        {kInt8Oid, kInt8Oid}});
+  statements.push_back(
+      {kSelectAll, std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions", {}});
+  statements.push_back(
+      {kSelectById,
+       std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions WHERE id = $1",
+       {kTextOid}});
+}
 
+// insert_new()'s cap, then touch() and update_data().
+void add_cap_and_updates(std::vector<Statement>& statements) {
   // insert_new(): one lock per "user_id <US> tenant_id" key ($1, distinct), in the order of the
   // lock keys. The server evaluates a volatile function of the select list after the sort (since
   // PostgreSQL 9.6), so the locks are taken in that order; a hash shared by two keys is one lock,
   // taken once.
-  connection_.prepare(
-      Reconnect::kNever, kLockOwners,
-      ("SELECT pg_advisory_xact_lock(" + std::to_string(kCapLockClass) +
-       ", key) FROM (SELECT DISTINCT hashtext(owner) AS key FROM unnest($1::text[]) AS owner) "
-       "AS keys ORDER BY key")
-          .c_str(),
-      {kTextArrayOid});
+  statements.push_back(
+      {kLockOwners,
+       "SELECT pg_advisory_xact_lock(" + std::to_string(kCapLockClass) +
+           ", key) FROM (SELECT DISTINCT hashtext(owner) AS key FROM unnest($1::text[]) AS owner) "
+           "AS keys ORDER BY key",
+       {kTextArrayOid}});
   // The rows of each (user, tenant) pair of $1 and $2 (distinct pairs) beyond the newest $3:
   // newest by created_at, then by insertion. The join starts from the pairs, so the user index
   // finds their rows.
-  connection_.prepare(
-      Reconnect::kNever, kEvictBeyondCap,
-      "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM (SELECT s.id, row_number() "
-      "OVER (PARTITION BY s.user_id, s.tenant_id ORDER BY s.created_at DESC, "
-      "s.insert_order DESC) AS newer FROM unnest($1::text[], $2::text[]) AS owner(user_id, "
-      "tenant_id) JOIN _pylon_sessions AS s ON s.user_id = owner.user_id AND s.tenant_id IS "
-      "NOT DISTINCT FROM owner.tenant_id) AS ranked WHERE newer > $3) RETURNING id, user_id",
-      {kTextArrayOid, kTextArrayOid, kInt8Oid});
-  connection_.prepare(
-      Reconnect::kNever, kTouch,
-      (std::string("UPDATE _pylon_sessions SET last_seen_at = GREATEST(last_seen_at, $2), "
+  statements.push_back(
+      {kEvictBeyondCap,
+       "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM (SELECT s.id, row_number() "
+       "OVER (PARTITION BY s.user_id, s.tenant_id ORDER BY s.created_at DESC, "
+       "s.insert_order DESC) AS newer FROM unnest($1::text[], $2::text[]) AS owner(user_id, "
+       "tenant_id) JOIN _pylon_sessions AS s ON s.user_id = owner.user_id AND s.tenant_id IS "
+       "NOT DISTINCT FROM owner.tenant_id) AS ranked WHERE newer > $3) RETURNING id, user_id",
+       {kTextArrayOid, kTextArrayOid, kInt8Oid}});
+  statements.push_back(
+      {kTouch,
+       std::string("UPDATE _pylon_sessions SET last_seen_at = GREATEST(last_seen_at, $2), "
                    "expires_at = GREATEST(expires_at, $3) WHERE id = $1 RETURNING ") +
-       kSessionColumns)
-          .c_str(),
-      {kTextOid, kInt8Oid, kInt8Oid});
-  connection_.prepare(
-      Reconnect::kNever, kUpdateData,
-      (std::string("UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING ") +
-       kSessionColumns)
-          .c_str(),
-      {kTextOid, kByteaOid});
+           kSessionColumns,
+       {kTextOid, kInt8Oid, kInt8Oid}});
+  statements.push_back(
+      {kUpdateData,
+       std::string("UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING ") +
+           kSessionColumns,
+       {kTextOid, kByteaOid}});
+}
+
+// rotate() and the rotated ids it records.
+void add_rotation(std::vector<Statement>& statements) {
   // The INSERT copies what the DELETE returned, so the new row is the old one as storage held
   // it at that instant; when there was no live old row, both CTEs and the INSERT see nothing and
   // the statement writes nothing. A rotated id already recorded (its session re-created under
@@ -1949,18 +1962,37 @@ void PostgresBackend::prepare_statements() {
       ") SELECT $2, user_id, tenant_id, created_at, expires_at, last_seen_at, "
       "absolute_expires_at, device, ip, data, idp_session_id FROM old RETURNING " +
       kSessionColumns;
-  connection_.prepare(Reconnect::kNever, kRotate, rotate_sql.c_str(),
-                      {kTextOid, kTextOid, kInt8Oid});
-  connection_.prepare(Reconnect::kNever, kSelectRotated,
-                      "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at "
-                      "FROM _pylon_rotated_ids",
-                      {});
+  statements.push_back({kRotate, rotate_sql, {kTextOid, kTextOid, kInt8Oid}});
+  statements.push_back({kSelectRotated,
+                        "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at "
+                        "FROM _pylon_rotated_ids",
+                        {}});
   // As kDeleteExpiredBatch, for the same reasons.
-  connection_.prepare(
-      Reconnect::kNever, kDeleteExpiredRotatedBatch,
-      "DELETE FROM _pylon_rotated_ids WHERE id IN (SELECT id FROM _pylon_rotated_ids "
-      "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-      {kInt8Oid, kInt8Oid});
+  statements.push_back(
+      {kDeleteExpiredRotatedBatch,
+       "DELETE FROM _pylon_rotated_ids WHERE id IN (SELECT id FROM "
+       "_pylon_rotated_ids WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+       {kInt8Oid, kInt8Oid}});
+}
+
+// Every statement but remove_matching()'s, in the order they are prepared. Built once: the texts
+// are the same for every connection.
+const std::vector<Statement>& session_statements() {
+  static const std::vector<Statement> kStatements = [] {
+    std::vector<Statement> statements;
+    add_upserts(statements);
+    add_deletes_and_selects(statements);
+    add_cap_and_updates(statements);
+    add_rotation(statements);
+    return statements;
+  }();
+  return kStatements;
+}
+
+void PostgresBackend::prepare_statements() {
+  for (const Statement& statement : session_statements()) {
+    connection_.prepare(Reconnect::kNever, statement.name, statement.sql.c_str(), statement.types);
+  }
   matching_prepared_.fill(false);
 }
 
