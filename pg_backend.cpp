@@ -38,6 +38,8 @@
 //                      the tables' shape
 //   5. the backend     PostgresBackend: the statements, their parameters, the SessionBackend
 //                      calls
+//   6. the change log  PgChangeSource: a connection of its own that LISTENs for the change
+//                      log's NOTIFY and reads the log for a store's ChangeFeed
 #ifdef PYLON_WITH_POSTGRES  // without it this file is empty, so it may always be compiled
 #include <libpq-fe.h>
 #include <poll.h>
@@ -551,6 +553,11 @@ class PgConnection {
   // Reconnect::kIfDead on its own, for a caller that must know the server session it will use
   // before it chooses its statements (one prepared on first use, say).
   void reconnect_if_dead();
+  // For a connection that LISTENs (its setup sends LISTEN, so a reconnect listens again): true
+  // at once when it had to reconnect (notifications sent meanwhile are lost) or a notification
+  // has arrived, else waits up to `timeout` for one; false when none came. Reconnects when dead;
+  // throws kConnectionLost when the connection fails. Runs in the caller's Turn.
+  bool wait_for_notification(std::chrono::milliseconds timeout);
 
   // "database "app" on host db.internal, port 5432", for messages: never the password.
   [[nodiscard]] std::string target() const;
@@ -826,6 +833,34 @@ void PgConnection::reconnect_if_dead() {
   setup_();
   setting_up_ = false;
   broken_ = false;
+}
+
+bool PgConnection::wait_for_notification(std::chrono::milliseconds timeout) {
+  const std::string action = "cannot listen for changes on";
+  const bool reconnected = !is_usable();  // reads what the socket holds, notifications included
+  reconnect_if_dead();
+  const auto drain = [this] {
+    bool any = false;
+    while (PGnotify* notification = PQnotifies(conn_.get())) {
+      PQfreemem(notification);
+      any = true;
+    }
+    return any;
+  };
+  if (drain() || reconnected) return true;
+  if (timeout.count() <= 0) return false;
+  pollfd socket{};
+  socket.fd = PQsocket(conn_.get());
+  socket.events = POLLIN;
+  if (socket.fd < 0) fail_connection(action);
+  const int ready =
+      ::poll(&socket, 1, static_cast<int>(std::min<std::int64_t>(timeout.count(), INT_MAX)));
+  if (ready < 0 && errno != EINTR) fail_connection(action);
+  if (ready <= 0) return false;
+  if (PQconsumeInput(conn_.get()) == 0 || PQstatus(conn_.get()) != CONNECTION_OK) {
+    fail_connection(action);
+  }
+  return drain();
 }
 
 // The connection is lost with a statement in flight, or may be: it is given up (the next call
@@ -1661,6 +1696,7 @@ constexpr std::int32_t kCapLockClass = 0x70636170;
 class PostgresBackend final : public SessionBackend {
  public:
   PostgresBackend(const std::string& url, const PostgresOptions& options);
+  std::unique_ptr<ChangeSource> open_change_source() override;
 
   std::vector<Session> load_all() override;
   void load_each(const std::function<void(const Session&)>& visit) override;
@@ -1701,6 +1737,8 @@ class PostgresBackend final : public SessionBackend {
   // Takes a non-const PGresult: libpq's PQcmdTuples() does.
   std::size_t affected_rows(PGresult* result, const std::string& action) const;
 
+  std::string url_;  // as opened: a change source opens its own connection with them
+  PostgresOptions options_;
   PgConnection connection_;
   // Which of remove_matching()'s statements this connection has prepared, by field mask.
   // prepare_statements() clears it: a reconnect starts a server session that has none.
@@ -1708,7 +1746,7 @@ class PostgresBackend final : public SessionBackend {
 };
 
 PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
-    : connection_(url, options.deadline) {
+    : url_(url), options_(options), connection_(url, options.deadline) {
   PgMigrations(connection_).run();
   connection_.finish_setup([this] { prepare_statements(); });
 }
@@ -2026,25 +2064,36 @@ std::vector<RemovedSession> removed_rows(const PGresult* result) {
   return removed;
 }
 
-// Row 0 of a result of kSelectAll or kSelectById into `session`. Its strings are assigned, not
-// built anew, so a load that reads every row into one Session reuses their buffers.
-void read_session_row(const PGresult* row, Session& session) {
+// Row 0 of a result of kSelectAll or kSelectById (from column `first` on) into `session`. Its
+// strings are assigned, not built anew, so a load that reads every row into one Session reuses
+// their buffers.
+void read_session_row(const PGresult* row, Session& session, int first = 0) {
   const auto text = [row](int column, std::string& into) { assign_text_at(row, column, into); };
   const auto optional_text = [row](int column, std::optional<std::string>& into) {
     assign_optional_text_at(row, column, into);
   };
   const auto int8 = [row](int column) { return int8_at(row, column); };
-  text(0, session.id);
-  text(1, session.user_id);
-  optional_text(2, session.tenant_id);
-  session.created_at = int8(3);
-  session.expires_at = int8(4);
-  session.last_seen_at = int8(5);
-  session.absolute_expires_at = int8(6);
-  optional_text(7, session.device);
-  optional_text(8, session.ip);
-  text(9, session.data);
-  optional_text(10, session.idp_session_id);
+  text(first, session.id);
+  text(first + 1, session.user_id);
+  optional_text(first + 2, session.tenant_id);
+  session.created_at = int8(first + 3);
+  session.expires_at = int8(first + 4);
+  session.last_seen_at = int8(first + 5);
+  session.absolute_expires_at = int8(first + 6);
+  optional_text(first + 7, session.device);
+  optional_text(first + 8, session.ip);
+  text(first + 9, session.data);
+  optional_text(first + 10, session.idp_session_id);
+}
+
+// Row 0 of a result selecting the columns of _pylon_rotated_ids (from column `first` on).
+void read_rotated_row(const PGresult* row, RotatedId& rotated, int first = 0) {
+  assign_text_at(row, first, rotated.id);
+  assign_text_at(row, first + 1, rotated.replaced_by);
+  assign_text_at(row, first + 2, rotated.user_id);
+  assign_optional_text_at(row, first + 3, rotated.tenant_id);
+  rotated.rotated_at = int8_at(row, first + 4);
+  rotated.expires_at = int8_at(row, first + 5);
 }
 
 std::vector<Session> PostgresBackend::load_all() {
@@ -2068,12 +2117,7 @@ void PostgresBackend::load_rotated_each(const std::function<void(const RotatedId
   RotatedId rotated;  // as in load_each(), one for every row
   load_rows(kSelectRotated, "_pylon_rotated_ids", kSelectRotatedTypes.data(),
             kSelectRotatedTypes.size(), action, [&rotated, &visit](const PGresult* row) {
-              assign_text_at(row, 0, rotated.id);
-              assign_text_at(row, 1, rotated.replaced_by);
-              assign_text_at(row, 2, rotated.user_id);
-              assign_optional_text_at(row, 3, rotated.tenant_id);
-              rotated.rotated_at = int8_at(row, 4);
-              rotated.expires_at = int8_at(row, 5);
+              read_rotated_row(row, rotated);
               visit(rotated);
             });
 }
@@ -2387,6 +2431,144 @@ std::size_t PostgresBackend::remove_expired_rotated(std::int64_t now, std::size_
   const std::string action = "cannot delete expired rotated session ids from";
   const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteExpiredRotatedBatch, params, action);
+}
+
+// ================================================================================================
+// 6. The change log
+//
+// A store's ChangeFeed reads the change log through a PgChangeSource: a connection of its own
+// (so the feed never waits behind the store's writes for the backend's connection, nor they
+// behind it), which LISTENs for the NOTIFY that migration 0004's trigger sends as every change
+// commits. Its reads are prepared statements on that connection, prepared again, with LISTEN,
+// on every new server session: a reconnect after the connection was terminated or the server
+// restarted listens again before anything else, and wait() then says "may have changed" so the
+// feed reads what it missed.
+// ================================================================================================
+
+// An entry of the log with what storage holds for its id: position, id, whether a session row
+// was joined and its columns, whether a rotated id was joined and its columns.
+constexpr const char* kChangeColumns =
+    "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, "
+    "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "
+    "s.idp_session_id, r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, "
+    "r.rotated_at, r.expires_at FROM _pylon_change_log AS c "
+    "LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
+    "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
+constexpr int kChangeSessionColumn = 3;
+constexpr int kChangeRotatedColumn = 15;
+// Positions are handed out when an entry is logged and committed later, so entries just below
+// the newest may still be in flight when a store starts: it starts this far back, and applies
+// those again (harmless: an entry carries what storage holds now).
+constexpr std::int64_t kStartOverlap = 1000;
+
+bool bool_at(const PGresult* row, int column) {
+  return PQgetisnull(row, 0, column) == 0 && PQgetlength(row, 0, column) == 1 &&
+         *PQgetvalue(row, 0, column) != 0;
+}
+
+class PgChangeSource final : public ChangeSource {
+ public:
+  PgChangeSource(const std::string& url, std::chrono::milliseconds deadline)
+      : connection_(url, deadline) {
+    connection_.finish_setup([this] { listen_and_prepare(); });
+  }
+
+  std::int64_t position() override {
+    const std::string action = "cannot read the change log of";
+    const PgConnection::Turn turn(connection_, action);
+    const PgResult result =
+        connection_.exec_prepared(Reconnect::kIfDead, "pylon_change_position", Params(), action);
+    return int8_at(result.get(), 0);
+  }
+
+  // The entries first, pruned_through after: a prune that removed entries before the first read
+  // has recorded it by the second.
+  ChangeBatch read(std::int64_t after, const std::vector<std::int64_t>& also,
+                   std::size_t limit) override {
+    const std::string action = "cannot read the change log of";
+    const PgConnection::Turn turn(connection_, action);
+    ArrayParam gaps(kInt8Oid, also.size());
+    for (const std::int64_t position : also) gaps.int8(position);
+    Params params;
+    params.int8(after)
+        .array(kInt8ArrayOid, gaps.encoded())
+        .int8(static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
+    ChangeBatch batch;
+    connection_.exec_prepared(
+        Reconnect::kIfDead, "pylon_changes_after", params, action, [&batch](const PGresult* row) {
+          SessionChange& change = batch.changes.emplace_back();
+          change.position = int8_at(row, 0);
+          assign_text_at(row, 1, change.id);
+          if (bool_at(row, kChangeSessionColumn - 1)) {
+            read_session_row(row, change.session.emplace(), kChangeSessionColumn);
+          }
+          if (bool_at(row, kChangeRotatedColumn - 1)) {
+            read_rotated_row(row, change.rotated.emplace(), kChangeRotatedColumn);
+          }
+        });
+    const PgResult pruned =
+        connection_.exec_prepared(Reconnect::kNever, "pylon_pruned_through", Params(), action);
+    batch.pruned_through = int8_at(pruned.get(), 0);
+    return batch;
+  }
+
+  // 0: "may have changed" always, so a store checking before every lookup reads the log each
+  // time; a notification may still be on its way when the write's own call has returned.
+  bool wait(std::chrono::milliseconds timeout) override {
+    const std::string action = "cannot listen for changes on";
+    const PgConnection::Turn turn(connection_, action);
+    const bool notified = connection_.wait_for_notification(timeout);
+    return notified || timeout.count() <= 0;
+  }
+
+  std::size_t prune(std::chrono::seconds keep) override {
+    const std::string action = "cannot prune the change log of";
+    const PgConnection::Turn turn(connection_, action);
+    Params params;
+    params.int8(static_cast<std::int64_t>(keep.count()));
+    const PgResult result =
+        connection_.exec_prepared(Reconnect::kIfDead, "pylon_prune_changes", params, action);
+    const std::string_view tuples = PQcmdTuples(result.get());
+    std::size_t count = 0;
+    for (const char digit : tuples) {
+      if (digit >= '0' && digit <= '9') count = count * 10 + static_cast<std::size_t>(digit - '0');
+    }
+    return count;
+  }
+
+ private:
+  void listen_and_prepare() {
+    connection_.exec(Reconnect::kNever, "LISTEN _pylon_change_log", "cannot listen for changes on");
+    connection_.prepare(
+        Reconnect::kNever, "pylon_change_position",
+        ("SELECT GREATEST(COALESCE((SELECT max(position) FROM _pylon_change_log), 0) - " +
+         std::to_string(kStartOverlap) +
+         ", (SELECT pruned_through FROM _pylon_change_log_state), 0)::int8")
+            .c_str(),
+        {});
+    connection_.prepare(Reconnect::kNever, "pylon_changes_after",
+                        (std::string("SELECT ") + kChangeColumns +
+                         " WHERE c.position > $1 OR c.position = ANY($2) "
+                         "ORDER BY c.position LIMIT $3")
+                            .c_str(),
+                        {kInt8Oid, kInt8ArrayOid, kInt8Oid});
+    connection_.prepare(Reconnect::kNever, "pylon_pruned_through",
+                        "SELECT pruned_through FROM _pylon_change_log_state", {});
+    connection_.prepare(
+        Reconnect::kNever, "pylon_prune_changes",
+        "WITH pruned AS (UPDATE _pylon_change_log_state SET pruned_through = "
+        "GREATEST(pruned_through, COALESCE((SELECT max(position) FROM _pylon_change_log "
+        "WHERE logged_at < extract(epoch FROM clock_timestamp())::bigint - $1), 0)) "
+        "RETURNING pruned_through) "
+        "DELETE FROM _pylon_change_log WHERE position <= (SELECT pruned_through FROM pruned)",
+        {kInt8Oid});
+  }
+
+  PgConnection connection_;
+};
+
+std::unique_ptr<ChangeSource> PostgresBackend::open_change_source() {
+  return std::make_unique<PgChangeSource>(url_, options_.deadline);
 }
 
 }  // namespace
