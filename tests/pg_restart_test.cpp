@@ -3,14 +3,22 @@
 // during the outage throw pylon::Error (kConnectionLost), a revoke made then fails closed, later
 // calls succeed without reopening anything, and every acknowledged write is in storage.
 //
+// And the change feed across the same faults: a store whose listening connection is terminated
+// (pg_terminate_backend) or whose server restarts listens again and catches up, so nothing
+// revoked meanwhile validates once the server is back; while it cannot follow it says so (an
+// event, StoreStats::following_changes) and, when told to, refuses every token.
+//
 // It controls the cluster that scripts/pg-cluster.sh started (PYLON_PG_DIR), so it runs alone
 // (RUN_SERIAL): every other PostgreSQL test would see the outage too.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -27,7 +35,10 @@
 namespace {
 
 using pylon::ErrorCode;
+using pylon::SessionEvent;
+using pylon::SessionEventType;
 using pylon::SessionStore;
+using pylon::StoreOptions;
 using pylon::test::TestDatabase;
 
 using Cluster = pylon::test::PgCluster;
@@ -132,6 +143,120 @@ TEST_P(PgRestart, AStoreOutlivesAServerRestartAndLosesNoAcknowledgedWrite) {
   EXPECT_TRUE(fresh.validate(before.token).has_value());
   EXPECT_TRUE(fresh.validate(after.token).has_value());
   EXPECT_FALSE(fresh.validate(revoked_in_outage.token).has_value());
+}
+
+// Polls `condition` until it holds or `deadline` passes: for what the change feed's thread
+// does. Far above the 2 s the README states; reaching it means the change never came.
+bool eventually(const std::function<bool()>& condition,
+                std::chrono::seconds deadline = std::chrono::seconds(30)) {
+  const auto until = std::chrono::steady_clock::now() + deadline;
+  while (std::chrono::steady_clock::now() < until) {
+    if (condition()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  return condition();
+}
+
+// The events a store sent, by type, from whichever thread sent them.
+class EventCounts {
+ public:
+  void add(const SessionEvent& event) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    types_.push_back(event.type);
+  }
+  std::size_t of(SessionEventType type) {
+    const std::lock_guard<std::mutex> lock(mutex_);
+    return static_cast<std::size_t>(std::count(types_.begin(), types_.end(), type));
+  }
+
+ private:
+  std::mutex mutex_;
+  std::vector<SessionEventType> types_;
+};
+
+// A store that follows in the background and never looks a miss up: what it knows of others'
+// writes came through the change feed.
+StoreOptions following_options(const std::shared_ptr<EventCounts>& events) {
+  StoreOptions options;
+  options.miss_lookups_per_second = 0;
+  options.on_event = [events](const SessionEvent& event) { events->add(event); };
+  return options;
+}
+
+TEST_P(PgRestart, AListenerEndedByPgTerminateBackendListensAgainAndCatchesUp) {
+  auto events = std::make_shared<EventCounts>();
+  SessionStore writer = SessionStore::open(db_->url());
+  SessionStore follower = SessionStore::open(db_->url(), following_options(events));
+  const pylon::NewSession login = writer.create("alice");
+  ASSERT_TRUE(eventually([&] { return follower.validate(login.token).has_value(); }));
+
+  // Every connection of the library to this database: the writer's, the follower's and both
+  // stores' listeners.
+  const std::int64_t ended = db_->query_int(
+      "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+      "WHERE datname = current_database() AND pid <> pg_backend_pid()");
+  ASSERT_GE(ended, 2) << "the follower's listener was not among the connections";
+  // The writer's own connection was ended too: its first call may fail (kConnectionLost) and the
+  // next reconnects.
+  ASSERT_TRUE(eventually([&] {
+    try {
+      writer.revoke(login.token);
+      return true;
+    } catch (const pylon::Error&) {
+      return false;
+    }
+  }));
+  ASSERT_FALSE(db_->has(login.session.id));
+
+  EXPECT_TRUE(eventually([&] { return !follower.validate(login.token).has_value(); }))
+      << "the follower still accepts a token revoked after its listener was terminated";
+  const pylon::NewSession later = writer.create("bob");
+  EXPECT_TRUE(eventually([&] { return follower.validate(later.token).has_value(); }))
+      << "the follower does not listen again";
+  EXPECT_TRUE(follower.stats().following_changes);
+}
+
+TEST_P(PgRestart, AFollowerCatchesUpAfterARestartAndRefusesWhileItCannotFollowIfTold) {
+  db_->exec("CHECKPOINT");  // as above: a short recovery
+  auto events = std::make_shared<EventCounts>();
+  auto closed_events = std::make_shared<EventCounts>();
+  SessionStore writer = SessionStore::open(db_->url());
+  SessionStore follower = SessionStore::open(db_->url(), following_options(events));
+  StoreOptions fail_closed = following_options(closed_events);
+  fail_closed.refuse_while_not_following = true;
+  SessionStore closed = SessionStore::open(db_->url(), fail_closed);
+  const pylon::NewSession kept = writer.create("alice");
+  const pylon::NewSession doomed = writer.create("bob");
+  ASSERT_TRUE(eventually([&] {
+    return follower.validate(doomed.token).has_value() && closed.validate(kept.token).has_value();
+  }));
+
+  stop_server();
+  EXPECT_TRUE(eventually([&] { return !follower.stats().following_changes; }))
+      << "the follower never noticed it cannot follow";
+  EXPECT_EQ(events->of(SessionEventType::kChangeFeedLost), 1U);
+  EXPECT_GE(follower.stats().change_feed_losses, 1U);
+  EXPECT_TRUE(follower.validate(kept.token).has_value()) << "by default the cache is served";
+  EXPECT_TRUE(eventually([&] { return !closed.stats().following_changes; }));
+  EXPECT_FALSE(closed.validate(kept.token).has_value())
+      << "refuse_while_not_following accepted a token while the store could not follow";
+
+  start_server();
+  // The revoke is retried until the writer's connection is back.
+  EXPECT_TRUE(eventually([&] {
+    try {
+      return writer.revoke(doomed.token);
+    } catch (const pylon::Error&) {
+      return false;
+    }
+  })) << "the writer never reached the restarted server";
+  EXPECT_TRUE(eventually([&] { return !follower.validate(doomed.token).has_value(); }))
+      << "after the restart the follower still accepts a token revoked since";
+  EXPECT_TRUE(eventually([&] { return events->of(SessionEventType::kChangeFeedResumed) == 1; }));
+  EXPECT_TRUE(follower.stats().following_changes);
+  EXPECT_TRUE(eventually([&] { return closed.validate(kept.token).has_value(); }))
+      << "the fail-closed store never served again";
+  EXPECT_FALSE(closed.validate(doomed.token).has_value());
 }
 
 }  // namespace
