@@ -2454,8 +2454,8 @@ constexpr const char* kChangeColumns =
     "r.rotated_at, r.expires_at FROM _pylon_change_log AS c "
     "LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
     "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
-constexpr int kChangeSessionColumn = 3;
-constexpr int kChangeRotatedColumn = 15;
+constexpr int kLoggedSessionColumn = 3;
+constexpr int kLoggedRotatedColumn = 15;
 // Positions are handed out when an entry is logged and committed later, so entries just below
 // the newest may still be in flight when a store starts: it starts this far back, and applies
 // those again (harmless: an entry carries what storage holds now).
@@ -2499,11 +2499,11 @@ class PgChangeSource final : public ChangeSource {
           SessionChange& change = batch.changes.emplace_back();
           change.position = int8_at(row, 0);
           assign_text_at(row, 1, change.id);
-          if (bool_at(row, kChangeSessionColumn - 1)) {
-            read_session_row(row, change.session.emplace(), kChangeSessionColumn);
+          if (bool_at(row, kLoggedSessionColumn - 1)) {
+            read_session_row(row, change.session.emplace(), kLoggedSessionColumn);
           }
-          if (bool_at(row, kChangeRotatedColumn - 1)) {
-            read_rotated_row(row, change.rotated.emplace(), kChangeRotatedColumn);
+          if (bool_at(row, kLoggedRotatedColumn - 1)) {
+            read_rotated_row(row, change.rotated.emplace(), kLoggedRotatedColumn);
           }
         });
     const PgResult pruned =
@@ -2559,6 +2559,8 @@ class PgChangeSource final : public ChangeSource {
         "WITH pruned AS (UPDATE _pylon_change_log_state SET pruned_through = "
         "GREATEST(pruned_through, COALESCE((SELECT max(position) FROM _pylon_change_log "
         "WHERE logged_at < extract(epoch FROM clock_timestamp())::bigint - $1), 0)) "
+        "WHERE EXISTS (SELECT 1 FROM _pylon_change_log "
+        "WHERE logged_at < extract(epoch FROM clock_timestamp())::bigint - $1) "
         "RETURNING pruned_through) "
         "DELETE FROM _pylon_change_log WHERE position <= (SELECT pruned_through FROM pruned)",
         {kInt8Oid});

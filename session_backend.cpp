@@ -690,6 +690,7 @@ class SqliteBackend final : public SessionBackend {
   Statement changes_after_;
   Statement change_at_;
   Statement pruned_through_;
+  Statement has_prunable_;
   Statement record_pruned_;
   Statement delete_pruned_;
   // remove_matching()'s DELETE for each combination of filter fields, prepared on first use.
@@ -1259,6 +1260,10 @@ void SqliteBackend::prepare_statements() {
                            kPersistent);
   change_at_ = prepare("SELECT " PYLON_SQLITE_CHANGE_COLUMNS " WHERE c.position = ?1", kPersistent);
   pruned_through_ = prepare("SELECT pruned_through FROM _pylon_change_log_state", kPersistent);
+  has_prunable_ = prepare(
+      "SELECT EXISTS (SELECT 1 FROM _pylon_change_log "
+      "WHERE logged_at < CAST(strftime('%s', 'now') AS INTEGER) - ?1)",
+      kPersistent);
   record_pruned_ = prepare(
       "UPDATE _pylon_change_log_state SET pruned_through = max(pruned_through, "
       "coalesce((SELECT max(position) FROM _pylon_change_log "
@@ -1521,8 +1526,16 @@ ChangeBatch SqliteBackend::read_changes(std::int64_t after, const std::vector<st
 std::size_t SqliteBackend::prune_changes(std::chrono::seconds keep) {
   const char* action = "cannot prune the change log of";
   const std::lock_guard<std::mutex> lock(mutex_);
+  const auto keep_seconds = static_cast<std::int64_t>(keep.count());
+  {
+    // Asked first: nothing to prune costs a read, not a write transaction.
+    Use query(*this, has_prunable_, action);
+    if (!query.bind(1, keep_seconds).next_row() || sqlite3_column_int(query.get(), 0) == 0) {
+      return 0;
+    }
+  }
   Transaction transaction(*this, action);
-  Use(*this, record_pruned_, action).bind(1, static_cast<std::int64_t>(keep.count())).run();
+  Use(*this, record_pruned_, action).bind(1, keep_seconds).run();
   const std::size_t pruned = Use(*this, delete_pruned_, action).run();
   transaction.commit();
   return pruned;

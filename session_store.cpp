@@ -200,6 +200,7 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   void apply(const SessionChange& change) override NO_THREAD_SAFETY_ANALYSIS;
   void reload() override NO_THREAD_SAFETY_ANALYSIS;
   void report(const SessionEvent& event) noexcept override { emit(event); }
+  std::uint64_t write_generation() const noexcept override { return writes_.generation(); }
   // With change_check_interval 0, applies what other stores wrote before a lookup. False when
   // the store does not follow the log and refuse_while_not_following says to refuse.
   bool follow_before_lookup();
@@ -326,9 +327,10 @@ SessionStore::Impl::~Impl() {
 // Following other stores (detail::ChangeApplier, called by the ChangeFeed)
 // ------------------------------------------------------------------------------------------------
 
-// Under the write lock: a row read from storage inside `step` cannot be older than what this
-// store's own writes put in the cache (each holds the lock from its storage call to its cache
-// update), so applying it never brings back a session this store has just revoked.
+// Under the write lock, which each of this store's writes holds from its storage call to its
+// cache update: the feed applies a state read from storage only if no such call came between
+// its read and this lock (write_generation() unchanged), so applying it never brings back a
+// session this store has just revoked.
 void SessionStore::Impl::exclusive(const std::function<void()>& step) {
   const MutexLock lock(writes_.mutex());
   step();
@@ -592,6 +594,7 @@ std::optional<Session> SessionStore::Impl::look_up_miss(const std::string& id, s
     if (!found) {
       if (writes_.denies_id(id)) return std::nullopt;
       std::optional<Session> stored;
+      writes_.note_storage_read();
       try {
         stored = backend_->load_one(id);
       } catch (const std::exception&) {

@@ -11,8 +11,11 @@
 // Applying an entry means making the cache hold what storage holds for that id now (a session or
 // nothing, and a rotated-away record), so entries may be applied late or twice; what must not
 // happen is a state read from storage replacing a newer one this store wrote itself. The feed
-// therefore reads and applies inside ChangeApplier::exclusive(), which the store runs under the
-// lock that every one of its own writes holds from its storage call to its cache update.
+// reads without any lock of the store (a slow or frozen server then delays the feed, never the
+// store's writes), and applies inside ChangeApplier::exclusive(), the lock every write of the
+// store holds from its storage call to its cache update, only if no such call came between
+// (ChangeApplier::write_generation() unchanged); otherwise it reads again, and after a few
+// tries reads inside exclusive() itself.
 #ifndef PYLON_INTERNAL_CHANGE_FEED_HPP_
 #define PYLON_INTERNAL_CHANGE_FEED_HPP_
 
@@ -45,6 +48,8 @@ class ChangeApplier {
   virtual void reload() = 0;
   // Tells the store's listener (kChangeFeedLost, kChangeFeedResumed). Must not throw.
   virtual void report(const SessionEvent& event) noexcept = 0;
+  // Moves on after every storage call the store makes under the lock exclusive() takes.
+  virtual std::uint64_t write_generation() const noexcept = 0;
 
  protected:
   ChangeApplier() = default;
@@ -113,6 +118,8 @@ class ChangeFeed {
  private:
   // At most this many entries per read; a longer backlog is read in several.
   static constexpr std::size_t kBatch = 1000;
+  // Reads made outside the store's lock before one is made inside it (see the top).
+  static constexpr int kOptimisticReads = 3;
   // A gap (a position handed out but not seen committed) is read again for this long; a
   // transaction that commits later than that is not followed (none of pylon's takes that long).
   static constexpr std::chrono::seconds kGapPatience{30};
@@ -156,32 +163,53 @@ class ChangeFeed {
   void catch_up() REQUIRES(mutex_) {
     bool more = true;
     while (more) {
-      more = false;
-      applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {  // runs here, with mutex_ held
-        std::vector<std::int64_t> gaps;
-        gaps.reserve(gaps_.size());
-        for (const auto& gap : gaps_) gaps.push_back(gap.first);
-        const ChangeBatch batch = source_->read(cursor_, gaps, kBatch);
-        if (batch.pruned_through > cursor_) {
-          // Entries this store never applied were pruned: take the position first, so whatever
-          // is written during the reload is read again after it.
-          const std::int64_t position = source_->position();
-          applier_.reload();
-          cursor_ = position;
-          gaps_.clear();
-          ++reloads_;
-          return;
-        }
-        std::size_t after_cursor = 0;
-        for (const SessionChange& change : batch.changes) {
-          applier_.apply(change);
-          ++applied_;
-          if (change.position > cursor_) ++after_cursor;
-        }
-        advance(batch);
-        more = after_cursor >= kBatch;
-      });
+      std::vector<std::int64_t> gaps;
+      gaps.reserve(gaps_.size());
+      for (const auto& gap : gaps_) gaps.push_back(gap.first);
+      ChangeBatch batch;
+      bool applied = false;
+      for (int attempt = 0; attempt < kOptimisticReads && !applied; ++attempt) {
+        const std::uint64_t generation = applier_.write_generation();
+        batch = source_->read(cursor_, gaps, kBatch);
+        applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {  // runs here, with mutex_ held
+          if (applier_.write_generation() == generation) applied = apply(batch, &more);
+        });
+      }
+      if (!applied) {
+        // A store writing without pause: read where none of its writes can come between.
+        applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {
+          batch = source_->read(cursor_, gaps, kBatch);
+          applied = apply(batch, &more);
+        });
+      }
+      if (!applied) reload();
     }
+  }
+
+  // Inside exclusive(): applies `batch` and moves cursor_ on; false, having applied nothing,
+  // when the log no longer holds what came after cursor_. *more: a full batch was read.
+  bool apply(const ChangeBatch& batch, bool* more) REQUIRES(mutex_) {
+    *more = false;
+    if (batch.pruned_through > cursor_) return false;
+    std::size_t after_cursor = 0;
+    for (const SessionChange& change : batch.changes) {
+      applier_.apply(change);
+      ++applied_;
+      if (change.position > cursor_) ++after_cursor;
+    }
+    advance(batch);
+    *more = after_cursor >= kBatch;
+    return true;
+  }
+
+  // Entries this store never applied were pruned: every session is read again. The position is
+  // taken first, so whatever is written during the reload is read again after it.
+  void reload() REQUIRES(mutex_) {
+    const std::int64_t position = source_->position();
+    applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS { applier_.reload(); });
+    cursor_ = position;
+    gaps_.clear();
+    ++reloads_;
   }
 
   // Moves cursor_ past the entries read, remembering the positions skipped over as gaps and
@@ -213,7 +241,7 @@ class ChangeFeed {
   void prune_when_due() REQUIRES(mutex_) {
     const auto every = std::min<Clock::duration>(options_.retention / 4, std::chrono::minutes(1));
     const Clock::time_point now = Clock::now();
-    if (now - last_prune_ < every) return;
+    if (last_prune_ != Clock::time_point::min() && now - last_prune_ < every) return;
     last_prune_ = now;
     try {
       source_->prune(options_.retention);
@@ -254,7 +282,8 @@ class ChangeFeed {
   const Options options_;
   std::int64_t cursor_ GUARDED_BY(mutex_) = 0;  // every position up to it applied, or in gaps_
   std::map<std::int64_t, Clock::time_point> gaps_ GUARDED_BY(mutex_);  // position, first missed
-  Clock::time_point last_prune_ GUARDED_BY(mutex_) = Clock::now();
+  // The first prune is due at once: a store that starts finds the log as others left it.
+  Clock::time_point last_prune_ GUARDED_BY(mutex_) = Clock::time_point::min();
   std::atomic<bool> following_{false};
   std::atomic<std::uint64_t> applied_{0};
   std::atomic<std::uint64_t> losses_{0};

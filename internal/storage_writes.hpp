@@ -70,6 +70,7 @@ class StorageWrites {
   // Runs one storage write: counts it, records a failure, rethrows.
   template <typename Call>
   decltype(auto) run(Call&& call) REQUIRES(mutex_) {
+    const StorageTouched touched(*this);
     try {
       if constexpr (std::is_void_v<decltype(call())>) {
         call();
@@ -141,6 +142,12 @@ class StorageWrites {
                        [id](const SessionFilter& filter) { return filter.id && *filter.id == id; });
   }
 
+  // Moves on after every storage call made under the write lock (a write, or a read whose row
+  // enters the cache), failed ones included: whoever read storage without the lock and finds it
+  // unchanged once holding the lock knows no write of this store came between (ChangeFeed).
+  std::uint64_t generation() const noexcept { return generation_; }
+  void note_storage_read() REQUIRES(mutex_) { ++generation_; }
+
   std::uint64_t writes() const noexcept { return writes_; }
   std::uint64_t failures() const noexcept { return failures_; }
   std::string last_error() const EXCLUDES(last_error_mutex_) {
@@ -149,6 +156,20 @@ class StorageWrites {
   }
 
  private:
+  // Moves generation_ on when a storage call ends, however it ends.
+  class StorageTouched {
+   public:
+    explicit StorageTouched(StorageWrites& writes) : writes_(writes) {}
+    ~StorageTouched() { ++writes_.generation_; }
+    StorageTouched(const StorageTouched&) = delete;
+    StorageTouched& operator=(const StorageTouched&) = delete;
+    StorageTouched(StorageTouched&&) = delete;
+    StorageTouched& operator=(StorageTouched&&) = delete;
+
+   private:
+    StorageWrites& writes_;
+  };
+
   bool owes_delete_of(const Session& session) const REQUIRES(mutex_) {
     return std::any_of(
         owed_deletes_.begin(), owed_deletes_.end(),
@@ -163,6 +184,7 @@ class StorageWrites {
   std::unordered_set<std::string> in_doubt_ GUARDED_BY(mutex_);
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<std::uint64_t> failures_{0};
+  std::atomic<std::uint64_t> generation_{0};
   mutable Mutex last_error_mutex_;
   std::string last_error_ GUARDED_BY(last_error_mutex_);
 };

@@ -256,7 +256,8 @@ TEST_P(PgRestart, AFollowerCatchesUpAfterARestartAndRefusesWhileItCannotFollowIf
   EXPECT_TRUE(follower.stats().following_changes);
   EXPECT_TRUE(eventually([&] { return closed.validate(kept.token).has_value(); }))
       << "the fail-closed store never served again";
-  EXPECT_FALSE(closed.validate(doomed.token).has_value());
+  // The revoke may have come after it resumed: then it arrives as any change does.
+  EXPECT_TRUE(eventually([&] { return !closed.validate(doomed.token).has_value(); }));
 }
 
 }  // namespace
