@@ -358,13 +358,16 @@ void SessionStore::Impl::apply(const SessionChange& change) {
 // the start-up load puts it, then every cached session storage no longer holds is erased: the
 // cache never goes empty on the way, so lookups meanwhile still find the sessions that stay.
 void SessionStore::Impl::reload() {
+  // Read whole first: the cache's locks are never taken under the backend's own (the start-up
+  // Loader takes them the other way round).
+  const std::vector<Session> rows = backend_->load_all();
   std::unordered_set<std::string> stored_ids;
-  backend_->load_each([&](const Session& row) {
+  for (const Session& row : rows) {
     if (cacheable(row) && !writes_.denies(row)) {
       cache_.put(row);
       stored_ids.insert(row.id);
     }
-  });
+  }
   cache_.erase_unless([&stored_ids](const detail::SessionDigest& digest) {
     return stored_ids.count(detail::session_id_of(digest)) > 0;
   });
