@@ -35,8 +35,8 @@
 #include <utility>
 #include <vector>
 
+#include "internal/backend_shared.hpp"
 #include "session_backend.hpp"
-#include "session_backend_internal.hpp"
 
 namespace pylon {
 

@@ -67,8 +67,8 @@
 #include <utility>
 #include <vector>
 
+#include "internal/backend_shared.hpp"
 #include "session_backend.hpp"
-#include "session_backend_internal.hpp"
 
 namespace pylon {
 
@@ -1603,7 +1603,7 @@ void PgMigrations::verify_keys(const char* table, int version) {
 // a Session as their parameters, and runs them on its PgConnection, whose setup prepares them.
 // Fields are checked before anything is sent: PostgreSQL TEXT holds neither NUL nor invalid
 // UTF-8, and both backends refuse such text with the same checks and messages
-// (session_backend_internal.hpp), so a caller sees one behaviour whichever backend it runs on.
+// (internal/backend_shared.hpp), so a caller sees one behaviour whichever backend it runs on.
 //
 // Every statement is prepared once per connection with the types of its parameters, and every
 // call sends only parameters. load_all() streams: in single-row mode libpq hands over one row at

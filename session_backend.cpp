@@ -1,12 +1,11 @@
-// pylon-sessions: the SQLite backend, and what every backend shares.
+// pylon-sessions: the SQLite backend.
 //
 // The file reads in the order a reader meets the ideas:
-//   1. errors        ErrorCode names and pylon::Error
-//   2. fields        what a Session may hold (shared by every backend)
-//   3. SQLite        the default backend: file creation, probing, pragmas, statements
-//   4. migrations    the embedded schema, its version table, pylon adoption
-// Tokens are in token.cpp, DATABASE_URL in database_url.cpp, PostgreSQL in pg_backend.cpp, the
-// store (SessionStore, the cache) in session_store.cpp and session_cache.cpp.
+//   1. SQLite        the default backend: file creation, probing, pragmas, statements
+//   2. migrations    the embedded schema, its version table, pylon adoption
+// Errors are in errors.cpp, the checks on what a Session may hold (shared by every backend) in
+// fields.cpp, tokens in token.cpp, DATABASE_URL in database_url.cpp, PostgreSQL in pg_backend.cpp,
+// the store in session_store.cpp and internal/ (the cache: internal/session_cache.cpp).
 #include "session_backend.hpp"
 
 #include <fcntl.h>
@@ -36,224 +35,12 @@
 #include <utility>
 #include <vector>
 
-#include "session_backend_internal.hpp"
+#include "internal/backend_shared.hpp"
 
 namespace pylon {
 
 // ================================================================================================
-// 1. Errors
-//
-// One exception type with a code; what() is prefixed with a stable id "[pylon.<code>]" so logs
-// can be grepped without parsing prose.
-// ================================================================================================
-
-const char* to_string(ErrorCode code) noexcept {
-  switch (code) {
-    case ErrorCode::kInvalidArgument:
-      return "invalid_argument";
-    case ErrorCode::kUnsupportedScheme:
-      return "unsupported_scheme";
-    case ErrorCode::kCorruptDatabase:
-      return "corrupt_database";
-    case ErrorCode::kSchemaTooNew:
-      return "schema_too_new";
-    case ErrorCode::kBusy:
-      return "busy";
-    case ErrorCode::kConnectionLost:
-      return "connection_lost";
-    case ErrorCode::kStorageFull:
-      return "storage_full";
-    case ErrorCode::kReadOnly:
-      return "read_only";
-    case ErrorCode::kIo:
-      return "io";
-    case ErrorCode::kConfiguration:
-      return "configuration";
-    case ErrorCode::kInternal:
-      return "internal";
-  }
-  return "unknown";
-}
-
-Error::Error(ErrorCode code, const std::string& message, std::string backend_detail)
-    : std::runtime_error("[pylon." + std::string(to_string(code)) + "] " + message),
-      code_(code),
-      backend_detail_(std::move(backend_detail)) {}
-
-// ================================================================================================
-// 2. Fields
-//
-// Both backends must store the same values byte for byte. PostgreSQL TEXT holds neither NUL nor
-// invalid UTF-8, so text fields are refused with kInvalidArgument on every backend when they
-// contain either; `data` is bytes and holds anything.
-// ================================================================================================
-
-void SessionBackend::load_each(const std::function<void(const Session&)>& visit) {
-  for (const Session& session : load_all()) visit(session);
-}
-
-std::optional<Session> SessionBackend::load_one(std::string_view id) {
-  std::optional<Session> found;
-  load_each([&found, id](const Session& session) {
-    if (session.id == id) found = session;
-  });
-  return found;
-}
-
-bool operator==(const Session& a, const Session& b) {
-  return a.id == b.id && a.user_id == b.user_id && a.tenant_id == b.tenant_id &&
-         a.created_at == b.created_at && a.expires_at == b.expires_at &&
-         a.last_seen_at == b.last_seen_at && a.device == b.device && a.ip == b.ip &&
-         a.data == b.data && a.absolute_expires_at == b.absolute_expires_at &&
-         a.idp_session_id == b.idp_session_id;
-}
-
-namespace detail {
-
-// The length of the multi-byte UTF-8 sequence that `lead` starts, with the code point bits it
-// carries in `bits`; 0 for a byte that cannot start one.
-static std::size_t utf8_sequence_length(unsigned char lead, std::uint32_t* bits) noexcept {
-  if (lead >= 0xC2 && lead <= 0xDF) {
-    *bits = lead & 0x1FU;
-    return 2;
-  }
-  if (lead >= 0xE0 && lead <= 0xEF) {
-    *bits = lead & 0x0FU;
-    return 3;
-  }
-  if (lead >= 0xF0 && lead <= 0xF4) {
-    *bits = lead & 0x07U;
-    return 4;
-  }
-  return 0;
-}
-
-bool is_storable_text(std::string_view text) noexcept {
-  // Eight bytes at a time while they are ASCII without NUL, as nearly every field is: a word
-  // passes when no byte has its high bit set and none is zero ((w - 0x01..) & ~w flags a zero).
-  constexpr std::uint64_t kLowBits = 0x0101010101010101ULL;
-  constexpr std::uint64_t kHighBits = 0x8080808080808080ULL;
-  std::size_t i = 0;
-  for (std::uint64_t word = 0; text.size() - i >= sizeof word; i += sizeof word) {
-    std::memcpy(&word, text.data() + i, sizeof word);
-    if (((word | ((word - kLowBits) & ~word)) & kHighBits) != 0) break;
-  }
-  while (i < text.size()) {
-    const auto lead = static_cast<unsigned char>(text[i]);
-    if (lead == 0) return false;
-    if (lead < 0x80) {
-      ++i;
-      continue;
-    }
-    std::uint32_t code_point = 0;
-    const std::size_t length = utf8_sequence_length(lead, &code_point);
-    if (length == 0 || text.size() - i < length) return false;
-    for (std::size_t k = 1; k < length; ++k) {
-      const auto next = static_cast<unsigned char>(text[i + k]);
-      if ((next & 0xC0U) != 0x80U) return false;
-      code_point = (code_point << 6U) | (next & 0x3FU);
-    }
-    const bool overlong =
-        (length == 3 && code_point < 0x800) || (length == 4 && code_point < 0x10000);
-    const bool surrogate = code_point >= 0xD800 && code_point <= 0xDFFF;
-    if (overlong || surrogate || code_point > 0x10FFFF) return false;
-    i += length;
-  }
-  return true;
-}
-
-bool is_storable_field(const TextField& field, std::string_view value) noexcept {
-  return value.size() <= field.max_bytes && is_storable_text(value);
-}
-
-void check_text_field(const TextField& field, std::string_view value) {
-  if (value.size() > field.max_bytes) {
-    throw Error(ErrorCode::kInvalidArgument,
-                std::string("session field '") + field.name + "' is " +
-                    std::to_string(value.size()) + " bytes, over its limit of " +
-                    std::to_string(field.max_bytes) + " (the same on every backend)");
-  }
-  if (!is_storable_text(value)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                std::string("session field '") + field.name +
-                    "' must be UTF-8 text without NUL bytes (use `data` for arbitrary bytes)");
-  }
-}
-
-void check_optional_text_field(const TextField& field, const std::optional<std::string>& value) {
-  if (value) check_text_field(field, *value);
-}
-
-bool is_storable_session(const Session& session) noexcept {
-  const auto storable = [](const TextField& field, const std::optional<std::string>& text) {
-    return !text || is_storable_field(field, *text);
-  };
-  return is_well_formed_session_id(session.id) && !session.user_id.empty() &&
-         is_storable_field(kUserIdField, session.user_id) &&
-         storable(kTenantIdField, session.tenant_id) && storable(kDeviceField, session.device) &&
-         storable(kIpField, session.ip) && storable(kIdpSessionIdField, session.idp_session_id);
-}
-
-bool has_sane_times(const Session& session) noexcept {
-  const auto in_range = [](std::int64_t time) { return time >= 0 && time <= kMaxSessionTime; };
-  return in_range(session.created_at) && in_range(session.last_seen_at) &&
-         in_range(session.expires_at) && in_range(session.absolute_expires_at) &&
-         session.created_at <= session.last_seen_at &&
-         (session.absolute_expires_at == 0 || session.expires_at <= session.absolute_expires_at);
-}
-
-bool is_servable_session(const Session& session) noexcept {
-  return is_storable_session(session) && has_sane_times(session);
-}
-
-std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept {
-  std::int64_t sum = 0;
-  if (__builtin_add_overflow(a, b, &sum)) {
-    return b > 0 ? std::numeric_limits<std::int64_t>::max()
-                 : std::numeric_limits<std::int64_t>::min();
-  }
-  return sum;
-}
-
-std::int64_t saturating_sub(std::int64_t a, std::int64_t b) noexcept {
-  std::int64_t difference = 0;
-  if (__builtin_sub_overflow(a, b, &difference)) {
-    return b < 0 ? std::numeric_limits<std::int64_t>::max()
-                 : std::numeric_limits<std::int64_t>::min();
-  }
-  return difference;
-}
-
-void check_rotation_ids(std::string_view old_id, std::string_view new_id) {
-  if (!is_well_formed_session_id(new_id)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
-  }
-  if (new_id == old_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "a rotated session needs a new id: the new id is the old one");
-  }
-}
-
-void check_session_for_storage(const Session& session) {
-  if (!is_well_formed_session_id(session.id)) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
-  }
-  if (session.user_id.empty()) {
-    throw Error(ErrorCode::kInvalidArgument, "session field 'user_id' must not be empty");
-  }
-  check_text_field(kUserIdField, session.user_id);
-  check_optional_text_field(kTenantIdField, session.tenant_id);
-  check_optional_text_field(kDeviceField, session.device);
-  check_optional_text_field(kIpField, session.ip);
-  check_optional_text_field(kIdpSessionIdField, session.idp_session_id);
-}
-
-}  // namespace detail
-
-// ================================================================================================
-// 3. SQLite
+// 1. SQLite
 //
 // SqliteBackend owns one connection and its prepared statements; a mutex serialises its calls.
 // Every mutation is one autocommit statement, so each is atomic and, in WAL mode with
@@ -1112,7 +899,7 @@ void SqliteBackend::verify_table_shape() {
 }
 
 // ================================================================================================
-// 4. Migrations
+// 2. Migrations
 //
 // Each embedded migration runs in its own BEGIN IMMEDIATE transaction together with the row that
 // records it in `_pylon_schema_migrations`, so a crash leaves a migration either applied and

@@ -10,7 +10,7 @@
 //   Reaper         (internal/reaper.hpp)          the purge on a schedule;
 //   MissLookups    (internal/miss_lookups.hpp)    the bound on storage reads for cache misses;
 //   ChangeFeed     (internal/change_feed.hpp)     what other stores wrote, applied to the cache;
-//   SessionCache   (session_cache.hpp)            the sharded in-memory table of sessions.
+//   SessionCache   (internal/session_cache.hpp)   the sharded in-memory table of sessions.
 //
 // Invariant, whenever no lock is held: the cache holds exactly the rows of this store's tenant
 // scope that storage holds and this process knows of (with a change feed, every row storage held
@@ -38,16 +38,16 @@
 #include <unordered_set>
 #include <utility>
 
+#include "internal/backend_shared.hpp"
 #include "internal/change_feed.hpp"
 #include "internal/group_commit.hpp"
 #include "internal/miss_lookups.hpp"
 #include "internal/reaper.hpp"
 #include "internal/rotated_ids.hpp"
+#include "internal/session_cache.hpp"
 #include "internal/storage_writes.hpp"
 #include "internal/thread_annotations.hpp"
 #include "session_backend.hpp"
-#include "session_backend_internal.hpp"
-#include "session_cache.hpp"
 
 namespace pylon {
 

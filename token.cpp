@@ -13,8 +13,8 @@
 #include <string>
 #include <string_view>
 
+#include "internal/backend_shared.hpp"
 #include "session_backend.hpp"
-#include "session_backend_internal.hpp"
 
 namespace pylon {
 

@@ -31,16 +31,11 @@
 // OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
 // SOFTWARE.
 
-// ==== session_backend.cpp ====
-// pylon-sessions: the SQLite backend, and what every backend shares.
-//
-// The file reads in the order a reader meets the ideas:
-//   1. errors        ErrorCode names and pylon::Error
-//   2. fields        what a Session may hold (shared by every backend)
-//   3. SQLite        the default backend: file creation, probing, pragmas, statements
-//   4. migrations    the embedded schema, its version table, pylon adoption
-// Tokens are in token.cpp, DATABASE_URL in database_url.cpp, PostgreSQL in pg_backend.cpp, the
-// store (SessionStore, the cache) in session_store.cpp and session_cache.cpp.
+// ==== errors.cpp ====
+// pylon-sessions: the error type every call throws (pylon::Error) and the names of its codes.
+#include <string>
+#include <utility>
+
 // ---- session_backend.hpp (inlined) ----
 // pylon-sessions: sessions that survive a restart, for C++17 applications.
 //
@@ -228,15 +223,19 @@ enum class SessionEventType {
   // The SQLite file (and its -wal, -shm) was readable by group or others, and was made 0600
   // before anything was read (`detail`: the path and the modes).
   kFilePermissionsTightened,
+  // The store stopped following the change log (`detail`: why): other instances' writes are not
+  // seen until kChangeFeedResumed. See StoreOptions::refuse_while_not_following.
+  kChangeFeedLost,
+  kChangeFeedResumed,  // the store follows the change log again, having caught up
 };
 
 struct SessionEvent {
   SessionEventType type;
-  std::string session_id;   // empty for kPurged, kReaperFailed, kFilePermissionsTightened
+  std::string session_id;   // empty for kPurged and the events that carry a `detail`
   std::string user_id;      // empty for those too
   std::string replaced_by;  // kRotated and kRotatedTokenReused: the id of the successor
   std::size_t count = 1;    // how many sessions the event covers
-  std::string detail;       // kReaperFailed, kFilePermissionsTightened: what happened
+  std::string detail;       // kReaperFailed, kFilePermissionsTightened, kChangeFeedLost: what
 
   // One named way to build each kind of event.
   static SessionEvent of_session(SessionEventType type, std::string session_id, std::string user_id,
@@ -289,6 +288,53 @@ struct RotatedId {
            a.tenant_id == b.tenant_id && a.rotated_at == b.rotated_at &&
            a.expires_at == b.expires_at;
   }
+};
+
+// One entry of the change log (ChangeSource): storage changed what it holds for `id`, a session
+// or a rotated-away id, at `position`. `session` and `rotated` are what storage held for that id
+// when the entry was read (nullopt: nothing), not what the change wrote: an entry read late
+// carries the newest state, and applying entries again is harmless.
+struct SessionChange {
+  std::int64_t position = 0;
+  std::string id;
+  std::optional<Session> session;
+  std::optional<RotatedId> rotated;
+};
+
+struct ChangeBatch {
+  std::vector<SessionChange> changes;  // by position
+  // The log no longer holds positions up to this one (pruned): a reader whose last position is
+  // older missed changes, and must reload every session instead.
+  std::int64_t pruned_through = 0;
+};
+
+// A reader of the change log that every write to `_pylon_sessions` and `_pylon_rotated_ids`
+// appends to in its own transaction (migration 0004's triggers), on a connection of its own.
+// SessionStore opens one per store and follows it, so that its cache follows what other stores
+// and tools write to the same database. Used by one thread at a time; every call may throw Error
+// (kConnectionLost, kBusy, ...), and the next call tries again (reconnecting if need be).
+class PYLON_API ChangeSource {
+ public:
+  virtual ~ChangeSource() = default;
+  // The newest position in the log (or, when every entry was pruned, the newest pruned).
+  virtual std::int64_t position() = 0;
+  // The entries after `after` (at most `limit`, by position), and those at the positions `also`
+  // (gaps a reader saw: positions handed out but not yet committed), in one snapshot.
+  virtual ChangeBatch read(std::int64_t after, const std::vector<std::int64_t>& also,
+                           std::size_t limit) = 0;
+  // Returns true once storage may have changed since the previous call (a notification, or
+  // another connection's commit), false when `timeout` passes without a sign. A source that
+  // cannot be notified waits `timeout` and then checks.
+  virtual bool wait(std::chrono::milliseconds timeout) = 0;
+  // Deletes the entries logged more than `keep` ago; returns how many.
+  virtual std::size_t prune(std::chrono::seconds keep) = 0;
+
+ protected:
+  ChangeSource() = default;
+  ChangeSource(const ChangeSource&) = default;
+  ChangeSource& operator=(const ChangeSource&) = default;
+  ChangeSource(ChangeSource&&) = default;
+  ChangeSource& operator=(ChangeSource&&) = default;
 };
 
 // Synchronous storage of sessions in the table `_pylon_sessions`. Every call is one statement
@@ -377,6 +423,12 @@ class PYLON_API SessionBackend {
   virtual void load_rotated_each(const std::function<void(const RotatedId&)>& visit) = 0;
   // Deletes at most `limit` RotatedIds with expires_at <= now, in one statement; returns how many.
   virtual std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) = 0;
+
+  // A reader of this database's change log on a new connection, for a store to follow what
+  // others write; nullptr when no one else can write this storage (an in-memory database), and by
+  // default, so a custom backend without a change log serves one process (documented in the
+  // README's "Several instances").
+  [[nodiscard]] virtual std::unique_ptr<ChangeSource> open_change_source() { return nullptr; }
 
   // The URL or path this backend was opened with, its password hidden. For messages and tools.
   [[nodiscard]] virtual std::string describe() const = 0;
@@ -483,6 +535,12 @@ struct StoreStats {
   std::uint64_t miss_lookups = 0;     // storage reads made for tokens the cache did not hold
   std::uint64_t miss_lookups_refused = 0;  // misses refused without a read: over the bound
   std::uint64_t miss_lookup_failures = 0;  // reads for misses that failed (the token refused)
+  // Whether this store follows the change log now (false before its first read, while storage
+  // is unreachable, and for a backend without a change log, such as an in-memory database).
+  bool following_changes = false;
+  std::uint64_t changes_applied = 0;      // change log entries applied to the cache
+  std::uint64_t change_feed_losses = 0;   // times the store stopped following (kChangeFeedLost)
+  std::uint64_t change_feed_reloads = 0;  // full reloads: the store had fallen behind the log
 };
 
 // The largest values StoreOptions accepts for its counts (see StoreOptions).
@@ -535,6 +593,24 @@ struct StoreOptions {
   // and counted (StoreStats::miss_lookups_refused), so a flood of random tokens cannot overload
   // the database. 0 = never read storage on a miss. 0 to kMaxMissLookupsPerSecond.
   std::size_t miss_lookups_per_second = 100;
+  // Several stores on one database (other processes, sessionctl) follow each other through its
+  // change log (SessionBackend::open_change_source): each store applies what the others wrote to
+  // its cache. This is the longest a change may go unseen while storage is reachable: PostgreSQL
+  // wakes the store at once (LISTEN/NOTIFY) and this interval only paces a safety re-read; SQLite
+  // has no notifications, so the file's data_version is checked every interval. 0 = checked by
+  // validate() and find() themselves before every lookup (exact, but each call then reads
+  // storage's state first). 0 to 60 seconds.
+  std::chrono::milliseconds change_check_interval{100};
+  // While the store cannot read the change log (the database unreachable, the listening
+  // connection lost and not yet back), it serves its cache as last known (false, the default:
+  // sessions revoked elsewhere meanwhile may still validate here until it has caught up) or
+  // refuses every token and id (true: fail closed). Either way StoreStats::following_changes is
+  // false and a kChangeFeedLost event was sent.
+  bool refuse_while_not_following = false;
+  // How long the change log keeps an entry. A store that could not read the log for longer than
+  // this (it was unreachable, or stopped) reloads every session when it is back. Pruned by every
+  // store's change feed. 1 minute to 30 days.
+  std::chrono::seconds change_log_retention{std::chrono::minutes(10)};
   // Told of every event, on the thread that caused it, after storage has it. It must not call
   // back into the store; what it throws is caught and ignored. Events never carry a token.
   std::function<void(const SessionEvent&)> on_event;
@@ -660,37 +736,64 @@ class PYLON_API SessionStore {
 #endif  // PYLON_SESSION_BACKEND_HPP_
 // ---- end of session_backend.hpp ----
 
-#include <fcntl.h>
-#include <sqlite3.h>
-#include <sys/stat.h>
-#include <unistd.h>
+namespace pylon {
 
-#include <algorithm>
-#include <array>
-#include <cctype>
-#include <cerrno>
-#include <chrono>
-#include <climits>
+// One exception type with a code; what() is prefixed with a stable id "[pylon.<code>]" so logs
+// can be grepped without parsing prose.
+
+const char* to_string(ErrorCode code) noexcept {
+  switch (code) {
+    case ErrorCode::kInvalidArgument:
+      return "invalid_argument";
+    case ErrorCode::kUnsupportedScheme:
+      return "unsupported_scheme";
+    case ErrorCode::kCorruptDatabase:
+      return "corrupt_database";
+    case ErrorCode::kSchemaTooNew:
+      return "schema_too_new";
+    case ErrorCode::kBusy:
+      return "busy";
+    case ErrorCode::kConnectionLost:
+      return "connection_lost";
+    case ErrorCode::kStorageFull:
+      return "storage_full";
+    case ErrorCode::kReadOnly:
+      return "read_only";
+    case ErrorCode::kIo:
+      return "io";
+    case ErrorCode::kConfiguration:
+      return "configuration";
+    case ErrorCode::kInternal:
+      return "internal";
+  }
+  return "unknown";
+}
+
+Error::Error(ErrorCode code, const std::string& message, std::string backend_detail)
+    : std::runtime_error("[pylon." + std::string(to_string(code)) + "] " + message),
+      code_(code),
+      backend_detail_(std::move(backend_detail)) {}
+
+}  // namespace pylon
+// ==== fields.cpp ====
+// pylon-sessions: what a Session may hold, checked the same way by every backend (declared in
+// internal/backend_shared.hpp), with Session's equality and SessionBackend's default readers.
+#include <cstddef>
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <limits>
-#include <mutex>
 #include <optional>
-#include <shared_mutex>
-#include <tuple>
-#include <unordered_map>
-#include <unordered_set>
-#include <utility>
-#include <vector>
+#include <string>
+#include <string_view>
 
-// ---- session_backend_internal.hpp (inlined) ----
-// pylon-sessions: what session_backend.cpp shares with pg_backend.cpp. Private: not installed,
-// not part of the API. Both backends must refuse the same values with the same messages, so the
-// checks live here once.
-#ifndef PYLON_SESSION_BACKEND_INTERNAL_HPP_
-#define PYLON_SESSION_BACKEND_INTERNAL_HPP_
+// ---- internal/backend_shared.hpp (inlined) ----
+// pylon-sessions: what the library's sources share: field checks (fields.cpp), token digests
+// (token.cpp), DATABASE_URL parsing (database_url.cpp), migrations and C-handle ownership for the
+// backends. Private: not installed, not part of the API. Both backends must refuse the same values
+// with the same messages, so the checks live here once.
+#ifndef PYLON_INTERNAL_BACKEND_SHARED_HPP_
+#define PYLON_INTERNAL_BACKEND_SHARED_HPP_
 
 #include <array>
 #include <cstddef>
@@ -793,58 +896,14 @@ std::vector<std::string> password_candidates(std::string_view url);
 
 }  // namespace pylon::detail
 
-#endif  // PYLON_SESSION_BACKEND_INTERNAL_HPP_
-// ---- end of session_backend_internal.hpp ----
+#endif  // PYLON_INTERNAL_BACKEND_SHARED_HPP_
+// ---- end of internal/backend_shared.hpp ----
 
 namespace pylon {
 
-// ================================================================================================
-// 1. Errors
-//
-// One exception type with a code; what() is prefixed with a stable id "[pylon.<code>]" so logs
-// can be grepped without parsing prose.
-// ================================================================================================
-
-const char* to_string(ErrorCode code) noexcept {
-  switch (code) {
-    case ErrorCode::kInvalidArgument:
-      return "invalid_argument";
-    case ErrorCode::kUnsupportedScheme:
-      return "unsupported_scheme";
-    case ErrorCode::kCorruptDatabase:
-      return "corrupt_database";
-    case ErrorCode::kSchemaTooNew:
-      return "schema_too_new";
-    case ErrorCode::kBusy:
-      return "busy";
-    case ErrorCode::kConnectionLost:
-      return "connection_lost";
-    case ErrorCode::kStorageFull:
-      return "storage_full";
-    case ErrorCode::kReadOnly:
-      return "read_only";
-    case ErrorCode::kIo:
-      return "io";
-    case ErrorCode::kConfiguration:
-      return "configuration";
-    case ErrorCode::kInternal:
-      return "internal";
-  }
-  return "unknown";
-}
-
-Error::Error(ErrorCode code, const std::string& message, std::string backend_detail)
-    : std::runtime_error("[pylon." + std::string(to_string(code)) + "] " + message),
-      code_(code),
-      backend_detail_(std::move(backend_detail)) {}
-
-// ================================================================================================
-// 2. Fields
-//
 // Both backends must store the same values byte for byte. PostgreSQL TEXT holds neither NUL nor
 // invalid UTF-8, so text fields are refused with kInvalidArgument on every backend when they
 // contain either; `data` is bytes and holds anything.
-// ================================================================================================
 
 void SessionBackend::load_each(const std::function<void(const Session&)>& visit) {
   for (const Session& session : load_all()) visit(session);
@@ -1010,8 +1069,49 @@ void check_session_for_storage(const Session& session) {
 
 }  // namespace detail
 
+}  // namespace pylon
+// ==== session_backend.cpp ====
+// pylon-sessions: the SQLite backend.
+//
+// The file reads in the order a reader meets the ideas:
+//   1. SQLite        the default backend: file creation, probing, pragmas, statements
+//   2. migrations    the embedded schema, its version table, pylon adoption
+// Errors are in errors.cpp, the checks on what a Session may hold (shared by every backend) in
+// fields.cpp, tokens in token.cpp, DATABASE_URL in database_url.cpp, PostgreSQL in pg_backend.cpp,
+// the store in session_store.cpp and internal/ (the cache: internal/session_cache.cpp).
+
+#include <fcntl.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <shared_mutex>
+#include <thread>
+#include <tuple>
+#include <unordered_map>
+#include <unordered_set>
+#include <utility>
+#include <vector>
+
+
+namespace pylon {
+
 // ================================================================================================
-// 3. SQLite
+// 1. SQLite
 //
 // SqliteBackend owns one connection and its prepared statements; a mutex serialises its calls.
 // Every mutation is one autocommit statement, so each is atomic and, in WAL mode with
@@ -1334,6 +1434,60 @@ CREATE TABLE _pylon_rotated_ids (
 
 CREATE INDEX _pylon_rotated_ids_by_expiry ON _pylon_rotated_ids (expires_at);
 )pylon_sql"},
+{4, "0004_change_log.sql", R"pylon_sql(-- 0004: the change log, through which every store sharing this file follows the others' writes.
+--
+-- Each row says "storage changed what it holds for this id": a session inserted, updated or
+-- deleted, or an id rotated away. Triggers write it in the transaction of the change itself, so
+-- every writer is covered (every store, sessionctl, a hand-written statement), a rolled-back
+-- write logs nothing, and the log never claims a change storage did not make. A store reads the
+-- rows after the last position it applied, together with what storage now holds for each id,
+-- and makes its cache hold that. `position` is AUTOINCREMENT: SQLite has one writer at a time,
+-- so positions are handed out in commit order and never reused, even after pruning.
+--
+-- Rows older than StoreOptions::change_log_retention are pruned; `_pylon_change_log_state`
+-- records the newest position pruned, so that a store whose position was pruned knows to reload
+-- every session instead of applying a log with a hole in it.
+CREATE TABLE _pylon_change_log (
+  position   INTEGER PRIMARY KEY AUTOINCREMENT,
+  id         TEXT    NOT NULL,
+  logged_at  INTEGER NOT NULL DEFAULT (CAST(strftime('%s', 'now') AS INTEGER))
+) STRICT;
+
+CREATE INDEX _pylon_change_log_by_time ON _pylon_change_log (logged_at);
+
+CREATE TABLE _pylon_change_log_state (
+  only_row       INTEGER NOT NULL PRIMARY KEY CHECK (only_row = 1),
+  pruned_through INTEGER NOT NULL
+) STRICT;
+
+INSERT INTO _pylon_change_log_state (only_row, pruned_through) VALUES (1, 0);
+
+CREATE TRIGGER _pylon_sessions_log_insert AFTER INSERT ON _pylon_sessions
+BEGIN
+  INSERT INTO _pylon_change_log (id) VALUES (NEW.id);
+END;
+
+CREATE TRIGGER _pylon_sessions_log_update AFTER UPDATE ON _pylon_sessions
+BEGIN
+  INSERT INTO _pylon_change_log (id) VALUES (NEW.id);
+  INSERT INTO _pylon_change_log (id) SELECT OLD.id WHERE OLD.id IS NOT NEW.id;
+END;
+
+CREATE TRIGGER _pylon_sessions_log_delete AFTER DELETE ON _pylon_sessions
+BEGIN
+  INSERT INTO _pylon_change_log (id) VALUES (OLD.id);
+END;
+
+CREATE TRIGGER _pylon_rotated_ids_log_insert AFTER INSERT ON _pylon_rotated_ids
+BEGIN
+  INSERT INTO _pylon_change_log (id) VALUES (NEW.id);
+END;
+
+CREATE TRIGGER _pylon_rotated_ids_log_update AFTER UPDATE ON _pylon_rotated_ids
+BEGIN
+  INSERT INTO _pylon_change_log (id) VALUES (NEW.id);
+END;
+)pylon_sql"},
 // ---- end of generated/pylon_migrations_sqlite.inc ----
 };
 constexpr int kLatestSqliteVersion =
@@ -1365,26 +1519,62 @@ void assign_column_optional_text(sqlite3_stmt* query, int column, std::optional<
   assign_column_text(query, column, *out);
 }
 
-// The row a statement selecting PYLON_SQLITE_SESSION_COLUMNS stands on, into `session`, whose
-// strings keep their buffers.
-void read_session_row(sqlite3_stmt* query, Session& session) {
-  assign_column_text(query, 0, session.id);
-  assign_column_text(query, 1, session.user_id);
-  assign_column_optional_text(query, 2, session.tenant_id);
-  session.created_at = sqlite3_column_int64(query, 3);
-  session.expires_at = sqlite3_column_int64(query, 4);
-  session.last_seen_at = sqlite3_column_int64(query, 5);
-  session.absolute_expires_at = sqlite3_column_int64(query, 6);
-  assign_column_optional_text(query, 7, session.device);
-  assign_column_optional_text(query, 8, session.ip);
-  const void* blob = sqlite3_column_blob(query, 9);
-  const int blob_size = sqlite3_column_bytes(query, 9);
+// The row a statement selecting PYLON_SQLITE_SESSION_COLUMNS (from column `first` on) stands
+// on, into `session`, whose strings keep their buffers.
+void read_session_row(sqlite3_stmt* query, Session& session, int first = 0) {
+  assign_column_text(query, first, session.id);
+  assign_column_text(query, first + 1, session.user_id);
+  assign_column_optional_text(query, first + 2, session.tenant_id);
+  session.created_at = sqlite3_column_int64(query, first + 3);
+  session.expires_at = sqlite3_column_int64(query, first + 4);
+  session.last_seen_at = sqlite3_column_int64(query, first + 5);
+  session.absolute_expires_at = sqlite3_column_int64(query, first + 6);
+  assign_column_optional_text(query, first + 7, session.device);
+  assign_column_optional_text(query, first + 8, session.ip);
+  const void* blob = sqlite3_column_blob(query, first + 9);
+  const int blob_size = sqlite3_column_bytes(query, first + 9);
   if (blob == nullptr) {
     session.data.clear();
   } else {
     session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
   }
-  assign_column_optional_text(query, 10, session.idp_session_id);
+  assign_column_optional_text(query, first + 10, session.idp_session_id);
+}
+
+// Every column of a rotated id, in the order read_rotated_row() reads them.
+#define PYLON_SQLITE_ROTATED_COLUMNS "id, replaced_by, user_id, tenant_id, rotated_at, expires_at"
+
+void read_rotated_row(sqlite3_stmt* query, RotatedId& rotated, int first = 0) {
+  assign_column_text(query, first, rotated.id);
+  assign_column_text(query, first + 1, rotated.replaced_by);
+  assign_column_text(query, first + 2, rotated.user_id);
+  assign_column_optional_text(query, first + 3, rotated.tenant_id);
+  rotated.rotated_at = sqlite3_column_int64(query, first + 4);
+  rotated.expires_at = sqlite3_column_int64(query, first + 5);
+}
+
+// An entry of the change log with what storage holds for its id: position, id, then whether a
+// session row was joined and its columns, then whether a rotated id was joined and its columns.
+#define PYLON_SQLITE_CHANGE_COLUMNS                                                   \
+  "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, "  \
+  "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "     \
+  "s.idp_session_id, r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, " \
+  "r.rotated_at, r.expires_at FROM _pylon_change_log AS c "                           \
+  "LEFT JOIN _pylon_sessions AS s ON s.id = c.id LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id"
+constexpr int kChangeSessionColumn = 3;
+constexpr int kChangeRotatedColumn = 15;
+
+SessionChange read_change_row(sqlite3_stmt* query) {
+  SessionChange change;
+  change.position = sqlite3_column_int64(query, 0);
+  assign_column_text(query, 1, change.id);
+  if (sqlite3_column_int(query, kChangeSessionColumn - 1) != 0) {
+    read_session_row(query, change.session.emplace(), kChangeSessionColumn);
+  }
+  if (sqlite3_column_int(query, kChangeRotatedColumn - 1) != 0) {
+    read_rotated_row(query, change.rotated.emplace(), kChangeRotatedColumn);
+  }
+  return change;
 }
 
 class SqliteBackend final : public SessionBackend {
@@ -1413,6 +1603,14 @@ class SqliteBackend final : public SessionBackend {
   std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   std::string describe() const override { return shown_path_; }
   std::vector<SessionEvent> opening_events() const override { return opening_events_; }
+  std::unique_ptr<ChangeSource> open_change_source() override;
+
+  // The change log, for SqliteChangeSource, which reads it through a backend of its own.
+  std::int64_t data_version();
+  std::int64_t change_position();
+  ChangeBatch read_changes(std::int64_t after, const std::vector<std::int64_t>& also,
+                           std::size_t limit);
+  std::size_t prune_changes(std::chrono::seconds keep);
 
  private:
   // Open-time steps, in order.
@@ -1448,6 +1646,7 @@ class SqliteBackend final : public SessionBackend {
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
+  SqliteOptions options_;  // as opened: a change source opens the file again with them
   // path_ as messages show it: through redact_url(), in case a mistyped libpq keyword/value
   // string ("host=db password=...") was taken for a file name.
   std::string shown_path_;
@@ -1471,6 +1670,14 @@ class SqliteBackend final : public SessionBackend {
   Statement select_rotated_;
   Statement delete_expired_rotated_;
   Statement delete_expired_rotated_batch_;
+  Statement data_version_;
+  Statement change_position_;
+  Statement changes_after_;
+  Statement change_at_;
+  Statement pruned_through_;
+  Statement has_prunable_;
+  Statement record_pruned_;
+  Statement delete_pruned_;
   // remove_matching()'s DELETE for each combination of filter fields, prepared on first use.
   std::array<Statement, 32> delete_matching_;
 };
@@ -1614,7 +1821,7 @@ class SqliteBackend::Transaction {
 };
 
 SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
-    : path_(std::move(path)), shown_path_(redact_url(path_)) {
+    : path_(std::move(path)), options_(options), shown_path_(redact_url(path_)) {
   const bool in_memory = path_ == ":memory:";
   if (!in_memory) {
     create_private_file_if_missing(path_);
@@ -1890,7 +2097,7 @@ void SqliteBackend::verify_table_shape() {
 }
 
 // ================================================================================================
-// 4. Migrations
+// 2. Migrations
 //
 // Each embedded migration runs in its own BEGIN IMMEDIATE transaction together with the row that
 // records it in `_pylon_schema_migrations`, so a crash leaves a migration either applied and
@@ -2020,14 +2227,36 @@ void SqliteBackend::prepare_statements() {
       "tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, "
       "idp_session_id FROM _pylon_sessions WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
       kPersistent);
-  select_rotated_ = prepare(
-      "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at FROM _pylon_rotated_ids",
-      kPersistent);
+  select_rotated_ =
+      prepare("SELECT " PYLON_SQLITE_ROTATED_COLUMNS " FROM _pylon_rotated_ids", kPersistent);
   delete_expired_rotated_ =
       prepare("DELETE FROM _pylon_rotated_ids WHERE expires_at <= ?1", kPersistent);
   delete_expired_rotated_batch_ = prepare(
       "DELETE FROM _pylon_rotated_ids WHERE rowid IN "
       "(SELECT rowid FROM _pylon_rotated_ids WHERE expires_at <= ?1 LIMIT ?2)",
+      kPersistent);
+  data_version_ = prepare("PRAGMA data_version", kPersistent);
+  change_position_ = prepare(
+      "SELECT max(coalesce((SELECT max(position) FROM _pylon_change_log), 0), "
+      "(SELECT pruned_through FROM _pylon_change_log_state))",
+      kPersistent);
+  changes_after_ = prepare("SELECT " PYLON_SQLITE_CHANGE_COLUMNS
+                           " WHERE c.position > ?1 ORDER BY c.position LIMIT ?2",
+                           kPersistent);
+  change_at_ = prepare("SELECT " PYLON_SQLITE_CHANGE_COLUMNS " WHERE c.position = ?1", kPersistent);
+  pruned_through_ = prepare("SELECT pruned_through FROM _pylon_change_log_state", kPersistent);
+  has_prunable_ = prepare(
+      "SELECT EXISTS (SELECT 1 FROM _pylon_change_log "
+      "WHERE logged_at < CAST(strftime('%s', 'now') AS INTEGER) - ?1)",
+      kPersistent);
+  record_pruned_ = prepare(
+      "UPDATE _pylon_change_log_state SET pruned_through = max(pruned_through, "
+      "coalesce((SELECT max(position) FROM _pylon_change_log "
+      "WHERE logged_at < CAST(strftime('%s', 'now') AS INTEGER) - ?1), 0))",
+      kPersistent);
+  delete_pruned_ = prepare(
+      "DELETE FROM _pylon_change_log WHERE position <= "
+      "(SELECT pruned_through FROM _pylon_change_log_state)",
       kPersistent);
 }
 
@@ -2236,14 +2465,99 @@ void SqliteBackend::load_rotated_each(const std::function<void(const RotatedId&)
   Use query(*this, select_rotated_, "cannot load rotated session ids from");
   RotatedId rotated;
   while (query.next_row()) {
-    assign_column_text(query.get(), 0, rotated.id);
-    assign_column_text(query.get(), 1, rotated.replaced_by);
-    assign_column_text(query.get(), 2, rotated.user_id);
-    assign_column_optional_text(query.get(), 3, rotated.tenant_id);
-    rotated.rotated_at = sqlite3_column_int64(query.get(), 4);
-    rotated.expires_at = sqlite3_column_int64(query.get(), 5);
+    read_rotated_row(query.get(), rotated);
     visit(rotated);
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The change log
+// ------------------------------------------------------------------------------------------------
+
+std::int64_t SqliteBackend::data_version() {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Use query(*this, data_version_, "cannot read the data version of");
+  return query.next_row() ? sqlite3_column_int64(query.get(), 0) : 0;
+}
+
+std::int64_t SqliteBackend::change_position() {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Use query(*this, change_position_, "cannot read the change log of");
+  return query.next_row() ? sqlite3_column_int64(query.get(), 0) : 0;
+}
+
+// The entries first, pruned_through after: a prune that removed entries before the first read
+// has recorded it by the second.
+ChangeBatch SqliteBackend::read_changes(std::int64_t after, const std::vector<std::int64_t>& also,
+                                        std::size_t limit) {
+  const char* action = "cannot read the change log of";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  ChangeBatch batch;
+  for (const std::int64_t position : also) {
+    Use query(*this, change_at_, action);
+    query.bind(1, position);
+    while (query.next_row()) batch.changes.push_back(read_change_row(query.get()));
+  }
+  {
+    Use query(*this, changes_after_, action);
+    query.bind(1, after).bind(2, limit);
+    while (query.next_row()) batch.changes.push_back(read_change_row(query.get()));
+  }
+  Use query(*this, pruned_through_, action);
+  batch.pruned_through = query.next_row() ? sqlite3_column_int64(query.get(), 0) : 0;
+  return batch;
+}
+
+std::size_t SqliteBackend::prune_changes(std::chrono::seconds keep) {
+  const char* action = "cannot prune the change log of";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  const auto keep_seconds = static_cast<std::int64_t>(keep.count());
+  {
+    // Asked first: nothing to prune costs a read, not a write transaction.
+    Use query(*this, has_prunable_, action);
+    if (!query.bind(1, keep_seconds).next_row() || sqlite3_column_int(query.get(), 0) == 0) {
+      return 0;
+    }
+  }
+  Transaction transaction(*this, action);
+  Use(*this, record_pruned_, action).bind(1, keep_seconds).run();
+  const std::size_t pruned = Use(*this, delete_pruned_, action).run();
+  transaction.commit();
+  return pruned;
+}
+
+// SQLite cannot notify: wait() sleeps, then asks whether another connection committed since it
+// last asked (PRAGMA data_version, which changes on every commit of another connection, this
+// process's own backend included). The log itself is read through a backend of its own, so a
+// read never waits behind the store's writes for the backend's lock.
+class SqliteChangeSource final : public ChangeSource {
+ public:
+  explicit SqliteChangeSource(std::unique_ptr<SqliteBackend> backend)
+      : backend_(std::move(backend)), seen_version_(backend_->data_version()) {}
+
+  std::int64_t position() override { return backend_->change_position(); }
+  ChangeBatch read(std::int64_t after, const std::vector<std::int64_t>& also,
+                   std::size_t limit) override {
+    return backend_->read_changes(after, also, limit);
+  }
+  bool wait(std::chrono::milliseconds timeout) override {
+    if (timeout.count() > 0) std::this_thread::sleep_for(timeout);
+    const std::int64_t version = backend_->data_version();
+    const bool changed = version != seen_version_;
+    seen_version_ = version;
+    return changed;
+  }
+  std::size_t prune(std::chrono::seconds keep) override { return backend_->prune_changes(keep); }
+
+ private:
+  std::unique_ptr<SqliteBackend> backend_;
+  std::int64_t seen_version_;
+};
+
+// An in-memory database is private to its connection: no one else can write it.
+std::unique_ptr<ChangeSource> SqliteBackend::open_change_source() {
+  if (path_ == ":memory:") return nullptr;
+  return std::make_unique<SqliteChangeSource>(std::make_unique<SqliteBackend>(path_, options_));
 }
 
 std::size_t SqliteBackend::remove_expired_rotated(std::int64_t now, std::size_t limit) {
@@ -3031,21 +3345,24 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
 //   RotatedIds     (internal/rotated_ids.hpp)     the rotated ids a replay is recognised by;
 //   Reaper         (internal/reaper.hpp)          the purge on a schedule;
 //   MissLookups    (internal/miss_lookups.hpp)    the bound on storage reads for cache misses;
-//   SessionCache   (session_cache.hpp)            the sharded in-memory table of sessions.
+//   ChangeFeed     (internal/change_feed.hpp)     what other stores wrote, applied to the cache;
+//   SessionCache   (internal/session_cache.hpp)   the sharded in-memory table of sessions.
 //
 // Invariant, whenever no lock is held: the cache holds exactly the rows of this store's tenant
-// scope that storage holds and this process knows of, minus those StorageWrites has denied or
-// holds in doubt. Each write takes from storage what it changed (the row an update returns, the
-// ids a delete returns), never from a copy read earlier, so a write racing another process's,
-// or another thread's, cannot leave the cache claiming what storage does not hold.
+// scope that storage holds and this process knows of (with a change feed, every row storage held
+// when the feed last read the log), minus those StorageWrites has denied or holds in doubt. Each
+// write takes from storage what it changed (the row an update returns, the ids a delete returns),
+// never from a copy read earlier, so a write racing another process's, or another thread's, cannot
+// leave the cache claiming what storage does not hold.
 //
 // Locking: the write lock (StorageWrites::mutex()) serialises every storage write and the cache
 // update after it, so the cache changes in the order storage did. The cache locks itself only
 // for map operations, never across a storage call, so reads never wait for the disk. Creates
 // queue in GroupCommit without the write lock, so they gather while a commit is in flight. Lock
-// order: GroupCommit's lock is never held with another; the write lock, then RotatedIds' lock,
-// then the cache's locks, then the counters' lock. Events are delivered after every lock is
-// released. scripts/thread-safety.sh has Clang check the annotated rules.
+// order: GroupCommit's lock is never held with another; the ChangeFeed's lock, then the write
+// lock, then RotatedIds' lock, then the cache's locks, then the counters' lock. Events are
+// delivered after every lock is released, except the feed's own (kChangeFeedLost, Resumed), sent
+// with the feed's lock held. scripts/thread-safety.sh has Clang check the annotated rules.
 #include <algorithm>
 #include <array>
 #include <atomic>
@@ -3057,28 +3374,37 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
 #include <unordered_set>
 #include <utility>
 
-// ---- internal/group_commit.hpp (inlined) ----
-// pylon-sessions: group commit, the queue that lets concurrent writes share one commit. Private.
+// ---- internal/change_feed.hpp (inlined) ----
+// pylon-sessions: the change feed, through which a store's cache follows what other stores and
+// tools write to the same database. Private.
 //
-// What it owns: the queue of waiting writers and the leader role, under its own mutex. Modelled
-// on leveldb's DBImpl::Write: every caller brings a Writer record with its own condition variable
-// and queues it; the first caller that finds no leader active becomes the leader, takes the whole
-// queue as its group, and commits the group with the queue's mutex released, so the writers that
-// arrive meanwhile queue up for the next group. Each caller returns only once its own record is
-// done: committed, or failed with its group.
+// What it owns: a ChangeSource (its own connection to the database), its thread, its lock, and
+// its place in the change log: the last position it applied and the gaps below it. What it
+// promises: every entry of the log is applied, in position order, within the store's
+// change_check_interval while storage is reachable; when the source fails it says so once (an
+// event, and following() turns false), keeps trying, and catches up from its place when storage
+// is back, or reloads every session when its place was pruned from the log meanwhile.
 //
-// What it adds to leveldb's scheme: the callers a commit releases usually come straight back with
-// their next write while the writers queued during that commit are already waiting. The next
-// leader waits for them, at most half as long as the last commit took (capped), so one commit
-// carries both groups instead of alternating between two half-full ones. A caller that does not
-// come back costs the others that half commit once. Each waiter sleeps on its own condition
-// variable and is woken alone: on two cores, a thundering herd costs the leader its core.
-#ifndef PYLON_INTERNAL_GROUP_COMMIT_HPP_
-#define PYLON_INTERNAL_GROUP_COMMIT_HPP_
+// Applying an entry means making the cache hold what storage holds for that id now (a session or
+// nothing, and a rotated-away record), so entries may be applied late or twice; what must not
+// happen is a state read from storage replacing a newer one this store wrote itself. The feed
+// reads without any lock of the store (a slow or frozen server then delays the feed, never the
+// store's writes), and applies inside ChangeApplier::exclusive(), the lock every write of the
+// store holds from its storage call to its cache update, only if no such call came between
+// (ChangeApplier::write_generation() unchanged); otherwise it reads again, and after a few
+// tries reads inside exclusive() itself.
+#ifndef PYLON_INTERNAL_CHANGE_FEED_HPP_
+#define PYLON_INTERNAL_CHANGE_FEED_HPP_
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
-#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <map>
+#include <memory>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -3200,6 +3526,297 @@ class CondVar {
 
 #endif  // PYLON_INTERNAL_THREAD_ANNOTATIONS_HPP_
 // ---- end of internal/thread_annotations.hpp ----
+
+namespace pylon::detail {
+
+// What the feed needs of its store.
+class ChangeApplier {
+ public:
+  // Runs `step` while no write of this store can interleave.
+  virtual void exclusive(const std::function<void()>& step) = 0;
+  // Makes the cache hold what `change` says storage holds. Called inside exclusive().
+  virtual void apply(const SessionChange& change) = 0;
+  // Makes the cache hold every session storage holds, and nothing else. Called inside
+  // exclusive(), when the store fell behind the log.
+  virtual void reload() = 0;
+  // Tells the store's listener (kChangeFeedLost, kChangeFeedResumed). Must not throw.
+  virtual void report(const SessionEvent& event) noexcept = 0;
+  // Moves on after every storage call the store makes under the lock exclusive() takes.
+  virtual std::uint64_t write_generation() const noexcept = 0;
+
+ protected:
+  ChangeApplier() = default;
+  ~ChangeApplier() = default;
+  ChangeApplier(const ChangeApplier&) = default;
+  ChangeApplier& operator=(const ChangeApplier&) = default;
+  ChangeApplier(ChangeApplier&&) = default;
+  ChangeApplier& operator=(ChangeApplier&&) = default;
+};
+
+class ChangeFeed {
+ public:
+  struct Options {
+    // The longest a change may go unseen; 0: no thread, the store calls check_now() instead.
+    std::chrono::milliseconds interval{100};
+    std::chrono::seconds retention{600};  // how long the log keeps an entry
+  };
+
+  // Takes the log's position now: the store constructs the feed before it loads its cache, so
+  // every change the load may miss comes after it. Throws what the source throws.
+  ChangeFeed(std::unique_ptr<ChangeSource> source, ChangeApplier& applier, Options options)
+      : source_(std::move(source)), applier_(applier), options_(options) {
+    const MutexLock lock(mutex_);
+    cursor_ = source_->position();
+    following_ = true;
+  }
+  ~ChangeFeed() {
+    {
+      const MutexLock lock(stop_mutex_);
+      stop_requested_ = true;
+    }
+    stop_.signal_all();
+    if (thread_.joinable()) thread_.join();
+  }
+  ChangeFeed(const ChangeFeed&) = delete;
+  ChangeFeed& operator=(const ChangeFeed&) = delete;
+  ChangeFeed(ChangeFeed&&) = delete;
+  ChangeFeed& operator=(ChangeFeed&&) = delete;
+
+  // Starts following on a thread of its own (unless the interval is 0), once the store has
+  // loaded its cache: the first read applies what changed during the load.
+  void start() {
+    if (options_.interval.count() > 0) thread_ = std::thread([this] { loop(); });
+  }
+
+  // With interval 0, before each lookup: applies what changed since the last call. Never throws:
+  // a failure is reported as the thread reports it, and following() turns false.
+  void check_now() noexcept EXCLUDES(mutex_) {
+    const MutexLock lock(mutex_);
+    try {
+      if (source_->wait(std::chrono::milliseconds(0)) || !following_ || !gaps_.empty()) {
+        catch_up();
+      }
+      prune_when_due();
+      mark_following();
+    } catch (const std::exception& error) {
+      mark_lost(error.what());
+    }
+  }
+
+  bool following() const noexcept { return following_; }
+  std::uint64_t applied() const noexcept { return applied_; }
+  std::uint64_t losses() const noexcept { return losses_; }
+  std::uint64_t reloads() const noexcept { return reloads_; }
+
+ private:
+  // At most this many entries per read; a longer backlog is read in several.
+  static constexpr std::size_t kBatch = 1000;
+  // Reads made outside the store's lock before one is made inside it (see the top).
+  static constexpr int kOptimisticReads = 3;
+  // A gap (a position handed out but not seen committed) is read again for this long; a
+  // transaction that commits later than that is not followed (none of pylon's takes that long).
+  static constexpr std::chrono::seconds kGapPatience{30};
+  static constexpr std::size_t kMaxGaps = 1000;
+  // How long the thread waits between tries while the source fails.
+  static constexpr std::chrono::milliseconds kRetryPause{100};
+  // The longest the thread blocks in the source at once: bounds how long stopping takes.
+  static constexpr std::chrono::milliseconds kLongestWait{100};
+
+  using Clock = std::chrono::steady_clock;
+
+  void loop() EXCLUDES(mutex_) {
+    const std::chrono::milliseconds wait = std::min(options_.interval, kLongestWait);
+    Clock::time_point last_read = Clock::now();
+    while (!stop_requested()) {
+      bool failed = false;
+      {
+        const MutexLock lock(mutex_);
+        try {
+          // A notification or a changed file, a gap to read again, a source that failed before,
+          // or an interval without any read (a notification lost with nothing else wrong).
+          const bool changed = source_->wait(wait);
+          if (changed || !following_ || !gaps_.empty() ||
+              Clock::now() - last_read >= options_.interval) {
+            catch_up();
+            last_read = Clock::now();
+          }
+          prune_when_due();
+          mark_following();
+        } catch (const std::exception& error) {
+          mark_lost(error.what());
+          failed = true;
+        }
+      }
+      if (failed) pause(kRetryPause);
+    }
+  }
+
+  // Applies every entry after cursor_ (and the gaps), in batches; reloads instead when the log
+  // no longer holds the entries after cursor_.
+  void catch_up() REQUIRES(mutex_) {
+    bool more = true;
+    while (more) {
+      std::vector<std::int64_t> gaps;
+      gaps.reserve(gaps_.size());
+      for (const auto& gap : gaps_) gaps.push_back(gap.first);
+      ChangeBatch batch;
+      bool applied = false;
+      for (int attempt = 0; attempt < kOptimisticReads && !applied; ++attempt) {
+        const std::uint64_t generation = applier_.write_generation();
+        batch = source_->read(cursor_, gaps, kBatch);
+        applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {  // runs here, with mutex_ held
+          if (applier_.write_generation() == generation) applied = apply(batch, &more);
+        });
+      }
+      if (!applied) {
+        // A store writing without pause: read where none of its writes can come between.
+        applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {
+          batch = source_->read(cursor_, gaps, kBatch);
+          applied = apply(batch, &more);
+        });
+      }
+      if (!applied) reload();
+    }
+  }
+
+  // Inside exclusive(): applies `batch` and moves cursor_ on; false, having applied nothing,
+  // when the log no longer holds what came after cursor_. *more: a full batch was read.
+  bool apply(const ChangeBatch& batch, bool* more) REQUIRES(mutex_) {
+    *more = false;
+    if (batch.pruned_through > cursor_) return false;
+    std::size_t after_cursor = 0;
+    for (const SessionChange& change : batch.changes) {
+      applier_.apply(change);
+      ++applied_;
+      if (change.position > cursor_) ++after_cursor;
+    }
+    advance(batch);
+    *more = after_cursor >= kBatch;
+    return true;
+  }
+
+  // Entries this store never applied were pruned: every session is read again. The position is
+  // taken first, so whatever is written during the reload is read again after it.
+  void reload() REQUIRES(mutex_) {
+    const std::int64_t position = source_->position();
+    applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS { applier_.reload(); });
+    cursor_ = position;
+    gaps_.clear();
+    ++reloads_;
+  }
+
+  // Moves cursor_ past the entries read, remembering the positions skipped over as gaps and
+  // forgetting the gaps that were read, pruned or waited for long enough.
+  void advance(const ChangeBatch& batch) REQUIRES(mutex_) {
+    const Clock::time_point now = Clock::now();
+    std::int64_t expected = cursor_ + 1;
+    for (const SessionChange& change : batch.changes) {
+      if (change.position <= cursor_) {
+        gaps_.erase(change.position);
+        continue;
+      }
+      // Only the last kMaxGaps positions of a long run are kept.
+      for (std::int64_t gap = std::max<std::int64_t>(
+               expected, change.position - static_cast<std::int64_t>(kMaxGaps));
+           gap < change.position; ++gap) {
+        gaps_.emplace(gap, now);
+      }
+      expected = change.position + 1;
+    }
+    cursor_ = std::max(cursor_, expected - 1);
+    for (auto gap = gaps_.begin(); gap != gaps_.end();) {
+      const bool drop = gap->first <= batch.pruned_through || now - gap->second > kGapPatience;
+      gap = drop ? gaps_.erase(gap) : std::next(gap);
+    }
+    while (gaps_.size() > kMaxGaps) gaps_.erase(gaps_.begin());
+  }
+
+  void prune_when_due() REQUIRES(mutex_) {
+    const auto every = std::min<Clock::duration>(options_.retention / 4, std::chrono::minutes(1));
+    const Clock::time_point now = Clock::now();
+    if (last_prune_ != Clock::time_point::min() && now - last_prune_ < every) return;
+    last_prune_ = now;
+    try {
+      source_->prune(options_.retention);
+    } catch (const std::exception&) {  // NOLINT(bugprone-empty-catch)
+      // Pruning is housekeeping (the file busy, the server gone): tried again next time, and a
+      // lost connection is the next wait()'s to report.
+    }
+  }
+
+  void mark_following() REQUIRES(mutex_) {
+    if (following_) return;
+    following_ = true;
+    applier_.report(SessionEvent::with_detail(SessionEventType::kChangeFeedResumed, {}));
+  }
+
+  void mark_lost(const char* why) REQUIRES(mutex_) {
+    if (!following_) return;
+    following_ = false;
+    ++losses_;
+    try {
+      applier_.report(SessionEvent::with_detail(SessionEventType::kChangeFeedLost, why));
+    } catch (const std::bad_alloc&) {  // NOLINT(bugprone-empty-catch): the count still shows it
+    }
+  }
+
+  bool stop_requested() EXCLUDES(stop_mutex_) {
+    const MutexLock lock(stop_mutex_);
+    return stop_requested_;
+  }
+  void pause(std::chrono::milliseconds duration) EXCLUDES(stop_mutex_) {
+    MutexLock lock(stop_mutex_);
+    stop_.wait_for(duration, [this]() NO_THREAD_SAFETY_ANALYSIS { return stop_requested_; });
+  }
+
+  Mutex mutex_;  // the source, and the place in the log
+  const std::unique_ptr<ChangeSource> source_ PT_GUARDED_BY(mutex_);
+  ChangeApplier& applier_;
+  const Options options_;
+  std::int64_t cursor_ GUARDED_BY(mutex_) = 0;  // every position up to it applied, or in gaps_
+  std::map<std::int64_t, Clock::time_point> gaps_ GUARDED_BY(mutex_);  // position, first missed
+  // The first prune is due at once: a store that starts finds the log as others left it.
+  Clock::time_point last_prune_ GUARDED_BY(mutex_) = Clock::time_point::min();
+  std::atomic<bool> following_{false};
+  std::atomic<std::uint64_t> applied_{0};
+  std::atomic<std::uint64_t> losses_{0};
+  std::atomic<std::uint64_t> reloads_{0};
+
+  Mutex stop_mutex_;
+  CondVar stop_{stop_mutex_};
+  bool stop_requested_ GUARDED_BY(stop_mutex_) = false;
+  std::thread thread_;  // last: started by start(), once everything above exists
+};
+
+}  // namespace pylon::detail
+
+#endif  // PYLON_INTERNAL_CHANGE_FEED_HPP_
+// ---- end of internal/change_feed.hpp ----
+// ---- internal/group_commit.hpp (inlined) ----
+// pylon-sessions: group commit, the queue that lets concurrent writes share one commit. Private.
+//
+// What it owns: the queue of waiting writers and the leader role, under its own mutex. Modelled
+// on leveldb's DBImpl::Write: every caller brings a Writer record with its own condition variable
+// and queues it; the first caller that finds no leader active becomes the leader, takes the whole
+// queue as its group, and commits the group with the queue's mutex released, so the writers that
+// arrive meanwhile queue up for the next group. Each caller returns only once its own record is
+// done: committed, or failed with its group.
+//
+// What it adds to leveldb's scheme: the callers a commit releases usually come straight back with
+// their next write while the writers queued during that commit are already waiting. The next
+// leader waits for them, at most half as long as the last commit took (capped), so one commit
+// carries both groups instead of alternating between two half-full ones. A caller that does not
+// come back costs the others that half commit once. Each waiter sleeps on its own condition
+// variable and is woken alone: on two cores, a thundering herd costs the leader its core.
+#ifndef PYLON_INTERNAL_GROUP_COMMIT_HPP_
+#define PYLON_INTERNAL_GROUP_COMMIT_HPP_
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <utility>
+#include <vector>
+
 
 namespace pylon::detail {
 
@@ -3443,7 +4060,7 @@ class Reaper {
 #include <unordered_map>
 #include <utility>
 
-// ---- session_cache.hpp (inlined) ----
+// ---- internal/session_cache.hpp (inlined) ----
 // pylon-sessions: SessionCache, the in-memory table of sessions behind SessionStore. Private: not
 // installed, not part of the API.
 //
@@ -3464,8 +4081,8 @@ class Reaper {
 //     exclusively, and the user index's too when it changes a session, so a reader sees a
 //     session either wholly before or wholly after it. A cached
 //     session is never changed in place: put() builds the new one first and swaps it in.
-#ifndef PYLON_SESSION_CACHE_HPP_
-#define PYLON_SESSION_CACHE_HPP_
+#ifndef PYLON_INTERNAL_SESSION_CACHE_HPP_
+#define PYLON_INTERNAL_SESSION_CACHE_HPP_
 
 #include <array>
 #include <atomic>
@@ -3473,6 +4090,7 @@ class Reaper {
 #include <cstdint>
 #include <deque>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -3545,6 +4163,9 @@ class SessionCache {
   bool erase(std::string_view id);
   // Removes every session expired at `at`; returns how many.
   std::size_t erase_expired(std::int64_t at);
+  // Removes every session whose id `keep` rejects; returns how many. `keep` runs with the cache's
+  // locks held and must not call the cache.
+  std::size_t erase_unless(const std::function<bool(const SessionDigest&)>& keep);
   // Marks an id as rotated away, for find_token() to report; a marker lives beside the sessions,
   // in the same buckets (so checking for one costs a lookup nothing), but is not a session:
   // find(), erase(), erase_expired(), size() and the user lists do not see it. SessionStore keeps
@@ -3734,8 +4355,8 @@ class SessionCache {
 
 }  // namespace pylon::detail
 
-#endif  // PYLON_SESSION_CACHE_HPP_
-// ---- end of session_cache.hpp ----
+#endif  // PYLON_INTERNAL_SESSION_CACHE_HPP_
+// ---- end of internal/session_cache.hpp ----
 
 namespace pylon::detail {
 
@@ -3885,6 +4506,7 @@ class StorageWrites {
   // Runs one storage write: counts it, records a failure, rethrows.
   template <typename Call>
   decltype(auto) run(Call&& call) REQUIRES(mutex_) {
+    const StorageTouched touched(*this);
     try {
       if constexpr (std::is_void_v<decltype(call())>) {
         call();
@@ -3956,6 +4578,12 @@ class StorageWrites {
                        [id](const SessionFilter& filter) { return filter.id && *filter.id == id; });
   }
 
+  // Moves on after every storage call made under the write lock (a write, or a read whose row
+  // enters the cache), failed ones included: whoever read storage without the lock and finds it
+  // unchanged once holding the lock knows no write of this store came between (ChangeFeed).
+  std::uint64_t generation() const noexcept { return generation_; }
+  void note_storage_read() REQUIRES(mutex_) { ++generation_; }
+
   std::uint64_t writes() const noexcept { return writes_; }
   std::uint64_t failures() const noexcept { return failures_; }
   std::string last_error() const EXCLUDES(last_error_mutex_) {
@@ -3964,6 +4592,20 @@ class StorageWrites {
   }
 
  private:
+  // Moves generation_ on when a storage call ends, however it ends.
+  class StorageTouched {
+   public:
+    explicit StorageTouched(StorageWrites& writes) : writes_(writes) {}
+    ~StorageTouched() { ++writes_.generation_; }
+    StorageTouched(const StorageTouched&) = delete;
+    StorageTouched& operator=(const StorageTouched&) = delete;
+    StorageTouched(StorageTouched&&) = delete;
+    StorageTouched& operator=(StorageTouched&&) = delete;
+
+   private:
+    StorageWrites& writes_;
+  };
+
   bool owes_delete_of(const Session& session) const REQUIRES(mutex_) {
     return std::any_of(
         owed_deletes_.begin(), owed_deletes_.end(),
@@ -3978,6 +4620,7 @@ class StorageWrites {
   std::unordered_set<std::string> in_doubt_ GUARDED_BY(mutex_);
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<std::uint64_t> failures_{0};
+  std::atomic<std::uint64_t> generation_{0};
   mutable Mutex last_error_mutex_;
   std::string last_error_ GUARDED_BY(last_error_mutex_);
 };
@@ -4016,6 +4659,10 @@ void check_store_options(const StoreOptions& options) {
   check_range("touch_interval", options.touch_interval.count(), 0, kHundredYears, "seconds");
   check_range("reaper_interval", options.reaper_interval.count(), 0, 365 * kDay, "seconds");
   check_range("rotation_grace", options.rotation_grace.count(), 0, kDay, "seconds");
+  check_range("change_check_interval", options.change_check_interval.count(), 0, 60000,
+              "milliseconds");
+  check_range("change_log_retention", options.change_log_retention.count(), 60, 30 * kDay,
+              "seconds");
   const auto count = [](std::size_t value) {
     return static_cast<std::int64_t>(
         std::min<std::size_t>(value, std::numeric_limits<std::int64_t>::max()));
@@ -4099,10 +4746,10 @@ std::int64_t system_clock_now() {
       .count();
 }
 
-class SessionStore::Impl {
+class SessionStore::Impl final : private detail::ChangeApplier {
  public:
   Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options);
-  ~Impl();
+  ~Impl();  // NOLINT(*-use-override): the base's destructor is protected and not virtual
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   Impl(Impl&&) = delete;
@@ -4129,6 +4776,15 @@ class SessionStore::Impl {
   using CreateQueue = detail::GroupCommit<QueuedCreate>;
 
   std::int64_t now() const { return options_.clock(); }
+  // What the ChangeFeed needs (detail::ChangeApplier).
+  void exclusive(const std::function<void()>& step) override EXCLUDES(writes_.mutex());
+  void apply(const SessionChange& change) override NO_THREAD_SAFETY_ANALYSIS;
+  void reload() override NO_THREAD_SAFETY_ANALYSIS;
+  void report(const SessionEvent& event) noexcept override { emit(event); }
+  std::uint64_t write_generation() const noexcept override { return writes_.generation(); }
+  // With change_check_interval 0, applies what other stores wrote before a lookup. False when
+  // the store does not follow the log and refuse_while_not_following says to refuse.
+  bool follow_before_lookup();
   bool in_scope(const Session& session) const {
     return !options_.tenant_id || session.tenant_id == options_.tenant_id;
   }
@@ -4190,7 +4846,8 @@ class SessionStore::Impl {
   std::atomic<std::uint64_t> miss_lookup_failures_{0};
   mutable detail::MissLookups miss_lookups_{static_cast<std::int64_t>(
       std::min<std::size_t>(options_.miss_lookups_per_second, INT64_MAX))};
-  std::unique_ptr<detail::Reaper> reaper_;  // last: started once everything above exists
+  std::unique_ptr<detail::ChangeFeed> feed_;  // null for a backend without a change log
+  std::unique_ptr<detail::Reaper> reaper_;    // last: started once everything above exists
 };
 
 SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options)
@@ -4201,6 +4858,13 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
               cache_, [this](const Session& row) { return cacheable(row); }) {
   check_store_options(options_);
   const std::int64_t at = now();
+  // The feed takes the log's position before the load: what is written during it is applied
+  // after it.
+  if (std::unique_ptr<ChangeSource> source = backend_->open_change_source()) {
+    feed_ = std::make_unique<detail::ChangeFeed>(
+        std::move(source), static_cast<detail::ChangeApplier&>(*this),
+        detail::ChangeFeed::Options{options_.change_check_interval, options_.change_log_retention});
+  }
   {
     detail::SessionCache::Loader loader(cache_);
     backend_->load_each([this, &loader](const Session& row) {
@@ -4230,11 +4894,68 @@ SessionStore::Impl::Impl(std::unique_ptr<SessionBackend> backend, StoreOptions o
     reaper_ = std::make_unique<detail::Reaper>(
         options_.reaper_interval, [this](const detail::Reaper& reaper) { reap(reaper); });
   }
+  if (feed_) feed_->start();
 }
 
-// The reaper stops first (it writes through writes_); StorageWrites' destructor then makes the
-// last attempt at the deletes still owed.
-SessionStore::Impl::~Impl() { reaper_.reset(); }
+// The feed and the reaper stop first (they write to the cache and through writes_);
+// StorageWrites' destructor then makes the last attempt at the deletes still owed.
+SessionStore::Impl::~Impl() {
+  feed_.reset();
+  reaper_.reset();
+}
+
+// ------------------------------------------------------------------------------------------------
+// Following other stores (detail::ChangeApplier, called by the ChangeFeed)
+// ------------------------------------------------------------------------------------------------
+
+// Under the write lock, which each of this store's writes holds from its storage call to its
+// cache update: the feed applies a state read from storage only if no such call came between
+// its read and this lock (write_generation() unchanged), so applying it never brings back a
+// session this store has just revoked.
+void SessionStore::Impl::exclusive(const std::function<void()>& step) {
+  const MutexLock lock(writes_.mutex());
+  step();
+}
+
+// Called inside exclusive(): the write lock is held (not visible to the analysis through the
+// std::function).
+void SessionStore::Impl::apply(const SessionChange& change) {
+  const std::int64_t at = now();
+  const std::optional<Session>& stored = change.session;
+  // An expired row is cached too, as the start-up load caches it: validate() reports it
+  // (kValidatedExpired) until a purge deletes it.
+  if (stored && stored->id == change.id && cacheable(*stored) && !writes_.denies(*stored)) {
+    cache_.put(*stored);
+  } else {
+    cache_.erase(std::string_view(change.id));
+  }
+  if (change.rotated && change.rotated->id == change.id && change.rotated->expires_at > at &&
+      (!options_.tenant_id || change.rotated->tenant_id == options_.tenant_id)) {
+    rotated_ids_.remember(*change.rotated);
+  }
+}
+
+// Called inside exclusive(). Every row storage holds is put (replacing what the cache had), as
+// the start-up load puts it, then every cached session storage no longer holds is erased: the
+// cache never goes empty on the way, so lookups meanwhile still find the sessions that stay.
+void SessionStore::Impl::reload() {
+  std::unordered_set<std::string> stored_ids;
+  backend_->load_each([&](const Session& row) {
+    if (cacheable(row) && !writes_.denies(row)) {
+      cache_.put(row);
+      stored_ids.insert(row.id);
+    }
+  });
+  cache_.erase_unless([&stored_ids](const detail::SessionDigest& digest) {
+    return stored_ids.count(detail::session_id_of(digest)) > 0;
+  });
+}
+
+bool SessionStore::Impl::follow_before_lookup() {
+  if (!feed_) return true;
+  if (options_.change_check_interval.count() == 0) feed_->check_now();
+  return feed_->following() || !options_.refuse_while_not_following;
+}
 
 void SessionStore::Impl::emit(const SessionEvent& event) const noexcept {
   if (!options_.on_event) return;
@@ -4454,6 +5175,7 @@ std::optional<Session> SessionStore::Impl::look_up_miss(const std::string& id, s
     if (!found) {
       if (writes_.denies_id(id)) return std::nullopt;
       std::optional<Session> stored;
+      writes_.note_storage_read();
       try {
         stored = backend_->load_one(id);
       } catch (const std::exception&) {
@@ -4489,6 +5211,10 @@ std::optional<Session> SessionStore::Impl::successor_in_grace(const RotatedId& r
 std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
   std::optional<Session> result;
   if (!is_well_formed_token(token)) {
+    cache_misses_.add();
+    return result;
+  }
+  if (!follow_before_lookup()) {
     cache_misses_.add();
     return result;
   }
@@ -4543,7 +5269,7 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
 }
 
 std::optional<Session> SessionStore::Impl::find(std::string_view id) {
-  if (!is_well_formed_session_id(id)) {
+  if (!is_well_formed_session_id(id) || !follow_before_lookup()) {
     cache_misses_.add();
     return std::nullopt;
   }
@@ -4774,6 +5500,12 @@ StoreStats SessionStore::Impl::stats() const {
   stats.miss_lookups_refused = miss_lookups_.refused();
   stats.miss_lookup_failures = miss_lookup_failures_;
   stats.last_error = writes_.last_error();
+  if (feed_) {
+    stats.following_changes = feed_->following();
+    stats.changes_applied = feed_->applied();
+    stats.change_feed_losses = feed_->losses();
+    stats.change_feed_reloads = feed_->reloads();
+  }
   return stats;
 }
 
@@ -4840,8 +5572,8 @@ std::size_t SessionStore::logout_by_claims(std::optional<std::string_view> sid,
 StoreStats SessionStore::stats() const { return impl_->stats(); }
 
 }  // namespace pylon
-// ==== session_cache.cpp ====
-// pylon-sessions: SessionCache (see session_cache.hpp for what it promises).
+// ==== internal/session_cache.cpp ====
+// pylon-sessions: SessionCache (see internal/session_cache.hpp for what it promises).
 
 #include <algorithm>
 #include <chrono>
@@ -5481,6 +6213,25 @@ std::size_t SessionCache::erase_expired(std::int64_t at) {
   return erased;
 }
 
+std::size_t SessionCache::erase_unless(const std::function<bool(const SessionDigest&)>& keep) {
+  std::size_t erased = 0;
+  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
+  for (Shard& shard : shards_) {
+    const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+    shard.entries.for_each([&](const Slot& slot) {
+      Entry* entry = slot.entry;
+      if ((slot.hash & kRotatedTag) != 0 || keep(entry->id)) return;
+      unlink_user(entry);
+      shard.entries.erase_at(
+          shard.entries.find(slot.hash, [entry](const Entry* cached) { return cached == entry; }));
+      EntryDelete()(entry);
+      ++erased;
+    });
+  }
+  size_.fetch_sub(erased, std::memory_order_relaxed);
+  return erased;
+}
+
 // A marker is an entry with the id alone, stored under the id's hash with the tag bit set.
 void SessionCache::remember_rotated(const SessionDigest& id) {
   OwnedEntry marker(new (::operator new(sizeof(Entry))) Entry);
@@ -5664,10 +6415,14 @@ const char* version() noexcept { return PYLON_SESSIONS_VERSION_STRING; }
 // The file reads in order:
 //   1. libpq handles   RAII for PGconn and PGresult; parameters and columns in binary format
 //   2. errors          SQLSTATE to ErrorCode in one function; messages without passwords
-//   3. fields          what a Session may hold (the checks the SQLite backend makes)
-//   4. the connection  connecting, durability, noticing a dead connection, reconnecting
-//   5. migrations      the embedded schema, the advisory lock, pylon adoption
-//   6. the backend     prepared statements and the SessionBackend calls
+//   3. the connection  PgConnection: connecting, durability, the deadline, noticing a dead
+//                      connection and reconnecting; exec, exec_params, exec_prepared
+//   4. migrations      PgMigrations: the embedded schema, the advisory lock, pylon adoption,
+//                      the tables' shape
+//   5. the backend     PostgresBackend: the statements, their parameters, the SessionBackend
+//                      calls
+//   6. the change log  PgChangeSource: a connection of its own that LISTENs for the change
+//                      log's NOTIFY and reads the log for a store's ChangeFeed
 #ifdef PYLON_WITH_POSTGRES  // without it this file is empty, so it may always be compiled
 #if __has_include(<libpq-fe.h>)
 #include <libpq-fe.h>
@@ -5715,7 +6470,7 @@ namespace pylon {
 
 namespace {
 
-using PgConnection = std::unique_ptr<PGconn, detail::FreeWith<PQfinish>>;
+using PgHandle = std::unique_ptr<PGconn, detail::FreeWith<PQfinish>>;
 using PgResult = std::unique_ptr<PGresult, detail::FreeWith<PQclear>>;
 using PgConninfo = std::unique_ptr<PQconninfoOption, detail::FreeWith<PQconninfoFree>>;
 using PgText = std::unique_ptr<char, detail::FreeWith<PQfreemem>>;
@@ -6097,17 +6852,23 @@ ConnectionFailure read_connection_failure(std::string_view message) {
 }
 
 // ================================================================================================
-// 3. Fields
+// 3. The connection
 //
-// PostgreSQL TEXT holds neither NUL nor invalid UTF-8. Both backends refuse such text with the
-// same checks and messages (session_backend_internal.hpp), so a caller sees one behaviour
-// whichever backend it runs on.
-// ================================================================================================
-
-// ================================================================================================
-// 4. The connection
+// PgConnection is one connection to the server and everything that keeps it honest: the call's
+// deadline, noticing a dead connection and reconnecting, and turning what libpq says into an
+// Error. It knows nothing of sessions: its owner hands it a setup to run on every new server
+// session (PostgresBackend prepares its statements there), so a second one can be opened on the
+// same URL for another purpose, with a setup of its own.
 //
-// PostgresBackend owns one connection; a mutex serialises its calls, as SqliteBackend does.
+// Running SQL has three plain ways, as libpqxx names them: exec() (constant SQL text),
+// exec_params() (SQL and parameters) and exec_prepared() (a prepared statement; whole, or row by
+// row). Each first takes a Reconnect, so every call site says whether the call may replace a
+// connection found dead before anything is sent (Reconnect::kIfDead) or must use the one it has
+// (Reconnect::kNever: inside a transaction, while setting a connection up, or after the caller
+// has checked the connection itself). No statement is ever sent twice.
+//
+// A connection is one call's at a time: a call takes its Turn, which sets the call's deadline;
+// a transaction is a Transaction, which rolls back unless committed.
 //
 // Connecting: the URL goes to PQconnectdbParams as `dbname` with expand_dbname, between two
 // groups of keywords. Keywords before it are defaults that the URL overrides (connect_timeout,
@@ -6122,7 +6883,7 @@ ConnectionFailure read_connection_failure(std::string_view message) {
 //
 // Losing the connection: a call first checks the connection. A server that restarted or ended
 // our session while we were idle has left an EOF or a FATAL message on the socket; reading it
-// marks the connection bad, and the call reconnects (PQreset) and prepares its statements again
+// marks the connection bad, and the call reconnects (PQreset) and runs the owner's setup again
 // before sending anything. A failure while a statement is in flight is reported as
 // kConnectionLost and marks the connection broken; the statement is not re-sent (it may have
 // been applied), and the next call reconnects.
@@ -6138,54 +6899,693 @@ ConnectionFailure read_connection_failure(std::string_view message) {
 
 constexpr const char* kDefaultConnectTimeoutSeconds = "5";
 
-// The prepared statements, by name. Names are per connection: every reconnect prepares them again.
-constexpr const char* kUpsert = "pylon_upsert";
-constexpr const char* kUpsertBatch = "pylon_upsert_batch";
-constexpr const char* kDeleteById = "pylon_delete_by_id";
-constexpr const char* kDeleteByUser = "pylon_delete_by_user";
-constexpr const char* kDeleteExpired = "pylon_delete_expired";
-constexpr const char* kSelectAll = "pylon_select_all";
-constexpr const char* kSelectById = "pylon_select_by_id";
-constexpr const char* kReplace = "pylon_replace";
-constexpr const char* kDeleteExpiredBatch = "pylon_delete_expired_batch";
-constexpr const char* kLockOwners = "pylon_lock_owners";
-constexpr const char* kEvictBeyondCap = "pylon_evict_beyond_cap";
-constexpr const char* kTouch = "pylon_touch";
-constexpr const char* kUpdateData = "pylon_update_data";
-constexpr const char* kRotate = "pylon_rotate";
-constexpr const char* kSelectRotated = "pylon_select_rotated";
-constexpr const char* kDeleteExpiredRotatedBatch = "pylon_delete_expired_rotated_batch";
-// remove_matching()'s statements are prepared on first use, one per combination of filter
-// fields: this prefix and the bitmask of the fields (see MatchField).
-constexpr const char* kDeleteMatchingPrefix = "pylon_delete_matching_";
-
-// The most array bytes one statement of save_batch() sends. The server would take up to 1 GB;
-// this keeps the copies a statement makes (ours, the server's arrays and the rows unnested from
-// them) small, while any batch of ordinary sessions, thousands of them, is still one statement.
-constexpr std::size_t kBatchStatementBytes = std::size_t{32} << 20U;
-
-// The columns of kSelectAll, in order, with the type each must have.
-constexpr std::array<Oid, 11> kSelectAllTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
-                                                 kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
-                                                 kTextOid, kByteaOid, kTextOid};
-// The columns of kSelectRotated, in order, with the type each must have.
-constexpr std::array<Oid, 6> kSelectRotatedTypes = {kTextOid, kTextOid, kTextOid,
-                                                    kTextOid, kInt8Oid, kInt8Oid};
-
-// The fields of a SessionFilter, as bits of the mask that names remove_matching()'s statement.
-// Conditions and parameters follow this order.
-enum MatchField : unsigned {
-  kMatchId = 1U << 0U,
-  kMatchUserId = 1U << 1U,
-  kMatchTenantId = 1U << 2U,
-  kMatchIdpSessionId = 1U << 3U,
-  kMatchExceptId = 1U << 4U,
-};
-constexpr std::size_t kMatchCombinations = 32;
-
 // libpq's default notice processor prints to stderr; a library must not ("relation already
 // exists, skipping" from a migration, or a FATAL that arrives while idle).
 void ignore_notice(void* /*arg*/, const char* /*message*/) {}
+
+// Whether a call may replace a connection that it finds dead before it sends anything.
+enum class Reconnect {
+  kIfDead,  // check the connection, and reconnect (running the setup again) if it died
+  kNever,   // send on the connection as it is: in a transaction, in setup, or already checked
+};
+
+class PgConnection {
+ public:
+  // A call's hold on the connection, taken by the call's deadline, which it sets.
+  class Turn;
+  // BEGIN ... COMMIT, rolled back unless committed.
+  class Transaction;
+
+  // Connects to `url` (a libpq connection string or URL) and configures the server session,
+  // within one `deadline`. The connection counts as being set up (a statement the server cancels
+  // is then its configuration's fault) until finish_setup().
+  PgConnection(const std::string& url, std::chrono::milliseconds deadline);
+
+  // Runs `setup` now and again on every new server session after a reconnect, before anything
+  // else is sent on it, still within the deadline of the opening (or of the call that
+  // reconnects); then the connection is set up.
+  void finish_setup(std::function<void()> setup);
+
+  PgResult exec(Reconnect reconnect, const char* sql, const std::string& action);
+  PgResult exec_params(Reconnect reconnect, const char* sql, const Params& params,
+                       const std::string& action);
+  PgResult exec_prepared(Reconnect reconnect, const char* name, const Params& params,
+                         const std::string& action);
+  // The prepared query `name` in single-row mode: each row, a result of one row valid only
+  // during the call, goes to `row`. The deadline starts again whenever data arrives.
+  void exec_prepared(Reconnect reconnect, const char* name, const Params& params,
+                     const std::string& action, const std::function<void(const PGresult*)>& row);
+  void prepare(Reconnect reconnect, const char* name, const char* sql,
+               const std::vector<Oid>& types);
+  // Reconnect::kIfDead on its own, for a caller that must know the server session it will use
+  // before it chooses its statements (one prepared on first use, say).
+  void reconnect_if_dead();
+  // For a connection that LISTENs (its setup sends LISTEN, so a reconnect listens again): true
+  // at once when it had to reconnect (notifications sent meanwhile are lost) or a notification
+  // has arrived, else waits up to `timeout` for one; false when none came. Reconnects when dead;
+  // throws kConnectionLost when the connection fails. Runs in the caller's Turn.
+  bool wait_for_notification(std::chrono::milliseconds timeout);
+
+  // "database "app" on host db.internal, port 5432", for messages: never the password.
+  [[nodiscard]] std::string target() const;
+  // The URL with its password hidden.
+  [[nodiscard]] const std::string& shown_url() const noexcept { return shown_url_; }
+
+ private:
+  bool read_conninfo(const std::string& url);
+  void connect(const std::string& url, bool url_sets_connect_timeout);
+  void remember_used_password();
+  // NOLINTNEXTLINE(google-runtime-int): pollfd's type
+  void wait_for_socket(short events, const std::string& action, bool connecting = false);
+  void flush_query(const std::string& action);
+  PgResult await_result(const std::string& action);
+  PgResult checked_result(const std::string& action);
+  // exec() and exec_params() without their Reconnect, for the setup of a new server session,
+  // which runs inside a reconnect.
+  PgResult send_text(const char* sql, const std::string& action);
+  PgResult send_params(const char* sql, const Params& params, const std::string& action);
+  PgResult next_result(const std::string& action, bool restart_deadline = false);
+  bool is_usable() noexcept;
+  void configure_session();
+  void note_lost_statement() noexcept;
+  void settle_lost_statement();
+  void roll_back() noexcept;
+  [[noreturn]] void fail_connection(const std::string& action, bool in_handshake = false);
+  [[noreturn]] void fail(const PGresult* result, const std::string& action);
+  void check(const PGresult* result, const std::string& action);
+
+  // The connection is one call's at a time: in_use_, under turn_mutex_, with turn_free_ to wait
+  // for it until a deadline. (Not a std::timed_mutex: libstdc++ locks it by the steady clock
+  // with pthread_mutex_clocklock, which ThreadSanitizer does not see; a condition variable's
+  // clock wait it does.)
+  std::mutex turn_mutex_;
+  std::condition_variable turn_free_;
+  bool in_use_ = false;  // guarded by turn_mutex_
+  std::chrono::milliseconds deadline_;
+  std::chrono::steady_clock::time_point call_deadline_;  // of the call whose Turn it is
+  // Until when calls fail at once: a deadline after one ran out waiting for the server.
+  std::chrono::steady_clock::time_point unresponsive_until_{};
+  std::string shown_url_;  // the URL with its password hidden: describe() and messages
+  // Every string some reading of the URL takes for a password, and the password libpq used:
+  // scrubbed out of every text libpq gives us.
+  std::vector<std::string> secrets_;
+  // Opening, or setting a new connection up: a statement cancelled by the server's
+  // statement_timeout then says the setting is too short for us, not that the server is busy.
+  bool setting_up_ = true;
+  PgHandle conn_;
+  bool broken_ = false;  // a call saw the connection fail; the next call reconnects
+  // The server process of a connection lost with a statement in flight, until it is known to
+  // be gone (0: none). A frozen server may still run that statement once it thaws; see
+  // settle_lost_statement().
+  int lost_statement_pid_ = 0;
+  // The owner's setup of every new server session (finish_setup()).
+  std::function<void()> setup_;
+};
+
+PgConnection::PgConnection(const std::string& url, std::chrono::milliseconds deadline)
+    : deadline_(deadline), shown_url_(redact_url(url)), secrets_(detail::password_candidates(url)) {
+  const bool url_sets_connect_timeout = read_conninfo(url);
+  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
+  connect(url, url_sets_connect_timeout);
+  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
+  configure_session();
+}
+
+void PgConnection::finish_setup(std::function<void()> setup) {
+  setup_ = std::move(setup);
+  setup_();
+  setting_up_ = false;
+}
+
+// Refuses a connection string libpq cannot parse, and learns from it the password it holds
+// (a secret) and whether it sets connect_timeout (the return value).
+bool PgConnection::read_conninfo(const std::string& url) {
+  char* raw_error = nullptr;
+  const PgConninfo conninfo(PQconninfoParse(url.c_str(), &raw_error));
+  const PgText parse_error(raw_error);
+  if (!conninfo) {
+    // Not even the redacted URL: libpq and redact_url() may disagree on what is a password in a
+    // string that libpq cannot parse.
+    const std::string reason =
+        parse_error ? scrub(one_line(parse_failure_reason(parse_error.get())), secrets_)
+                    : "out of memory";
+    throw Error(
+        ErrorCode::kInvalidArgument,
+        "malformed PostgreSQL connection string (not shown: it may hold credentials): " + reason);
+  }
+  bool url_sets_connect_timeout = false;
+  // libpq's option list is a C array ended by a null keyword.
+  for (const PQconninfoOption* option = conninfo.get(); option->keyword != nullptr;
+       ++option) {  // NOLINT(cppcoreguidelines-pro-bounds-pointer-arithmetic)
+    if (option->val == nullptr || *option->val == '\0') continue;
+    if (std::strcmp(option->keyword, "password") == 0) secrets_.emplace_back(option->val);
+    if (std::strcmp(option->keyword, "connect_timeout") == 0) url_sets_connect_timeout = true;
+  }
+  return url_sets_connect_timeout;
+}
+
+void PgConnection::connect(const std::string& url, bool url_sets_connect_timeout) {
+  std::vector<const char*> keywords;
+  std::vector<const char*> values;
+  // PGCONNECT_TIMEOUT is the user's choice too; an explicit keyword would hide it.
+  const bool env_sets_connect_timeout =
+      std::getenv("PGCONNECT_TIMEOUT") != nullptr;  // NOLINT(concurrency-mt-unsafe): read-only
+  if (!url_sets_connect_timeout && !env_sets_connect_timeout) {
+    keywords.push_back("connect_timeout");
+    values.push_back(kDefaultConnectTimeoutSeconds);
+  }
+  keywords.push_back("fallback_application_name");
+  values.push_back("pylon-sessions");
+  keywords.push_back("dbname");
+  values.push_back(url.c_str());
+  keywords.push_back("client_encoding");
+  values.push_back("UTF8");
+  keywords.push_back(nullptr);
+  values.push_back(nullptr);
+
+  // Started, then polled rather than PQconnectdbParams(): the server's SQLSTATE reaches a
+  // connection failure's message only at PQERRORS_VERBOSE, which must be set before the server
+  // answers (the connection keeps it for every reconnect). Polling, libpq does not apply
+  // connect_timeout itself: the wait ends at the earlier of it and the deadline.
+  conn_.reset(PQconnectStartParams(keywords.data(), values.data(), /*expand_dbname=*/1));
+  if (!conn_) {
+    throw Error(ErrorCode::kInternal,
+                "libpq could not allocate a connection (out of memory) for " + shown_url_);
+  }
+  PQsetNoticeProcessor(conn_.get(), ignore_notice, nullptr);
+  PQsetErrorVerbosity(conn_.get(), PQERRORS_VERBOSE);
+  const PgConninfo in_use(PQconninfo(conn_.get()));
+  for (const PQconninfoOption* option = in_use.get(); option && option->keyword != nullptr;
+       ++option) {  // NOLINT(cppcoreguidelines-pro-bounds-pointer-arithmetic): libpq's C array
+    if (std::strcmp(option->keyword, "connect_timeout") != 0 || option->val == nullptr) continue;
+    const long seconds = std::strtol(option->val, nullptr, 10);  // NOLINT(google-runtime-int)
+    if (seconds > 0) {  // libpq waits at least 2 s; 0 or less: without a limit
+      call_deadline_ = std::min(call_deadline_, std::chrono::steady_clock::now() +
+                                                    std::chrono::seconds(std::max(seconds, 2L)));
+    }
+  }
+  const std::string action = "cannot connect to PostgreSQL";
+  if (PQstatus(conn_.get()) == CONNECTION_BAD) fail_connection(action, /*in_handshake=*/true);
+  for (PostgresPollingStatusType status = PGRES_POLLING_WRITING; status != PGRES_POLLING_OK;
+       status = PQconnectPoll(conn_.get())) {
+    if (status == PGRES_POLLING_FAILED) fail_connection(action, /*in_handshake=*/true);
+    wait_for_socket(status == PGRES_POLLING_READING ? POLLIN : POLLOUT, action,
+                    /*connecting=*/true);
+  }
+  remember_used_password();
+  if (PQsetnonblocking(conn_.get(), 1) != 0) fail_connection("cannot set up the connection to");
+}
+
+// A password from PGPASSWORD or ~/.pgpass is as secret as one in the URL.
+void PgConnection::remember_used_password() {
+  const char* used_password = conn_ ? PQpass(conn_.get()) : nullptr;
+  if (used_password == nullptr || *used_password == '\0') return;
+  if (std::find(secrets_.begin(), secrets_.end(), used_password) == secrets_.end()) {
+    secrets_.emplace_back(used_password);
+  }
+}
+
+class PgConnection::Turn {
+ public:
+  Turn(PgConnection& connection, const std::string& action) : connection_(connection) {
+    const auto deadline = std::chrono::steady_clock::now() + connection.deadline_;
+    std::unique_lock<std::mutex> lock(connection.turn_mutex_);
+    if (!connection.turn_free_.wait_until(lock, deadline,
+                                          [&connection] { return !connection.in_use_; })) {
+      throw Error(ErrorCode::kBusy, action + " " + connection.shown_url_ +
+                                        ": the call ahead of this one has held the " +
+                                        "connection for the whole deadline of " +
+                                        std::to_string(connection.deadline_.count()) +
+                                        " ms (PostgresOptions::deadline); nothing was sent");
+    }
+    // Behind a call that found the server unresponsive, waiting a whole deadline again (and
+    // again for each call queued since) would hang callers after all: they fail at once, for
+    // one deadline, and the first call after that tries a new connection.
+    if (std::chrono::steady_clock::now() < connection.unresponsive_until_) {
+      throw Error(ErrorCode::kConnectionLost,
+                  action + " " + connection.shown_url_ +
+                      ": the server did not answer within the deadline of " +
+                      std::to_string(connection.deadline_.count()) +
+                      " ms a moment ago; calls fail at once for one deadline, then the next one "
+                      "reconnects (nothing was sent)",
+                  "pylon: server unresponsive");
+    }
+    connection.in_use_ = true;
+    connection.call_deadline_ = deadline;
+  }
+  ~Turn() {
+    {
+      const std::lock_guard<std::mutex> lock(connection_.turn_mutex_);
+      connection_.in_use_ = false;
+    }
+    connection_.turn_free_.notify_one();
+  }
+  Turn(const Turn&) = delete;
+  Turn& operator=(const Turn&) = delete;
+  Turn(Turn&&) = delete;
+  Turn& operator=(Turn&&) = delete;
+
+ private:
+  PgConnection& connection_;
+};
+
+// "database "app" on host db.internal, port 5432", from what libpq resolved (defaults and
+// environment included), for messages. Never the password, never the full conninfo.
+std::string PgConnection::target() const {
+  const char* db = conn_ ? PQdb(conn_.get()) : nullptr;
+  const char* host = conn_ ? PQhost(conn_.get()) : nullptr;
+  const char* port = conn_ ? PQport(conn_.get()) : nullptr;
+  std::string text = "database \"" + std::string(db != nullptr ? db : "?") + "\"";
+  const std::string host_text = host != nullptr && *host != '\0' ? host : "localhost";
+  text += host_text[0] == '/' || host_text[0] == '@' ? " via the Unix socket in " : " on host ";
+  text += host_text + ", port " + (port != nullptr && *port != '\0' ? port : "5432");
+  return scrub(text, secrets_);
+}
+
+// `in_handshake`: the failure ended a connection attempt (first or re-), so libpq's message is
+// the server's refusal, with its SQLSTATE, or libpq's own account of the attempt.
+void PgConnection::fail_connection(const std::string& action, bool in_handshake) {
+  broken_ = true;
+  remember_used_password();
+  ConnectionFailure failure =
+      read_connection_failure(conn_ ? PQerrorMessage(conn_.get()) : "libpq has no connection");
+  if (!in_handshake) failure.sqlstate.clear();  // an older message may still be there
+  const bool needs_password = in_handshake && conn_ && PQconnectionNeedsPassword(conn_.get()) != 0;
+  const ErrorCode code = error_code_for_connection(failure.sqlstate, needs_password);
+  const std::string said = scrub(one_line(failure.text), secrets_);
+  std::string message = action + " " + target() + ": " + said;
+  if (code == ErrorCode::kConfiguration) {
+    message +=
+        " (the server refuses the connection as configured; retrying cannot help: fix the URL, "
+        "the role or the server's configuration)";
+  }
+  throw Error(
+      code, message,
+      failure.sqlstate.empty() ? "libpq: " + said : "SQLSTATE " + failure.sqlstate + ": " + said);
+}
+
+// True when the connection can take a statement now. See the section comment: this is where a
+// connection that died while idle is found, before anything is sent on it.
+bool PgConnection::is_usable() noexcept {
+  if (broken_ || !conn_ || PQstatus(conn_.get()) != CONNECTION_OK) return false;
+  pollfd socket{};
+  socket.fd = PQsocket(conn_.get());
+  socket.events = POLLIN;
+  if (socket.fd < 0) return false;
+  // A dying server sends its FATAL message and then closes: the first read takes the message
+  // (libpq hands it to the notice processor), a later one meets the EOF. A few rounds suffice;
+  // a socket that stays readable after them is a live server with a lot to say.
+  for (int round = 0; round < 8 && ::poll(&socket, 1, 0) > 0; ++round) {
+    if (PQconsumeInput(conn_.get()) == 0 || PQstatus(conn_.get()) != CONNECTION_OK) return false;
+  }
+  return true;
+}
+
+// Reconnects on a fresh socket (PQresetStart closes the old one), within the call's deadline as
+// well as libpq's connect_timeout.
+void PgConnection::reconnect_if_dead() {
+  if (is_usable()) return;
+  broken_ = true;  // stays set until the connection is fully set up again
+  const std::string action = "cannot reconnect to PostgreSQL";
+  if (PQresetStart(conn_.get()) == 0) fail_connection(action, /*in_handshake=*/true);
+  for (PostgresPollingStatusType status = PGRES_POLLING_WRITING; status != PGRES_POLLING_OK;
+       status = PQresetPoll(conn_.get())) {
+    if (status == PGRES_POLLING_FAILED) fail_connection(action, /*in_handshake=*/true);
+    wait_for_socket(status == PGRES_POLLING_READING ? POLLIN : POLLOUT, action);
+  }
+  if (PQsetnonblocking(conn_.get(), 1) != 0) fail_connection(action);
+  setting_up_ = true;
+  configure_session();
+  settle_lost_statement();
+  setup_();
+  setting_up_ = false;
+  broken_ = false;
+}
+
+bool PgConnection::wait_for_notification(std::chrono::milliseconds timeout) {
+  const std::string action = "cannot listen for changes on";
+  const bool reconnected = !is_usable();  // reads what the socket holds, notifications included
+  reconnect_if_dead();
+  const auto drain = [this] {
+    bool any = false;
+    while (PGnotify* notification = PQnotifies(conn_.get())) {
+      PQfreemem(notification);
+      any = true;
+    }
+    return any;
+  };
+  if (drain() || reconnected) return true;
+  if (timeout.count() <= 0) return false;
+  pollfd socket{};
+  socket.fd = PQsocket(conn_.get());
+  socket.events = POLLIN;
+  if (socket.fd < 0) fail_connection(action);
+  const int ready =
+      ::poll(&socket, 1, static_cast<int>(std::min<std::int64_t>(timeout.count(), INT_MAX)));
+  if (ready < 0 && errno != EINTR) fail_connection(action);
+  if (ready <= 0) return false;
+  if (PQconsumeInput(conn_.get()) == 0 || PQstatus(conn_.get()) != CONNECTION_OK) {
+    fail_connection(action);
+  }
+  return drain();
+}
+
+// The connection is lost with a statement in flight, or may be: it is given up (the next call
+// reconnects), and its server process is remembered for settle_lost_statement().
+void PgConnection::note_lost_statement() noexcept {
+  broken_ = true;
+  if (lost_statement_pid_ == 0 && conn_) lost_statement_pid_ = PQbackendPID(conn_.get());
+}
+
+// A statement whose reply was lost may still be waiting in the old server process: a server
+// that was frozen (kill -STOP, a VM paused) reads it from the socket buffer when it thaws, and
+// commits it, possibly after the caller has been told "in doubt" and has read the row back.
+// Ending that process, and waiting until it is gone, makes the outcome final before this
+// connection sends anything, so what the caller reads next is what stays.
+void PgConnection::settle_lost_statement() {
+  if (lost_statement_pid_ == 0) return;
+  Params pid;
+  pid.int8(lost_statement_pid_);
+  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+      call_deadline_ - std::chrono::steady_clock::now());
+  pid.int8(std::max<std::int64_t>(left.count(), 1));
+  // false, with a warning, when the process is gone already (the server restarted, or it ended
+  // the session itself); false too if it outlives the deadline, and then this call fails.
+  const PgResult ended = send_params(
+      "SELECT pg_terminate_backend($1::integer, $2) OR NOT EXISTS "
+      "(SELECT 1 FROM pg_stat_activity WHERE pid = $1::integer)",
+      pid, "cannot end the server process of a lost connection on");
+  if (PQntuples(ended.get()) != 1 || PQgetlength(ended.get(), 0, 0) != 1 ||
+      *PQgetvalue(ended.get(), 0, 0) == 0) {
+    throw Error(ErrorCode::kConnectionLost,
+                "cannot settle a lost statement on " + target() + ": its server process " +
+                    std::to_string(lost_statement_pid_) + " did not end within the deadline",
+                "pylon: lost statement unsettled");
+  }
+  lost_statement_pid_ = 0;
+}
+
+void PgConnection::configure_session() {
+  send_text(
+      "SELECT set_config('synchronous_commit', 'local', false) FROM pg_settings "
+      "WHERE name = 'synchronous_commit' AND setting = 'off' AND source <> 'client'",
+      "cannot configure the session on");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Running statements
+// ------------------------------------------------------------------------------------------------
+
+void PgConnection::fail(const PGresult* result, const std::string& action) {
+  const bool connection_bad = !conn_ || PQstatus(conn_.get()) != CONNECTION_OK;
+  const char* sqlstate = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
+  const char* primary =
+      result != nullptr ? PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
+  const std::string state = sqlstate != nullptr ? sqlstate : "";
+  ErrorCode code = error_code_for_postgres(state, connection_bad);
+  // query_canceled while opening or setting a connection up: a statement_timeout of the role or
+  // database too short for statements that take milliseconds, which no retry outlasts. (A
+  // cancel by an administrator lands here too; it is as final for this attempt.)
+  const bool cancelled_setting_up = setting_up_ && state == "57014";
+  if (cancelled_setting_up) code = ErrorCode::kConfiguration;
+  if (code == ErrorCode::kConnectionLost) note_lost_statement();
+
+  // Without a server message, the failure is libpq's own ("server closed the connection
+  // unexpectedly", "no connection to the server").
+  std::string text;
+  if (primary != nullptr) {
+    text = primary;
+  } else if (result != nullptr && *PQresultErrorMessage(result) != '\0') {
+    text = PQresultErrorMessage(result);
+  } else if (conn_) {
+    text = PQerrorMessage(conn_.get());
+  }
+  const std::string said = scrub(one_line(text), secrets_);
+  std::string message = action + " " + target() + ": " + said;
+  if (cancelled_setting_up) {
+    message +=
+        " (the server cancelled it while the connection was being set up: a statement_timeout "
+        "set for the role or database is too short; raise it, or add "
+        "options=-c%20statement_timeout%3D0 to the URL)";
+  } else if (code == ErrorCode::kConfiguration) {
+    message += " (the server refuses this as configured; retrying cannot help)";
+  } else if (state.substr(0, 2) == "23" || state == "P0001" || state == "P0004") {
+    message += " (a constraint or trigger of the table refused the row)";
+  } else if (code == ErrorCode::kConnectionLost) {
+    message +=
+        " (the connection was lost; a statement that reached the server may or may not have "
+        "been applied; the next call reconnects)";
+  } else if (code == ErrorCode::kCorruptDatabase) {
+    message += " (the table is not the one pylon-sessions' schema version promises)";
+  }
+  throw Error(code, message, state.empty() ? "libpq: " + said : "SQLSTATE " + state + ": " + said);
+}
+
+void PgConnection::check(const PGresult* result, const std::string& action) {
+  const ExecStatusType status = result != nullptr ? PQresultStatus(result) : PGRES_FATAL_ERROR;
+  if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_SINGLE_TUPLE) {
+    return;
+  }
+  fail(result, action);
+}
+
+// Waits until the socket is ready for `events` or the call's deadline passes; at the deadline
+// the connection is given up (the next call reconnects) and the call fails with kConnectionLost.
+// `connecting`: the first connection's handshake, when no statement can be in flight.
+void PgConnection::wait_for_socket(short events,  // NOLINT(google-runtime-int): pollfd's type
+                                   const std::string& action, bool connecting) {
+  pollfd socket{};
+  socket.fd = PQsocket(conn_.get());
+  socket.events = events;
+  if (socket.fd < 0) fail_connection(action);
+  for (;;) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
+        call_deadline_ - std::chrono::steady_clock::now());
+    if (left.count() <= 0 && connecting) {
+      broken_ = true;
+      throw Error(ErrorCode::kConnectionLost,
+                  action + " " + target() + ": no answer within connect_timeout or the deadline " +
+                      "of " + std::to_string(deadline_.count()) +
+                      " ms (PostgresOptions::deadline), whichever is shorter",
+                  "pylon: client deadline");
+    }
+    if (left.count() <= 0) {
+      note_lost_statement();
+      unresponsive_until_ = std::chrono::steady_clock::now() + deadline_;
+      throw Error(ErrorCode::kConnectionLost,
+                  action + " " + target() + ": no answer within the deadline of " +
+                      std::to_string(deadline_.count()) +
+                      " ms (PostgresOptions::deadline); a statement that reached the server may "
+                      "or may not have been applied; the next call reconnects",
+                  "pylon: client deadline");
+    }
+    const int ready =
+        ::poll(&socket, 1, static_cast<int>(std::min<std::int64_t>(left.count(), INT_MAX)));
+    if (ready > 0) return;
+    if (ready < 0 && errno != EINTR) fail_connection(action);
+  }
+}
+
+// The result of the statement just sent, as PQexec() would return it (the first failure, else
+// the last result), read without ever blocking past the call's deadline.
+PgResult PgConnection::await_result(const std::string& action) {
+  flush_query(action);
+  PgResult kept;
+  bool kept_a_failure = false;
+  for (PgResult result = next_result(action); result; result = next_result(action)) {
+    if (kept_a_failure) continue;  // read to the end, so the connection is ready for more
+    const ExecStatusType status = PQresultStatus(result.get());
+    kept_a_failure = status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK;
+    kept = std::move(result);
+  }
+  if (!kept) fail(nullptr, action);  // the connection ended before any result
+  return kept;
+}
+
+// Sends what libpq still holds of the statement: a non-blocking connection queues what the
+// socket would not take at once.
+void PgConnection::flush_query(const std::string& action) {
+  for (int pending = PQflush(conn_.get()); pending != 0; pending = PQflush(conn_.get())) {
+    if (pending < 0) fail(nullptr, action);
+    // The server may be sending (a notice, an error) while we still write: take it in, or both
+    // sides could wait for the other's buffer to drain.
+    wait_for_socket(POLLIN | POLLOUT, action);
+    if (PQconsumeInput(conn_.get()) == 0) fail(nullptr, action);
+  }
+}
+
+// PQgetResult() once the whole result is in, so it never blocks; null after the last one. With
+// `restart_deadline`, the call's deadline starts again each time data arrives (a load, whose
+// rows may take longer than one deadline in all).
+PgResult PgConnection::next_result(const std::string& action, bool restart_deadline) {
+  while (PQisBusy(conn_.get()) != 0) {
+    wait_for_socket(POLLIN, action);
+    if (PQconsumeInput(conn_.get()) == 0) fail(nullptr, action);
+    if (restart_deadline) call_deadline_ = std::chrono::steady_clock::now() + deadline_;
+  }
+  return PgResult(PQgetResult(conn_.get()));
+}
+
+PgResult PgConnection::checked_result(const std::string& action) {
+  PgResult result = await_result(action);
+  check(result.get(), action);
+  return result;
+}
+
+// Simple-query protocol: for constant SQL only (it may hold several statements, as a migration
+// file does). Nothing a caller supplies ever goes through here.
+PgResult PgConnection::exec(Reconnect reconnect, const char* sql, const std::string& action) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
+  return send_text(sql, action);
+}
+
+PgResult PgConnection::exec_params(Reconnect reconnect, const char* sql, const Params& params,
+                                   const std::string& action) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
+  return send_params(sql, params, action);
+}
+
+PgResult PgConnection::send_text(const char* sql, const std::string& action) {
+  if (PQsendQuery(conn_.get(), sql) == 0) fail(nullptr, action);
+  return checked_result(action);
+}
+
+PgResult PgConnection::send_params(const char* sql, const Params& params,
+                                   const std::string& action) {
+  if (PQsendQueryParams(conn_.get(), sql, params.count(), params.types(), params.values(),
+                        params.lengths(), params.formats(), kBinaryFormat) == 0) {
+    fail(nullptr, action);
+  }
+  return checked_result(action);
+}
+
+PgResult PgConnection::exec_prepared(Reconnect reconnect, const char* name, const Params& params,
+                                     const std::string& action) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
+  if (PQsendQueryPrepared(conn_.get(), name, params.count(), params.values(), params.lengths(),
+                          params.formats(), kBinaryFormat) == 0) {
+    fail(nullptr, action);
+  }
+  return checked_result(action);
+}
+
+// Marks the connection broken unless the query in flight was read to its end: an exception
+// while rows still arrive leaves the connection mid-query, and dropping it at the next call is
+// cheaper than reading a million rows we no longer want.
+class QueryInFlight {
+ public:
+  explicit QueryInFlight(bool& broken) noexcept : broken_(broken) {}
+  ~QueryInFlight() {
+    if (!finished_) broken_ = true;
+  }
+  QueryInFlight(const QueryInFlight&) = delete;
+  QueryInFlight& operator=(const QueryInFlight&) = delete;
+  QueryInFlight(QueryInFlight&&) = delete;
+  QueryInFlight& operator=(QueryInFlight&&) = delete;
+  void finished() noexcept { finished_ = true; }
+
+ private:
+  bool& broken_;
+  bool finished_ = false;
+};
+
+void PgConnection::exec_prepared(Reconnect reconnect, const char* name, const Params& params,
+                                 const std::string& action,
+                                 const std::function<void(const PGresult*)>& row) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
+  if (PQsendQueryPrepared(conn_.get(), name, params.count(), params.values(), params.lengths(),
+                          params.formats(), kBinaryFormat) == 0) {
+    fail(nullptr, action);
+  }
+  QueryInFlight query(broken_);
+  if (PQsetSingleRowMode(conn_.get()) == 0) {
+    throw Error(ErrorCode::kInternal, action + " " + target() + ": libpq refused single-row mode");
+  }
+  flush_query(action);
+
+  PgResult error;  // the first failure; later results are read only to finish the query
+  // The deadline bounds the server's silence, not the size of the table: it starts again
+  // whenever data arrives.
+  for (PgResult result = next_result(action, /*restart_deadline=*/true); result;
+       result = next_result(action, /*restart_deadline=*/true)) {
+    const ExecStatusType status = PQresultStatus(result.get());
+    if (status == PGRES_SINGLE_TUPLE && !error) {
+      row(result.get());
+    } else if (status != PGRES_SINGLE_TUPLE && status != PGRES_TUPLES_OK && !error) {
+      error = std::move(result);
+    }
+  }
+  query.finished();
+  if (error) fail(error.get(), action);
+}
+
+void PgConnection::prepare(Reconnect reconnect, const char* name, const char* sql,
+                           const std::vector<Oid>& types) {
+  if (reconnect == Reconnect::kIfDead) reconnect_if_dead();
+  const std::string action = "cannot prepare a statement on";
+  if (PQsendPrepare(conn_.get(), name, sql, static_cast<int>(types.size()), types.data()) == 0) {
+    fail(nullptr, action);
+  }
+  checked_result(action);
+}
+
+// Ends the transaction a failed step left open, while its error propagates. A broken connection
+// is left alone: the server rolls back when it goes, and the next call reconnects.
+void PgConnection::roll_back() noexcept {
+  if (broken_) return;
+  try {
+    exec(Reconnect::kNever, "ROLLBACK", "cannot roll back a transaction on");
+  } catch (...) {  // NOLINT(bugprone-empty-catch): the step's own error is the one to report
+  }
+}
+
+class PgConnection::Transaction {
+ public:
+  // Sends `begin` ("BEGIN ...").
+  Transaction(PgConnection& connection, Reconnect reconnect, const char* begin,
+              const std::string& action)
+      : connection_(connection) {
+    connection_.exec(reconnect, begin, action);
+  }
+  // Nothing is committed unless commit() returned. ROLLBACK fails only on a dead connection, and
+  // then the server has rolled back already (or, if COMMIT itself was lost in flight, it alone
+  // knows: the caller was told kConnectionLost).
+  ~Transaction() {
+    if (!committed_) connection_.roll_back();
+  }
+  Transaction(const Transaction&) = delete;
+  Transaction& operator=(const Transaction&) = delete;
+  Transaction(Transaction&&) = delete;
+  Transaction& operator=(Transaction&&) = delete;
+
+  void commit(const std::string& action) {
+    connection_.exec(Reconnect::kNever, "COMMIT", action);
+    committed_ = true;
+  }
+
+ private:
+  PgConnection& connection_;
+  bool committed_ = false;
+};
+
+// ================================================================================================
+// 4. Migrations
+//
+// PgMigrations brings the schema up to date and checks its tables, on a connection that is
+// being set up (PostgresBackend's, before it prepares its statements). Opening runs every step
+// below in ONE transaction that first takes a transaction-scoped advisory lock. Two instances
+// starting at once against an empty database queue on the lock; the second reads the schema version
+// only once the first has committed (READ COMMITTED is forced: each statement sees what was
+// committed before it, whatever the server's default isolation), finds the work done and skips it.
+// Both come up, with one schema.
+//
+// Anything refused (a schema newer than this code, a `_pylon_sessions` that is a view or has
+// columns we do not know) rolls the transaction back: the database is left as it was.
+//
+// Adopting pylon's table: as on SQLite, it is renamed to `_pylon_sessions_pylon_v0` (gaining the
+// `tenant_id` column early pylon lacked) in migration 1's transaction, and migration 1 moves its
+// live rows under the hash of their token and drops it.
+// ================================================================================================
 
 // The schema, embedded from migrations/postgres/*.sql by cmake/embed_migrations.cmake. A C array:
 // the fragment is a list of braced initialisers, which std::array cannot size in C++17.
@@ -6302,6 +7702,74 @@ CREATE INDEX _pylon_rotated_ids_by_expiry ON _pylon_rotated_ids (expires_at);
 
 ALTER TABLE _pylon_sessions ADD COLUMN insert_order BIGINT GENERATED BY DEFAULT AS IDENTITY;
 )pylon_sql"},
+{4, "0004_change_log.sql", R"pylon_sql(-- 0004: the change log, through which every store sharing this database follows the others'
+-- writes. Column for column the SQLite migration (migrations/sqlite/0004_change_log.sql), with
+-- BIGINT for positions and Unix seconds.
+--
+-- Each row says "storage changed what it holds for this id": a session inserted, updated or
+-- deleted, or an id rotated away. Triggers write it in the transaction of the change itself, so
+-- every writer is covered (every store, sessionctl, a hand-written statement), a rolled-back
+-- write logs nothing, and the log never claims a change storage did not make. A statement-level
+-- trigger then sends NOTIFY _pylon_change_log, which PostgreSQL delivers to every listening
+-- store when the transaction commits (once per transaction: identical notifications are
+-- merged), so a store wakes at once and reads the log after the last position it applied.
+--
+-- Positions come from an identity column: they are handed out when a row is logged, not when
+-- its transaction commits, so a reader may see position 12 before 11 is committed (or 11 may
+-- never be, when its transaction rolls back). Stores keep such gaps and read them again for a
+-- while (see internal/change_feed.hpp).
+--
+-- Rows older than StoreOptions::change_log_retention are pruned; `_pylon_change_log_state`
+-- records the newest position pruned, so that a store whose position was pruned knows to reload
+-- every session instead of applying a log with a hole in it.
+--
+-- The library runs this file inside one transaction that holds an advisory lock, together with
+-- the row recording it in `_pylon_schema_migrations`.
+CREATE TABLE _pylon_change_log (
+  position  BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+  id        TEXT   NOT NULL,
+  logged_at BIGINT NOT NULL DEFAULT (extract(epoch FROM clock_timestamp())::bigint)
+);
+
+CREATE INDEX _pylon_change_log_by_time ON _pylon_change_log (logged_at);
+
+CREATE TABLE _pylon_change_log_state (
+  only_row       BOOLEAN NOT NULL PRIMARY KEY CHECK (only_row),
+  pruned_through BIGINT  NOT NULL
+);
+
+INSERT INTO _pylon_change_log_state (only_row, pruned_through) VALUES (true, 0);
+
+CREATE FUNCTION _pylon_log_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'DELETE' THEN
+    INSERT INTO _pylon_change_log (id) VALUES (OLD.id);
+  ELSE
+    INSERT INTO _pylon_change_log (id) VALUES (NEW.id);
+    IF TG_OP = 'UPDATE' AND OLD.id IS DISTINCT FROM NEW.id THEN
+      INSERT INTO _pylon_change_log (id) VALUES (OLD.id);
+    END IF;
+  END IF;
+  RETURN NULL;
+END
+$$;
+
+CREATE FUNCTION _pylon_notify_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pg_notify('_pylon_change_log', '');
+  RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER _pylon_sessions_log AFTER INSERT OR UPDATE OR DELETE ON _pylon_sessions
+  FOR EACH ROW EXECUTE FUNCTION _pylon_log_change();
+
+CREATE TRIGGER _pylon_rotated_ids_log AFTER INSERT OR UPDATE ON _pylon_rotated_ids
+  FOR EACH ROW EXECUTE FUNCTION _pylon_log_change();
+
+CREATE TRIGGER _pylon_change_log_notify AFTER INSERT ON _pylon_change_log
+  FOR EACH STATEMENT EXECUTE FUNCTION _pylon_notify_change();
+)pylon_sql"},
 // ---- end of generated/pylon_migrations_postgres.inc ----
 };
 constexpr int kLatestPostgresVersion =
@@ -6309,11 +7777,6 @@ constexpr int kLatestPostgresVersion =
 
 // pg_advisory_xact_lock key that serialises migrations across instances: "pylonmig" in ASCII.
 constexpr std::int64_t kMigrationLockKey = 0x70796C6F6E6D6967;
-// The first key of the two-key pg_advisory_xact_lock that insert_new() takes per user and tenant
-// ("pcap" in ASCII); the second is a hash of the two. PostgreSQL keeps two-key locks apart from
-// one-key locks such as kMigrationLockKey: the spaces never overlap.
-constexpr std::int32_t kCapLockClass = 0x70636170;
-
 // One column of a table as the migrations make it: its type as format_type() names it, whether
 // it is NOT NULL, the schema version that adds it, and whether it must fill itself (an identity).
 struct ExpectedColumn {
@@ -6324,55 +7787,14 @@ struct ExpectedColumn {
   bool generated = false;
 };
 
-class PostgresBackend final : public SessionBackend {
+class PgMigrations {
  public:
-  PostgresBackend(const std::string& url, const PostgresOptions& options);
-
-  std::vector<Session> load_all() override;
-  void load_each(const std::function<void(const Session&)>& visit) override;
-  std::optional<Session> load_one(std::string_view id) override;
-  void save(const Session& session) override;
-  void save_batch(const std::vector<Session>& sessions) override;
-  bool remove(std::string_view id) override;
-  std::size_t remove_user(std::string_view user_id) override;
-  std::size_t remove_expired(std::int64_t now) override;
-  std::vector<RemovedSession> remove_matching(const SessionFilter& filter) override;
-  bool replace(std::string_view old_id, const Session& replacement) override;
-  std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override;
-  std::vector<RemovedSession> insert_new(const std::vector<Session>& sessions,
-                                         std::size_t max_per_user) override;
-  std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
-                               std::int64_t expires_at) override;
-  std::optional<Session> update_data(std::string_view id, std::string_view data) override;
-  std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
-                                std::int64_t now) override;
-  void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
-  std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
-  [[nodiscard]] std::string describe() const override { return shown_url_; }
+  explicit PgMigrations(PgConnection& connection) : connection_(connection) {}
+  // Migrates to kLatestPostgresVersion and verifies the tables, in one transaction.
+  void run();
 
  private:
-  // A call's hold on the connection (in_use_), taken by the call's deadline, which it sets.
-  class Turn;
-
-  // The connection. All but the constructor's steps run in a call's Turn.
-  void connect(const std::string& url, bool url_sets_connect_timeout);
-  void remember_used_password();
-  // NOLINTNEXTLINE(google-runtime-int): pollfd's type
-  void wait_for_socket(short events, const std::string& action, bool connecting = false);
-  void flush_query(const std::string& action);
-  PgResult await_result(const std::string& action);
-  PgResult next_result(const std::string& action, bool restart_deadline = false);
-  bool is_usable() noexcept;
-  void ensure_connected();
-  void configure_session();
-  void note_lost_statement() noexcept;
-  void settle_lost_statement();
-  void prepare_statements();
-  void prepare(const char* name, const char* sql, const std::vector<Oid>& types);
-  [[nodiscard]] std::string target() const;
-
-  // Migrations, in one transaction (section 5).
-  void migrate();
+  void apply(int applied, bool adopt_pylon_table, std::string& action);
   int applied_schema_version();
   bool relation_kind(const char* name, std::string* kind);
   std::vector<std::pair<std::string, std::string>> table_columns(const char* table);
@@ -6384,612 +7806,87 @@ class PostgresBackend final : public SessionBackend {
   void verify_keys(const char* table, int version);
   [[noreturn]] void refuse_table(const std::string& what) const;
 
-  // Statements. Each throws Error naming the action and the database.
-  [[noreturn]] void fail_connection(const std::string& action, bool in_handshake = false);
-  [[noreturn]] void fail(const PGresult* result, const std::string& action);
-  void check(const PGresult* result, const std::string& action);
-  PgResult exec(const char* sql, const std::string& action);
-  PgResult exec_params(const char* sql, const Params& params, const std::string& action);
-  PgResult run(const char* statement, const Params& params, const std::string& action);
-  PgResult execute(const char* statement, const Params& params, const std::string& action);
-  void upsert_rows(const std::vector<const Session*>& rows, std::size_t begin, std::size_t end,
-                   const std::string& action);
-  void upsert_in_statements(const std::vector<const Session*>& rows,
-                            const std::vector<std::size_t>& ends, const std::string& action);
-  std::optional<Session> run_returning_session(const char* statement, const Params& params,
-                                               const std::string& action);
-  void stream(const char* statement, const char* table, const Oid* types, std::size_t type_count,
-              const std::string& action, const std::function<void(const PGresult*)>& row);
-  void roll_back() noexcept;
-  std::size_t run_counting(const char* statement, const Params& params, const std::string& action);
-  // Takes a non-const PGresult: libpq's PQcmdTuples() does.
-  std::size_t affected_rows(PGresult* result, const std::string& action) const;
-
-  // The connection is one call's at a time: in_use_, under turn_mutex_, with turn_free_ to wait
-  // for it until a deadline. (Not a std::timed_mutex: libstdc++ locks it by the steady clock
-  // with pthread_mutex_clocklock, which ThreadSanitizer does not see; a condition variable's
-  // clock wait it does.)
-  std::mutex turn_mutex_;
-  std::condition_variable turn_free_;
-  bool in_use_ = false;  // guarded by turn_mutex_
-  std::chrono::milliseconds deadline_;
-  std::chrono::steady_clock::time_point call_deadline_;  // of the call whose Turn it is
-  // Until when calls fail at once: a deadline after one ran out waiting for the server.
-  std::chrono::steady_clock::time_point unresponsive_until_{};
-  std::string shown_url_;  // the URL with its password hidden: describe() and messages
-  // Every string some reading of the URL takes for a password, and the password libpq used:
-  // scrubbed out of every text libpq gives us.
-  std::vector<std::string> secrets_;
-  // Opening, or setting a new connection up: a statement cancelled by the server's
-  // statement_timeout then says the setting is too short for us, not that the server is busy.
-  bool setting_up_ = true;
-  PgConnection conn_;
-  bool broken_ = false;  // a call saw the connection fail; the next call reconnects
-  // The server process of a connection lost with a statement in flight, until it is known to
-  // be gone (0: none). A frozen server may still run that statement once it thaws; see
-  // settle_lost_statement().
-  int lost_statement_pid_ = 0;
-  // Which of remove_matching()'s statements this connection has prepared, by field mask.
-  // prepare_statements() clears it: a reconnect starts a server session that has none.
-  std::array<bool, kMatchCombinations> matching_prepared_{};
+  PgConnection& connection_;
 };
 
-PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
-    : deadline_(options.deadline),
-      shown_url_(redact_url(url)),
-      secrets_(detail::password_candidates(url)) {
-  char* raw_error = nullptr;
-  const PgConninfo conninfo(PQconninfoParse(url.c_str(), &raw_error));
-  const PgText parse_error(raw_error);
-  if (!conninfo) {
-    // Not even the redacted URL: libpq and redact_url() may disagree on what is a password in a
-    // string that libpq cannot parse.
-    const std::string reason =
-        parse_error ? scrub(one_line(parse_failure_reason(parse_error.get())), secrets_)
-                    : "out of memory";
-    throw Error(
-        ErrorCode::kInvalidArgument,
-        "malformed PostgreSQL connection string (not shown: it may hold credentials): " + reason);
-  }
-  bool url_sets_connect_timeout = false;
-  // libpq's option list is a C array ended by a null keyword.
-  for (const PQconninfoOption* option = conninfo.get(); option->keyword != nullptr;
-       ++option) {  // NOLINT(cppcoreguidelines-pro-bounds-pointer-arithmetic)
-    if (option->val == nullptr || *option->val == '\0') continue;
-    if (std::strcmp(option->keyword, "password") == 0) secrets_.emplace_back(option->val);
-    if (std::strcmp(option->keyword, "connect_timeout") == 0) url_sets_connect_timeout = true;
-  }
-
-  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
-  connect(url, url_sets_connect_timeout);
-  call_deadline_ = std::chrono::steady_clock::now() + deadline_;
-  configure_session();
-  migrate();
-  prepare_statements();
-  setting_up_ = false;
-}
-
-void PostgresBackend::connect(const std::string& url, bool url_sets_connect_timeout) {
-  std::vector<const char*> keywords;
-  std::vector<const char*> values;
-  // PGCONNECT_TIMEOUT is the user's choice too; an explicit keyword would hide it.
-  const bool env_sets_connect_timeout =
-      std::getenv("PGCONNECT_TIMEOUT") != nullptr;  // NOLINT(concurrency-mt-unsafe): read-only
-  if (!url_sets_connect_timeout && !env_sets_connect_timeout) {
-    keywords.push_back("connect_timeout");
-    values.push_back(kDefaultConnectTimeoutSeconds);
-  }
-  keywords.push_back("fallback_application_name");
-  values.push_back("pylon-sessions");
-  keywords.push_back("dbname");
-  values.push_back(url.c_str());
-  keywords.push_back("client_encoding");
-  values.push_back("UTF8");
-  keywords.push_back(nullptr);
-  values.push_back(nullptr);
-
-  // Started, then polled rather than PQconnectdbParams(): the server's SQLSTATE reaches a
-  // connection failure's message only at PQERRORS_VERBOSE, which must be set before the server
-  // answers (the connection keeps it for every reconnect). Polling, libpq does not apply
-  // connect_timeout itself: the wait ends at the earlier of it and the deadline.
-  conn_.reset(PQconnectStartParams(keywords.data(), values.data(), /*expand_dbname=*/1));
-  if (!conn_) {
-    throw Error(ErrorCode::kInternal,
-                "libpq could not allocate a connection (out of memory) for " + shown_url_);
-  }
-  PQsetNoticeProcessor(conn_.get(), ignore_notice, nullptr);
-  PQsetErrorVerbosity(conn_.get(), PQERRORS_VERBOSE);
-  const PgConninfo in_use(PQconninfo(conn_.get()));
-  for (const PQconninfoOption* option = in_use.get(); option && option->keyword != nullptr;
-       ++option) {  // NOLINT(cppcoreguidelines-pro-bounds-pointer-arithmetic): libpq's C array
-    if (std::strcmp(option->keyword, "connect_timeout") != 0 || option->val == nullptr) continue;
-    const long seconds = std::strtol(option->val, nullptr, 10);  // NOLINT(google-runtime-int)
-    if (seconds > 0) {  // libpq waits at least 2 s; 0 or less: without a limit
-      call_deadline_ = std::min(call_deadline_, std::chrono::steady_clock::now() +
-                                                    std::chrono::seconds(std::max(seconds, 2L)));
-    }
-  }
-  const std::string action = "cannot connect to PostgreSQL";
-  if (PQstatus(conn_.get()) == CONNECTION_BAD) fail_connection(action, /*in_handshake=*/true);
-  for (PostgresPollingStatusType status = PGRES_POLLING_WRITING; status != PGRES_POLLING_OK;
-       status = PQconnectPoll(conn_.get())) {
-    if (status == PGRES_POLLING_FAILED) fail_connection(action, /*in_handshake=*/true);
-    wait_for_socket(status == PGRES_POLLING_READING ? POLLIN : POLLOUT, action,
-                    /*connecting=*/true);
-  }
-  remember_used_password();
-  if (PQsetnonblocking(conn_.get(), 1) != 0) fail_connection("cannot set up the connection to");
-}
-
-// A password from PGPASSWORD or ~/.pgpass is as secret as one in the URL.
-void PostgresBackend::remember_used_password() {
-  const char* used_password = conn_ ? PQpass(conn_.get()) : nullptr;
-  if (used_password == nullptr || *used_password == '\0') return;
-  if (std::find(secrets_.begin(), secrets_.end(), used_password) == secrets_.end()) {
-    secrets_.emplace_back(used_password);
-  }
-}
-
-class PostgresBackend::Turn {
- public:
-  Turn(PostgresBackend& backend, const std::string& action) : backend_(backend) {
-    const auto deadline = std::chrono::steady_clock::now() + backend.deadline_;
-    std::unique_lock<std::mutex> lock(backend.turn_mutex_);
-    if (!backend.turn_free_.wait_until(lock, deadline, [&backend] { return !backend.in_use_; })) {
-      throw Error(ErrorCode::kBusy, action + " " + backend.shown_url_ +
-                                        ": the call ahead of this one has held the " +
-                                        "connection for the whole deadline of " +
-                                        std::to_string(backend.deadline_.count()) +
-                                        " ms (PostgresOptions::deadline); nothing was sent");
-    }
-    // Behind a call that found the server unresponsive, waiting a whole deadline again (and
-    // again for each call queued since) would hang callers after all: they fail at once, for
-    // one deadline, and the first call after that tries a new connection.
-    if (std::chrono::steady_clock::now() < backend.unresponsive_until_) {
-      throw Error(ErrorCode::kConnectionLost,
-                  action + " " + backend.shown_url_ +
-                      ": the server did not answer within the deadline of " +
-                      std::to_string(backend.deadline_.count()) +
-                      " ms a moment ago; calls fail at once for one deadline, then the next one "
-                      "reconnects (nothing was sent)",
-                  "pylon: server unresponsive");
-    }
-    backend.in_use_ = true;
-    backend.call_deadline_ = deadline;
-  }
-  ~Turn() {
-    {
-      const std::lock_guard<std::mutex> lock(backend_.turn_mutex_);
-      backend_.in_use_ = false;
-    }
-    backend_.turn_free_.notify_one();
-  }
-  Turn(const Turn&) = delete;
-  Turn& operator=(const Turn&) = delete;
-  Turn(Turn&&) = delete;
-  Turn& operator=(Turn&&) = delete;
-
- private:
-  PostgresBackend& backend_;
-};
-
-// "database "app" on host db.internal, port 5432", from what libpq resolved (defaults and
-// environment included), for messages. Never the password, never the full conninfo.
-std::string PostgresBackend::target() const {
-  const char* db = conn_ ? PQdb(conn_.get()) : nullptr;
-  const char* host = conn_ ? PQhost(conn_.get()) : nullptr;
-  const char* port = conn_ ? PQport(conn_.get()) : nullptr;
-  std::string text = "database \"" + std::string(db != nullptr ? db : "?") + "\"";
-  const std::string host_text = host != nullptr && *host != '\0' ? host : "localhost";
-  text += host_text[0] == '/' || host_text[0] == '@' ? " via the Unix socket in " : " on host ";
-  text += host_text + ", port " + (port != nullptr && *port != '\0' ? port : "5432");
-  return scrub(text, secrets_);
-}
-
-// `in_handshake`: the failure ended a connection attempt (first or re-), so libpq's message is
-// the server's refusal, with its SQLSTATE, or libpq's own account of the attempt.
-void PostgresBackend::fail_connection(const std::string& action, bool in_handshake) {
-  broken_ = true;
-  remember_used_password();
-  ConnectionFailure failure =
-      read_connection_failure(conn_ ? PQerrorMessage(conn_.get()) : "libpq has no connection");
-  if (!in_handshake) failure.sqlstate.clear();  // an older message may still be there
-  const bool needs_password = in_handshake && conn_ && PQconnectionNeedsPassword(conn_.get()) != 0;
-  const ErrorCode code = error_code_for_connection(failure.sqlstate, needs_password);
-  const std::string said = scrub(one_line(failure.text), secrets_);
-  std::string message = action + " " + target() + ": " + said;
-  if (code == ErrorCode::kConfiguration) {
-    message +=
-        " (the server refuses the connection as configured; retrying cannot help: fix the URL, "
-        "the role or the server's configuration)";
-  }
-  throw Error(
-      code, message,
-      failure.sqlstate.empty() ? "libpq: " + said : "SQLSTATE " + failure.sqlstate + ": " + said);
-}
-
-// True when the connection can take a statement now. See the section comment: this is where a
-// connection that died while idle is found, before anything is sent on it.
-bool PostgresBackend::is_usable() noexcept {
-  if (broken_ || !conn_ || PQstatus(conn_.get()) != CONNECTION_OK) return false;
-  pollfd socket{};
-  socket.fd = PQsocket(conn_.get());
-  socket.events = POLLIN;
-  if (socket.fd < 0) return false;
-  // A dying server sends its FATAL message and then closes: the first read takes the message
-  // (libpq hands it to the notice processor), a later one meets the EOF. A few rounds suffice;
-  // a socket that stays readable after them is a live server with a lot to say.
-  for (int round = 0; round < 8 && ::poll(&socket, 1, 0) > 0; ++round) {
-    if (PQconsumeInput(conn_.get()) == 0 || PQstatus(conn_.get()) != CONNECTION_OK) return false;
-  }
-  return true;
-}
-
-// Reconnects on a fresh socket (PQresetStart closes the old one), within the call's deadline as
-// well as libpq's connect_timeout.
-void PostgresBackend::ensure_connected() {
-  if (is_usable()) return;
-  broken_ = true;  // stays set until the connection is fully set up again
-  const std::string action = "cannot reconnect to PostgreSQL";
-  if (PQresetStart(conn_.get()) == 0) fail_connection(action, /*in_handshake=*/true);
-  for (PostgresPollingStatusType status = PGRES_POLLING_WRITING; status != PGRES_POLLING_OK;
-       status = PQresetPoll(conn_.get())) {
-    if (status == PGRES_POLLING_FAILED) fail_connection(action, /*in_handshake=*/true);
-    wait_for_socket(status == PGRES_POLLING_READING ? POLLIN : POLLOUT, action);
-  }
-  if (PQsetnonblocking(conn_.get(), 1) != 0) fail_connection(action);
-  setting_up_ = true;
-  configure_session();
-  settle_lost_statement();
-  prepare_statements();
-  setting_up_ = false;
-  broken_ = false;
-}
-
-// The connection is lost with a statement in flight, or may be: it is given up (the next call
-// reconnects), and its server process is remembered for settle_lost_statement().
-void PostgresBackend::note_lost_statement() noexcept {
-  broken_ = true;
-  if (lost_statement_pid_ == 0 && conn_) lost_statement_pid_ = PQbackendPID(conn_.get());
-}
-
-// A statement whose reply was lost may still be waiting in the old server process: a server
-// that was frozen (kill -STOP, a VM paused) reads it from the socket buffer when it thaws, and
-// commits it, possibly after the caller has been told "in doubt" and has read the row back.
-// Ending that process, and waiting until it is gone, makes the outcome final before this
-// connection sends anything, so what the caller reads next is what stays.
-void PostgresBackend::settle_lost_statement() {
-  if (lost_statement_pid_ == 0) return;
-  Params pid;
-  pid.int8(lost_statement_pid_);
-  const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-      call_deadline_ - std::chrono::steady_clock::now());
-  pid.int8(std::max<std::int64_t>(left.count(), 1));
-  // false, with a warning, when the process is gone already (the server restarted, or it ended
-  // the session itself); false too if it outlives the deadline, and then this call fails.
-  const PgResult ended = exec_params(
-      "SELECT pg_terminate_backend($1::integer, $2) OR NOT EXISTS "
-      "(SELECT 1 FROM pg_stat_activity WHERE pid = $1::integer)",
-      pid, "cannot end the server process of a lost connection on");
-  if (PQntuples(ended.get()) != 1 || PQgetlength(ended.get(), 0, 0) != 1 ||
-      *PQgetvalue(ended.get(), 0, 0) == 0) {
-    throw Error(ErrorCode::kConnectionLost,
-                "cannot settle a lost statement on " + target() + ": its server process " +
-                    std::to_string(lost_statement_pid_) + " did not end within the deadline",
-                "pylon: lost statement unsettled");
-  }
-  lost_statement_pid_ = 0;
-}
-
-void PostgresBackend::configure_session() {
-  exec(
-      "SELECT set_config('synchronous_commit', 'local', false) FROM pg_settings "
-      "WHERE name = 'synchronous_commit' AND setting = 'off' AND source <> 'client'",
-      "cannot configure the session on");
-}
-
-// ------------------------------------------------------------------------------------------------
-// Running statements
-// ------------------------------------------------------------------------------------------------
-
-void PostgresBackend::fail(const PGresult* result, const std::string& action) {
-  const bool connection_bad = !conn_ || PQstatus(conn_.get()) != CONNECTION_OK;
-  const char* sqlstate = result != nullptr ? PQresultErrorField(result, PG_DIAG_SQLSTATE) : nullptr;
-  const char* primary =
-      result != nullptr ? PQresultErrorField(result, PG_DIAG_MESSAGE_PRIMARY) : nullptr;
-  const std::string state = sqlstate != nullptr ? sqlstate : "";
-  ErrorCode code = error_code_for_postgres(state, connection_bad);
-  // query_canceled while opening or setting a connection up: a statement_timeout of the role or
-  // database too short for statements that take milliseconds, which no retry outlasts. (A
-  // cancel by an administrator lands here too; it is as final for this attempt.)
-  const bool cancelled_setting_up = setting_up_ && state == "57014";
-  if (cancelled_setting_up) code = ErrorCode::kConfiguration;
-  if (code == ErrorCode::kConnectionLost) note_lost_statement();
-
-  // Without a server message, the failure is libpq's own ("server closed the connection
-  // unexpectedly", "no connection to the server").
-  std::string text;
-  if (primary != nullptr) {
-    text = primary;
-  } else if (result != nullptr && *PQresultErrorMessage(result) != '\0') {
-    text = PQresultErrorMessage(result);
-  } else if (conn_) {
-    text = PQerrorMessage(conn_.get());
-  }
-  const std::string said = scrub(one_line(text), secrets_);
-  std::string message = action + " " + target() + ": " + said;
-  if (cancelled_setting_up) {
-    message +=
-        " (the server cancelled it while the connection was being set up: a statement_timeout "
-        "set for the role or database is too short; raise it, or add "
-        "options=-c%20statement_timeout%3D0 to the URL)";
-  } else if (code == ErrorCode::kConfiguration) {
-    message += " (the server refuses this as configured; retrying cannot help)";
-  } else if (state.substr(0, 2) == "23" || state == "P0001" || state == "P0004") {
-    message += " (a constraint or trigger of the table refused the row)";
-  } else if (code == ErrorCode::kConnectionLost) {
-    message +=
-        " (the connection was lost; a statement that reached the server may or may not have "
-        "been applied; the next call reconnects)";
-  } else if (code == ErrorCode::kCorruptDatabase) {
-    message += " (the table is not the one pylon-sessions' schema version promises)";
-  }
-  throw Error(code, message, state.empty() ? "libpq: " + said : "SQLSTATE " + state + ": " + said);
-}
-
-void PostgresBackend::check(const PGresult* result, const std::string& action) {
-  const ExecStatusType status = result != nullptr ? PQresultStatus(result) : PGRES_FATAL_ERROR;
-  if (status == PGRES_COMMAND_OK || status == PGRES_TUPLES_OK || status == PGRES_SINGLE_TUPLE) {
-    return;
-  }
-  fail(result, action);
-}
-
-// Waits until the socket is ready for `events` or the call's deadline passes; at the deadline
-// the connection is given up (the next call reconnects) and the call fails with kConnectionLost.
-// `connecting`: the first connection's handshake, when no statement can be in flight.
-void PostgresBackend::wait_for_socket(short events,  // NOLINT(google-runtime-int): pollfd's type
-                                      const std::string& action, bool connecting) {
-  pollfd socket{};
-  socket.fd = PQsocket(conn_.get());
-  socket.events = events;
-  if (socket.fd < 0) fail_connection(action);
-  for (;;) {
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(
-        call_deadline_ - std::chrono::steady_clock::now());
-    if (left.count() <= 0 && connecting) {
-      broken_ = true;
-      throw Error(ErrorCode::kConnectionLost,
-                  action + " " + target() + ": no answer within connect_timeout or the deadline " +
-                      "of " + std::to_string(deadline_.count()) +
-                      " ms (PostgresOptions::deadline), whichever is shorter",
-                  "pylon: client deadline");
-    }
-    if (left.count() <= 0) {
-      note_lost_statement();
-      unresponsive_until_ = std::chrono::steady_clock::now() + deadline_;
-      throw Error(ErrorCode::kConnectionLost,
-                  action + " " + target() + ": no answer within the deadline of " +
-                      std::to_string(deadline_.count()) +
-                      " ms (PostgresOptions::deadline); a statement that reached the server may "
-                      "or may not have been applied; the next call reconnects",
-                  "pylon: client deadline");
-    }
-    const int ready =
-        ::poll(&socket, 1, static_cast<int>(std::min<std::int64_t>(left.count(), INT_MAX)));
-    if (ready > 0) return;
-    if (ready < 0 && errno != EINTR) fail_connection(action);
-  }
-}
-
-// The result of the statement just sent, as PQexec() would return it (the first failure, else
-// the last result), read without ever blocking past the call's deadline.
-PgResult PostgresBackend::await_result(const std::string& action) {
-  flush_query(action);
-  PgResult kept;
-  bool kept_a_failure = false;
-  for (PgResult result = next_result(action); result; result = next_result(action)) {
-    if (kept_a_failure) continue;  // read to the end, so the connection is ready for more
-    const ExecStatusType status = PQresultStatus(result.get());
-    kept_a_failure = status != PGRES_COMMAND_OK && status != PGRES_TUPLES_OK;
-    kept = std::move(result);
-  }
-  if (!kept) fail(nullptr, action);  // the connection ended before any result
-  return kept;
-}
-
-// Sends what libpq still holds of the statement: a non-blocking connection queues what the
-// socket would not take at once.
-void PostgresBackend::flush_query(const std::string& action) {
-  for (int pending = PQflush(conn_.get()); pending != 0; pending = PQflush(conn_.get())) {
-    if (pending < 0) fail(nullptr, action);
-    // The server may be sending (a notice, an error) while we still write: take it in, or both
-    // sides could wait for the other's buffer to drain.
-    wait_for_socket(POLLIN | POLLOUT, action);
-    if (PQconsumeInput(conn_.get()) == 0) fail(nullptr, action);
-  }
-}
-
-// PQgetResult() once the whole result is in, so it never blocks; null after the last one. With
-// `restart_deadline`, the call's deadline starts again each time data arrives (a load, whose
-// rows may take longer than one deadline in all).
-PgResult PostgresBackend::next_result(const std::string& action, bool restart_deadline) {
-  while (PQisBusy(conn_.get()) != 0) {
-    wait_for_socket(POLLIN, action);
-    if (PQconsumeInput(conn_.get()) == 0) fail(nullptr, action);
-    if (restart_deadline) call_deadline_ = std::chrono::steady_clock::now() + deadline_;
-  }
-  return PgResult(PQgetResult(conn_.get()));
-}
-
-// Simple-query protocol: for constant SQL only (it may hold several statements, as a migration
-// file does). Nothing a caller supplies ever goes through here.
-PgResult PostgresBackend::exec(const char* sql, const std::string& action) {
-  if (PQsendQuery(conn_.get(), sql) == 0) fail(nullptr, action);
-  PgResult result = await_result(action);
-  check(result.get(), action);
-  return result;
-}
-
-PgResult PostgresBackend::exec_params(const char* sql, const Params& params,
-                                      const std::string& action) {
-  if (PQsendQueryParams(conn_.get(), sql, params.count(), params.types(), params.values(),
-                        params.lengths(), params.formats(), kBinaryFormat) == 0) {
-    fail(nullptr, action);
-  }
-  PgResult result = await_result(action);
-  check(result.get(), action);
-  return result;
-}
-
-PgResult PostgresBackend::run(const char* statement, const Params& params,
-                              const std::string& action) {
-  ensure_connected();
-  return execute(statement, params, action);
-}
-
-// run() without the connection check, for a caller that has just made it (and prepared a
-// statement on the connection it checked).
-PgResult PostgresBackend::execute(const char* statement, const Params& params,
-                                  const std::string& action) {
-  if (PQsendQueryPrepared(conn_.get(), statement, params.count(), params.values(), params.lengths(),
-                          params.formats(), kBinaryFormat) == 0) {
-    fail(nullptr, action);
-  }
-  PgResult result = await_result(action);
-  check(result.get(), action);
-  return result;
-}
-
-// Ends the transaction a failed step left open, from a catch block that rethrows the step's
-// error. A broken connection is left alone: the server rolls back when it goes, and the next
-// call reconnects.
-void PostgresBackend::roll_back() noexcept {
-  if (broken_) return;
-  try {
-    exec("ROLLBACK", "cannot roll back a transaction on");
-  } catch (...) {  // NOLINT(bugprone-empty-catch): the step's own error is the one to report
-  }
-}
-
-std::size_t PostgresBackend::run_counting(const char* statement, const Params& params,
-                                          const std::string& action) {
-  const PgResult result = run(statement, params, action);
-  return affected_rows(result.get(), action);
-}
-
-// The "N" of the command tag "DELETE N" or "INSERT 0 N".
-std::size_t PostgresBackend::affected_rows(PGresult* result, const std::string& action) const {
-  const std::string_view tuples = PQcmdTuples(result);
-  std::size_t count = 0;
-  const bool digits_only =
-      !tuples.empty() && tuples.size() < 20 &&
-      std::all_of(tuples.begin(), tuples.end(), [](char c) { return c >= '0' && c <= '9'; });
-  if (!digits_only) {
-    throw Error(ErrorCode::kInternal,
-                action + " " + target() + ": the server did not say how many rows it changed");
-  }
-  for (const char digit : tuples) count = count * 10 + static_cast<std::size_t>(digit - '0');
-  return count;
-}
-
-void PostgresBackend::prepare(const char* name, const char* sql, const std::vector<Oid>& types) {
-  const std::string action = "cannot prepare a statement on";
-  if (PQsendPrepare(conn_.get(), name, sql, static_cast<int>(types.size()), types.data()) == 0) {
-    fail(nullptr, action);
-  }
-  const PgResult result = await_result(action);
-  check(result.get(), action);
-}
-
-// ================================================================================================
-// 5. Migrations
-//
-// Opening runs every step below in ONE transaction that first takes a transaction-scoped
-// advisory lock. Two instances starting at once against an empty database queue on the lock;
-// the second reads the schema version only once the first has committed (READ COMMITTED is
-// forced: each statement sees what was committed before it, whatever the server's default
-// isolation), finds the work done and skips it. Both come up, with one schema.
-//
-// Anything refused (a schema newer than this code, a `_pylon_sessions` that is a view or has
-// columns we do not know) rolls the transaction back: the database is left as it was.
-//
-// Adopting pylon's table: as on SQLite, it is renamed to `_pylon_sessions_pylon_v0` (gaining the
-// `tenant_id` column early pylon lacked) in migration 1's transaction, and migration 1 moves its
-// live rows under the hash of their token and drops it.
-// ================================================================================================
-
-void PostgresBackend::migrate() {
+void PgMigrations::run() {
   std::string action = "cannot migrate the schema of";
-  exec("BEGIN ISOLATION LEVEL READ COMMITTED", action);
-  try {
-    {
-      Params key;
-      key.int8(kMigrationLockKey);
-      exec_params("SELECT pg_advisory_xact_lock($1)", key, action);
-    }
-    const int applied = applied_schema_version();
-    if (applied > kLatestPostgresVersion) {
-      throw Error(ErrorCode::kSchemaTooNew,
-                  target() + " has pylon-sessions schema version " + std::to_string(applied) +
-                      ", newer than version " + std::to_string(kLatestPostgresVersion) +
-                      " that this build knows; upgrade pylon-sessions (the database was left as "
-                      "it is)");
-    }
-    const bool adopt_pylon_table = check_session_table(applied);  // true only at version 0
-    check_rotated_table(applied);
-    // Before anything is written: the tables as version `applied` left them, keys and indexes
-    // included. (A table that lacks its primary key would otherwise fail the first upsert, and
-    // one that lacks an index would be migrated further and then refused.)
-    if (!adopt_pylon_table) verify_table_shape(applied);
-    if (applied < kLatestPostgresVersion) {
-      exec(
-          "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
-          " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
-          action);
-      // Versions run from 1 without gaps (cmake/embed_migrations.cmake refuses a gap), so the
-      // first migration to apply is entry `applied`.
-      for (auto index = static_cast<std::size_t>(applied); index < std::size(kPostgresMigrations);
-           ++index) {
-        const detail::Migration& migration = kPostgresMigrations[index];
-        action = "migration " + std::string(migration.name) + " failed on";
-        if (migration.version == 1 && adopt_pylon_table) {
-          const auto columns = table_columns("_pylon_sessions");
-          const bool has_tenant =
-              std::any_of(columns.begin(), columns.end(),
-                          [](const auto& column) { return column.first == "tenant_id"; });
-          if (!has_tenant) exec("ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT", action);
-          exec("ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
-        }
-        exec(migration.sql, action);
-        Params record;
-        record.int8(migration.version).text(migration.name);
-        exec_params(
-            "INSERT INTO _pylon_schema_migrations (version, name, applied_at) "
-            "VALUES ($1, $2, floor(extract(epoch FROM now()))::bigint)",
-            record, action);
+  // Nothing of the migration is committed unless all of it is.
+  PgConnection::Transaction transaction(connection_, Reconnect::kNever,
+                                        "BEGIN ISOLATION LEVEL READ COMMITTED", action);
+  {
+    Params key;
+    key.int8(kMigrationLockKey);
+    connection_.exec_params(Reconnect::kNever, "SELECT pg_advisory_xact_lock($1)", key, action);
+  }
+  const int applied = applied_schema_version();
+  if (applied > kLatestPostgresVersion) {
+    throw Error(ErrorCode::kSchemaTooNew,
+                connection_.target() + " has pylon-sessions schema version " +
+                    std::to_string(applied) + ", newer than version " +
+                    std::to_string(kLatestPostgresVersion) +
+                    " that this build knows; upgrade pylon-sessions (the database was left as "
+                    "it is)");
+  }
+  const bool adopt_pylon_table = check_session_table(applied);  // true only at version 0
+  check_rotated_table(applied);
+  // Before anything is written: the tables as version `applied` left them, keys and indexes
+  // included. (A table that lacks its primary key would otherwise fail the first upsert, and
+  // one that lacks an index would be migrated further and then refused.)
+  if (!adopt_pylon_table) verify_table_shape(applied);
+  if (applied < kLatestPostgresVersion) {
+    apply(applied, adopt_pylon_table, action);
+    action = "cannot migrate the schema of";
+    verify_table_shape(kLatestPostgresVersion);
+  }
+  transaction.commit(action);
+}
+
+// The migrations after version `applied`, each recorded; `action` names the one running.
+void PgMigrations::apply(int applied, bool adopt_pylon_table, std::string& action) {
+  connection_.exec(Reconnect::kNever,
+                   "CREATE TABLE IF NOT EXISTS _pylon_schema_migrations ("
+                   " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+                   action);
+  // Versions run from 1 without gaps (cmake/embed_migrations.cmake refuses a gap), so the
+  // first migration to apply is entry `applied`.
+  for (auto index = static_cast<std::size_t>(applied); index < std::size(kPostgresMigrations);
+       ++index) {
+    const detail::Migration& migration = kPostgresMigrations[index];
+    action = "migration " + std::string(migration.name) + " failed on";
+    if (migration.version == 1 && adopt_pylon_table) {
+      const auto columns = table_columns("_pylon_sessions");
+      const bool has_tenant = std::any_of(columns.begin(), columns.end(), [](const auto& column) {
+        return column.first == "tenant_id";
+      });
+      if (!has_tenant) {
+        connection_.exec(Reconnect::kNever, "ALTER TABLE _pylon_sessions ADD COLUMN tenant_id TEXT",
+                         action);
       }
-      action = "cannot migrate the schema of";
-      verify_table_shape(kLatestPostgresVersion);
+      connection_.exec(Reconnect::kNever,
+                       "ALTER TABLE _pylon_sessions RENAME TO _pylon_sessions_pylon_v0", action);
     }
-    exec("COMMIT", action);
-  } catch (...) {
-    // Nothing of the migration is committed. ROLLBACK fails only on a dead connection, and then
-    // the server has rolled back already.
-    roll_back();
-    throw;
+    connection_.exec(Reconnect::kNever, migration.sql, action);
+    Params record;
+    record.int8(migration.version).text(migration.name);
+    connection_.exec_params(Reconnect::kNever,
+                            "INSERT INTO _pylon_schema_migrations (version, name, applied_at) "
+                            "VALUES ($1, $2, floor(extract(epoch FROM now()))::bigint)",
+                            record, action);
   }
 }
 
-int PostgresBackend::applied_schema_version() {
+int PgMigrations::applied_schema_version() {
   const std::string action = "cannot read the schema version of";
   std::string kind;
   if (!relation_kind("_pylon_schema_migrations", &kind)) return 0;
-  const PgResult result = exec_params(
-      "SELECT coalesce(max(version), 0)::bigint FROM _pylon_schema_migrations", Params(), action);
+  const PgResult result = connection_.exec_params(
+      Reconnect::kNever, "SELECT coalesce(max(version), 0)::bigint FROM _pylon_schema_migrations",
+      Params(), action);
   if (PQntuples(result.get()) != 1 || PQgetlength(result.get(), 0, 0) != 8) {
-    throw Error(ErrorCode::kCorruptDatabase,
-                action + " " + target() + ": _pylon_schema_migrations is not pylon-sessions'");
+    throw Error(
+        ErrorCode::kCorruptDatabase,
+        action + " " + connection_.target() + ": _pylon_schema_migrations is not pylon-sessions'");
   }
   return static_cast<int>(
       std::clamp<std::int64_t>(decode_int8({PQgetvalue(result.get(), 0, 0), 8}), 0, INT_MAX));
@@ -6997,22 +7894,23 @@ int PostgresBackend::applied_schema_version() {
 
 // Whether `name` resolves (through search_path, as our unqualified statements do) to a
 // relation, and its pg_class.relkind.
-bool PostgresBackend::relation_kind(const char* name, std::string* kind) {
+bool PgMigrations::relation_kind(const char* name, std::string* kind) {
   Params params;
   params.text(name);
-  const PgResult result =
-      exec_params("SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", params,
-                  "cannot read the schema of");
+  const PgResult result = connection_.exec_params(
+      Reconnect::kNever, "SELECT relkind::text FROM pg_class WHERE oid = to_regclass($1)", params,
+      "cannot read the schema of");
   if (PQntuples(result.get()) == 0) return false;
   *kind = text_at(result.get(), 0);
   return true;
 }
 
 // (name, type) of every column of `table`, ordered by name.
-std::vector<std::pair<std::string, std::string>> PostgresBackend::table_columns(const char* table) {
+std::vector<std::pair<std::string, std::string>> PgMigrations::table_columns(const char* table) {
   Params params;
   params.text(table);
-  const PgResult result = exec_params(
+  const PgResult result = connection_.exec_params(
+      Reconnect::kNever,
       "SELECT attname::text, format_type(atttypid, NULL) FROM pg_attribute "
       "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped ORDER BY attname",
       params, "cannot read the schema of");
@@ -7109,12 +8007,12 @@ std::string describe_relkind(const std::string& kind) {
 // version `applied` left them) nor pylon's. Returns true when it is pylon's table, to be adopted
 // by migration 1. As on SQLite, only the column names are compared here; verify_table_shape()
 // checks the types after migrating.
-bool PostgresBackend::check_session_table(int applied) {
+bool PgMigrations::check_session_table(int applied) {
   std::string kind;
   if (!relation_kind("_pylon_sessions", &kind)) return false;
   if (kind != "r" && kind != "p") {  // an ordinary or a partitioned table
     throw Error(ErrorCode::kCorruptDatabase,
-                target() + " has a _pylon_sessions " + describe_relkind(kind) +
+                connection_.target() + " has a _pylon_sessions " + describe_relkind(kind) +
                     ", not a table; refusing to use it (the database was left as it is)");
   }
   const std::vector<std::string> columns = names_of(table_columns("_pylon_sessions"));
@@ -7133,7 +8031,7 @@ bool PostgresBackend::check_session_table(int applied) {
   std::string listed;
   for (const std::string& column : columns) listed += (listed.empty() ? "" : ", ") + column;
   throw Error(ErrorCode::kCorruptDatabase,
-              target() + " has a _pylon_sessions table with columns (" + listed +
+              connection_.target() + " has a _pylon_sessions table with columns (" + listed +
                   ") that is neither pylon-sessions' nor pylon's; refusing to use it (the "
                   "database was left as it is)");
 }
@@ -7141,11 +8039,11 @@ bool PostgresBackend::check_session_table(int applied) {
 // Refuses a `_pylon_rotated_ids` that exists before the migration that creates it has run: it
 // is not ours, and that migration would fail on it half-way (a duplicate table, reported as a
 // bug rather than as the database at fault).
-void PostgresBackend::check_rotated_table(int applied) {
+void PgMigrations::check_rotated_table(int applied) {
   std::string kind;
   if (applied >= kRotatedIdsVersion || !relation_kind("_pylon_rotated_ids", &kind)) return;
   throw Error(ErrorCode::kCorruptDatabase,
-              target() + " has a _pylon_rotated_ids " +
+              connection_.target() + " has a _pylon_rotated_ids " +
                   (kind == "r" || kind == "p" ? std::string("table") : describe_relkind(kind)) +
                   " that pylon-sessions did not create (its schema version is " +
                   std::to_string(applied) +
@@ -7158,22 +8056,22 @@ void PostgresBackend::check_rotated_table(int applied) {
 // the migrations made, valid. At version 0 a table of version 1's columns is taken over by
 // migration 1, which makes its indexes: only its columns and key are checked then.
 // Error(kCorruptDatabase) naming the first difference.
-void PostgresBackend::verify_table_shape(int version) {
+void PgMigrations::verify_table_shape(int version) {
   verify_table("_pylon_sessions", session_column_shapes(), version);
   if (version >= kRotatedIdsVersion) {
     verify_table("_pylon_rotated_ids", rotated_column_shapes(), version);
   }
 }
 
-void PostgresBackend::refuse_table(const std::string& what) const {
+void PgMigrations::refuse_table(const std::string& what) const {
   throw Error(ErrorCode::kCorruptDatabase,
-              target() + " has a " + what +
+              connection_.target() + " has a " + what +
                   "; it is not pylon-sessions' table, refusing to use it (the database was left "
                   "as it is)");
 }
 
-void PostgresBackend::verify_table(const char* table, const std::vector<ExpectedColumn>& expected,
-                                   int version) {
+void PgMigrations::verify_table(const char* table, const std::vector<ExpectedColumn>& expected,
+                                int version) {
   std::string kind;
   if (!relation_kind(table, &kind)) {
     if (version == 0) return;
@@ -7185,11 +8083,12 @@ void PostgresBackend::verify_table(const char* table, const std::vector<Expected
   verify_keys(table, version);
 }
 
-void PostgresBackend::verify_columns(const char* table, const std::vector<ExpectedColumn>& expected,
-                                     int version) {
+void PgMigrations::verify_columns(const char* table, const std::vector<ExpectedColumn>& expected,
+                                  int version) {
   Params name;
   name.text(table);
-  const PgResult columns = exec_params(
+  const PgResult columns = connection_.exec_params(
+      Reconnect::kNever,
       "SELECT attname::text, format_type(atttypid, NULL), attnotnull::text, "
       "(attidentity <> '' OR atthasdef)::text FROM pg_attribute "
       "WHERE attrelid = to_regclass($1) AND attnum > 0 AND NOT attisdropped",
@@ -7222,12 +8121,13 @@ void PostgresBackend::verify_columns(const char* table, const std::vector<Expect
 }
 
 // The primary key on (id), and from version 1 on the indexes of kIndexes.
-void PostgresBackend::verify_keys(const char* table, int version) {
+void PgMigrations::verify_keys(const char* table, int version) {
   Params name;
   name.text(table);
   // Each index: its name, its first column ('' for an expression), whether it is the primary
   // key, its number of key columns, whether it is usable.
-  const PgResult indexes = exec_params(
+  const PgResult indexes = connection_.exec_params(
+      Reconnect::kNever,
       "SELECT c.relname::text, coalesce((SELECT a.attname::text FROM pg_attribute a "
       "WHERE a.attrelid = i.indrelid AND a.attnum = i.indkey[0]), ''), i.indisprimary::text, "
       "i.indnkeyatts::text, (i.indisvalid AND i.indisready AND i.indexprs IS NULL)::text "
@@ -7261,7 +8161,15 @@ void PostgresBackend::verify_keys(const char* table, int version) {
 }
 
 // ================================================================================================
-// 6. The backend
+
+// ================================================================================================
+// 5. The backend
+//
+// PostgresBackend is the SessionBackend: it owns its statements, their texts and the encoding of
+// a Session as their parameters, and runs them on its PgConnection, whose setup prepares them.
+// Fields are checked before anything is sent: PostgreSQL TEXT holds neither NUL nor invalid
+// UTF-8, and both backends refuse such text with the same checks and messages
+// (internal/backend_shared.hpp), so a caller sees one behaviour whichever backend it runs on.
 //
 // Every statement is prepared once per connection with the types of its parameters, and every
 // call sends only parameters. load_all() streams: in single-row mode libpq hands over one row at
@@ -7300,6 +8208,135 @@ void PostgresBackend::verify_keys(const char* table, int version) {
 // statement of its own that sees the rows committed by whoever held a lock before, deletes what
 // lies beyond the cap. Without a cap it is save_batch().
 // ================================================================================================
+
+// The prepared statements, by name. Names are per connection: every reconnect prepares them again.
+constexpr const char* kUpsert = "pylon_upsert";
+constexpr const char* kUpsertBatch = "pylon_upsert_batch";
+constexpr const char* kDeleteById = "pylon_delete_by_id";
+constexpr const char* kDeleteByUser = "pylon_delete_by_user";
+constexpr const char* kDeleteExpired = "pylon_delete_expired";
+constexpr const char* kSelectAll = "pylon_select_all";
+constexpr const char* kSelectById = "pylon_select_by_id";
+constexpr const char* kReplace = "pylon_replace";
+constexpr const char* kDeleteExpiredBatch = "pylon_delete_expired_batch";
+constexpr const char* kLockOwners = "pylon_lock_owners";
+constexpr const char* kEvictBeyondCap = "pylon_evict_beyond_cap";
+constexpr const char* kTouch = "pylon_touch";
+constexpr const char* kUpdateData = "pylon_update_data";
+constexpr const char* kRotate = "pylon_rotate";
+constexpr const char* kSelectRotated = "pylon_select_rotated";
+constexpr const char* kDeleteExpiredRotatedBatch = "pylon_delete_expired_rotated_batch";
+// remove_matching()'s statements are prepared on first use, one per combination of filter
+// fields: this prefix and the bitmask of the fields (see MatchField).
+constexpr const char* kDeleteMatchingPrefix = "pylon_delete_matching_";
+
+// The most array bytes one statement of save_batch() sends. The server would take up to 1 GB;
+// this keeps the copies a statement makes (ours, the server's arrays and the rows unnested from
+// them) small, while any batch of ordinary sessions, thousands of them, is still one statement.
+constexpr std::size_t kBatchStatementBytes = std::size_t{32} << 20U;
+
+// The columns of kSelectAll, in order, with the type each must have.
+constexpr std::array<Oid, 11> kSelectAllTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
+                                                 kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
+                                                 kTextOid, kByteaOid, kTextOid};
+// The columns of kSelectRotated, in order, with the type each must have.
+constexpr std::array<Oid, 6> kSelectRotatedTypes = {kTextOid, kTextOid, kTextOid,
+                                                    kTextOid, kInt8Oid, kInt8Oid};
+
+// The fields of a SessionFilter, as bits of the mask that names remove_matching()'s statement.
+// Conditions and parameters follow this order.
+enum MatchField : unsigned {
+  kMatchId = 1U << 0U,
+  kMatchUserId = 1U << 1U,
+  kMatchTenantId = 1U << 2U,
+  kMatchIdpSessionId = 1U << 3U,
+  kMatchExceptId = 1U << 4U,
+};
+constexpr std::size_t kMatchCombinations = 32;
+
+// The first key of the two-key pg_advisory_xact_lock that insert_new() takes per user and tenant
+// ("pcap" in ASCII); the second is a hash of the two. PostgreSQL keeps two-key locks apart from
+// one-key locks such as kMigrationLockKey: the spaces never overlap.
+constexpr std::int32_t kCapLockClass = 0x70636170;
+
+class PostgresBackend final : public SessionBackend {
+ public:
+  PostgresBackend(const std::string& url, const PostgresOptions& options);
+  std::unique_ptr<ChangeSource> open_change_source() override;
+
+  std::vector<Session> load_all() override;
+  void load_each(const std::function<void(const Session&)>& visit) override;
+  std::optional<Session> load_one(std::string_view id) override;
+  void save(const Session& session) override;
+  void save_batch(const std::vector<Session>& sessions) override;
+  bool remove(std::string_view id) override;
+  std::size_t remove_user(std::string_view user_id) override;
+  std::size_t remove_expired(std::int64_t now) override;
+  std::vector<RemovedSession> remove_matching(const SessionFilter& filter) override;
+  bool replace(std::string_view old_id, const Session& replacement) override;
+  std::size_t remove_expired_batch(std::int64_t now, std::size_t limit) override;
+  std::vector<RemovedSession> insert_new(const std::vector<Session>& sessions,
+                                         std::size_t max_per_user) override;
+  std::optional<Session> touch(std::string_view id, std::int64_t last_seen_at,
+                               std::int64_t expires_at) override;
+  std::optional<Session> update_data(std::string_view id, std::string_view data) override;
+  std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
+                                std::int64_t now) override;
+  void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
+  std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
+  [[nodiscard]] std::string describe() const override { return connection_.shown_url(); }
+
+ private:
+  // Every new server session's setup: the statements, prepared again after each reconnect.
+  void prepare_statements();
+  // Each call below runs in the caller's Turn and throws Error naming the action and the
+  // database.
+  std::size_t run_counting(const char* statement, const Params& params, const std::string& action);
+  std::optional<Session> run_returning_session(const char* statement, const Params& params,
+                                               const std::string& action);
+  void load_rows(const char* statement, const char* table, const Oid* types, std::size_t type_count,
+                 const std::string& action, const std::function<void(const PGresult*)>& row);
+  void upsert_in_statements(const std::vector<const Session*>& rows,
+                            const std::vector<std::size_t>& ends, const std::string& action);
+  void upsert_rows(const std::vector<const Session*>& rows, std::size_t begin, std::size_t end,
+                   const std::string& action);
+  // Takes a non-const PGresult: libpq's PQcmdTuples() does.
+  std::size_t affected_rows(PGresult* result, const std::string& action) const;
+
+  std::string url_;  // as opened: a change source opens its own connection with them
+  PostgresOptions options_;
+  PgConnection connection_;
+  // Which of remove_matching()'s statements this connection has prepared, by field mask.
+  // prepare_statements() clears it: a reconnect starts a server session that has none.
+  std::array<bool, kMatchCombinations> matching_prepared_{};
+};
+
+PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
+    : url_(url), options_(options), connection_(url, options.deadline) {
+  PgMigrations(connection_).run();
+  connection_.finish_setup([this] { prepare_statements(); });
+}
+
+std::size_t PostgresBackend::run_counting(const char* statement, const Params& params,
+                                          const std::string& action) {
+  const PgResult result = connection_.exec_prepared(Reconnect::kIfDead, statement, params, action);
+  return affected_rows(result.get(), action);
+}
+
+// The "N" of the command tag "DELETE N" or "INSERT 0 N".
+std::size_t PostgresBackend::affected_rows(PGresult* result, const std::string& action) const {
+  const std::string_view tuples = PQcmdTuples(result);
+  std::size_t count = 0;
+  const bool digits_only =
+      !tuples.empty() && tuples.size() < 20 &&
+      std::all_of(tuples.begin(), tuples.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits_only) {
+    throw Error(ErrorCode::kInternal, action + " " + connection_.target() +
+                                          ": the server did not say how many rows it changed");
+  }
+  for (const char digit : tuples) count = count * 10 + static_cast<std::size_t>(digit - '0');
+  return count;
+}
 
 // The columns a Session is written to, in the order of its parameters (bind_session()).
 constexpr const char* kSessionColumns =
@@ -7401,11 +8438,19 @@ std::vector<const Session*> last_of_each_id(const std::vector<Session>& sessions
   return rows;
 }
 
-void PostgresBackend::prepare_statements() {
+// A statement every server session has prepared: its name, its text, its parameters' types.
+struct Statement {
+  const char* name;
+  std::string sql;
+  std::vector<Oid> types;
+};
+
+// save(), save_batch() and replace(): upserts of whole rows.
+void add_upserts(std::vector<Statement>& statements) {
   const std::string upsert = std::string("INSERT INTO _pylon_sessions (") + kSessionColumns +
                              ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)" +
                              kUpdateEveryColumn;
-  prepare(kUpsert, upsert.c_str(), session_parameter_types());
+  statements.push_back({kUpsert, upsert, session_parameter_types()});
 
   // save_batch(): the same upsert for many rows in one statement, each column an array. The
   // unnest() calls of a select list run in step (row i holds the arrays' i-th elements, in
@@ -7419,7 +8464,7 @@ void PostgresBackend::prepare_statements() {
   upsert_batch += kUpdateEveryColumn;
   std::vector<Oid> array_types;
   for (const Oid type : session_parameter_types()) array_types.push_back(array_type_of(type));
-  prepare(kUpsertBatch, upsert_batch.c_str(), array_types);
+  statements.push_back({kUpsertBatch, upsert_batch, array_types});
 
   // The INSERT runs only when the DELETE found the old row; its command tag then says 1, else 0.
   // The upsert form keeps replace() writing exactly what save() would (a replacement whose id
@@ -7432,14 +8477,18 @@ void PostgresBackend::prepare_statements() {
   std::vector<Oid> replace_types = {kTextOid};
   replace_types.insert(replace_types.end(), session_parameter_types().begin(),
                        session_parameter_types().end());
-  prepare(kReplace, replace_sql.c_str(), replace_types);
+  statements.push_back({kReplace, replace_sql, replace_types});
+}
 
-  prepare(kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1", {kTextOid});
-  prepare(kDeleteByUser, "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid});
-  prepare(kDeleteExpired,
-          "WITH rotated AS (DELETE FROM _pylon_rotated_ids WHERE expires_at <= $1) "
-          "DELETE FROM _pylon_sessions WHERE expires_at <= $1",
-          {kInt8Oid});
+// The removals and the loads.
+void add_deletes_and_selects(std::vector<Statement>& statements) {
+  statements.push_back({kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1", {kTextOid}});
+  statements.push_back(
+      {kDeleteByUser, "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid}});
+  statements.push_back({kDeleteExpired,
+                        "WITH rotated AS (DELETE FROM _pylon_rotated_ids WHERE expires_at <= $1) "
+                        "DELETE FROM _pylon_sessions WHERE expires_at <= $1",
+                        {kInt8Oid}});
   // By id rather than ctid: ctid is not unique in a partitioned table. FOR UPDATE is what keeps
   // it right under concurrent writes: in READ COMMITTED a row changed since the statement's
   // snapshot (a save() sliding its expiry) is re-read at its newest version and re-checked
@@ -7447,48 +8496,56 @@ void PostgresBackend::prepare_statements() {
   // finds by id is still expired. (An id semi-join alone would not re-check expires_at.) With no
   // second expires_at condition outside, the planner walks at most `limit` entries of the
   // expiry index and looks each row up by key: a batch costs its size, not the backlog's.
-  prepare(kDeleteExpiredBatch,
-          "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM _pylon_sessions "
-          "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-          {kInt8Oid, kInt8Oid});
-  prepare(kSelectAll, (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions").c_str(),
-          {});
-  prepare(
-      kSelectById,
-      (std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions WHERE id = $1").c_str(),
-      {kTextOid});
+  statements.push_back({kDeleteExpiredBatch,
+                        "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM _pylon_sessions "
+                        "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+                        {kInt8Oid, kInt8Oid}});
+  statements.push_back(
+      {kSelectAll, std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions", {}});
+  statements.push_back(
+      {kSelectById,
+       std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions WHERE id = $1",
+       {kTextOid}});
+}
 
+// insert_new()'s cap, then touch() and update_data().
+void add_cap_and_updates(std::vector<Statement>& statements) {
   // insert_new(): one lock per "user_id <US> tenant_id" key ($1, distinct), in the order of the
   // lock keys. The server evaluates a volatile function of the select list after the sort (since
   // PostgreSQL 9.6), so the locks are taken in that order; a hash shared by two keys is one lock,
   // taken once.
-  prepare(kLockOwners,
-          ("SELECT pg_advisory_xact_lock(" + std::to_string(kCapLockClass) +
+  statements.push_back(
+      {kLockOwners,
+       "SELECT pg_advisory_xact_lock(" + std::to_string(kCapLockClass) +
            ", key) FROM (SELECT DISTINCT hashtext(owner) AS key FROM unnest($1::text[]) AS owner) "
-           "AS keys ORDER BY key")
-              .c_str(),
-          {kTextArrayOid});
+           "AS keys ORDER BY key",
+       {kTextArrayOid}});
   // The rows of each (user, tenant) pair of $1 and $2 (distinct pairs) beyond the newest $3:
   // newest by created_at, then by insertion. The join starts from the pairs, so the user index
   // finds their rows.
-  prepare(kEvictBeyondCap,
-          "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM (SELECT s.id, row_number() "
-          "OVER (PARTITION BY s.user_id, s.tenant_id ORDER BY s.created_at DESC, "
-          "s.insert_order DESC) AS newer FROM unnest($1::text[], $2::text[]) AS owner(user_id, "
-          "tenant_id) JOIN _pylon_sessions AS s ON s.user_id = owner.user_id AND s.tenant_id IS "
-          "NOT DISTINCT FROM owner.tenant_id) AS ranked WHERE newer > $3) RETURNING id, user_id",
-          {kTextArrayOid, kTextArrayOid, kInt8Oid});
-  prepare(kTouch,
-          (std::string("UPDATE _pylon_sessions SET last_seen_at = GREATEST(last_seen_at, $2), "
-                       "expires_at = GREATEST(expires_at, $3) WHERE id = $1 RETURNING ") +
-           kSessionColumns)
-              .c_str(),
-          {kTextOid, kInt8Oid, kInt8Oid});
-  prepare(kUpdateData,
-          (std::string("UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING ") +
-           kSessionColumns)
-              .c_str(),
-          {kTextOid, kByteaOid});
+  statements.push_back(
+      {kEvictBeyondCap,
+       "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM (SELECT s.id, row_number() "
+       "OVER (PARTITION BY s.user_id, s.tenant_id ORDER BY s.created_at DESC, "
+       "s.insert_order DESC) AS newer FROM unnest($1::text[], $2::text[]) AS owner(user_id, "
+       "tenant_id) JOIN _pylon_sessions AS s ON s.user_id = owner.user_id AND s.tenant_id IS "
+       "NOT DISTINCT FROM owner.tenant_id) AS ranked WHERE newer > $3) RETURNING id, user_id",
+       {kTextArrayOid, kTextArrayOid, kInt8Oid}});
+  statements.push_back(
+      {kTouch,
+       std::string("UPDATE _pylon_sessions SET last_seen_at = GREATEST(last_seen_at, $2), "
+                   "expires_at = GREATEST(expires_at, $3) WHERE id = $1 RETURNING ") +
+           kSessionColumns,
+       {kTextOid, kInt8Oid, kInt8Oid}});
+  statements.push_back(
+      {kUpdateData,
+       std::string("UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING ") +
+           kSessionColumns,
+       {kTextOid, kByteaOid}});
+}
+
+// rotate() and the rotated ids it records.
+void add_rotation(std::vector<Statement>& statements) {
   // The INSERT copies what the DELETE returned, so the new row is the old one as storage held
   // it at that instant; when there was no live old row, both CTEs and the INSERT see nothing and
   // the statement writes nothing. A rotated id already recorded (its session re-created under
@@ -7509,16 +8566,37 @@ void PostgresBackend::prepare_statements() {
       ") SELECT $2, user_id, tenant_id, created_at, expires_at, last_seen_at, "
       "absolute_expires_at, device, ip, data, idp_session_id FROM old RETURNING " +
       kSessionColumns;
-  prepare(kRotate, rotate_sql.c_str(), {kTextOid, kTextOid, kInt8Oid});
-  prepare(kSelectRotated,
-          "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at "
-          "FROM _pylon_rotated_ids",
-          {});
+  statements.push_back({kRotate, rotate_sql, {kTextOid, kTextOid, kInt8Oid}});
+  statements.push_back({kSelectRotated,
+                        "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at "
+                        "FROM _pylon_rotated_ids",
+                        {}});
   // As kDeleteExpiredBatch, for the same reasons.
-  prepare(kDeleteExpiredRotatedBatch,
-          "DELETE FROM _pylon_rotated_ids WHERE id IN (SELECT id FROM _pylon_rotated_ids "
-          "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
-          {kInt8Oid, kInt8Oid});
+  statements.push_back(
+      {kDeleteExpiredRotatedBatch,
+       "DELETE FROM _pylon_rotated_ids WHERE id IN (SELECT id FROM "
+       "_pylon_rotated_ids WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+       {kInt8Oid, kInt8Oid}});
+}
+
+// Every statement but remove_matching()'s, in the order they are prepared. Built once: the texts
+// are the same for every connection.
+const std::vector<Statement>& session_statements() {
+  static const std::vector<Statement> kStatements = [] {
+    std::vector<Statement> statements;
+    add_upserts(statements);
+    add_deletes_and_selects(statements);
+    add_cap_and_updates(statements);
+    add_rotation(statements);
+    return statements;
+  }();
+  return kStatements;
+}
+
+void PostgresBackend::prepare_statements() {
+  for (const Statement& statement : session_statements()) {
+    connection_.prepare(Reconnect::kNever, statement.name, statement.sql.c_str(), statement.types);
+  }
   matching_prepared_.fill(false);
 }
 
@@ -7552,46 +8630,37 @@ std::vector<RemovedSession> removed_rows(const PGresult* result) {
   return removed;
 }
 
-// Row 0 of a result of kSelectAll or kSelectById into `session`. Its strings are assigned, not
-// built anew, so a load that reads every row into one Session reuses their buffers.
-void read_session_row(const PGresult* row, Session& session) {
+// Row 0 of a result of kSelectAll or kSelectById (from column `first` on) into `session`. Its
+// strings are assigned, not built anew, so a load that reads every row into one Session reuses
+// their buffers.
+void read_session_row(const PGresult* row, Session& session, int first = 0) {
   const auto text = [row](int column, std::string& into) { assign_text_at(row, column, into); };
   const auto optional_text = [row](int column, std::optional<std::string>& into) {
     assign_optional_text_at(row, column, into);
   };
   const auto int8 = [row](int column) { return int8_at(row, column); };
-  text(0, session.id);
-  text(1, session.user_id);
-  optional_text(2, session.tenant_id);
-  session.created_at = int8(3);
-  session.expires_at = int8(4);
-  session.last_seen_at = int8(5);
-  session.absolute_expires_at = int8(6);
-  optional_text(7, session.device);
-  optional_text(8, session.ip);
-  text(9, session.data);
-  optional_text(10, session.idp_session_id);
+  text(first, session.id);
+  text(first + 1, session.user_id);
+  optional_text(first + 2, session.tenant_id);
+  session.created_at = int8(first + 3);
+  session.expires_at = int8(first + 4);
+  session.last_seen_at = int8(first + 5);
+  session.absolute_expires_at = int8(first + 6);
+  optional_text(first + 7, session.device);
+  optional_text(first + 8, session.ip);
+  text(first + 9, session.data);
+  optional_text(first + 10, session.idp_session_id);
 }
 
-// Marks the connection broken unless the query in flight was read to its end: an exception
-// while rows still arrive leaves the connection mid-query, and dropping it at the next call is
-// cheaper than reading a million rows we no longer want.
-class QueryInFlight {
- public:
-  explicit QueryInFlight(bool& broken) noexcept : broken_(broken) {}
-  ~QueryInFlight() {
-    if (!finished_) broken_ = true;
-  }
-  QueryInFlight(const QueryInFlight&) = delete;
-  QueryInFlight& operator=(const QueryInFlight&) = delete;
-  QueryInFlight(QueryInFlight&&) = delete;
-  QueryInFlight& operator=(QueryInFlight&&) = delete;
-  void finished() noexcept { finished_ = true; }
-
- private:
-  bool& broken_;
-  bool finished_ = false;
-};
+// Row 0 of a result selecting the columns of _pylon_rotated_ids (from column `first` on).
+void read_rotated_row(const PGresult* row, RotatedId& rotated, int first = 0) {
+  assign_text_at(row, first, rotated.id);
+  assign_text_at(row, first + 1, rotated.replaced_by);
+  assign_text_at(row, first + 2, rotated.user_id);
+  assign_optional_text_at(row, first + 3, rotated.tenant_id);
+  rotated.rotated_at = int8_at(row, first + 4);
+  rotated.expires_at = int8_at(row, first + 5);
+}
 
 std::vector<Session> PostgresBackend::load_all() {
   std::vector<Session> sessions;
@@ -7602,75 +8671,49 @@ std::vector<Session> PostgresBackend::load_all() {
 void PostgresBackend::load_each(const std::function<void(const Session&)>& visit) {
   const std::string action = "cannot load sessions from";
   Session session;  // every row is read into this one, reusing its buffers
-  stream(kSelectAll, "_pylon_sessions", kSelectAllTypes.data(), kSelectAllTypes.size(), action,
-         [&session, &visit](const PGresult* row) {
-           read_session_row(row, session);
-           visit(session);
-         });
+  load_rows(kSelectAll, "_pylon_sessions", kSelectAllTypes.data(), kSelectAllTypes.size(), action,
+            [&session, &visit](const PGresult* row) {
+              read_session_row(row, session);
+              visit(session);
+            });
 }
 
 void PostgresBackend::load_rotated_each(const std::function<void(const RotatedId&)>& visit) {
   const std::string action = "cannot load rotated session ids from";
   RotatedId rotated;  // as in load_each(), one for every row
-  stream(kSelectRotated, "_pylon_rotated_ids", kSelectRotatedTypes.data(),
-         kSelectRotatedTypes.size(), action, [&rotated, &visit](const PGresult* row) {
-           assign_text_at(row, 0, rotated.id);
-           assign_text_at(row, 1, rotated.replaced_by);
-           assign_text_at(row, 2, rotated.user_id);
-           assign_optional_text_at(row, 3, rotated.tenant_id);
-           rotated.rotated_at = int8_at(row, 4);
-           rotated.expires_at = int8_at(row, 5);
-           visit(rotated);
-         });
+  load_rows(kSelectRotated, "_pylon_rotated_ids", kSelectRotatedTypes.data(),
+            kSelectRotatedTypes.size(), action, [&rotated, &visit](const PGresult* row) {
+              read_rotated_row(row, rotated);
+              visit(rotated);
+            });
 }
 
 // Runs the prepared query `statement` of `table` in single-row mode and hands each row, a result
 // of one row, to `row`, once the types of its columns are checked against `types`. A row is
 // valid only during the call.
-void PostgresBackend::stream(const char* statement, const char* table, const Oid* types,
-                             std::size_t type_count, const std::string& action,
-                             const std::function<void(const PGresult*)>& row) {
-  const Turn turn(*this, action);
-  ensure_connected();
-  if (PQsendQueryPrepared(conn_.get(), statement, 0, nullptr, nullptr, nullptr, kBinaryFormat) ==
-      0) {
-    fail(nullptr, action);
-  }
-  QueryInFlight query(broken_);
-  if (PQsetSingleRowMode(conn_.get()) == 0) {
-    throw Error(ErrorCode::kInternal, action + " " + target() + ": libpq refused single-row mode");
-  }
-  flush_query(action);
-
-  PgResult error;  // the first failure; later results are read only to finish the query
+void PostgresBackend::load_rows(const char* statement, const char* table, const Oid* types,
+                                std::size_t type_count, const std::string& action,
+                                const std::function<void(const PGresult*)>& row) {
+  const PgConnection::Turn turn(connection_, action);
   bool types_checked = false;
-  // The deadline bounds the server's silence, not the size of the table: it starts again
-  // whenever data arrives.
-  for (PgResult result = next_result(action, /*restart_deadline=*/true); result;
-       result = next_result(action, /*restart_deadline=*/true)) {
-    const ExecStatusType status = PQresultStatus(result.get());
-    if (status == PGRES_SINGLE_TUPLE && !error) {
-      if (!types_checked) {
-        // NOLINTBEGIN(cppcoreguidelines-pro-bounds-pointer-arithmetic): types[0, type_count)
-        for (std::size_t column = 0; column < type_count; ++column) {
-          const int index = static_cast<int>(column);
-          if (PQftype(result.get(), index) != types[column] ||
-              PQfformat(result.get(), index) != kBinaryFormat) {
-            throw Error(ErrorCode::kCorruptDatabase,
-                        action + " " + target() + ": column " + PQfname(result.get(), index) +
-                            " of " + table + " is not of the type pylon-sessions wrote");
-          }
-        }
-        // NOLINTEND(cppcoreguidelines-pro-bounds-pointer-arithmetic)
-        types_checked = true;
+  const auto check_types = [&](const PGresult* result) {
+    // NOLINTBEGIN(cppcoreguidelines-pro-bounds-pointer-arithmetic): types[0, type_count)
+    for (std::size_t column = 0; column < type_count; ++column) {
+      const int index = static_cast<int>(column);
+      if (PQftype(result, index) != types[column] || PQfformat(result, index) != kBinaryFormat) {
+        throw Error(ErrorCode::kCorruptDatabase, action + " " + connection_.target() + ": column " +
+                                                     PQfname(result, index) + " of " + table +
+                                                     " is not of the type pylon-sessions wrote");
       }
-      row(result.get());
-    } else if (status != PGRES_SINGLE_TUPLE && status != PGRES_TUPLES_OK && !error) {
-      error = std::move(result);
     }
-  }
-  query.finished();
-  if (error) fail(error.get(), action);
+    // NOLINTEND(cppcoreguidelines-pro-bounds-pointer-arithmetic)
+    types_checked = true;
+  };
+  connection_.exec_prepared(Reconnect::kIfDead, statement, Params(), action,
+                            [&](const PGresult* result) {
+                              if (!types_checked) check_types(result);
+                              row(result);
+                            });
 }
 
 std::optional<Session> PostgresBackend::load_one(std::string_view id) {
@@ -7678,8 +8721,9 @@ std::optional<Session> PostgresBackend::load_one(std::string_view id) {
   Params params;
   params.text(id);
   const std::string action = "cannot load a session from";
-  const Turn turn(*this, action);
-  const PgResult result = run(kSelectById, params, action);
+  const PgConnection::Turn turn(connection_, action);
+  const PgResult result =
+      connection_.exec_prepared(Reconnect::kIfDead, kSelectById, params, action);
   if (PQntuples(result.get()) == 0) return std::nullopt;
   Session session;
   read_session_row(result.get(), session);
@@ -7691,8 +8735,8 @@ void PostgresBackend::save(const Session& session) {
   Params params;
   bind_session(params, session);
   const std::string action = "cannot save a session to";
-  const Turn turn(*this, action);
-  run(kUpsert, params, action);
+  const PgConnection::Turn turn(connection_, action);
+  connection_.exec_prepared(Reconnect::kIfDead, kUpsert, params, action);
 }
 
 // Where each statement of a batch ends in `rows`: at least one row each, at most
@@ -7722,8 +8766,8 @@ void PostgresBackend::save_batch(const std::vector<Session>& sessions) {
   const std::vector<const Session*> rows = last_of_each_id(sessions);
   const std::vector<std::size_t> ends = statement_ends(rows);
   const std::string action = "cannot save sessions to";
-  const Turn turn(*this, action);
-  ensure_connected();
+  const PgConnection::Turn turn(connection_, action);
+  connection_.reconnect_if_dead();
   upsert_in_statements(rows, ends, action);
 }
 
@@ -7736,21 +8780,13 @@ void PostgresBackend::upsert_in_statements(const std::vector<const Session*>& ro
     upsert_rows(rows, 0, rows.size(), action);
     return;
   }
-  exec("BEGIN", action);
-  try {
-    std::size_t begin = 0;
-    for (const std::size_t end : ends) {
-      upsert_rows(rows, begin, end, action);
-      begin = end;
-    }
-    exec("COMMIT", action);
-  } catch (...) {
-    // Nothing is committed. ROLLBACK fails only on a dead connection, and then the server has
-    // rolled back already (or, if COMMIT itself was lost in flight, it alone knows: the caller
-    // was told kConnectionLost).
-    roll_back();
-    throw;
+  PgConnection::Transaction transaction(connection_, Reconnect::kNever, "BEGIN", action);
+  std::size_t begin = 0;
+  for (const std::size_t end : ends) {
+    upsert_rows(rows, begin, end, action);
+    begin = end;
   }
+  transaction.commit(action);
 }
 
 // Upserts rows[begin, end), whose ids are distinct, in one statement.
@@ -7759,12 +8795,12 @@ void PostgresBackend::upsert_rows(const std::vector<const Session*>& rows, std::
   Params params;
   if (end - begin == 1) {  // the plain upsert: no arrays to build, none for the server to unnest
     bind_session(params, *rows[begin]);
-    execute(kUpsert, params, action);
+    connection_.exec_prepared(Reconnect::kNever, kUpsert, params, action);
     return;
   }
   std::vector<ArrayParam> columns;
   bind_sessions(params, columns, rows, begin, end);
-  execute(kUpsertBatch, params, action);
+  connection_.exec_prepared(Reconnect::kNever, kUpsertBatch, params, action);
 }
 
 bool PostgresBackend::remove(std::string_view id) {
@@ -7773,7 +8809,7 @@ bool PostgresBackend::remove(std::string_view id) {
   Params params;
   params.text(id);
   const std::string action = "cannot delete a session from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteById, params, action) > 0;
 }
 
@@ -7782,7 +8818,7 @@ std::size_t PostgresBackend::remove_user(std::string_view user_id) {
   Params params;
   params.text(user_id);
   const std::string action = "cannot delete a user's sessions from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteByUser, params, action);
 }
 
@@ -7790,7 +8826,7 @@ std::size_t PostgresBackend::remove_expired(std::int64_t now) {
   Params params;
   params.int8(now);
   const std::string action = "cannot delete expired sessions from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteExpired, params, action);
 }
 
@@ -7822,14 +8858,15 @@ std::vector<RemovedSession> PostgresBackend::remove_matching(const SessionFilter
   }
   const std::string action = "cannot delete sessions from";
   const std::string name = kDeleteMatchingPrefix + std::to_string(mask);
-  const Turn turn(*this, action);
-  ensure_connected();  // may reconnect, which forgets what was prepared
+  const PgConnection::Turn turn(connection_, action);
+  connection_.reconnect_if_dead();  // a reconnect forgets what was prepared
   if (!matching_prepared_.at(mask)) {
-    prepare(name.c_str(), matching_sql(mask).c_str(),
-            std::vector<Oid>(static_cast<std::size_t>(params.count()), kTextOid));
+    connection_.prepare(Reconnect::kNever, name.c_str(), matching_sql(mask).c_str(),
+                        std::vector<Oid>(static_cast<std::size_t>(params.count()), kTextOid));
     matching_prepared_.at(mask) = true;
   }
-  const PgResult result = execute(name.c_str(), params, action);
+  const PgResult result =
+      connection_.exec_prepared(Reconnect::kNever, name.c_str(), params, action);
   return removed_rows(result.get());
 }
 
@@ -7840,7 +8877,7 @@ bool PostgresBackend::replace(std::string_view old_id, const Session& replacemen
   params.text(old_id);
   bind_session(params, replacement);
   const std::string action = "cannot rotate a session in";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kReplace, params, action) > 0;
 }
 
@@ -7850,7 +8887,7 @@ std::size_t PostgresBackend::remove_expired_batch(std::int64_t now, std::size_t 
   Params params;
   params.int8(now).int8(static_cast<std::int64_t>(std::min(limit, max_limit)));
   const std::string action = "cannot delete expired sessions from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteExpiredBatch, params, action);
 }
 
@@ -7864,8 +8901,8 @@ std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Sessio
   const std::vector<std::size_t> ends = statement_ends(rows);
   const std::string action = "cannot save sessions to";
   if (max_per_user == 0) {
-    const Turn turn(*this, action);
-    ensure_connected();
+    const PgConnection::Turn turn(connection_, action);
+    connection_.reconnect_if_dead();
     upsert_in_statements(rows, ends, action);
     return {};
   }
@@ -7898,25 +8935,21 @@ std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Sessio
       .array(kTextArrayOid, tenants.encoded())
       .int8(static_cast<std::int64_t>(std::min(max_per_user, max_cap)));
 
-  const Turn turn(*this, action);
-  ensure_connected();
-  exec("BEGIN ISOLATION LEVEL READ COMMITTED", action);
-  try {
-    execute(kLockOwners, lock, action);
-    std::size_t begin = 0;
-    for (const std::size_t end : ends) {
-      upsert_rows(rows, begin, end, action);
-      begin = end;
-    }
-    const PgResult evicted = execute(kEvictBeyondCap, evict, action);
-    std::vector<RemovedSession> removed = removed_rows(evicted.get());
-    exec("COMMIT", action);
-    return removed;
-  } catch (...) {
-    // Nothing is committed: no row inserted, none evicted (see save_batch()).
-    roll_back();
-    throw;
+  const PgConnection::Turn turn(connection_, action);
+  // Nothing is committed unless all is: no row inserted, none evicted.
+  PgConnection::Transaction transaction(connection_, Reconnect::kIfDead,
+                                        "BEGIN ISOLATION LEVEL READ COMMITTED", action);
+  connection_.exec_prepared(Reconnect::kNever, kLockOwners, lock, action);
+  std::size_t begin = 0;
+  for (const std::size_t end : ends) {
+    upsert_rows(rows, begin, end, action);
+    begin = end;
   }
+  const PgResult evicted =
+      connection_.exec_prepared(Reconnect::kNever, kEvictBeyondCap, evict, action);
+  std::vector<RemovedSession> removed = removed_rows(evicted.get());
+  transaction.commit(action);
+  return removed;
 }
 
 // Runs `statement`, an UPDATE or INSERT ... RETURNING every column, which changes one row or
@@ -7924,8 +8957,8 @@ std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Sessio
 std::optional<Session> PostgresBackend::run_returning_session(const char* statement,
                                                               const Params& params,
                                                               const std::string& action) {
-  const Turn turn(*this, action);
-  const PgResult result = run(statement, params, action);
+  const PgConnection::Turn turn(connection_, action);
+  const PgResult result = connection_.exec_prepared(Reconnect::kIfDead, statement, params, action);
   if (PQntuples(result.get()) == 0) return std::nullopt;
   Session session;
   read_session_row(result.get(), session);
@@ -7962,8 +8995,148 @@ std::size_t PostgresBackend::remove_expired_rotated(std::int64_t now, std::size_
   Params params;
   params.int8(now).int8(static_cast<std::int64_t>(std::min(limit, max_limit)));
   const std::string action = "cannot delete expired rotated session ids from";
-  const Turn turn(*this, action);
+  const PgConnection::Turn turn(connection_, action);
   return run_counting(kDeleteExpiredRotatedBatch, params, action);
+}
+
+// ================================================================================================
+// 6. The change log
+//
+// A store's ChangeFeed reads the change log through a PgChangeSource: a connection of its own
+// (so the feed never waits behind the store's writes for the backend's connection, nor they
+// behind it), which LISTENs for the NOTIFY that migration 0004's trigger sends as every change
+// commits. Its reads are prepared statements on that connection, prepared again, with LISTEN,
+// on every new server session: a reconnect after the connection was terminated or the server
+// restarted listens again before anything else, and wait() then says "may have changed" so the
+// feed reads what it missed.
+// ================================================================================================
+
+// An entry of the log with what storage holds for its id: position, id, whether a session row
+// was joined and its columns, whether a rotated id was joined and its columns.
+constexpr const char* kChangeColumns =
+    "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, "
+    "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "
+    "s.idp_session_id, r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, "
+    "r.rotated_at, r.expires_at FROM _pylon_change_log AS c "
+    "LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
+    "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
+constexpr int kLoggedSessionColumn = 3;
+constexpr int kLoggedRotatedColumn = 15;
+// Positions are handed out when an entry is logged and committed later, so entries just below
+// the newest may still be in flight when a store starts: it starts this far back, and applies
+// those again (harmless: an entry carries what storage holds now).
+constexpr std::int64_t kStartOverlap = 1000;
+
+bool bool_at(const PGresult* row, int column) {
+  return PQgetisnull(row, 0, column) == 0 && PQgetlength(row, 0, column) == 1 &&
+         *PQgetvalue(row, 0, column) != 0;
+}
+
+class PgChangeSource final : public ChangeSource {
+ public:
+  PgChangeSource(const std::string& url, std::chrono::milliseconds deadline)
+      : connection_(url, deadline) {
+    connection_.finish_setup([this] { listen_and_prepare(); });
+  }
+
+  std::int64_t position() override {
+    const std::string action = "cannot read the change log of";
+    const PgConnection::Turn turn(connection_, action);
+    const PgResult result =
+        connection_.exec_prepared(Reconnect::kIfDead, "pylon_change_position", Params(), action);
+    return int8_at(result.get(), 0);
+  }
+
+  // The entries first, pruned_through after: a prune that removed entries before the first read
+  // has recorded it by the second.
+  ChangeBatch read(std::int64_t after, const std::vector<std::int64_t>& also,
+                   std::size_t limit) override {
+    const std::string action = "cannot read the change log of";
+    const PgConnection::Turn turn(connection_, action);
+    ArrayParam gaps(kInt8Oid, also.size());
+    for (const std::int64_t position : also) gaps.int8(position);
+    Params params;
+    params.int8(after)
+        .array(kInt8ArrayOid, gaps.encoded())
+        .int8(static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
+    ChangeBatch batch;
+    connection_.exec_prepared(
+        Reconnect::kIfDead, "pylon_changes_after", params, action, [&batch](const PGresult* row) {
+          SessionChange& change = batch.changes.emplace_back();
+          change.position = int8_at(row, 0);
+          assign_text_at(row, 1, change.id);
+          if (bool_at(row, kLoggedSessionColumn - 1)) {
+            read_session_row(row, change.session.emplace(), kLoggedSessionColumn);
+          }
+          if (bool_at(row, kLoggedRotatedColumn - 1)) {
+            read_rotated_row(row, change.rotated.emplace(), kLoggedRotatedColumn);
+          }
+        });
+    const PgResult pruned =
+        connection_.exec_prepared(Reconnect::kNever, "pylon_pruned_through", Params(), action);
+    batch.pruned_through = int8_at(pruned.get(), 0);
+    return batch;
+  }
+
+  // 0: "may have changed" always, so a store checking before every lookup reads the log each
+  // time; a notification may still be on its way when the write's own call has returned.
+  bool wait(std::chrono::milliseconds timeout) override {
+    const std::string action = "cannot listen for changes on";
+    const PgConnection::Turn turn(connection_, action);
+    const bool notified = connection_.wait_for_notification(timeout);
+    return notified || timeout.count() <= 0;
+  }
+
+  std::size_t prune(std::chrono::seconds keep) override {
+    const std::string action = "cannot prune the change log of";
+    const PgConnection::Turn turn(connection_, action);
+    Params params;
+    params.int8(static_cast<std::int64_t>(keep.count()));
+    const PgResult result =
+        connection_.exec_prepared(Reconnect::kIfDead, "pylon_prune_changes", params, action);
+    const std::string_view tuples = PQcmdTuples(result.get());
+    std::size_t count = 0;
+    for (const char digit : tuples) {
+      if (digit >= '0' && digit <= '9') count = count * 10 + static_cast<std::size_t>(digit - '0');
+    }
+    return count;
+  }
+
+ private:
+  void listen_and_prepare() {
+    connection_.exec(Reconnect::kNever, "LISTEN _pylon_change_log", "cannot listen for changes on");
+    connection_.prepare(
+        Reconnect::kNever, "pylon_change_position",
+        ("SELECT GREATEST(COALESCE((SELECT max(position) FROM _pylon_change_log), 0) - " +
+         std::to_string(kStartOverlap) +
+         ", (SELECT pruned_through FROM _pylon_change_log_state), 0)::int8")
+            .c_str(),
+        {});
+    connection_.prepare(Reconnect::kNever, "pylon_changes_after",
+                        (std::string("SELECT ") + kChangeColumns +
+                         " WHERE c.position > $1 OR c.position = ANY($2) "
+                         "ORDER BY c.position LIMIT $3")
+                            .c_str(),
+                        {kInt8Oid, kInt8ArrayOid, kInt8Oid});
+    connection_.prepare(Reconnect::kNever, "pylon_pruned_through",
+                        "SELECT pruned_through FROM _pylon_change_log_state", {});
+    connection_.prepare(
+        Reconnect::kNever, "pylon_prune_changes",
+        "WITH pruned AS (UPDATE _pylon_change_log_state SET pruned_through = "
+        "GREATEST(pruned_through, COALESCE((SELECT max(position) FROM _pylon_change_log "
+        "WHERE logged_at < extract(epoch FROM clock_timestamp())::bigint - $1), 0)) "
+        "WHERE EXISTS (SELECT 1 FROM _pylon_change_log "
+        "WHERE logged_at < extract(epoch FROM clock_timestamp())::bigint - $1) "
+        "RETURNING pruned_through) "
+        "DELETE FROM _pylon_change_log WHERE position <= (SELECT pruned_through FROM pruned)",
+        {kInt8Oid});
+  }
+
+  PgConnection connection_;
+};
+
+std::unique_ptr<ChangeSource> PostgresBackend::open_change_source() {
+  return std::make_unique<PgChangeSource>(url_, options_.deadline);
 }
 
 }  // namespace

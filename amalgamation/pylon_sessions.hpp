@@ -211,15 +211,19 @@ enum class SessionEventType {
   // The SQLite file (and its -wal, -shm) was readable by group or others, and was made 0600
   // before anything was read (`detail`: the path and the modes).
   kFilePermissionsTightened,
+  // The store stopped following the change log (`detail`: why): other instances' writes are not
+  // seen until kChangeFeedResumed. See StoreOptions::refuse_while_not_following.
+  kChangeFeedLost,
+  kChangeFeedResumed,  // the store follows the change log again, having caught up
 };
 
 struct SessionEvent {
   SessionEventType type;
-  std::string session_id;   // empty for kPurged, kReaperFailed, kFilePermissionsTightened
+  std::string session_id;   // empty for kPurged and the events that carry a `detail`
   std::string user_id;      // empty for those too
   std::string replaced_by;  // kRotated and kRotatedTokenReused: the id of the successor
   std::size_t count = 1;    // how many sessions the event covers
-  std::string detail;       // kReaperFailed, kFilePermissionsTightened: what happened
+  std::string detail;       // kReaperFailed, kFilePermissionsTightened, kChangeFeedLost: what
 
   // One named way to build each kind of event.
   static SessionEvent of_session(SessionEventType type, std::string session_id, std::string user_id,
@@ -272,6 +276,53 @@ struct RotatedId {
            a.tenant_id == b.tenant_id && a.rotated_at == b.rotated_at &&
            a.expires_at == b.expires_at;
   }
+};
+
+// One entry of the change log (ChangeSource): storage changed what it holds for `id`, a session
+// or a rotated-away id, at `position`. `session` and `rotated` are what storage held for that id
+// when the entry was read (nullopt: nothing), not what the change wrote: an entry read late
+// carries the newest state, and applying entries again is harmless.
+struct SessionChange {
+  std::int64_t position = 0;
+  std::string id;
+  std::optional<Session> session;
+  std::optional<RotatedId> rotated;
+};
+
+struct ChangeBatch {
+  std::vector<SessionChange> changes;  // by position
+  // The log no longer holds positions up to this one (pruned): a reader whose last position is
+  // older missed changes, and must reload every session instead.
+  std::int64_t pruned_through = 0;
+};
+
+// A reader of the change log that every write to `_pylon_sessions` and `_pylon_rotated_ids`
+// appends to in its own transaction (migration 0004's triggers), on a connection of its own.
+// SessionStore opens one per store and follows it, so that its cache follows what other stores
+// and tools write to the same database. Used by one thread at a time; every call may throw Error
+// (kConnectionLost, kBusy, ...), and the next call tries again (reconnecting if need be).
+class PYLON_API ChangeSource {
+ public:
+  virtual ~ChangeSource() = default;
+  // The newest position in the log (or, when every entry was pruned, the newest pruned).
+  virtual std::int64_t position() = 0;
+  // The entries after `after` (at most `limit`, by position), and those at the positions `also`
+  // (gaps a reader saw: positions handed out but not yet committed), in one snapshot.
+  virtual ChangeBatch read(std::int64_t after, const std::vector<std::int64_t>& also,
+                           std::size_t limit) = 0;
+  // Returns true once storage may have changed since the previous call (a notification, or
+  // another connection's commit), false when `timeout` passes without a sign. A source that
+  // cannot be notified waits `timeout` and then checks.
+  virtual bool wait(std::chrono::milliseconds timeout) = 0;
+  // Deletes the entries logged more than `keep` ago; returns how many.
+  virtual std::size_t prune(std::chrono::seconds keep) = 0;
+
+ protected:
+  ChangeSource() = default;
+  ChangeSource(const ChangeSource&) = default;
+  ChangeSource& operator=(const ChangeSource&) = default;
+  ChangeSource(ChangeSource&&) = default;
+  ChangeSource& operator=(ChangeSource&&) = default;
 };
 
 // Synchronous storage of sessions in the table `_pylon_sessions`. Every call is one statement
@@ -360,6 +411,12 @@ class PYLON_API SessionBackend {
   virtual void load_rotated_each(const std::function<void(const RotatedId&)>& visit) = 0;
   // Deletes at most `limit` RotatedIds with expires_at <= now, in one statement; returns how many.
   virtual std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) = 0;
+
+  // A reader of this database's change log on a new connection, for a store to follow what
+  // others write; nullptr when no one else can write this storage (an in-memory database), and by
+  // default, so a custom backend without a change log serves one process (documented in the
+  // README's "Several instances").
+  [[nodiscard]] virtual std::unique_ptr<ChangeSource> open_change_source() { return nullptr; }
 
   // The URL or path this backend was opened with, its password hidden. For messages and tools.
   [[nodiscard]] virtual std::string describe() const = 0;
@@ -466,6 +523,12 @@ struct StoreStats {
   std::uint64_t miss_lookups = 0;     // storage reads made for tokens the cache did not hold
   std::uint64_t miss_lookups_refused = 0;  // misses refused without a read: over the bound
   std::uint64_t miss_lookup_failures = 0;  // reads for misses that failed (the token refused)
+  // Whether this store follows the change log now (false before its first read, while storage
+  // is unreachable, and for a backend without a change log, such as an in-memory database).
+  bool following_changes = false;
+  std::uint64_t changes_applied = 0;      // change log entries applied to the cache
+  std::uint64_t change_feed_losses = 0;   // times the store stopped following (kChangeFeedLost)
+  std::uint64_t change_feed_reloads = 0;  // full reloads: the store had fallen behind the log
 };
 
 // The largest values StoreOptions accepts for its counts (see StoreOptions).
@@ -518,6 +581,24 @@ struct StoreOptions {
   // and counted (StoreStats::miss_lookups_refused), so a flood of random tokens cannot overload
   // the database. 0 = never read storage on a miss. 0 to kMaxMissLookupsPerSecond.
   std::size_t miss_lookups_per_second = 100;
+  // Several stores on one database (other processes, sessionctl) follow each other through its
+  // change log (SessionBackend::open_change_source): each store applies what the others wrote to
+  // its cache. This is the longest a change may go unseen while storage is reachable: PostgreSQL
+  // wakes the store at once (LISTEN/NOTIFY) and this interval only paces a safety re-read; SQLite
+  // has no notifications, so the file's data_version is checked every interval. 0 = checked by
+  // validate() and find() themselves before every lookup (exact, but each call then reads
+  // storage's state first). 0 to 60 seconds.
+  std::chrono::milliseconds change_check_interval{100};
+  // While the store cannot read the change log (the database unreachable, the listening
+  // connection lost and not yet back), it serves its cache as last known (false, the default:
+  // sessions revoked elsewhere meanwhile may still validate here until it has caught up) or
+  // refuses every token and id (true: fail closed). Either way StoreStats::following_changes is
+  // false and a kChangeFeedLost event was sent.
+  bool refuse_while_not_following = false;
+  // How long the change log keeps an entry. A store that could not read the log for longer than
+  // this (it was unreachable, or stopped) reloads every session when it is back. Pruned by every
+  // store's change feed. 1 minute to 30 days.
+  std::chrono::seconds change_log_retention{std::chrono::minutes(10)};
   // Told of every event, on the thread that caused it, after storage has it. It must not call
   // back into the store; what it throws is caught and ignored. Events never carry a token.
   std::function<void(const SessionEvent&)> on_event;

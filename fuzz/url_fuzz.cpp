@@ -26,8 +26,8 @@
 #include <string_view>
 #include <vector>
 
+#include "internal/backend_shared.hpp"
 #include "session_backend.hpp"
-#include "session_backend_internal.hpp"
 
 namespace {
 

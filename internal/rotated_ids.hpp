@@ -13,10 +13,10 @@
 #include <unordered_map>
 #include <utility>
 
+#include "internal/backend_shared.hpp"
+#include "internal/session_cache.hpp"
 #include "internal/thread_annotations.hpp"
 #include "session_backend.hpp"
-#include "session_backend_internal.hpp"
-#include "session_cache.hpp"
 
 namespace pylon::detail {
 

@@ -27,9 +27,9 @@
 #include <utility>
 #include <vector>
 
+#include "internal/session_cache.hpp"
 #include "internal/thread_annotations.hpp"
 #include "session_backend.hpp"
-#include "session_cache.hpp"
 
 namespace pylon::detail {
 

@@ -4,7 +4,7 @@
 #   - clang-tidy: our .cpp files, with .clang-tidy, on build/dev/compile_commands.json
 #     (configured and built first if needed: the migrations fragment is generated), and fuzz/
 #     on build/fuzz/compile_commands.json when scripts/fuzz.sh has built it;
-#   - cppcheck: the library's top-level .cpp files, tools/, bench/ and fuzz/;
+#   - cppcheck: the library's .cpp files (top level and internal/), tools/, bench/ and fuzz/;
 #   - ShellCheck: every tracked *.sh and .ci/run.
 # Runs every check even after one fails, then exits non-zero if any failed.
 #
@@ -138,7 +138,7 @@ fi
 # ---- cppcheck -----------------------------------------------------------------------------------
 require cppcheck
 mapfile -t cppcheck_paths < <(list_files '*.cpp' | grep -v / || true)
-for directory in tools bench fuzz; do
+for directory in internal tools bench fuzz; do
   [[ -d "${directory}" ]] && cppcheck_paths+=("${directory}/")
 done
 # useStlAlgorithm is off: it asks for std::transform/find_if in place of any loop that fills a

@@ -22,8 +22,8 @@ flags=(-std=c++17 -fsyntax-only -Wthread-safety -Wthread-safety-beta -Werror=thr
   -Werror=thread-safety-beta -I . -I build/dev/generated -isystem /usr/include/postgresql
   -DPYLON_WITH_POSTGRES)
 failed=0
-for file in session_store.cpp session_cache.cpp session_backend.cpp pg_backend.cpp token.cpp \
-  database_url.cpp; do
+for file in session_store.cpp internal/session_cache.cpp session_backend.cpp pg_backend.cpp \
+  errors.cpp fields.cpp token.cpp database_url.cpp; do
   [[ -f "${file}" ]] || continue
   if "${compiler}" "${flags[@]}" "${file}"; then
     echo "ok   ${file}"

@@ -3,7 +3,7 @@
 // lookup with its decoys and rotated-away markers, its per-user lists, and the start-up Loader,
 // with more sessions than one batch so that its inserting thread runs (under TSan and ASan in
 // those builds).
-#include "session_cache.hpp"
+#include "internal/session_cache.hpp"
 
 #include <gtest/gtest.h>
 
@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
+#include "internal/backend_shared.hpp"
 #include "session_backend.hpp"
-#include "session_backend_internal.hpp"
 #include "support/test_support.hpp"
 
 namespace {

@@ -69,7 +69,7 @@ int latest_version(bool postgres) {
   return all.empty() ? 0 : all.back().version;
 }
 
-// The condition a row must meet for SessionStore to serve it (session_backend_internal.hpp's
+// The condition a row must meet for SessionStore to serve it (internal/backend_shared.hpp's
 // is_servable_session), in SQL: `check` counts the rows that fail it.
 constexpr const char* kUnservableSqlite =
     "length(id) != 64 OR id GLOB '*[^0-9a-f]*' OR user_id = '' OR created_at < 0 OR "

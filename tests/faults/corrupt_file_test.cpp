@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
+#include "internal/backend_shared.hpp"
 #include "session_backend.hpp"
-#include "session_backend_internal.hpp"
 #include "support/test_support.hpp"
 
 namespace {

@@ -18,8 +18,8 @@
 //     exclusively, and the user index's too when it changes a session, so a reader sees a
 //     session either wholly before or wholly after it. A cached
 //     session is never changed in place: put() builds the new one first and swaps it in.
-#ifndef PYLON_SESSION_CACHE_HPP_
-#define PYLON_SESSION_CACHE_HPP_
+#ifndef PYLON_INTERNAL_SESSION_CACHE_HPP_
+#define PYLON_INTERNAL_SESSION_CACHE_HPP_
 
 #include <array>
 #include <atomic>
@@ -38,8 +38,8 @@
 #include <utility>
 #include <vector>
 
+#include "internal/backend_shared.hpp"
 #include "session_backend.hpp"
-#include "session_backend_internal.hpp"
 
 namespace pylon::detail {
 
@@ -294,4 +294,4 @@ class SessionCache {
 
 }  // namespace pylon::detail
 
-#endif  // PYLON_SESSION_CACHE_HPP_
+#endif  // PYLON_INTERNAL_SESSION_CACHE_HPP_

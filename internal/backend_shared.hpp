@@ -1,8 +1,9 @@
-// pylon-sessions: what session_backend.cpp shares with pg_backend.cpp. Private: not installed,
-// not part of the API. Both backends must refuse the same values with the same messages, so the
-// checks live here once.
-#ifndef PYLON_SESSION_BACKEND_INTERNAL_HPP_
-#define PYLON_SESSION_BACKEND_INTERNAL_HPP_
+// pylon-sessions: what the library's sources share: field checks (fields.cpp), token digests
+// (token.cpp), DATABASE_URL parsing (database_url.cpp), migrations and C-handle ownership for the
+// backends. Private: not installed, not part of the API. Both backends must refuse the same values
+// with the same messages, so the checks live here once.
+#ifndef PYLON_INTERNAL_BACKEND_SHARED_HPP_
+#define PYLON_INTERNAL_BACKEND_SHARED_HPP_
 
 #include <array>
 #include <cstddef>
@@ -106,4 +107,4 @@ std::vector<std::string> password_candidates(std::string_view url);
 
 }  // namespace pylon::detail
 
-#endif  // PYLON_SESSION_BACKEND_INTERNAL_HPP_
+#endif  // PYLON_INTERNAL_BACKEND_SHARED_HPP_

@@ -1,5 +1,5 @@
-// pylon-sessions: SessionCache (see session_cache.hpp for what it promises).
-#include "session_cache.hpp"
+// pylon-sessions: SessionCache (see internal/session_cache.hpp for what it promises).
+#include "internal/session_cache.hpp"
 
 #include <algorithm>
 #include <chrono>
