@@ -128,6 +128,8 @@ class ChangeFeed {
   static constexpr std::chrono::milliseconds kRetryPause{100};
   // The longest the thread blocks in the source at once: bounds how long stopping takes.
   static constexpr std::chrono::milliseconds kLongestWait{100};
+  // With no sign of change, the log is read anyway this often.
+  static constexpr std::chrono::seconds kQuietRead{5};
 
   using Clock = std::chrono::steady_clock;
 
@@ -140,10 +142,12 @@ class ChangeFeed {
         const MutexLock lock(mutex_);
         try {
           // A notification or a changed file, a gap to read again, a source that failed before,
-          // or an interval without any read (a notification lost with nothing else wrong).
+          // or a long quiet spell (a read now and then costs little and guards against a sign of
+          // change lost without the source noticing).
           const bool changed = source_->wait(wait);
           if (changed || !following_ || !gaps_.empty() ||
-              Clock::now() - last_read >= options_.interval) {
+              Clock::now() - last_read >=
+                  std::max<Clock::duration>(options_.interval, kQuietRead)) {
             catch_up();
             last_read = Clock::now();
           }
