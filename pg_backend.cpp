@@ -1873,14 +1873,14 @@ std::vector<const Session*> last_of_each_id(const std::vector<Session>& sessions
 }
 
 // A statement every server session has prepared: its name, its text, its parameters' types.
-struct Statement {
+struct PreparedStatement {
   const char* name;
   std::string sql;
   std::vector<Oid> types;
 };
 
 // save(), save_batch() and replace(): upserts of whole rows.
-void add_upserts(std::vector<Statement>& statements) {
+void add_upserts(std::vector<PreparedStatement>& statements) {
   const std::string upsert = std::string("INSERT INTO _pylon_sessions (") + kSessionColumns +
                              ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)" +
                              kUpdateEveryColumn;
@@ -1915,7 +1915,7 @@ void add_upserts(std::vector<Statement>& statements) {
 }
 
 // The removals and the loads.
-void add_deletes_and_selects(std::vector<Statement>& statements) {
+void add_deletes_and_selects(std::vector<PreparedStatement>& statements) {
   statements.push_back({kDeleteById, "DELETE FROM _pylon_sessions WHERE id = $1", {kTextOid}});
   statements.push_back(
       {kDeleteByUser, "DELETE FROM _pylon_sessions WHERE user_id = $1", {kTextOid}});
@@ -1943,7 +1943,7 @@ void add_deletes_and_selects(std::vector<Statement>& statements) {
 }
 
 // insert_new()'s cap, then touch() and update_data().
-void add_cap_and_updates(std::vector<Statement>& statements) {
+void add_cap_and_updates(std::vector<PreparedStatement>& statements) {
   // insert_new(): one lock per "user_id <US> tenant_id" key ($1, distinct), in the order of the
   // lock keys. The server evaluates a volatile function of the select list after the sort (since
   // PostgreSQL 9.6), so the locks are taken in that order; a hash shared by two keys is one lock,
@@ -1979,7 +1979,7 @@ void add_cap_and_updates(std::vector<Statement>& statements) {
 }
 
 // rotate() and the rotated ids it records.
-void add_rotation(std::vector<Statement>& statements) {
+void add_rotation(std::vector<PreparedStatement>& statements) {
   // The INSERT copies what the DELETE returned, so the new row is the old one as storage held
   // it at that instant; when there was no live old row, both CTEs and the INSERT see nothing and
   // the statement writes nothing. A rotated id already recorded (its session re-created under
@@ -2015,9 +2015,9 @@ void add_rotation(std::vector<Statement>& statements) {
 
 // Every statement but remove_matching()'s, in the order they are prepared. Built once: the texts
 // are the same for every connection.
-const std::vector<Statement>& session_statements() {
-  static const std::vector<Statement> kStatements = [] {
-    std::vector<Statement> statements;
+const std::vector<PreparedStatement>& session_statements() {
+  static const std::vector<PreparedStatement> kStatements = [] {
+    std::vector<PreparedStatement> statements;
     add_upserts(statements);
     add_deletes_and_selects(statements);
     add_cap_and_updates(statements);
@@ -2028,7 +2028,7 @@ const std::vector<Statement>& session_statements() {
 }
 
 void PostgresBackend::prepare_statements() {
-  for (const Statement& statement : session_statements()) {
+  for (const PreparedStatement& statement : session_statements()) {
     connection_.prepare(Reconnect::kNever, statement.name, statement.sql.c_str(), statement.types);
   }
   matching_prepared_.fill(false);
