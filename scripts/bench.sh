@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The benchmark command (README "Performance"): builds bench/pylon_bench in the release preset,
-# starts a throw-away PostgreSQL cluster on a loopback port unless PYLON_TEST_DATABASE_URL names
-# a server already, runs the benchmark against SQLite files in /var/tmp and against that server,
-# and stops what it started.
+# The benchmark command (README "Performance"): builds bench/pylon_bench and bench/propagation in
+# the release preset, starts a throw-away PostgreSQL cluster on a loopback port unless
+# PYLON_TEST_DATABASE_URL names a server already, runs the benchmark against SQLite files in
+# /var/tmp and against that server, then the propagation between two stores on each backend
+# (README "Several instances: propagation"), and stops what it started.
 #
 # Usage: scripts/bench.sh [--quick] [pylon_bench options...]
 #        scripts/bench.sh --peer [--sessions N] [--runs R] [--dir DIR]
@@ -24,7 +25,7 @@ if [[ "${1:-}" == --peer ]]; then
 fi
 
 cmake --preset release >/dev/null
-cmake --build --preset release --target pylon_bench
+cmake --build --preset release --target pylon_bench propagation
 
 started_dir=""
 cleanup() {
@@ -37,3 +38,9 @@ if [[ -z "${PYLON_TEST_DATABASE_URL:-}" ]]; then
 fi
 
 build/release/bench/pylon_bench --postgres "${PYLON_TEST_DATABASE_URL}" "$@"
+rounds=200
+for arg in "$@"; do
+  if [[ "${arg}" == --quick ]]; then rounds=10; fi
+done
+build/release/bench/propagation --rounds "${rounds}"
+build/release/bench/propagation --rounds "${rounds}" --postgres "${PYLON_TEST_DATABASE_URL}"
