@@ -626,7 +626,7 @@ std::optional<Session> SessionStore::Impl::successor_in_grace(const RotatedId& r
   return touch(successor, at);
 }
 
-// A known token and an unknown one take no measurably different time (issue 6; measured by
+// A known token and an unknown one take no measurably different time (measured by
 // bench/validate_timing): find_token() does a hit's work for a miss too, copying a decoy session
 // into `result`, and both paths then free a whole Session, the miss here, the hit in the caller.
 // Every path returns `result` itself, so it is built in the caller's place and never moved.

@@ -173,7 +173,7 @@ void write_pylon_v0(const fs::path& path, bool with_tenant) {
            ")");
 }
 
-// The latest schema with rows whose times no write of pylon's makes (issue 19: loaded under
+// The latest schema with rows whose times no write of pylon's makes (loaded under
 // UBSan, each must be skipped and counted, never served, and nothing may overflow): INT64_MIN and
 // INT64_MAX times, times out of order, a device over its limit; and a rotated id.
 void write_hostile_times(const fs::path& path) {
@@ -269,7 +269,7 @@ void write_url_seeds(const fs::path& out) {
       {"postgres_multi_host", "postgres://app:tr0ub4dor@db1:5432,db2:5433/sessions"},
       {"unknown_scheme", "mysql://root:letmein1@localhost/app"},
       {"keyword_value", "host=db user=app password=Pa55word dbname=sessions"},
-      // The shapes that once leaked a password, and forms that must be refused (issue 19).
+      // The shapes that once leaked a password, and forms that must be refused.
       {"url_fuzz-quote-and-bad-percent-escape",
        "postgresql://app:Tr0ub4dor\"&3%horse@127.0.0.1:5432/app"},
       {"url_fuzz-unencoded-at-in-password", "postgresql://app:hunter2@work!@127.0.0.1:5432/app"},

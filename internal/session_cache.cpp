@@ -152,7 +152,8 @@ std::uintptr_t mask_if(bool condition) noexcept {
 
 // `if_set` where `mask` is all ones, `if_clear` where it is zero: a select by arithmetic, which
 // compilers keep free of branches. A ternary promises no such thing: GCC made branches of some in
-// probe(), and their mispredictions, more frequent for a miss, made it 5 ns slower than a hit.
+// probe(), and their mispredictions, more frequent for a miss, made it measurably slower than a
+// hit (bench/validate_timing measures the difference).
 template <typename T>
 T* select(std::uintptr_t mask, T* if_set, T* if_clear) noexcept {
   // NOLINTBEGIN(*-reinterpret-cast,performance-no-int-to-ptr): pointers as bits, and back

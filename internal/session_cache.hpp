@@ -73,12 +73,12 @@ class SessionCache {
   // copy of it.
   Found find(const SessionDigest& id, std::int64_t at, Session* out) const;
   // The lookup behind validate(), which must take no measurably different time for a token whose
-  // session is cached and for one that never was (issue 6): a miss does the work of a hit. It
-  // reads the same two buckets, compares the id in constant time against an entry (a hit's own,
-  // a miss's decoy: another session of those buckets), and copies that entry into *out. So on
-  // kNone *out holds a decoy the caller must discard unread; on kLive and kExpired it holds the
-  // session, as find() gives it. kRotatedAway: the id is marked by remember_rotated() (*out is
-  // then unspecified). Never kRotatedAway from find(): a marker is not a session.
+  // session is cached and for one that never was (bench/validate_timing measures it): a miss does
+  // the work of a hit. It reads the same two buckets, compares the id in constant time against an
+  // entry (a hit's own, a miss's decoy: another session of those buckets), and copies that entry
+  // into *out. So on kNone *out holds a decoy the caller must discard unread; on kLive and kExpired
+  // it holds the session, as find() gives it. kRotatedAway: the id is marked by remember_rotated()
+  // (*out is then unspecified). Never kRotatedAway from find(): a marker is not a session.
   Found find_token(const SessionDigest& id, std::int64_t at, Session* out) const;
   // The live session, copied.
   std::optional<Session> find_live(const SessionDigest& id, std::int64_t at) const;

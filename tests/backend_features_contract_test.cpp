@@ -1,5 +1,5 @@
-// The SessionBackend calls added for issue 5, run on every backend from one parameterised suite
-// (parameters "sqlite" and "postgres", a fresh database per test): remove_matching() deletes
+// The SessionBackend calls beyond the basic contract, run on every backend from one parameterised
+// suite (parameters "sqlite" and "postgres", a fresh database per test): remove_matching() deletes
 // exactly the rows equal to every field its filter sets and refuses a filter that would match
 // everyone; replace() swaps one row for another, or writes nothing when the old row is missing;
 // remove_expired_batch() never deletes more than its limit, and never a live row.

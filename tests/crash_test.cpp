@@ -1,4 +1,4 @@
-// kill -9 under load (issue 6, "Nothing lost under faults"). A child process runs 8 threads that
+// kill -9 under load ("Nothing lost under faults"). A child process runs 8 threads that
 // create sessions, overwrite their data (update_data), rotate their tokens and revoke them, all
 // on one SQLite file, and appends each call to an ack log once the call has returned (an intent
 // line before a call whose outcome the check must tolerate). The parent SIGKILLs it at a random

@@ -1,4 +1,4 @@
-// Read-only and unusable paths (issue 6, item 5), for the cases tests/sqlite_backend_test.cpp
+// Read-only and unusable paths, for the cases tests/sqlite_backend_test.cpp
 // does not cover. That file already opens, as root: a path that is a directory, a missing
 // parent directory, a new file in a directory made immutable, an existing file in one, and an
 // immutable file (chattr +i; chmod proves nothing to root), each through open_sqlite_backend.

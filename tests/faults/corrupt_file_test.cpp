@@ -1,4 +1,4 @@
-// Damaged database files (issue 6, item 6, the file half): a real database written by the library
+// Damaged database files (the file half): a real database written by the library
 // (sessions with tenants, devices, data; some revoked), closed, then copied 300 times with a few
 // bytes overwritten at random offsets (seeds 0..299, so every case can be replayed). Each copy
 // is opened with the library and loaded into a SessionStore. Promises checked for every seed:

@@ -1,4 +1,4 @@
-// Helpers shared by the filesystem fault suites in tests/faults/ (issue 6): the flags and entry
+// Helpers shared by the filesystem fault suites in tests/faults/: the flags and entry
 // points of the child processes this test program re-executes itself as, a line log that a child
 // can die in the middle of without leaving half a line, and a bounded wait for a child, so that
 // a hang fails the test instead of stalling it.

@@ -1,5 +1,5 @@
 // Database files whose permissions or owner would let another local user read or forge sessions,
-// and paths SQLite cannot take (issue 19, items 2 and 7). Promises:
+// and paths SQLite cannot take. Promises:
 //   - a file, -wal or -shm that group or others may write, or that another user owns, is refused
 //     with kIo naming the path, the mode or owner and the fix, and left byte for byte and mode for
 //     mode as it was;

@@ -1,4 +1,4 @@
-# The filesystem fault suites of issue 6 ("Nothing lost under faults"), included from
+# The filesystem fault suites ("Nothing lost under faults"), included from
 # tests/CMakeLists.txt. One program, pylon_filesystem_faults_test, with its own main(): it runs
 # itself again as a child under strace (injected I/O errors) and setpriv (an unprivileged user).
 #   FullDisk.*      a tmpfs of 256 KiB mounted per test (needs root; fails, never skips, without)

@@ -1,5 +1,5 @@
-// The entry point of pylon_filesystem_faults_test, the filesystem half of issue 6 ("Nothing lost
-// under faults"): a full disk (full_disk_test.cpp), injected I/O errors (io_error_test.cpp),
+// The entry point of pylon_filesystem_faults_test, the filesystem half of "Nothing lost under
+// faults": a full disk (full_disk_test.cpp), injected I/O errors (io_error_test.cpp),
 // read-only and unusable paths (bad_path_test.cpp) and damaged database files
 // (corrupt_file_test.cpp).
 //

@@ -1,4 +1,4 @@
-// A full disk (issue 6, item 3), on a real one: each test mounts its own 512 KiB tmpfs
+// A full disk, on a real one: each test mounts its own 512 KiB tmpfs
 // (mount -t tmpfs -o size=512k), puts the database on it, and fills it with sessions until a
 // create fails. Promises checked:
 //   - the failing create throws pylon::Error kStorageFull naming the file, and the cache keeps

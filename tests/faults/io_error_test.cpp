@@ -1,4 +1,4 @@
-// Injected I/O errors (issue 6, item 4): a child process (this program re-executed) opens a
+// Injected I/O errors: a child process (this program re-executed) opens a
 // store on a new SQLite file, creates and revokes sessions, and closes it, under
 // `strace -e inject=<syscall>:error=EIO:when=N`, for every N at which the child makes that
 // system call. Promises checked for each N:

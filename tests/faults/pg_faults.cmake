@@ -1,4 +1,4 @@
-# The PostgreSQL fault suite of issue 6 ("Nothing lost under faults"), included from
+# The PostgreSQL fault suite ("Nothing lost under faults"), included from
 # tests/CMakeLists.txt: the server stopped under 8 threads, frozen with SIGSTOP, a backend ended
 # by pg_terminate_backend, a write whose reply is lost. It takes the server of PYLON_PG_DIR away,
 # so it runs alone (RUN_SERIAL).

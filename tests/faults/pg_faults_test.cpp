@@ -1,4 +1,4 @@
-// PostgreSQL faults on a real server (issue 6, item 7), the cluster of PYLON_PG_DIR:
+// PostgreSQL faults on a real server, the cluster of PYLON_PG_DIR:
 //   - stopped with `pg_ctl stop -m immediate` under 8 writing threads and started again: every
 //     call made during the outage fails within libpq's connect_timeout plus one second, every
 //     thread is served again within 5 s of the server's return without reopening anything, no

@@ -1,4 +1,4 @@
-# The power-loss suite of issue 6 ("Nothing lost under faults"), included from
+# The power-loss suite ("Nothing lost under faults"), included from
 # tests/CMakeLists.txt. One program, pylon_power_loss_test: PowerLossVfs (a test-only SQLite VFS
 # that wraps the default one and loses or tears every unsynced write when the power "goes"),
 # registered as the default VFS in this process only, and the sweeps that cut the power at every

@@ -1,4 +1,4 @@
-// Power loss under the SQLite backend (issue 6, "Nothing lost under faults"). The library opens
+// Power loss under the SQLite backend ("Nothing lost under faults"). The library opens
 // its file through the process's default VFS; these tests make PowerLossVfs that default, so the
 // library's own connection runs on a disk whose unsynced writes vanish (or tear, sector by sector)
 // when the power goes at a chosen xWrite/xTruncate/xSync call.

@@ -1,4 +1,4 @@
-# The race suite of issue 6 ("Sanitizers and races"), included from tests/CMakeLists.txt. One
+# The race suite ("Sanitizers and races"), included from tests/CMakeLists.txt. One
 # program, pylon_stress_test: 8 threads validate, create, revoke and rotate on a store of 10,000
 # sessions, then the cache is compared with storage row for row (stress_test.cpp says what each
 # thread checks). One TEST_P, instantiated for "sqlite" and, when PYLON_TEST_DATABASE_URL or CI is

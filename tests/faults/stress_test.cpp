@@ -1,4 +1,4 @@
-// Races (issue 6, "Sanitizers and races"): 8 threads validate, create, revoke and rotate on one
+// Races ("Sanitizers and races"): 8 threads validate, create, revoke and rotate on one
 // SessionStore seeded with 10,000 sessions, on each backend (TEST_P with the parameters "sqlite"
 // and "postgres", a fresh database per test). The threads share one pool of tokens, and half of
 // their picks go to a "contested" token (all threads aim at it until it is revoked or rotated

@@ -1,4 +1,4 @@
-# The unknown-token suite of issue 6 ("unknown tokens never write anything"), included from
+# The unknown-token suite ("unknown tokens never write anything"), included from
 # tests/CMakeLists.txt. One program, pylon_unknown_token_test: thousands of tokens that name no
 # live session, on a store where a live token's validate would write, must leave the SQLite file
 # (and its -wal) byte for byte as it was, and every PostgreSQL row with its xmin and ctid.

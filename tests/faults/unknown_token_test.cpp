@@ -1,4 +1,4 @@
-// Unknown tokens never write anything (issue 6, "Timing", second half). A flood of tokens that
+// Unknown tokens never write anything. A flood of tokens that
 // name no live session (well-formed ones never issued, near misses of live tokens, malformed
 // strings of every kind, the empty string, a revoked, an expired and a rotated-away token) must
 // leave storage exactly as it was, whatever the backend:

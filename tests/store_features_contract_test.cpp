@@ -1,5 +1,5 @@
-// The SessionStore features of issue 5, run on every backend from one parameterised suite
-// (parameters "sqlite" and "postgres", a fresh database per test) with a ManualClock:
+// The SessionStore features beyond the basic contract, run on every backend from one parameterised
+// suite (parameters "sqlite" and "postgres", a fresh database per test) with a ManualClock:
 // rotation (the old token dead at once and across a restart, storage holding exactly the new
 // row, a replayed old token reported), revoke_others, update_data (write-through, bytes, the
 // size limit, eight concurrent writers that never mix), OIDC back-channel logout by sid or sub,
