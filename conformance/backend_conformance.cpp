@@ -979,12 +979,80 @@ void a_lost_connection_fails_at_most_one_call(Context& c) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// The change log
+// ------------------------------------------------------------------------------------------------
+
+// The entries of `batch` for `id`, in position order.
+std::vector<SessionChange> entries_for(const ChangeBatch& batch, const std::string& id) {
+  std::vector<SessionChange> found;
+  for (const SessionChange& change : batch.changes) {
+    if (change.id == id) found.push_back(change);
+  }
+  return found;
+}
+
+void a_change_source_sees_every_write(Context& c) {
+  SessionBackend& b = c.backend;
+  const std::unique_ptr<ChangeSource> source = b.open_change_source();
+  ASSERT_NE(source, nullptr) << "follows_changes is set, but open_change_source() gave none";
+  const std::int64_t start = source->position();
+
+  Session row = make_row("alice", "t1");
+  b.save(row);
+  ChangeBatch batch = source->read(start, {}, 1000);
+  std::vector<SessionChange> seen = entries_for(batch, row.id);
+  ASSERT_FALSE(seen.empty()) << "a save is not in the change log";
+  EXPECT_TRUE(same(row, seen.back().session)) << "the entry does not carry the stored row";
+  for (std::size_t i = 1; i < batch.changes.size(); ++i) {
+    EXPECT_LT(batch.changes[i - 1].position, batch.changes[i].position) << "not in order";
+  }
+  const std::int64_t after_save = batch.changes.back().position;
+
+  ASSERT_TRUE(b.update_data(row.id, "cart=[book]").has_value());
+  batch = source->read(after_save, {}, 1000);
+  seen = entries_for(batch, row.id);
+  ASSERT_FALSE(seen.empty()) << "update_data() is not in the change log";
+  ASSERT_TRUE(seen.back().session.has_value());
+  EXPECT_EQ(seen.back().session->data, "cart=[book]");
+  EXPECT_GT(seen.back().position, after_save);
+
+  const std::string successor = new_id();
+  ASSERT_TRUE(b.rotate(row.id, successor, row.created_at + 1).has_value());
+  batch = source->read(seen.back().position, {}, 1000);
+  seen = entries_for(batch, row.id);
+  ASSERT_FALSE(seen.empty()) << "a rotation's old id is not in the change log";
+  EXPECT_FALSE(seen.back().session.has_value()) << "the old id's row is gone";
+  ASSERT_TRUE(seen.back().rotated.has_value()) << "the old id's entry lacks its rotated record";
+  EXPECT_EQ(seen.back().rotated->replaced_by, successor);
+  ASSERT_FALSE(entries_for(batch, successor).empty()) << "the successor is not in the log";
+
+  ASSERT_TRUE(b.remove(successor));
+  batch = source->read(batch.changes.back().position, {}, 1000);
+  seen = entries_for(batch, successor);
+  ASSERT_FALSE(seen.empty()) << "a delete is not in the change log";
+  EXPECT_FALSE(seen.back().session.has_value());
+
+  // A limit is honoured; an entry asked for again by position comes back.
+  const ChangeBatch first = source->read(start, {}, 1);
+  ASSERT_EQ(first.changes.size(), 1U);
+  const ChangeBatch again =
+      source->read(batch.changes.back().position, {first.changes[0].position}, 10);
+  ASSERT_EQ(again.changes.size(), 1U);
+  EXPECT_EQ(again.changes[0].position, first.changes[0].position);
+
+  // Nothing here is a day old: a prune keeping a day deletes nothing.
+  EXPECT_EQ(source->prune(std::chrono::hours(24)), 0U);
+  EXPECT_FALSE(source->read(start, {}, 1000).changes.empty());
+  EXPECT_GE(source->position(), 0);
+}
+
+// ------------------------------------------------------------------------------------------------
 // Registration
 // ------------------------------------------------------------------------------------------------
 
 // The hook a check needs: a backend without it does not get the check (it is not registered, so
 // no test is skipped; the README says which checks need which hook).
-enum class Needs { kNothing, kReopen, kRefuseWrites, kLoseConnection };
+enum class Needs { kNothing, kReopen, kRefuseWrites, kLoseConnection, kChangeSource };
 
 struct Check {
   const char* name;
@@ -1002,6 +1070,8 @@ bool offers(const BackendUnderTest& backend, Needs needs) {
       return static_cast<bool>(backend.refuse_writes);
     case Needs::kLoseConnection:
       return static_cast<bool>(backend.lose_connection);
+    case Needs::kChangeSource:
+      return backend.follows_changes;
   }
   return false;
 }
@@ -1058,6 +1128,7 @@ const std::vector<Check>& all_checks() {
        Needs::kRefuseWrites},
       {"AStoreWhoseWritesFailStaysAsStorageIs", a_store_whose_writes_fail_stays_as_storage_is,
        Needs::kRefuseWrites},
+      {"AChangeSourceSeesEveryWrite", a_change_source_sees_every_write, Needs::kChangeSource},
       {"ALostConnectionFailsAtMostOneCall", a_lost_connection_fails_at_most_one_call,
        Needs::kLoseConnection},
   };

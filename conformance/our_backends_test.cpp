@@ -31,6 +31,9 @@ class OnTestDatabase final : private DatabaseHolder, public pylon::test::Forward
  public:
   explicit OnTestDatabase(std::shared_ptr<TestDatabase> db)
       : DatabaseHolder{std::move(db)}, ForwardingBackend(database->open_backend()) {}
+  std::unique_ptr<pylon::ChangeSource> open_change_source() override {
+    return real().open_change_source();
+  }
 
   static OnTestDatabase& of(SessionBackend& backend) {
     return dynamic_cast<OnTestDatabase&>(backend);
@@ -44,6 +47,7 @@ pylon::conformance::BackendUnderTest on_test_databases(const std::string& kind) 
   backend.make_empty = [kind] {
     return std::make_unique<OnTestDatabase>(std::make_shared<TestDatabase>(kind));
   };
+  backend.follows_changes = true;
   backend.reopen = [](SessionBackend& opened) {
     return std::make_unique<OnTestDatabase>(OnTestDatabase::of(opened).shared_database());
   };

@@ -1,6 +1,9 @@
 // ForwardingBackend: a SessionBackend that hands every call to a real backend. Tests derive
 // decorators from it that record, delay or interleave calls, overriding only the calls they
-// watch; everything the store sees still comes from the real database.
+// watch; everything the store sees still comes from the real database. open_change_source() is
+// not forwarded: a store on a ForwardingBackend is one on a backend without a change log (it
+// learns of other stores' writes only by looking misses up); a decorator that wants the log
+// forwards it itself.
 #ifndef PYLON_TESTS_SUPPORT_FORWARDING_BACKEND_HPP_
 #define PYLON_TESTS_SUPPORT_FORWARDING_BACKEND_HPP_
 

@@ -51,6 +51,11 @@ struct BackendUnderTest {
   // another error, never a hang), that the call after it succeeds, and that every acknowledged
   // write is still there.
   std::function<void(SessionBackend& backend)> lose_connection;
+  // True when the backend's open_change_source() returns a reader of its change log (several
+  // stores share its storage and follow each other through it). Runs the check that every write
+  // appears in the log, in order, with what storage then holds for its id, and that pruning
+  // keeps what is younger than it was told to keep.
+  bool follows_changes = false;
 };
 
 // Registers the suite's tests for `backend` with GoogleTest. Call it before RUN_ALL_TESTS(),
