@@ -409,8 +409,9 @@ std::vector<std::string> SessionStore::Impl::cached_ids_matching(
       if (detail::matches(filter, session)) ids.push_back(std::move(session.id));
     }
   } else if (filter.idp_session_id) {
-    for (auto& [id, user] : cache_.with_idp_session(*filter.idp_session_id, filter.tenant_id)) {
-      if (!filter.except_id || id != *filter.except_id) ids.push_back(std::move(id));
+    for (detail::SessionCache::SessionOfUser& match :
+         cache_.with_idp_session(*filter.idp_session_id, filter.tenant_id)) {
+      if (!filter.except_id || match.id != *filter.except_id) ids.push_back(std::move(match.id));
     }
   }
   return ids;
@@ -952,7 +953,7 @@ NewSession SessionStore::create(std::string_view user_id, CreateOptions options)
 std::optional<Session> SessionStore::validate(std::string_view token) {
   return impl_->validate(token);
 }
-std::optional<Session> SessionStore::find(std::string_view id) { return impl_->find(id); }
+std::optional<Session> SessionStore::find(std::string_view id) const { return impl_->find(id); }
 bool SessionStore::revoke(std::string_view token) {
   if (!is_well_formed_token(token)) return false;
   return impl_->revoke_id(session_id_for_token(token));

@@ -670,7 +670,7 @@ class PYLON_API SessionStore {
 
   // The live session with this id, without sliding its expiry. An id the cache does not hold
   // costs one bounded point read of storage, as in validate().
-  std::optional<Session> find(std::string_view id);
+  std::optional<Session> find(std::string_view id) const;
 
   // Deletes the session of `token` / with this id from storage. False if there was none.
   // Throws on a storage failure, after denying the session in this process (fail closed).
@@ -798,7 +798,6 @@ Error::Error(ErrorCode code, const std::string& message, std::string backend_det
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -1087,7 +1086,6 @@ void check_session_for_storage(const Session& session) {
 
 #include <algorithm>
 #include <array>
-#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <climits>
@@ -1095,15 +1093,10 @@ void check_session_for_storage(const Session& session) {
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <thread>
-#include <tuple>
-#include <unordered_map>
-#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -2755,8 +2748,6 @@ bool is_well_formed_session_id(std::string_view id) noexcept {
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
-#include <cstring>
-#include <limits>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -4103,7 +4094,6 @@ class Reaper {
 #include <string>
 #include <string_view>
 #include <thread>
-#include <utility>
 #include <vector>
 
 
@@ -4150,10 +4140,15 @@ class SessionCache {
   std::optional<Session> find_live(const SessionDigest& id, std::int64_t at) const;
   // Every cached session of the user, expired ones included, in no particular order.
   std::vector<Session> of_user(std::string_view user_id) const;
-  // (id, user_id) of every cached session with this identity-provider session id, in `tenant`
-  // when it is set. A scan of every session: back-channel logouts are rare.
-  std::vector<std::pair<std::string, std::string>> with_idp_session(
-      std::string_view idp_session_id, const std::optional<std::string>& tenant) const;
+  // A cached session as with_idp_session() names it: its id and its user.
+  struct SessionOfUser {
+    std::string id;
+    std::string user_id;
+  };
+  // Every cached session with this identity-provider session id, in `tenant` when it is set. A
+  // scan of every session: back-channel logouts are rare.
+  std::vector<SessionOfUser> with_idp_session(std::string_view idp_session_id,
+                                              const std::optional<std::string>& tenant) const;
   std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
   std::size_t users() const;
 
@@ -4995,8 +4990,9 @@ std::vector<std::string> SessionStore::Impl::cached_ids_matching(
       if (detail::matches(filter, session)) ids.push_back(std::move(session.id));
     }
   } else if (filter.idp_session_id) {
-    for (auto& [id, user] : cache_.with_idp_session(*filter.idp_session_id, filter.tenant_id)) {
-      if (!filter.except_id || id != *filter.except_id) ids.push_back(std::move(id));
+    for (detail::SessionCache::SessionOfUser& match :
+         cache_.with_idp_session(*filter.idp_session_id, filter.tenant_id)) {
+      if (!filter.except_id || match.id != *filter.except_id) ids.push_back(std::move(match.id));
     }
   }
   return ids;
@@ -5538,7 +5534,7 @@ NewSession SessionStore::create(std::string_view user_id, CreateOptions options)
 std::optional<Session> SessionStore::validate(std::string_view token) {
   return impl_->validate(token);
 }
-std::optional<Session> SessionStore::find(std::string_view id) { return impl_->find(id); }
+std::optional<Session> SessionStore::find(std::string_view id) const { return impl_->find(id); }
 bool SessionStore::revoke(std::string_view token) {
   if (!is_well_formed_token(token)) return false;
   return impl_->revoke_id(session_id_for_token(token));
@@ -5593,6 +5589,7 @@ StoreStats SessionStore::stats() const { return impl_->stats(); }
 #include <new>
 #include <random>
 #include <type_traits>
+#include <utility>
 
 namespace pylon::detail {
 
@@ -6077,9 +6074,9 @@ std::vector<Session> SessionCache::of_user(std::string_view user_id) const {
   return sessions;
 }
 
-std::vector<std::pair<std::string, std::string>> SessionCache::with_idp_session(
+std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
     std::string_view idp_session_id, const std::optional<std::string>& tenant) const {
-  std::vector<std::pair<std::string, std::string>> matches;
+  std::vector<SessionOfUser> matches;
   for (const Shard& shard : shards_) {
     const std::shared_lock<std::shared_mutex> lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) {
@@ -6091,7 +6088,7 @@ std::vector<std::pair<std::string, std::string>> SessionCache::with_idp_session(
       if (tenant && (!entry->has(Entry::kTenantId) || entry->field(Entry::kTenantId) != *tenant)) {
         return;
       }
-      matches.emplace_back(session_id_of(entry->id), std::string(entry->field(Entry::kUserId)));
+      matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
     });
   }
   return matches;

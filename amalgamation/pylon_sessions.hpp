@@ -658,7 +658,7 @@ class PYLON_API SessionStore {
 
   // The live session with this id, without sliding its expiry. An id the cache does not hold
   // costs one bounded point read of storage, as in validate().
-  std::optional<Session> find(std::string_view id);
+  std::optional<Session> find(std::string_view id) const;
 
   // Deletes the session of `token` / with this id from storage. False if there was none.
   // Throws on a storage failure, after denying the session in this process (fail closed).

@@ -11,6 +11,7 @@
 #include <new>
 #include <random>
 #include <type_traits>
+#include <utility>
 
 namespace pylon::detail {
 
@@ -495,9 +496,9 @@ std::vector<Session> SessionCache::of_user(std::string_view user_id) const {
   return sessions;
 }
 
-std::vector<std::pair<std::string, std::string>> SessionCache::with_idp_session(
+std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
     std::string_view idp_session_id, const std::optional<std::string>& tenant) const {
-  std::vector<std::pair<std::string, std::string>> matches;
+  std::vector<SessionOfUser> matches;
   for (const Shard& shard : shards_) {
     const std::shared_lock<std::shared_mutex> lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) {
@@ -509,7 +510,7 @@ std::vector<std::pair<std::string, std::string>> SessionCache::with_idp_session(
       if (tenant && (!entry->has(Entry::kTenantId) || entry->field(Entry::kTenantId) != *tenant)) {
         return;
       }
-      matches.emplace_back(session_id_of(entry->id), std::string(entry->field(Entry::kUserId)));
+      matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
     });
   }
   return matches;

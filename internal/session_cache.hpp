@@ -35,7 +35,6 @@
 #include <string>
 #include <string_view>
 #include <thread>
-#include <utility>
 #include <vector>
 
 #include "internal/backend_shared.hpp"
@@ -84,10 +83,15 @@ class SessionCache {
   std::optional<Session> find_live(const SessionDigest& id, std::int64_t at) const;
   // Every cached session of the user, expired ones included, in no particular order.
   std::vector<Session> of_user(std::string_view user_id) const;
-  // (id, user_id) of every cached session with this identity-provider session id, in `tenant`
-  // when it is set. A scan of every session: back-channel logouts are rare.
-  std::vector<std::pair<std::string, std::string>> with_idp_session(
-      std::string_view idp_session_id, const std::optional<std::string>& tenant) const;
+  // A cached session as with_idp_session() names it: its id and its user.
+  struct SessionOfUser {
+    std::string id;
+    std::string user_id;
+  };
+  // Every cached session with this identity-provider session id, in `tenant` when it is set. A
+  // scan of every session: back-channel logouts are rare.
+  std::vector<SessionOfUser> with_idp_session(std::string_view idp_session_id,
+                                              const std::optional<std::string>& tenant) const;
   std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
   std::size_t users() const;
 
