@@ -3404,11 +3404,13 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
 // pylon-sessions: locks the compiler checks. Private: not installed, not part of the API.
 //
 // What it owns: Mutex (a std::mutex that Clang's thread-safety analysis knows as a capability),
-// MutexLock (its scoped holder), CondVar (a condition variable on a Mutex), and the attribute
-// macros the rest of the library writes its lock rules with:
-//   GUARDED_BY(m)     this member is read and written only with m held;
-//   REQUIRES(m)       the caller holds m;
-//   EXCLUDES(m)       the caller does not hold m (the function takes it).
+// MutexLock (its scoped holder), CondVar (a condition variable on a Mutex), SharedMutex (a
+// std::shared_mutex the analysis knows, held by WriterLock exclusively or ReaderLock shared), and
+// the attribute macros the rest of the library writes its lock rules with:
+//   GUARDED_BY(m)       this member is written only with m held, read with m held or shared;
+//   REQUIRES(m)         the caller holds m (exclusively);
+//   REQUIRES_SHARED(m)  the caller holds m, shared or exclusively;
+//   EXCLUDES(m)         the caller does not hold m (the function takes it).
 // Under Clang with -Wthread-safety (scripts/thread-safety.sh, run by the test command) a rule
 // broken is a compile error; under GCC the macros are empty and the classes are plain wrappers.
 #ifndef PYLON_INTERNAL_THREAD_ANNOTATIONS_HPP_
@@ -3417,6 +3419,7 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <shared_mutex>
 
 #if defined(__clang__)
 #define PYLON_THREAD_ANNOTATION(x) __attribute__((x))
@@ -3429,9 +3432,12 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
 #define GUARDED_BY(x) PYLON_THREAD_ANNOTATION(guarded_by(x))
 #define PT_GUARDED_BY(x) PYLON_THREAD_ANNOTATION(pt_guarded_by(x))
 #define REQUIRES(...) PYLON_THREAD_ANNOTATION(requires_capability(__VA_ARGS__))
+#define REQUIRES_SHARED(...) PYLON_THREAD_ANNOTATION(requires_shared_capability(__VA_ARGS__))
 #define EXCLUDES(...) PYLON_THREAD_ANNOTATION(locks_excluded(__VA_ARGS__))
 #define ACQUIRE(...) PYLON_THREAD_ANNOTATION(acquire_capability(__VA_ARGS__))
 #define RELEASE(...) PYLON_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
+#define ACQUIRE_SHARED(...) PYLON_THREAD_ANNOTATION(acquire_shared_capability(__VA_ARGS__))
+#define RELEASE_SHARED(...) PYLON_THREAD_ANNOTATION(release_shared_capability(__VA_ARGS__))
 #define RETURN_CAPABILITY(x) PYLON_THREAD_ANNOTATION(lock_returned(x))
 #define NO_THREAD_SAFETY_ANALYSIS PYLON_THREAD_ANNOTATION(no_thread_safety_analysis)
 
@@ -3512,6 +3518,56 @@ class CondVar {
  private:
   Mutex& mutex_;
   std::condition_variable condition_;
+};
+
+// A std::shared_mutex the analysis knows: many readers or one writer. lock() and unlock() also
+// make it Lockable, for a holder (std::unique_lock) that outlives one scope.
+class CAPABILITY("shared mutex") SharedMutex {
+ public:
+  SharedMutex() = default;
+  SharedMutex(const SharedMutex&) = delete;
+  SharedMutex& operator=(const SharedMutex&) = delete;
+  SharedMutex(SharedMutex&&) = delete;
+  SharedMutex& operator=(SharedMutex&&) = delete;
+  ~SharedMutex() = default;
+
+  void lock() ACQUIRE() { mutex_.lock(); }
+  void unlock() RELEASE() { mutex_.unlock(); }
+  void lock_shared() ACQUIRE_SHARED() { mutex_.lock_shared(); }
+  void unlock_shared() RELEASE_SHARED() { mutex_.unlock_shared(); }
+
+ private:
+  std::shared_mutex mutex_;
+};
+
+// Holds a SharedMutex exclusively for its scope.
+class SCOPED_CAPABILITY WriterLock {
+ public:
+  explicit WriterLock(SharedMutex& mutex) ACQUIRE(mutex) : mutex_(mutex) { mutex_.lock(); }
+  ~WriterLock() RELEASE() { mutex_.unlock(); }
+  WriterLock(const WriterLock&) = delete;
+  WriterLock& operator=(const WriterLock&) = delete;
+  WriterLock(WriterLock&&) = delete;
+  WriterLock& operator=(WriterLock&&) = delete;
+
+ private:
+  SharedMutex& mutex_;
+};
+
+// Holds a SharedMutex shared for its scope.
+class SCOPED_CAPABILITY ReaderLock {
+ public:
+  explicit ReaderLock(SharedMutex& mutex) ACQUIRE_SHARED(mutex) : mutex_(mutex) {
+    mutex_.lock_shared();
+  }
+  ~ReaderLock() RELEASE() { mutex_.unlock_shared(); }
+  ReaderLock(const ReaderLock&) = delete;
+  ReaderLock& operator=(const ReaderLock&) = delete;
+  ReaderLock(ReaderLock&&) = delete;
+  ReaderLock& operator=(ReaderLock&&) = delete;
+
+ private:
+  SharedMutex& mutex_;
 };
 
 }  // namespace pylon::detail
@@ -4090,7 +4146,6 @@ class Reaper {
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -4212,8 +4267,8 @@ class SessionCache {
     void stop_inserter() noexcept;
 
     SessionCache& cache_;
-    std::unique_lock<std::shared_mutex> users_lock_;
-    std::array<std::unique_lock<std::shared_mutex>, kShards> shard_locks_;
+    std::unique_lock<SharedMutex> users_lock_;
+    std::array<std::unique_lock<SharedMutex>, kShards> shard_locks_;
     Batch batch_;                   // being filled by add()
     std::vector<Pending> pending_;  // the entries of one batch, on their way in (insert_rows)
 
@@ -4281,9 +4336,11 @@ class SessionCache {
     void set_entry_at(std::size_t index, Entry* entry) noexcept { slot_at(index).entry = entry; }
     std::size_t size() const noexcept { return size_; }
     // Calls visit(const Slot&) for every occupied slot. Erasing the visited slot from within is
-    // safe: an erase moves no other slot.
+    // safe: an erase moves no other slot. The analysis does not carry a caller's locks into a
+    // callback, so a callback that needs them says so (REQUIRES on the lambda) and this call of it
+    // is left unchecked; the caller's own access to the table is checked where it is made.
     template <typename Visit>
-    void for_each(Visit visit) const;
+    void for_each(Visit visit) const NO_THREAD_SAFETY_ANALYSIS;
 
    private:
     struct alignas(64) Bucket {
@@ -4315,8 +4372,8 @@ class SessionCache {
 
   // Cache-line aligned, so that two threads locking two shards do not share a line.
   struct alignas(64) Shard {
-    mutable std::shared_mutex mutex;
-    SlotTable entries;  // keyed by the digest; owns its entries
+    mutable SharedMutex mutex;
+    SlotTable entries GUARDED_BY(mutex);  // keyed by the digest; owns its entries
   };
 
   // The last digest byte picks the shard; the others hash within it.
@@ -4334,22 +4391,22 @@ class SessionCache {
   // The session as an entry, with its hashes; Error(kInternal) for a malformed id.
   static Pending make_pending(const Session& session);
   // Inserts the sessions in order, as insert_locked() does, prefetching ahead, and empties
-  // *pending_sessions. The caller holds every lock exclusively. Throws only bad_alloc; what was
+  // *pending_sessions. The caller (a Loader) holds every lock exclusively, through holders the
+  // analysis cannot follow, so this one function is unchecked. Throws only bad_alloc; what was
   // inserted before stays.
-  void insert_batch(std::vector<Pending>* pending_sessions);
-  // Inserts the entry, replacing a cached session with its id; returns the replaced one. The
-  // caller holds users_mutex_ and the shard's mutex exclusively. Throws only bad_alloc, and then
-  // changes nothing.
-  OwnedEntry insert_locked(Shard& shard, Pending pending);
-  // The user list, under users_mutex_ held exclusively.
-  void link_user(Entry* entry, std::uint64_t user_hash);
-  void unlink_user(Entry* entry) noexcept;
+  void insert_batch(std::vector<Pending>* pending_sessions) NO_THREAD_SAFETY_ANALYSIS;
+  // Inserts the entry, replacing a cached session with its id; returns the replaced one. Throws
+  // only bad_alloc, and then changes nothing.
+  OwnedEntry insert_locked(Shard& shard, Pending pending) REQUIRES(users_mutex_, shard.mutex);
+  // The user list.
+  void link_user(Entry* entry, std::uint64_t user_hash) REQUIRES(users_mutex_);
+  void unlink_user(Entry* entry) noexcept REQUIRES(users_mutex_);
 
   std::array<Shard, kShards> shards_;
-  mutable std::shared_mutex users_mutex_;
+  mutable SharedMutex users_mutex_;
   // One slot per user, keyed by the hash of the user id, pointing at the first session of the
-  // user's list (the sessions are linked through their entries). Guarded by users_mutex_.
-  SlotTable user_heads_;
+  // user's list (the sessions are linked through their entries).
+  SlotTable user_heads_ GUARDED_BY(users_mutex_);
   std::atomic<std::size_t> size_{0};
 };
 
@@ -5998,7 +6055,7 @@ SessionCache::Found SessionCache::find(const SessionDigest& id, std::int64_t at,
                                        Session* out) const {
   const Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id);
-  const std::shared_lock<std::shared_mutex> lock(shard.mutex);
+  const ReaderLock lock(shard.mutex);
   const std::size_t index = slot_of(shard.entries, hash, id);
   if (index == SlotTable::kNone) return Found::kNone;
   return copy_out(*shard.entries.entry_at(index), at, out);
@@ -6026,7 +6083,7 @@ SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64
                                              Session* out) const {
   const Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id);
-  const std::shared_lock<std::shared_mutex> lock(shard.mutex);
+  const ReaderLock lock(shard.mutex);
   const SlotTable::Probe probe = shard.entries.probe(hash);
   const Entry* compared = select(mask_if(probe.match != nullptr), probe.match, probe.decoy);
   if (compared == nullptr) compared = shard.entries.untagged_entry_after(hash);
@@ -6063,7 +6120,7 @@ std::optional<Session> SessionCache::find_live(const SessionDigest& id, std::int
 std::vector<Session> SessionCache::of_user(std::string_view user_id) const {
   std::vector<Session> sessions;
   const std::uint64_t hash = hash_of(user_id);
-  const std::shared_lock<std::shared_mutex> lock(users_mutex_);
+  const ReaderLock lock(users_mutex_);
   const std::size_t index = user_heads_.find(
       hash, [user_id](const Entry* head) { return head->field(Entry::kUserId) == user_id; });
   if (index == SlotTable::kNone) return sessions;
@@ -6078,7 +6135,7 @@ std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
     std::string_view idp_session_id, const std::optional<std::string>& tenant) const {
   std::vector<SessionOfUser> matches;
   for (const Shard& shard : shards_) {
-    const std::shared_lock<std::shared_mutex> lock(shard.mutex);
+    const ReaderLock lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) {
       const Entry* entry = slot.entry;
       if ((slot.hash & kRotatedTag) != 0 || !entry->has(Entry::kIdpSessionId) ||
@@ -6095,7 +6152,7 @@ std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
 }
 
 std::size_t SessionCache::users() const {
-  const std::shared_lock<std::shared_mutex> lock(users_mutex_);
+  const ReaderLock lock(users_mutex_);
   return user_heads_.size();
 }
 
@@ -6172,8 +6229,8 @@ void SessionCache::put(const Session& session) {
   OwnedEntry replaced;
   {
     Shard& shard = shards_[shard_index(pending.entry->id)];
-    const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
-    const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+    const WriterLock users_lock(users_mutex_);
+    const WriterLock lock(shard.mutex);
     replaced = insert_locked(shard, std::move(pending));
   }
   replaced.reset();  // the free, once the locks are released
@@ -6183,8 +6240,8 @@ bool SessionCache::erase(const SessionDigest& id) {
   Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id);
   OwnedEntry erased;  // freed after the locks are released
-  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
-  const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+  const WriterLock users_lock(users_mutex_);
+  const WriterLock lock(shard.mutex);
   const std::size_t index = slot_of(shard.entries, hash, id);
   if (index == SlotTable::kNone) return false;
   erased.reset(shard.entries.entry_at(index));
@@ -6201,10 +6258,10 @@ bool SessionCache::erase(std::string_view id) {
 
 std::size_t SessionCache::erase_expired(std::int64_t at) {
   std::size_t erased = 0;
-  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
+  const WriterLock users_lock(users_mutex_);
   for (Shard& shard : shards_) {
-    const std::unique_lock<std::shared_mutex> lock(shard.mutex);
-    shard.entries.for_each([&](const Slot& slot) {
+    const WriterLock lock(shard.mutex);
+    shard.entries.for_each([&](const Slot& slot) REQUIRES(users_mutex_, shard.mutex) {
       Entry* entry = slot.entry;
       if ((slot.hash & kRotatedTag) != 0 || entry->expires_at > at) return;
       unlink_user(entry);
@@ -6221,10 +6278,10 @@ std::size_t SessionCache::erase_expired(std::int64_t at) {
 
 std::size_t SessionCache::erase_unless(const std::function<bool(const SessionDigest&)>& keep) {
   std::size_t erased = 0;
-  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
+  const WriterLock users_lock(users_mutex_);
   for (Shard& shard : shards_) {
-    const std::unique_lock<std::shared_mutex> lock(shard.mutex);
-    shard.entries.for_each([&](const Slot& slot) {
+    const WriterLock lock(shard.mutex);
+    shard.entries.for_each([&](const Slot& slot) REQUIRES(users_mutex_, shard.mutex) {
       Entry* entry = slot.entry;
       if ((slot.hash & kRotatedTag) != 0 || keep(entry->id)) return;
       unlink_user(entry);
@@ -6244,7 +6301,7 @@ void SessionCache::remember_rotated(const SessionDigest& id) {
   marker->id = id;
   Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id) | kRotatedTag;
-  const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+  const WriterLock lock(shard.mutex);
   if (slot_of(shard.entries, hash, id) != SlotTable::kNone) return;
   shard.entries.insert(hash, marker.get());
   static_cast<void>(marker.release());  // owned by the shard's table from here
@@ -6253,7 +6310,7 @@ void SessionCache::remember_rotated(const SessionDigest& id) {
 bool SessionCache::forget_rotated(const SessionDigest& id) {
   Shard& shard = shards_[shard_index(id)];
   OwnedEntry forgotten;  // freed after the lock is released
-  const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+  const WriterLock lock(shard.mutex);
   const std::size_t index = slot_of(shard.entries, hash_of(id) | kRotatedTag, id);
   if (index == SlotTable::kNone) return false;
   forgotten.reset(shard.entries.entry_at(index));
@@ -6289,7 +6346,7 @@ void SessionCache::insert_batch(std::vector<Pending>* pending_sessions) {
 
 SessionCache::Loader::Loader(SessionCache& cache) : cache_(cache), users_lock_(cache.users_mutex_) {
   for (std::size_t i = 0; i < kShards; ++i) {
-    shard_locks_[i] = std::unique_lock<std::shared_mutex>(cache.shards_[i].mutex);
+    shard_locks_[i] = std::unique_lock<SharedMutex>(cache.shards_[i].mutex);
   }
 }
 

@@ -420,7 +420,7 @@ SessionCache::Found SessionCache::find(const SessionDigest& id, std::int64_t at,
                                        Session* out) const {
   const Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id);
-  const std::shared_lock<std::shared_mutex> lock(shard.mutex);
+  const ReaderLock lock(shard.mutex);
   const std::size_t index = slot_of(shard.entries, hash, id);
   if (index == SlotTable::kNone) return Found::kNone;
   return copy_out(*shard.entries.entry_at(index), at, out);
@@ -448,7 +448,7 @@ SessionCache::Found SessionCache::find_token(const SessionDigest& id, std::int64
                                              Session* out) const {
   const Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id);
-  const std::shared_lock<std::shared_mutex> lock(shard.mutex);
+  const ReaderLock lock(shard.mutex);
   const SlotTable::Probe probe = shard.entries.probe(hash);
   const Entry* compared = select(mask_if(probe.match != nullptr), probe.match, probe.decoy);
   if (compared == nullptr) compared = shard.entries.untagged_entry_after(hash);
@@ -485,7 +485,7 @@ std::optional<Session> SessionCache::find_live(const SessionDigest& id, std::int
 std::vector<Session> SessionCache::of_user(std::string_view user_id) const {
   std::vector<Session> sessions;
   const std::uint64_t hash = hash_of(user_id);
-  const std::shared_lock<std::shared_mutex> lock(users_mutex_);
+  const ReaderLock lock(users_mutex_);
   const std::size_t index = user_heads_.find(
       hash, [user_id](const Entry* head) { return head->field(Entry::kUserId) == user_id; });
   if (index == SlotTable::kNone) return sessions;
@@ -500,7 +500,7 @@ std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
     std::string_view idp_session_id, const std::optional<std::string>& tenant) const {
   std::vector<SessionOfUser> matches;
   for (const Shard& shard : shards_) {
-    const std::shared_lock<std::shared_mutex> lock(shard.mutex);
+    const ReaderLock lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) {
       const Entry* entry = slot.entry;
       if ((slot.hash & kRotatedTag) != 0 || !entry->has(Entry::kIdpSessionId) ||
@@ -517,7 +517,7 @@ std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
 }
 
 std::size_t SessionCache::users() const {
-  const std::shared_lock<std::shared_mutex> lock(users_mutex_);
+  const ReaderLock lock(users_mutex_);
   return user_heads_.size();
 }
 
@@ -594,8 +594,8 @@ void SessionCache::put(const Session& session) {
   OwnedEntry replaced;
   {
     Shard& shard = shards_[shard_index(pending.entry->id)];
-    const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
-    const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+    const WriterLock users_lock(users_mutex_);
+    const WriterLock lock(shard.mutex);
     replaced = insert_locked(shard, std::move(pending));
   }
   replaced.reset();  // the free, once the locks are released
@@ -605,8 +605,8 @@ bool SessionCache::erase(const SessionDigest& id) {
   Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id);
   OwnedEntry erased;  // freed after the locks are released
-  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
-  const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+  const WriterLock users_lock(users_mutex_);
+  const WriterLock lock(shard.mutex);
   const std::size_t index = slot_of(shard.entries, hash, id);
   if (index == SlotTable::kNone) return false;
   erased.reset(shard.entries.entry_at(index));
@@ -623,10 +623,10 @@ bool SessionCache::erase(std::string_view id) {
 
 std::size_t SessionCache::erase_expired(std::int64_t at) {
   std::size_t erased = 0;
-  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
+  const WriterLock users_lock(users_mutex_);
   for (Shard& shard : shards_) {
-    const std::unique_lock<std::shared_mutex> lock(shard.mutex);
-    shard.entries.for_each([&](const Slot& slot) {
+    const WriterLock lock(shard.mutex);
+    shard.entries.for_each([&](const Slot& slot) REQUIRES(users_mutex_, shard.mutex) {
       Entry* entry = slot.entry;
       if ((slot.hash & kRotatedTag) != 0 || entry->expires_at > at) return;
       unlink_user(entry);
@@ -643,10 +643,10 @@ std::size_t SessionCache::erase_expired(std::int64_t at) {
 
 std::size_t SessionCache::erase_unless(const std::function<bool(const SessionDigest&)>& keep) {
   std::size_t erased = 0;
-  const std::unique_lock<std::shared_mutex> users_lock(users_mutex_);
+  const WriterLock users_lock(users_mutex_);
   for (Shard& shard : shards_) {
-    const std::unique_lock<std::shared_mutex> lock(shard.mutex);
-    shard.entries.for_each([&](const Slot& slot) {
+    const WriterLock lock(shard.mutex);
+    shard.entries.for_each([&](const Slot& slot) REQUIRES(users_mutex_, shard.mutex) {
       Entry* entry = slot.entry;
       if ((slot.hash & kRotatedTag) != 0 || keep(entry->id)) return;
       unlink_user(entry);
@@ -666,7 +666,7 @@ void SessionCache::remember_rotated(const SessionDigest& id) {
   marker->id = id;
   Shard& shard = shards_[shard_index(id)];
   const std::uint64_t hash = hash_of(id) | kRotatedTag;
-  const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+  const WriterLock lock(shard.mutex);
   if (slot_of(shard.entries, hash, id) != SlotTable::kNone) return;
   shard.entries.insert(hash, marker.get());
   static_cast<void>(marker.release());  // owned by the shard's table from here
@@ -675,7 +675,7 @@ void SessionCache::remember_rotated(const SessionDigest& id) {
 bool SessionCache::forget_rotated(const SessionDigest& id) {
   Shard& shard = shards_[shard_index(id)];
   OwnedEntry forgotten;  // freed after the lock is released
-  const std::unique_lock<std::shared_mutex> lock(shard.mutex);
+  const WriterLock lock(shard.mutex);
   const std::size_t index = slot_of(shard.entries, hash_of(id) | kRotatedTag, id);
   if (index == SlotTable::kNone) return false;
   forgotten.reset(shard.entries.entry_at(index));
@@ -711,7 +711,7 @@ void SessionCache::insert_batch(std::vector<Pending>* pending_sessions) {
 
 SessionCache::Loader::Loader(SessionCache& cache) : cache_(cache), users_lock_(cache.users_mutex_) {
   for (std::size_t i = 0; i < kShards; ++i) {
-    shard_locks_[i] = std::unique_lock<std::shared_mutex>(cache.shards_[i].mutex);
+    shard_locks_[i] = std::unique_lock<SharedMutex>(cache.shards_[i].mutex);
   }
 }
 

@@ -31,13 +31,13 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <shared_mutex>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <vector>
 
 #include "internal/backend_shared.hpp"
+#include "internal/thread_annotations.hpp"
 #include "session_backend.hpp"
 
 namespace pylon::detail {
@@ -155,8 +155,8 @@ class SessionCache {
     void stop_inserter() noexcept;
 
     SessionCache& cache_;
-    std::unique_lock<std::shared_mutex> users_lock_;
-    std::array<std::unique_lock<std::shared_mutex>, kShards> shard_locks_;
+    std::unique_lock<SharedMutex> users_lock_;
+    std::array<std::unique_lock<SharedMutex>, kShards> shard_locks_;
     Batch batch_;                   // being filled by add()
     std::vector<Pending> pending_;  // the entries of one batch, on their way in (insert_rows)
 
@@ -224,9 +224,11 @@ class SessionCache {
     void set_entry_at(std::size_t index, Entry* entry) noexcept { slot_at(index).entry = entry; }
     std::size_t size() const noexcept { return size_; }
     // Calls visit(const Slot&) for every occupied slot. Erasing the visited slot from within is
-    // safe: an erase moves no other slot.
+    // safe: an erase moves no other slot. The analysis does not carry a caller's locks into a
+    // callback, so a callback that needs them says so (REQUIRES on the lambda) and this call of it
+    // is left unchecked; the caller's own access to the table is checked where it is made.
     template <typename Visit>
-    void for_each(Visit visit) const;
+    void for_each(Visit visit) const NO_THREAD_SAFETY_ANALYSIS;
 
    private:
     struct alignas(64) Bucket {
@@ -258,8 +260,8 @@ class SessionCache {
 
   // Cache-line aligned, so that two threads locking two shards do not share a line.
   struct alignas(64) Shard {
-    mutable std::shared_mutex mutex;
-    SlotTable entries;  // keyed by the digest; owns its entries
+    mutable SharedMutex mutex;
+    SlotTable entries GUARDED_BY(mutex);  // keyed by the digest; owns its entries
   };
 
   // The last digest byte picks the shard; the others hash within it.
@@ -277,22 +279,22 @@ class SessionCache {
   // The session as an entry, with its hashes; Error(kInternal) for a malformed id.
   static Pending make_pending(const Session& session);
   // Inserts the sessions in order, as insert_locked() does, prefetching ahead, and empties
-  // *pending_sessions. The caller holds every lock exclusively. Throws only bad_alloc; what was
+  // *pending_sessions. The caller (a Loader) holds every lock exclusively, through holders the
+  // analysis cannot follow, so this one function is unchecked. Throws only bad_alloc; what was
   // inserted before stays.
-  void insert_batch(std::vector<Pending>* pending_sessions);
-  // Inserts the entry, replacing a cached session with its id; returns the replaced one. The
-  // caller holds users_mutex_ and the shard's mutex exclusively. Throws only bad_alloc, and then
-  // changes nothing.
-  OwnedEntry insert_locked(Shard& shard, Pending pending);
-  // The user list, under users_mutex_ held exclusively.
-  void link_user(Entry* entry, std::uint64_t user_hash);
-  void unlink_user(Entry* entry) noexcept;
+  void insert_batch(std::vector<Pending>* pending_sessions) NO_THREAD_SAFETY_ANALYSIS;
+  // Inserts the entry, replacing a cached session with its id; returns the replaced one. Throws
+  // only bad_alloc, and then changes nothing.
+  OwnedEntry insert_locked(Shard& shard, Pending pending) REQUIRES(users_mutex_, shard.mutex);
+  // The user list.
+  void link_user(Entry* entry, std::uint64_t user_hash) REQUIRES(users_mutex_);
+  void unlink_user(Entry* entry) noexcept REQUIRES(users_mutex_);
 
   std::array<Shard, kShards> shards_;
-  mutable std::shared_mutex users_mutex_;
+  mutable SharedMutex users_mutex_;
   // One slot per user, keyed by the hash of the user id, pointing at the first session of the
-  // user's list (the sessions are linked through their entries). Guarded by users_mutex_.
-  SlotTable user_heads_;
+  // user's list (the sessions are linked through their entries).
+  SlotTable user_heads_ GUARDED_BY(users_mutex_);
   std::atomic<std::size_t> size_{0};
 };
 

@@ -1,11 +1,13 @@
 // pylon-sessions: locks the compiler checks. Private: not installed, not part of the API.
 //
 // What it owns: Mutex (a std::mutex that Clang's thread-safety analysis knows as a capability),
-// MutexLock (its scoped holder), CondVar (a condition variable on a Mutex), and the attribute
-// macros the rest of the library writes its lock rules with:
-//   GUARDED_BY(m)     this member is read and written only with m held;
-//   REQUIRES(m)       the caller holds m;
-//   EXCLUDES(m)       the caller does not hold m (the function takes it).
+// MutexLock (its scoped holder), CondVar (a condition variable on a Mutex), SharedMutex (a
+// std::shared_mutex the analysis knows, held by WriterLock exclusively or ReaderLock shared), and
+// the attribute macros the rest of the library writes its lock rules with:
+//   GUARDED_BY(m)       this member is written only with m held, read with m held or shared;
+//   REQUIRES(m)         the caller holds m (exclusively);
+//   REQUIRES_SHARED(m)  the caller holds m, shared or exclusively;
+//   EXCLUDES(m)         the caller does not hold m (the function takes it).
 // Under Clang with -Wthread-safety (scripts/thread-safety.sh, run by the test command) a rule
 // broken is a compile error; under GCC the macros are empty and the classes are plain wrappers.
 #ifndef PYLON_INTERNAL_THREAD_ANNOTATIONS_HPP_
@@ -14,6 +16,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <mutex>
+#include <shared_mutex>
 
 #if defined(__clang__)
 #define PYLON_THREAD_ANNOTATION(x) __attribute__((x))
@@ -26,9 +29,12 @@
 #define GUARDED_BY(x) PYLON_THREAD_ANNOTATION(guarded_by(x))
 #define PT_GUARDED_BY(x) PYLON_THREAD_ANNOTATION(pt_guarded_by(x))
 #define REQUIRES(...) PYLON_THREAD_ANNOTATION(requires_capability(__VA_ARGS__))
+#define REQUIRES_SHARED(...) PYLON_THREAD_ANNOTATION(requires_shared_capability(__VA_ARGS__))
 #define EXCLUDES(...) PYLON_THREAD_ANNOTATION(locks_excluded(__VA_ARGS__))
 #define ACQUIRE(...) PYLON_THREAD_ANNOTATION(acquire_capability(__VA_ARGS__))
 #define RELEASE(...) PYLON_THREAD_ANNOTATION(release_capability(__VA_ARGS__))
+#define ACQUIRE_SHARED(...) PYLON_THREAD_ANNOTATION(acquire_shared_capability(__VA_ARGS__))
+#define RELEASE_SHARED(...) PYLON_THREAD_ANNOTATION(release_shared_capability(__VA_ARGS__))
 #define RETURN_CAPABILITY(x) PYLON_THREAD_ANNOTATION(lock_returned(x))
 #define NO_THREAD_SAFETY_ANALYSIS PYLON_THREAD_ANNOTATION(no_thread_safety_analysis)
 
@@ -109,6 +115,56 @@ class CondVar {
  private:
   Mutex& mutex_;
   std::condition_variable condition_;
+};
+
+// A std::shared_mutex the analysis knows: many readers or one writer. lock() and unlock() also
+// make it Lockable, for a holder (std::unique_lock) that outlives one scope.
+class CAPABILITY("shared mutex") SharedMutex {
+ public:
+  SharedMutex() = default;
+  SharedMutex(const SharedMutex&) = delete;
+  SharedMutex& operator=(const SharedMutex&) = delete;
+  SharedMutex(SharedMutex&&) = delete;
+  SharedMutex& operator=(SharedMutex&&) = delete;
+  ~SharedMutex() = default;
+
+  void lock() ACQUIRE() { mutex_.lock(); }
+  void unlock() RELEASE() { mutex_.unlock(); }
+  void lock_shared() ACQUIRE_SHARED() { mutex_.lock_shared(); }
+  void unlock_shared() RELEASE_SHARED() { mutex_.unlock_shared(); }
+
+ private:
+  std::shared_mutex mutex_;
+};
+
+// Holds a SharedMutex exclusively for its scope.
+class SCOPED_CAPABILITY WriterLock {
+ public:
+  explicit WriterLock(SharedMutex& mutex) ACQUIRE(mutex) : mutex_(mutex) { mutex_.lock(); }
+  ~WriterLock() RELEASE() { mutex_.unlock(); }
+  WriterLock(const WriterLock&) = delete;
+  WriterLock& operator=(const WriterLock&) = delete;
+  WriterLock(WriterLock&&) = delete;
+  WriterLock& operator=(WriterLock&&) = delete;
+
+ private:
+  SharedMutex& mutex_;
+};
+
+// Holds a SharedMutex shared for its scope.
+class SCOPED_CAPABILITY ReaderLock {
+ public:
+  explicit ReaderLock(SharedMutex& mutex) ACQUIRE_SHARED(mutex) : mutex_(mutex) {
+    mutex_.lock_shared();
+  }
+  ~ReaderLock() RELEASE() { mutex_.unlock_shared(); }
+  ReaderLock(const ReaderLock&) = delete;
+  ReaderLock& operator=(const ReaderLock&) = delete;
+  ReaderLock(ReaderLock&&) = delete;
+  ReaderLock& operator=(ReaderLock&&) = delete;
+
+ private:
+  SharedMutex& mutex_;
 };
 
 }  // namespace pylon::detail
