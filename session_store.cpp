@@ -168,7 +168,7 @@ std::int64_t system_clock_now() {
 class SessionStore::Impl final : private detail::ChangeApplier {
  public:
   Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options);
-  ~Impl();  // NOLINT(*-use-override): the base's destructor is protected and not virtual
+  ~Impl() override;
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   Impl(Impl&&) = delete;

@@ -39,6 +39,7 @@ namespace pylon::detail {
 // What the feed needs of its store.
 class ChangeApplier {
  public:
+  virtual ~ChangeApplier() = default;
   // Runs `step` while no write of this store can interleave.
   virtual void exclusive(const std::function<void()>& step) = 0;
   // Makes the cache hold what `change` says storage holds. Called inside exclusive().
@@ -53,7 +54,6 @@ class ChangeApplier {
 
  protected:
   ChangeApplier() = default;
-  ~ChangeApplier() = default;
   ChangeApplier(const ChangeApplier&) = default;
   ChangeApplier& operator=(const ChangeApplier&) = default;
   ChangeApplier(ChangeApplier&&) = default;
