@@ -3580,6 +3580,7 @@ namespace pylon::detail {
 // What the feed needs of its store.
 class ChangeApplier {
  public:
+  virtual ~ChangeApplier() = default;
   // Runs `step` while no write of this store can interleave.
   virtual void exclusive(const std::function<void()>& step) = 0;
   // Makes the cache hold what `change` says storage holds. Called inside exclusive().
@@ -3594,7 +3595,6 @@ class ChangeApplier {
 
  protected:
   ChangeApplier() = default;
-  ~ChangeApplier() = default;
   ChangeApplier(const ChangeApplier&) = default;
   ChangeApplier& operator=(const ChangeApplier&) = default;
   ChangeApplier(ChangeApplier&&) = default;
@@ -4806,7 +4806,7 @@ std::int64_t system_clock_now() {
 class SessionStore::Impl final : private detail::ChangeApplier {
  public:
   Impl(std::unique_ptr<SessionBackend> backend, StoreOptions options);
-  ~Impl();  // NOLINT(*-use-override): the base's destructor is protected and not virtual
+  ~Impl() override;
   Impl(const Impl&) = delete;
   Impl& operator=(const Impl&) = delete;
   Impl(Impl&&) = delete;
