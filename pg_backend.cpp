@@ -2489,7 +2489,7 @@ class PgChangeSource final : public ChangeSource {
     const std::string action = "cannot read the change log of";
     const PgConnection::Turn turn(connection_, action);
     ArrayParam gaps(kInt8Oid, also.size());
-    for (const std::int64_t position : also) gaps.int8(position);
+    for (const std::int64_t gap : also) gaps.int8(gap);
     Params params;
     params.int8(after)
         .array(kInt8ArrayOid, gaps.encoded())
@@ -2539,7 +2539,14 @@ class PgChangeSource final : public ChangeSource {
 
  private:
   void listen_and_prepare() {
-    connection_.exec(Reconnect::kNever, "LISTEN _pylon_change_log", "cannot listen for changes on");
+    const char* action = "cannot listen for changes on";
+    // Told apart from the store's other connection in pg_stat_activity (by operators, and by
+    // tests that fault one of them): its application_name gains " (change feed)".
+    connection_.exec(Reconnect::kNever,
+                     "SELECT set_config('application_name', "
+                     "current_setting('application_name') || ' (change feed)', false)",
+                     action);
+    connection_.exec(Reconnect::kNever, "LISTEN _pylon_change_log", action);
     connection_.prepare(
         Reconnect::kNever, "pylon_change_position",
         ("SELECT GREATEST(COALESCE((SELECT max(position) FROM _pylon_change_log), 0) - " +

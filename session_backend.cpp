@@ -1338,9 +1338,9 @@ class SqliteChangeSource final : public ChangeSource {
   }
   bool wait(std::chrono::milliseconds timeout) override {
     if (timeout.count() > 0) std::this_thread::sleep_for(timeout);
-    const std::int64_t version = backend_->data_version();
-    const bool changed = version != seen_version_;
-    seen_version_ = version;
+    const std::int64_t current = backend_->data_version();
+    const bool changed = current != seen_version_;
+    seen_version_ = current;
     return changed;
   }
   std::size_t prune(std::chrono::seconds keep) override { return backend_->prune_changes(keep); }

@@ -10,7 +10,6 @@
 // SQLite, a hit with change_check_interval 0 (data_version checked before every lookup).
 //
 // Usage: propagation [--sqlite PATH | --postgres URL] [--rounds N] [--interval-ms N]
-#include <pylon/session_backend.hpp>
 #include <unistd.h>
 
 #include <algorithm>
@@ -19,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
+#include <pylon/session_backend.hpp>
 #include <random>
 #include <string>
 #include <thread>
@@ -39,8 +39,7 @@ void report(const char* what, std::vector<double>& samples) {
   const double median = samples[samples.size() / 2];
   const double p99 = samples[std::min(samples.size() - 1, samples.size() * 99 / 100)];
   std::cout << "  " << what << ": median " << median / 1000.0 << " ms, p99 " << p99 / 1000.0
-            << " ms, max " << samples.back() / 1000.0 << " ms (" << samples.size()
-            << " rounds)\n";
+            << " ms, max " << samples.back() / 1000.0 << " ms (" << samples.size() << " rounds)\n";
 }
 
 // Spins (yielding) until `done` holds; the time it took, or a negative value after 10 s.
@@ -91,8 +90,8 @@ int main(int argc, char** argv) {
   }
   std::string scratch;
   if (url.empty()) {
-    char directory[] = "/tmp/pylon-propagation-XXXXXX";
-    if (::mkdtemp(directory) == nullptr) return 1;
+    std::string directory = "/tmp/pylon-propagation-XXXXXX";
+    if (::mkdtemp(directory.data()) == nullptr) return 1;
     scratch = directory;
     url = scratch + "/sessions.db";
   }
@@ -110,7 +109,7 @@ int main(int argc, char** argv) {
     std::vector<double> creates;
     std::vector<double> revokes;
     std::size_t lost = 0;
-    std::mt19937 random(1);
+    std::mt19937 random(std::random_device{}());
     std::uniform_int_distribution<std::int64_t> jitter(0, std::max<std::int64_t>(interval_ms, 1));
     // A pause of random length before each write, so that writes land anywhere in B's polling
     // cycle instead of just after the check that saw the previous one.

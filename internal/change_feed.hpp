@@ -171,22 +171,22 @@ class ChangeFeed {
       gaps.reserve(gaps_.size());
       for (const auto& gap : gaps_) gaps.push_back(gap.first);
       ChangeBatch batch;
-      bool applied = false;
-      for (int attempt = 0; attempt < kOptimisticReads && !applied; ++attempt) {
+      bool caught_up = false;
+      for (int attempt = 0; attempt < kOptimisticReads && !caught_up; ++attempt) {
         const std::uint64_t generation = applier_.write_generation();
         batch = source_->read(cursor_, gaps, kBatch);
         applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {  // runs here, with mutex_ held
-          if (applier_.write_generation() == generation) applied = apply(batch, &more);
+          if (applier_.write_generation() == generation) caught_up = apply(batch, &more);
         });
       }
-      if (!applied) {
+      if (!caught_up) {
         // A store writing without pause: read where none of its writes can come between.
         applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {
           batch = source_->read(cursor_, gaps, kBatch);
-          applied = apply(batch, &more);
+          caught_up = apply(batch, &more);
         });
       }
-      if (!applied) reload();
+      if (!caught_up) reload();
     }
   }
 

@@ -90,6 +90,34 @@ class EventLog {
   std::vector<SessionEvent> events_;
 };
 
+// `writes` writes of a seeded random mix through `store`: creates (the most), revokes, rotations,
+// data updates and, now and then, a revoke_user, on `users` users. kBusy (another process held
+// the SQLite file longer than busy_timeout) is tolerated; any other error fails the test.
+void write_at_random(SessionStore& store, std::uint32_t seed, int writes, std::uint32_t users) {
+  std::mt19937 random(seed);
+  std::vector<std::string> tokens;
+  const auto any_token = [&] { return tokens.at(random() % tokens.size()); };
+  for (int i = 0; i < writes; ++i) {
+    const std::string user = "user-" + std::to_string(random() % users);
+    try {
+      const auto pick = random() % 6;
+      if (pick <= 1 || tokens.empty()) {
+        tokens.push_back(store.create(user).token);
+      } else if (pick == 2) {
+        store.revoke(any_token());
+      } else if (pick == 3) {
+        if (auto next = store.rotate(any_token())) tokens.push_back(next->token);
+      } else if (pick == 4) {
+        store.update_data(any_token(), "n=" + std::to_string(i));
+      } else if (random() % 4 == 0) {
+        store.revoke_user(user);
+      }
+    } catch (const pylon::Error& error) {
+      ASSERT_EQ(error.code(), pylon::ErrorCode::kBusy) << error.what();
+    }
+  }
+}
+
 class SeveralInstances : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override { ASSERT_TRUE(pylon::test::make_test_database(GetParam(), &db_)); }
@@ -295,7 +323,7 @@ TEST_P(SeveralInstances, DataUpdatesSlidesAndPurgesOnOneStoreReachAnother) {
   EXPECT_EQ(seen->expires_at, slid->expires_at) << "B kept the expiry from before A's slide";
   EXPECT_EQ(seen->last_seen_at, clock_.now());
 
-  clock_.advance(2 * 3600);  // both expire; A purges them
+  clock_.advance(std::int64_t{2} * 3600);  // both expire; A purges them
   EXPECT_EQ(a.purge_expired(), 2U);
   EXPECT_FALSE(b.find(doomed.session.id).has_value());
   EXPECT_EQ(b.size(), 0U) << "B kept rows A's purge deleted";
@@ -376,43 +404,8 @@ TEST_P(SeveralInstances, ThreeStoresWritingAtOnceEndWithCachesEqualToStorage) {
   for (auto& store : stores) store.emplace(open_store(exact_options()));
   std::array<std::thread, 3> writers;
   for (std::size_t w = 0; w < writers.size(); ++w) {
-    writers.at(w) = std::thread([&, w] {
-      std::mt19937 random(static_cast<std::uint32_t>(w + 1));
-      std::vector<std::string> tokens;
-      SessionStore& store = *stores.at(w);
-      for (int i = 0; i < 60; ++i) {
-        const std::string user = "user-" + std::to_string(random() % 4);
-        try {
-          switch (random() % 6) {
-            case 0:
-            case 1:
-              tokens.push_back(store.create(user).token);
-              break;
-            case 2:
-              if (!tokens.empty()) store.revoke(tokens.at(random() % tokens.size()));
-              break;
-            case 3:
-              if (!tokens.empty()) {
-                if (auto next = store.rotate(tokens.at(random() % tokens.size()))) {
-                  tokens.push_back(next->token);
-                }
-              }
-              break;
-            case 4:
-              if (!tokens.empty()) {
-                store.update_data(tokens.at(random() % tokens.size()), std::to_string(i));
-              }
-              break;
-            default:
-              if (random() % 4 == 0) store.revoke_user(user);
-              break;
-          }
-        } catch (const pylon::Error& error) {
-          // SQLite: another process's write may hold the file longer than busy_timeout allows.
-          if (error.code() != pylon::ErrorCode::kBusy) throw;
-        }
-      }
-    });
+    writers.at(w) = std::thread(
+        [&, w] { write_at_random(*stores.at(w), static_cast<std::uint32_t>(w + 1), 60, 4); });
   }
   for (std::thread& writer : writers) writer.join();
   for (std::size_t s = 0; s < stores.size(); ++s) {
@@ -429,38 +422,7 @@ TEST_P(SeveralInstances, TwoOtherProcessesWritingAreFollowedHere) {
     const std::uint32_t seed =
         static_cast<std::uint32_t>(std::stoul(from_environment(kChildSeedVariable).value_or("1")));
     SessionStore store = SessionStore::open(*url, options());
-    std::mt19937 random(seed);
-    std::vector<std::string> tokens;
-    for (int i = 0; i < 80; ++i) {
-      const std::string user = "user-" + std::to_string(random() % 5);
-      try {
-        switch (random() % 5) {
-          case 0:
-          case 1:
-            tokens.push_back(store.create(user).token);
-            break;
-          case 2:
-            if (!tokens.empty()) store.revoke(tokens.at(random() % tokens.size()));
-            break;
-          case 3:
-            if (!tokens.empty()) {
-              if (auto next = store.rotate(tokens.at(random() % tokens.size()))) {
-                tokens.push_back(next->token);
-              }
-            }
-            break;
-          default:
-            if (random() % 3 == 0) {
-              store.revoke_user(user);
-            } else if (!tokens.empty()) {
-              store.update_data(tokens.at(random() % tokens.size()), "n=" + std::to_string(i));
-            }
-            break;
-        }
-      } catch (const pylon::Error& error) {
-        ASSERT_EQ(error.code(), pylon::ErrorCode::kBusy) << error.what();
-      }
-    }
+    write_at_random(store, seed, 80, 5);
     // The last session, kept: the parent validates it.
     std::cout << "TOKEN " << store.create("last-" + std::to_string(seed)).token << std::endl;
     return;
