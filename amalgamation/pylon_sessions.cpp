@@ -2535,9 +2535,9 @@ class SqliteChangeSource final : public ChangeSource {
   }
   bool wait(std::chrono::milliseconds timeout) override {
     if (timeout.count() > 0) std::this_thread::sleep_for(timeout);
-    const std::int64_t version = backend_->data_version();
-    const bool changed = version != seen_version_;
-    seen_version_ = version;
+    const std::int64_t current = backend_->data_version();
+    const bool changed = current != seen_version_;
+    seen_version_ = current;
     return changed;
   }
   std::size_t prune(std::chrono::seconds keep) override { return backend_->prune_changes(keep); }
@@ -3712,22 +3712,22 @@ class ChangeFeed {
       gaps.reserve(gaps_.size());
       for (const auto& gap : gaps_) gaps.push_back(gap.first);
       ChangeBatch batch;
-      bool applied = false;
-      for (int attempt = 0; attempt < kOptimisticReads && !applied; ++attempt) {
+      bool caught_up = false;
+      for (int attempt = 0; attempt < kOptimisticReads && !caught_up; ++attempt) {
         const std::uint64_t generation = applier_.write_generation();
         batch = source_->read(cursor_, gaps, kBatch);
         applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {  // runs here, with mutex_ held
-          if (applier_.write_generation() == generation) applied = apply(batch, &more);
+          if (applier_.write_generation() == generation) caught_up = apply(batch, &more);
         });
       }
-      if (!applied) {
+      if (!caught_up) {
         // A store writing without pause: read where none of its writes can come between.
         applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {
           batch = source_->read(cursor_, gaps, kBatch);
-          applied = apply(batch, &more);
+          caught_up = apply(batch, &more);
         });
       }
-      if (!applied) reload();
+      if (!caught_up) reload();
     }
   }
 
@@ -9118,7 +9118,7 @@ class PgChangeSource final : public ChangeSource {
     const std::string action = "cannot read the change log of";
     const PgConnection::Turn turn(connection_, action);
     ArrayParam gaps(kInt8Oid, also.size());
-    for (const std::int64_t position : also) gaps.int8(position);
+    for (const std::int64_t gap : also) gaps.int8(gap);
     Params params;
     params.int8(after)
         .array(kInt8ArrayOid, gaps.encoded())
@@ -9168,7 +9168,14 @@ class PgChangeSource final : public ChangeSource {
 
  private:
   void listen_and_prepare() {
-    connection_.exec(Reconnect::kNever, "LISTEN _pylon_change_log", "cannot listen for changes on");
+    const char* action = "cannot listen for changes on";
+    // Told apart from the store's other connection in pg_stat_activity (by operators, and by
+    // tests that fault one of them): its application_name gains " (change feed)".
+    connection_.exec(Reconnect::kNever,
+                     "SELECT set_config('application_name', "
+                     "current_setting('application_name') || ' (change feed)', false)",
+                     action);
+    connection_.exec(Reconnect::kNever, "LISTEN _pylon_change_log", action);
     connection_.prepare(
         Reconnect::kNever, "pylon_change_position",
         ("SELECT GREATEST(COALESCE((SELECT max(position) FROM _pylon_change_log), 0) - " +
