@@ -8322,6 +8322,23 @@ constexpr std::size_t kMatchCombinations = 32;
 // one-key locks such as kMigrationLockKey: the spaces never overlap.
 constexpr std::int32_t kCapLockClass = 0x70636170;
 
+// The "N" of the command tag "DELETE N" or "INSERT 0 N". Takes a non-const PGresult: libpq's
+// PQcmdTuples() does.
+std::size_t affected_rows(PGresult* result, const PgConnection& connection,
+                          const std::string& action) {
+  const std::string_view tuples = PQcmdTuples(result);
+  std::size_t count = 0;
+  const bool digits_only =
+      !tuples.empty() && tuples.size() < 20 &&
+      std::all_of(tuples.begin(), tuples.end(), [](char c) { return c >= '0' && c <= '9'; });
+  if (!digits_only) {
+    throw Error(ErrorCode::kInternal, action + " " + connection.target() +
+                                          ": the server did not say how many rows it changed");
+  }
+  for (const char digit : tuples) count = count * 10 + static_cast<std::size_t>(digit - '0');
+  return count;
+}
+
 class PostgresBackend final : public SessionBackend {
  public:
   PostgresBackend(const std::string& url, const PostgresOptions& options);
@@ -8363,8 +8380,6 @@ class PostgresBackend final : public SessionBackend {
                             const std::vector<std::size_t>& ends, const std::string& action);
   void upsert_rows(const std::vector<const Session*>& rows, std::size_t begin, std::size_t end,
                    const std::string& action);
-  // Takes a non-const PGresult: libpq's PQcmdTuples() does.
-  std::size_t affected_rows(PGresult* result, const std::string& action) const;
 
   std::string url_;  // as opened: a change source opens its own connection with them
   PostgresOptions options_;
@@ -8383,22 +8398,7 @@ PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& 
 std::size_t PostgresBackend::run_counting(const char* statement, const Params& params,
                                           const std::string& action) {
   const PgResult result = connection_.exec_prepared(Reconnect::kIfDead, statement, params, action);
-  return affected_rows(result.get(), action);
-}
-
-// The "N" of the command tag "DELETE N" or "INSERT 0 N".
-std::size_t PostgresBackend::affected_rows(PGresult* result, const std::string& action) const {
-  const std::string_view tuples = PQcmdTuples(result);
-  std::size_t count = 0;
-  const bool digits_only =
-      !tuples.empty() && tuples.size() < 20 &&
-      std::all_of(tuples.begin(), tuples.end(), [](char c) { return c >= '0' && c <= '9'; });
-  if (!digits_only) {
-    throw Error(ErrorCode::kInternal, action + " " + connection_.target() +
-                                          ": the server did not say how many rows it changed");
-  }
-  for (const char digit : tuples) count = count * 10 + static_cast<std::size_t>(digit - '0');
-  return count;
+  return affected_rows(result.get(), connection_, action);
 }
 
 // The columns a Session is written to, in the order of its parameters (bind_session()).
@@ -9158,12 +9158,7 @@ class PgChangeSource final : public ChangeSource {
     params.int8(static_cast<std::int64_t>(keep.count()));
     const PgResult result =
         connection_.exec_prepared(Reconnect::kIfDead, "pylon_prune_changes", params, action);
-    const std::string_view tuples = PQcmdTuples(result.get());
-    std::size_t count = 0;
-    for (const char digit : tuples) {
-      if (digit >= '0' && digit <= '9') count = count * 10 + static_cast<std::size_t>(digit - '0');
-    }
-    return count;
+    return affected_rows(result.get(), connection_, action);
   }
 
  private:
