@@ -35,7 +35,8 @@ bool operator==(const Session& a, const Session& b) {
          a.created_at == b.created_at && a.expires_at == b.expires_at &&
          a.last_seen_at == b.last_seen_at && a.device == b.device && a.ip == b.ip &&
          a.data == b.data && a.absolute_expires_at == b.absolute_expires_at &&
-         a.idp_session_id == b.idp_session_id;
+         a.idp_session_id == b.idp_session_id && a.authenticated_at == b.authenticated_at &&
+         a.idle_timeout_seconds == b.idle_timeout_seconds;
 }
 
 namespace detail {
@@ -118,7 +119,7 @@ bool is_storable_session(const Session& session) noexcept {
   const auto storable = [](const TextField& field, const std::optional<std::string>& text) {
     return !text || is_storable_field(field, *text);
   };
-  return is_well_formed_session_id(session.id) && !session.user_id.empty() &&
+  return is_well_formed_session_id(session.id) &&
          is_storable_field(kUserIdField, session.user_id) &&
          storable(kTenantIdField, session.tenant_id) && storable(kDeviceField, session.device) &&
          storable(kIpField, session.ip) && storable(kIdpSessionIdField, session.idp_session_id);
@@ -128,6 +129,8 @@ bool has_sane_times(const Session& session) noexcept {
   const auto in_range = [](std::int64_t time) { return time >= 0 && time <= kMaxSessionTime; };
   return in_range(session.created_at) && in_range(session.last_seen_at) &&
          in_range(session.expires_at) && in_range(session.absolute_expires_at) &&
+         in_range(session.authenticated_at) &&
+         (!session.idle_timeout_seconds || in_range(*session.idle_timeout_seconds)) &&
          session.created_at <= session.last_seen_at &&
          (session.absolute_expires_at == 0 || session.expires_at <= session.absolute_expires_at);
 }
@@ -170,14 +173,38 @@ void check_session_for_storage(const Session& session) {
     throw Error(ErrorCode::kInvalidArgument,
                 "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
   }
-  if (session.user_id.empty()) {
-    throw Error(ErrorCode::kInvalidArgument, "session field 'user_id' must not be empty");
-  }
   check_text_field(kUserIdField, session.user_id);
   check_optional_text_field(kTenantIdField, session.tenant_id);
   check_optional_text_field(kDeviceField, session.device);
   check_optional_text_field(kIpField, session.ip);
   check_optional_text_field(kIdpSessionIdField, session.idp_session_id);
+  const auto check_time = [](const char* field, std::int64_t value) {
+    if (value < 0 || value > kMaxSessionTime) {
+      throw Error(ErrorCode::kInvalidArgument, std::string("session field '") + field + "' is " +
+                                                   std::to_string(value) +
+                                                   ", outside 0 to kMaxSessionTime");
+    }
+  };
+  check_time("authenticated_at", session.authenticated_at);
+  if (session.idle_timeout_seconds) {
+    check_time("idle_timeout_seconds", *session.idle_timeout_seconds);
+  }
+}
+
+void check_session_query(const SessionQuery& query) {
+  if (query.limit < 1 || query.limit > kMaxPageSize) {
+    throw Error(ErrorCode::kInvalidArgument, "SessionQuery::limit is " +
+                                                 std::to_string(query.limit) + ", outside 1 to " +
+                                                 std::to_string(kMaxPageSize));
+  }
+  if (!query.after.empty() && !is_well_formed_session_id(query.after)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "SessionQuery::after must be empty or a cursor a previous page returned (a "
+                "session id: 64 lowercase hex characters)");
+  }
+  check_optional_text_field(kTenantIdField, query.tenant_id);
+  check_optional_text_field(kUserIdField, query.user_id);
+  check_optional_text_field(kDeviceField, query.device);
 }
 
 }  // namespace detail

@@ -69,17 +69,22 @@ bool is_storable_field(const TextField& field, std::string_view value) noexcept;
 void check_text_field(const TextField& field, std::string_view value);
 void check_optional_text_field(const TextField& field, const std::optional<std::string>& value);
 
-// What every backend checks before it writes a row: a well-formed id, a non-empty user, and
-// storable text fields within their limits. Throws Error(kInvalidArgument).
+// What every backend checks before it writes a row: a well-formed id, storable text fields
+// within their limits (an empty user_id is an anonymous session), authenticated_at and
+// idle_timeout_seconds within 0..kMaxSessionTime. Throws Error(kInvalidArgument).
 void check_session_for_storage(const Session& session);
-// The same test without the message.
+// The same test without the message (times aside: has_sane_times()).
 bool is_storable_session(const Session& session) noexcept;
+// What every backend checks of SessionBackend::list_page()'s query: a limit of 1..kMaxPageSize, a
+// cursor that is empty or a session id, storable text. Throws Error(kInvalidArgument).
+void check_session_query(const SessionQuery& query);
 // What every backend checks of SessionBackend::rotate()'s new id, the one field of the new row
 // the caller gives: well formed, as save() checks an id, and not the old one. Throws
 // Error(kInvalidArgument).
 void check_rotation_ids(std::string_view old_id, std::string_view new_id);
 // Times within [0, kMaxSessionTime] and in order: created_at <= last_seen_at, and expires_at <=
-// absolute_expires_at when that is set (not 0).
+// absolute_expires_at when that is set (not 0); authenticated_at and idle_timeout_seconds within
+// [0, kMaxSessionTime] too.
 bool has_sane_times(const Session& session) noexcept;
 // What SessionStore caches of the rows storage gives it: is_storable_session and has_sane_times.
 bool is_servable_session(const Session& session) noexcept;
