@@ -191,6 +191,22 @@ void check_session_for_storage(const Session& session) {
   }
 }
 
+void check_signing_in_user(std::string_view user_id) {
+  if (user_id.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "user_id must not be empty: a session is signed in to a user");
+  }
+  check_text_field(kUserIdField, user_id);
+}
+
+void check_may_sign_in(const Session& stored, std::string_view user_id) {
+  if (!stored.is_anonymous() && stored.user_id != user_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the session belongs to another user: only an anonymous session, or one of the "
+                "same user, can be signed in to");
+  }
+}
+
 void check_session_query(const SessionQuery& query) {
   if (query.limit < 1 || query.limit > kMaxPageSize) {
     throw Error(ErrorCode::kInvalidArgument, "SessionQuery::limit is " +

@@ -75,6 +75,11 @@ void check_optional_text_field(const TextField& field, const std::optional<std::
 void check_session_for_storage(const Session& session);
 // The same test without the message (times aside: has_sane_times()).
 bool is_storable_session(const Session& session) noexcept;
+// What every backend checks of SessionBackend::authenticate(): a non-empty, storable user_id, and
+// (once the row is read, inside the transaction) that the row is anonymous or already that
+// user's. Throw Error(kInvalidArgument).
+void check_signing_in_user(std::string_view user_id);
+void check_may_sign_in(const Session& stored, std::string_view user_id);
 // What every backend checks of SessionBackend::list_page()'s query: a limit of 1..kMaxPageSize, a
 // cursor that is empty or a session id, storable text. Throws Error(kInvalidArgument).
 void check_session_query(const SessionQuery& query);
