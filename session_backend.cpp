@@ -241,9 +241,10 @@ void sqlite_sha256_hex(sqlite3_context* context, int argc, sqlite3_value** argv)
   sqlite3_result_text(context, hex.data(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
 }
 
-// The columns of `_pylon_sessions` ("name TYPE", sorted) as schema version 1 made it and as the
-// latest version has it (2 added idp_session_id). Rows are read by type, so a table with our
-// names but other types is as foreign as one with other names.
+// The columns of `_pylon_sessions` ("name TYPE", sorted) as schema version 1 made it, as
+// versions 2 to 4 have it (2 added idp_session_id) and as the latest has it (5 added
+// authenticated_at and idle_timeout_seconds). Rows are read by type, so a table with our names
+// but other types is as foreign as one with other names.
 const std::vector<std::string>& version_1_session_columns() {
   static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
                                                     "created_at INTEGER",
@@ -257,7 +258,7 @@ const std::vector<std::string>& version_1_session_columns() {
                                                     "user_id TEXT"};
   return kColumns;
 }
-const std::vector<std::string>& current_session_columns() {
+const std::vector<std::string>& version_2_session_columns() {
   static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
                                                     "created_at INTEGER",
                                                     "data BLOB",
@@ -270,6 +271,29 @@ const std::vector<std::string>& current_session_columns() {
                                                     "tenant_id TEXT",
                                                     "user_id TEXT"};
   return kColumns;
+}
+const std::vector<std::string>& current_session_columns() {
+  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
+                                                    "authenticated_at INTEGER",
+                                                    "created_at INTEGER",
+                                                    "data BLOB",
+                                                    "device TEXT",
+                                                    "expires_at INTEGER",
+                                                    "id TEXT",
+                                                    "idle_timeout_seconds INTEGER",
+                                                    "idp_session_id TEXT",
+                                                    "ip TEXT",
+                                                    "last_seen_at INTEGER",
+                                                    "tenant_id TEXT",
+                                                    "user_id TEXT"};
+  return kColumns;
+}
+// The shape schema version `applied` gives `_pylon_sessions` (version 0: none of ours yet, but a
+// table shaped like version 1's is taken for it).
+const std::vector<std::string>& session_columns_at(int applied) {
+  if (applied >= 5) return current_session_columns();
+  if (applied >= 2) return version_2_session_columns();
+  return version_1_session_columns();
 }
 
 // The columns of `_pylon_rotated_ids` ("name TYPE", sorted), which schema version 3 made.
@@ -293,7 +317,7 @@ constexpr int kLatestSqliteVersion =
 // them.
 #define PYLON_SQLITE_SESSION_COLUMNS                                                    \
   "id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, " \
-  "device, ip, data, idp_session_id"
+  "device, ip, data, idp_session_id, authenticated_at, idle_timeout_seconds"
 
 void assign_column_text(sqlite3_stmt* query, int column, std::string& out) {
   const auto* text = sqlite3_column_text(query, column);
@@ -335,6 +359,12 @@ void read_session_row(sqlite3_stmt* query, Session& session, int first = 0) {
     session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
   }
   assign_column_optional_text(query, first + 10, session.idp_session_id);
+  session.authenticated_at = sqlite3_column_int64(query, first + 11);
+  if (sqlite3_column_type(query, first + 12) == SQLITE_NULL) {
+    session.idle_timeout_seconds.reset();
+  } else {
+    session.idle_timeout_seconds = sqlite3_column_int64(query, first + 12);
+  }
 }
 
 // Every column of a rotated id, in the order read_rotated_row() reads them.
@@ -351,14 +381,15 @@ void read_rotated_row(sqlite3_stmt* query, RotatedId& rotated, int first = 0) {
 
 // An entry of the change log with what storage holds for its id: position, id, then whether a
 // session row was joined and its columns, then whether a rotated id was joined and its columns.
-#define PYLON_SQLITE_CHANGE_COLUMNS                                                   \
-  "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, "  \
-  "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "     \
-  "s.idp_session_id, r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, " \
-  "r.rotated_at, r.expires_at FROM _pylon_change_log AS c "                           \
+#define PYLON_SQLITE_CHANGE_COLUMNS                                                  \
+  "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, " \
+  "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "    \
+  "s.idp_session_id, s.authenticated_at, s.idle_timeout_seconds, r.id IS NOT NULL, " \
+  "r.id, r.replaced_by, r.user_id, r.tenant_id, r.rotated_at, r.expires_at "         \
+  "FROM _pylon_change_log AS c "                                                     \
   "LEFT JOIN _pylon_sessions AS s ON s.id = c.id LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id"
 constexpr int kChangeSessionColumn = 3;
-constexpr int kChangeRotatedColumn = 15;
+constexpr int kChangeRotatedColumn = 17;
 
 SessionChange read_change_row(sqlite3_stmt* query) {
   SessionChange change;
@@ -395,6 +426,11 @@ class SqliteBackend final : public SessionBackend {
   std::optional<Session> update_data(std::string_view id, std::string_view data) override;
   std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
                                 std::int64_t now) override;
+  std::optional<Authentication> authenticate(std::string_view old_id, std::string_view new_id,
+                                             std::string_view user_id, std::int64_t now,
+                                             std::size_t max_per_user) override;
+  std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) override;
+  std::vector<TenantCount> count_by_tenant(std::int64_t now) override;
   void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
   std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   std::string describe() const override { return shown_path_; }
@@ -463,6 +499,9 @@ class SqliteBackend final : public SessionBackend {
   Statement update_data_;
   Statement record_rotated_;
   Statement copy_as_successor_;
+  Statement copy_as_authenticated_;
+  Statement evict_others_beyond_cap_;
+  Statement count_by_tenant_;
   Statement select_rotated_;
   Statement delete_expired_rotated_;
   Statement delete_expired_rotated_batch_;
@@ -514,6 +553,9 @@ class SqliteBackend::Use {
   Use& bind(int index, std::int64_t value) {
     return checked(sqlite3_bind_int64(statement_, index, value));
   }
+  Use& bind(int index, const std::optional<std::int64_t>& value) {
+    return value ? bind(index, *value) : checked(sqlite3_bind_null(statement_, index));
+  }
   Use& bind(int index, std::size_t count) {
     return bind(index, static_cast<std::int64_t>(std::min<std::size_t>(count, INT64_MAX)));
   }
@@ -527,13 +569,14 @@ class SqliteBackend::Use {
                        : sqlite3_bind_blob(statement_, index, bytes.data(),
                                            static_cast<int>(bytes.size()), SQLITE_STATIC));
   }
-  // Every column of a session, as PYLON_SQLITE_SESSION_COLUMNS lists them, from ?1 to ?11.
+  // Every column of a session, as PYLON_SQLITE_SESSION_COLUMNS lists them, from ?1 to ?13.
   Use& bind(const Session& session) {
     bind(1, std::string_view(session.id)).bind(2, std::string_view(session.user_id));
     bind(3, session.tenant_id).bind(4, session.created_at).bind(5, session.expires_at);
     bind(6, session.last_seen_at).bind(7, session.absolute_expires_at);
     bind(8, session.device).bind(9, session.ip).bind_blob(10, session.data);
-    return bind(11, session.idp_session_id);
+    bind(11, session.idp_session_id).bind(12, session.authenticated_at);
+    return bind(13, session.idle_timeout_seconds);
   }
 
   // Steps once: true with a row to read, false when the statement is done.
@@ -740,8 +783,7 @@ void SqliteBackend::check_schema_version_and_shape() {
   // Each schema version has exactly one shape; version 0 (no migrations table) may hold a table
   // shaped like our version 1, or pylon's.
   const std::vector<std::string> columns = table_columns("_pylon_sessions");
-  if ((applied >= 2 && columns == current_session_columns()) ||
-      (applied <= 1 && columns == version_1_session_columns())) {
+  if (columns == session_columns_at(applied)) {
     // Our statements rely on the primary key (ON CONFLICT (id)) and on the indexes the
     // migrations made; a table without them is not ours, however its columns look.
     check_keys_and_indexes("_pylon_sessions", applied >= 1 ? applied : 0);
@@ -971,16 +1013,17 @@ void SqliteBackend::migrate() {
 
 void SqliteBackend::prepare_statements() {
   constexpr unsigned int kPersistent = SQLITE_PREPARE_PERSISTENT;
-  upsert_ = prepare(
-      "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
-      "last_seen_at, absolute_expires_at, device, ip, data, idp_session_id) "
-      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
-      "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
-      "tenant_id = excluded.tenant_id, created_at = excluded.created_at, "
-      "expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at, "
-      "absolute_expires_at = excluded.absolute_expires_at, device = excluded.device, "
-      "ip = excluded.ip, data = excluded.data, idp_session_id = excluded.idp_session_id",
-      kPersistent);
+  upsert_ =
+      prepare("INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS
+              ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
+              "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
+              "tenant_id = excluded.tenant_id, created_at = excluded.created_at, "
+              "expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at, "
+              "absolute_expires_at = excluded.absolute_expires_at, device = excluded.device, "
+              "ip = excluded.ip, data = excluded.data, idp_session_id = excluded.idp_session_id, "
+              "authenticated_at = excluded.authenticated_at, "
+              "idle_timeout_seconds = excluded.idle_timeout_seconds",
+              kPersistent);
   delete_by_id_ = prepare("DELETE FROM _pylon_sessions WHERE id = ?1", kPersistent);
   delete_by_user_ = prepare("DELETE FROM _pylon_sessions WHERE user_id = ?1", kPersistent);
   delete_expired_ = prepare("DELETE FROM _pylon_sessions WHERE expires_at <= ?1", kPersistent);
@@ -1021,7 +1064,28 @@ void SqliteBackend::prepare_statements() {
       "INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS
       ") SELECT ?2, user_id, "
       "tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, "
-      "idp_session_id FROM _pylon_sessions WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
+      "idp_session_id, authenticated_at, idle_timeout_seconds FROM _pylon_sessions WHERE id = ?1 "
+      "RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
+      kPersistent);
+  // The successor of a sign-in: the copy above, with the user and the time they proved it.
+  copy_as_authenticated_ = prepare(
+      "INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS
+      ") SELECT ?2, ?3, "
+      "tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, "
+      "idp_session_id, ?4, idle_timeout_seconds FROM _pylon_sessions WHERE id = ?1 "
+      "RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
+      kPersistent);
+  // evict_beyond_cap_ that spares the signed-in row ?4 and keeps ?3 others.
+  evict_others_beyond_cap_ = prepare(
+      "DELETE FROM _pylon_sessions WHERE rowid IN (SELECT rowid FROM _pylon_sessions "
+      "WHERE user_id = ?1 AND tenant_id IS ?2 AND id <> ?4 ORDER BY created_at DESC, rowid DESC "
+      "LIMIT -1 OFFSET ?3) RETURNING id, user_id",
+      kPersistent);
+  // NULL sorts first in SQLite, and text in byte order (BINARY): as PostgreSQL's COLLATE "C"
+  // with NULLS FIRST.
+  count_by_tenant_ = prepare(
+      "SELECT tenant_id, count(*), sum(user_id = '') FROM _pylon_sessions WHERE expires_at > ?1 "
+      "GROUP BY tenant_id ORDER BY tenant_id",
       kPersistent);
   select_rotated_ =
       prepare("SELECT " PYLON_SQLITE_ROTATED_COLUMNS " FROM _pylon_rotated_ids", kPersistent);
@@ -1125,6 +1189,7 @@ std::vector<RemovedSession> SqliteBackend::insert_new(const std::vector<Session>
       if (!seen) owners.push_back(&session);
     }
     for (const Session* owner : owners) {
+      if (owner->is_anonymous()) continue;  // anonymous sessions count against no cap
       std::vector<RemovedSession> removed = Use(*this, evict_beyond_cap_, action)
                                                 .bind(1, std::string_view(owner->user_id))
                                                 .bind(2, owner->tenant_id)
@@ -1188,13 +1253,107 @@ std::optional<Session> SqliteBackend::rotate(std::string_view old_id, std::strin
   return successor;
 }
 
+// A sign-in is rotate() whose successor takes the user: the checks, the rotated-id record, the
+// copy, the delete of the old row and the evictions the user's cap asks for commit together.
+std::optional<Authentication> SqliteBackend::authenticate(std::string_view old_id,
+                                                          std::string_view new_id,
+                                                          std::string_view user_id,
+                                                          std::int64_t now,
+                                                          std::size_t max_per_user) {
+  detail::check_rotation_ids(old_id, new_id);
+  detail::check_signing_in_user(user_id);
+  const char* action = "cannot sign a user in to a session in";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Transaction transaction(*this, action);
+  const std::optional<Session> current =
+      Use(*this, select_one_, action).bind(1, old_id).session_row();
+  if (!current || current->expires_at <= now) return std::nullopt;
+  detail::check_may_sign_in(*current, user_id);
+  Use(*this, record_rotated_, action).bind(1, old_id).bind(2, new_id).bind(3, now).run();
+  Authentication signed_in;
+  std::optional<Session> successor = Use(*this, copy_as_authenticated_, action)
+                                         .bind(1, old_id)
+                                         .bind(2, new_id)
+                                         .bind(3, user_id)
+                                         .bind(4, now)
+                                         .session_row();
+  if (!successor) return std::nullopt;
+  signed_in.session = *std::move(successor);
+  Use(*this, delete_by_id_, action).bind(1, old_id).run();
+  if (max_per_user > 0) {
+    signed_in.evicted = Use(*this, evict_others_beyond_cap_, action)
+                            .bind(1, user_id)
+                            .bind(2, signed_in.session.tenant_id)
+                            .bind(3, max_per_user - 1)
+                            .bind(4, new_id)
+                            .removed_rows();
+  }
+  transaction.commit();
+  return signed_in;
+}
+
+// Built per call from the fields the query sets (an administrator's listing is rare; a statement
+// per combination would be 256 of them). Keyset paging on the primary key: `id > ?` then ORDER BY
+// id walks the key's index, whatever else is filtered.
+std::vector<Session> SqliteBackend::list_page(const SessionQuery& query, std::int64_t now) {
+  detail::check_session_query(query);
+  std::string sql =
+      "SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions WHERE expires_at > ?1";
+  int next = 2;
+  const auto condition = [&sql, &next](bool set, const char* clause) {
+    if (set) sql.append(" AND ").append(clause).append(" ?").append(std::to_string(next++));
+  };
+  condition(!query.after.empty(), "id >");
+  condition(query.tenant_id.has_value(), "tenant_id =");
+  condition(query.user_id.has_value(), "user_id =");
+  condition(query.device.has_value(), "device =");
+  condition(query.created_since.has_value(), "created_at >=");
+  condition(query.created_before.has_value(), "created_at <");
+  condition(query.last_seen_since.has_value(), "last_seen_at >=");
+  condition(query.last_seen_before.has_value(), "last_seen_at <");
+  sql.append(" ORDER BY id LIMIT ?").append(std::to_string(next));
+  const char* action = "cannot list sessions in";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  const Statement statement = prepare(sql.c_str(), 0, action);
+  Use use(*this, statement, action);
+  use.bind(1, now);
+  int index = 2;
+  if (!query.after.empty()) use.bind(index++, std::string_view(query.after));
+  for (const std::optional<std::string>* text : {&query.tenant_id, &query.user_id, &query.device}) {
+    if (*text) use.bind(index++, std::string_view(**text));
+  }
+  for (const std::optional<std::int64_t>* time :
+       {&query.created_since, &query.created_before, &query.last_seen_since,
+        &query.last_seen_before}) {
+    if (*time) use.bind(index++, **time);
+  }
+  use.bind(index, query.limit);
+  std::vector<Session> page;
+  while (use.next_row()) read_session_row(use.get(), page.emplace_back());
+  return page;
+}
+
+std::vector<TenantCount> SqliteBackend::count_by_tenant(std::int64_t now) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Use use(*this, count_by_tenant_, "cannot count sessions in");
+  use.bind(1, now);
+  std::vector<TenantCount> counts;
+  while (use.next_row()) {
+    TenantCount& count = counts.emplace_back();
+    assign_column_optional_text(use.get(), 0, count.tenant_id);
+    count.sessions = static_cast<std::size_t>(sqlite3_column_int64(use.get(), 1));
+    count.anonymous = static_cast<std::size_t>(sqlite3_column_int64(use.get(), 2));
+  }
+  return counts;
+}
+
 // One DELETE per combination of set fields, so every one is a plain indexed equality (an
 // `?1 IS NULL OR user_id = ?1` form would keep SQLite from using the indexes).
 std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& filter) {
-  if (!filter.id && !filter.user_id && !filter.idp_session_id) {
+  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
     throw Error(ErrorCode::kInvalidArgument,
-                "remove_matching needs an id, a user_id or an idp_session_id: an empty filter "
-                "would delete every session");
+                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
+                "empty filter would delete every session");
   }
   const std::array<std::pair<const std::optional<std::string>*, const char*>, 5> fields = {{
       {&filter.id, "id = ?"},

@@ -576,7 +576,7 @@ struct StoreStats {
   std::uint64_t write_failures = 0;  // storage writes that threw
   std::string last_error;            // what() of the last failed write; "" if none
   // Rows found at start-up that no token can match or that a write would refuse (a malformed
-  // id, an empty user_id, text that is not UTF-8 or holds NUL): left in storage, never cached.
+  // id, text that is not UTF-8 or holds NUL, times out of range): left in storage, never cached.
   std::size_t skipped_rows = 0;
   std::uint64_t reaper_failures = 0;  // reaper runs that failed (each also a kReaperFailed event)
   std::uint64_t miss_lookups = 0;     // storage reads made for tokens the cache did not hold
@@ -659,8 +659,9 @@ struct StoreOptions {
   // store's change feed. 1 minute to 30 days.
   std::chrono::seconds change_log_retention{std::chrono::minutes(10)};
   // The longest lifetimes a session may be given on its own (CreateOptions::absolute_ttl and
-  // idle_timeout, "remember me"). The defaults are 400 days, the longest a browser keeps a
-  // cookie. Each from the store-wide default above it (absolute_ttl, idle_timeout) to 100 years.
+  // idle_timeout, "remember me"), or the store's absolute_ttl and idle_timeout when those are
+  // longer. The defaults are 400 days, the longest a browser keeps a cookie. 1 second to 100
+  // years.
   std::chrono::seconds max_absolute_ttl{std::chrono::hours(24 * 400)};
   std::chrono::seconds max_idle_timeout{std::chrono::hours(24 * 400)};
   // Told of every event, on the thread that caused it, after storage has it. It must not call
@@ -672,7 +673,8 @@ struct CreateOptions {
   // This session's own lifetimes, instead of the store's absolute_ttl and idle_timeout: a "keep
   // me signed in" session next to short default ones. absolute_ttl from 1 second to
   // StoreOptions::max_absolute_ttl; idle_timeout from 1 second to StoreOptions::max_idle_timeout
-  // (a longer value is refused with kInvalidArgument, not shortened). Stored with the session,
+  // (or to the store's own absolute_ttl / idle_timeout when longer); a longer value is refused
+  // with kInvalidArgument, not shortened. Stored with the session,
   // so every slide, a restart and a rotation keep them. Set both for a long session: the store's
   // idle_timeout would otherwise still end it when unused.
   std::optional<std::chrono::seconds> absolute_ttl;

@@ -82,6 +82,8 @@ void check_store_options(const StoreOptions& options) {
               "milliseconds");
   check_range("change_log_retention", options.change_log_retention.count(), 60, 30 * kDay,
               "seconds");
+  check_range("max_absolute_ttl", options.max_absolute_ttl.count(), 1, kHundredYears, "seconds");
+  check_range("max_idle_timeout", options.max_idle_timeout.count(), 1, kHundredYears, "seconds");
   const auto count = [](std::size_t value) {
     return static_cast<std::int64_t>(
         std::min<std::size_t>(value, std::numeric_limits<std::int64_t>::max()));
@@ -174,7 +176,16 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   Impl(Impl&&) = delete;
   Impl& operator=(Impl&&) = delete;
 
+  // create() and create_anonymous(): `user_id` is checked by the caller ("" for anonymous).
   NewSession create(std::string_view user_id, CreateOptions options);
+  // attach_user() with a user, reauthenticate() without.
+  std::optional<NewSession> sign_in(std::string_view token,
+                                    std::optional<std::string_view> user_id);
+  std::optional<Session> extend(std::string_view token);
+  bool authenticated_within(const Session& session, std::chrono::seconds window) const;
+  SessionPage list_sessions(SessionQuery query) const;
+  std::vector<TenantCount> count_by_tenant() const;
+  std::size_t revoke_tenant(std::string_view tenant_id);
   std::optional<Session> validate(std::string_view token);
   std::optional<Session> find(std::string_view id);
   bool revoke_id(std::string_view id);
@@ -237,8 +248,14 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   // writes (a revoke between the read and the cache update would bring the session back here).
   std::optional<Session> look_up_miss(const std::string& id, std::int64_t at, bool slide)
       EXCLUDES(writes_.mutex());
-  // The idle slide of a live cached session, written when touch_interval has passed.
-  std::optional<Session> touch(const std::string& id, std::int64_t at) EXCLUDES(writes_.mutex());
+  // The idle slide of a live cached session, written when touch_interval has passed, or at once
+  // when `forced` (extend()).
+  std::optional<Session> touch(const std::string& id, std::int64_t at, bool forced = false)
+      EXCLUDES(writes_.mutex());
+  // The idle timeout a session slides by: its own (CreateOptions::idle_timeout), else the store's.
+  std::int64_t idle_timeout_of(const Session& session) const {
+    return session.idle_timeout_seconds.value_or(options_.idle_timeout.count());
+  }
   // The session an old token stands for within rotation_grace: its chain's last successor, slid
   // as validate() slides any session; nullopt if that is gone.
   std::optional<Session> successor_in_grace(const RotatedId& rotated, std::int64_t at)
@@ -413,6 +430,10 @@ std::vector<std::string> SessionStore::Impl::cached_ids_matching(
          cache_.with_idp_session(*filter.idp_session_id, filter.tenant_id)) {
       if (!filter.except_id || match.id != *filter.except_id) ids.push_back(std::move(match.id));
     }
+  } else if (filter.tenant_id) {
+    for (detail::SessionCache::SessionOfUser& match : cache_.in_tenant(*filter.tenant_id)) {
+      if (!filter.except_id || match.id != *filter.except_id) ids.push_back(std::move(match.id));
+    }
   }
   return ids;
 }
@@ -447,9 +468,20 @@ std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFil
   return removed;
 }
 
-// A new session of `user_id`, checked and stamped, not yet stored.
+// A session's own lifetime (CreateOptions), in seconds: from 1 to the store's maximum.
+std::int64_t own_lifetime(const char* option, std::chrono::seconds value, std::chrono::seconds max,
+                          const char* max_option) {
+  if (value.count() < 1 || value > max) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string("CreateOptions::") + option + " is " + std::to_string(value.count()) +
+                    " seconds, outside its range of 1 to " + std::to_string(max.count()) +
+                    " (StoreOptions::" + max_option + "); nothing was stored");
+  }
+  return value.count();
+}
+
+// A new session of `user_id` ("" for an anonymous one), checked and stamped, not yet stored.
 Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions options) const {
-  if (user_id.empty()) throw Error(ErrorCode::kInvalidArgument, "user_id must not be empty");
   detail::check_text_field(detail::kUserIdField, user_id);
   detail::check_optional_text_field(detail::kTenantIdField, options.tenant_id);
   detail::check_optional_text_field(detail::kDeviceField, options.device);
@@ -468,7 +500,19 @@ Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions 
                     " bytes, over the limit of " + std::to_string(options_.max_data_bytes) +
                     " (StoreOptions::max_data_bytes); nothing was stored");
   }
+  // A session may always have what the store gives every session.
+  const std::int64_t absolute_ttl =
+      options.absolute_ttl
+          ? own_lifetime("absolute_ttl", *options.absolute_ttl,
+                         std::max(options_.max_absolute_ttl, options_.absolute_ttl),
+                         "max_absolute_ttl")
+          : options_.absolute_ttl.count();
   Session session;
+  if (options.idle_timeout) {
+    session.idle_timeout_seconds = own_lifetime(
+        "idle_timeout", *options.idle_timeout,
+        std::max(options_.max_idle_timeout, options_.idle_timeout), "max_idle_timeout");
+  }
   session.user_id = std::string(user_id);
   session.tenant_id = std::move(options.tenant_id);
   session.device = std::move(options.device);
@@ -480,11 +524,11 @@ Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions 
   const std::int64_t at = now();
   session.created_at = at;
   session.last_seen_at = at;
-  session.absolute_expires_at = saturating_add(at, options_.absolute_ttl.count());
-  session.expires_at =
-      options_.idle_timeout.count() > 0
-          ? std::min(session.absolute_expires_at, saturating_add(at, options_.idle_timeout.count()))
-          : session.absolute_expires_at;
+  session.authenticated_at = session.is_anonymous() ? 0 : at;
+  session.absolute_expires_at = saturating_add(at, absolute_ttl);
+  const std::int64_t idle = idle_timeout_of(session);
+  session.expires_at = idle > 0 ? std::min(session.absolute_expires_at, saturating_add(at, idle))
+                                : session.absolute_expires_at;
   return session;
 }
 
@@ -572,17 +616,19 @@ void SessionStore::Impl::commit_creates(const std::vector<CreateQueue::Writer*>&
 // thread meanwhile. Storage moves only last_seen_at and expires_at, never back
 // (SessionBackend::touch), and returns the row it holds, which the cache then takes: data
 // another store updated comes along.
-std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at) {
+std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at,
+                                                 bool forced) {
   const MutexLock lock(writes_.mutex());
   std::optional<Session> current = live_copy(id, at);
   if (!current) return std::nullopt;
-  if (saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) return current;
+  if (!forced && saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) {
+    return current;
+  }
   const std::int64_t cap =
       current->absolute_expires_at > 0 ? current->absolute_expires_at : current->expires_at;
+  const std::int64_t idle = idle_timeout_of(*current);
   const std::int64_t slid_expiry =
-      options_.idle_timeout.count() > 0
-          ? std::min(cap, saturating_add(at, options_.idle_timeout.count()))
-          : current->expires_at;
+      idle > 0 ? std::min(cap, saturating_add(at, idle)) : current->expires_at;
   writes_.settle();
   std::optional<Session> stored =
       writes_.run_in_doubt({id}, [&] { return backend_->touch(id, at, slid_expiry); });
@@ -729,6 +775,7 @@ bool SessionStore::Impl::revoke_id(std::string_view id) {
 std::size_t SessionStore::Impl::revoke_user(std::string_view user_id,
                                             const std::optional<std::string>& tenant) {
   if (tenant) detail::check_text_field(detail::kTenantIdField, *tenant);
+  if (user_id.empty()) return 0;  // anonymous sessions have no user to sign out
   if (options_.tenant_id && tenant && tenant != options_.tenant_id) return 0;  // not ours
   SessionFilter filter;
   filter.user_id = std::string(user_id);
@@ -739,7 +786,7 @@ std::size_t SessionStore::Impl::revoke_user(std::string_view user_id,
 std::size_t SessionStore::Impl::revoke_others(std::string_view token) {
   if (!is_well_formed_token(token)) return 0;
   const std::optional<Session> current = live_copy(session_id_for_token(token), now());
-  if (!current) return 0;
+  if (!current || current->is_anonymous()) return 0;  // an anonymous session has no others
   SessionFilter filter;
   filter.user_id = current->user_id;
   filter.tenant_id = options_.tenant_id;
@@ -798,6 +845,126 @@ std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
   emit(SessionEvent::of_session(SessionEventType::kRotated, old_id, rotated.session.user_id,
                                 rotated.session.id));
   return rotated;
+}
+
+// attach_user() and reauthenticate(): rotate() whose successor storage also gives the user and
+// authenticated_at = now, with the evictions the user's cap asks for, in one transaction
+// (SessionBackend::authenticate). The cache then takes what storage returned, as for rotate().
+std::optional<NewSession> SessionStore::Impl::sign_in(std::string_view token,
+                                                      std::optional<std::string_view> user_id) {
+  if (user_id) detail::check_signing_in_user(*user_id);
+  if (!is_well_formed_token(token)) return std::nullopt;
+  const std::string old_id = session_id_for_token(token);
+  const std::size_t cap = options_.max_sessions_per_user;
+  NewSession signed_in;
+  std::vector<RemovedSession> evicted;
+  std::string old_user;
+  {
+    const MutexLock lock(writes_.mutex());
+    const std::int64_t at = now();
+    const std::optional<Session> current = live_copy(old_id, at);
+    if (!current) return std::nullopt;
+    if (!user_id && current->is_anonymous()) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "reauthenticate needs a session with a user; this one is anonymous (sign the "
+                  "user in with attach_user())");
+    }
+    const std::string user = user_id ? std::string(*user_id) : current->user_id;
+    detail::check_may_sign_in(*current, user);
+    old_user = current->user_id;
+    signed_in.token = generate_token();
+    const std::string new_id = session_id_for_token(signed_in.token);
+    std::vector<std::string> in_doubt = {old_id, new_id};
+    if (cap > 0) {
+      SessionFilter same_owner;
+      same_owner.user_id = user;
+      for (std::string& id : cached_ids_matching(same_owner)) in_doubt.push_back(std::move(id));
+    }
+    writes_.settle();
+    std::optional<Authentication> stored = writes_.run_in_doubt(
+        in_doubt, [&] { return backend_->authenticate(old_id, new_id, user, at, cap); });
+    cache_.erase(std::string_view(old_id));
+    if (!stored) return std::nullopt;  // revoked or expired in storage meanwhile
+    evicted = std::move(stored->evicted);
+    for (const RemovedSession& row : evicted) cache_.erase(std::string_view(row.id));
+    std::optional<Session> successor = cache_stored(new_id, std::move(stored->session), at);
+    if (successor) {
+      signed_in.session = *std::move(successor);
+      rotated_ids_.remember({old_id, new_id, old_user, signed_in.session.tenant_id, at,
+                             signed_in.session.absolute_expires_at > 0
+                                 ? signed_in.session.absolute_expires_at
+                                 : signed_in.session.expires_at});
+    }
+  }
+  for (const RemovedSession& row : evicted) {
+    emit(SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
+  }
+  // Stored, but not a session this store may hand out (out of scope, or unstorable bytes written
+  // by something else): the old token is gone either way.
+  if (signed_in.session.id.empty()) return std::nullopt;
+  emit(SessionEvent::of_session(
+      user_id ? SessionEventType::kUserAttached : SessionEventType::kReauthenticated, old_id,
+      signed_in.session.user_id, signed_in.session.id));
+  return signed_in;
+}
+
+std::optional<Session> SessionStore::Impl::extend(std::string_view token) {
+  if (!is_well_formed_token(token)) return std::nullopt;
+  std::optional<Session> extended = touch(session_id_for_token(token), now(), /*forced=*/true);
+  if (extended) {
+    emit(SessionEvent::of_session(SessionEventType::kExtended, extended->id, extended->user_id));
+  }
+  return extended;
+}
+
+bool SessionStore::Impl::authenticated_within(const Session& session,
+                                              std::chrono::seconds window) const {
+  if (window.count() < 0) {
+    throw Error(ErrorCode::kInvalidArgument, "authenticated_within: the window is " +
+                                                 std::to_string(window.count()) +
+                                                 " seconds; it must not be negative");
+  }
+  if (session.is_anonymous() || session.authenticated_at <= 0) return false;
+  return saturating_add(session.authenticated_at, window.count()) >= now();
+}
+
+// Read from storage, not the cache: the listing includes every other store's sessions. A store
+// scoped to a tenant lists its own tenant's only.
+SessionPage SessionStore::Impl::list_sessions(SessionQuery query) const {
+  detail::check_session_query(query);
+  SessionPage page;
+  if (options_.tenant_id) {
+    if (query.tenant_id && query.tenant_id != options_.tenant_id) return page;  // not ours
+    query.tenant_id = options_.tenant_id;
+  }
+  page.sessions = backend_->list_page(query, now());
+  if (page.sessions.size() >= query.limit) page.next_cursor = page.sessions.back().id;
+  return page;
+}
+
+std::vector<TenantCount> SessionStore::Impl::count_by_tenant() const {
+  std::vector<TenantCount> counts = backend_->count_by_tenant(now());
+  if (options_.tenant_id) {
+    counts.erase(std::remove_if(counts.begin(), counts.end(),
+                                [this](const TenantCount& count) {
+                                  return count.tenant_id != options_.tenant_id;
+                                }),
+                 counts.end());
+  }
+  return counts;
+}
+
+std::size_t SessionStore::Impl::revoke_tenant(std::string_view tenant_id) {
+  detail::check_text_field(detail::kTenantIdField, tenant_id);
+  if (options_.tenant_id && tenant_id != *options_.tenant_id) return 0;  // not ours
+  SessionFilter filter;
+  filter.tenant_id = std::string(tenant_id);
+  const std::size_t removed = revoke_matching(filter).size();
+  SessionEvent event =
+      SessionEvent::with_detail(SessionEventType::kTenantRevoked, std::string(tenant_id));
+  event.count = removed;
+  emit(event);
+  return removed;
 }
 
 std::optional<Session> SessionStore::Impl::update_data(std::string_view token, std::string data) {
@@ -948,7 +1115,32 @@ SessionStore& SessionStore::operator=(SessionStore&& other) noexcept = default;
 SessionStore::~SessionStore() = default;
 
 NewSession SessionStore::create(std::string_view user_id, CreateOptions options) {
+  if (user_id.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "user_id must not be empty (a session without a user: create_anonymous())");
+  }
   return impl_->create(user_id, std::move(options));
+}
+NewSession SessionStore::create_anonymous(CreateOptions options) {
+  return impl_->create({}, std::move(options));
+}
+std::optional<NewSession> SessionStore::attach_user(std::string_view token,
+                                                    std::string_view user_id) {
+  return impl_->sign_in(token, user_id);
+}
+std::optional<NewSession> SessionStore::reauthenticate(std::string_view token) {
+  return impl_->sign_in(token, std::nullopt);
+}
+bool SessionStore::authenticated_within(const Session& session, std::chrono::seconds window) const {
+  return impl_->authenticated_within(session, window);
+}
+std::optional<Session> SessionStore::extend(std::string_view token) { return impl_->extend(token); }
+SessionPage SessionStore::list_sessions(const SessionQuery& query) const {
+  return impl_->list_sessions(query);
+}
+std::vector<TenantCount> SessionStore::count_by_tenant() const { return impl_->count_by_tenant(); }
+std::size_t SessionStore::revoke_tenant(std::string_view tenant_id) {
+  return impl_->revoke_tenant(tenant_id);
 }
 std::optional<Session> SessionStore::validate(std::string_view token) {
   return impl_->validate(token);

@@ -35,8 +35,11 @@ struct SessionCache::Entry {
   std::int64_t expires_at = 0;
   std::int64_t last_seen_at = 0;
   std::int64_t absolute_expires_at = 0;
+  std::int64_t authenticated_at = 0;
+  std::int64_t idle_timeout_seconds = 0;  // when has_idle_timeout
   std::array<std::uint32_t, kFields> sizes{};
   std::uint8_t present = 0;  // bit f: optional field f is set
+  bool has_idle_timeout = false;
 
   const char* bytes() const noexcept {
     // The field bytes are allocated right behind the header (make_pending).
@@ -69,6 +72,12 @@ struct SessionCache::Entry {
     out->data.assign(field(kData));
     out->absolute_expires_at = absolute_expires_at;
     copy_optional(kIdpSessionId, &out->idp_session_id);
+    out->authenticated_at = authenticated_at;
+    if (has_idle_timeout) {
+      out->idle_timeout_seconds = idle_timeout_seconds;
+    } else {
+      out->idle_timeout_seconds.reset();
+    }
   }
 };
 
@@ -117,6 +126,9 @@ SessionCache::Pending SessionCache::make_pending(const Session& session) {
   entry->expires_at = session.expires_at;
   entry->last_seen_at = session.last_seen_at;
   entry->absolute_expires_at = session.absolute_expires_at;
+  entry->authenticated_at = session.authenticated_at;
+  entry->has_idle_timeout = session.idle_timeout_seconds.has_value();
+  entry->idle_timeout_seconds = session.idle_timeout_seconds.value_or(0);
   entry->sizes = sizes;
   entry->present = present;
   const std::uint64_t user_hash = hash_of(entry->field(Entry::kUserId));
@@ -516,6 +528,22 @@ std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
   return matches;
 }
 
+std::vector<SessionCache::SessionOfUser> SessionCache::in_tenant(std::string_view tenant) const {
+  std::vector<SessionOfUser> matches;
+  for (const Shard& shard : shards_) {
+    const ReaderLock lock(shard.mutex);
+    shard.entries.for_each([&](const Slot& slot) {
+      const Entry* entry = slot.entry;
+      if ((slot.hash & kRotatedTag) != 0 || !entry->has(Entry::kTenantId) ||
+          entry->field(Entry::kTenantId) != tenant) {
+        return;
+      }
+      matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
+    });
+  }
+  return matches;
+}
+
 std::size_t SessionCache::users() const {
   const ReaderLock lock(users_mutex_);
   return user_heads_.size();
@@ -525,9 +553,11 @@ std::size_t SessionCache::users() const {
 // Writes
 // ------------------------------------------------------------------------------------------------
 
-// A new entry becomes the head of its user's list.
+// A new entry becomes the head of its user's list. An anonymous session (no user) is in no list:
+// no user lists it, and it is not counted as a user. (unlink_user() then finds no list for it.)
 void SessionCache::link_user(Entry* entry, std::uint64_t user_hash) {
   const std::string_view user_id = entry->field(Entry::kUserId);
+  if (user_id.empty()) return;
   const std::size_t index = user_heads_.find(
       user_hash, [user_id](const Entry* head) { return head->field(Entry::kUserId) == user_id; });
   if (index == SlotTable::kNone) {

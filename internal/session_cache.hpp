@@ -81,7 +81,8 @@ class SessionCache {
   Found find_token(const SessionDigest& id, std::int64_t at, Session* out) const;
   // The live session, copied.
   std::optional<Session> find_live(const SessionDigest& id, std::int64_t at) const;
-  // Every cached session of the user, expired ones included, in no particular order.
+  // Every cached session of the user, expired ones included, in no particular order. Anonymous
+  // sessions belong to no user: of_user("") is empty, and users() does not count them.
   std::vector<Session> of_user(std::string_view user_id) const;
   // A cached session as with_idp_session() names it: its id and its user.
   struct SessionOfUser {
@@ -92,6 +93,8 @@ class SessionCache {
   // scan of every session: back-channel logouts are rare.
   std::vector<SessionOfUser> with_idp_session(std::string_view idp_session_id,
                                               const std::optional<std::string>& tenant) const;
+  // Every cached session of the tenant. A scan of every session: revoking a tenant is rare.
+  std::vector<SessionOfUser> in_tenant(std::string_view tenant) const;
   std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
   std::size_t users() const;
 
