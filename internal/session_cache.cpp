@@ -760,7 +760,7 @@ void SessionCache::Loader::finish() {
   }
   if (batch_.size > 0) hand_off();
   stop_inserter();
-  const std::lock_guard<std::mutex> lock(queue_mutex_);
+  const MutexLock lock(queue_mutex_);
   if (failure_) std::rethrow_exception(failure_);
 }
 
@@ -777,8 +777,9 @@ void SessionCache::Loader::insert_rows(Batch* batch) {
 void SessionCache::Loader::hand_off() {
   if (!inserter_.joinable()) inserter_ = std::thread([this] { inserter_loop(); });
   {
-    std::unique_lock<std::mutex> lock(queue_mutex_);
-    queue_drained_.wait(lock, [this] { return queue_.size() < kQueuedBatches || failure_; });
+    const MutexLock lock(queue_mutex_);
+    queue_drained_.wait(
+        [this]() REQUIRES(queue_mutex_) { return queue_.size() < kQueuedBatches || failure_; });
     if (failure_) std::rethrow_exception(failure_);
     queue_.push_back(std::move(batch_));
     batch_ = Batch();
@@ -787,7 +788,7 @@ void SessionCache::Loader::hand_off() {
       spare_.pop_back();
     }
   }
-  queue_filled_.notify_one();
+  queue_filled_.signal();
 }
 
 // Inserts the queued batches in order until closing_ is set and the queue is empty. After a
@@ -797,22 +798,22 @@ void SessionCache::Loader::inserter_loop() noexcept {
     Batch batch;
     bool failed = false;
     {
-      std::unique_lock<std::mutex> lock(queue_mutex_);
-      queue_filled_.wait(lock, [this] { return !queue_.empty() || closing_; });
+      const MutexLock lock(queue_mutex_);
+      queue_filled_.wait([this]() REQUIRES(queue_mutex_) { return !queue_.empty() || closing_; });
       if (queue_.empty()) return;
       batch = std::move(queue_.front());
       queue_.pop_front();
       failed = failure_ != nullptr;
     }
-    queue_drained_.notify_one();
+    queue_drained_.signal();
     try {
       if (!failed) insert_rows(&batch);
       batch.size = 0;
-      const std::lock_guard<std::mutex> lock(queue_mutex_);
+      const MutexLock lock(queue_mutex_);
       spare_.push_back(std::move(batch));
     } catch (...) {
       pending_.clear();
-      const std::lock_guard<std::mutex> lock(queue_mutex_);
+      const MutexLock lock(queue_mutex_);
       failure_ = std::current_exception();
     }
   }
@@ -821,10 +822,10 @@ void SessionCache::Loader::inserter_loop() noexcept {
 void SessionCache::Loader::stop_inserter() noexcept {
   if (!inserter_.joinable()) return;
   {
-    const std::lock_guard<std::mutex> lock(queue_mutex_);
+    const MutexLock lock(queue_mutex_);
     closing_ = true;
   }
-  queue_filled_.notify_one();
+  queue_filled_.signal();
   inserter_.join();
 }
 

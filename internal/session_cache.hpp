@@ -23,7 +23,6 @@
 
 #include <array>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <exception>
@@ -141,7 +140,7 @@ class SessionCache {
     Loader& operator=(Loader&&) = delete;
 
     void add(const Session& session);
-    void finish();
+    void finish() EXCLUDES(queue_mutex_);
 
    private:
     static constexpr std::size_t kBatch = 1024;
@@ -153,9 +152,9 @@ class SessionCache {
     };
 
     void insert_rows(Batch* batch);
-    void hand_off();
-    void inserter_loop() noexcept;
-    void stop_inserter() noexcept;
+    void hand_off() EXCLUDES(queue_mutex_);
+    void inserter_loop() noexcept EXCLUDES(queue_mutex_);
+    void stop_inserter() noexcept EXCLUDES(queue_mutex_);
 
     SessionCache& cache_;
     std::unique_lock<SharedMutex> users_lock_;
@@ -163,14 +162,15 @@ class SessionCache {
     Batch batch_;                   // being filled by add()
     std::vector<Pending> pending_;  // the entries of one batch, on their way in (insert_rows)
 
-    std::mutex queue_mutex_;
-    std::condition_variable queue_filled_;
-    std::condition_variable queue_drained_;
-    std::deque<Batch> queue_;     // full batches, oldest first; guarded by queue_mutex_
-    std::vector<Batch> spare_;    // inserted batches, for add() to reuse; guarded by queue_mutex_
-    bool closing_ = false;        // guarded by queue_mutex_
-    std::exception_ptr failure_;  // guarded by queue_mutex_
-    std::thread inserter_;        // last: joined before the members above go
+    // The hand-over between add() and the inserter.
+    Mutex queue_mutex_;
+    CondVar queue_filled_{queue_mutex_};
+    CondVar queue_drained_{queue_mutex_};
+    std::deque<Batch> queue_ GUARDED_BY(queue_mutex_);   // full batches, oldest first
+    std::vector<Batch> spare_ GUARDED_BY(queue_mutex_);  // inserted batches, for add() to reuse
+    bool closing_ GUARDED_BY(queue_mutex_) = false;
+    std::exception_ptr failure_ GUARDED_BY(queue_mutex_);
+    std::thread inserter_;  // last: joined before the members above go
   };
 
  private:

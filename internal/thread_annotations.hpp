@@ -101,6 +101,13 @@ class CondVar {
     condition_.wait(lock);
     lock.release();
   }
+  // Waits until `done()` is true; `done` runs with the mutex held.
+  template <typename Predicate>
+  void wait(Predicate done) NO_THREAD_SAFETY_ANALYSIS {
+    std::unique_lock<std::mutex> lock(mutex_.mutex_, std::adopt_lock);
+    condition_.wait(lock, done);
+    lock.release();
+  }
   template <typename Rep, typename Period, typename Predicate>
   bool wait_for(std::chrono::duration<Rep, Period> timeout,
                 Predicate done) NO_THREAD_SAFETY_ANALYSIS {
