@@ -1,5 +1,6 @@
 // pylon-sessions: what a Session may hold, checked the same way by every backend (declared in
 // internal/backend_shared.hpp), with Session's equality and SessionBackend's default readers.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -10,6 +11,7 @@
 #include <string_view>
 
 #include "internal/backend_shared.hpp"
+#include "internal/session_row.hpp"
 #include "session_backend.hpp"
 
 namespace pylon {
@@ -31,12 +33,7 @@ std::optional<Session> SessionBackend::load_one(std::string_view id) {
 }
 
 bool operator==(const Session& a, const Session& b) {
-  return a.id == b.id && a.user_id == b.user_id && a.tenant_id == b.tenant_id &&
-         a.created_at == b.created_at && a.expires_at == b.expires_at &&
-         a.last_seen_at == b.last_seen_at && a.device == b.device && a.ip == b.ip &&
-         a.data == b.data && a.absolute_expires_at == b.absolute_expires_at &&
-         a.idp_session_id == b.idp_session_id && a.authenticated_at == b.authenticated_at &&
-         a.idle_timeout_seconds == b.idle_timeout_seconds;
+  return detail::session_fields(a) == detail::session_fields(b);
 }
 
 namespace detail {
@@ -221,6 +218,39 @@ void check_session_query(const SessionQuery& query) {
   check_optional_text_field(kTenantIdField, query.tenant_id);
   check_optional_text_field(kUserIdField, query.user_id);
   check_optional_text_field(kDeviceField, query.device);
+}
+
+std::string session_column_list(std::string_view prefix) {
+  std::string list;
+  for (const SessionColumn& column : kSessionColumns) {
+    list.append(list.empty() ? "" : ", ").append(prefix).append(column.name);
+  }
+  return list;
+}
+
+std::string session_column_list_replacing(
+    std::initializer_list<std::pair<std::string_view, std::string>> replaced) {
+  std::string list;
+  for (const SessionColumn& column : kSessionColumns) {
+    list.append(list.empty() ? "" : ", ");
+    const auto* replacement =
+        std::find_if(replaced.begin(), replaced.end(),
+                     [&column](const auto& pair) { return pair.first == column.name; });
+    list.append(replacement != replaced.end() ? replacement->second : column.name);
+  }
+  return list;
+}
+
+std::string session_upsert_assignments() {
+  std::string assignments;
+  for (const SessionColumn& column : kSessionColumns) {
+    if (std::string_view(column.name) == "id") continue;
+    assignments.append(assignments.empty() ? "" : ", ")
+        .append(column.name)
+        .append(" = excluded.")
+        .append(column.name);
+  }
+  return assignments;
 }
 
 }  // namespace detail

@@ -26,10 +26,12 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
 #include "internal/backend_shared.hpp"
+#include "internal/session_row.hpp"
 
 namespace pylon {
 
@@ -241,59 +243,19 @@ void sqlite_sha256_hex(sqlite3_context* context, int argc, sqlite3_value** argv)
   sqlite3_result_text(context, hex.data(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
 }
 
-// The columns of `_pylon_sessions` ("name TYPE", sorted) as schema version 1 made it, as
-// versions 2 to 4 have it (2 added idp_session_id) and as the latest has it (5 added
-// authenticated_at and idle_timeout_seconds). Rows are read by type, so a table with our names
-// but other types is as foreign as one with other names.
-const std::vector<std::string>& version_1_session_columns() {
-  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
-                                                    "created_at INTEGER",
-                                                    "data BLOB",
-                                                    "device TEXT",
-                                                    "expires_at INTEGER",
-                                                    "id TEXT",
-                                                    "ip TEXT",
-                                                    "last_seen_at INTEGER",
-                                                    "tenant_id TEXT",
-                                                    "user_id TEXT"};
-  return kColumns;
-}
-const std::vector<std::string>& version_2_session_columns() {
-  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
-                                                    "created_at INTEGER",
-                                                    "data BLOB",
-                                                    "device TEXT",
-                                                    "expires_at INTEGER",
-                                                    "id TEXT",
-                                                    "idp_session_id TEXT",
-                                                    "ip TEXT",
-                                                    "last_seen_at INTEGER",
-                                                    "tenant_id TEXT",
-                                                    "user_id TEXT"};
-  return kColumns;
-}
-const std::vector<std::string>& current_session_columns() {
-  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
-                                                    "authenticated_at INTEGER",
-                                                    "created_at INTEGER",
-                                                    "data BLOB",
-                                                    "device TEXT",
-                                                    "expires_at INTEGER",
-                                                    "id TEXT",
-                                                    "idle_timeout_seconds INTEGER",
-                                                    "idp_session_id TEXT",
-                                                    "ip TEXT",
-                                                    "last_seen_at INTEGER",
-                                                    "tenant_id TEXT",
-                                                    "user_id TEXT"};
-  return kColumns;
-}
-// The shape schema version `applied` gives `_pylon_sessions` (version 0: none of ours yet, but a
-// table shaped like version 1's is taken for it).
-const std::vector<std::string>& session_columns_at(int applied) {
-  if (applied >= 5) return current_session_columns();
-  if (applied >= 2) return version_2_session_columns();
-  return version_1_session_columns();
+// The columns of `_pylon_sessions` ("name TYPE", sorted) as schema version `applied` leaves them
+// (kSessionColumns: each column from the version that added it; version 0, before our
+// migrations, may hold a table shaped like version 1's). Rows are read by type, so a table with
+// our names but other types is as foreign as one with other names.
+std::vector<std::string> session_columns_at(int applied) {
+  std::vector<std::string> columns;
+  for (const detail::SessionColumn& column : detail::kSessionColumns) {
+    if (column.since_version <= std::max(applied, 1)) {
+      columns.push_back(std::string(column.name) + " " + column.sqlite_type);
+    }
+  }
+  std::sort(columns.begin(), columns.end());
+  return columns;
 }
 
 // The columns of `_pylon_rotated_ids` ("name TYPE", sorted), which schema version 3 made.
@@ -313,11 +275,12 @@ constexpr detail::Migration kSqliteMigrations[] = {
 constexpr int kLatestSqliteVersion =
     kSqliteMigrations[std::size(kSqliteMigrations) - 1].version;  // NOLINT
 
-// Every column of a session, in the order read_session_row() reads them and bind_session() binds
-// them.
-#define PYLON_SQLITE_SESSION_COLUMNS                                                    \
-  "id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, " \
-  "device, ip, data, idp_session_id, authenticated_at, idle_timeout_seconds"
+// Every column of a session, "id, user_id, ...", in the order of detail::kSessionColumns: the
+// order read_session_row() reads and Use::bind(const Session&) binds.
+const std::string& session_columns() {
+  static const std::string kColumns = detail::session_column_list();
+  return kColumns;
+}
 
 void assign_column_text(sqlite3_stmt* query, int column, std::string& out) {
   const auto* text = sqlite3_column_text(query, column);
@@ -339,32 +302,36 @@ void assign_column_optional_text(sqlite3_stmt* query, int column, std::optional<
   assign_column_text(query, column, *out);
 }
 
-// The row a statement selecting PYLON_SQLITE_SESSION_COLUMNS (from column `first` on) stands
-// on, into `session`, whose strings keep their buffers.
+// The row a statement selecting session_columns() (from column `first` on) stands on, into
+// `session`, whose strings keep their buffers.
 void read_session_row(sqlite3_stmt* query, Session& session, int first = 0) {
-  assign_column_text(query, first, session.id);
-  assign_column_text(query, first + 1, session.user_id);
-  assign_column_optional_text(query, first + 2, session.tenant_id);
-  session.created_at = sqlite3_column_int64(query, first + 3);
-  session.expires_at = sqlite3_column_int64(query, first + 4);
-  session.last_seen_at = sqlite3_column_int64(query, first + 5);
-  session.absolute_expires_at = sqlite3_column_int64(query, first + 6);
-  assign_column_optional_text(query, first + 7, session.device);
-  assign_column_optional_text(query, first + 8, session.ip);
-  const void* blob = sqlite3_column_blob(query, first + 9);
-  const int blob_size = sqlite3_column_bytes(query, first + 9);
-  if (blob == nullptr) {
-    session.data.clear();
-  } else {
-    session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
-  }
-  assign_column_optional_text(query, first + 10, session.idp_session_id);
-  session.authenticated_at = sqlite3_column_int64(query, first + 11);
-  if (sqlite3_column_type(query, first + 12) == SQLITE_NULL) {
-    session.idle_timeout_seconds.reset();
-  } else {
-    session.idle_timeout_seconds = sqlite3_column_int64(query, first + 12);
-  }
+  int index = first;
+  detail::for_each_session_field(
+      session, [query, &index](const detail::SessionColumn& column, auto& member) {
+        using Member = std::decay_t<decltype(member)>;
+        const int at = index++;
+        if constexpr (std::is_same_v<Member, std::int64_t>) {
+          member = sqlite3_column_int64(query, at);
+        } else if constexpr (std::is_same_v<Member, std::optional<std::int64_t>>) {
+          if (sqlite3_column_type(query, at) == SQLITE_NULL) {
+            member.reset();
+          } else {
+            member = sqlite3_column_int64(query, at);
+          }
+        } else if constexpr (std::is_same_v<Member, std::optional<std::string>>) {
+          assign_column_optional_text(query, at, member);
+        } else if (column.kind == detail::ColumnKind::kBytes) {
+          const void* blob = sqlite3_column_blob(query, at);
+          const int size = sqlite3_column_bytes(query, at);
+          if (blob == nullptr) {
+            member.clear();
+          } else {
+            member.assign(static_cast<const char*>(blob), static_cast<std::size_t>(size));
+          }
+        } else {
+          assign_column_text(query, at, member);
+        }
+      });
 }
 
 // Every column of a rotated id, in the order read_rotated_row() reads them.
@@ -381,15 +348,17 @@ void read_rotated_row(sqlite3_stmt* query, RotatedId& rotated, int first = 0) {
 
 // An entry of the change log with what storage holds for its id: position, id, then whether a
 // session row was joined and its columns, then whether a rotated id was joined and its columns.
-#define PYLON_SQLITE_CHANGE_COLUMNS                                                  \
-  "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, " \
-  "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "    \
-  "s.idp_session_id, s.authenticated_at, s.idle_timeout_seconds, r.id IS NOT NULL, " \
-  "r.id, r.replaced_by, r.user_id, r.tenant_id, r.rotated_at, r.expires_at "         \
-  "FROM _pylon_change_log AS c "                                                     \
-  "LEFT JOIN _pylon_sessions AS s ON s.id = c.id LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id"
 constexpr int kChangeSessionColumn = 3;
-constexpr int kChangeRotatedColumn = 17;
+constexpr int kChangeRotatedColumn =
+    kChangeSessionColumn + static_cast<int>(detail::kSessionColumns.size()) + 1;
+const std::string& change_columns() {
+  static const std::string kColumns =
+      "c.position, c.id, s.id IS NOT NULL, " + detail::session_column_list("s.") +
+      ", r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, r.rotated_at, "
+      "r.expires_at FROM _pylon_change_log AS c LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
+      "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
+  return kColumns;
+}
 
 SessionChange read_change_row(sqlite3_stmt* query) {
   SessionChange change;
@@ -569,14 +538,22 @@ class SqliteBackend::Use {
                        : sqlite3_bind_blob(statement_, index, bytes.data(),
                                            static_cast<int>(bytes.size()), SQLITE_STATIC));
   }
-  // Every column of a session, as PYLON_SQLITE_SESSION_COLUMNS lists them, from ?1 to ?13.
+  // Every column of a session, as session_columns() lists them, from ?1 on.
   Use& bind(const Session& session) {
-    bind(1, std::string_view(session.id)).bind(2, std::string_view(session.user_id));
-    bind(3, session.tenant_id).bind(4, session.created_at).bind(5, session.expires_at);
-    bind(6, session.last_seen_at).bind(7, session.absolute_expires_at);
-    bind(8, session.device).bind(9, session.ip).bind_blob(10, session.data);
-    bind(11, session.idp_session_id).bind(12, session.authenticated_at);
-    return bind(13, session.idle_timeout_seconds);
+    int index = 1;
+    detail::for_each_session_field(
+        session, [this, &index](const detail::SessionColumn& column, const auto& member) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(member)>, std::string>) {
+            if (column.kind == detail::ColumnKind::kBytes) {
+              bind_blob(index++, member);
+              return;
+            }
+            bind(index++, std::string_view(member));
+          } else {
+            bind(index++, member);
+          }
+        });
+    return *this;
   }
 
   // Steps once: true with a row to read, false when the statement is done.
@@ -920,7 +897,7 @@ void SqliteBackend::set_pragmas(const SqliteOptions& options) {
 void SqliteBackend::verify_table_shape() {
   std::string type;
   if (!table_exists("_pylon_sessions", &type) || type != "table" ||
-      table_columns("_pylon_sessions") != current_session_columns()) {
+      table_columns("_pylon_sessions") != session_columns_at(kLatestSqliteVersion)) {
     throw Error(ErrorCode::kCorruptDatabase,
                 "database " + shown_path_ +
                     " does not have the _pylon_sessions table its schema "
@@ -1013,24 +990,22 @@ void SqliteBackend::migrate() {
 
 void SqliteBackend::prepare_statements() {
   constexpr unsigned int kPersistent = SQLITE_PREPARE_PERSISTENT;
-  upsert_ =
-      prepare("INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS
-              ") VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) "
-              "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
-              "tenant_id = excluded.tenant_id, created_at = excluded.created_at, "
-              "expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at, "
-              "absolute_expires_at = excluded.absolute_expires_at, device = excluded.device, "
-              "ip = excluded.ip, data = excluded.data, idp_session_id = excluded.idp_session_id, "
-              "authenticated_at = excluded.authenticated_at, "
-              "idle_timeout_seconds = excluded.idle_timeout_seconds",
-              kPersistent);
+  const std::string& columns = session_columns();
+  const std::string returning = " RETURNING " + columns;
+  std::string placeholders;
+  for (std::size_t i = 1; i <= detail::kSessionColumns.size(); ++i) {
+    placeholders.append(i == 1 ? "?" : ", ?").append(std::to_string(i));
+  }
+  upsert_ = prepare(("INSERT INTO _pylon_sessions (" + columns + ") VALUES (" + placeholders +
+                     ") ON CONFLICT (id) DO UPDATE SET " + detail::session_upsert_assignments())
+                        .c_str(),
+                    kPersistent);
   delete_by_id_ = prepare("DELETE FROM _pylon_sessions WHERE id = ?1", kPersistent);
   delete_by_user_ = prepare("DELETE FROM _pylon_sessions WHERE user_id = ?1", kPersistent);
   delete_expired_ = prepare("DELETE FROM _pylon_sessions WHERE expires_at <= ?1", kPersistent);
-  select_all_ =
-      prepare("SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions", kPersistent);
-  select_one_ = prepare(
-      "SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions WHERE id = ?1", kPersistent);
+  select_all_ = prepare(("SELECT " + columns + " FROM _pylon_sessions").c_str(), kPersistent);
+  select_one_ =
+      prepare(("SELECT " + columns + " FROM _pylon_sessions WHERE id = ?1").c_str(), kPersistent);
   delete_expired_batch_ = prepare(
       "DELETE FROM _pylon_sessions WHERE rowid IN "
       "(SELECT rowid FROM _pylon_sessions WHERE expires_at <= ?1 LIMIT ?2)",
@@ -1044,13 +1019,13 @@ void SqliteBackend::prepare_statements() {
       "WHERE user_id = ?1 AND tenant_id IS ?2 ORDER BY created_at DESC, rowid DESC "
       "LIMIT -1 OFFSET ?3) RETURNING id, user_id",
       kPersistent);
-  touch_ = prepare(
-      "UPDATE _pylon_sessions SET last_seen_at = max(last_seen_at, ?2), "
-      "expires_at = max(expires_at, ?3) WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
-      kPersistent);
-  update_data_ = prepare(
-      "UPDATE _pylon_sessions SET data = ?2 WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
-      kPersistent);
+  touch_ = prepare(("UPDATE _pylon_sessions SET last_seen_at = max(last_seen_at, ?2), "
+                    "expires_at = max(expires_at, ?3) WHERE id = ?1" +
+                    returning)
+                       .c_str(),
+                   kPersistent);
+  update_data_ = prepare(("UPDATE _pylon_sessions SET data = ?2 WHERE id = ?1" + returning).c_str(),
+                         kPersistent);
   record_rotated_ = prepare(
       "INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, rotated_at, "
       "expires_at) SELECT id, ?2, user_id, tenant_id, ?3, CASE WHEN absolute_expires_at > 0 "
@@ -1060,21 +1035,20 @@ void SqliteBackend::prepare_statements() {
       "user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
       "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at",
       kPersistent);
-  copy_as_successor_ = prepare(
-      "INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS
-      ") SELECT ?2, user_id, "
-      "tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, "
-      "idp_session_id, authenticated_at, idle_timeout_seconds FROM _pylon_sessions WHERE id = ?1 "
-      "RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
-      kPersistent);
+  // A rotation's successor: the stored row, every column, under the new id ?2.
+  copy_as_successor_ = prepare(("INSERT INTO _pylon_sessions (" + columns + ") SELECT " +
+                                detail::session_column_list_replacing({{"id", "?2"}}) +
+                                " FROM _pylon_sessions WHERE id = ?1" + returning)
+                                   .c_str(),
+                               kPersistent);
   // The successor of a sign-in: the copy above, with the user and the time they proved it.
-  copy_as_authenticated_ = prepare(
-      "INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS
-      ") SELECT ?2, ?3, "
-      "tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, "
-      "idp_session_id, ?4, idle_timeout_seconds FROM _pylon_sessions WHERE id = ?1 "
-      "RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
-      kPersistent);
+  copy_as_authenticated_ =
+      prepare(("INSERT INTO _pylon_sessions (" + columns + ") SELECT " +
+               detail::session_column_list_replacing(
+                   {{"id", "?2"}, {"user_id", "?3"}, {"authenticated_at", "?4"}}) +
+               " FROM _pylon_sessions WHERE id = ?1" + returning)
+                  .c_str(),
+              kPersistent);
   // evict_beyond_cap_ that spares the signed-in row ?4 and keeps ?3 others.
   evict_others_beyond_cap_ = prepare(
       "DELETE FROM _pylon_sessions WHERE rowid IN (SELECT rowid FROM _pylon_sessions "
@@ -1100,10 +1074,12 @@ void SqliteBackend::prepare_statements() {
       "SELECT max(coalesce((SELECT max(position) FROM _pylon_change_log), 0), "
       "(SELECT pruned_through FROM _pylon_change_log_state))",
       kPersistent);
-  changes_after_ = prepare("SELECT " PYLON_SQLITE_CHANGE_COLUMNS
-                           " WHERE c.position > ?1 ORDER BY c.position LIMIT ?2",
-                           kPersistent);
-  change_at_ = prepare("SELECT " PYLON_SQLITE_CHANGE_COLUMNS " WHERE c.position = ?1", kPersistent);
+  changes_after_ =
+      prepare(("SELECT " + change_columns() + " WHERE c.position > ?1 ORDER BY c.position LIMIT ?2")
+                  .c_str(),
+              kPersistent);
+  change_at_ =
+      prepare(("SELECT " + change_columns() + " WHERE c.position = ?1").c_str(), kPersistent);
   pruned_through_ = prepare("SELECT pruned_through FROM _pylon_change_log_state", kPersistent);
   has_prunable_ = prepare(
       "SELECT EXISTS (SELECT 1 FROM _pylon_change_log "
@@ -1297,8 +1273,7 @@ std::optional<Authentication> SqliteBackend::authenticate(std::string_view old_i
 // id walks the key's index, whatever else is filtered.
 std::vector<Session> SqliteBackend::list_page(const SessionQuery& query, std::int64_t now) {
   detail::check_session_query(query);
-  std::string sql =
-      "SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions WHERE expires_at > ?1";
+  std::string sql = "SELECT " + session_columns() + " FROM _pylon_sessions WHERE expires_at > ?1";
   int next = 2;
   const auto condition = [&sql, &next](bool set, const char* clause) {
     if (set) sql.append(" AND ").append(clause).append(" ?").append(std::to_string(next++));
