@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 #include "internal/backend_shared.hpp"
 #include "internal/session_row.hpp"
@@ -112,23 +113,41 @@ void check_optional_text_field(const TextField& field, const std::optional<std::
   if (value) check_text_field(field, *value);
 }
 
+// Calls check(field, text) for every set text field of `session` but its id: each column's limit
+// from the one table of columns.
+template <typename Check>
+void for_each_text_field(const Session& session, Check&& check) {
+  for_each_session_field(session, [&check](const SessionColumn& column, const auto& member) {
+    using Member = std::decay_t<decltype(member)>;
+    if (column.kind != ColumnKind::kText || column.max_text_bytes == 0) return;
+    const TextField field{column.name, column.max_text_bytes};
+    if constexpr (std::is_same_v<Member, std::string>) {
+      check(field, member);
+    } else if constexpr (std::is_same_v<Member, std::optional<std::string>>) {
+      if (member) check(field, *member);
+    }
+  });
+}
+
 bool is_storable_session(const Session& session) noexcept {
-  const auto storable = [](const TextField& field, const std::optional<std::string>& text) {
-    return !text || is_storable_field(field, *text);
-  };
-  return is_well_formed_session_id(session.id) &&
-         is_storable_field(kUserIdField, session.user_id) &&
-         storable(kTenantIdField, session.tenant_id) && storable(kDeviceField, session.device) &&
-         storable(kIpField, session.ip) && storable(kIdpSessionIdField, session.idp_session_id);
+  bool storable = is_well_formed_session_id(session.id);
+  for_each_text_field(session, [&storable](const TextField& field, const std::string& text) {
+    storable = storable && is_storable_field(field, text);
+  });
+  return storable;
 }
 
 bool has_sane_times(const Session& session) noexcept {
-  const auto in_range = [](std::int64_t time) { return time >= 0 && time <= kMaxSessionTime; };
-  return in_range(session.created_at) && in_range(session.last_seen_at) &&
-         in_range(session.expires_at) && in_range(session.absolute_expires_at) &&
-         in_range(session.authenticated_at) &&
-         (!session.idle_timeout_seconds || in_range(*session.idle_timeout_seconds)) &&
-         session.created_at <= session.last_seen_at &&
+  bool in_range = true;
+  for_each_session_field(session, [&in_range](const SessionColumn&, const auto& member) {
+    using Member = std::decay_t<decltype(member)>;
+    if constexpr (std::is_same_v<Member, std::int64_t>) {
+      in_range = in_range && member >= 0 && member <= kMaxSessionTime;
+    } else if constexpr (std::is_same_v<Member, std::optional<std::int64_t>>) {
+      in_range = in_range && (!member || (*member >= 0 && *member <= kMaxSessionTime));
+    }
+  });
+  return in_range && session.created_at <= session.last_seen_at &&
          (session.absolute_expires_at == 0 || session.expires_at <= session.absolute_expires_at);
 }
 
@@ -170,22 +189,9 @@ void check_session_for_storage(const Session& session) {
     throw Error(ErrorCode::kInvalidArgument,
                 "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
   }
-  check_text_field(kUserIdField, session.user_id);
-  check_optional_text_field(kTenantIdField, session.tenant_id);
-  check_optional_text_field(kDeviceField, session.device);
-  check_optional_text_field(kIpField, session.ip);
-  check_optional_text_field(kIdpSessionIdField, session.idp_session_id);
-  const auto check_time = [](const char* field, std::int64_t value) {
-    if (value < 0 || value > kMaxSessionTime) {
-      throw Error(ErrorCode::kInvalidArgument, std::string("session field '") + field + "' is " +
-                                                   std::to_string(value) +
-                                                   ", outside 0 to kMaxSessionTime");
-    }
-  };
-  check_time("authenticated_at", session.authenticated_at);
-  if (session.idle_timeout_seconds) {
-    check_time("idle_timeout_seconds", *session.idle_timeout_seconds);
-  }
+  for_each_text_field(session, [](const TextField& field, const std::string& text) {
+    check_text_field(field, text);
+  });
 }
 
 void check_signing_in_user(std::string_view user_id) {

@@ -69,9 +69,10 @@ bool is_storable_field(const TextField& field, std::string_view value) noexcept;
 void check_text_field(const TextField& field, std::string_view value);
 void check_optional_text_field(const TextField& field, const std::optional<std::string>& value);
 
-// What every backend checks before it writes a row: a well-formed id, storable text fields
-// within their limits (an empty user_id is an anonymous session), authenticated_at and
-// idle_timeout_seconds within 0..kMaxSessionTime. Throws Error(kInvalidArgument).
+// What every backend checks before it writes a row: a well-formed id, and storable text fields
+// within their limits (an empty user_id is an anonymous session). Throws Error(kInvalidArgument).
+// Times are not checked here: a row with times out of range is stored, and skipped at start-up
+// (has_sane_times).
 void check_session_for_storage(const Session& session);
 // The same test without the message (times aside: has_sane_times()).
 bool is_storable_session(const Session& session) noexcept;
@@ -87,9 +88,8 @@ void check_session_query(const SessionQuery& query);
 // the caller gives: well formed, as save() checks an id, and not the old one. Throws
 // Error(kInvalidArgument).
 void check_rotation_ids(std::string_view old_id, std::string_view new_id);
-// Times within [0, kMaxSessionTime] and in order: created_at <= last_seen_at, and expires_at <=
-// absolute_expires_at when that is set (not 0); authenticated_at and idle_timeout_seconds within
-// [0, kMaxSessionTime] too.
+// Every integer column (times, and the idle timeout) within [0, kMaxSessionTime], and the times
+// in order: created_at <= last_seen_at, and expires_at <= absolute_expires_at when that is set.
 bool has_sane_times(const Session& session) noexcept;
 // What SessionStore caches of the rows storage gives it: is_storable_session and has_sane_times.
 bool is_servable_session(const Session& session) noexcept;

@@ -13,71 +13,113 @@
 #include <type_traits>
 #include <utility>
 
+#include "internal/session_row.hpp"
+
 namespace pylon::detail {
 
 // ------------------------------------------------------------------------------------------------
 // Entry: one session in one allocation
 //
-// The header below, then the bytes of the text fields and data, one after the other in the order
-// of Field (optional ones only when set). Immutable once built, but for the user links: a change
-// to a session is a new Entry swapped in under the locks, so a reader holding either lock reads a
-// whole session.
+// The header below, then the bytes of the text and byte fields, one after the other in the order
+// of kSessionColumns (optional ones only when set). Which member goes where follows the one table
+// of columns (internal/session_row.hpp): the id is kept as its digest, every integer column in
+// `integers`, every text or byte column in the bytes. Immutable once built, but for the user
+// links: a change to a session is a new Entry swapped in under the locks, so a reader holding
+// either lock reads a whole session.
 // ------------------------------------------------------------------------------------------------
 
+namespace {
+
+constexpr std::size_t kColumns = kSessionColumns.size();
+constexpr std::size_t kIdColumn = session_column_index("id");
+
+constexpr bool is_integer_column(std::size_t column) {
+  return kSessionColumns[column].kind == ColumnKind::kInteger;
+}
+
+// Where column c lives: its index among the integer columns, or among the byte-stored ones.
+constexpr std::array<std::size_t, kColumns> kSlotOf = [] {
+  std::array<std::size_t, kColumns> slots{};
+  std::size_t integers = 0;
+  std::size_t texts = 0;
+  for (std::size_t c = 0; c < kColumns; ++c) {
+    if (c == kIdColumn) continue;
+    slots[c] = is_integer_column(c) ? integers++ : texts++;
+  }
+  return slots;
+}();
+constexpr std::size_t kIntegerSlots = [] {
+  std::size_t count = 0;
+  for (std::size_t c = 0; c < kColumns; ++c)
+    if (is_integer_column(c)) ++count;
+  return count;
+}();
+constexpr std::size_t kTextSlots = kColumns - kIntegerSlots - 1;  // all but the id
+static_assert(kColumns <= 32, "Entry::present has a bit per column");
+
+std::size_t column_of(const SessionColumn& column) noexcept {
+  return static_cast<std::size_t>(&column - kSessionColumns.data());
+}
+
+}  // namespace
+
 struct SessionCache::Entry {
-  enum Field : std::size_t { kUserId, kTenantId, kDevice, kIp, kData, kIdpSessionId, kFields };
+  // The slots the cache itself reads.
+  static constexpr std::size_t kUserId = kSlotOf[session_column_index("user_id")];
+  static constexpr std::size_t kTenantId = kSlotOf[session_column_index("tenant_id")];
+  static constexpr std::size_t kIdpSessionId = kSlotOf[session_column_index("idp_session_id")];
+  static constexpr std::size_t kExpiresAt = kSlotOf[session_column_index("expires_at")];
 
   SessionDigest id{};
   // The user's sessions form a list through their entries; user_heads_ points at its head.
   Entry* user_previous = nullptr;
   Entry* user_next = nullptr;
-  std::int64_t created_at = 0;
-  std::int64_t expires_at = 0;
-  std::int64_t last_seen_at = 0;
-  std::int64_t absolute_expires_at = 0;
-  std::int64_t authenticated_at = 0;
-  std::int64_t idle_timeout_seconds = 0;  // when has_idle_timeout
-  std::array<std::uint32_t, kFields> sizes{};
-  std::uint8_t present = 0;  // bit f: optional field f is set
-  bool has_idle_timeout = false;
+  std::array<std::int64_t, kIntegerSlots> integers{};
+  std::array<std::uint32_t, kTextSlots> sizes{};
+  std::uint32_t present = 0;  // bit c: nullable column c is set
 
   const char* bytes() const noexcept {
     // The field bytes are allocated right behind the header (make_pending).
     // NOLINTNEXTLINE(*-reinterpret-cast,*-pointer-arithmetic)
     return reinterpret_cast<const char*>(this + 1);
   }
-  std::string_view field(Field which) const noexcept {
+  std::string_view field(std::size_t slot) const noexcept {
     std::size_t offset = 0;
-    for (std::size_t i = 0; i < which; ++i) offset += sizes[i];
-    return {bytes() + offset, sizes[which]};  // NOLINT(*-pointer-arithmetic)
+    for (std::size_t i = 0; i < slot; ++i) offset += sizes[i];
+    return {bytes() + offset, sizes[slot]};  // NOLINT(*-pointer-arithmetic)
   }
-  bool has(Field which) const noexcept { return (present & (1U << which)) != 0; }
-  void copy_optional(Field which, std::optional<std::string>* out) const {
-    if (has(which)) {
-      out->emplace(field(which));
-    } else {
-      out->reset();
-    }
+  bool has_column(std::size_t column) const noexcept { return (present & (1U << column)) != 0; }
+  bool has_tenant() const noexcept { return has_column(session_column_index("tenant_id")); }
+  bool has_idp_session() const noexcept {
+    return has_column(session_column_index("idp_session_id"));
   }
+  std::int64_t expires_at() const noexcept { return integers[kExpiresAt]; }
+
   // Assigns rather than constructs, so a Session that is reused keeps its buffers.
   void copy_to(Session* out) const {
-    out->id = session_id_of(id);
-    out->user_id.assign(field(kUserId));
-    copy_optional(kTenantId, &out->tenant_id);
-    out->created_at = created_at;
-    out->expires_at = expires_at;
-    out->last_seen_at = last_seen_at;
-    copy_optional(kDevice, &out->device);
-    copy_optional(kIp, &out->ip);
-    out->data.assign(field(kData));
-    out->absolute_expires_at = absolute_expires_at;
-    copy_optional(kIdpSessionId, &out->idp_session_id);
-    out->authenticated_at = authenticated_at;
-    if (has_idle_timeout) {
-      out->idle_timeout_seconds = idle_timeout_seconds;
-    } else {
-      out->idle_timeout_seconds.reset();
-    }
+    for_each_session_field(*out, [this](const SessionColumn& column, auto& member) {
+      using Member = std::decay_t<decltype(member)>;
+      const std::size_t c = column_of(column);
+      if constexpr (std::is_same_v<Member, std::int64_t>) {
+        member = integers[kSlotOf[c]];
+      } else if constexpr (std::is_same_v<Member, std::optional<std::int64_t>>) {
+        if (has_column(c)) {
+          member = integers[kSlotOf[c]];
+        } else {
+          member.reset();
+        }
+      } else if constexpr (std::is_same_v<Member, std::optional<std::string>>) {
+        if (has_column(c)) {
+          member.emplace(field(kSlotOf[c]));
+        } else {
+          member.reset();
+        }
+      } else if (c == kIdColumn) {
+        member = session_id_of(id);
+      } else {
+        member.assign(field(kSlotOf[c]));
+      }
+    });
   }
 };
 
@@ -91,46 +133,51 @@ SessionCache::Pending SessionCache::make_pending(const Session& session) {
   if (!parse_session_id(session.id, &id)) {
     throw Error(ErrorCode::kInternal, "the session cache was given a malformed session id");
   }
-  const std::array<const std::string*, Entry::kFields> values = {
-      &session.user_id,
-      session.tenant_id ? &*session.tenant_id : nullptr,
-      session.device ? &*session.device : nullptr,
-      session.ip ? &*session.ip : nullptr,
-      &session.data,
-      session.idp_session_id ? &*session.idp_session_id : nullptr};
-  std::array<std::uint32_t, Entry::kFields> sizes{};
-  std::uint8_t present = 0;
+  // The header first, then the bytes of the text fields, in slot order.
+  Entry header;
+  std::array<const std::string*, kTextSlots> texts{};
   std::size_t total = 0;
-  for (std::size_t i = 0; i < Entry::kFields; ++i) {
-    if (values[i] == nullptr) continue;
-    if (values[i]->size() > std::numeric_limits<std::uint32_t>::max()) {
-      throw Error(ErrorCode::kInvalidArgument, "a session field is larger than 4 GiB");
+  for_each_session_field(session, [&](const SessionColumn& column, const auto& member) {
+    using Member = std::decay_t<decltype(member)>;
+    const std::size_t c = column_of(column);
+    if constexpr (std::is_same_v<Member, std::int64_t>) {
+      header.integers[kSlotOf[c]] = member;
+    } else if constexpr (std::is_same_v<Member, std::optional<std::int64_t>>) {
+      if (member) {
+        header.integers[kSlotOf[c]] = *member;
+        header.present |= 1U << c;
+      }
+    } else {
+      const std::string* text = nullptr;
+      if constexpr (std::is_same_v<Member, std::optional<std::string>>) {
+        if (member) {
+          text = &*member;
+          header.present |= 1U << c;
+        }
+      } else if (c != kIdColumn) {
+        text = &member;
+      }
+      if (text == nullptr) return;
+      if (text->size() > std::numeric_limits<std::uint32_t>::max()) {
+        throw Error(ErrorCode::kInvalidArgument, "a session field is larger than 4 GiB");
+      }
+      texts[kSlotOf[c]] = text;
+      header.sizes[kSlotOf[c]] = static_cast<std::uint32_t>(text->size());
+      total += text->size();
     }
-    sizes[i] = static_cast<std::uint32_t>(values[i]->size());
-    present = static_cast<std::uint8_t>(present | (1U << i));
-    total += values[i]->size();
-  }
+  });
   // One allocation, the header's size plus the field bytes: operator new's alignment suits the
   // header, and the bytes need none.
   static_assert(alignof(Entry) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
-  OwnedEntry entry(new (::operator new(sizeof(Entry) + total)) Entry);
+  OwnedEntry entry(new (::operator new(sizeof(Entry) + total)) Entry(header));
   char* bytes = const_cast<char*>(entry->bytes());  // NOLINT(*-const-cast): ours, just allocated
-  for (const std::string* value : values) {
-    if (value == nullptr) continue;
+  for (const std::string* text : texts) {
+    if (text == nullptr) continue;
     // NOLINTNEXTLINE(bugprone-not-null-terminated-result): fields are sized, not terminated
-    std::memcpy(bytes, value->data(), value->size());
-    bytes += value->size();  // NOLINT(*-pointer-arithmetic)
+    std::memcpy(bytes, text->data(), text->size());
+    bytes += text->size();  // NOLINT(*-pointer-arithmetic)
   }
   entry->id = id;
-  entry->created_at = session.created_at;
-  entry->expires_at = session.expires_at;
-  entry->last_seen_at = session.last_seen_at;
-  entry->absolute_expires_at = session.absolute_expires_at;
-  entry->authenticated_at = session.authenticated_at;
-  entry->has_idle_timeout = session.idle_timeout_seconds.has_value();
-  entry->idle_timeout_seconds = session.idle_timeout_seconds.value_or(0);
-  entry->sizes = sizes;
-  entry->present = present;
   const std::uint64_t user_hash = hash_of(entry->field(Entry::kUserId));
   return Pending{std::move(entry), hash_of(id), user_hash};
 }
@@ -425,7 +472,7 @@ std::size_t SessionCache::slot_of(const SlotTable& table, std::uint64_t hash,
 
 SessionCache::Found SessionCache::copy_out(const Entry& entry, std::int64_t at, Session* out) {
   entry.copy_to(out);
-  return entry.expires_at > at ? Found::kLive : Found::kExpired;
+  return entry.expires_at() > at ? Found::kLive : Found::kExpired;
 }
 
 SessionCache::Found SessionCache::find(const SessionDigest& id, std::int64_t at,
@@ -515,11 +562,11 @@ std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
     const ReaderLock lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) {
       const Entry* entry = slot.entry;
-      if ((slot.hash & kRotatedTag) != 0 || !entry->has(Entry::kIdpSessionId) ||
+      if ((slot.hash & kRotatedTag) != 0 || !entry->has_idp_session() ||
           entry->field(Entry::kIdpSessionId) != idp_session_id) {
         return;
       }
-      if (tenant && (!entry->has(Entry::kTenantId) || entry->field(Entry::kTenantId) != *tenant)) {
+      if (tenant && (!entry->has_tenant() || entry->field(Entry::kTenantId) != *tenant)) {
         return;
       }
       matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
@@ -534,7 +581,7 @@ std::vector<SessionCache::SessionOfUser> SessionCache::in_tenant(std::string_vie
     const ReaderLock lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) {
       const Entry* entry = slot.entry;
-      if ((slot.hash & kRotatedTag) != 0 || !entry->has(Entry::kTenantId) ||
+      if ((slot.hash & kRotatedTag) != 0 || !entry->has_tenant() ||
           entry->field(Entry::kTenantId) != tenant) {
         return;
       }
@@ -658,7 +705,7 @@ std::size_t SessionCache::erase_expired(std::int64_t at) {
     const WriterLock lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) REQUIRES(users_mutex_, shard.mutex) {
       Entry* entry = slot.entry;
-      if ((slot.hash & kRotatedTag) != 0 || entry->expires_at > at) return;
+      if ((slot.hash & kRotatedTag) != 0 || entry->expires_at() > at) return;
       unlink_user(entry);
       // An erase moves no other slot, so the walk goes on safely.
       shard.entries.erase_at(

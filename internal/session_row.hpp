@@ -34,21 +34,25 @@ struct SessionColumn {
   int since_version;  // the schema version whose migration added it
   const char* sqlite_type;
   const char* postgres_type;
+  // A text column's limit (session_backend.hpp's kMax*Bytes), the same on every backend; 0 for
+  // the id (its own form is checked) and for other kinds. Every integer column holds a time or a
+  // duration in seconds, within [0, kMaxSessionTime].
+  std::size_t max_text_bytes = 0;
 };
 
 // In bind and select order: for_each_session_field() visits Session's members in this order.
 inline constexpr std::array<SessionColumn, 13> kSessionColumns = {{
     {"id", ColumnKind::kText, false, 1, "TEXT", "text"},
-    {"user_id", ColumnKind::kText, false, 1, "TEXT", "text"},
-    {"tenant_id", ColumnKind::kText, true, 1, "TEXT", "text"},
+    {"user_id", ColumnKind::kText, false, 1, "TEXT", "text", kMaxUserIdBytes},
+    {"tenant_id", ColumnKind::kText, true, 1, "TEXT", "text", kMaxTenantIdBytes},
     {"created_at", ColumnKind::kInteger, false, 1, "INTEGER", "bigint"},
     {"expires_at", ColumnKind::kInteger, false, 1, "INTEGER", "bigint"},
     {"last_seen_at", ColumnKind::kInteger, false, 1, "INTEGER", "bigint"},
     {"absolute_expires_at", ColumnKind::kInteger, false, 1, "INTEGER", "bigint"},
-    {"device", ColumnKind::kText, true, 1, "TEXT", "text"},
-    {"ip", ColumnKind::kText, true, 1, "TEXT", "text"},
+    {"device", ColumnKind::kText, true, 1, "TEXT", "text", kMaxDeviceBytes},
+    {"ip", ColumnKind::kText, true, 1, "TEXT", "text", kMaxIpBytes},
     {"data", ColumnKind::kBytes, false, 1, "BLOB", "bytea"},
-    {"idp_session_id", ColumnKind::kText, true, 2, "TEXT", "text"},
+    {"idp_session_id", ColumnKind::kText, true, 2, "TEXT", "text", kMaxIdpSessionIdBytes},
     {"authenticated_at", ColumnKind::kInteger, false, 5, "INTEGER", "bigint"},
     {"idle_timeout_seconds", ColumnKind::kInteger, true, 5, "INTEGER", "bigint"},
 }};
