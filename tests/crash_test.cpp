@@ -239,7 +239,8 @@ std::map<std::string, pylon::Session> read_table(const std::string& db_path) {
   std::map<std::string, pylon::Session> rows;
   for (const pylon::test::SqlRow& row :
        raw.query("SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-                 "absolute_expires_at, device, ip, data, idp_session_id FROM _pylon_sessions")) {
+                 "absolute_expires_at, device, ip, data, idp_session_id, authenticated_at, "
+                 "idle_timeout_seconds FROM _pylon_sessions")) {
     pylon::Session session;
     session.id = row.at(0).value_or("");
     session.user_id = row.at(1).value_or("");
@@ -252,6 +253,8 @@ std::map<std::string, pylon::Session> read_table(const std::string& db_path) {
     session.ip = row.at(8);
     session.data = row.at(9).value_or("");
     session.idp_session_id = row.at(10);
+    session.authenticated_at = std::stoll(row.at(11).value_or("0"));
+    if (row.at(12)) session.idle_timeout_seconds = std::stoll(*row.at(12));
     rows[session.id] = session;
   }
   raw.close();
