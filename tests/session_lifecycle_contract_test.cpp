@@ -277,22 +277,37 @@ TEST_P(LifecycleContract, LifetimesOverTheStoreMaximaAreRefusedAndNothingIsStore
   EXPECT_EQ(stored_ids(), std::vector<std::string>{at_max.session.id});
 }
 
-TEST_P(LifecycleContract, StoreMaximaBelowTheStoreDefaultsAreRefused) {
-  StoreOptions absolute_below = options();  // absolute_ttl: 1 hour
-  absolute_below.max_absolute_ttl = std::chrono::seconds(kHour - 1);
-  EXPECT_PYLON_ERROR(static_cast<void>(open_store(absolute_below)), ErrorCode::kInvalidArgument);
-  StoreOptions idle_below = options();  // idle_timeout: 15 minutes
-  idle_below.max_idle_timeout = std::chrono::seconds(15 * kMinute - 1);
-  EXPECT_PYLON_ERROR(static_cast<void>(open_store(idle_below)), ErrorCode::kInvalidArgument);
+// A maximum below the store's own default does not refuse the store: a session may always have
+// what the store gives every session, and nothing longer.
+TEST_P(LifecycleContract, StoreMaximaBelowTheStoreDefaultsStillAllowTheDefaults) {
+  StoreOptions below = options();  // absolute_ttl: 1 hour; idle_timeout: 15 minutes
+  below.max_absolute_ttl = std::chrono::seconds(kHour - 1);
+  below.max_idle_timeout = std::chrono::seconds(15 * kMinute - 1);
+  SessionStore store = open_store(below);
+  CreateOptions at_the_defaults;
+  at_the_defaults.absolute_ttl = std::chrono::seconds(kHour);
+  at_the_defaults.idle_timeout = std::chrono::seconds(15 * kMinute);
+  const NewSession created = store.create("alice", at_the_defaults);
+  EXPECT_EQ(created.session.absolute_expires_at, created.session.created_at + kHour);
+  EXPECT_EQ(created.session.idle_timeout_seconds, 15 * kMinute);
+  EXPECT_TRUE(store.validate(created.token).has_value());
+
+  CreateOptions over_the_default;
+  over_the_default.absolute_ttl = std::chrono::seconds(kHour + 1);
+  EXPECT_PYLON_ERROR(static_cast<void>(store.create("alice", over_the_default)),
+                     ErrorCode::kInvalidArgument);
+  CreateOptions idle_over_the_default;
+  idle_over_the_default.idle_timeout = std::chrono::seconds(15 * kMinute + 1);
+  EXPECT_PYLON_ERROR(static_cast<void>(store.create("alice", idle_over_the_default)),
+                     ErrorCode::kInvalidArgument);
+  EXPECT_EQ(store.list_user("alice").size(), 1U);
+
   StoreOptions over_a_century = options();
   over_a_century.max_absolute_ttl = std::chrono::hours(24 * 36526);
   EXPECT_PYLON_ERROR(static_cast<void>(open_store(over_a_century)), ErrorCode::kInvalidArgument);
-
-  StoreOptions equal = options();
-  equal.max_absolute_ttl = equal.absolute_ttl;
-  equal.max_idle_timeout = equal.idle_timeout;
-  SessionStore store = open_store(equal);
-  EXPECT_TRUE(store.validate(store.create("alice").token).has_value());
+  StoreOptions zero = options();
+  zero.max_idle_timeout = std::chrono::seconds(0);
+  EXPECT_PYLON_ERROR(static_cast<void>(open_store(zero)), ErrorCode::kInvalidArgument);
 }
 
 // ------------------------------------------------------------------------------------------------
