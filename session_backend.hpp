@@ -184,13 +184,15 @@ PYLON_API bool is_well_formed_session_id(std::string_view id) noexcept;
 
 // What SessionStore tells StoreOptions::on_event, and what a backend reports of its own opening.
 enum class SessionEventType {
-  kCreated,             // create()
-  kValidatedExpired,    // validate() of a token whose session exists but has expired
-  kRevoked,             // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
-  kRotated,             // rotate(): session_id is the old id, replaced_by the new one
-  kRotatedTokenReused,  // validate() of a token rotated away: a stolen cookie may be in use
-  kPurged,              // purge_expired() or the reaper: `count` expired rows deleted
-  kReaperFailed,        // the reaper's purge failed (`detail`: the error); retried next interval
+  kCreated,           // create()
+  kValidatedExpired,  // validate() of a token whose session exists but has expired
+  kRevoked,           // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
+  kRotated,           // rotate(): session_id is the old id, replaced_by the new one
+  // validate() of a token rotated away: a stolen cookie may be in use. user_id is the old
+  // session's user ("" for a visitor's token replayed after attach_user()).
+  kRotatedTokenReused,
+  kPurged,        // purge_expired() or the reaper: `count` expired rows deleted
+  kReaperFailed,  // the reaper's purge failed (`detail`: the error); retried next interval
   // The SQLite file (and its -wal, -shm) was readable by group or others, and was made 0600
   // before anything was read (`detail`: the path and the modes).
   kFilePermissionsTightened,
@@ -461,8 +463,8 @@ class PYLON_API SessionBackend {
   // ids after query.after, at most query.limit of them. Reads storage, so sessions every other
   // store created are listed.
   virtual std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) = 0;
-  // The live sessions (expires_at > now) of each tenant that has one, ordered by tenant (the
-  // sessions without a tenant first).
+  // The live sessions (expires_at > now) of each tenant that has one, ordered by tenant in byte
+  // order (the sessions without a tenant first).
   virtual std::vector<TenantCount> count_by_tenant(std::int64_t now) = 0;
   // Calls `visit` with every stored RotatedId, expired ones included, one at a time, as
   // load_each() does for sessions. remove_expired() deletes those with expires_at <= now, and
@@ -674,8 +676,8 @@ struct CreateOptions {
   // me signed in" session next to short default ones. absolute_ttl from 1 second to
   // StoreOptions::max_absolute_ttl; idle_timeout from 1 second to StoreOptions::max_idle_timeout
   // (or to the store's own absolute_ttl / idle_timeout when longer); a longer value is refused
-  // with kInvalidArgument, not shortened. Stored with the session,
-  // so every slide, a restart and a rotation keep them. Set both for a long session: the store's
+  // with kInvalidArgument, not shortened. Stored with the session, so every slide, a restart and
+  // a rotation keep them. Set both for a long session: the store's
   // idle_timeout would otherwise still end it when unused.
   std::optional<std::chrono::seconds> absolute_ttl;
   std::optional<std::chrono::seconds> idle_timeout;
