@@ -68,6 +68,7 @@
 #include <vector>
 
 #include "internal/backend_shared.hpp"
+#include "internal/session_row.hpp"
 #include "session_backend.hpp"
 
 namespace pylon {
@@ -98,6 +99,46 @@ constexpr Oid kTextArrayOid = 1009;
 constexpr Oid kInt8ArrayOid = 1016;
 constexpr int kBinaryFormat = 1;
 
+// How a session column of each kind travels, bound and read in binary format (section 5): text
+// as text, an integer as int8, bytes as bytea.
+constexpr Oid oid_of(detail::ColumnKind kind) noexcept {
+  switch (kind) {
+    case detail::ColumnKind::kText:
+      return kTextOid;
+    case detail::ColumnKind::kInteger:
+      return kInt8Oid;
+    case detail::ColumnKind::kBytes:
+      return kByteaOid;
+  }
+  return kTextOid;
+}
+
+// The type format_type() names for oid_of(kind): the type the table must give the column.
+constexpr std::string_view postgres_type_of(detail::ColumnKind kind) noexcept {
+  switch (kind) {
+    case detail::ColumnKind::kText:
+      return "text";
+    case detail::ColumnKind::kInteger:
+      return "bigint";
+    case detail::ColumnKind::kBytes:
+      return "bytea";
+  }
+  return "text";
+}
+
+// A column whose PostgreSQL type is not its kind's would be bound and read as another type:
+// binary int8 read from an int4 column is garbage, not an error. So the table may not say so.
+constexpr bool postgres_types_match_kinds() noexcept {
+  // NOLINTNEXTLINE(readability-use-anyofallof): std::all_of is constexpr only from C++20
+  for (const detail::SessionColumn& column : detail::kSessionColumns) {
+    if (postgres_type_of(column.kind) != column.postgres_type) return false;
+  }
+  return true;
+}
+static_assert(postgres_types_match_kinds(),
+              "kSessionColumns: a column's postgres_type must be text, bigint or bytea as its "
+              "kind is text, integer or bytes (pg_backend.cpp binds and reads it so)");
+
 std::array<char, 8> encode_int8(std::int64_t value) noexcept {
   const auto bits = static_cast<std::uint64_t>(value);
   std::array<char, 8> bytes{};
@@ -120,7 +161,8 @@ std::int64_t decode_int8(std::string_view bytes) noexcept {
 // integers), so it lives on the caller's stack for one call and is never copied or moved.
 class Params {
  public:
-  static constexpr std::size_t kCapacity = 14;  // replace(): the old id and a whole Session
+  // The most any statement binds: replace()'s old id and a whole Session.
+  static constexpr std::size_t kCapacity = detail::kSessionColumns.size() + 1;
 
   Params() = default;
   Params(const Params&) = delete;
@@ -144,6 +186,19 @@ class Params {
     return int8(*value);
   }
   Params& bytea(std::string_view value) { return add(kByteaOid, value.data(), value.size()); }
+  // A member of a Session as the parameter of its column (bind_session()), typed by the
+  // column's kind.
+  Params& field(const detail::SessionColumn& column, const std::string& value) {
+    return add(oid_of(column.kind), value.data(), value.size());
+  }
+  Params& field(const detail::SessionColumn& column, const std::optional<std::string>& value) {
+    if (!value) return add(oid_of(column.kind), nullptr, 0, /*is_null=*/true);
+    return field(column, *value);
+  }
+  Params& field(const detail::SessionColumn& /*column*/, std::int64_t value) { return int8(value); }
+  Params& field(const detail::SessionColumn& /*column*/, const std::optional<std::int64_t>& value) {
+    return optional_int8(value);
+  }
   // An array already in binary format (ArrayParam), of the array type `type`.
   Params& array(Oid type, std::string_view encoded) {
     return add(type, encoded.data(), encoded.size());
@@ -227,6 +282,21 @@ class ArrayParam {
     }
     null();
   }
+  // A member of a Session as the next element of its column's array (bind_sessions()): text
+  // and bytea elements are both their bytes.
+  void field(const std::string& value) { bytes(value); }
+  void field(const std::optional<std::string>& value) { optional_bytes(value); }
+  void field(std::int64_t value) { int8(value); }
+  void field(const std::optional<std::int64_t>& value) { optional_int8(value); }
+  // The bytes field(value) appends.
+  static std::size_t field_size(const std::string& value) noexcept { return 4 + value.size(); }
+  static std::size_t field_size(const std::optional<std::string>& value) noexcept {
+    return 4 + (value ? value->size() : 0);
+  }
+  static std::size_t field_size(std::int64_t /*value*/) noexcept { return 4 + 8; }
+  static std::size_t field_size(const std::optional<std::int64_t>& /*value*/) noexcept {
+    return 4 + 8;  // a NULL takes 4: this errs high, as a bound should
+  }
   [[nodiscard]] std::string_view encoded() const noexcept { return bytes_; }
 
  private:
@@ -282,6 +352,21 @@ std::int64_t int8_at(const PGresult* result, int column) {
 std::optional<std::int64_t> optional_int8_at(const PGresult* result, int column) {
   if (PQgetisnull(result, 0, column) != 0) return std::nullopt;
   return int8_at(result, column);
+}
+
+// Column `column` of row 0 into a member of a Session (read_session_result()), by the member's
+// type: text and bytea are both their bytes.
+void read_field(const PGresult* result, int column, std::string& into) {
+  assign_text_at(result, column, into);
+}
+void read_field(const PGresult* result, int column, std::optional<std::string>& into) {
+  assign_optional_text_at(result, column, into);
+}
+void read_field(const PGresult* result, int column, std::int64_t& into) {
+  into = int8_at(result, column);
+}
+void read_field(const PGresult* result, int column, std::optional<std::int64_t>& into) {
+  into = optional_int8_at(result, column);
 }
 
 // ================================================================================================
@@ -1380,24 +1465,32 @@ std::vector<std::pair<std::string, std::string>> PgMigrations::table_columns(con
   return columns;
 }
 
+// The columns of `_pylon_sessions` that only PostgreSQL's migrations make, besides a session's
+// (detail::kSessionColumns). insert_order ranks rows created in the same second for the cap
+// (kEvictBeyondCap); no statement gives it a value: its identity does (an identity column is NOT
+// NULL).
+constexpr std::array<ExpectedColumn, 1> kPostgresOnlySessionColumns = {{
+    {"insert_order", "bigint", true, 3, /*generated=*/true},
+}};
+
+// Every column of `_pylon_sessions`: a session's, then the PostgreSQL-only ones, ordered by the
+// version that adds them (stable, so a session's keep their order), as the migrations add them.
+// verify_columns() checks them in this order and names the first that differs.
 const std::vector<ExpectedColumn>& session_column_shapes() {
-  static const std::vector<ExpectedColumn> kColumns = {
-      {"id", "text", true, 1},
-      {"user_id", "text", true, 1},
-      {"tenant_id", "text", false, 1},
-      {"created_at", "bigint", true, 1},
-      {"expires_at", "bigint", true, 1},
-      {"last_seen_at", "bigint", true, 1},
-      {"absolute_expires_at", "bigint", true, 1},
-      {"device", "text", false, 1},
-      {"ip", "text", false, 1},
-      {"data", "bytea", true, 1},
-      {"idp_session_id", "text", false, 2},
-      // No statement gives it a value: its identity does (an identity column is NOT NULL).
-      {"insert_order", "bigint", true, 3, /*generated=*/true},
-      {"authenticated_at", "bigint", true, 5},
-      {"idle_timeout_seconds", "bigint", false, 5},  // NULL: the store's idle timeout
-  };
+  static const std::vector<ExpectedColumn> kColumns = [] {
+    std::vector<ExpectedColumn> columns;
+    columns.reserve(detail::kSessionColumns.size() + kPostgresOnlySessionColumns.size());
+    for (const detail::SessionColumn& column : detail::kSessionColumns) {
+      columns.push_back(
+          {column.name, column.postgres_type, !column.nullable, column.since_version});
+    }
+    columns.insert(columns.end(), kPostgresOnlySessionColumns.begin(),
+                   kPostgresOnlySessionColumns.end());
+    std::stable_sort(
+        columns.begin(), columns.end(),
+        [](const ExpectedColumn& a, const ExpectedColumn& b) { return a.since < b.since; });
+    return columns;
+  }();
   return kColumns;
 }
 
@@ -1633,7 +1726,7 @@ void PgMigrations::verify_keys(const char* table, int version) {
 // load_each() reads every row into one Session, whose buffers each row reuses.
 //
 // Each call is still one autocommit statement, the multi-step ones included:
-//   - save_batch() sends its rows as thirteen arrays, one per column, to one INSERT ... SELECT
+//   - save_batch() sends its rows as arrays, one per column, to one INSERT ... SELECT
 //     unnest(...) upsert: one round trip and one commit for the batch, where a transaction of
 //     upserts would cost a round trip per row. ON CONFLICT cannot change a row twice in one
 //     statement, so of rows sharing an id only the last is sent, which is what upserting them in
@@ -1713,10 +1806,6 @@ constexpr const char* kListPagePrefix = "pylon_list_page_";
 // them) small, while any batch of ordinary sessions, thousands of them, is still one statement.
 constexpr std::size_t kBatchStatementBytes = std::size_t{32} << 20U;
 
-// The columns of kSelectAll, in order, with the type each must have.
-constexpr std::array<Oid, 13> kSelectAllTypes = {kTextOid, kTextOid, kTextOid, kInt8Oid, kInt8Oid,
-                                                 kInt8Oid, kInt8Oid, kTextOid, kTextOid, kByteaOid,
-                                                 kTextOid, kInt8Oid, kInt8Oid};
 // The columns of kSelectRotated, in order, with the type each must have.
 constexpr std::array<Oid, 6> kSelectRotatedTypes = {kTextOid, kTextOid, kTextOid,
                                                     kTextOid, kInt8Oid, kInt8Oid};
@@ -1841,40 +1930,48 @@ std::size_t PostgresBackend::run_counting(const char* statement, const Params& p
   return affected_rows(result.get(), connection_, action);
 }
 
-// The columns a Session is written to, in the order of its parameters (bind_session()).
-constexpr const char* kSessionColumns =
-    "id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, "
-    "ip, data, idp_session_id, authenticated_at, idle_timeout_seconds";
+// Every column of a session, "id, user_id, ...", in the order of detail::kSessionColumns: the
+// order bind_session() binds and read_session_result() reads. Built once.
+const std::string& row_columns() {
+  static const std::string kColumns = detail::session_column_list();
+  return kColumns;
+}
+
 // An upsert sets every column, so save() replaces the whole row, as the contract asks.
-constexpr const char* kUpdateEveryColumn =
-    " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
-    "created_at = excluded.created_at, expires_at = excluded.expires_at, "
-    "last_seen_at = excluded.last_seen_at, absolute_expires_at = excluded.absolute_expires_at, "
-    "device = excluded.device, ip = excluded.ip, data = excluded.data, "
-    "idp_session_id = excluded.idp_session_id, authenticated_at = excluded.authenticated_at, "
-    "idle_timeout_seconds = excluded.idle_timeout_seconds";
+const std::string& update_every_column() {
+  static const std::string kSet =
+      " ON CONFLICT (id) DO UPDATE SET " + detail::session_upsert_assignments();
+  return kSet;
+}
+
+// "$first, $first+1, ...": the parameters of a whole row, from $first on.
+std::string row_parameters(int first) {
+  std::string list;
+  for (std::size_t i = 0; i < detail::kSessionColumns.size(); ++i) {
+    list.append(i == 0 ? "$" : ", $").append(std::to_string(first + static_cast<int>(i)));
+  }
+  return list;
+}
+
+// The type of each column's parameter, and of each column read back, in row_columns()' order.
+constexpr std::array<Oid, detail::kSessionColumns.size()> session_column_oids() noexcept {
+  std::array<Oid, detail::kSessionColumns.size()> oids{};
+  for (std::size_t i = 0; i < oids.size(); ++i) oids[i] = oid_of(detail::kSessionColumns[i].kind);
+  return oids;
+}
+constexpr std::array<Oid, detail::kSessionColumns.size()> kSessionColumnOids =
+    session_column_oids();
 
 const std::vector<Oid>& session_parameter_types() {
-  static const std::vector<Oid> kTypes = {kTextOid, kTextOid, kTextOid, kInt8Oid, kInt8Oid,
-                                          kInt8Oid, kInt8Oid, kTextOid, kTextOid, kByteaOid,
-                                          kTextOid, kInt8Oid, kInt8Oid};
+  static const std::vector<Oid> kTypes(kSessionColumnOids.begin(), kSessionColumnOids.end());
   return kTypes;
 }
 
 void bind_session(Params& params, const Session& session) {
-  params.text(session.id)
-      .text(session.user_id)
-      .optional_text(session.tenant_id)
-      .int8(session.created_at)
-      .int8(session.expires_at)
-      .int8(session.last_seen_at)
-      .int8(session.absolute_expires_at)
-      .optional_text(session.device)
-      .optional_text(session.ip)
-      .bytea(session.data)
-      .optional_text(session.idp_session_id)
-      .int8(session.authenticated_at)
-      .optional_int8(session.idle_timeout_seconds);
+  detail::for_each_session_field(
+      session, [&params](const detail::SessionColumn& column, const auto& member) {
+        params.field(column, member);
+      });
 }
 
 // The array type whose elements are of `element`, one of the types bind_session() binds.
@@ -1886,48 +1983,43 @@ Oid array_type_of(Oid element) noexcept {
 
 // The bytes a session adds to the arrays of kUpsertBatch: its fields and a length word for each.
 std::size_t encoded_size(const Session& session) noexcept {
-  const auto size_of = [](const std::optional<std::string>& value) {
-    return value ? value->size() : 0;
-  };
-  return 13 * 4 + 6 * 8 + session.id.size() + session.user_id.size() + size_of(session.tenant_id) +
-         size_of(session.device) + size_of(session.ip) + session.data.size() +
-         size_of(session.idp_session_id);
+  std::size_t size = 0;
+  detail::for_each_session_field(session,
+                                 [&size](const detail::SessionColumn&, const auto& member) {
+                                   size += ArrayParam::field_size(member);
+                                 });
+  return size;
 }
 
-// rows[begin, end) as the thirteen array parameters of kUpsertBatch, in bind_session()'s order.
-// The parameters point into `columns`, which must outlive them.
+// rows[begin, end) as the array parameters of kUpsertBatch, one per column, in bind_session()'s
+// order. The parameters point into `columns`, which must outlive them.
 void bind_sessions(Params& params, std::vector<ArrayParam>& columns,
                    const std::vector<const Session*>& rows, std::size_t begin, std::size_t end) {
   const std::size_t count = end - begin;
   columns.clear();
-  columns.reserve(session_parameter_types().size());
-  for (const Oid type : session_parameter_types()) columns.emplace_back(type, count);
-  std::size_t id_bytes = 0;  // the columns that grow most, reserved ahead
-  std::size_t data_bytes = 0;
+  columns.reserve(kSessionColumnOids.size());
+  for (const Oid type : kSessionColumnOids) columns.emplace_back(type, count);
+  // Each array reserved whole ahead, so none grows by copying itself as it fills.
+  std::array<std::size_t, detail::kSessionColumns.size()> bytes{};
   for (std::size_t row = begin; row < end; ++row) {
-    id_bytes += rows[row]->id.size();
-    data_bytes += rows[row]->data.size();
-  }
-  columns.at(0).reserve(id_bytes + 4 * count);
-  columns.at(9).reserve(data_bytes + 4 * count);
-  for (std::size_t row = begin; row < end; ++row) {
-    const Session& session = *rows[row];
-    columns.at(0).bytes(session.id);
-    columns.at(1).bytes(session.user_id);
-    columns.at(2).optional_bytes(session.tenant_id);
-    columns.at(3).int8(session.created_at);
-    columns.at(4).int8(session.expires_at);
-    columns.at(5).int8(session.last_seen_at);
-    columns.at(6).int8(session.absolute_expires_at);
-    columns.at(7).optional_bytes(session.device);
-    columns.at(8).optional_bytes(session.ip);
-    columns.at(9).bytes(session.data);
-    columns.at(10).optional_bytes(session.idp_session_id);
-    columns.at(11).int8(session.authenticated_at);
-    columns.at(12).optional_int8(session.idle_timeout_seconds);
+    std::size_t column = 0;
+    detail::for_each_session_field(
+        *rows[row], [&bytes, &column](const detail::SessionColumn&, const auto& member) {
+          bytes.at(column++) += ArrayParam::field_size(member);
+        });
   }
   for (std::size_t column = 0; column < columns.size(); ++column) {
-    params.array(array_type_of(session_parameter_types().at(column)), columns.at(column).encoded());
+    columns.at(column).reserve(bytes.at(column));
+  }
+  for (std::size_t row = begin; row < end; ++row) {
+    std::size_t column = 0;
+    detail::for_each_session_field(
+        *rows[row], [&columns, &column](const detail::SessionColumn&, const auto& member) {
+          columns.at(column++).field(member);
+        });
+  }
+  for (std::size_t column = 0; column < columns.size(); ++column) {
+    params.array(array_type_of(kSessionColumnOids.at(column)), columns.at(column).encoded());
   }
 }
 
@@ -1955,9 +2047,8 @@ struct PreparedStatement {
 
 // save(), save_batch() and replace(): upserts of whole rows.
 void add_upserts(std::vector<PreparedStatement>& statements) {
-  const std::string upsert = std::string("INSERT INTO _pylon_sessions (") + kSessionColumns +
-                             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)" +
-                             kUpdateEveryColumn;
+  const std::string upsert = "INSERT INTO _pylon_sessions (" + row_columns() + ") VALUES (" +
+                             row_parameters(1) + ")" + update_every_column();
   statements.push_back({kUpsert, upsert, session_parameter_types()});
 
   // save_batch(): the same upsert for many rows in one statement, each column an array. The
@@ -1965,13 +2056,12 @@ void add_upserts(std::vector<PreparedStatement>& statements) {
   // order); compared with unnest(...) in FROM, which first copies each array into a tuplestore,
   // the server spends less per statement on batches of 4 to 16 (EXPLAIN ANALYZE of such a batch
   // shows it; no bench in bench/ measures it).
-  std::string upsert_batch =
-      std::string("INSERT INTO _pylon_sessions (") + kSessionColumns + ") SELECT ";
+  std::string upsert_batch = "INSERT INTO _pylon_sessions (" + row_columns() + ") SELECT ";
   const auto column_count = static_cast<int>(session_parameter_types().size());
   for (int parameter = 1; parameter <= column_count; ++parameter) {
     upsert_batch += (parameter > 1 ? ", unnest($" : "unnest($") + std::to_string(parameter) + ")";
   }
-  upsert_batch += kUpdateEveryColumn;
+  upsert_batch += update_every_column();
   std::vector<Oid> array_types;
   for (const Oid type : session_parameter_types()) array_types.push_back(array_type_of(type));
   statements.push_back({kUpsertBatch, upsert_batch, array_types});
@@ -1980,11 +2070,10 @@ void add_upserts(std::vector<PreparedStatement>& statements) {
   // The upsert form keeps replace() writing exactly what save() would (a replacement whose id
   // is also the old one is fine: the DELETE's row no longer conflicts in the same statement).
   const std::string replace_sql =
-      std::string("WITH gone AS (DELETE FROM _pylon_sessions WHERE id = $1 RETURNING 1) ") +
-      "INSERT INTO _pylon_sessions (" + kSessionColumns +
-      ") SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 "
-      "WHERE EXISTS (SELECT 1 FROM gone)" +
-      kUpdateEveryColumn;
+      "WITH gone AS (DELETE FROM _pylon_sessions WHERE id = $1 RETURNING 1) "
+      "INSERT INTO _pylon_sessions (" +
+      row_columns() + ") SELECT " + row_parameters(2) + " WHERE EXISTS (SELECT 1 FROM gone)" +
+      update_every_column();
   std::vector<Oid> replace_types = {kTextOid};
   replace_types.insert(replace_types.end(), session_parameter_types().begin(),
                        session_parameter_types().end());
@@ -2011,12 +2100,9 @@ void add_deletes_and_selects(std::vector<PreparedStatement>& statements) {
                         "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM _pylon_sessions "
                         "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                         {kInt8Oid, kInt8Oid}});
+  statements.push_back({kSelectAll, "SELECT " + row_columns() + " FROM _pylon_sessions", {}});
   statements.push_back(
-      {kSelectAll, std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions", {}});
-  statements.push_back(
-      {kSelectById,
-       std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions WHERE id = $1",
-       {kTextOid}});
+      {kSelectById, "SELECT " + row_columns() + " FROM _pylon_sessions WHERE id = $1", {kTextOid}});
 }
 
 // insert_new()'s cap, then touch() and update_data().
@@ -2046,26 +2132,26 @@ void add_cap_and_updates(std::vector<PreparedStatement>& statements) {
       {kTouch,
        std::string("UPDATE _pylon_sessions SET last_seen_at = GREATEST(last_seen_at, $2), "
                    "expires_at = GREATEST(expires_at, $3) WHERE id = $1 RETURNING ") +
-           kSessionColumns,
+           row_columns(),
        {kTextOid, kInt8Oid, kInt8Oid}});
   statements.push_back(
       {kUpdateData,
-       std::string("UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING ") +
-           kSessionColumns,
+       "UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING " + row_columns(),
        {kTextOid, kByteaOid}});
 }
 
 // rotate()'s statement ($1 the old id, $2 the new one, $3 now), with `also_requires` added to
-// the old row's conditions and the new row's user_id and authenticated_at taken from
-// `user_id` and `authenticated_at` (columns of the old row, or parameters).
+// the old row's conditions, and the new row the old one but for the columns of `copied_as`, each
+// of which takes the expression given there instead (a parameter: the id is always $2).
 // The INSERT copies what the DELETE returned, so the new row is the old one as storage held it
 // at that instant; when there was no live old row, both CTEs and the INSERT see nothing and the
 // statement writes nothing. A rotated id already recorded (its session re-created under the
 // same id since) takes the new record's values; it keeps the old row's user either way.
-std::string rotation_sql(const char* also_requires, const char* user_id,
-                         const char* authenticated_at) {
+std::string rotation_sql(
+    const char* also_requires,
+    std::initializer_list<std::pair<std::string_view, std::string>> copied_as) {
   return std::string("WITH old AS (DELETE FROM _pylon_sessions WHERE id = $1 AND expires_at > $3") +
-         also_requires + " RETURNING " + kSessionColumns +
+         also_requires + " RETURNING " + row_columns() +
          "), rotated AS (INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, "
          "rotated_at, expires_at) SELECT id, $2, user_id, tenant_id, $3, CASE WHEN "
          "absolute_expires_at > 0 THEN absolute_expires_at ELSE expires_at END FROM old "
@@ -2073,23 +2159,20 @@ std::string rotation_sql(const char* also_requires, const char* user_id,
          "user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
          "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at) "
          "INSERT INTO _pylon_sessions (" +
-         kSessionColumns + ") SELECT $2, " + user_id +
-         ", tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, "
-         "data, idp_session_id, " +
-         authenticated_at + ", idle_timeout_seconds FROM old RETURNING " + kSessionColumns;
+         row_columns() + ") SELECT " + detail::session_column_list_replacing(copied_as) +
+         " FROM old RETURNING " + row_columns();
 }
 
 // rotate(), authenticate() and the rotated ids they record.
 void add_rotation(std::vector<PreparedStatement>& statements) {
-  statements.push_back(
-      {kRotate, rotation_sql("", "user_id", "authenticated_at"), {kTextOid, kTextOid, kInt8Oid}});
+  statements.push_back({kRotate, rotation_sql("", {{"id", "$2"}}), {kTextOid, kTextOid, kInt8Oid}});
   // authenticate(): $4 the user signing in, who becomes the new row's, authenticated now; $5 and
   // $6 the user and tenant the transaction read the old row with (and locked by), which the row
   // must still have.
-  statements.push_back(
-      {kAuthenticate,
-       rotation_sql(" AND user_id = $5 AND tenant_id IS NOT DISTINCT FROM $6", "$4", "$3"),
-       {kTextOid, kTextOid, kInt8Oid, kTextOid, kTextOid, kTextOid}});
+  statements.push_back({kAuthenticate,
+                        rotation_sql(" AND user_id = $5 AND tenant_id IS NOT DISTINCT FROM $6",
+                                     {{"id", "$2"}, {"user_id", "$4"}, {"authenticated_at", "$3"}}),
+                        {kTextOid, kTextOid, kInt8Oid, kTextOid, kTextOid, kTextOid}});
   // authenticate()'s cap: of the rows of user $1 in tenant $2 other than the new row $3, those
   // beyond the newest $4 - 1 (kEvictBeyondCap's order), so $4 remain with the new row.
   statements.push_back(
@@ -2180,7 +2263,7 @@ std::string listing_sql(unsigned mask) {
       {kListLastSeenSince, "last_seen_at >= $"},
       {kListLastSeenBefore, "last_seen_at < $"},
   }};
-  std::string sql = std::string("SELECT ") + kSessionColumns +
+  std::string sql = "SELECT " + row_columns() +
                     " FROM _pylon_sessions WHERE id COLLATE \"C\" > $2 AND expires_at > $1";
   int parameter = 3;
   for (const auto& [filter, condition] : kConditions) {
@@ -2201,32 +2284,20 @@ std::vector<RemovedSession> removed_rows(const PGresult* result) {
   return removed;
 }
 
-// Row 0 of a result of kSelectAll or kSelectById (from column `first` on) into `session`. Its
+// Row 0 of a result selecting row_columns() (from column `first` on) into `session`. Its
 // strings are assigned, not built anew, so a load that reads every row into one Session reuses
-// their buffers.
-void read_session_row(const PGresult* row, Session& session, int first = 0) {
-  const auto text = [row](int column, std::string& into) { assign_text_at(row, column, into); };
-  const auto optional_text = [row](int column, std::optional<std::string>& into) {
-    assign_optional_text_at(row, column, into);
-  };
-  const auto int8 = [row](int column) { return int8_at(row, column); };
-  text(first, session.id);
-  text(first + 1, session.user_id);
-  optional_text(first + 2, session.tenant_id);
-  session.created_at = int8(first + 3);
-  session.expires_at = int8(first + 4);
-  session.last_seen_at = int8(first + 5);
-  session.absolute_expires_at = int8(first + 6);
-  optional_text(first + 7, session.device);
-  optional_text(first + 8, session.ip);
-  text(first + 9, session.data);
-  optional_text(first + 10, session.idp_session_id);
-  session.authenticated_at = int8(first + 11);
-  session.idle_timeout_seconds = optional_int8_at(row, first + 12);
+// their buffers. (Not read_session_row: the amalgamation is one translation unit, and
+// session_backend.cpp's reader has that name.)
+void read_session_result(const PGresult* row, Session& session, int first = 0) {
+  int column = first;
+  detail::for_each_session_field(session,
+                                 [row, &column](const detail::SessionColumn&, auto& member) {
+                                   read_field(row, column++, member);
+                                 });
 }
 
 // Row 0 of a result selecting the columns of _pylon_rotated_ids (from column `first` on).
-void read_rotated_row(const PGresult* row, RotatedId& rotated, int first = 0) {
+void read_rotated_result(const PGresult* row, RotatedId& rotated, int first = 0) {
   assign_text_at(row, first, rotated.id);
   assign_text_at(row, first + 1, rotated.replaced_by);
   assign_text_at(row, first + 2, rotated.user_id);
@@ -2244,9 +2315,9 @@ std::vector<Session> PostgresBackend::load_all() {
 void PostgresBackend::load_each(const std::function<void(const Session&)>& visit) {
   const std::string action = "cannot load sessions from";
   Session session;  // every row is read into this one, reusing its buffers
-  load_rows(kSelectAll, "_pylon_sessions", kSelectAllTypes.data(), kSelectAllTypes.size(), action,
-            [&session, &visit](const PGresult* row) {
-              read_session_row(row, session);
+  load_rows(kSelectAll, "_pylon_sessions", kSessionColumnOids.data(), kSessionColumnOids.size(),
+            action, [&session, &visit](const PGresult* row) {
+              read_session_result(row, session);
               visit(session);
             });
 }
@@ -2256,7 +2327,7 @@ void PostgresBackend::load_rotated_each(const std::function<void(const RotatedId
   RotatedId rotated;  // as in load_each(), one for every row
   load_rows(kSelectRotated, "_pylon_rotated_ids", kSelectRotatedTypes.data(),
             kSelectRotatedTypes.size(), action, [&rotated, &visit](const PGresult* row) {
-              read_rotated_row(row, rotated);
+              read_rotated_result(row, rotated);
               visit(rotated);
             });
 }
@@ -2299,7 +2370,7 @@ std::optional<Session> PostgresBackend::load_one(std::string_view id) {
       connection_.exec_prepared(Reconnect::kIfDead, kSelectById, params, action);
   if (PQntuples(result.get()) == 0) return std::nullopt;
   Session session;
-  read_session_row(result.get(), session);
+  read_session_result(result.get(), session);
   return session;
 }
 
@@ -2545,7 +2616,7 @@ std::optional<Session> PostgresBackend::run_returning_session(const char* statem
   const PgResult result = connection_.exec_prepared(Reconnect::kIfDead, statement, params, action);
   if (PQntuples(result.get()) == 0) return std::nullopt;
   Session session;
-  read_session_row(result.get(), session);
+  read_session_result(result.get(), session);
   return session;
 }
 
@@ -2623,7 +2694,7 @@ std::optional<Session> PostgresBackend::sign_in(std::string_view old_id, std::st
     const PgResult found = connection_.exec_prepared(Reconnect::kNever, kSelectById, id, action);
     if (PQntuples(found.get()) == 0) return std::nullopt;
     Session current;
-    read_session_row(found.get(), current);
+    read_session_result(found.get(), current);
     if (current.expires_at <= now) return std::nullopt;
     detail::check_may_sign_in(current, user_id);
     std::optional<std::string_view> tenant_id;
@@ -2648,7 +2719,7 @@ std::optional<Session> PostgresBackend::sign_in(std::string_view old_id, std::st
         connection_.exec_prepared(Reconnect::kNever, kAuthenticate, params, action);
     if (PQntuples(rotated.get()) > 0) {
       Session session;
-      read_session_row(rotated.get(), session);
+      read_session_result(rotated.get(), session);
       return session;
     }
   }
@@ -2702,7 +2773,7 @@ std::vector<Session> PostgresBackend::list_page(const SessionQuery& query, std::
   std::vector<Session> page;
   connection_.exec_prepared(
       Reconnect::kNever, name.c_str(), params, action,
-      [&page](const PGresult* row) { read_session_row(row, page.emplace_back()); });
+      [&page](const PGresult* row) { read_session_result(row, page.emplace_back()); });
   return page;
 }
 
@@ -2745,17 +2816,20 @@ std::size_t PostgresBackend::remove_expired_rotated(std::int64_t now, std::size_
 // ================================================================================================
 
 // An entry of the log with what storage holds for its id: position, id, whether a session row
-// was joined and its columns, whether a rotated id was joined and its columns.
-constexpr const char* kChangeColumns =
-    "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, "
-    "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "
-    "s.idp_session_id, s.authenticated_at, s.idle_timeout_seconds, r.id IS NOT NULL, r.id, "
-    "r.replaced_by, r.user_id, r.tenant_id, r.rotated_at, r.expires_at "
-    "FROM _pylon_change_log AS c "
-    "LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
-    "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
+// was joined and its columns (from kLoggedSessionColumn), whether a rotated id was joined and its
+// columns (from kLoggedRotatedColumn). Built once.
 constexpr int kLoggedSessionColumn = 3;
-constexpr int kLoggedRotatedColumn = 17;
+constexpr int kLoggedRotatedColumn =
+    kLoggedSessionColumn + static_cast<int>(detail::kSessionColumns.size()) + 1;
+const std::string& logged_change_columns() {
+  static const std::string kColumns =
+      "c.position, c.id, s.id IS NOT NULL, " + detail::session_column_list("s.") +
+      ", r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, r.rotated_at, "
+      "r.expires_at FROM _pylon_change_log AS c "
+      "LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
+      "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
+  return kColumns;
+}
 // Positions are handed out when an entry is logged and committed later, so entries just below
 // the newest may still be in flight when a store starts: it starts this far back, and applies
 // those again (harmless: an entry carries what storage holds now).
@@ -2800,10 +2874,10 @@ class PgChangeSource final : public ChangeSource {
           change.position = int8_at(row, 0);
           assign_text_at(row, 1, change.id);
           if (bool_at(row, kLoggedSessionColumn - 1)) {
-            read_session_row(row, change.session.emplace(), kLoggedSessionColumn);
+            read_session_result(row, change.session.emplace(), kLoggedSessionColumn);
           }
           if (bool_at(row, kLoggedRotatedColumn - 1)) {
-            read_rotated_row(row, change.rotated.emplace(), kLoggedRotatedColumn);
+            read_rotated_result(row, change.rotated.emplace(), kLoggedRotatedColumn);
           }
         });
     const PgResult pruned =
@@ -2849,7 +2923,7 @@ class PgChangeSource final : public ChangeSource {
             .c_str(),
         {});
     connection_.prepare(Reconnect::kNever, "pylon_changes_after",
-                        (std::string("SELECT ") + kChangeColumns +
+                        ("SELECT " + logged_change_columns() +
                          " WHERE c.position > $1 OR c.position = ANY($2) "
                          "ORDER BY c.position LIMIT $3")
                             .c_str(),
