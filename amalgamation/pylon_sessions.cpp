@@ -158,7 +158,7 @@ class PYLON_API Error : public std::runtime_error {
 // lowercase hex SHA-256 of the token, safe to show on a "your devices" page and to revoke by.
 struct Session {
   std::string id;                        // 64 lowercase hex characters; the primary key
-  std::string user_id;                   // UTF-8 text without NUL bytes
+  std::string user_id;                   // UTF-8 text without NUL bytes; empty: anonymous
   std::optional<std::string> tenant_id;  // UTF-8 text without NUL bytes
   std::int64_t created_at = 0;
   std::int64_t expires_at = 0;        // the effective expiry: min(absolute cap, last_seen + idle)
@@ -171,6 +171,15 @@ struct Session {
   std::int64_t absolute_expires_at = 0;
   // The identity provider's session id (OIDC `sid`), for back-channel logout; UTF-8 without NUL.
   std::optional<std::string> idp_session_id;
+  // When the user last proved who they are: at create(), attach_user() and reauthenticate().
+  // 0 for an anonymous session. SessionStore::authenticated_within() asks it.
+  std::int64_t authenticated_at = 0;
+  // This session's own idle timeout in seconds (CreateOptions::idle_timeout), which every slide
+  // uses; nullopt: the store's StoreOptions::idle_timeout. 0 means no idle expiry.
+  std::optional<std::int64_t> idle_timeout_seconds;
+
+  // An anonymous session has no user (an empty user_id): SessionStore::create_anonymous().
+  [[nodiscard]] bool is_anonymous() const noexcept { return user_id.empty(); }
 
   friend PYLON_API bool operator==(const Session& a, const Session& b);
   friend bool operator!=(const Session& a, const Session& b) { return !(a == b); }
@@ -188,7 +197,8 @@ inline constexpr std::size_t kMaxIpBytes = 256;
 
 // The range of every time a session holds, in Unix seconds: 1970 to the end of year 9999. A
 // stored row with a time outside it, or with times out of order (created_at after last_seen_at,
-// or expires_at after absolute_expires_at when that is set), is skipped at start-up.
+// or expires_at after absolute_expires_at when that is set), or with a negative
+// idle_timeout_seconds, is skipped at start-up.
 inline constexpr std::int64_t kMaxSessionTime = 253402300799;
 
 // Length of a token: "pylon_" followed by 64 lowercase hex characters (32 random bytes).
@@ -213,13 +223,15 @@ PYLON_API bool is_well_formed_session_id(std::string_view id) noexcept;
 
 // What SessionStore tells StoreOptions::on_event, and what a backend reports of its own opening.
 enum class SessionEventType {
-  kCreated,             // create()
-  kValidatedExpired,    // validate() of a token whose session exists but has expired
-  kRevoked,             // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
-  kRotated,             // rotate(): session_id is the old id, replaced_by the new one
-  kRotatedTokenReused,  // validate() of a token rotated away: a stolen cookie may be in use
-  kPurged,              // purge_expired() or the reaper: `count` expired rows deleted
-  kReaperFailed,        // the reaper's purge failed (`detail`: the error); retried next interval
+  kCreated,           // create()
+  kValidatedExpired,  // validate() of a token whose session exists but has expired
+  kRevoked,           // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
+  kRotated,           // rotate(): session_id is the old id, replaced_by the new one
+  // validate() of a token rotated away: a stolen cookie may be in use. user_id is the old
+  // session's user ("" for a visitor's token replayed after attach_user()).
+  kRotatedTokenReused,
+  kPurged,        // purge_expired() or the reaper: `count` expired rows deleted
+  kReaperFailed,  // the reaper's purge failed (`detail`: the error); retried next interval
   // The SQLite file (and its -wal, -shm) was readable by group or others, and was made 0600
   // before anything was read (`detail`: the path and the modes).
   kFilePermissionsTightened,
@@ -227,6 +239,16 @@ enum class SessionEventType {
   // seen until kChangeFeedResumed. See StoreOptions::refuse_while_not_following.
   kChangeFeedLost,
   kChangeFeedResumed,  // the store follows the change log again, having caught up
+  // attach_user(): a user signed in on an anonymous session. session_id is the old (anonymous)
+  // id, replaced_by the new one, user_id the user attached.
+  kUserAttached,
+  // reauthenticate(): the user proved who they are again; session_id is the old id, replaced_by
+  // the new one.
+  kReauthenticated,
+  kExtended,  // extend(): the idle expiry was slid on purpose
+  // revoke_tenant(): every session of a tenant deleted (`count` of them, `detail` the tenant).
+  // Each session also gets its own kRevoked.
+  kTenantRevoked,
 };
 
 struct SessionEvent {
@@ -235,7 +257,8 @@ struct SessionEvent {
   std::string user_id;      // empty for those too
   std::string replaced_by;  // kRotated and kRotatedTokenReused: the id of the successor
   std::size_t count = 1;    // how many sessions the event covers
-  std::string detail;       // kReaperFailed, kFilePermissionsTightened, kChangeFeedLost: what
+  std::string detail;       // kReaperFailed, kFilePermissionsTightened, kChangeFeedLost: what;
+                            // kTenantRevoked: the tenant
 
   // One named way to build each kind of event.
   static SessionEvent of_session(SessionEventType type, std::string session_id, std::string user_id,
@@ -251,7 +274,8 @@ struct SessionEvent {
 };
 
 // Which rows SessionBackend::remove_matching() deletes: a row matches when it equals every field
-// that is set. `except_id` keeps one row ("sign out the others").
+// that is set. `except_id` keeps one row ("sign out the others"). A filter that sets tenant_id
+// and none of id, user_id and idp_session_id matches the whole tenant (revoke_tenant()).
 struct SessionFilter {
   std::optional<std::string> id;
   std::optional<std::string> user_id;
@@ -270,6 +294,52 @@ struct RemovedSession {
   friend bool operator==(const RemovedSession& a, const RemovedSession& b) {
     return a.id == b.id && a.user_id == b.user_id;
   }
+};
+
+// Which live sessions (expires_at > now) an administrator's listing returns
+// (SessionStore::list_sessions, SessionBackend::list_page): those that match every field set,
+// ordered by id. Paging is by keyset: each page holds the ids after `after`, so a session that
+// exists from the first page to the last is listed exactly once, whatever is created or revoked
+// meanwhile; one created or revoked during the listing may or may not appear.
+struct SessionQuery {
+  std::optional<std::string> tenant_id;
+  std::optional<std::string> user_id;           // "" lists the anonymous sessions
+  std::optional<std::string> device;            // exactly this device string
+  std::optional<std::int64_t> created_since;    // created_at >= this
+  std::optional<std::int64_t> created_before;   // created_at < this
+  std::optional<std::int64_t> last_seen_since;  // last_seen_at >= this
+  std::optional<std::int64_t> last_seen_before;
+  // Where the page starts: the previous page's SessionPage::next_cursor; "" for the first page.
+  std::string after;
+  // At most this many sessions per page: 1 to kMaxPageSize.
+  std::size_t limit = 100;
+};
+
+inline constexpr std::size_t kMaxPageSize = 10000;
+
+struct SessionPage {
+  std::vector<Session> sessions;  // by id
+  // Pass as SessionQuery::after for the next page; "" when this page was the last. (A full page
+  // always has a cursor, so the page after the last full one may be empty.)
+  std::string next_cursor;
+};
+
+// How many live sessions a tenant has (SessionStore::count_by_tenant).
+struct TenantCount {
+  std::optional<std::string> tenant_id;  // nullopt: the sessions without a tenant
+  std::size_t sessions = 0;
+  std::size_t anonymous = 0;  // of those, how many have no user
+
+  friend bool operator==(const TenantCount& a, const TenantCount& b) {
+    return a.tenant_id == b.tenant_id && a.sessions == b.sessions && a.anonymous == b.anonymous;
+  }
+};
+
+// What SessionBackend::authenticate() stored: the new row, and the sessions of its user the cap
+// evicted in the same transaction.
+struct Authentication {
+  Session session;
+  std::vector<RemovedSession> evicted;
 };
 
 // A session id rotated away (SessionBackend::rotate), kept in storage until the session it
@@ -375,8 +445,8 @@ class PYLON_API SessionBackend {
   virtual std::size_t remove_expired(std::int64_t now) = 0;
 
   // Deletes, in one statement, every row matching every field `filter` sets; returns the rows
-  // it deleted. A filter that sets none of id, user_id and idp_session_id is refused with
-  // kInvalidArgument: it would match everyone.
+  // it deleted. A filter that sets none of id, user_id, idp_session_id and tenant_id is refused
+  // with kInvalidArgument: it would match everyone.
   virtual std::vector<RemovedSession> remove_matching(const SessionFilter& filter) = 0;
   // In one transaction, deletes the row `old_id` and inserts `replacement`. Returns false,
   // having written nothing, when there is no row `old_id`. With replacement.id == old_id it is
@@ -392,7 +462,8 @@ class PYLON_API SessionBackend {
   // or transaction, so no write carries a caller's stale copy of a row over another's change.
 
   // New sessions, in one transaction (a group commit of creates). With max_per_user > 0, the
-  // same transaction then deletes, for each user of `sessions`, that user's oldest rows in the
+  // same transaction then deletes, for each user of `sessions` (anonymous ones have no cap),
+  // that user's oldest rows in the
   // new session's tenant (rows whose tenant_id equals it, or is null when it is null) beyond
   // max_per_user: oldest is the smallest created_at, then the earliest inserted. It is atomic
   // against every other writer, other processes included, so no interleaving of creates ever
@@ -417,6 +488,23 @@ class PYLON_API SessionBackend {
   // when that is 0}. Returns the new row as stored.
   virtual std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
                                         std::int64_t now) = 0;
+  // Signing in, in one transaction: rotate() (same checks, same RotatedId), whose new row also
+  // takes `user_id` and authenticated_at = now. Refused with kInvalidArgument, having written
+  // nothing, when the row `old_id` belongs to another user (only an anonymous session, or one of
+  // `user_id` itself, may be signed in to). With max_per_user > 0 it then evicts, as insert_new()
+  // does, the user's oldest other rows in the new row's tenant beyond max_per_user (never the new
+  // row). nullopt, having written nothing, when there is no live row `old_id`.
+  virtual std::optional<Authentication> authenticate(std::string_view old_id,
+                                                     std::string_view new_id,
+                                                     std::string_view user_id, std::int64_t now,
+                                                     std::size_t max_per_user) = 0;
+  // One page of the live sessions (expires_at > now) that `query` matches, ordered by id, the
+  // ids after query.after, at most query.limit of them. Reads storage, so sessions every other
+  // store created are listed.
+  virtual std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) = 0;
+  // The live sessions (expires_at > now) of each tenant that has one, ordered by tenant in byte
+  // order (the sessions without a tenant first).
+  virtual std::vector<TenantCount> count_by_tenant(std::int64_t now) = 0;
   // Calls `visit` with every stored RotatedId, expired ones included, one at a time, as
   // load_each() does for sessions. remove_expired() deletes those with expires_at <= now, and
   // remove_expired_rotated() does in batches.
@@ -529,7 +617,7 @@ struct StoreStats {
   std::uint64_t write_failures = 0;  // storage writes that threw
   std::string last_error;            // what() of the last failed write; "" if none
   // Rows found at start-up that no token can match or that a write would refuse (a malformed
-  // id, an empty user_id, text that is not UTF-8 or holds NUL): left in storage, never cached.
+  // id, text that is not UTF-8 or holds NUL, times out of range): left in storage, never cached.
   std::size_t skipped_rows = 0;
   std::uint64_t reaper_failures = 0;  // reaper runs that failed (each also a kReaperFailed event)
   std::uint64_t miss_lookups = 0;     // storage reads made for tokens the cache did not hold
@@ -611,12 +699,27 @@ struct StoreOptions {
   // this (it was unreachable, or stopped) reloads every session when it is back. Pruned by every
   // store's change feed. 1 minute to 30 days.
   std::chrono::seconds change_log_retention{std::chrono::minutes(10)};
+  // The longest lifetimes a session may be given on its own (CreateOptions::absolute_ttl and
+  // idle_timeout, "remember me"), or the store's absolute_ttl and idle_timeout when those are
+  // longer. The defaults are 400 days, the longest a browser keeps a cookie. 1 second to 100
+  // years.
+  std::chrono::seconds max_absolute_ttl{std::chrono::hours(24 * 400)};
+  std::chrono::seconds max_idle_timeout{std::chrono::hours(24 * 400)};
   // Told of every event, on the thread that caused it, after storage has it. It must not call
   // back into the store; what it throws is caught and ignored. Events never carry a token.
   std::function<void(const SessionEvent&)> on_event;
 };
 
 struct CreateOptions {
+  // This session's own lifetimes, instead of the store's absolute_ttl and idle_timeout: a "keep
+  // me signed in" session next to short default ones. absolute_ttl from 1 second to
+  // StoreOptions::max_absolute_ttl; idle_timeout from 1 second to StoreOptions::max_idle_timeout
+  // (or to the store's own absolute_ttl / idle_timeout when longer); a longer value is refused
+  // with kInvalidArgument, not shortened. Stored with the session, so every slide, a restart and
+  // a rotation keep them. Set both for a long session: the store's
+  // idle_timeout would otherwise still end it when unused.
+  std::optional<std::chrono::seconds> absolute_ttl;
+  std::optional<std::chrono::seconds> idle_timeout;
   std::optional<std::string> tenant_id;
   std::optional<std::string> idp_session_id;  // OIDC `sid`, for logout_by_claims()
   std::optional<std::string> device;
@@ -654,11 +757,44 @@ class PYLON_API SessionStore {
   // Makes a last attempt at deletes still pending from failed revokes; never throws.
   ~SessionStore();
 
-  // A new session for `user_id` (non-empty), stored before this returns. Evicts the user's
-  // oldest sessions first when max_sessions_per_user is reached.
-  // Throws kInvalidArgument (empty user, NUL in a text field, data over max_data_bytes) or a
-  // storage error; then nothing was stored and the cache is unchanged.
+  // A new session for `user_id` (non-empty; see create_anonymous()), stored before this returns.
+  // Evicts the user's oldest sessions first when max_sessions_per_user is reached. Throws
+  // kInvalidArgument (empty user, NUL in a text field, data over max_data_bytes) or a storage
+  // error; then nothing was stored and the cache is unchanged.
   NewSession create(std::string_view user_id, CreateOptions options = {});
+
+  // A session without a user (Session::is_anonymous), for a visitor's state before login: a
+  // cart, a language, a CSRF secret. It validates, holds data, slides and expires like any other
+  // session; no user lists it and it counts against no cap. authenticated_at is 0. At login, call
+  // attach_user() with its token. Throws as create() does.
+  NewSession create_anonymous(CreateOptions options = {});
+
+  // Signs `user_id` (non-empty) in on the session of `token`: a new token for it, whose session
+  // has that user and authenticated_at = now, and the old token stops working, in one storage
+  // transaction (the fixation defence: the token a visitor held before login never carries a
+  // signed-in session). The data, tenant, device, lifetimes and expiry stay. The session must be
+  // anonymous or already the same user's; another user's session is refused with
+  // kInvalidArgument. max_sessions_per_user applies: the user's oldest other sessions are evicted
+  // in the same transaction. The old token then behaves as a rotated-away one (rotation_grace,
+  // kRotatedTokenReused). nullopt if `token` has no live session.
+  std::optional<NewSession> attach_user(std::string_view token, std::string_view user_id);
+
+  // The user of the session of `token` proved who they are again (a password prompt before a
+  // sensitive operation): authenticated_at = now, and the token is rotated, as on every privilege
+  // change, in one storage transaction. An anonymous session is refused with kInvalidArgument
+  // (use attach_user()). nullopt if `token` has no live session.
+  std::optional<NewSession> reauthenticate(std::string_view token);
+
+  // Whether the session's user proved who they are within the last `window` (by the store's
+  // clock): authenticated_at + window >= now. False for an anonymous session. For pages such as
+  // "confirm your password to change your e-mail" (OWASP ASVS re-authentication).
+  bool authenticated_within(const Session& session, std::chrono::seconds window) const;
+
+  // Slides the idle expiry of the session of `token` to now + its idle timeout, never past its
+  // absolute cap, and writes it at once (not once per touch_interval, as validate() does): for
+  // an "are you still there?" prompt the user answered. Returns the session as storage then
+  // holds it; nullopt if `token` has no live session.
+  std::optional<Session> extend(std::string_view token);
 
   // The live session of `token`, or nullopt (malformed, unknown, revoked or expired token).
   // Slides the idle expiry; the slide is written at most once per touch_interval, and a failed
@@ -724,6 +860,21 @@ class PYLON_API SessionStore {
   std::vector<Session> list_user(std::string_view user_id, std::string_view tenant_id) const;
   std::size_t revoke_user(std::string_view user_id, std::string_view tenant_id);
 
+  // ---- Administration: these read and write storage, not the cache, so their answers include
+  // the sessions every other store created. A store scoped to a tenant sees only its own.
+
+  // One page of the live sessions `query` matches, by id (see SessionQuery for the paging
+  // guarantee). Throws kInvalidArgument for a limit outside 1..kMaxPageSize, a cursor that is not
+  // a session id, or a text field storage could not hold.
+  SessionPage list_sessions(const SessionQuery& query) const;
+
+  // The live sessions of each tenant (a store scoped to a tenant: of its own), by tenant.
+  std::vector<TenantCount> count_by_tenant() const;
+
+  // Deletes every session of the tenant in one statement; returns how many rows storage removed.
+  // Fails closed like revoke_user(). A store scoped to another tenant revokes nothing.
+  std::size_t revoke_tenant(std::string_view tenant_id);
+
   StoreStats stats() const;
 
  private:
@@ -778,6 +929,7 @@ Error::Error(ErrorCode code, const std::string& message, std::string backend_det
 // ==== fields.cpp ====
 // pylon-sessions: what a Session may hold, checked the same way by every backend (declared in
 // internal/backend_shared.hpp), with Session's equality and SessionBackend's default readers.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -786,6 +938,7 @@ Error::Error(ErrorCode code, const std::string& message, std::string backend_det
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 
 // ---- internal/backend_shared.hpp (inlined) ----
 // pylon-sessions: what the library's sources share: field checks (fields.cpp), token digests
@@ -858,17 +1011,27 @@ bool is_storable_field(const TextField& field, std::string_view value) noexcept;
 void check_text_field(const TextField& field, std::string_view value);
 void check_optional_text_field(const TextField& field, const std::optional<std::string>& value);
 
-// What every backend checks before it writes a row: a well-formed id, a non-empty user, and
-// storable text fields within their limits. Throws Error(kInvalidArgument).
+// What every backend checks before it writes a row: a well-formed id, and storable text fields
+// within their limits (an empty user_id is an anonymous session). Throws Error(kInvalidArgument).
+// Times are not checked here: a row with times out of range is stored, and skipped at start-up
+// (has_sane_times).
 void check_session_for_storage(const Session& session);
-// The same test without the message.
+// The same test without the message (times aside: has_sane_times()).
 bool is_storable_session(const Session& session) noexcept;
+// What every backend checks of SessionBackend::authenticate(): a non-empty, storable user_id, and
+// (once the row is read, inside the transaction) that the row is anonymous or already that
+// user's. Throw Error(kInvalidArgument).
+void check_signing_in_user(std::string_view user_id);
+void check_may_sign_in(const Session& stored, std::string_view user_id);
+// What every backend checks of SessionBackend::list_page()'s query: a limit of 1..kMaxPageSize, a
+// cursor that is empty or a session id, storable text. Throws Error(kInvalidArgument).
+void check_session_query(const SessionQuery& query);
 // What every backend checks of SessionBackend::rotate()'s new id, the one field of the new row
 // the caller gives: well formed, as save() checks an id, and not the old one. Throws
 // Error(kInvalidArgument).
 void check_rotation_ids(std::string_view old_id, std::string_view new_id);
-// Times within [0, kMaxSessionTime] and in order: created_at <= last_seen_at, and expires_at <=
-// absolute_expires_at when that is set (not 0).
+// Every integer column (times, and the idle timeout) within [0, kMaxSessionTime], and the times
+// in order: created_at <= last_seen_at, and expires_at <= absolute_expires_at when that is set.
 bool has_sane_times(const Session& session) noexcept;
 // What SessionStore caches of the rows storage gives it: is_storable_session and has_sane_times.
 bool is_servable_session(const Session& session) noexcept;
@@ -897,6 +1060,115 @@ std::vector<std::string> password_candidates(std::string_view url);
 
 #endif  // PYLON_INTERNAL_BACKEND_SHARED_HPP_
 // ---- end of internal/backend_shared.hpp ----
+// ---- internal/session_row.hpp (inlined) ----
+// pylon-sessions: the columns of `_pylon_sessions`, described once. Private.
+//
+// What it owns: the one table of a session's fields (name, SQLite type, PostgreSQL type,
+// nullable, the schema version that added it), in the order every statement binds and selects
+// them, and the one walk over a Session's members in that order. Both backends build their
+// column lists, SELECT / INSERT / upsert text, the shapes they expect of the table and their row
+// readers and binders from these; Session's equality walks the same fields. Adding a column
+// touches kSessionColumns, for_each_session_field(), the Session struct and the two migrations.
+#ifndef PYLON_INTERNAL_SESSION_ROW_HPP_
+#define PYLON_INTERNAL_SESSION_ROW_HPP_
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+
+namespace pylon::detail {
+
+// How a column is stored: text (UTF-8, no NUL), a 64-bit integer, or bytes.
+enum class ColumnKind { kText, kInteger, kBytes };
+
+struct SessionColumn {
+  const char* name;
+  ColumnKind kind;
+  bool nullable;
+  int since_version;  // the schema version whose migration added it
+  const char* sqlite_type;
+  const char* postgres_type;
+  // A text column's limit (session_backend.hpp's kMax*Bytes), the same on every backend; 0 for
+  // the id (its own form is checked) and for other kinds. Every integer column holds a time or a
+  // duration in seconds, within [0, kMaxSessionTime].
+  std::size_t max_text_bytes = 0;
+};
+
+// In bind and select order: for_each_session_field() visits Session's members in this order.
+inline constexpr std::array<SessionColumn, 13> kSessionColumns = {{
+    {"id", ColumnKind::kText, false, 1, "TEXT", "text"},
+    {"user_id", ColumnKind::kText, false, 1, "TEXT", "text", kMaxUserIdBytes},
+    {"tenant_id", ColumnKind::kText, true, 1, "TEXT", "text", kMaxTenantIdBytes},
+    {"created_at", ColumnKind::kInteger, false, 1, "INTEGER", "bigint"},
+    {"expires_at", ColumnKind::kInteger, false, 1, "INTEGER", "bigint"},
+    {"last_seen_at", ColumnKind::kInteger, false, 1, "INTEGER", "bigint"},
+    {"absolute_expires_at", ColumnKind::kInteger, false, 1, "INTEGER", "bigint"},
+    {"device", ColumnKind::kText, true, 1, "TEXT", "text", kMaxDeviceBytes},
+    {"ip", ColumnKind::kText, true, 1, "TEXT", "text", kMaxIpBytes},
+    {"data", ColumnKind::kBytes, false, 1, "BLOB", "bytea"},
+    {"idp_session_id", ColumnKind::kText, true, 2, "TEXT", "text", kMaxIdpSessionIdBytes},
+    {"authenticated_at", ColumnKind::kInteger, false, 5, "INTEGER", "bigint"},
+    {"idle_timeout_seconds", ColumnKind::kInteger, true, 5, "INTEGER", "bigint"},
+}};
+
+// Session's members, as references, in the order of kSessionColumns: the one place that pairs a
+// column with its member. Each is a std::string, std::optional<std::string>, std::int64_t or
+// std::optional<std::int64_t>, as the column's kind and nullability say. Tuples compare member by
+// member, which is Session's equality.
+template <typename AnySession>
+auto session_fields(AnySession& session) {
+  static_assert(std::is_same_v<std::remove_const_t<AnySession>, Session>);
+  return std::tie(session.id, session.user_id, session.tenant_id, session.created_at,
+                  session.expires_at, session.last_seen_at, session.absolute_expires_at,
+                  session.device, session.ip, session.data, session.idp_session_id,
+                  session.authenticated_at, session.idle_timeout_seconds);
+}
+
+// Calls visit(column, member) for each member of `session` (Session or const Session), in the
+// order of kSessionColumns.
+template <typename AnySession, typename Visit>
+void for_each_session_field(AnySession& session, Visit&& visit) {
+  auto fields = session_fields(session);
+  static_assert(std::tuple_size_v<decltype(fields)> == kSessionColumns.size(),
+                "kSessionColumns and session_fields() must list the same columns");
+  std::apply(
+      [&visit](auto&... member) {
+        std::size_t i = 0;
+        (visit(kSessionColumns[i++], member), ...);
+      },
+      fields);
+}
+
+// The index of the column `name` in kSessionColumns (a compile-time lookup for statements that
+// bind one column by its place).
+constexpr std::size_t session_column_index(std::string_view name) {
+  for (std::size_t i = 0; i < kSessionColumns.size(); ++i) {
+    if (std::string_view(kSessionColumns[i].name) == name) return i;
+  }
+  return kSessionColumns.size();
+}
+
+// "id, user_id, ...": every column, each after `prefix` ("s." for a join).
+std::string session_column_list(std::string_view prefix = {});
+// The same list with some columns replaced by an expression, for INSERT ... SELECT copies
+// (rotation: {"id", "?2"}): each column named in `replaced` shows its expression instead.
+std::string session_column_list_replacing(
+    std::initializer_list<std::pair<std::string_view, std::string>> replaced);
+// "c = excluded.c, ..." for every column but id: an upsert's DO UPDATE SET.
+std::string session_upsert_assignments();
+
+}  // namespace pylon::detail
+
+#endif  // PYLON_INTERNAL_SESSION_ROW_HPP_
+// ---- end of internal/session_row.hpp ----
 
 namespace pylon {
 
@@ -917,11 +1189,7 @@ std::optional<Session> SessionBackend::load_one(std::string_view id) {
 }
 
 bool operator==(const Session& a, const Session& b) {
-  return a.id == b.id && a.user_id == b.user_id && a.tenant_id == b.tenant_id &&
-         a.created_at == b.created_at && a.expires_at == b.expires_at &&
-         a.last_seen_at == b.last_seen_at && a.device == b.device && a.ip == b.ip &&
-         a.data == b.data && a.absolute_expires_at == b.absolute_expires_at &&
-         a.idp_session_id == b.idp_session_id;
+  return detail::session_fields(a) == detail::session_fields(b);
 }
 
 namespace detail {
@@ -1000,21 +1268,41 @@ void check_optional_text_field(const TextField& field, const std::optional<std::
   if (value) check_text_field(field, *value);
 }
 
+// Calls check(field, text) for every set text field of `session` but its id: each column's limit
+// from the one table of columns.
+template <typename Check>
+void for_each_text_field(const Session& session, Check&& check) {
+  for_each_session_field(session, [&check](const SessionColumn& column, const auto& member) {
+    using Member = std::decay_t<decltype(member)>;
+    if (column.kind != ColumnKind::kText || column.max_text_bytes == 0) return;
+    const TextField field{column.name, column.max_text_bytes};
+    if constexpr (std::is_same_v<Member, std::string>) {
+      check(field, member);
+    } else if constexpr (std::is_same_v<Member, std::optional<std::string>>) {
+      if (member) check(field, *member);
+    }
+  });
+}
+
 bool is_storable_session(const Session& session) noexcept {
-  const auto storable = [](const TextField& field, const std::optional<std::string>& text) {
-    return !text || is_storable_field(field, *text);
-  };
-  return is_well_formed_session_id(session.id) && !session.user_id.empty() &&
-         is_storable_field(kUserIdField, session.user_id) &&
-         storable(kTenantIdField, session.tenant_id) && storable(kDeviceField, session.device) &&
-         storable(kIpField, session.ip) && storable(kIdpSessionIdField, session.idp_session_id);
+  bool storable = is_well_formed_session_id(session.id);
+  for_each_text_field(session, [&storable](const TextField& field, const std::string& text) {
+    storable = storable && is_storable_field(field, text);
+  });
+  return storable;
 }
 
 bool has_sane_times(const Session& session) noexcept {
-  const auto in_range = [](std::int64_t time) { return time >= 0 && time <= kMaxSessionTime; };
-  return in_range(session.created_at) && in_range(session.last_seen_at) &&
-         in_range(session.expires_at) && in_range(session.absolute_expires_at) &&
-         session.created_at <= session.last_seen_at &&
+  bool in_range = true;
+  for_each_session_field(session, [&in_range](const SessionColumn&, const auto& member) {
+    using Member = std::decay_t<decltype(member)>;
+    if constexpr (std::is_same_v<Member, std::int64_t>) {
+      in_range = in_range && member >= 0 && member <= kMaxSessionTime;
+    } else if constexpr (std::is_same_v<Member, std::optional<std::int64_t>>) {
+      in_range = in_range && (!member || (*member >= 0 && *member <= kMaxSessionTime));
+    }
+  });
+  return in_range && session.created_at <= session.last_seen_at &&
          (session.absolute_expires_at == 0 || session.expires_at <= session.absolute_expires_at);
 }
 
@@ -1056,14 +1344,74 @@ void check_session_for_storage(const Session& session) {
     throw Error(ErrorCode::kInvalidArgument,
                 "session id must be 64 lowercase hex characters (the SHA-256 of a token)");
   }
-  if (session.user_id.empty()) {
-    throw Error(ErrorCode::kInvalidArgument, "session field 'user_id' must not be empty");
+  for_each_text_field(session, [](const TextField& field, const std::string& text) {
+    check_text_field(field, text);
+  });
+}
+
+void check_signing_in_user(std::string_view user_id) {
+  if (user_id.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "user_id must not be empty: a session is signed in to a user");
   }
-  check_text_field(kUserIdField, session.user_id);
-  check_optional_text_field(kTenantIdField, session.tenant_id);
-  check_optional_text_field(kDeviceField, session.device);
-  check_optional_text_field(kIpField, session.ip);
-  check_optional_text_field(kIdpSessionIdField, session.idp_session_id);
+  check_text_field(kUserIdField, user_id);
+}
+
+void check_may_sign_in(const Session& stored, std::string_view user_id) {
+  if (!stored.is_anonymous() && stored.user_id != user_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "the session belongs to another user: only an anonymous session, or one of the "
+                "same user, can be signed in to");
+  }
+}
+
+void check_session_query(const SessionQuery& query) {
+  if (query.limit < 1 || query.limit > kMaxPageSize) {
+    throw Error(ErrorCode::kInvalidArgument, "SessionQuery::limit is " +
+                                                 std::to_string(query.limit) + ", outside 1 to " +
+                                                 std::to_string(kMaxPageSize));
+  }
+  if (!query.after.empty() && !is_well_formed_session_id(query.after)) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "SessionQuery::after must be empty or a cursor a previous page returned (a "
+                "session id: 64 lowercase hex characters)");
+  }
+  check_optional_text_field(kTenantIdField, query.tenant_id);
+  check_optional_text_field(kUserIdField, query.user_id);
+  check_optional_text_field(kDeviceField, query.device);
+}
+
+std::string session_column_list(std::string_view prefix) {
+  std::string list;
+  for (const SessionColumn& column : kSessionColumns) {
+    list.append(list.empty() ? "" : ", ").append(prefix).append(column.name);
+  }
+  return list;
+}
+
+std::string session_column_list_replacing(
+    std::initializer_list<std::pair<std::string_view, std::string>> replaced) {
+  std::string list;
+  for (const SessionColumn& column : kSessionColumns) {
+    list.append(list.empty() ? "" : ", ");
+    const auto* replacement =
+        std::find_if(replaced.begin(), replaced.end(),
+                     [&column](const auto& pair) { return pair.first == column.name; });
+    list.append(replacement != replaced.end() ? replacement->second : column.name);
+  }
+  return list;
+}
+
+std::string session_upsert_assignments() {
+  std::string assignments;
+  for (const SessionColumn& column : kSessionColumns) {
+    if (std::string_view(column.name) == "id") continue;
+    assignments.append(assignments.empty() ? "" : ", ")
+        .append(column.name)
+        .append(" = excluded.")
+        .append(column.name);
+  }
+  return assignments;
 }
 
 }  // namespace detail
@@ -1097,6 +1445,7 @@ void check_session_for_storage(const Session& session) {
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -1311,35 +1660,19 @@ void sqlite_sha256_hex(sqlite3_context* context, int argc, sqlite3_value** argv)
   sqlite3_result_text(context, hex.data(), static_cast<int>(hex.size()), SQLITE_TRANSIENT);
 }
 
-// The columns of `_pylon_sessions` ("name TYPE", sorted) as schema version 1 made it and as the
-// latest version has it (2 added idp_session_id). Rows are read by type, so a table with our
-// names but other types is as foreign as one with other names.
-const std::vector<std::string>& version_1_session_columns() {
-  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
-                                                    "created_at INTEGER",
-                                                    "data BLOB",
-                                                    "device TEXT",
-                                                    "expires_at INTEGER",
-                                                    "id TEXT",
-                                                    "ip TEXT",
-                                                    "last_seen_at INTEGER",
-                                                    "tenant_id TEXT",
-                                                    "user_id TEXT"};
-  return kColumns;
-}
-const std::vector<std::string>& current_session_columns() {
-  static const std::vector<std::string> kColumns = {"absolute_expires_at INTEGER",
-                                                    "created_at INTEGER",
-                                                    "data BLOB",
-                                                    "device TEXT",
-                                                    "expires_at INTEGER",
-                                                    "id TEXT",
-                                                    "idp_session_id TEXT",
-                                                    "ip TEXT",
-                                                    "last_seen_at INTEGER",
-                                                    "tenant_id TEXT",
-                                                    "user_id TEXT"};
-  return kColumns;
+// The columns of `_pylon_sessions` ("name TYPE", sorted) as schema version `applied` leaves them
+// (kSessionColumns: each column from the version that added it; version 0, before our
+// migrations, may hold a table shaped like version 1's). Rows are read by type, so a table with
+// our names but other types is as foreign as one with other names.
+std::vector<std::string> session_columns_at(int applied) {
+  std::vector<std::string> columns;
+  for (const detail::SessionColumn& column : detail::kSessionColumns) {
+    if (column.since_version <= std::max(applied, 1)) {
+      columns.push_back(std::string(column.name) + " " + column.sqlite_type);
+    }
+  }
+  std::sort(columns.begin(), columns.end());
+  return columns;
 }
 
 // The columns of `_pylon_rotated_ids` ("name TYPE", sorted), which schema version 3 made.
@@ -1481,16 +1814,30 @@ BEGIN
   INSERT INTO _pylon_change_log (id) VALUES (NEW.id);
 END;
 )pylon_sql"},
+{5, "0005_authentication_and_lifetimes.sql", R"pylon_sql(-- 0005: when the user last proved who they are, and a session's own idle timeout.
+--
+-- `authenticated_at` is set at create, when a user is attached to an anonymous session and on
+-- re-authentication; sessions stored before this migration take their created_at (they were
+-- created at login). Anonymous sessions (an empty user_id, which this version introduces) hold 0.
+-- `idle_timeout_seconds` is the idle timeout a session was created with ("remember me"); NULL
+-- means the store's StoreOptions::idle_timeout, as every session before this migration had.
+-- The UPDATE goes through migration 0004's triggers: each row is logged once, so stores of the
+-- previous version that follow the log re-read it (harmlessly).
+ALTER TABLE _pylon_sessions ADD COLUMN authenticated_at INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE _pylon_sessions ADD COLUMN idle_timeout_seconds INTEGER;
+UPDATE _pylon_sessions SET authenticated_at = created_at WHERE user_id <> '';
+)pylon_sql"},
 // ---- end of generated/pylon_migrations_sqlite.inc ----
 };
 constexpr int kLatestSqliteVersion =
     kSqliteMigrations[std::size(kSqliteMigrations) - 1].version;  // NOLINT
 
-// Every column of a session, in the order read_session_row() reads them and bind_session() binds
-// them.
-#define PYLON_SQLITE_SESSION_COLUMNS                                                    \
-  "id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, " \
-  "device, ip, data, idp_session_id"
+// Every column of a session, "id, user_id, ...", in the order of detail::kSessionColumns: the
+// order read_session_row() reads and Use::bind(const Session&) binds.
+const std::string& session_columns() {
+  static const std::string kColumns = detail::session_column_list();
+  return kColumns;
+}
 
 void assign_column_text(sqlite3_stmt* query, int column, std::string& out) {
   const auto* text = sqlite3_column_text(query, column);
@@ -1512,26 +1859,36 @@ void assign_column_optional_text(sqlite3_stmt* query, int column, std::optional<
   assign_column_text(query, column, *out);
 }
 
-// The row a statement selecting PYLON_SQLITE_SESSION_COLUMNS (from column `first` on) stands
-// on, into `session`, whose strings keep their buffers.
+// The row a statement selecting session_columns() (from column `first` on) stands on, into
+// `session`, whose strings keep their buffers.
 void read_session_row(sqlite3_stmt* query, Session& session, int first = 0) {
-  assign_column_text(query, first, session.id);
-  assign_column_text(query, first + 1, session.user_id);
-  assign_column_optional_text(query, first + 2, session.tenant_id);
-  session.created_at = sqlite3_column_int64(query, first + 3);
-  session.expires_at = sqlite3_column_int64(query, first + 4);
-  session.last_seen_at = sqlite3_column_int64(query, first + 5);
-  session.absolute_expires_at = sqlite3_column_int64(query, first + 6);
-  assign_column_optional_text(query, first + 7, session.device);
-  assign_column_optional_text(query, first + 8, session.ip);
-  const void* blob = sqlite3_column_blob(query, first + 9);
-  const int blob_size = sqlite3_column_bytes(query, first + 9);
-  if (blob == nullptr) {
-    session.data.clear();
-  } else {
-    session.data.assign(static_cast<const char*>(blob), static_cast<std::size_t>(blob_size));
-  }
-  assign_column_optional_text(query, first + 10, session.idp_session_id);
+  int index = first;
+  detail::for_each_session_field(
+      session, [query, &index](const detail::SessionColumn& column, auto& member) {
+        using Member = std::decay_t<decltype(member)>;
+        const int at = index++;
+        if constexpr (std::is_same_v<Member, std::int64_t>) {
+          member = sqlite3_column_int64(query, at);
+        } else if constexpr (std::is_same_v<Member, std::optional<std::int64_t>>) {
+          if (sqlite3_column_type(query, at) == SQLITE_NULL) {
+            member.reset();
+          } else {
+            member = sqlite3_column_int64(query, at);
+          }
+        } else if constexpr (std::is_same_v<Member, std::optional<std::string>>) {
+          assign_column_optional_text(query, at, member);
+        } else if (column.kind == detail::ColumnKind::kBytes) {
+          const void* blob = sqlite3_column_blob(query, at);
+          const int size = sqlite3_column_bytes(query, at);
+          if (blob == nullptr) {
+            member.clear();
+          } else {
+            member.assign(static_cast<const char*>(blob), static_cast<std::size_t>(size));
+          }
+        } else {
+          assign_column_text(query, at, member);
+        }
+      });
 }
 
 // Every column of a rotated id, in the order read_rotated_row() reads them.
@@ -1548,14 +1905,17 @@ void read_rotated_row(sqlite3_stmt* query, RotatedId& rotated, int first = 0) {
 
 // An entry of the change log with what storage holds for its id: position, id, then whether a
 // session row was joined and its columns, then whether a rotated id was joined and its columns.
-#define PYLON_SQLITE_CHANGE_COLUMNS                                                   \
-  "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, "  \
-  "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "     \
-  "s.idp_session_id, r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, " \
-  "r.rotated_at, r.expires_at FROM _pylon_change_log AS c "                           \
-  "LEFT JOIN _pylon_sessions AS s ON s.id = c.id LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id"
 constexpr int kChangeSessionColumn = 3;
-constexpr int kChangeRotatedColumn = 15;
+constexpr int kChangeRotatedColumn =
+    kChangeSessionColumn + static_cast<int>(detail::kSessionColumns.size()) + 1;
+const std::string& change_columns() {
+  static const std::string kColumns =
+      "c.position, c.id, s.id IS NOT NULL, " + detail::session_column_list("s.") +
+      ", r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, r.rotated_at, "
+      "r.expires_at FROM _pylon_change_log AS c LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
+      "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
+  return kColumns;
+}
 
 SessionChange read_change_row(sqlite3_stmt* query) {
   SessionChange change;
@@ -1592,6 +1952,11 @@ class SqliteBackend final : public SessionBackend {
   std::optional<Session> update_data(std::string_view id, std::string_view data) override;
   std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
                                 std::int64_t now) override;
+  std::optional<Authentication> authenticate(std::string_view old_id, std::string_view new_id,
+                                             std::string_view user_id, std::int64_t now,
+                                             std::size_t max_per_user) override;
+  std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) override;
+  std::vector<TenantCount> count_by_tenant(std::int64_t now) override;
   void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
   std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   std::string describe() const override { return shown_path_; }
@@ -1660,6 +2025,9 @@ class SqliteBackend final : public SessionBackend {
   Statement update_data_;
   Statement record_rotated_;
   Statement copy_as_successor_;
+  Statement copy_as_authenticated_;
+  Statement evict_others_beyond_cap_;
+  Statement count_by_tenant_;
   Statement select_rotated_;
   Statement delete_expired_rotated_;
   Statement delete_expired_rotated_batch_;
@@ -1711,6 +2079,9 @@ class SqliteBackend::Use {
   Use& bind(int index, std::int64_t value) {
     return checked(sqlite3_bind_int64(statement_, index, value));
   }
+  Use& bind(int index, const std::optional<std::int64_t>& value) {
+    return value ? bind(index, *value) : checked(sqlite3_bind_null(statement_, index));
+  }
   Use& bind(int index, std::size_t count) {
     return bind(index, static_cast<std::int64_t>(std::min<std::size_t>(count, INT64_MAX)));
   }
@@ -1724,13 +2095,22 @@ class SqliteBackend::Use {
                        : sqlite3_bind_blob(statement_, index, bytes.data(),
                                            static_cast<int>(bytes.size()), SQLITE_STATIC));
   }
-  // Every column of a session, as PYLON_SQLITE_SESSION_COLUMNS lists them, from ?1 to ?11.
+  // Every column of a session, as session_columns() lists them, from ?1 on.
   Use& bind(const Session& session) {
-    bind(1, std::string_view(session.id)).bind(2, std::string_view(session.user_id));
-    bind(3, session.tenant_id).bind(4, session.created_at).bind(5, session.expires_at);
-    bind(6, session.last_seen_at).bind(7, session.absolute_expires_at);
-    bind(8, session.device).bind(9, session.ip).bind_blob(10, session.data);
-    return bind(11, session.idp_session_id);
+    int index = 1;
+    detail::for_each_session_field(
+        session, [this, &index](const detail::SessionColumn& column, const auto& member) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(member)>, std::string>) {
+            if (column.kind == detail::ColumnKind::kBytes) {
+              bind_blob(index++, member);
+              return;
+            }
+            bind(index++, std::string_view(member));
+          } else {
+            bind(index++, member);
+          }
+        });
+    return *this;
   }
 
   // Steps once: true with a row to read, false when the statement is done.
@@ -1937,8 +2317,7 @@ void SqliteBackend::check_schema_version_and_shape() {
   // Each schema version has exactly one shape; version 0 (no migrations table) may hold a table
   // shaped like our version 1, or pylon's.
   const std::vector<std::string> columns = table_columns("_pylon_sessions");
-  if ((applied >= 2 && columns == current_session_columns()) ||
-      (applied <= 1 && columns == version_1_session_columns())) {
+  if (columns == session_columns_at(applied)) {
     // Our statements rely on the primary key (ON CONFLICT (id)) and on the indexes the
     // migrations made; a table without them is not ours, however its columns look.
     check_keys_and_indexes("_pylon_sessions", applied >= 1 ? applied : 0);
@@ -2075,7 +2454,7 @@ void SqliteBackend::set_pragmas(const SqliteOptions& options) {
 void SqliteBackend::verify_table_shape() {
   std::string type;
   if (!table_exists("_pylon_sessions", &type) || type != "table" ||
-      table_columns("_pylon_sessions") != current_session_columns()) {
+      table_columns("_pylon_sessions") != session_columns_at(kLatestSqliteVersion)) {
     throw Error(ErrorCode::kCorruptDatabase,
                 "database " + shown_path_ +
                     " does not have the _pylon_sessions table its schema "
@@ -2168,23 +2547,22 @@ void SqliteBackend::migrate() {
 
 void SqliteBackend::prepare_statements() {
   constexpr unsigned int kPersistent = SQLITE_PREPARE_PERSISTENT;
-  upsert_ = prepare(
-      "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
-      "last_seen_at, absolute_expires_at, device, ip, data, idp_session_id) "
-      "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11) "
-      "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
-      "tenant_id = excluded.tenant_id, created_at = excluded.created_at, "
-      "expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at, "
-      "absolute_expires_at = excluded.absolute_expires_at, device = excluded.device, "
-      "ip = excluded.ip, data = excluded.data, idp_session_id = excluded.idp_session_id",
-      kPersistent);
+  const std::string& columns = session_columns();
+  const std::string returning = " RETURNING " + columns;
+  std::string placeholders;
+  for (std::size_t i = 1; i <= detail::kSessionColumns.size(); ++i) {
+    placeholders.append(i == 1 ? "?" : ", ?").append(std::to_string(i));
+  }
+  upsert_ = prepare(("INSERT INTO _pylon_sessions (" + columns + ") VALUES (" + placeholders +
+                     ") ON CONFLICT (id) DO UPDATE SET " + detail::session_upsert_assignments())
+                        .c_str(),
+                    kPersistent);
   delete_by_id_ = prepare("DELETE FROM _pylon_sessions WHERE id = ?1", kPersistent);
   delete_by_user_ = prepare("DELETE FROM _pylon_sessions WHERE user_id = ?1", kPersistent);
   delete_expired_ = prepare("DELETE FROM _pylon_sessions WHERE expires_at <= ?1", kPersistent);
-  select_all_ =
-      prepare("SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions", kPersistent);
-  select_one_ = prepare(
-      "SELECT " PYLON_SQLITE_SESSION_COLUMNS " FROM _pylon_sessions WHERE id = ?1", kPersistent);
+  select_all_ = prepare(("SELECT " + columns + " FROM _pylon_sessions").c_str(), kPersistent);
+  select_one_ =
+      prepare(("SELECT " + columns + " FROM _pylon_sessions WHERE id = ?1").c_str(), kPersistent);
   delete_expired_batch_ = prepare(
       "DELETE FROM _pylon_sessions WHERE rowid IN "
       "(SELECT rowid FROM _pylon_sessions WHERE expires_at <= ?1 LIMIT ?2)",
@@ -2198,13 +2576,13 @@ void SqliteBackend::prepare_statements() {
       "WHERE user_id = ?1 AND tenant_id IS ?2 ORDER BY created_at DESC, rowid DESC "
       "LIMIT -1 OFFSET ?3) RETURNING id, user_id",
       kPersistent);
-  touch_ = prepare(
-      "UPDATE _pylon_sessions SET last_seen_at = max(last_seen_at, ?2), "
-      "expires_at = max(expires_at, ?3) WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
-      kPersistent);
-  update_data_ = prepare(
-      "UPDATE _pylon_sessions SET data = ?2 WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
-      kPersistent);
+  touch_ = prepare(("UPDATE _pylon_sessions SET last_seen_at = max(last_seen_at, ?2), "
+                    "expires_at = max(expires_at, ?3) WHERE id = ?1" +
+                    returning)
+                       .c_str(),
+                   kPersistent);
+  update_data_ = prepare(("UPDATE _pylon_sessions SET data = ?2 WHERE id = ?1" + returning).c_str(),
+                         kPersistent);
   record_rotated_ = prepare(
       "INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, rotated_at, "
       "expires_at) SELECT id, ?2, user_id, tenant_id, ?3, CASE WHEN absolute_expires_at > 0 "
@@ -2214,11 +2592,31 @@ void SqliteBackend::prepare_statements() {
       "user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
       "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at",
       kPersistent);
-  copy_as_successor_ = prepare(
-      "INSERT INTO _pylon_sessions (" PYLON_SQLITE_SESSION_COLUMNS
-      ") SELECT ?2, user_id, "
-      "tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, "
-      "idp_session_id FROM _pylon_sessions WHERE id = ?1 RETURNING " PYLON_SQLITE_SESSION_COLUMNS,
+  // A rotation's successor: the stored row, every column, under the new id ?2.
+  copy_as_successor_ = prepare(("INSERT INTO _pylon_sessions (" + columns + ") SELECT " +
+                                detail::session_column_list_replacing({{"id", "?2"}}) +
+                                " FROM _pylon_sessions WHERE id = ?1" + returning)
+                                   .c_str(),
+                               kPersistent);
+  // The successor of a sign-in: the copy above, with the user and the time they proved it.
+  copy_as_authenticated_ =
+      prepare(("INSERT INTO _pylon_sessions (" + columns + ") SELECT " +
+               detail::session_column_list_replacing(
+                   {{"id", "?2"}, {"user_id", "?3"}, {"authenticated_at", "?4"}}) +
+               " FROM _pylon_sessions WHERE id = ?1" + returning)
+                  .c_str(),
+              kPersistent);
+  // evict_beyond_cap_ that spares the signed-in row ?4 and keeps ?3 others.
+  evict_others_beyond_cap_ = prepare(
+      "DELETE FROM _pylon_sessions WHERE rowid IN (SELECT rowid FROM _pylon_sessions "
+      "WHERE user_id = ?1 AND tenant_id IS ?2 AND id <> ?4 ORDER BY created_at DESC, rowid DESC "
+      "LIMIT -1 OFFSET ?3) RETURNING id, user_id",
+      kPersistent);
+  // NULL sorts first in SQLite, and text in byte order (BINARY): as PostgreSQL's COLLATE "C"
+  // with NULLS FIRST.
+  count_by_tenant_ = prepare(
+      "SELECT tenant_id, count(*), sum(user_id = '') FROM _pylon_sessions WHERE expires_at > ?1 "
+      "GROUP BY tenant_id ORDER BY tenant_id",
       kPersistent);
   select_rotated_ =
       prepare("SELECT " PYLON_SQLITE_ROTATED_COLUMNS " FROM _pylon_rotated_ids", kPersistent);
@@ -2233,10 +2631,12 @@ void SqliteBackend::prepare_statements() {
       "SELECT max(coalesce((SELECT max(position) FROM _pylon_change_log), 0), "
       "(SELECT pruned_through FROM _pylon_change_log_state))",
       kPersistent);
-  changes_after_ = prepare("SELECT " PYLON_SQLITE_CHANGE_COLUMNS
-                           " WHERE c.position > ?1 ORDER BY c.position LIMIT ?2",
-                           kPersistent);
-  change_at_ = prepare("SELECT " PYLON_SQLITE_CHANGE_COLUMNS " WHERE c.position = ?1", kPersistent);
+  changes_after_ =
+      prepare(("SELECT " + change_columns() + " WHERE c.position > ?1 ORDER BY c.position LIMIT ?2")
+                  .c_str(),
+              kPersistent);
+  change_at_ =
+      prepare(("SELECT " + change_columns() + " WHERE c.position = ?1").c_str(), kPersistent);
   pruned_through_ = prepare("SELECT pruned_through FROM _pylon_change_log_state", kPersistent);
   has_prunable_ = prepare(
       "SELECT EXISTS (SELECT 1 FROM _pylon_change_log "
@@ -2322,6 +2722,7 @@ std::vector<RemovedSession> SqliteBackend::insert_new(const std::vector<Session>
       if (!seen) owners.push_back(&session);
     }
     for (const Session* owner : owners) {
+      if (owner->is_anonymous()) continue;  // anonymous sessions count against no cap
       std::vector<RemovedSession> removed = Use(*this, evict_beyond_cap_, action)
                                                 .bind(1, std::string_view(owner->user_id))
                                                 .bind(2, owner->tenant_id)
@@ -2385,13 +2786,106 @@ std::optional<Session> SqliteBackend::rotate(std::string_view old_id, std::strin
   return successor;
 }
 
+// A sign-in is rotate() whose successor takes the user: the checks, the rotated-id record, the
+// copy, the delete of the old row and the evictions the user's cap asks for commit together.
+std::optional<Authentication> SqliteBackend::authenticate(std::string_view old_id,
+                                                          std::string_view new_id,
+                                                          std::string_view user_id,
+                                                          std::int64_t now,
+                                                          std::size_t max_per_user) {
+  detail::check_rotation_ids(old_id, new_id);
+  detail::check_signing_in_user(user_id);
+  const char* action = "cannot sign a user in to a session in";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Transaction transaction(*this, action);
+  const std::optional<Session> current =
+      Use(*this, select_one_, action).bind(1, old_id).session_row();
+  if (!current || current->expires_at <= now) return std::nullopt;
+  detail::check_may_sign_in(*current, user_id);
+  Use(*this, record_rotated_, action).bind(1, old_id).bind(2, new_id).bind(3, now).run();
+  Authentication signed_in;
+  std::optional<Session> successor = Use(*this, copy_as_authenticated_, action)
+                                         .bind(1, old_id)
+                                         .bind(2, new_id)
+                                         .bind(3, user_id)
+                                         .bind(4, now)
+                                         .session_row();
+  if (!successor) return std::nullopt;
+  signed_in.session = *std::move(successor);
+  Use(*this, delete_by_id_, action).bind(1, old_id).run();
+  if (max_per_user > 0) {
+    signed_in.evicted = Use(*this, evict_others_beyond_cap_, action)
+                            .bind(1, user_id)
+                            .bind(2, signed_in.session.tenant_id)
+                            .bind(3, max_per_user - 1)
+                            .bind(4, new_id)
+                            .removed_rows();
+  }
+  transaction.commit();
+  return signed_in;
+}
+
+// Built per call from the fields the query sets (an administrator's listing is rare; a statement
+// per combination would be 256 of them). Keyset paging on the primary key: `id > ?` then ORDER BY
+// id walks the key's index, whatever else is filtered.
+std::vector<Session> SqliteBackend::list_page(const SessionQuery& query, std::int64_t now) {
+  detail::check_session_query(query);
+  std::string sql = "SELECT " + session_columns() + " FROM _pylon_sessions WHERE expires_at > ?1";
+  int next = 2;
+  const auto condition = [&sql, &next](bool set, const char* clause) {
+    if (set) sql.append(" AND ").append(clause).append(" ?").append(std::to_string(next++));
+  };
+  condition(!query.after.empty(), "id >");
+  condition(query.tenant_id.has_value(), "tenant_id =");
+  condition(query.user_id.has_value(), "user_id =");
+  condition(query.device.has_value(), "device =");
+  condition(query.created_since.has_value(), "created_at >=");
+  condition(query.created_before.has_value(), "created_at <");
+  condition(query.last_seen_since.has_value(), "last_seen_at >=");
+  condition(query.last_seen_before.has_value(), "last_seen_at <");
+  sql.append(" ORDER BY id LIMIT ?").append(std::to_string(next));
+  const char* action = "cannot list sessions in";
+  const std::lock_guard<std::mutex> lock(mutex_);
+  const Statement statement = prepare(sql.c_str(), 0, action);
+  Use use(*this, statement, action);
+  use.bind(1, now);
+  int index = 2;
+  if (!query.after.empty()) use.bind(index++, std::string_view(query.after));
+  for (const std::optional<std::string>* text : {&query.tenant_id, &query.user_id, &query.device}) {
+    if (*text) use.bind(index++, std::string_view(**text));
+  }
+  for (const std::optional<std::int64_t>* time :
+       {&query.created_since, &query.created_before, &query.last_seen_since,
+        &query.last_seen_before}) {
+    if (*time) use.bind(index++, **time);
+  }
+  use.bind(index, query.limit);
+  std::vector<Session> page;
+  while (use.next_row()) read_session_row(use.get(), page.emplace_back());
+  return page;
+}
+
+std::vector<TenantCount> SqliteBackend::count_by_tenant(std::int64_t now) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Use use(*this, count_by_tenant_, "cannot count sessions in");
+  use.bind(1, now);
+  std::vector<TenantCount> counts;
+  while (use.next_row()) {
+    TenantCount& count = counts.emplace_back();
+    assign_column_optional_text(use.get(), 0, count.tenant_id);
+    count.sessions = static_cast<std::size_t>(sqlite3_column_int64(use.get(), 1));
+    count.anonymous = static_cast<std::size_t>(sqlite3_column_int64(use.get(), 2));
+  }
+  return counts;
+}
+
 // One DELETE per combination of set fields, so every one is a plain indexed equality (an
 // `?1 IS NULL OR user_id = ?1` form would keep SQLite from using the indexes).
 std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& filter) {
-  if (!filter.id && !filter.user_id && !filter.idp_session_id) {
+  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
     throw Error(ErrorCode::kInvalidArgument,
-                "remove_matching needs an id, a user_id or an idp_session_id: an empty filter "
-                "would delete every session");
+                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
+                "empty filter would delete every session");
   }
   const std::array<std::pair<const std::optional<std::string>*, const char*>, 5> fields = {{
       {&filter.id, "id = ?"},
@@ -3504,6 +3998,13 @@ class CondVar {
     condition_.wait(lock);
     lock.release();
   }
+  // Waits until `done()` is true; `done` runs with the mutex held.
+  template <typename Predicate>
+  void wait(Predicate done) NO_THREAD_SAFETY_ANALYSIS {
+    std::unique_lock<std::mutex> lock(mutex_.mutex_, std::adopt_lock);
+    condition_.wait(lock, done);
+    lock.release();
+  }
   template <typename Rep, typename Period, typename Predicate>
   bool wait_for(std::chrono::duration<Rep, Period> timeout,
                 Predicate done) NO_THREAD_SAFETY_ANALYSIS {
@@ -4138,7 +4639,6 @@ class Reaper {
 
 #include <array>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <exception>
@@ -4193,7 +4693,8 @@ class SessionCache {
   Found find_token(const SessionDigest& id, std::int64_t at, Session* out) const;
   // The live session, copied.
   std::optional<Session> find_live(const SessionDigest& id, std::int64_t at) const;
-  // Every cached session of the user, expired ones included, in no particular order.
+  // Every cached session of the user, expired ones included, in no particular order. Anonymous
+  // sessions belong to no user: of_user("") is empty, and users() does not count them.
   std::vector<Session> of_user(std::string_view user_id) const;
   // A cached session as with_idp_session() names it: its id and its user.
   struct SessionOfUser {
@@ -4204,6 +4705,8 @@ class SessionCache {
   // scan of every session: back-channel logouts are rare.
   std::vector<SessionOfUser> with_idp_session(std::string_view idp_session_id,
                                               const std::optional<std::string>& tenant) const;
+  // Every cached session of the tenant. A scan of every session: revoking a tenant is rare.
+  std::vector<SessionOfUser> in_tenant(std::string_view tenant) const;
   std::size_t size() const noexcept { return size_.load(std::memory_order_relaxed); }
   std::size_t users() const;
 
@@ -4250,7 +4753,7 @@ class SessionCache {
     Loader& operator=(Loader&&) = delete;
 
     void add(const Session& session);
-    void finish();
+    void finish() EXCLUDES(queue_mutex_);
 
    private:
     static constexpr std::size_t kBatch = 1024;
@@ -4262,9 +4765,9 @@ class SessionCache {
     };
 
     void insert_rows(Batch* batch);
-    void hand_off();
-    void inserter_loop() noexcept;
-    void stop_inserter() noexcept;
+    void hand_off() EXCLUDES(queue_mutex_);
+    void inserter_loop() noexcept EXCLUDES(queue_mutex_);
+    void stop_inserter() noexcept EXCLUDES(queue_mutex_);
 
     SessionCache& cache_;
     std::unique_lock<SharedMutex> users_lock_;
@@ -4272,14 +4775,15 @@ class SessionCache {
     Batch batch_;                   // being filled by add()
     std::vector<Pending> pending_;  // the entries of one batch, on their way in (insert_rows)
 
-    std::mutex queue_mutex_;
-    std::condition_variable queue_filled_;
-    std::condition_variable queue_drained_;
-    std::deque<Batch> queue_;     // full batches, oldest first; guarded by queue_mutex_
-    std::vector<Batch> spare_;    // inserted batches, for add() to reuse; guarded by queue_mutex_
-    bool closing_ = false;        // guarded by queue_mutex_
-    std::exception_ptr failure_;  // guarded by queue_mutex_
-    std::thread inserter_;        // last: joined before the members above go
+    // The hand-over between add() and the inserter.
+    Mutex queue_mutex_;
+    CondVar queue_filled_{queue_mutex_};
+    CondVar queue_drained_{queue_mutex_};
+    std::deque<Batch> queue_ GUARDED_BY(queue_mutex_);   // full batches, oldest first
+    std::vector<Batch> spare_ GUARDED_BY(queue_mutex_);  // inserted batches, for add() to reuse
+    bool closing_ GUARDED_BY(queue_mutex_) = false;
+    std::exception_ptr failure_ GUARDED_BY(queue_mutex_);
+    std::thread inserter_;  // last: joined before the members above go
   };
 
  private:
@@ -4720,6 +5224,8 @@ void check_store_options(const StoreOptions& options) {
               "milliseconds");
   check_range("change_log_retention", options.change_log_retention.count(), 60, 30 * kDay,
               "seconds");
+  check_range("max_absolute_ttl", options.max_absolute_ttl.count(), 1, kHundredYears, "seconds");
+  check_range("max_idle_timeout", options.max_idle_timeout.count(), 1, kHundredYears, "seconds");
   const auto count = [](std::size_t value) {
     return static_cast<std::int64_t>(
         std::min<std::size_t>(value, std::numeric_limits<std::int64_t>::max()));
@@ -4812,7 +5318,16 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   Impl(Impl&&) = delete;
   Impl& operator=(Impl&&) = delete;
 
+  // create() and create_anonymous(): `user_id` is checked by the caller ("" for anonymous).
   NewSession create(std::string_view user_id, CreateOptions options);
+  // attach_user() with a user, reauthenticate() without.
+  std::optional<NewSession> sign_in(std::string_view token,
+                                    std::optional<std::string_view> user_id);
+  std::optional<Session> extend(std::string_view token);
+  bool authenticated_within(const Session& session, std::chrono::seconds window) const;
+  SessionPage list_sessions(SessionQuery query) const;
+  std::vector<TenantCount> count_by_tenant() const;
+  std::size_t revoke_tenant(std::string_view tenant_id);
   std::optional<Session> validate(std::string_view token);
   std::optional<Session> find(std::string_view id);
   bool revoke_id(std::string_view id);
@@ -4875,8 +5390,14 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   // writes (a revoke between the read and the cache update would bring the session back here).
   std::optional<Session> look_up_miss(const std::string& id, std::int64_t at, bool slide)
       EXCLUDES(writes_.mutex());
-  // The idle slide of a live cached session, written when touch_interval has passed.
-  std::optional<Session> touch(const std::string& id, std::int64_t at) EXCLUDES(writes_.mutex());
+  // The idle slide of a live cached session, written when touch_interval has passed, or at once
+  // when `forced` (extend()).
+  std::optional<Session> touch(const std::string& id, std::int64_t at, bool forced = false)
+      EXCLUDES(writes_.mutex());
+  // The idle timeout a session slides by: its own (CreateOptions::idle_timeout), else the store's.
+  std::int64_t idle_timeout_of(const Session& session) const {
+    return session.idle_timeout_seconds.value_or(options_.idle_timeout.count());
+  }
   // The session an old token stands for within rotation_grace: its chain's last successor, slid
   // as validate() slides any session; nullopt if that is gone.
   std::optional<Session> successor_in_grace(const RotatedId& rotated, std::int64_t at)
@@ -5051,6 +5572,10 @@ std::vector<std::string> SessionStore::Impl::cached_ids_matching(
          cache_.with_idp_session(*filter.idp_session_id, filter.tenant_id)) {
       if (!filter.except_id || match.id != *filter.except_id) ids.push_back(std::move(match.id));
     }
+  } else if (filter.tenant_id) {
+    for (detail::SessionCache::SessionOfUser& match : cache_.in_tenant(*filter.tenant_id)) {
+      if (!filter.except_id || match.id != *filter.except_id) ids.push_back(std::move(match.id));
+    }
   }
   return ids;
 }
@@ -5085,9 +5610,20 @@ std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFil
   return removed;
 }
 
-// A new session of `user_id`, checked and stamped, not yet stored.
+// A session's own lifetime (CreateOptions), in seconds: from 1 to the store's maximum.
+std::int64_t own_lifetime(const char* option, std::chrono::seconds value, std::chrono::seconds max,
+                          const char* max_option) {
+  if (value.count() < 1 || value > max) {
+    throw Error(ErrorCode::kInvalidArgument,
+                std::string("CreateOptions::") + option + " is " + std::to_string(value.count()) +
+                    " seconds, outside its range of 1 to " + std::to_string(max.count()) +
+                    " (StoreOptions::" + max_option + "); nothing was stored");
+  }
+  return value.count();
+}
+
+// A new session of `user_id` ("" for an anonymous one), checked and stamped, not yet stored.
 Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions options) const {
-  if (user_id.empty()) throw Error(ErrorCode::kInvalidArgument, "user_id must not be empty");
   detail::check_text_field(detail::kUserIdField, user_id);
   detail::check_optional_text_field(detail::kTenantIdField, options.tenant_id);
   detail::check_optional_text_field(detail::kDeviceField, options.device);
@@ -5106,7 +5642,19 @@ Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions 
                     " bytes, over the limit of " + std::to_string(options_.max_data_bytes) +
                     " (StoreOptions::max_data_bytes); nothing was stored");
   }
+  // A session may always have what the store gives every session.
+  const std::int64_t absolute_ttl =
+      options.absolute_ttl
+          ? own_lifetime("absolute_ttl", *options.absolute_ttl,
+                         std::max(options_.max_absolute_ttl, options_.absolute_ttl),
+                         "max_absolute_ttl")
+          : options_.absolute_ttl.count();
   Session session;
+  if (options.idle_timeout) {
+    session.idle_timeout_seconds = own_lifetime(
+        "idle_timeout", *options.idle_timeout,
+        std::max(options_.max_idle_timeout, options_.idle_timeout), "max_idle_timeout");
+  }
   session.user_id = std::string(user_id);
   session.tenant_id = std::move(options.tenant_id);
   session.device = std::move(options.device);
@@ -5118,11 +5666,11 @@ Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions 
   const std::int64_t at = now();
   session.created_at = at;
   session.last_seen_at = at;
-  session.absolute_expires_at = saturating_add(at, options_.absolute_ttl.count());
-  session.expires_at =
-      options_.idle_timeout.count() > 0
-          ? std::min(session.absolute_expires_at, saturating_add(at, options_.idle_timeout.count()))
-          : session.absolute_expires_at;
+  session.authenticated_at = session.is_anonymous() ? 0 : at;
+  session.absolute_expires_at = saturating_add(at, absolute_ttl);
+  const std::int64_t idle = idle_timeout_of(session);
+  session.expires_at = idle > 0 ? std::min(session.absolute_expires_at, saturating_add(at, idle))
+                                : session.absolute_expires_at;
   return session;
 }
 
@@ -5210,17 +5758,19 @@ void SessionStore::Impl::commit_creates(const std::vector<CreateQueue::Writer*>&
 // thread meanwhile. Storage moves only last_seen_at and expires_at, never back
 // (SessionBackend::touch), and returns the row it holds, which the cache then takes: data
 // another store updated comes along.
-std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at) {
+std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at,
+                                                 bool forced) {
   const MutexLock lock(writes_.mutex());
   std::optional<Session> current = live_copy(id, at);
   if (!current) return std::nullopt;
-  if (saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) return current;
+  if (!forced && saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) {
+    return current;
+  }
   const std::int64_t cap =
       current->absolute_expires_at > 0 ? current->absolute_expires_at : current->expires_at;
+  const std::int64_t idle = idle_timeout_of(*current);
   const std::int64_t slid_expiry =
-      options_.idle_timeout.count() > 0
-          ? std::min(cap, saturating_add(at, options_.idle_timeout.count()))
-          : current->expires_at;
+      idle > 0 ? std::min(cap, saturating_add(at, idle)) : current->expires_at;
   writes_.settle();
   std::optional<Session> stored =
       writes_.run_in_doubt({id}, [&] { return backend_->touch(id, at, slid_expiry); });
@@ -5367,6 +5917,7 @@ bool SessionStore::Impl::revoke_id(std::string_view id) {
 std::size_t SessionStore::Impl::revoke_user(std::string_view user_id,
                                             const std::optional<std::string>& tenant) {
   if (tenant) detail::check_text_field(detail::kTenantIdField, *tenant);
+  if (user_id.empty()) return 0;  // anonymous sessions have no user to sign out
   if (options_.tenant_id && tenant && tenant != options_.tenant_id) return 0;  // not ours
   SessionFilter filter;
   filter.user_id = std::string(user_id);
@@ -5377,7 +5928,7 @@ std::size_t SessionStore::Impl::revoke_user(std::string_view user_id,
 std::size_t SessionStore::Impl::revoke_others(std::string_view token) {
   if (!is_well_formed_token(token)) return 0;
   const std::optional<Session> current = live_copy(session_id_for_token(token), now());
-  if (!current) return 0;
+  if (!current || current->is_anonymous()) return 0;  // an anonymous session has no others
   SessionFilter filter;
   filter.user_id = current->user_id;
   filter.tenant_id = options_.tenant_id;
@@ -5436,6 +5987,126 @@ std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
   emit(SessionEvent::of_session(SessionEventType::kRotated, old_id, rotated.session.user_id,
                                 rotated.session.id));
   return rotated;
+}
+
+// attach_user() and reauthenticate(): rotate() whose successor storage also gives the user and
+// authenticated_at = now, with the evictions the user's cap asks for, in one transaction
+// (SessionBackend::authenticate). The cache then takes what storage returned, as for rotate().
+std::optional<NewSession> SessionStore::Impl::sign_in(std::string_view token,
+                                                      std::optional<std::string_view> user_id) {
+  if (user_id) detail::check_signing_in_user(*user_id);
+  if (!is_well_formed_token(token)) return std::nullopt;
+  const std::string old_id = session_id_for_token(token);
+  const std::size_t cap = options_.max_sessions_per_user;
+  NewSession signed_in;
+  std::vector<RemovedSession> evicted;
+  std::string old_user;
+  {
+    const MutexLock lock(writes_.mutex());
+    const std::int64_t at = now();
+    const std::optional<Session> current = live_copy(old_id, at);
+    if (!current) return std::nullopt;
+    if (!user_id && current->is_anonymous()) {
+      throw Error(ErrorCode::kInvalidArgument,
+                  "reauthenticate needs a session with a user; this one is anonymous (sign the "
+                  "user in with attach_user())");
+    }
+    const std::string user = user_id ? std::string(*user_id) : current->user_id;
+    detail::check_may_sign_in(*current, user);
+    old_user = current->user_id;
+    signed_in.token = generate_token();
+    const std::string new_id = session_id_for_token(signed_in.token);
+    std::vector<std::string> in_doubt = {old_id, new_id};
+    if (cap > 0) {
+      SessionFilter same_owner;
+      same_owner.user_id = user;
+      for (std::string& id : cached_ids_matching(same_owner)) in_doubt.push_back(std::move(id));
+    }
+    writes_.settle();
+    std::optional<Authentication> stored = writes_.run_in_doubt(
+        in_doubt, [&] { return backend_->authenticate(old_id, new_id, user, at, cap); });
+    cache_.erase(std::string_view(old_id));
+    if (!stored) return std::nullopt;  // revoked or expired in storage meanwhile
+    evicted = std::move(stored->evicted);
+    for (const RemovedSession& row : evicted) cache_.erase(std::string_view(row.id));
+    std::optional<Session> successor = cache_stored(new_id, std::move(stored->session), at);
+    if (successor) {
+      signed_in.session = *std::move(successor);
+      rotated_ids_.remember({old_id, new_id, old_user, signed_in.session.tenant_id, at,
+                             signed_in.session.absolute_expires_at > 0
+                                 ? signed_in.session.absolute_expires_at
+                                 : signed_in.session.expires_at});
+    }
+  }
+  for (const RemovedSession& row : evicted) {
+    emit(SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
+  }
+  // Stored, but not a session this store may hand out (out of scope, or unstorable bytes written
+  // by something else): the old token is gone either way.
+  if (signed_in.session.id.empty()) return std::nullopt;
+  emit(SessionEvent::of_session(
+      user_id ? SessionEventType::kUserAttached : SessionEventType::kReauthenticated, old_id,
+      signed_in.session.user_id, signed_in.session.id));
+  return signed_in;
+}
+
+std::optional<Session> SessionStore::Impl::extend(std::string_view token) {
+  if (!is_well_formed_token(token)) return std::nullopt;
+  std::optional<Session> extended = touch(session_id_for_token(token), now(), /*forced=*/true);
+  if (extended) {
+    emit(SessionEvent::of_session(SessionEventType::kExtended, extended->id, extended->user_id));
+  }
+  return extended;
+}
+
+bool SessionStore::Impl::authenticated_within(const Session& session,
+                                              std::chrono::seconds window) const {
+  if (window.count() < 0) {
+    throw Error(ErrorCode::kInvalidArgument, "authenticated_within: the window is " +
+                                                 std::to_string(window.count()) +
+                                                 " seconds; it must not be negative");
+  }
+  if (session.is_anonymous() || session.authenticated_at <= 0) return false;
+  return saturating_add(session.authenticated_at, window.count()) >= now();
+}
+
+// Read from storage, not the cache: the listing includes every other store's sessions. A store
+// scoped to a tenant lists its own tenant's only.
+SessionPage SessionStore::Impl::list_sessions(SessionQuery query) const {
+  detail::check_session_query(query);
+  SessionPage page;
+  if (options_.tenant_id) {
+    if (query.tenant_id && query.tenant_id != options_.tenant_id) return page;  // not ours
+    query.tenant_id = options_.tenant_id;
+  }
+  page.sessions = backend_->list_page(query, now());
+  if (page.sessions.size() >= query.limit) page.next_cursor = page.sessions.back().id;
+  return page;
+}
+
+std::vector<TenantCount> SessionStore::Impl::count_by_tenant() const {
+  std::vector<TenantCount> counts = backend_->count_by_tenant(now());
+  if (options_.tenant_id) {
+    counts.erase(std::remove_if(counts.begin(), counts.end(),
+                                [this](const TenantCount& count) {
+                                  return count.tenant_id != options_.tenant_id;
+                                }),
+                 counts.end());
+  }
+  return counts;
+}
+
+std::size_t SessionStore::Impl::revoke_tenant(std::string_view tenant_id) {
+  detail::check_text_field(detail::kTenantIdField, tenant_id);
+  if (options_.tenant_id && tenant_id != *options_.tenant_id) return 0;  // not ours
+  SessionFilter filter;
+  filter.tenant_id = std::string(tenant_id);
+  const std::size_t removed = revoke_matching(filter).size();
+  SessionEvent event =
+      SessionEvent::with_detail(SessionEventType::kTenantRevoked, std::string(tenant_id));
+  event.count = removed;
+  emit(event);
+  return removed;
 }
 
 std::optional<Session> SessionStore::Impl::update_data(std::string_view token, std::string data) {
@@ -5586,7 +6257,32 @@ SessionStore& SessionStore::operator=(SessionStore&& other) noexcept = default;
 SessionStore::~SessionStore() = default;
 
 NewSession SessionStore::create(std::string_view user_id, CreateOptions options) {
+  if (user_id.empty()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "user_id must not be empty (a session without a user: create_anonymous())");
+  }
   return impl_->create(user_id, std::move(options));
+}
+NewSession SessionStore::create_anonymous(CreateOptions options) {
+  return impl_->create({}, std::move(options));
+}
+std::optional<NewSession> SessionStore::attach_user(std::string_view token,
+                                                    std::string_view user_id) {
+  return impl_->sign_in(token, user_id);
+}
+std::optional<NewSession> SessionStore::reauthenticate(std::string_view token) {
+  return impl_->sign_in(token, std::nullopt);
+}
+bool SessionStore::authenticated_within(const Session& session, std::chrono::seconds window) const {
+  return impl_->authenticated_within(session, window);
+}
+std::optional<Session> SessionStore::extend(std::string_view token) { return impl_->extend(token); }
+SessionPage SessionStore::list_sessions(const SessionQuery& query) const {
+  return impl_->list_sessions(query);
+}
+std::vector<TenantCount> SessionStore::count_by_tenant() const { return impl_->count_by_tenant(); }
+std::size_t SessionStore::revoke_tenant(std::string_view tenant_id) {
+  return impl_->revoke_tenant(tenant_id);
 }
 std::optional<Session> SessionStore::validate(std::string_view token) {
   return impl_->validate(token);
@@ -5648,62 +6344,112 @@ StoreStats SessionStore::stats() const { return impl_->stats(); }
 #include <type_traits>
 #include <utility>
 
+
 namespace pylon::detail {
 
 // ------------------------------------------------------------------------------------------------
 // Entry: one session in one allocation
 //
-// The header below, then the bytes of the text fields and data, one after the other in the order
-// of Field (optional ones only when set). Immutable once built, but for the user links: a change
-// to a session is a new Entry swapped in under the locks, so a reader holding either lock reads a
-// whole session.
+// The header below, then the bytes of the text and byte fields, one after the other in the order
+// of kSessionColumns (optional ones only when set). Which member goes where follows the one table
+// of columns (internal/session_row.hpp): the id is kept as its digest, every integer column in
+// `integers`, every text or byte column in the bytes. Immutable once built, but for the user
+// links: a change to a session is a new Entry swapped in under the locks, so a reader holding
+// either lock reads a whole session.
 // ------------------------------------------------------------------------------------------------
 
+namespace {
+
+constexpr std::size_t kColumns = kSessionColumns.size();
+constexpr std::size_t kIdColumn = session_column_index("id");
+
+constexpr bool is_integer_column(std::size_t column) {
+  return kSessionColumns[column].kind == ColumnKind::kInteger;
+}
+
+// Where column c lives: its index among the integer columns, or among the byte-stored ones.
+constexpr std::array<std::size_t, kColumns> kSlotOf = [] {
+  std::array<std::size_t, kColumns> slots{};
+  std::size_t integers = 0;
+  std::size_t texts = 0;
+  for (std::size_t c = 0; c < kColumns; ++c) {
+    if (c == kIdColumn) continue;
+    slots[c] = is_integer_column(c) ? integers++ : texts++;
+  }
+  return slots;
+}();
+constexpr std::size_t kIntegerSlots = [] {
+  std::size_t count = 0;
+  for (std::size_t c = 0; c < kColumns; ++c)
+    if (is_integer_column(c)) ++count;
+  return count;
+}();
+constexpr std::size_t kTextSlots = kColumns - kIntegerSlots - 1;  // all but the id
+static_assert(kColumns <= 32, "Entry::present has a bit per column");
+
+std::size_t column_of(const SessionColumn& column) noexcept {
+  return static_cast<std::size_t>(&column - kSessionColumns.data());
+}
+
+}  // namespace
+
 struct SessionCache::Entry {
-  enum Field : std::size_t { kUserId, kTenantId, kDevice, kIp, kData, kIdpSessionId, kFields };
+  // The slots the cache itself reads.
+  static constexpr std::size_t kUserId = kSlotOf[session_column_index("user_id")];
+  static constexpr std::size_t kTenantId = kSlotOf[session_column_index("tenant_id")];
+  static constexpr std::size_t kIdpSessionId = kSlotOf[session_column_index("idp_session_id")];
+  static constexpr std::size_t kExpiresAt = kSlotOf[session_column_index("expires_at")];
 
   SessionDigest id{};
   // The user's sessions form a list through their entries; user_heads_ points at its head.
   Entry* user_previous = nullptr;
   Entry* user_next = nullptr;
-  std::int64_t created_at = 0;
-  std::int64_t expires_at = 0;
-  std::int64_t last_seen_at = 0;
-  std::int64_t absolute_expires_at = 0;
-  std::array<std::uint32_t, kFields> sizes{};
-  std::uint8_t present = 0;  // bit f: optional field f is set
+  std::array<std::int64_t, kIntegerSlots> integers{};
+  std::array<std::uint32_t, kTextSlots> sizes{};
+  std::uint32_t present = 0;  // bit c: nullable column c is set
 
   const char* bytes() const noexcept {
     // The field bytes are allocated right behind the header (make_pending).
     // NOLINTNEXTLINE(*-reinterpret-cast,*-pointer-arithmetic)
     return reinterpret_cast<const char*>(this + 1);
   }
-  std::string_view field(Field which) const noexcept {
+  std::string_view field(std::size_t slot) const noexcept {
     std::size_t offset = 0;
-    for (std::size_t i = 0; i < which; ++i) offset += sizes[i];
-    return {bytes() + offset, sizes[which]};  // NOLINT(*-pointer-arithmetic)
+    for (std::size_t i = 0; i < slot; ++i) offset += sizes[i];
+    return {bytes() + offset, sizes[slot]};  // NOLINT(*-pointer-arithmetic)
   }
-  bool has(Field which) const noexcept { return (present & (1U << which)) != 0; }
-  void copy_optional(Field which, std::optional<std::string>* out) const {
-    if (has(which)) {
-      out->emplace(field(which));
-    } else {
-      out->reset();
-    }
+  bool has_column(std::size_t column) const noexcept { return (present & (1U << column)) != 0; }
+  bool has_tenant() const noexcept { return has_column(session_column_index("tenant_id")); }
+  bool has_idp_session() const noexcept {
+    return has_column(session_column_index("idp_session_id"));
   }
+  std::int64_t expires_at() const noexcept { return integers[kExpiresAt]; }
+
   // Assigns rather than constructs, so a Session that is reused keeps its buffers.
   void copy_to(Session* out) const {
-    out->id = session_id_of(id);
-    out->user_id.assign(field(kUserId));
-    copy_optional(kTenantId, &out->tenant_id);
-    out->created_at = created_at;
-    out->expires_at = expires_at;
-    out->last_seen_at = last_seen_at;
-    copy_optional(kDevice, &out->device);
-    copy_optional(kIp, &out->ip);
-    out->data.assign(field(kData));
-    out->absolute_expires_at = absolute_expires_at;
-    copy_optional(kIdpSessionId, &out->idp_session_id);
+    for_each_session_field(*out, [this](const SessionColumn& column, auto& member) {
+      using Member = std::decay_t<decltype(member)>;
+      const std::size_t c = column_of(column);
+      if constexpr (std::is_same_v<Member, std::int64_t>) {
+        member = integers[kSlotOf[c]];
+      } else if constexpr (std::is_same_v<Member, std::optional<std::int64_t>>) {
+        if (has_column(c)) {
+          member = integers[kSlotOf[c]];
+        } else {
+          member.reset();
+        }
+      } else if constexpr (std::is_same_v<Member, std::optional<std::string>>) {
+        if (has_column(c)) {
+          member.emplace(field(kSlotOf[c]));
+        } else {
+          member.reset();
+        }
+      } else if (c == kIdColumn) {
+        member = session_id_of(id);
+      } else {
+        member.assign(field(kSlotOf[c]));
+      }
+    });
   }
 };
 
@@ -5717,43 +6463,51 @@ SessionCache::Pending SessionCache::make_pending(const Session& session) {
   if (!parse_session_id(session.id, &id)) {
     throw Error(ErrorCode::kInternal, "the session cache was given a malformed session id");
   }
-  const std::array<const std::string*, Entry::kFields> values = {
-      &session.user_id,
-      session.tenant_id ? &*session.tenant_id : nullptr,
-      session.device ? &*session.device : nullptr,
-      session.ip ? &*session.ip : nullptr,
-      &session.data,
-      session.idp_session_id ? &*session.idp_session_id : nullptr};
-  std::array<std::uint32_t, Entry::kFields> sizes{};
-  std::uint8_t present = 0;
+  // The header first, then the bytes of the text fields, in slot order.
+  Entry header;
+  std::array<const std::string*, kTextSlots> texts{};
   std::size_t total = 0;
-  for (std::size_t i = 0; i < Entry::kFields; ++i) {
-    if (values[i] == nullptr) continue;
-    if (values[i]->size() > std::numeric_limits<std::uint32_t>::max()) {
-      throw Error(ErrorCode::kInvalidArgument, "a session field is larger than 4 GiB");
+  for_each_session_field(session, [&](const SessionColumn& column, const auto& member) {
+    using Member = std::decay_t<decltype(member)>;
+    const std::size_t c = column_of(column);
+    if constexpr (std::is_same_v<Member, std::int64_t>) {
+      header.integers[kSlotOf[c]] = member;
+    } else if constexpr (std::is_same_v<Member, std::optional<std::int64_t>>) {
+      if (member) {
+        header.integers[kSlotOf[c]] = *member;
+        header.present |= 1U << c;
+      }
+    } else {
+      const std::string* text = nullptr;
+      if constexpr (std::is_same_v<Member, std::optional<std::string>>) {
+        if (member) {
+          text = &*member;
+          header.present |= 1U << c;
+        }
+      } else if (c != kIdColumn) {
+        text = &member;
+      }
+      if (text == nullptr) return;
+      if (text->size() > std::numeric_limits<std::uint32_t>::max()) {
+        throw Error(ErrorCode::kInvalidArgument, "a session field is larger than 4 GiB");
+      }
+      texts[kSlotOf[c]] = text;
+      header.sizes[kSlotOf[c]] = static_cast<std::uint32_t>(text->size());
+      total += text->size();
     }
-    sizes[i] = static_cast<std::uint32_t>(values[i]->size());
-    present = static_cast<std::uint8_t>(present | (1U << i));
-    total += values[i]->size();
-  }
+  });
   // One allocation, the header's size plus the field bytes: operator new's alignment suits the
   // header, and the bytes need none.
   static_assert(alignof(Entry) <= __STDCPP_DEFAULT_NEW_ALIGNMENT__);
-  OwnedEntry entry(new (::operator new(sizeof(Entry) + total)) Entry);
+  OwnedEntry entry(new (::operator new(sizeof(Entry) + total)) Entry(header));
   char* bytes = const_cast<char*>(entry->bytes());  // NOLINT(*-const-cast): ours, just allocated
-  for (const std::string* value : values) {
-    if (value == nullptr) continue;
+  for (const std::string* text : texts) {
+    if (text == nullptr) continue;
     // NOLINTNEXTLINE(bugprone-not-null-terminated-result): fields are sized, not terminated
-    std::memcpy(bytes, value->data(), value->size());
-    bytes += value->size();  // NOLINT(*-pointer-arithmetic)
+    std::memcpy(bytes, text->data(), text->size());
+    bytes += text->size();  // NOLINT(*-pointer-arithmetic)
   }
   entry->id = id;
-  entry->created_at = session.created_at;
-  entry->expires_at = session.expires_at;
-  entry->last_seen_at = session.last_seen_at;
-  entry->absolute_expires_at = session.absolute_expires_at;
-  entry->sizes = sizes;
-  entry->present = present;
   const std::uint64_t user_hash = hash_of(entry->field(Entry::kUserId));
   return Pending{std::move(entry), hash_of(id), user_hash};
 }
@@ -6048,7 +6802,7 @@ std::size_t SessionCache::slot_of(const SlotTable& table, std::uint64_t hash,
 
 SessionCache::Found SessionCache::copy_out(const Entry& entry, std::int64_t at, Session* out) {
   entry.copy_to(out);
-  return entry.expires_at > at ? Found::kLive : Found::kExpired;
+  return entry.expires_at() > at ? Found::kLive : Found::kExpired;
 }
 
 SessionCache::Found SessionCache::find(const SessionDigest& id, std::int64_t at,
@@ -6138,11 +6892,27 @@ std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
     const ReaderLock lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) {
       const Entry* entry = slot.entry;
-      if ((slot.hash & kRotatedTag) != 0 || !entry->has(Entry::kIdpSessionId) ||
+      if ((slot.hash & kRotatedTag) != 0 || !entry->has_idp_session() ||
           entry->field(Entry::kIdpSessionId) != idp_session_id) {
         return;
       }
-      if (tenant && (!entry->has(Entry::kTenantId) || entry->field(Entry::kTenantId) != *tenant)) {
+      if (tenant && (!entry->has_tenant() || entry->field(Entry::kTenantId) != *tenant)) {
+        return;
+      }
+      matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
+    });
+  }
+  return matches;
+}
+
+std::vector<SessionCache::SessionOfUser> SessionCache::in_tenant(std::string_view tenant) const {
+  std::vector<SessionOfUser> matches;
+  for (const Shard& shard : shards_) {
+    const ReaderLock lock(shard.mutex);
+    shard.entries.for_each([&](const Slot& slot) {
+      const Entry* entry = slot.entry;
+      if ((slot.hash & kRotatedTag) != 0 || !entry->has_tenant() ||
+          entry->field(Entry::kTenantId) != tenant) {
         return;
       }
       matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
@@ -6160,9 +6930,11 @@ std::size_t SessionCache::users() const {
 // Writes
 // ------------------------------------------------------------------------------------------------
 
-// A new entry becomes the head of its user's list.
+// A new entry becomes the head of its user's list. An anonymous session (no user) is in no list:
+// no user lists it, and it is not counted as a user. (unlink_user() then finds no list for it.)
 void SessionCache::link_user(Entry* entry, std::uint64_t user_hash) {
   const std::string_view user_id = entry->field(Entry::kUserId);
+  if (user_id.empty()) return;
   const std::size_t index = user_heads_.find(
       user_hash, [user_id](const Entry* head) { return head->field(Entry::kUserId) == user_id; });
   if (index == SlotTable::kNone) {
@@ -6263,7 +7035,7 @@ std::size_t SessionCache::erase_expired(std::int64_t at) {
     const WriterLock lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) REQUIRES(users_mutex_, shard.mutex) {
       Entry* entry = slot.entry;
-      if ((slot.hash & kRotatedTag) != 0 || entry->expires_at > at) return;
+      if ((slot.hash & kRotatedTag) != 0 || entry->expires_at() > at) return;
       unlink_user(entry);
       // An erase moves no other slot, so the walk goes on safely.
       shard.entries.erase_at(
@@ -6365,7 +7137,7 @@ void SessionCache::Loader::finish() {
   }
   if (batch_.size > 0) hand_off();
   stop_inserter();
-  const std::lock_guard<std::mutex> lock(queue_mutex_);
+  const MutexLock lock(queue_mutex_);
   if (failure_) std::rethrow_exception(failure_);
 }
 
@@ -6382,8 +7154,9 @@ void SessionCache::Loader::insert_rows(Batch* batch) {
 void SessionCache::Loader::hand_off() {
   if (!inserter_.joinable()) inserter_ = std::thread([this] { inserter_loop(); });
   {
-    std::unique_lock<std::mutex> lock(queue_mutex_);
-    queue_drained_.wait(lock, [this] { return queue_.size() < kQueuedBatches || failure_; });
+    const MutexLock lock(queue_mutex_);
+    queue_drained_.wait(
+        [this]() REQUIRES(queue_mutex_) { return queue_.size() < kQueuedBatches || failure_; });
     if (failure_) std::rethrow_exception(failure_);
     queue_.push_back(std::move(batch_));
     batch_ = Batch();
@@ -6392,7 +7165,7 @@ void SessionCache::Loader::hand_off() {
       spare_.pop_back();
     }
   }
-  queue_filled_.notify_one();
+  queue_filled_.signal();
 }
 
 // Inserts the queued batches in order until closing_ is set and the queue is empty. After a
@@ -6402,22 +7175,22 @@ void SessionCache::Loader::inserter_loop() noexcept {
     Batch batch;
     bool failed = false;
     {
-      std::unique_lock<std::mutex> lock(queue_mutex_);
-      queue_filled_.wait(lock, [this] { return !queue_.empty() || closing_; });
+      const MutexLock lock(queue_mutex_);
+      queue_filled_.wait([this]() REQUIRES(queue_mutex_) { return !queue_.empty() || closing_; });
       if (queue_.empty()) return;
       batch = std::move(queue_.front());
       queue_.pop_front();
       failed = failure_ != nullptr;
     }
-    queue_drained_.notify_one();
+    queue_drained_.signal();
     try {
       if (!failed) insert_rows(&batch);
       batch.size = 0;
-      const std::lock_guard<std::mutex> lock(queue_mutex_);
+      const MutexLock lock(queue_mutex_);
       spare_.push_back(std::move(batch));
     } catch (...) {
       pending_.clear();
-      const std::lock_guard<std::mutex> lock(queue_mutex_);
+      const MutexLock lock(queue_mutex_);
       failure_ = std::current_exception();
     }
   }
@@ -6426,10 +7199,10 @@ void SessionCache::Loader::inserter_loop() noexcept {
 void SessionCache::Loader::stop_inserter() noexcept {
   if (!inserter_.joinable()) return;
   {
-    const std::lock_guard<std::mutex> lock(queue_mutex_);
+    const MutexLock lock(queue_mutex_);
     closing_ = true;
   }
-  queue_filled_.notify_one();
+  queue_filled_.signal();
   inserter_.join();
 }
 
@@ -6548,6 +7321,46 @@ constexpr Oid kTextArrayOid = 1009;
 constexpr Oid kInt8ArrayOid = 1016;
 constexpr int kBinaryFormat = 1;
 
+// How a session column of each kind travels, bound and read in binary format (section 5): text
+// as text, an integer as int8, bytes as bytea.
+constexpr Oid oid_of(detail::ColumnKind kind) noexcept {
+  switch (kind) {
+    case detail::ColumnKind::kText:
+      return kTextOid;
+    case detail::ColumnKind::kInteger:
+      return kInt8Oid;
+    case detail::ColumnKind::kBytes:
+      return kByteaOid;
+  }
+  return kTextOid;
+}
+
+// The type format_type() names for oid_of(kind): the type the table must give the column.
+constexpr std::string_view postgres_type_of(detail::ColumnKind kind) noexcept {
+  switch (kind) {
+    case detail::ColumnKind::kText:
+      return "text";
+    case detail::ColumnKind::kInteger:
+      return "bigint";
+    case detail::ColumnKind::kBytes:
+      return "bytea";
+  }
+  return "text";
+}
+
+// A column whose PostgreSQL type is not its kind's would be bound and read as another type:
+// binary int8 read from an int4 column is garbage, not an error. So the table may not say so.
+constexpr bool postgres_types_match_kinds() noexcept {
+  // NOLINTNEXTLINE(readability-use-anyofallof): std::all_of is constexpr only from C++20
+  for (const detail::SessionColumn& column : detail::kSessionColumns) {
+    if (postgres_type_of(column.kind) != column.postgres_type) return false;
+  }
+  return true;
+}
+static_assert(postgres_types_match_kinds(),
+              "kSessionColumns: a column's postgres_type must be text, bigint or bytea as its "
+              "kind is text, integer or bytes (pg_backend.cpp binds and reads it so)");
+
 std::array<char, 8> encode_int8(std::int64_t value) noexcept {
   const auto bits = static_cast<std::uint64_t>(value);
   std::array<char, 8> bytes{};
@@ -6570,7 +7383,8 @@ std::int64_t decode_int8(std::string_view bytes) noexcept {
 // integers), so it lives on the caller's stack for one call and is never copied or moved.
 class Params {
  public:
-  static constexpr std::size_t kCapacity = 12;  // replace(): the old id and a whole Session
+  // The most any statement binds: replace()'s old id and a whole Session.
+  static constexpr std::size_t kCapacity = detail::kSessionColumns.size() + 1;
 
   Params() = default;
   Params(const Params&) = delete;
@@ -6589,7 +7403,24 @@ class Params {
     slot = encode_int8(value);
     return add(kInt8Oid, slot.data(), slot.size());
   }
+  Params& optional_int8(const std::optional<std::int64_t>& value) {
+    if (!value) return add(kInt8Oid, nullptr, 0, /*is_null=*/true);
+    return int8(*value);
+  }
   Params& bytea(std::string_view value) { return add(kByteaOid, value.data(), value.size()); }
+  // A member of a Session as the parameter of its column (bind_session()), typed by the
+  // column's kind.
+  Params& field(const detail::SessionColumn& column, const std::string& value) {
+    return add(oid_of(column.kind), value.data(), value.size());
+  }
+  Params& field(const detail::SessionColumn& column, const std::optional<std::string>& value) {
+    if (!value) return add(oid_of(column.kind), nullptr, 0, /*is_null=*/true);
+    return field(column, *value);
+  }
+  Params& field(const detail::SessionColumn& /*column*/, std::int64_t value) { return int8(value); }
+  Params& field(const detail::SessionColumn& /*column*/, const std::optional<std::int64_t>& value) {
+    return optional_int8(value);
+  }
   // An array already in binary format (ArrayParam), of the array type `type`.
   Params& array(Oid type, std::string_view encoded) {
     return add(type, encoded.data(), encoded.size());
@@ -6659,19 +7490,44 @@ class ArrayParam {
       bytes(*value);
       return;
     }
-    bytes_[kHasNullByte] = 1;
-    append_int4(-1);
+    null();
   }
   void int8(std::int64_t value) {
     append_int4(8);
     const std::array<char, 8> big_endian = encode_int8(value);
     bytes_.append(big_endian.data(), big_endian.size());
   }
+  void optional_int8(const std::optional<std::int64_t>& value) {
+    if (value) {
+      int8(*value);
+      return;
+    }
+    null();
+  }
+  // A member of a Session as the next element of its column's array (bind_sessions()): text
+  // and bytea elements are both their bytes.
+  void field(const std::string& value) { bytes(value); }
+  void field(const std::optional<std::string>& value) { optional_bytes(value); }
+  void field(std::int64_t value) { int8(value); }
+  void field(const std::optional<std::int64_t>& value) { optional_int8(value); }
+  // The bytes field(value) appends.
+  static std::size_t field_size(const std::string& value) noexcept { return 4 + value.size(); }
+  static std::size_t field_size(const std::optional<std::string>& value) noexcept {
+    return 4 + (value ? value->size() : 0);
+  }
+  static std::size_t field_size(std::int64_t /*value*/) noexcept { return 4 + 8; }
+  static std::size_t field_size(const std::optional<std::int64_t>& /*value*/) noexcept {
+    return 4 + 8;  // a NULL takes 4: this errs high, as a bound should
+  }
   [[nodiscard]] std::string_view encoded() const noexcept { return bytes_; }
 
  private:
   static constexpr std::size_t kHasNullByte = 7;  // the low byte of the second header word
 
+  void null() {
+    bytes_[kHasNullByte] = 1;
+    append_int4(-1);
+  }
   void append_int4(std::int32_t value) {
     const auto bits = static_cast<std::uint32_t>(value);
     const std::array<char, 4> big_endian = {
@@ -6712,6 +7568,27 @@ void assign_optional_text_at(const PGresult* result, int column, std::optional<s
 std::int64_t int8_at(const PGresult* result, int column) {
   if (PQgetisnull(result, 0, column) != 0 || PQgetlength(result, 0, column) != 8) return 0;
   return decode_int8({PQgetvalue(result, 0, column), 8});
+}
+
+// The same for a column that may be NULL: nullopt then.
+std::optional<std::int64_t> optional_int8_at(const PGresult* result, int column) {
+  if (PQgetisnull(result, 0, column) != 0) return std::nullopt;
+  return int8_at(result, column);
+}
+
+// Column `column` of row 0 into a member of a Session (read_session_result()), by the member's
+// type: text and bytea are both their bytes.
+void read_field(const PGresult* result, int column, std::string& into) {
+  assign_text_at(result, column, into);
+}
+void read_field(const PGresult* result, int column, std::optional<std::string>& into) {
+  assign_optional_text_at(result, column, into);
+}
+void read_field(const PGresult* result, int column, std::int64_t& into) {
+  into = int8_at(result, column);
+}
+void read_field(const PGresult* result, int column, std::optional<std::int64_t>& into) {
+  into = optional_int8_at(result, column);
 }
 
 // ================================================================================================
@@ -7833,6 +8710,31 @@ CREATE TRIGGER _pylon_rotated_ids_log AFTER INSERT OR UPDATE ON _pylon_rotated_i
 CREATE TRIGGER _pylon_change_log_notify AFTER INSERT ON _pylon_change_log
   FOR EACH STATEMENT EXECUTE FUNCTION _pylon_notify_change();
 )pylon_sql"},
+{5, "0005_authentication_and_lifetimes.sql", R"pylon_sql(-- 0005: when the user last proved who they are, and a session's own idle timeout.
+--
+-- Column for column the SQLite migration (migrations/sqlite/0005_authentication_and_lifetimes.sql),
+-- with BIGINT for seconds. `authenticated_at` is set at create, when a user is attached to an
+-- anonymous session and on re-authentication; sessions stored before this migration take their
+-- created_at (they were created at login). Anonymous sessions (an empty user_id) hold 0.
+-- `idle_timeout_seconds` is the idle timeout a session was created with ("remember me"); NULL
+-- means the store's StoreOptions::idle_timeout, as every session before this migration had.
+--
+-- PostgreSQL only: `id` takes the collation "C". An administrator's listing pages by id in byte
+-- order (`id COLLATE "C" > cursor ORDER BY id COLLATE "C"`), as SQLite's BINARY orders it,
+-- whatever the database's collation; the primary key's index serves that walk only when it is
+-- in the same collation, else every page reads and sorts the whole table. Ids are lowercase hex,
+-- so no comparison changes meaning: equality is byte equality in every deterministic collation.
+-- The column's bytes stay as they are (no table rewrite); the primary key's index is rebuilt.
+--
+-- The UPDATE rewrites every row and goes through migration 0004's triggers (each row logged
+-- once). The library runs this file inside one transaction that holds an advisory lock, together
+-- with the row recording it in `_pylon_schema_migrations`: like 0002, the first start of this
+-- version pauses other instances while it runs.
+ALTER TABLE _pylon_sessions ADD COLUMN authenticated_at BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE _pylon_sessions ADD COLUMN idle_timeout_seconds BIGINT;
+ALTER TABLE _pylon_sessions ALTER COLUMN id TYPE TEXT COLLATE "C";
+UPDATE _pylon_sessions SET authenticated_at = created_at WHERE user_id <> '';
+)pylon_sql"},
 // ---- end of generated/pylon_migrations_postgres.inc ----
 };
 constexpr int kLatestPostgresVersion =
@@ -7989,22 +8891,32 @@ std::vector<std::pair<std::string, std::string>> PgMigrations::table_columns(con
   return columns;
 }
 
+// The columns of `_pylon_sessions` that only PostgreSQL's migrations make, besides a session's
+// (detail::kSessionColumns). insert_order ranks rows created in the same second for the cap
+// (kEvictBeyondCap); no statement gives it a value: its identity does (an identity column is NOT
+// NULL).
+constexpr std::array<ExpectedColumn, 1> kPostgresOnlySessionColumns = {{
+    {"insert_order", "bigint", true, 3, /*generated=*/true},
+}};
+
+// Every column of `_pylon_sessions`: a session's, then the PostgreSQL-only ones, ordered by the
+// version that adds them (stable, so a session's keep their order), as the migrations add them.
+// verify_columns() checks them in this order and names the first that differs.
 const std::vector<ExpectedColumn>& session_column_shapes() {
-  static const std::vector<ExpectedColumn> kColumns = {
-      {"id", "text", true, 1},
-      {"user_id", "text", true, 1},
-      {"tenant_id", "text", false, 1},
-      {"created_at", "bigint", true, 1},
-      {"expires_at", "bigint", true, 1},
-      {"last_seen_at", "bigint", true, 1},
-      {"absolute_expires_at", "bigint", true, 1},
-      {"device", "text", false, 1},
-      {"ip", "text", false, 1},
-      {"data", "bytea", true, 1},
-      {"idp_session_id", "text", false, 2},
-      // No statement gives it a value: its identity does (an identity column is NOT NULL).
-      {"insert_order", "bigint", true, 3, /*generated=*/true},
-  };
+  static const std::vector<ExpectedColumn> kColumns = [] {
+    std::vector<ExpectedColumn> columns;
+    columns.reserve(detail::kSessionColumns.size() + kPostgresOnlySessionColumns.size());
+    for (const detail::SessionColumn& column : detail::kSessionColumns) {
+      columns.push_back(
+          {column.name, column.postgres_type, !column.nullable, column.since_version});
+    }
+    columns.insert(columns.end(), kPostgresOnlySessionColumns.begin(),
+                   kPostgresOnlySessionColumns.end());
+    std::stable_sort(
+        columns.begin(), columns.end(),
+        [](const ExpectedColumn& a, const ExpectedColumn& b) { return a.since < b.since; });
+    return columns;
+  }();
   return kColumns;
 }
 
@@ -8040,7 +8952,7 @@ constexpr std::array<ExpectedIndex, 4> kIndexes = {{
 
 // (name, type) of every column of `_pylon_sessions` once migration `version` (1 or later) has
 // run, ordered by name as table_columns() returns them.
-std::vector<std::pair<std::string, std::string>> session_columns_at(int version) {
+std::vector<std::pair<std::string, std::string>> expected_session_columns(int version) {
   std::vector<std::pair<std::string, std::string>> columns;
   for (const ExpectedColumn& column : session_column_shapes()) {
     if (column.since <= version) columns.emplace_back(column.name, column.type);
@@ -8082,7 +8994,7 @@ bool PgMigrations::check_session_table(int applied) {
   // Migration 1 creates the table only if it is missing, so at version 0 a table of version 1's
   // shape is taken as it is. A table already of a later shape than its version is not: the
   // migrations still to run would fail on it half-way (a column added twice).
-  if (columns == names_of(session_columns_at(std::max(applied, 1)))) return false;
+  if (columns == names_of(expected_session_columns(std::max(applied, 1)))) return false;
   // pylon's runtime: token, user_id, expires_at, created_at, device, and later tenant_id.
   const std::vector<std::string> legacy = {"created_at", "device", "expires_at", "token",
                                            "user_id"};
@@ -8240,7 +9152,7 @@ void PgMigrations::verify_keys(const char* table, int version) {
 // load_each() reads every row into one Session, whose buffers each row reuses.
 //
 // Each call is still one autocommit statement, the multi-step ones included:
-//   - save_batch() sends its rows as eleven arrays, one per column, to one INSERT ... SELECT
+//   - save_batch() sends its rows as arrays, one per column, to one INSERT ... SELECT
 //     unnest(...) upsert: one round trip and one commit for the batch, where a transaction of
 //     upserts would cost a round trip per row. ON CONFLICT cannot change a row twice in one
 //     statement, so of rows sharing an id only the last is sent, which is what upserting them in
@@ -8254,7 +9166,15 @@ void PgMigrations::verify_keys(const char* table, int version) {
 //   - remove_matching() has one statement per combination of filter fields, each a plain
 //     conjunction of equalities the indexes serve; there are 32 combinations and an application
 //     uses a few, so they are prepared on first use rather than all on every (re)connect. Each
-//     returns the ids and users it deleted.
+//     returns the ids and users it deleted. (A whole tenant, revoke_tenant(), has no index of its
+//     own: an administrator's rare call, it reads the table once rather than cost every write an
+//     index entry.)
+//   - list_page() likewise has one SELECT per combination of the query's filters (128), prepared
+//     on first use. It pages by keyset: `id > $after ORDER BY id LIMIT $limit`, the first page's
+//     cursor '' (below every id). Ids are compared in collation "C", byte order as SQLite's
+//     BINARY, so both backends page alike whatever the database's collation; migration 0005 gives
+//     the id column that collation, so the primary key's index serves the walk and a page costs
+//     its size, not the table's. count_by_tenant() is one GROUP BY, in the same byte order.
 //   - rotate() is one statement too: a CTE deletes the live old row and returns it, a second
 //     records the rotated id, and the INSERT it feeds copies the row, as storage holds it, under
 //     the new id and returns the copy. touch() and update_data() are UPDATE ... RETURNING: each
@@ -8269,7 +9189,16 @@ void PgMigrations::verify_keys(const char* table, int version) {
 // takes a transaction-scoped advisory lock per user and tenant of the batch, in the order of the
 // lock keys, so two batches sharing users queue instead of deadlocking; then inserts; then, in a
 // statement of its own that sees the rows committed by whoever held a lock before, deletes what
-// lies beyond the cap. Without a cap it is save_batch().
+// lies beyond the cap. Without a cap, or for anonymous sessions only (they have no cap), it is
+// save_batch().
+//
+// authenticate() is a transaction too: it must tell "no live session" from "another user's
+// session" (refused), and with a cap it evicts under insert_new()'s lock. In READ COMMITTED it
+// reads the old row (nothing locked yet); takes the lock of the user signing in and the row's
+// tenant; then runs rotate()'s statement, whose DELETE also requires the user and tenant just
+// read (a row that changed in between is read again); then evicts the user's oldest other rows.
+// Taking the lock before touching any row keeps it from deadlocking with a capped writer that
+// holds the lock and evicts the very row.
 // ================================================================================================
 
 // The prepared statements, by name. Names are per connection: every reconnect prepares them again.
@@ -8287,21 +9216,22 @@ constexpr const char* kEvictBeyondCap = "pylon_evict_beyond_cap";
 constexpr const char* kTouch = "pylon_touch";
 constexpr const char* kUpdateData = "pylon_update_data";
 constexpr const char* kRotate = "pylon_rotate";
+constexpr const char* kAuthenticate = "pylon_authenticate";
+constexpr const char* kEvictOthersBeyondCap = "pylon_evict_others_beyond_cap";
+constexpr const char* kCountByTenant = "pylon_count_by_tenant";
 constexpr const char* kSelectRotated = "pylon_select_rotated";
 constexpr const char* kDeleteExpiredRotatedBatch = "pylon_delete_expired_rotated_batch";
 // remove_matching()'s statements are prepared on first use, one per combination of filter
 // fields: this prefix and the bitmask of the fields (see MatchField).
 constexpr const char* kDeleteMatchingPrefix = "pylon_delete_matching_";
+// list_page()'s, the same way: this prefix and the bitmask of the query's filters (ListFilter).
+constexpr const char* kListPagePrefix = "pylon_list_page_";
 
 // The most array bytes one statement of save_batch() sends. The server would take up to 1 GB;
 // this keeps the copies a statement makes (ours, the server's arrays and the rows unnested from
 // them) small, while any batch of ordinary sessions, thousands of them, is still one statement.
 constexpr std::size_t kBatchStatementBytes = std::size_t{32} << 20U;
 
-// The columns of kSelectAll, in order, with the type each must have.
-constexpr std::array<Oid, 11> kSelectAllTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
-                                                 kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
-                                                 kTextOid, kByteaOid, kTextOid};
 // The columns of kSelectRotated, in order, with the type each must have.
 constexpr std::array<Oid, 6> kSelectRotatedTypes = {kTextOid, kTextOid, kTextOid,
                                                     kTextOid, kInt8Oid, kInt8Oid};
@@ -8316,6 +9246,19 @@ enum MatchField : unsigned {
   kMatchExceptId = 1U << 4U,
 };
 constexpr std::size_t kMatchCombinations = 32;
+
+// The filters of a SessionQuery, as bits of the mask that names list_page()'s statement.
+// Conditions and parameters (from $4: $1 is now, $2 the cursor, $3 the limit) follow this order.
+enum ListFilter : unsigned {
+  kListTenantId = 1U << 0U,
+  kListUserId = 1U << 1U,
+  kListDevice = 1U << 2U,
+  kListCreatedSince = 1U << 3U,
+  kListCreatedBefore = 1U << 4U,
+  kListLastSeenSince = 1U << 5U,
+  kListLastSeenBefore = 1U << 6U,
+};
+constexpr std::size_t kListCombinations = 128;
 
 // The first key of the two-key pg_advisory_xact_lock that insert_new() takes per user and tenant
 // ("pcap" in ASCII); the second is a hash of the two. PostgreSQL keeps two-key locks apart from
@@ -8362,6 +9305,11 @@ class PostgresBackend final : public SessionBackend {
   std::optional<Session> update_data(std::string_view id, std::string_view data) override;
   std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
                                 std::int64_t now) override;
+  std::optional<Authentication> authenticate(std::string_view old_id, std::string_view new_id,
+                                             std::string_view user_id, std::int64_t now,
+                                             std::size_t max_per_user) override;
+  std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) override;
+  std::vector<TenantCount> count_by_tenant(std::int64_t now) override;
   void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
   std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   [[nodiscard]] std::string describe() const override { return connection_.shown_url(); }
@@ -8380,13 +9328,20 @@ class PostgresBackend final : public SessionBackend {
                             const std::vector<std::size_t>& ends, const std::string& action);
   void upsert_rows(const std::vector<const Session*>& rows, std::size_t begin, std::size_t end,
                    const std::string& action);
+  // authenticate()'s rotation, in its transaction: the new row, or nullopt when the row `old_id`
+  // is gone, expired or another user's; throws when it is another user's.
+  std::optional<Session> sign_in(std::string_view old_id, std::string_view new_id,
+                                 std::string_view user_id, std::int64_t now,
+                                 std::size_t max_per_user, const std::string& action);
 
   std::string url_;  // as opened: a change source opens its own connection with them
   PostgresOptions options_;
   PgConnection connection_;
-  // Which of remove_matching()'s statements this connection has prepared, by field mask.
-  // prepare_statements() clears it: a reconnect starts a server session that has none.
+  // Which of remove_matching()'s and list_page()'s statements this connection has prepared, by
+  // field mask. prepare_statements() clears them: a reconnect starts a server session that has
+  // none.
   std::array<bool, kMatchCombinations> matching_prepared_{};
+  std::array<bool, kListCombinations> listing_prepared_{};
 };
 
 PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
@@ -8401,37 +9356,48 @@ std::size_t PostgresBackend::run_counting(const char* statement, const Params& p
   return affected_rows(result.get(), connection_, action);
 }
 
-// The columns a Session is written to, in the order of its parameters (bind_session()).
-constexpr const char* kSessionColumns =
-    "id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, "
-    "ip, data, idp_session_id";
+// Every column of a session, "id, user_id, ...", in the order of detail::kSessionColumns: the
+// order bind_session() binds and read_session_result() reads. Built once.
+const std::string& row_columns() {
+  static const std::string kColumns = detail::session_column_list();
+  return kColumns;
+}
+
 // An upsert sets every column, so save() replaces the whole row, as the contract asks.
-constexpr const char* kUpdateEveryColumn =
-    " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
-    "created_at = excluded.created_at, expires_at = excluded.expires_at, "
-    "last_seen_at = excluded.last_seen_at, absolute_expires_at = excluded.absolute_expires_at, "
-    "device = excluded.device, ip = excluded.ip, data = excluded.data, "
-    "idp_session_id = excluded.idp_session_id";
+const std::string& update_every_column() {
+  static const std::string kSet =
+      " ON CONFLICT (id) DO UPDATE SET " + detail::session_upsert_assignments();
+  return kSet;
+}
+
+// "$first, $first+1, ...": the parameters of a whole row, from $first on.
+std::string row_parameters(int first) {
+  std::string list;
+  for (std::size_t i = 0; i < detail::kSessionColumns.size(); ++i) {
+    list.append(i == 0 ? "$" : ", $").append(std::to_string(first + static_cast<int>(i)));
+  }
+  return list;
+}
+
+// The type of each column's parameter, and of each column read back, in row_columns()' order.
+constexpr std::array<Oid, detail::kSessionColumns.size()> session_column_oids() noexcept {
+  std::array<Oid, detail::kSessionColumns.size()> oids{};
+  for (std::size_t i = 0; i < oids.size(); ++i) oids[i] = oid_of(detail::kSessionColumns[i].kind);
+  return oids;
+}
+constexpr std::array<Oid, detail::kSessionColumns.size()> kSessionColumnOids =
+    session_column_oids();
 
 const std::vector<Oid>& session_parameter_types() {
-  static const std::vector<Oid> kTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
-                                          kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
-                                          kTextOid, kByteaOid, kTextOid};
+  static const std::vector<Oid> kTypes(kSessionColumnOids.begin(), kSessionColumnOids.end());
   return kTypes;
 }
 
 void bind_session(Params& params, const Session& session) {
-  params.text(session.id)
-      .text(session.user_id)
-      .optional_text(session.tenant_id)
-      .int8(session.created_at)
-      .int8(session.expires_at)
-      .int8(session.last_seen_at)
-      .int8(session.absolute_expires_at)
-      .optional_text(session.device)
-      .optional_text(session.ip)
-      .bytea(session.data)
-      .optional_text(session.idp_session_id);
+  detail::for_each_session_field(
+      session, [&params](const detail::SessionColumn& column, const auto& member) {
+        params.field(column, member);
+      });
 }
 
 // The array type whose elements are of `element`, one of the types bind_session() binds.
@@ -8443,46 +9409,43 @@ Oid array_type_of(Oid element) noexcept {
 
 // The bytes a session adds to the arrays of kUpsertBatch: its fields and a length word for each.
 std::size_t encoded_size(const Session& session) noexcept {
-  const auto size_of = [](const std::optional<std::string>& value) {
-    return value ? value->size() : 0;
-  };
-  return 11 * 4 + 4 * 8 + session.id.size() + session.user_id.size() + size_of(session.tenant_id) +
-         size_of(session.device) + size_of(session.ip) + session.data.size() +
-         size_of(session.idp_session_id);
+  std::size_t size = 0;
+  detail::for_each_session_field(session,
+                                 [&size](const detail::SessionColumn&, const auto& member) {
+                                   size += ArrayParam::field_size(member);
+                                 });
+  return size;
 }
 
-// rows[begin, end) as the eleven array parameters of kUpsertBatch, in bind_session()'s order.
-// The parameters point into `columns`, which must outlive them.
+// rows[begin, end) as the array parameters of kUpsertBatch, one per column, in bind_session()'s
+// order. The parameters point into `columns`, which must outlive them.
 void bind_sessions(Params& params, std::vector<ArrayParam>& columns,
                    const std::vector<const Session*>& rows, std::size_t begin, std::size_t end) {
   const std::size_t count = end - begin;
   columns.clear();
-  columns.reserve(session_parameter_types().size());
-  for (const Oid type : session_parameter_types()) columns.emplace_back(type, count);
-  std::size_t id_bytes = 0;  // the columns that grow most, reserved ahead
-  std::size_t data_bytes = 0;
+  columns.reserve(kSessionColumnOids.size());
+  for (const Oid type : kSessionColumnOids) columns.emplace_back(type, count);
+  // Each array reserved whole ahead, so none grows by copying itself as it fills.
+  std::array<std::size_t, detail::kSessionColumns.size()> bytes{};
   for (std::size_t row = begin; row < end; ++row) {
-    id_bytes += rows[row]->id.size();
-    data_bytes += rows[row]->data.size();
-  }
-  columns.at(0).reserve(id_bytes + 4 * count);
-  columns.at(9).reserve(data_bytes + 4 * count);
-  for (std::size_t row = begin; row < end; ++row) {
-    const Session& session = *rows[row];
-    columns.at(0).bytes(session.id);
-    columns.at(1).bytes(session.user_id);
-    columns.at(2).optional_bytes(session.tenant_id);
-    columns.at(3).int8(session.created_at);
-    columns.at(4).int8(session.expires_at);
-    columns.at(5).int8(session.last_seen_at);
-    columns.at(6).int8(session.absolute_expires_at);
-    columns.at(7).optional_bytes(session.device);
-    columns.at(8).optional_bytes(session.ip);
-    columns.at(9).bytes(session.data);
-    columns.at(10).optional_bytes(session.idp_session_id);
+    std::size_t column = 0;
+    detail::for_each_session_field(
+        *rows[row], [&bytes, &column](const detail::SessionColumn&, const auto& member) {
+          bytes.at(column++) += ArrayParam::field_size(member);
+        });
   }
   for (std::size_t column = 0; column < columns.size(); ++column) {
-    params.array(array_type_of(session_parameter_types().at(column)), columns.at(column).encoded());
+    columns.at(column).reserve(bytes.at(column));
+  }
+  for (std::size_t row = begin; row < end; ++row) {
+    std::size_t column = 0;
+    detail::for_each_session_field(
+        *rows[row], [&columns, &column](const detail::SessionColumn&, const auto& member) {
+          columns.at(column++).field(member);
+        });
+  }
+  for (std::size_t column = 0; column < columns.size(); ++column) {
+    params.array(array_type_of(kSessionColumnOids.at(column)), columns.at(column).encoded());
   }
 }
 
@@ -8510,9 +9473,8 @@ struct PreparedStatement {
 
 // save(), save_batch() and replace(): upserts of whole rows.
 void add_upserts(std::vector<PreparedStatement>& statements) {
-  const std::string upsert = std::string("INSERT INTO _pylon_sessions (") + kSessionColumns +
-                             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)" +
-                             kUpdateEveryColumn;
+  const std::string upsert = "INSERT INTO _pylon_sessions (" + row_columns() + ") VALUES (" +
+                             row_parameters(1) + ")" + update_every_column();
   statements.push_back({kUpsert, upsert, session_parameter_types()});
 
   // save_batch(): the same upsert for many rows in one statement, each column an array. The
@@ -8520,12 +9482,12 @@ void add_upserts(std::vector<PreparedStatement>& statements) {
   // order); compared with unnest(...) in FROM, which first copies each array into a tuplestore,
   // the server spends less per statement on batches of 4 to 16 (EXPLAIN ANALYZE of such a batch
   // shows it; no bench in bench/ measures it).
-  std::string upsert_batch =
-      std::string("INSERT INTO _pylon_sessions (") + kSessionColumns + ") SELECT ";
-  for (int parameter = 1; parameter <= 11; ++parameter) {
+  std::string upsert_batch = "INSERT INTO _pylon_sessions (" + row_columns() + ") SELECT ";
+  const auto column_count = static_cast<int>(session_parameter_types().size());
+  for (int parameter = 1; parameter <= column_count; ++parameter) {
     upsert_batch += (parameter > 1 ? ", unnest($" : "unnest($") + std::to_string(parameter) + ")";
   }
-  upsert_batch += kUpdateEveryColumn;
+  upsert_batch += update_every_column();
   std::vector<Oid> array_types;
   for (const Oid type : session_parameter_types()) array_types.push_back(array_type_of(type));
   statements.push_back({kUpsertBatch, upsert_batch, array_types});
@@ -8534,10 +9496,10 @@ void add_upserts(std::vector<PreparedStatement>& statements) {
   // The upsert form keeps replace() writing exactly what save() would (a replacement whose id
   // is also the old one is fine: the DELETE's row no longer conflicts in the same statement).
   const std::string replace_sql =
-      std::string("WITH gone AS (DELETE FROM _pylon_sessions WHERE id = $1 RETURNING 1) ") +
-      "INSERT INTO _pylon_sessions (" + kSessionColumns +
-      ") SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM gone)" +
-      kUpdateEveryColumn;
+      "WITH gone AS (DELETE FROM _pylon_sessions WHERE id = $1 RETURNING 1) "
+      "INSERT INTO _pylon_sessions (" +
+      row_columns() + ") SELECT " + row_parameters(2) + " WHERE EXISTS (SELECT 1 FROM gone)" +
+      update_every_column();
   std::vector<Oid> replace_types = {kTextOid};
   replace_types.insert(replace_types.end(), session_parameter_types().begin(),
                        session_parameter_types().end());
@@ -8564,12 +9526,9 @@ void add_deletes_and_selects(std::vector<PreparedStatement>& statements) {
                         "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM _pylon_sessions "
                         "WHERE expires_at <= $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
                         {kInt8Oid, kInt8Oid}});
+  statements.push_back({kSelectAll, "SELECT " + row_columns() + " FROM _pylon_sessions", {}});
   statements.push_back(
-      {kSelectAll, std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions", {}});
-  statements.push_back(
-      {kSelectById,
-       std::string("SELECT ") + kSessionColumns + " FROM _pylon_sessions WHERE id = $1",
-       {kTextOid}});
+      {kSelectById, "SELECT " + row_columns() + " FROM _pylon_sessions WHERE id = $1", {kTextOid}});
 }
 
 // insert_new()'s cap, then touch() and update_data().
@@ -8599,38 +9558,56 @@ void add_cap_and_updates(std::vector<PreparedStatement>& statements) {
       {kTouch,
        std::string("UPDATE _pylon_sessions SET last_seen_at = GREATEST(last_seen_at, $2), "
                    "expires_at = GREATEST(expires_at, $3) WHERE id = $1 RETURNING ") +
-           kSessionColumns,
+           row_columns(),
        {kTextOid, kInt8Oid, kInt8Oid}});
   statements.push_back(
       {kUpdateData,
-       std::string("UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING ") +
-           kSessionColumns,
+       "UPDATE _pylon_sessions SET data = $2 WHERE id = $1 RETURNING " + row_columns(),
        {kTextOid, kByteaOid}});
 }
 
-// rotate() and the rotated ids it records.
+// rotate()'s statement ($1 the old id, $2 the new one, $3 now), with `also_requires` added to
+// the old row's conditions, and the new row the old one but for the columns of `copied_as`, each
+// of which takes the expression given there instead (a parameter: the id is always $2).
+// The INSERT copies what the DELETE returned, so the new row is the old one as storage held it
+// at that instant; when there was no live old row, both CTEs and the INSERT see nothing and the
+// statement writes nothing. A rotated id already recorded (its session re-created under the
+// same id since) takes the new record's values; it keeps the old row's user either way.
+std::string rotation_sql(
+    const char* also_requires,
+    std::initializer_list<std::pair<std::string_view, std::string>> copied_as) {
+  return std::string("WITH old AS (DELETE FROM _pylon_sessions WHERE id = $1 AND expires_at > $3") +
+         also_requires + " RETURNING " + row_columns() +
+         "), rotated AS (INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, "
+         "rotated_at, expires_at) SELECT id, $2, user_id, tenant_id, $3, CASE WHEN "
+         "absolute_expires_at > 0 THEN absolute_expires_at ELSE expires_at END FROM old "
+         "ON CONFLICT (id) DO UPDATE SET replaced_by = excluded.replaced_by, "
+         "user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
+         "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at) "
+         "INSERT INTO _pylon_sessions (" +
+         row_columns() + ") SELECT " + detail::session_column_list_replacing(copied_as) +
+         " FROM old RETURNING " + row_columns();
+}
+
+// rotate(), authenticate() and the rotated ids they record.
 void add_rotation(std::vector<PreparedStatement>& statements) {
-  // The INSERT copies what the DELETE returned, so the new row is the old one as storage held
-  // it at that instant; when there was no live old row, both CTEs and the INSERT see nothing and
-  // the statement writes nothing. A rotated id already recorded (its session re-created under
-  // the same id since) takes the new record's values.
-  const std::string rotate_sql =
-      std::string(
-          "WITH old AS (DELETE FROM _pylon_sessions WHERE id = $1 AND expires_at > $3 "
-          "RETURNING ") +
-      kSessionColumns +
-      "), rotated AS (INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, "
-      "rotated_at, expires_at) SELECT id, $2, user_id, tenant_id, $3, CASE WHEN "
-      "absolute_expires_at > 0 THEN absolute_expires_at ELSE expires_at END FROM old "
-      "ON CONFLICT (id) DO UPDATE SET replaced_by = excluded.replaced_by, "
-      "user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
-      "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at) "
-      "INSERT INTO _pylon_sessions (" +
-      kSessionColumns +
-      ") SELECT $2, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-      "absolute_expires_at, device, ip, data, idp_session_id FROM old RETURNING " +
-      kSessionColumns;
-  statements.push_back({kRotate, rotate_sql, {kTextOid, kTextOid, kInt8Oid}});
+  statements.push_back({kRotate, rotation_sql("", {{"id", "$2"}}), {kTextOid, kTextOid, kInt8Oid}});
+  // authenticate(): $4 the user signing in, who becomes the new row's, authenticated now; $5 and
+  // $6 the user and tenant the transaction read the old row with (and locked by), which the row
+  // must still have.
+  statements.push_back({kAuthenticate,
+                        rotation_sql(" AND user_id = $5 AND tenant_id IS NOT DISTINCT FROM $6",
+                                     {{"id", "$2"}, {"user_id", "$4"}, {"authenticated_at", "$3"}}),
+                        {kTextOid, kTextOid, kInt8Oid, kTextOid, kTextOid, kTextOid}});
+  // authenticate()'s cap: of the rows of user $1 in tenant $2 other than the new row $3, those
+  // beyond the newest $4 - 1 (kEvictBeyondCap's order), so $4 remain with the new row.
+  statements.push_back(
+      {kEvictOthersBeyondCap,
+       "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM (SELECT id, row_number() "
+       "OVER (ORDER BY created_at DESC, insert_order DESC) AS newer FROM _pylon_sessions "
+       "WHERE user_id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND id <> $3) AS ranked "
+       "WHERE newer >= $4) RETURNING id, user_id",
+       {kTextOid, kTextOid, kTextOid, kInt8Oid}});
   statements.push_back({kSelectRotated,
                         "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at "
                         "FROM _pylon_rotated_ids",
@@ -8643,8 +9620,19 @@ void add_rotation(std::vector<PreparedStatement>& statements) {
        {kInt8Oid, kInt8Oid}});
 }
 
-// Every statement but remove_matching()'s, in the order they are prepared. Built once: the texts
-// are the same for every connection.
+// count_by_tenant(): the live rows of each tenant, NULL first, then in byte order (collation
+// "C"), as SQLite orders them. Grouping needs no collation: every deterministic one, the only
+// kind a database's default can be, calls two texts equal only when their bytes are.
+void add_administration(std::vector<PreparedStatement>& statements) {
+  statements.push_back(
+      {kCountByTenant,
+       "SELECT tenant_id, count(*), count(*) FILTER (WHERE user_id = '') FROM _pylon_sessions "
+       "WHERE expires_at > $1 GROUP BY tenant_id ORDER BY tenant_id COLLATE \"C\" NULLS FIRST",
+       {kInt8Oid}});
+}
+
+// Every statement but remove_matching()'s and list_page()'s, in the order they are prepared.
+// Built once: the texts are the same for every connection.
 const std::vector<PreparedStatement>& session_statements() {
   static const std::vector<PreparedStatement> kStatements = [] {
     std::vector<PreparedStatement> statements;
@@ -8652,6 +9640,7 @@ const std::vector<PreparedStatement>& session_statements() {
     add_deletes_and_selects(statements);
     add_cap_and_updates(statements);
     add_rotation(statements);
+    add_administration(statements);
     return statements;
   }();
   return kStatements;
@@ -8662,6 +9651,7 @@ void PostgresBackend::prepare_statements() {
     connection_.prepare(Reconnect::kNever, statement.name, statement.sql.c_str(), statement.types);
   }
   matching_prepared_.fill(false);
+  listing_prepared_.fill(false);
 }
 
 // remove_matching()'s DELETE for the fields in `mask`, parameters numbered in MatchField order.
@@ -8683,6 +9673,32 @@ std::string matching_sql(unsigned mask) {
   return sql + " RETURNING id, user_id";
 }
 
+// list_page()'s SELECT for the filters in `mask`: $1 now, $2 the cursor ('' for the first page,
+// below every id), $3 the limit, then the filters' parameters in ListFilter order. The cursor's
+// comparison and the order are in collation "C", the id column's since migration 0005, so the
+// primary key's index walks the page. On that column a plain `id > $2` would do; spelling the
+// collation out keeps the order byte order even where the column has another (a table altered
+// by hand), at the cost of pages that read the whole table there.
+std::string listing_sql(unsigned mask) {
+  static constexpr std::array<std::pair<ListFilter, const char*>, 7> kConditions = {{
+      {kListTenantId, "tenant_id = $"},
+      {kListUserId, "user_id = $"},
+      {kListDevice, "device = $"},
+      {kListCreatedSince, "created_at >= $"},
+      {kListCreatedBefore, "created_at < $"},
+      {kListLastSeenSince, "last_seen_at >= $"},
+      {kListLastSeenBefore, "last_seen_at < $"},
+  }};
+  std::string sql = "SELECT " + row_columns() +
+                    " FROM _pylon_sessions WHERE id COLLATE \"C\" > $2 AND expires_at > $1";
+  int parameter = 3;
+  for (const auto& [filter, condition] : kConditions) {
+    if ((mask & filter) == 0) continue;
+    sql.append(" AND ").append(condition).append(std::to_string(++parameter));
+  }
+  return sql + " ORDER BY id COLLATE \"C\" LIMIT $3";
+}
+
 // The rows of a result of "... RETURNING id, user_id".
 std::vector<RemovedSession> removed_rows(const PGresult* result) {
   std::vector<RemovedSession> removed;
@@ -8694,30 +9710,20 @@ std::vector<RemovedSession> removed_rows(const PGresult* result) {
   return removed;
 }
 
-// Row 0 of a result of kSelectAll or kSelectById (from column `first` on) into `session`. Its
+// Row 0 of a result selecting row_columns() (from column `first` on) into `session`. Its
 // strings are assigned, not built anew, so a load that reads every row into one Session reuses
-// their buffers.
-void read_session_row(const PGresult* row, Session& session, int first = 0) {
-  const auto text = [row](int column, std::string& into) { assign_text_at(row, column, into); };
-  const auto optional_text = [row](int column, std::optional<std::string>& into) {
-    assign_optional_text_at(row, column, into);
-  };
-  const auto int8 = [row](int column) { return int8_at(row, column); };
-  text(first, session.id);
-  text(first + 1, session.user_id);
-  optional_text(first + 2, session.tenant_id);
-  session.created_at = int8(first + 3);
-  session.expires_at = int8(first + 4);
-  session.last_seen_at = int8(first + 5);
-  session.absolute_expires_at = int8(first + 6);
-  optional_text(first + 7, session.device);
-  optional_text(first + 8, session.ip);
-  text(first + 9, session.data);
-  optional_text(first + 10, session.idp_session_id);
+// their buffers. (Not read_session_row: the amalgamation is one translation unit, and
+// session_backend.cpp's reader has that name.)
+void read_session_result(const PGresult* row, Session& session, int first = 0) {
+  int column = first;
+  detail::for_each_session_field(session,
+                                 [row, &column](const detail::SessionColumn&, auto& member) {
+                                   read_field(row, column++, member);
+                                 });
 }
 
 // Row 0 of a result selecting the columns of _pylon_rotated_ids (from column `first` on).
-void read_rotated_row(const PGresult* row, RotatedId& rotated, int first = 0) {
+void read_rotated_result(const PGresult* row, RotatedId& rotated, int first = 0) {
   assign_text_at(row, first, rotated.id);
   assign_text_at(row, first + 1, rotated.replaced_by);
   assign_text_at(row, first + 2, rotated.user_id);
@@ -8735,9 +9741,9 @@ std::vector<Session> PostgresBackend::load_all() {
 void PostgresBackend::load_each(const std::function<void(const Session&)>& visit) {
   const std::string action = "cannot load sessions from";
   Session session;  // every row is read into this one, reusing its buffers
-  load_rows(kSelectAll, "_pylon_sessions", kSelectAllTypes.data(), kSelectAllTypes.size(), action,
-            [&session, &visit](const PGresult* row) {
-              read_session_row(row, session);
+  load_rows(kSelectAll, "_pylon_sessions", kSessionColumnOids.data(), kSessionColumnOids.size(),
+            action, [&session, &visit](const PGresult* row) {
+              read_session_result(row, session);
               visit(session);
             });
 }
@@ -8747,7 +9753,7 @@ void PostgresBackend::load_rotated_each(const std::function<void(const RotatedId
   RotatedId rotated;  // as in load_each(), one for every row
   load_rows(kSelectRotated, "_pylon_rotated_ids", kSelectRotatedTypes.data(),
             kSelectRotatedTypes.size(), action, [&rotated, &visit](const PGresult* row) {
-              read_rotated_row(row, rotated);
+              read_rotated_result(row, rotated);
               visit(rotated);
             });
 }
@@ -8790,7 +9796,7 @@ std::optional<Session> PostgresBackend::load_one(std::string_view id) {
       connection_.exec_prepared(Reconnect::kIfDead, kSelectById, params, action);
   if (PQntuples(result.get()) == 0) return std::nullopt;
   Session session;
-  read_session_row(result.get(), session);
+  read_session_result(result.get(), session);
   return session;
 }
 
@@ -8895,10 +9901,11 @@ std::size_t PostgresBackend::remove_expired(std::int64_t now) {
 }
 
 std::vector<RemovedSession> PostgresBackend::remove_matching(const SessionFilter& filter) {
-  if (!filter.id && !filter.user_id && !filter.idp_session_id) {
+  // A tenant alone is a whole tenant (revoke_tenant()); except_id alone would be everyone else.
+  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
     throw Error(ErrorCode::kInvalidArgument,
-                "remove_matching needs an id, a user_id or an idp_session_id: an empty filter "
-                "would delete every session");
+                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
+                "empty filter would delete every session");
   }
   const std::array<std::pair<MatchField, const std::optional<std::string>*>, 5> fields = {{
       {kMatchId, &filter.id},
@@ -8955,8 +9962,18 @@ std::size_t PostgresBackend::remove_expired_batch(std::int64_t now, std::size_t 
   return run_counting(kDeleteExpiredBatch, params, action);
 }
 
-// See the section comment: without a cap, save_batch(); with one, a transaction that locks the
-// batch's users and tenants, inserts, and evicts.
+// The key of the advisory lock that insert_new() and authenticate() take for a user and tenant
+// (kLockOwners hashes it): the user and the tenant joined by U+001F, a character that ends
+// neither. A null tenant and an empty one share a key; they only wait for each other.
+std::string cap_lock_key(std::string_view user_id, std::optional<std::string_view> tenant_id) {
+  std::string key(user_id);
+  key += '\x1f';
+  if (tenant_id) key += *tenant_id;
+  return key;
+}
+
+// See the section comment: without a cap (or with anonymous sessions only), save_batch(); with
+// one, a transaction that locks the batch's users and tenants, inserts, and evicts.
 std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Session>& sessions,
                                                         std::size_t max_per_user) {
   for (const Session& session : sessions) detail::check_session_for_storage(session);
@@ -8964,30 +9981,30 @@ std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Sessio
   const std::vector<const Session*> rows = last_of_each_id(sessions);
   const std::vector<std::size_t> ends = statement_ends(rows);
   const std::string action = "cannot save sessions to";
-  if (max_per_user == 0) {
+
+  // The distinct (user, tenant) pairs of the batch, and the key each one's lock is taken by
+  // (cap_lock_key()). Anonymous sessions count against no cap: they have no pair, so none of
+  // them is locked for, ranked or evicted.
+  std::set<std::pair<std::string_view, std::optional<std::string_view>>> owners;
+  if (max_per_user > 0) {
+    for (const Session* session : rows) {
+      if (session->is_anonymous()) continue;
+      std::optional<std::string_view> tenant_id;
+      if (session->tenant_id) tenant_id = *session->tenant_id;
+      owners.emplace(session->user_id, tenant_id);
+    }
+  }
+  if (owners.empty()) {
     const PgConnection::Turn turn(connection_, action);
     connection_.reconnect_if_dead();
     upsert_in_statements(rows, ends, action);
     return {};
   }
-
-  // The distinct (user, tenant) pairs of the batch, and the key each one's lock is taken by:
-  // the user and the tenant joined by U+001F, a character that ends neither. A null tenant and
-  // an empty one share a key; they only wait for each other.
-  std::set<std::pair<std::string_view, std::optional<std::string_view>>> owners;
-  for (const Session* session : rows) {
-    std::optional<std::string_view> tenant_id;
-    if (session->tenant_id) tenant_id = *session->tenant_id;
-    owners.emplace(session->user_id, tenant_id);
-  }
   ArrayParam keys(kTextOid, owners.size());
   ArrayParam users(kTextOid, owners.size());
   ArrayParam tenants(kTextOid, owners.size());
   for (const auto& [user_id, tenant_id] : owners) {
-    std::string key(user_id);
-    key += '\x1f';
-    if (tenant_id) key += *tenant_id;
-    keys.bytes(key);
+    keys.bytes(cap_lock_key(user_id, tenant_id));
     users.bytes(user_id);
     tenants.optional_bytes(tenant_id ? std::optional<std::string>(*tenant_id) : std::nullopt);
   }
@@ -9025,7 +10042,7 @@ std::optional<Session> PostgresBackend::run_returning_session(const char* statem
   const PgResult result = connection_.exec_prepared(Reconnect::kIfDead, statement, params, action);
   if (PQntuples(result.get()) == 0) return std::nullopt;
   Session session;
-  read_session_row(result.get(), session);
+  read_session_result(result.get(), session);
   return session;
 }
 
@@ -9053,6 +10070,155 @@ std::optional<Session> PostgresBackend::rotate(std::string_view old_id, std::str
   return run_returning_session(kRotate, params, "cannot rotate a session in");
 }
 
+// See the section comment. The checks, and their messages, are SQLite's (check_signing_in_user,
+// check_may_sign_in).
+std::optional<Authentication> PostgresBackend::authenticate(std::string_view old_id,
+                                                            std::string_view new_id,
+                                                            std::string_view user_id,
+                                                            std::int64_t now,
+                                                            std::size_t max_per_user) {
+  detail::check_rotation_ids(old_id, new_id);
+  detail::check_signing_in_user(user_id);
+  if (!detail::is_storable_text(old_id)) return std::nullopt;  // as in remove(): no such row
+  const std::string action = "cannot sign a user in to a session in";
+  const PgConnection::Turn turn(connection_, action);
+  // Nothing is committed unless all is: no rotation without its evictions, nor the reverse.
+  PgConnection::Transaction transaction(connection_, Reconnect::kIfDead,
+                                        "BEGIN ISOLATION LEVEL READ COMMITTED", action);
+  std::optional<Session> session = sign_in(old_id, new_id, user_id, now, max_per_user, action);
+  if (!session) return std::nullopt;  // the transaction rolls back, having written nothing
+  Authentication signed_in;
+  if (max_per_user > 0) {
+    const auto max_cap = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+    Params evict;
+    evict.text(user_id)
+        .optional_text(session->tenant_id)
+        .text(new_id)
+        .int8(static_cast<std::int64_t>(std::min(max_per_user, max_cap)));
+    const PgResult evicted =
+        connection_.exec_prepared(Reconnect::kNever, kEvictOthersBeyondCap, evict, action);
+    signed_in.evicted = removed_rows(evicted.get());
+  }
+  transaction.commit(action);
+  signed_in.session = *std::move(session);
+  return signed_in;
+}
+
+std::optional<Session> PostgresBackend::sign_in(std::string_view old_id, std::string_view new_id,
+                                                std::string_view user_id, std::int64_t now,
+                                                std::size_t max_per_user,
+                                                const std::string& action) {
+  // Each round reads the row, then rotates it only if it is still live with the user and tenant
+  // read. A row deleted or expired in between ends the next round with nullopt; only a row whose
+  // user or tenant changed in between (which a save() or replace() of the whole row can do, and
+  // no slide or data update) takes another round. Past a few, kBusy: the caller may retry.
+  constexpr int kRounds = 3;
+  std::set<std::string> locked;  // the cap's lock keys this transaction holds
+  for (int round = 0; round < kRounds; ++round) {
+    Params id;
+    id.text(old_id);
+    const PgResult found = connection_.exec_prepared(Reconnect::kNever, kSelectById, id, action);
+    if (PQntuples(found.get()) == 0) return std::nullopt;
+    Session current;
+    read_session_result(found.get(), current);
+    if (current.expires_at <= now) return std::nullopt;
+    detail::check_may_sign_in(current, user_id);
+    std::optional<std::string_view> tenant_id;
+    if (current.tenant_id) tenant_id = *current.tenant_id;
+    std::string key = cap_lock_key(user_id, tenant_id);
+    if (max_per_user > 0 && locked.count(key) == 0) {
+      ArrayParam keys(kTextOid, 1);
+      keys.bytes(key);
+      Params lock;
+      lock.array(kTextArrayOid, keys.encoded());
+      connection_.exec_prepared(Reconnect::kNever, kLockOwners, lock, action);
+      locked.insert(std::move(key));
+    }
+    Params params;
+    params.text(old_id)
+        .text(new_id)
+        .int8(now)
+        .text(user_id)
+        .text(current.user_id)
+        .optional_text(current.tenant_id);
+    const PgResult rotated =
+        connection_.exec_prepared(Reconnect::kNever, kAuthenticate, params, action);
+    if (PQntuples(rotated.get()) > 0) {
+      Session session;
+      read_session_result(rotated.get(), session);
+      return session;
+    }
+  }
+  throw Error(ErrorCode::kBusy, action + " " + connection_.target() +
+                                    ": the session's user or tenant changed under each of " +
+                                    std::to_string(kRounds) +
+                                    " attempts to sign in to it; nothing was written");
+}
+
+std::vector<Session> PostgresBackend::list_page(const SessionQuery& query, std::int64_t now) {
+  detail::check_session_query(query);  // every text is storable, the cursor an id or ''
+  Params params;
+  params.int8(now).text(query.after).int8(static_cast<std::int64_t>(query.limit));
+  unsigned mask = 0;
+  const auto filter_text = [&mask, &params](ListFilter filter,
+                                            const std::optional<std::string>& value) {
+    if (!value) return;
+    mask |= filter;
+    params.text(*value);
+  };
+  const auto filter_time = [&mask, &params](ListFilter filter,
+                                            const std::optional<std::int64_t>& value) {
+    if (!value) return;
+    mask |= filter;
+    params.int8(*value);
+  };
+  filter_text(kListTenantId, query.tenant_id);
+  filter_text(kListUserId, query.user_id);
+  filter_text(kListDevice, query.device);
+  filter_time(kListCreatedSince, query.created_since);
+  filter_time(kListCreatedBefore, query.created_before);
+  filter_time(kListLastSeenSince, query.last_seen_since);
+  filter_time(kListLastSeenBefore, query.last_seen_before);
+
+  const std::string action = "cannot list sessions in";
+  const std::string name = kListPagePrefix + std::to_string(mask);
+  const PgConnection::Turn turn(connection_, action);
+  connection_.reconnect_if_dead();  // a reconnect forgets what was prepared
+  if (!listing_prepared_.at(mask)) {
+    std::vector<Oid> types = {kInt8Oid, kTextOid, kInt8Oid};
+    for (const ListFilter filter : {kListTenantId, kListUserId, kListDevice}) {
+      if ((mask & filter) != 0) types.push_back(kTextOid);
+    }
+    for (const ListFilter filter :
+         {kListCreatedSince, kListCreatedBefore, kListLastSeenSince, kListLastSeenBefore}) {
+      if ((mask & filter) != 0) types.push_back(kInt8Oid);
+    }
+    connection_.prepare(Reconnect::kNever, name.c_str(), listing_sql(mask).c_str(), types);
+    listing_prepared_.at(mask) = true;
+  }
+  std::vector<Session> page;
+  connection_.exec_prepared(
+      Reconnect::kNever, name.c_str(), params, action,
+      [&page](const PGresult* row) { read_session_result(row, page.emplace_back()); });
+  return page;
+}
+
+std::vector<TenantCount> PostgresBackend::count_by_tenant(std::int64_t now) {
+  Params params;
+  params.int8(now);
+  const std::string action = "cannot count sessions in";
+  const PgConnection::Turn turn(connection_, action);
+  std::vector<TenantCount> counts;
+  connection_.exec_prepared(Reconnect::kIfDead, kCountByTenant, params, action,
+                            [&counts](const PGresult* row) {
+                              TenantCount& count = counts.emplace_back();
+                              assign_optional_text_at(row, 0, count.tenant_id);
+                              count.sessions = static_cast<std::size_t>(int8_at(row, 1));
+                              count.anonymous = static_cast<std::size_t>(int8_at(row, 2));
+                            });
+  return counts;
+}
+
 std::size_t PostgresBackend::remove_expired_rotated(std::int64_t now, std::size_t limit) {
   if (limit == 0) return 0;  // as in remove_expired_batch()
   const auto max_limit = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
@@ -9076,16 +10242,20 @@ std::size_t PostgresBackend::remove_expired_rotated(std::int64_t now, std::size_
 // ================================================================================================
 
 // An entry of the log with what storage holds for its id: position, id, whether a session row
-// was joined and its columns, whether a rotated id was joined and its columns.
-constexpr const char* kChangeColumns =
-    "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, "
-    "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "
-    "s.idp_session_id, r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, "
-    "r.rotated_at, r.expires_at FROM _pylon_change_log AS c "
-    "LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
-    "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
+// was joined and its columns (from kLoggedSessionColumn), whether a rotated id was joined and its
+// columns (from kLoggedRotatedColumn). Built once.
 constexpr int kLoggedSessionColumn = 3;
-constexpr int kLoggedRotatedColumn = 15;
+constexpr int kLoggedRotatedColumn =
+    kLoggedSessionColumn + static_cast<int>(detail::kSessionColumns.size()) + 1;
+const std::string& logged_change_columns() {
+  static const std::string kColumns =
+      "c.position, c.id, s.id IS NOT NULL, " + detail::session_column_list("s.") +
+      ", r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, r.rotated_at, "
+      "r.expires_at FROM _pylon_change_log AS c "
+      "LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
+      "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
+  return kColumns;
+}
 // Positions are handed out when an entry is logged and committed later, so entries just below
 // the newest may still be in flight when a store starts: it starts this far back, and applies
 // those again (harmless: an entry carries what storage holds now).
@@ -9130,10 +10300,10 @@ class PgChangeSource final : public ChangeSource {
           change.position = int8_at(row, 0);
           assign_text_at(row, 1, change.id);
           if (bool_at(row, kLoggedSessionColumn - 1)) {
-            read_session_row(row, change.session.emplace(), kLoggedSessionColumn);
+            read_session_result(row, change.session.emplace(), kLoggedSessionColumn);
           }
           if (bool_at(row, kLoggedRotatedColumn - 1)) {
-            read_rotated_row(row, change.rotated.emplace(), kLoggedRotatedColumn);
+            read_rotated_result(row, change.rotated.emplace(), kLoggedRotatedColumn);
           }
         });
     const PgResult pruned =
@@ -9179,7 +10349,7 @@ class PgChangeSource final : public ChangeSource {
             .c_str(),
         {});
     connection_.prepare(Reconnect::kNever, "pylon_changes_after",
-                        (std::string("SELECT ") + kChangeColumns +
+                        ("SELECT " + logged_change_columns() +
                          " WHERE c.position > $1 OR c.position = ANY($2) "
                          "ORDER BY c.position LIMIT $3")
                             .c_str(),

@@ -146,7 +146,7 @@ class PYLON_API Error : public std::runtime_error {
 // lowercase hex SHA-256 of the token, safe to show on a "your devices" page and to revoke by.
 struct Session {
   std::string id;                        // 64 lowercase hex characters; the primary key
-  std::string user_id;                   // UTF-8 text without NUL bytes
+  std::string user_id;                   // UTF-8 text without NUL bytes; empty: anonymous
   std::optional<std::string> tenant_id;  // UTF-8 text without NUL bytes
   std::int64_t created_at = 0;
   std::int64_t expires_at = 0;        // the effective expiry: min(absolute cap, last_seen + idle)
@@ -159,6 +159,15 @@ struct Session {
   std::int64_t absolute_expires_at = 0;
   // The identity provider's session id (OIDC `sid`), for back-channel logout; UTF-8 without NUL.
   std::optional<std::string> idp_session_id;
+  // When the user last proved who they are: at create(), attach_user() and reauthenticate().
+  // 0 for an anonymous session. SessionStore::authenticated_within() asks it.
+  std::int64_t authenticated_at = 0;
+  // This session's own idle timeout in seconds (CreateOptions::idle_timeout), which every slide
+  // uses; nullopt: the store's StoreOptions::idle_timeout. 0 means no idle expiry.
+  std::optional<std::int64_t> idle_timeout_seconds;
+
+  // An anonymous session has no user (an empty user_id): SessionStore::create_anonymous().
+  [[nodiscard]] bool is_anonymous() const noexcept { return user_id.empty(); }
 
   friend PYLON_API bool operator==(const Session& a, const Session& b);
   friend bool operator!=(const Session& a, const Session& b) { return !(a == b); }
@@ -176,7 +185,8 @@ inline constexpr std::size_t kMaxIpBytes = 256;
 
 // The range of every time a session holds, in Unix seconds: 1970 to the end of year 9999. A
 // stored row with a time outside it, or with times out of order (created_at after last_seen_at,
-// or expires_at after absolute_expires_at when that is set), is skipped at start-up.
+// or expires_at after absolute_expires_at when that is set), or with a negative
+// idle_timeout_seconds, is skipped at start-up.
 inline constexpr std::int64_t kMaxSessionTime = 253402300799;
 
 // Length of a token: "pylon_" followed by 64 lowercase hex characters (32 random bytes).
@@ -201,13 +211,15 @@ PYLON_API bool is_well_formed_session_id(std::string_view id) noexcept;
 
 // What SessionStore tells StoreOptions::on_event, and what a backend reports of its own opening.
 enum class SessionEventType {
-  kCreated,             // create()
-  kValidatedExpired,    // validate() of a token whose session exists but has expired
-  kRevoked,             // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
-  kRotated,             // rotate(): session_id is the old id, replaced_by the new one
-  kRotatedTokenReused,  // validate() of a token rotated away: a stolen cookie may be in use
-  kPurged,              // purge_expired() or the reaper: `count` expired rows deleted
-  kReaperFailed,        // the reaper's purge failed (`detail`: the error); retried next interval
+  kCreated,           // create()
+  kValidatedExpired,  // validate() of a token whose session exists but has expired
+  kRevoked,           // revoke(), revoke_id(), revoke_user(), revoke_others(), logout, eviction
+  kRotated,           // rotate(): session_id is the old id, replaced_by the new one
+  // validate() of a token rotated away: a stolen cookie may be in use. user_id is the old
+  // session's user ("" for a visitor's token replayed after attach_user()).
+  kRotatedTokenReused,
+  kPurged,        // purge_expired() or the reaper: `count` expired rows deleted
+  kReaperFailed,  // the reaper's purge failed (`detail`: the error); retried next interval
   // The SQLite file (and its -wal, -shm) was readable by group or others, and was made 0600
   // before anything was read (`detail`: the path and the modes).
   kFilePermissionsTightened,
@@ -215,6 +227,16 @@ enum class SessionEventType {
   // seen until kChangeFeedResumed. See StoreOptions::refuse_while_not_following.
   kChangeFeedLost,
   kChangeFeedResumed,  // the store follows the change log again, having caught up
+  // attach_user(): a user signed in on an anonymous session. session_id is the old (anonymous)
+  // id, replaced_by the new one, user_id the user attached.
+  kUserAttached,
+  // reauthenticate(): the user proved who they are again; session_id is the old id, replaced_by
+  // the new one.
+  kReauthenticated,
+  kExtended,  // extend(): the idle expiry was slid on purpose
+  // revoke_tenant(): every session of a tenant deleted (`count` of them, `detail` the tenant).
+  // Each session also gets its own kRevoked.
+  kTenantRevoked,
 };
 
 struct SessionEvent {
@@ -223,7 +245,8 @@ struct SessionEvent {
   std::string user_id;      // empty for those too
   std::string replaced_by;  // kRotated and kRotatedTokenReused: the id of the successor
   std::size_t count = 1;    // how many sessions the event covers
-  std::string detail;       // kReaperFailed, kFilePermissionsTightened, kChangeFeedLost: what
+  std::string detail;       // kReaperFailed, kFilePermissionsTightened, kChangeFeedLost: what;
+                            // kTenantRevoked: the tenant
 
   // One named way to build each kind of event.
   static SessionEvent of_session(SessionEventType type, std::string session_id, std::string user_id,
@@ -239,7 +262,8 @@ struct SessionEvent {
 };
 
 // Which rows SessionBackend::remove_matching() deletes: a row matches when it equals every field
-// that is set. `except_id` keeps one row ("sign out the others").
+// that is set. `except_id` keeps one row ("sign out the others"). A filter that sets tenant_id
+// and none of id, user_id and idp_session_id matches the whole tenant (revoke_tenant()).
 struct SessionFilter {
   std::optional<std::string> id;
   std::optional<std::string> user_id;
@@ -258,6 +282,52 @@ struct RemovedSession {
   friend bool operator==(const RemovedSession& a, const RemovedSession& b) {
     return a.id == b.id && a.user_id == b.user_id;
   }
+};
+
+// Which live sessions (expires_at > now) an administrator's listing returns
+// (SessionStore::list_sessions, SessionBackend::list_page): those that match every field set,
+// ordered by id. Paging is by keyset: each page holds the ids after `after`, so a session that
+// exists from the first page to the last is listed exactly once, whatever is created or revoked
+// meanwhile; one created or revoked during the listing may or may not appear.
+struct SessionQuery {
+  std::optional<std::string> tenant_id;
+  std::optional<std::string> user_id;           // "" lists the anonymous sessions
+  std::optional<std::string> device;            // exactly this device string
+  std::optional<std::int64_t> created_since;    // created_at >= this
+  std::optional<std::int64_t> created_before;   // created_at < this
+  std::optional<std::int64_t> last_seen_since;  // last_seen_at >= this
+  std::optional<std::int64_t> last_seen_before;
+  // Where the page starts: the previous page's SessionPage::next_cursor; "" for the first page.
+  std::string after;
+  // At most this many sessions per page: 1 to kMaxPageSize.
+  std::size_t limit = 100;
+};
+
+inline constexpr std::size_t kMaxPageSize = 10000;
+
+struct SessionPage {
+  std::vector<Session> sessions;  // by id
+  // Pass as SessionQuery::after for the next page; "" when this page was the last. (A full page
+  // always has a cursor, so the page after the last full one may be empty.)
+  std::string next_cursor;
+};
+
+// How many live sessions a tenant has (SessionStore::count_by_tenant).
+struct TenantCount {
+  std::optional<std::string> tenant_id;  // nullopt: the sessions without a tenant
+  std::size_t sessions = 0;
+  std::size_t anonymous = 0;  // of those, how many have no user
+
+  friend bool operator==(const TenantCount& a, const TenantCount& b) {
+    return a.tenant_id == b.tenant_id && a.sessions == b.sessions && a.anonymous == b.anonymous;
+  }
+};
+
+// What SessionBackend::authenticate() stored: the new row, and the sessions of its user the cap
+// evicted in the same transaction.
+struct Authentication {
+  Session session;
+  std::vector<RemovedSession> evicted;
 };
 
 // A session id rotated away (SessionBackend::rotate), kept in storage until the session it
@@ -363,8 +433,8 @@ class PYLON_API SessionBackend {
   virtual std::size_t remove_expired(std::int64_t now) = 0;
 
   // Deletes, in one statement, every row matching every field `filter` sets; returns the rows
-  // it deleted. A filter that sets none of id, user_id and idp_session_id is refused with
-  // kInvalidArgument: it would match everyone.
+  // it deleted. A filter that sets none of id, user_id, idp_session_id and tenant_id is refused
+  // with kInvalidArgument: it would match everyone.
   virtual std::vector<RemovedSession> remove_matching(const SessionFilter& filter) = 0;
   // In one transaction, deletes the row `old_id` and inserts `replacement`. Returns false,
   // having written nothing, when there is no row `old_id`. With replacement.id == old_id it is
@@ -380,7 +450,8 @@ class PYLON_API SessionBackend {
   // or transaction, so no write carries a caller's stale copy of a row over another's change.
 
   // New sessions, in one transaction (a group commit of creates). With max_per_user > 0, the
-  // same transaction then deletes, for each user of `sessions`, that user's oldest rows in the
+  // same transaction then deletes, for each user of `sessions` (anonymous ones have no cap),
+  // that user's oldest rows in the
   // new session's tenant (rows whose tenant_id equals it, or is null when it is null) beyond
   // max_per_user: oldest is the smallest created_at, then the earliest inserted. It is atomic
   // against every other writer, other processes included, so no interleaving of creates ever
@@ -405,6 +476,23 @@ class PYLON_API SessionBackend {
   // when that is 0}. Returns the new row as stored.
   virtual std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
                                         std::int64_t now) = 0;
+  // Signing in, in one transaction: rotate() (same checks, same RotatedId), whose new row also
+  // takes `user_id` and authenticated_at = now. Refused with kInvalidArgument, having written
+  // nothing, when the row `old_id` belongs to another user (only an anonymous session, or one of
+  // `user_id` itself, may be signed in to). With max_per_user > 0 it then evicts, as insert_new()
+  // does, the user's oldest other rows in the new row's tenant beyond max_per_user (never the new
+  // row). nullopt, having written nothing, when there is no live row `old_id`.
+  virtual std::optional<Authentication> authenticate(std::string_view old_id,
+                                                     std::string_view new_id,
+                                                     std::string_view user_id, std::int64_t now,
+                                                     std::size_t max_per_user) = 0;
+  // One page of the live sessions (expires_at > now) that `query` matches, ordered by id, the
+  // ids after query.after, at most query.limit of them. Reads storage, so sessions every other
+  // store created are listed.
+  virtual std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) = 0;
+  // The live sessions (expires_at > now) of each tenant that has one, ordered by tenant in byte
+  // order (the sessions without a tenant first).
+  virtual std::vector<TenantCount> count_by_tenant(std::int64_t now) = 0;
   // Calls `visit` with every stored RotatedId, expired ones included, one at a time, as
   // load_each() does for sessions. remove_expired() deletes those with expires_at <= now, and
   // remove_expired_rotated() does in batches.
@@ -517,7 +605,7 @@ struct StoreStats {
   std::uint64_t write_failures = 0;  // storage writes that threw
   std::string last_error;            // what() of the last failed write; "" if none
   // Rows found at start-up that no token can match or that a write would refuse (a malformed
-  // id, an empty user_id, text that is not UTF-8 or holds NUL): left in storage, never cached.
+  // id, text that is not UTF-8 or holds NUL, times out of range): left in storage, never cached.
   std::size_t skipped_rows = 0;
   std::uint64_t reaper_failures = 0;  // reaper runs that failed (each also a kReaperFailed event)
   std::uint64_t miss_lookups = 0;     // storage reads made for tokens the cache did not hold
@@ -599,12 +687,27 @@ struct StoreOptions {
   // this (it was unreachable, or stopped) reloads every session when it is back. Pruned by every
   // store's change feed. 1 minute to 30 days.
   std::chrono::seconds change_log_retention{std::chrono::minutes(10)};
+  // The longest lifetimes a session may be given on its own (CreateOptions::absolute_ttl and
+  // idle_timeout, "remember me"), or the store's absolute_ttl and idle_timeout when those are
+  // longer. The defaults are 400 days, the longest a browser keeps a cookie. 1 second to 100
+  // years.
+  std::chrono::seconds max_absolute_ttl{std::chrono::hours(24 * 400)};
+  std::chrono::seconds max_idle_timeout{std::chrono::hours(24 * 400)};
   // Told of every event, on the thread that caused it, after storage has it. It must not call
   // back into the store; what it throws is caught and ignored. Events never carry a token.
   std::function<void(const SessionEvent&)> on_event;
 };
 
 struct CreateOptions {
+  // This session's own lifetimes, instead of the store's absolute_ttl and idle_timeout: a "keep
+  // me signed in" session next to short default ones. absolute_ttl from 1 second to
+  // StoreOptions::max_absolute_ttl; idle_timeout from 1 second to StoreOptions::max_idle_timeout
+  // (or to the store's own absolute_ttl / idle_timeout when longer); a longer value is refused
+  // with kInvalidArgument, not shortened. Stored with the session, so every slide, a restart and
+  // a rotation keep them. Set both for a long session: the store's
+  // idle_timeout would otherwise still end it when unused.
+  std::optional<std::chrono::seconds> absolute_ttl;
+  std::optional<std::chrono::seconds> idle_timeout;
   std::optional<std::string> tenant_id;
   std::optional<std::string> idp_session_id;  // OIDC `sid`, for logout_by_claims()
   std::optional<std::string> device;
@@ -642,11 +745,44 @@ class PYLON_API SessionStore {
   // Makes a last attempt at deletes still pending from failed revokes; never throws.
   ~SessionStore();
 
-  // A new session for `user_id` (non-empty), stored before this returns. Evicts the user's
-  // oldest sessions first when max_sessions_per_user is reached.
-  // Throws kInvalidArgument (empty user, NUL in a text field, data over max_data_bytes) or a
-  // storage error; then nothing was stored and the cache is unchanged.
+  // A new session for `user_id` (non-empty; see create_anonymous()), stored before this returns.
+  // Evicts the user's oldest sessions first when max_sessions_per_user is reached. Throws
+  // kInvalidArgument (empty user, NUL in a text field, data over max_data_bytes) or a storage
+  // error; then nothing was stored and the cache is unchanged.
   NewSession create(std::string_view user_id, CreateOptions options = {});
+
+  // A session without a user (Session::is_anonymous), for a visitor's state before login: a
+  // cart, a language, a CSRF secret. It validates, holds data, slides and expires like any other
+  // session; no user lists it and it counts against no cap. authenticated_at is 0. At login, call
+  // attach_user() with its token. Throws as create() does.
+  NewSession create_anonymous(CreateOptions options = {});
+
+  // Signs `user_id` (non-empty) in on the session of `token`: a new token for it, whose session
+  // has that user and authenticated_at = now, and the old token stops working, in one storage
+  // transaction (the fixation defence: the token a visitor held before login never carries a
+  // signed-in session). The data, tenant, device, lifetimes and expiry stay. The session must be
+  // anonymous or already the same user's; another user's session is refused with
+  // kInvalidArgument. max_sessions_per_user applies: the user's oldest other sessions are evicted
+  // in the same transaction. The old token then behaves as a rotated-away one (rotation_grace,
+  // kRotatedTokenReused). nullopt if `token` has no live session.
+  std::optional<NewSession> attach_user(std::string_view token, std::string_view user_id);
+
+  // The user of the session of `token` proved who they are again (a password prompt before a
+  // sensitive operation): authenticated_at = now, and the token is rotated, as on every privilege
+  // change, in one storage transaction. An anonymous session is refused with kInvalidArgument
+  // (use attach_user()). nullopt if `token` has no live session.
+  std::optional<NewSession> reauthenticate(std::string_view token);
+
+  // Whether the session's user proved who they are within the last `window` (by the store's
+  // clock): authenticated_at + window >= now. False for an anonymous session. For pages such as
+  // "confirm your password to change your e-mail" (OWASP ASVS re-authentication).
+  bool authenticated_within(const Session& session, std::chrono::seconds window) const;
+
+  // Slides the idle expiry of the session of `token` to now + its idle timeout, never past its
+  // absolute cap, and writes it at once (not once per touch_interval, as validate() does): for
+  // an "are you still there?" prompt the user answered. Returns the session as storage then
+  // holds it; nullopt if `token` has no live session.
+  std::optional<Session> extend(std::string_view token);
 
   // The live session of `token`, or nullopt (malformed, unknown, revoked or expired token).
   // Slides the idle expiry; the slide is written at most once per touch_interval, and a failed
@@ -711,6 +847,21 @@ class PYLON_API SessionStore {
   // list_user() and revoke_user() for one tenant of the user.
   std::vector<Session> list_user(std::string_view user_id, std::string_view tenant_id) const;
   std::size_t revoke_user(std::string_view user_id, std::string_view tenant_id);
+
+  // ---- Administration: these read and write storage, not the cache, so their answers include
+  // the sessions every other store created. A store scoped to a tenant sees only its own.
+
+  // One page of the live sessions `query` matches, by id (see SessionQuery for the paging
+  // guarantee). Throws kInvalidArgument for a limit outside 1..kMaxPageSize, a cursor that is not
+  // a session id, or a text field storage could not hold.
+  SessionPage list_sessions(const SessionQuery& query) const;
+
+  // The live sessions of each tenant (a store scoped to a tenant: of its own), by tenant.
+  std::vector<TenantCount> count_by_tenant() const;
+
+  // Deletes every session of the tenant in one statement; returns how many rows storage removed.
+  // Fails closed like revoke_user(). A store scoped to another tenant revokes nothing.
+  std::size_t revoke_tenant(std::string_view tenant_id);
 
   StoreStats stats() const;
 
