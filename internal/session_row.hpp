@@ -4,8 +4,10 @@
 // nullable, the schema version that added it), in the order every statement binds and selects
 // them, and the one walk over a Session's members in that order. Both backends build their
 // column lists, SELECT / INSERT / upsert text, the shapes they expect of the table and their row
-// readers and binders from these; Session's equality walks the same fields. Adding a column
-// touches kSessionColumns, for_each_session_field(), the Session struct and the two migrations.
+// readers and binders from these; the cache places each member by them; the field checks walk
+// them; Session's equality compares session_fields(). Adding a column touches kSessionColumns,
+// session_fields(), the Session struct and the two migrations. (A column one dialect alone needs,
+// PostgreSQL's insert_order, is that backend's own, listed once in pg_backend.cpp.)
 #ifndef PYLON_INTERNAL_SESSION_ROW_HPP_
 #define PYLON_INTERNAL_SESSION_ROW_HPP_
 
