@@ -10,6 +10,9 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
 
 #include "internal/backend_shared.hpp"
 #include "internal/session_row.hpp"
@@ -31,6 +34,45 @@ std::optional<Session> SessionBackend::load_one(std::string_view id) {
     if (session.id == id) found = session;
   });
   return found;
+}
+
+// One commit per write: a custom backend without transactions of its own still serves a store.
+std::vector<SessionWriteOutcome> SessionBackend::write_group(std::vector<SessionWrite> writes) {
+  std::vector<SessionWriteOutcome> outcomes(writes.size());
+  for (std::size_t i = 0; i < writes.size(); ++i) {
+    SessionWriteOutcome& outcome = outcomes[i];
+    try {
+      std::visit(
+          [this, &outcome](auto& arguments) {
+            using Write = std::decay_t<decltype(arguments)>;
+            if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+              outcome.removed = insert_new(arguments.sessions, arguments.max_per_user);
+            } else if constexpr (std::is_same_v<Write, TouchWrite>) {
+              outcome.session = touch(arguments.id, arguments.last_seen_at, arguments.expires_at);
+            } else if constexpr (std::is_same_v<Write, UpdateDataWrite>) {
+              outcome.session = update_data(arguments.id, arguments.data);
+            } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+              outcome.session = rotate(arguments.old_id, arguments.new_id, arguments.now);
+            } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+              std::optional<Authentication> signed_in =
+                  authenticate(arguments.old_id, arguments.new_id, arguments.user_id, arguments.now,
+                               arguments.max_per_user);
+              if (signed_in) {
+                outcome.session = std::move(signed_in->session);
+                outcome.removed = std::move(signed_in->evicted);
+              }
+            } else {
+              static_assert(std::is_same_v<Write, RemoveMatchingWrite>);
+              outcome.removed = remove_matching(arguments.filter);
+            }
+          },
+          writes[i]);
+    } catch (...) {
+      outcome = SessionWriteOutcome();
+      outcome.error = std::current_exception();
+    }
+  }
+  return outcomes;
 }
 
 bool operator==(const Session& a, const Session& b) {
