@@ -120,7 +120,7 @@ std::int64_t decode_int8(std::string_view bytes) noexcept {
 // integers), so it lives on the caller's stack for one call and is never copied or moved.
 class Params {
  public:
-  static constexpr std::size_t kCapacity = 12;  // replace(): the old id and a whole Session
+  static constexpr std::size_t kCapacity = 14;  // replace(): the old id and a whole Session
 
   Params() = default;
   Params(const Params&) = delete;
@@ -138,6 +138,10 @@ class Params {
     std::array<char, 8>& slot = integers_.at(count_);
     slot = encode_int8(value);
     return add(kInt8Oid, slot.data(), slot.size());
+  }
+  Params& optional_int8(const std::optional<std::int64_t>& value) {
+    if (!value) return add(kInt8Oid, nullptr, 0, /*is_null=*/true);
+    return int8(*value);
   }
   Params& bytea(std::string_view value) { return add(kByteaOid, value.data(), value.size()); }
   // An array already in binary format (ArrayParam), of the array type `type`.
@@ -209,19 +213,29 @@ class ArrayParam {
       bytes(*value);
       return;
     }
-    bytes_[kHasNullByte] = 1;
-    append_int4(-1);
+    null();
   }
   void int8(std::int64_t value) {
     append_int4(8);
     const std::array<char, 8> big_endian = encode_int8(value);
     bytes_.append(big_endian.data(), big_endian.size());
   }
+  void optional_int8(const std::optional<std::int64_t>& value) {
+    if (value) {
+      int8(*value);
+      return;
+    }
+    null();
+  }
   [[nodiscard]] std::string_view encoded() const noexcept { return bytes_; }
 
  private:
   static constexpr std::size_t kHasNullByte = 7;  // the low byte of the second header word
 
+  void null() {
+    bytes_[kHasNullByte] = 1;
+    append_int4(-1);
+  }
   void append_int4(std::int32_t value) {
     const auto bits = static_cast<std::uint32_t>(value);
     const std::array<char, 4> big_endian = {
@@ -262,6 +276,12 @@ void assign_optional_text_at(const PGresult* result, int column, std::optional<s
 std::int64_t int8_at(const PGresult* result, int column) {
   if (PQgetisnull(result, 0, column) != 0 || PQgetlength(result, 0, column) != 8) return 0;
   return decode_int8({PQgetvalue(result, 0, column), 8});
+}
+
+// The same for a column that may be NULL: nullopt then.
+std::optional<std::int64_t> optional_int8_at(const PGresult* result, int column) {
+  if (PQgetisnull(result, 0, column) != 0) return std::nullopt;
+  return int8_at(result, column);
 }
 
 // ================================================================================================
@@ -1375,6 +1395,8 @@ const std::vector<ExpectedColumn>& session_column_shapes() {
       {"idp_session_id", "text", false, 2},
       // No statement gives it a value: its identity does (an identity column is NOT NULL).
       {"insert_order", "bigint", true, 3, /*generated=*/true},
+      {"authenticated_at", "bigint", true, 5},
+      {"idle_timeout_seconds", "bigint", false, 5},  // NULL: the store's idle timeout
   };
   return kColumns;
 }
@@ -1411,7 +1433,7 @@ constexpr std::array<ExpectedIndex, 4> kIndexes = {{
 
 // (name, type) of every column of `_pylon_sessions` once migration `version` (1 or later) has
 // run, ordered by name as table_columns() returns them.
-std::vector<std::pair<std::string, std::string>> session_columns_at(int version) {
+std::vector<std::pair<std::string, std::string>> expected_session_columns(int version) {
   std::vector<std::pair<std::string, std::string>> columns;
   for (const ExpectedColumn& column : session_column_shapes()) {
     if (column.since <= version) columns.emplace_back(column.name, column.type);
@@ -1453,7 +1475,7 @@ bool PgMigrations::check_session_table(int applied) {
   // Migration 1 creates the table only if it is missing, so at version 0 a table of version 1's
   // shape is taken as it is. A table already of a later shape than its version is not: the
   // migrations still to run would fail on it half-way (a column added twice).
-  if (columns == names_of(session_columns_at(std::max(applied, 1)))) return false;
+  if (columns == names_of(expected_session_columns(std::max(applied, 1)))) return false;
   // pylon's runtime: token, user_id, expires_at, created_at, device, and later tenant_id.
   const std::vector<std::string> legacy = {"created_at", "device", "expires_at", "token",
                                            "user_id"};
@@ -1611,7 +1633,7 @@ void PgMigrations::verify_keys(const char* table, int version) {
 // load_each() reads every row into one Session, whose buffers each row reuses.
 //
 // Each call is still one autocommit statement, the multi-step ones included:
-//   - save_batch() sends its rows as eleven arrays, one per column, to one INSERT ... SELECT
+//   - save_batch() sends its rows as thirteen arrays, one per column, to one INSERT ... SELECT
 //     unnest(...) upsert: one round trip and one commit for the batch, where a transaction of
 //     upserts would cost a round trip per row. ON CONFLICT cannot change a row twice in one
 //     statement, so of rows sharing an id only the last is sent, which is what upserting them in
@@ -1625,7 +1647,15 @@ void PgMigrations::verify_keys(const char* table, int version) {
 //   - remove_matching() has one statement per combination of filter fields, each a plain
 //     conjunction of equalities the indexes serve; there are 32 combinations and an application
 //     uses a few, so they are prepared on first use rather than all on every (re)connect. Each
-//     returns the ids and users it deleted.
+//     returns the ids and users it deleted. (A whole tenant, revoke_tenant(), has no index of its
+//     own: an administrator's rare call, it reads the table once rather than cost every write an
+//     index entry.)
+//   - list_page() likewise has one SELECT per combination of the query's filters (128), prepared
+//     on first use. It pages by keyset: `id > $after ORDER BY id LIMIT $limit`, the first page's
+//     cursor '' (below every id). Ids are compared in collation "C", byte order as SQLite's
+//     BINARY, so both backends page alike whatever the database's collation; migration 0005 gives
+//     the id column that collation, so the primary key's index serves the walk and a page costs
+//     its size, not the table's. count_by_tenant() is one GROUP BY, in the same byte order.
 //   - rotate() is one statement too: a CTE deletes the live old row and returns it, a second
 //     records the rotated id, and the INSERT it feeds copies the row, as storage holds it, under
 //     the new id and returns the copy. touch() and update_data() are UPDATE ... RETURNING: each
@@ -1640,7 +1670,16 @@ void PgMigrations::verify_keys(const char* table, int version) {
 // takes a transaction-scoped advisory lock per user and tenant of the batch, in the order of the
 // lock keys, so two batches sharing users queue instead of deadlocking; then inserts; then, in a
 // statement of its own that sees the rows committed by whoever held a lock before, deletes what
-// lies beyond the cap. Without a cap it is save_batch().
+// lies beyond the cap. Without a cap, or for anonymous sessions only (they have no cap), it is
+// save_batch().
+//
+// authenticate() is a transaction too: it must tell "no live session" from "another user's
+// session" (refused), and with a cap it evicts under insert_new()'s lock. In READ COMMITTED it
+// reads the old row (nothing locked yet); takes the lock of the user signing in and the row's
+// tenant; then runs rotate()'s statement, whose DELETE also requires the user and tenant just
+// read (a row that changed in between is read again); then evicts the user's oldest other rows.
+// Taking the lock before touching any row keeps it from deadlocking with a capped writer that
+// holds the lock and evicts the very row.
 // ================================================================================================
 
 // The prepared statements, by name. Names are per connection: every reconnect prepares them again.
@@ -1658,11 +1697,16 @@ constexpr const char* kEvictBeyondCap = "pylon_evict_beyond_cap";
 constexpr const char* kTouch = "pylon_touch";
 constexpr const char* kUpdateData = "pylon_update_data";
 constexpr const char* kRotate = "pylon_rotate";
+constexpr const char* kAuthenticate = "pylon_authenticate";
+constexpr const char* kEvictOthersBeyondCap = "pylon_evict_others_beyond_cap";
+constexpr const char* kCountByTenant = "pylon_count_by_tenant";
 constexpr const char* kSelectRotated = "pylon_select_rotated";
 constexpr const char* kDeleteExpiredRotatedBatch = "pylon_delete_expired_rotated_batch";
 // remove_matching()'s statements are prepared on first use, one per combination of filter
 // fields: this prefix and the bitmask of the fields (see MatchField).
 constexpr const char* kDeleteMatchingPrefix = "pylon_delete_matching_";
+// list_page()'s, the same way: this prefix and the bitmask of the query's filters (ListFilter).
+constexpr const char* kListPagePrefix = "pylon_list_page_";
 
 // The most array bytes one statement of save_batch() sends. The server would take up to 1 GB;
 // this keeps the copies a statement makes (ours, the server's arrays and the rows unnested from
@@ -1670,9 +1714,9 @@ constexpr const char* kDeleteMatchingPrefix = "pylon_delete_matching_";
 constexpr std::size_t kBatchStatementBytes = std::size_t{32} << 20U;
 
 // The columns of kSelectAll, in order, with the type each must have.
-constexpr std::array<Oid, 11> kSelectAllTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
-                                                 kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
-                                                 kTextOid, kByteaOid, kTextOid};
+constexpr std::array<Oid, 13> kSelectAllTypes = {kTextOid, kTextOid, kTextOid, kInt8Oid, kInt8Oid,
+                                                 kInt8Oid, kInt8Oid, kTextOid, kTextOid, kByteaOid,
+                                                 kTextOid, kInt8Oid, kInt8Oid};
 // The columns of kSelectRotated, in order, with the type each must have.
 constexpr std::array<Oid, 6> kSelectRotatedTypes = {kTextOid, kTextOid, kTextOid,
                                                     kTextOid, kInt8Oid, kInt8Oid};
@@ -1687,6 +1731,19 @@ enum MatchField : unsigned {
   kMatchExceptId = 1U << 4U,
 };
 constexpr std::size_t kMatchCombinations = 32;
+
+// The filters of a SessionQuery, as bits of the mask that names list_page()'s statement.
+// Conditions and parameters (from $4: $1 is now, $2 the cursor, $3 the limit) follow this order.
+enum ListFilter : unsigned {
+  kListTenantId = 1U << 0U,
+  kListUserId = 1U << 1U,
+  kListDevice = 1U << 2U,
+  kListCreatedSince = 1U << 3U,
+  kListCreatedBefore = 1U << 4U,
+  kListLastSeenSince = 1U << 5U,
+  kListLastSeenBefore = 1U << 6U,
+};
+constexpr std::size_t kListCombinations = 128;
 
 // The first key of the two-key pg_advisory_xact_lock that insert_new() takes per user and tenant
 // ("pcap" in ASCII); the second is a hash of the two. PostgreSQL keeps two-key locks apart from
@@ -1733,6 +1790,11 @@ class PostgresBackend final : public SessionBackend {
   std::optional<Session> update_data(std::string_view id, std::string_view data) override;
   std::optional<Session> rotate(std::string_view old_id, std::string_view new_id,
                                 std::int64_t now) override;
+  std::optional<Authentication> authenticate(std::string_view old_id, std::string_view new_id,
+                                             std::string_view user_id, std::int64_t now,
+                                             std::size_t max_per_user) override;
+  std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) override;
+  std::vector<TenantCount> count_by_tenant(std::int64_t now) override;
   void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
   std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   [[nodiscard]] std::string describe() const override { return connection_.shown_url(); }
@@ -1751,13 +1813,20 @@ class PostgresBackend final : public SessionBackend {
                             const std::vector<std::size_t>& ends, const std::string& action);
   void upsert_rows(const std::vector<const Session*>& rows, std::size_t begin, std::size_t end,
                    const std::string& action);
+  // authenticate()'s rotation, in its transaction: the new row, or nullopt when the row `old_id`
+  // is gone, expired or another user's; throws when it is another user's.
+  std::optional<Session> sign_in(std::string_view old_id, std::string_view new_id,
+                                 std::string_view user_id, std::int64_t now,
+                                 std::size_t max_per_user, const std::string& action);
 
   std::string url_;  // as opened: a change source opens its own connection with them
   PostgresOptions options_;
   PgConnection connection_;
-  // Which of remove_matching()'s statements this connection has prepared, by field mask.
-  // prepare_statements() clears it: a reconnect starts a server session that has none.
+  // Which of remove_matching()'s and list_page()'s statements this connection has prepared, by
+  // field mask. prepare_statements() clears them: a reconnect starts a server session that has
+  // none.
   std::array<bool, kMatchCombinations> matching_prepared_{};
+  std::array<bool, kListCombinations> listing_prepared_{};
 };
 
 PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
@@ -1775,19 +1844,20 @@ std::size_t PostgresBackend::run_counting(const char* statement, const Params& p
 // The columns a Session is written to, in the order of its parameters (bind_session()).
 constexpr const char* kSessionColumns =
     "id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, "
-    "ip, data, idp_session_id";
+    "ip, data, idp_session_id, authenticated_at, idle_timeout_seconds";
 // An upsert sets every column, so save() replaces the whole row, as the contract asks.
 constexpr const char* kUpdateEveryColumn =
     " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
     "created_at = excluded.created_at, expires_at = excluded.expires_at, "
     "last_seen_at = excluded.last_seen_at, absolute_expires_at = excluded.absolute_expires_at, "
     "device = excluded.device, ip = excluded.ip, data = excluded.data, "
-    "idp_session_id = excluded.idp_session_id";
+    "idp_session_id = excluded.idp_session_id, authenticated_at = excluded.authenticated_at, "
+    "idle_timeout_seconds = excluded.idle_timeout_seconds";
 
 const std::vector<Oid>& session_parameter_types() {
-  static const std::vector<Oid> kTypes = {kTextOid, kTextOid,  kTextOid, kInt8Oid,
-                                          kInt8Oid, kInt8Oid,  kInt8Oid, kTextOid,
-                                          kTextOid, kByteaOid, kTextOid};
+  static const std::vector<Oid> kTypes = {kTextOid, kTextOid, kTextOid, kInt8Oid, kInt8Oid,
+                                          kInt8Oid, kInt8Oid, kTextOid, kTextOid, kByteaOid,
+                                          kTextOid, kInt8Oid, kInt8Oid};
   return kTypes;
 }
 
@@ -1802,7 +1872,9 @@ void bind_session(Params& params, const Session& session) {
       .optional_text(session.device)
       .optional_text(session.ip)
       .bytea(session.data)
-      .optional_text(session.idp_session_id);
+      .optional_text(session.idp_session_id)
+      .int8(session.authenticated_at)
+      .optional_int8(session.idle_timeout_seconds);
 }
 
 // The array type whose elements are of `element`, one of the types bind_session() binds.
@@ -1817,12 +1889,12 @@ std::size_t encoded_size(const Session& session) noexcept {
   const auto size_of = [](const std::optional<std::string>& value) {
     return value ? value->size() : 0;
   };
-  return 11 * 4 + 4 * 8 + session.id.size() + session.user_id.size() + size_of(session.tenant_id) +
+  return 13 * 4 + 6 * 8 + session.id.size() + session.user_id.size() + size_of(session.tenant_id) +
          size_of(session.device) + size_of(session.ip) + session.data.size() +
          size_of(session.idp_session_id);
 }
 
-// rows[begin, end) as the eleven array parameters of kUpsertBatch, in bind_session()'s order.
+// rows[begin, end) as the thirteen array parameters of kUpsertBatch, in bind_session()'s order.
 // The parameters point into `columns`, which must outlive them.
 void bind_sessions(Params& params, std::vector<ArrayParam>& columns,
                    const std::vector<const Session*>& rows, std::size_t begin, std::size_t end) {
@@ -1851,6 +1923,8 @@ void bind_sessions(Params& params, std::vector<ArrayParam>& columns,
     columns.at(8).optional_bytes(session.ip);
     columns.at(9).bytes(session.data);
     columns.at(10).optional_bytes(session.idp_session_id);
+    columns.at(11).int8(session.authenticated_at);
+    columns.at(12).optional_int8(session.idle_timeout_seconds);
   }
   for (std::size_t column = 0; column < columns.size(); ++column) {
     params.array(array_type_of(session_parameter_types().at(column)), columns.at(column).encoded());
@@ -1882,7 +1956,7 @@ struct PreparedStatement {
 // save(), save_batch() and replace(): upserts of whole rows.
 void add_upserts(std::vector<PreparedStatement>& statements) {
   const std::string upsert = std::string("INSERT INTO _pylon_sessions (") + kSessionColumns +
-                             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)" +
+                             ") VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)" +
                              kUpdateEveryColumn;
   statements.push_back({kUpsert, upsert, session_parameter_types()});
 
@@ -1893,7 +1967,8 @@ void add_upserts(std::vector<PreparedStatement>& statements) {
   // shows it; no bench in bench/ measures it).
   std::string upsert_batch =
       std::string("INSERT INTO _pylon_sessions (") + kSessionColumns + ") SELECT ";
-  for (int parameter = 1; parameter <= 11; ++parameter) {
+  const auto column_count = static_cast<int>(session_parameter_types().size());
+  for (int parameter = 1; parameter <= column_count; ++parameter) {
     upsert_batch += (parameter > 1 ? ", unnest($" : "unnest($") + std::to_string(parameter) + ")";
   }
   upsert_batch += kUpdateEveryColumn;
@@ -1907,7 +1982,8 @@ void add_upserts(std::vector<PreparedStatement>& statements) {
   const std::string replace_sql =
       std::string("WITH gone AS (DELETE FROM _pylon_sessions WHERE id = $1 RETURNING 1) ") +
       "INSERT INTO _pylon_sessions (" + kSessionColumns +
-      ") SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12 WHERE EXISTS (SELECT 1 FROM gone)" +
+      ") SELECT $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14 "
+      "WHERE EXISTS (SELECT 1 FROM gone)" +
       kUpdateEveryColumn;
   std::vector<Oid> replace_types = {kTextOid};
   replace_types.insert(replace_types.end(), session_parameter_types().begin(),
@@ -1979,29 +2055,50 @@ void add_cap_and_updates(std::vector<PreparedStatement>& statements) {
        {kTextOid, kByteaOid}});
 }
 
-// rotate() and the rotated ids it records.
+// rotate()'s statement ($1 the old id, $2 the new one, $3 now), with `also_requires` added to
+// the old row's conditions and the new row's user_id and authenticated_at taken from
+// `user_id` and `authenticated_at` (columns of the old row, or parameters).
+// The INSERT copies what the DELETE returned, so the new row is the old one as storage held it
+// at that instant; when there was no live old row, both CTEs and the INSERT see nothing and the
+// statement writes nothing. A rotated id already recorded (its session re-created under the
+// same id since) takes the new record's values; it keeps the old row's user either way.
+std::string rotation_sql(const char* also_requires, const char* user_id,
+                         const char* authenticated_at) {
+  return std::string("WITH old AS (DELETE FROM _pylon_sessions WHERE id = $1 AND expires_at > $3") +
+         also_requires + " RETURNING " + kSessionColumns +
+         "), rotated AS (INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, "
+         "rotated_at, expires_at) SELECT id, $2, user_id, tenant_id, $3, CASE WHEN "
+         "absolute_expires_at > 0 THEN absolute_expires_at ELSE expires_at END FROM old "
+         "ON CONFLICT (id) DO UPDATE SET replaced_by = excluded.replaced_by, "
+         "user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
+         "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at) "
+         "INSERT INTO _pylon_sessions (" +
+         kSessionColumns + ") SELECT $2, " + user_id +
+         ", tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, "
+         "data, idp_session_id, " +
+         authenticated_at + ", idle_timeout_seconds FROM old RETURNING " + kSessionColumns;
+}
+
+// rotate(), authenticate() and the rotated ids they record.
 void add_rotation(std::vector<PreparedStatement>& statements) {
-  // The INSERT copies what the DELETE returned, so the new row is the old one as storage held
-  // it at that instant; when there was no live old row, both CTEs and the INSERT see nothing and
-  // the statement writes nothing. A rotated id already recorded (its session re-created under
-  // the same id since) takes the new record's values.
-  const std::string rotate_sql =
-      std::string(
-          "WITH old AS (DELETE FROM _pylon_sessions WHERE id = $1 AND expires_at > $3 "
-          "RETURNING ") +
-      kSessionColumns +
-      "), rotated AS (INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, "
-      "rotated_at, expires_at) SELECT id, $2, user_id, tenant_id, $3, CASE WHEN "
-      "absolute_expires_at > 0 THEN absolute_expires_at ELSE expires_at END FROM old "
-      "ON CONFLICT (id) DO UPDATE SET replaced_by = excluded.replaced_by, "
-      "user_id = excluded.user_id, tenant_id = excluded.tenant_id, "
-      "rotated_at = excluded.rotated_at, expires_at = excluded.expires_at) "
-      "INSERT INTO _pylon_sessions (" +
-      kSessionColumns +
-      ") SELECT $2, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-      "absolute_expires_at, device, ip, data, idp_session_id FROM old RETURNING " +
-      kSessionColumns;
-  statements.push_back({kRotate, rotate_sql, {kTextOid, kTextOid, kInt8Oid}});
+  statements.push_back(
+      {kRotate, rotation_sql("", "user_id", "authenticated_at"), {kTextOid, kTextOid, kInt8Oid}});
+  // authenticate(): $4 the user signing in, who becomes the new row's, authenticated now; $5 and
+  // $6 the user and tenant the transaction read the old row with (and locked by), which the row
+  // must still have.
+  statements.push_back(
+      {kAuthenticate,
+       rotation_sql(" AND user_id = $5 AND tenant_id IS NOT DISTINCT FROM $6", "$4", "$3"),
+       {kTextOid, kTextOid, kInt8Oid, kTextOid, kTextOid, kTextOid}});
+  // authenticate()'s cap: of the rows of user $1 in tenant $2 other than the new row $3, those
+  // beyond the newest $4 - 1 (kEvictBeyondCap's order), so $4 remain with the new row.
+  statements.push_back(
+      {kEvictOthersBeyondCap,
+       "DELETE FROM _pylon_sessions WHERE id IN (SELECT id FROM (SELECT id, row_number() "
+       "OVER (ORDER BY created_at DESC, insert_order DESC) AS newer FROM _pylon_sessions "
+       "WHERE user_id = $1 AND tenant_id IS NOT DISTINCT FROM $2 AND id <> $3) AS ranked "
+       "WHERE newer >= $4) RETURNING id, user_id",
+       {kTextOid, kTextOid, kTextOid, kInt8Oid}});
   statements.push_back({kSelectRotated,
                         "SELECT id, replaced_by, user_id, tenant_id, rotated_at, expires_at "
                         "FROM _pylon_rotated_ids",
@@ -2014,8 +2111,19 @@ void add_rotation(std::vector<PreparedStatement>& statements) {
        {kInt8Oid, kInt8Oid}});
 }
 
-// Every statement but remove_matching()'s, in the order they are prepared. Built once: the texts
-// are the same for every connection.
+// count_by_tenant(): the live rows of each tenant, NULL first, then in byte order (collation
+// "C"), as SQLite orders them. Grouping needs no collation: every deterministic one, the only
+// kind a database's default can be, calls two texts equal only when their bytes are.
+void add_administration(std::vector<PreparedStatement>& statements) {
+  statements.push_back(
+      {kCountByTenant,
+       "SELECT tenant_id, count(*), count(*) FILTER (WHERE user_id = '') FROM _pylon_sessions "
+       "WHERE expires_at > $1 GROUP BY tenant_id ORDER BY tenant_id COLLATE \"C\" NULLS FIRST",
+       {kInt8Oid}});
+}
+
+// Every statement but remove_matching()'s and list_page()'s, in the order they are prepared.
+// Built once: the texts are the same for every connection.
 const std::vector<PreparedStatement>& session_statements() {
   static const std::vector<PreparedStatement> kStatements = [] {
     std::vector<PreparedStatement> statements;
@@ -2023,6 +2131,7 @@ const std::vector<PreparedStatement>& session_statements() {
     add_deletes_and_selects(statements);
     add_cap_and_updates(statements);
     add_rotation(statements);
+    add_administration(statements);
     return statements;
   }();
   return kStatements;
@@ -2033,6 +2142,7 @@ void PostgresBackend::prepare_statements() {
     connection_.prepare(Reconnect::kNever, statement.name, statement.sql.c_str(), statement.types);
   }
   matching_prepared_.fill(false);
+  listing_prepared_.fill(false);
 }
 
 // remove_matching()'s DELETE for the fields in `mask`, parameters numbered in MatchField order.
@@ -2052,6 +2162,32 @@ std::string matching_sql(unsigned mask) {
     sql += condition + std::to_string(++parameter);
   }
   return sql + " RETURNING id, user_id";
+}
+
+// list_page()'s SELECT for the filters in `mask`: $1 now, $2 the cursor ('' for the first page,
+// below every id), $3 the limit, then the filters' parameters in ListFilter order. The cursor's
+// comparison and the order are in collation "C", the id column's since migration 0005, so the
+// primary key's index walks the page. On that column a plain `id > $2` would do; spelling the
+// collation out keeps the order byte order even where the column has another (a table altered
+// by hand), at the cost of pages that read the whole table there.
+std::string listing_sql(unsigned mask) {
+  static constexpr std::array<std::pair<ListFilter, const char*>, 7> kConditions = {{
+      {kListTenantId, "tenant_id = $"},
+      {kListUserId, "user_id = $"},
+      {kListDevice, "device = $"},
+      {kListCreatedSince, "created_at >= $"},
+      {kListCreatedBefore, "created_at < $"},
+      {kListLastSeenSince, "last_seen_at >= $"},
+      {kListLastSeenBefore, "last_seen_at < $"},
+  }};
+  std::string sql = std::string("SELECT ") + kSessionColumns +
+                    " FROM _pylon_sessions WHERE id COLLATE \"C\" > $2 AND expires_at > $1";
+  int parameter = 3;
+  for (const auto& [filter, condition] : kConditions) {
+    if ((mask & filter) == 0) continue;
+    sql.append(" AND ").append(condition).append(std::to_string(++parameter));
+  }
+  return sql + " ORDER BY id COLLATE \"C\" LIMIT $3";
 }
 
 // The rows of a result of "... RETURNING id, user_id".
@@ -2085,6 +2221,8 @@ void read_session_row(const PGresult* row, Session& session, int first = 0) {
   optional_text(first + 8, session.ip);
   text(first + 9, session.data);
   optional_text(first + 10, session.idp_session_id);
+  session.authenticated_at = int8(first + 11);
+  session.idle_timeout_seconds = optional_int8_at(row, first + 12);
 }
 
 // Row 0 of a result selecting the columns of _pylon_rotated_ids (from column `first` on).
@@ -2266,10 +2404,11 @@ std::size_t PostgresBackend::remove_expired(std::int64_t now) {
 }
 
 std::vector<RemovedSession> PostgresBackend::remove_matching(const SessionFilter& filter) {
-  if (!filter.id && !filter.user_id && !filter.idp_session_id) {
+  // A tenant alone is a whole tenant (revoke_tenant()); except_id alone would be everyone else.
+  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
     throw Error(ErrorCode::kInvalidArgument,
-                "remove_matching needs an id, a user_id or an idp_session_id: an empty filter "
-                "would delete every session");
+                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
+                "empty filter would delete every session");
   }
   const std::array<std::pair<MatchField, const std::optional<std::string>*>, 5> fields = {{
       {kMatchId, &filter.id},
@@ -2326,8 +2465,18 @@ std::size_t PostgresBackend::remove_expired_batch(std::int64_t now, std::size_t 
   return run_counting(kDeleteExpiredBatch, params, action);
 }
 
-// See the section comment: without a cap, save_batch(); with one, a transaction that locks the
-// batch's users and tenants, inserts, and evicts.
+// The key of the advisory lock that insert_new() and authenticate() take for a user and tenant
+// (kLockOwners hashes it): the user and the tenant joined by U+001F, a character that ends
+// neither. A null tenant and an empty one share a key; they only wait for each other.
+std::string cap_lock_key(std::string_view user_id, std::optional<std::string_view> tenant_id) {
+  std::string key(user_id);
+  key += '\x1f';
+  if (tenant_id) key += *tenant_id;
+  return key;
+}
+
+// See the section comment: without a cap (or with anonymous sessions only), save_batch(); with
+// one, a transaction that locks the batch's users and tenants, inserts, and evicts.
 std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Session>& sessions,
                                                         std::size_t max_per_user) {
   for (const Session& session : sessions) detail::check_session_for_storage(session);
@@ -2335,30 +2484,30 @@ std::vector<RemovedSession> PostgresBackend::insert_new(const std::vector<Sessio
   const std::vector<const Session*> rows = last_of_each_id(sessions);
   const std::vector<std::size_t> ends = statement_ends(rows);
   const std::string action = "cannot save sessions to";
-  if (max_per_user == 0) {
+
+  // The distinct (user, tenant) pairs of the batch, and the key each one's lock is taken by
+  // (cap_lock_key()). Anonymous sessions count against no cap: they have no pair, so none of
+  // them is locked for, ranked or evicted.
+  std::set<std::pair<std::string_view, std::optional<std::string_view>>> owners;
+  if (max_per_user > 0) {
+    for (const Session* session : rows) {
+      if (session->is_anonymous()) continue;
+      std::optional<std::string_view> tenant_id;
+      if (session->tenant_id) tenant_id = *session->tenant_id;
+      owners.emplace(session->user_id, tenant_id);
+    }
+  }
+  if (owners.empty()) {
     const PgConnection::Turn turn(connection_, action);
     connection_.reconnect_if_dead();
     upsert_in_statements(rows, ends, action);
     return {};
   }
-
-  // The distinct (user, tenant) pairs of the batch, and the key each one's lock is taken by:
-  // the user and the tenant joined by U+001F, a character that ends neither. A null tenant and
-  // an empty one share a key; they only wait for each other.
-  std::set<std::pair<std::string_view, std::optional<std::string_view>>> owners;
-  for (const Session* session : rows) {
-    std::optional<std::string_view> tenant_id;
-    if (session->tenant_id) tenant_id = *session->tenant_id;
-    owners.emplace(session->user_id, tenant_id);
-  }
   ArrayParam keys(kTextOid, owners.size());
   ArrayParam users(kTextOid, owners.size());
   ArrayParam tenants(kTextOid, owners.size());
   for (const auto& [user_id, tenant_id] : owners) {
-    std::string key(user_id);
-    key += '\x1f';
-    if (tenant_id) key += *tenant_id;
-    keys.bytes(key);
+    keys.bytes(cap_lock_key(user_id, tenant_id));
     users.bytes(user_id);
     tenants.optional_bytes(tenant_id ? std::optional<std::string>(*tenant_id) : std::nullopt);
   }
@@ -2424,6 +2573,155 @@ std::optional<Session> PostgresBackend::rotate(std::string_view old_id, std::str
   return run_returning_session(kRotate, params, "cannot rotate a session in");
 }
 
+// See the section comment. The checks, and their messages, are SQLite's (check_signing_in_user,
+// check_may_sign_in).
+std::optional<Authentication> PostgresBackend::authenticate(std::string_view old_id,
+                                                            std::string_view new_id,
+                                                            std::string_view user_id,
+                                                            std::int64_t now,
+                                                            std::size_t max_per_user) {
+  detail::check_rotation_ids(old_id, new_id);
+  detail::check_signing_in_user(user_id);
+  if (!detail::is_storable_text(old_id)) return std::nullopt;  // as in remove(): no such row
+  const std::string action = "cannot sign a user in to a session in";
+  const PgConnection::Turn turn(connection_, action);
+  // Nothing is committed unless all is: no rotation without its evictions, nor the reverse.
+  PgConnection::Transaction transaction(connection_, Reconnect::kIfDead,
+                                        "BEGIN ISOLATION LEVEL READ COMMITTED", action);
+  std::optional<Session> session = sign_in(old_id, new_id, user_id, now, max_per_user, action);
+  if (!session) return std::nullopt;  // the transaction rolls back, having written nothing
+  Authentication signed_in;
+  if (max_per_user > 0) {
+    const auto max_cap = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
+    Params evict;
+    evict.text(user_id)
+        .optional_text(session->tenant_id)
+        .text(new_id)
+        .int8(static_cast<std::int64_t>(std::min(max_per_user, max_cap)));
+    const PgResult evicted =
+        connection_.exec_prepared(Reconnect::kNever, kEvictOthersBeyondCap, evict, action);
+    signed_in.evicted = removed_rows(evicted.get());
+  }
+  transaction.commit(action);
+  signed_in.session = *std::move(session);
+  return signed_in;
+}
+
+std::optional<Session> PostgresBackend::sign_in(std::string_view old_id, std::string_view new_id,
+                                                std::string_view user_id, std::int64_t now,
+                                                std::size_t max_per_user,
+                                                const std::string& action) {
+  // Each round reads the row, then rotates it only if it is still live with the user and tenant
+  // read. A row deleted or expired in between ends the next round with nullopt; only a row whose
+  // user or tenant changed in between (which a save() or replace() of the whole row can do, and
+  // no slide or data update) takes another round. Past a few, kBusy: the caller may retry.
+  constexpr int kRounds = 3;
+  std::set<std::string> locked;  // the cap's lock keys this transaction holds
+  for (int round = 0; round < kRounds; ++round) {
+    Params id;
+    id.text(old_id);
+    const PgResult found = connection_.exec_prepared(Reconnect::kNever, kSelectById, id, action);
+    if (PQntuples(found.get()) == 0) return std::nullopt;
+    Session current;
+    read_session_row(found.get(), current);
+    if (current.expires_at <= now) return std::nullopt;
+    detail::check_may_sign_in(current, user_id);
+    std::optional<std::string_view> tenant_id;
+    if (current.tenant_id) tenant_id = *current.tenant_id;
+    std::string key = cap_lock_key(user_id, tenant_id);
+    if (max_per_user > 0 && locked.count(key) == 0) {
+      ArrayParam keys(kTextOid, 1);
+      keys.bytes(key);
+      Params lock;
+      lock.array(kTextArrayOid, keys.encoded());
+      connection_.exec_prepared(Reconnect::kNever, kLockOwners, lock, action);
+      locked.insert(std::move(key));
+    }
+    Params params;
+    params.text(old_id)
+        .text(new_id)
+        .int8(now)
+        .text(user_id)
+        .text(current.user_id)
+        .optional_text(current.tenant_id);
+    const PgResult rotated =
+        connection_.exec_prepared(Reconnect::kNever, kAuthenticate, params, action);
+    if (PQntuples(rotated.get()) > 0) {
+      Session session;
+      read_session_row(rotated.get(), session);
+      return session;
+    }
+  }
+  throw Error(ErrorCode::kBusy, action + " " + connection_.target() +
+                                    ": the session's user or tenant changed under each of " +
+                                    std::to_string(kRounds) +
+                                    " attempts to sign in to it; nothing was written");
+}
+
+std::vector<Session> PostgresBackend::list_page(const SessionQuery& query, std::int64_t now) {
+  detail::check_session_query(query);  // every text is storable, the cursor an id or ''
+  Params params;
+  params.int8(now).text(query.after).int8(static_cast<std::int64_t>(query.limit));
+  unsigned mask = 0;
+  const auto filter_text = [&mask, &params](ListFilter filter,
+                                            const std::optional<std::string>& value) {
+    if (!value) return;
+    mask |= filter;
+    params.text(*value);
+  };
+  const auto filter_time = [&mask, &params](ListFilter filter,
+                                            const std::optional<std::int64_t>& value) {
+    if (!value) return;
+    mask |= filter;
+    params.int8(*value);
+  };
+  filter_text(kListTenantId, query.tenant_id);
+  filter_text(kListUserId, query.user_id);
+  filter_text(kListDevice, query.device);
+  filter_time(kListCreatedSince, query.created_since);
+  filter_time(kListCreatedBefore, query.created_before);
+  filter_time(kListLastSeenSince, query.last_seen_since);
+  filter_time(kListLastSeenBefore, query.last_seen_before);
+
+  const std::string action = "cannot list sessions in";
+  const std::string name = kListPagePrefix + std::to_string(mask);
+  const PgConnection::Turn turn(connection_, action);
+  connection_.reconnect_if_dead();  // a reconnect forgets what was prepared
+  if (!listing_prepared_.at(mask)) {
+    std::vector<Oid> types = {kInt8Oid, kTextOid, kInt8Oid};
+    for (const ListFilter filter : {kListTenantId, kListUserId, kListDevice}) {
+      if ((mask & filter) != 0) types.push_back(kTextOid);
+    }
+    for (const ListFilter filter :
+         {kListCreatedSince, kListCreatedBefore, kListLastSeenSince, kListLastSeenBefore}) {
+      if ((mask & filter) != 0) types.push_back(kInt8Oid);
+    }
+    connection_.prepare(Reconnect::kNever, name.c_str(), listing_sql(mask).c_str(), types);
+    listing_prepared_.at(mask) = true;
+  }
+  std::vector<Session> page;
+  connection_.exec_prepared(
+      Reconnect::kNever, name.c_str(), params, action,
+      [&page](const PGresult* row) { read_session_row(row, page.emplace_back()); });
+  return page;
+}
+
+std::vector<TenantCount> PostgresBackend::count_by_tenant(std::int64_t now) {
+  Params params;
+  params.int8(now);
+  const std::string action = "cannot count sessions in";
+  const PgConnection::Turn turn(connection_, action);
+  std::vector<TenantCount> counts;
+  connection_.exec_prepared(Reconnect::kIfDead, kCountByTenant, params, action,
+                            [&counts](const PGresult* row) {
+                              TenantCount& count = counts.emplace_back();
+                              assign_optional_text_at(row, 0, count.tenant_id);
+                              count.sessions = static_cast<std::size_t>(int8_at(row, 1));
+                              count.anonymous = static_cast<std::size_t>(int8_at(row, 2));
+                            });
+  return counts;
+}
+
 std::size_t PostgresBackend::remove_expired_rotated(std::int64_t now, std::size_t limit) {
   if (limit == 0) return 0;  // as in remove_expired_batch()
   const auto max_limit = static_cast<std::size_t>(std::numeric_limits<std::int64_t>::max());
@@ -2451,12 +2749,13 @@ std::size_t PostgresBackend::remove_expired_rotated(std::int64_t now, std::size_
 constexpr const char* kChangeColumns =
     "c.position, c.id, s.id IS NOT NULL, s.id, s.user_id, s.tenant_id, s.created_at, "
     "s.expires_at, s.last_seen_at, s.absolute_expires_at, s.device, s.ip, s.data, "
-    "s.idp_session_id, r.id IS NOT NULL, r.id, r.replaced_by, r.user_id, r.tenant_id, "
-    "r.rotated_at, r.expires_at FROM _pylon_change_log AS c "
+    "s.idp_session_id, s.authenticated_at, s.idle_timeout_seconds, r.id IS NOT NULL, r.id, "
+    "r.replaced_by, r.user_id, r.tenant_id, r.rotated_at, r.expires_at "
+    "FROM _pylon_change_log AS c "
     "LEFT JOIN _pylon_sessions AS s ON s.id = c.id "
     "LEFT JOIN _pylon_rotated_ids AS r ON r.id = c.id";
 constexpr int kLoggedSessionColumn = 3;
-constexpr int kLoggedRotatedColumn = 15;
+constexpr int kLoggedRotatedColumn = 17;
 // Positions are handed out when an entry is logged and committed later, so entries just below
 // the newest may still be in flight when a store starts: it starts this far back, and applies
 // those again (harmless: an entry carries what storage holds now).

@@ -1,9 +1,11 @@
 // The SessionBackend conformance suite (pylon/backend_conformance.hpp): every check of the
 // contract in session_backend.hpp, made through the interface only, registered with GoogleTest
-// once per backend. The checks read in the header's order: reads and save, deletes, replace,
-// the writes that change exactly what they mean to (insert_new, touch, update_data, rotate and
-// the rotated ids), loads, threads; then a SessionStore on the backend; then the checks that
-// need a hook (a reopen, refused writes, a lost connection).
+// once per backend. The checks read in the header's order: reads and save (every column,
+// authenticated_at and idle_timeout_seconds included, and anonymous rows), deletes (a tenant's
+// rows by tenant alone), replace, the writes that change exactly what they mean to (insert_new,
+// touch, update_data, rotate and the rotated ids, authenticate), the administrator's reads
+// (list_page, count_by_tenant), loads, threads; then a SessionStore on the backend; then the
+// checks that need a hook (a reopen, refused writes, a lost connection).
 #include "pylon/backend_conformance.hpp"
 
 #include <gtest/gtest.h>
@@ -52,6 +54,8 @@ Session make_row(const std::string& user_id, std::optional<std::string> tenant_i
   session.ip = "192.0.2.7";
   session.idp_session_id = "sid-" + user_id;
   session.data = std::string("\x00\xff", 2) + "data of " + user_id;
+  session.authenticated_at = user_id.empty() ? 0 : created_at + 5;
+  session.idle_timeout_seconds = 1800;
   return session;
 }
 
@@ -72,8 +76,10 @@ std::string describe(const Session& s) {
   out << "{id " << s.id << ", user \"" << s.user_id << "\", tenant " << quoted(s.tenant_id)
       << ", created " << s.created_at << ", last_seen " << s.last_seen_at << ", expires "
       << s.expires_at << ", absolute " << s.absolute_expires_at << ", device " << quoted(s.device)
-      << ", ip " << quoted(s.ip) << ", sid " << quoted(s.idp_session_id) << ", " << s.data.size()
-      << " data bytes}";
+      << ", ip " << quoted(s.ip) << ", sid " << quoted(s.idp_session_id) << ", authenticated "
+      << s.authenticated_at << ", idle timeout "
+      << (s.idle_timeout_seconds ? std::to_string(*s.idle_timeout_seconds) : "(none)") << ", "
+      << s.data.size() << " data bytes}";
   return out.str();
 }
 
@@ -223,6 +229,17 @@ class Borrowed final : public SessionBackend {
                                 std::int64_t now) override {
     return real_->rotate(old_id, new_id, now);
   }
+  std::optional<Authentication> authenticate(std::string_view old_id, std::string_view new_id,
+                                             std::string_view user_id, std::int64_t now,
+                                             std::size_t max_per_user) override {
+    return real_->authenticate(old_id, new_id, user_id, now, max_per_user);
+  }
+  std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) override {
+    return real_->list_page(query, now);
+  }
+  std::vector<TenantCount> count_by_tenant(std::int64_t now) override {
+    return real_->count_by_tenant(now);
+  }
   void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override {
     real_->load_rotated_each(visit);
   }
@@ -277,6 +294,10 @@ void empty_backend_holds_nothing(Context& c) {
   EXPECT_FALSE(b.update_data(new_id(), "data").has_value());
   EXPECT_FALSE(b.rotate(new_id(), new_id(), kNow).has_value());
   EXPECT_FALSE(b.replace(new_id(), make_row("alice", std::nullopt)));
+  EXPECT_FALSE(b.authenticate(new_id(), new_id(), "alice", kNow, 0).has_value());
+  SessionQuery everything;
+  EXPECT_TRUE(b.list_page(everything, kNow).empty());
+  EXPECT_TRUE(b.count_by_tenant(kNow).empty());
   EXPECT_TRUE(b.load_all().empty()) << "a call on a missing row inserted one";
   EXPECT_TRUE(rotated_ids(b).empty());
 }
@@ -302,7 +323,13 @@ void save_then_load_returns_every_field_byte_for_byte(Context& c) {
   extreme.last_seen_at = 0;
   extreme.expires_at = kMaxSessionTime;
   extreme.absolute_expires_at = kMaxSessionTime;
-  const std::vector<Session> rows{full, sparse, empty_text, extreme};
+  extreme.authenticated_at = kMaxSessionTime;
+  extreme.idle_timeout_seconds = kMaxSessionTime;
+  Session anonymous = make_row("", "t");  // no user: authenticated_at 0
+  Session no_idle_expiry = make_row("erin", std::nullopt);
+  no_idle_expiry.idle_timeout_seconds = 0;  // 0 is not absent ("the store's")
+  no_idle_expiry.authenticated_at = 0;
+  const std::vector<Session> rows{full, sparse, empty_text, extreme, anonymous, no_idle_expiry};
   for (const Session& row : rows) b.save(row);
 
   EXPECT_TRUE(same_rows(rows, b.load_all())) << "load_all()";
@@ -452,11 +479,9 @@ void remove_matching_refuses_a_filter_that_would_match_everyone(Context& c) {
   const Session other = make_row("bob", std::nullopt);
   b.save(a);
   b.save(other);
-  SessionFilter tenant_only;
-  tenant_only.tenant_id = "t1";
   SessionFilter except_only;
   except_only.except_id = a.id;
-  for (const SessionFilter& filter : {SessionFilter{}, tenant_only, except_only}) {
+  for (const SessionFilter& filter : {SessionFilter{}, except_only}) {
     EXPECT_TRUE(throws_code([&] { b.remove_matching(filter); }, ErrorCode::kInvalidArgument));
   }
   EXPECT_EQ(stored_ids(b), sorted({a.id, other.id})) << "a refused filter deleted rows";
@@ -508,6 +533,34 @@ void remove_matching_deletes_exactly_the_matching_rows_and_returns_them(Context&
   by_id.user_id = "alice";
   EXPECT_EQ(named(b.remove_matching(by_id)), names_of({&r5}));
   EXPECT_TRUE(b.load_all().empty());
+}
+
+void remove_matching_by_tenant_alone_deletes_that_whole_tenant(Context& c) {
+  SessionBackend& b = c.backend;
+  const Session alice = make_row("alice", "t1");
+  const Session bob = make_row("bob", "t1");
+  const Session visitor = make_row("", "t1");
+  const Session kept_by_except = make_row("carol", "t1");
+  const Session other_tenant = make_row("alice", "t2");
+  const Session other_case = make_row("alice", "T1");  // tenants are compared exactly
+  const Session no_tenant = make_row("alice", std::nullopt);
+  for (const Session* row :
+       {&alice, &bob, &visitor, &kept_by_except, &other_tenant, &other_case, &no_tenant}) {
+    b.save(*row);
+  }
+  SessionFilter tenant_but_one;
+  tenant_but_one.tenant_id = "t1";
+  tenant_but_one.except_id = kept_by_except.id;
+  EXPECT_EQ(named(b.remove_matching(tenant_but_one)), names_of({&alice, &bob, &visitor}))
+      << "each row named with its own user, the anonymous one with \"\"";
+  SessionFilter tenant;
+  tenant.tenant_id = "t1";
+  EXPECT_EQ(named(b.remove_matching(tenant)), names_of({&kept_by_except}));
+  EXPECT_TRUE(b.remove_matching(tenant).empty());
+  SessionFilter unknown;
+  unknown.tenant_id = "t9";
+  EXPECT_TRUE(b.remove_matching(unknown).empty());
+  EXPECT_EQ(stored_ids(b), sorted({other_tenant.id, other_case.id, no_tenant.id}));
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -581,6 +634,16 @@ void insert_new_evicts_the_oldest_beyond_the_cap_in_the_new_sessions_tenant(Cont
   EXPECT_EQ(stored_ids(b),
             sorted({a2.id, a3.id, a_t2.id, a_none2.id, b2.id, c_newer.id, c_newest.id}));
   EXPECT_TRUE(same(c_newest, b.load_one(c_newest.id)));
+}
+
+void insert_new_never_caps_anonymous_rows(Context& c) {
+  SessionBackend& b = c.backend;
+  const std::vector<Session> visitors{make_row("", "t1"), make_row("", "t1"), make_row("", "t1")};
+  EXPECT_TRUE(b.insert_new({visitors[0], visitors[1]}, 1).empty());
+  EXPECT_TRUE(b.insert_new({visitors[2]}, 1).empty()) << "anonymous rows have no cap";
+  const Session alice = make_row("alice", "t1");
+  EXPECT_TRUE(b.insert_new({alice}, 1).empty()) << "visitors count against no user";
+  EXPECT_TRUE(same_rows({visitors[0], visitors[1], visitors[2], alice}, b.load_all()));
 }
 
 void touch_moves_only_its_two_times_and_never_back(Context& c) {
@@ -717,6 +780,264 @@ void remove_expired_rotated_deletes_at_most_its_limit_of_due_ids(Context& c) {
 }
 
 // ------------------------------------------------------------------------------------------------
+// authenticate
+// ------------------------------------------------------------------------------------------------
+
+void authenticate_signs_an_anonymous_row_in_as_a_rotation(Context& c) {
+  SessionBackend& b = c.backend;
+  const Session visitor = make_row("", "t1");
+  const Session other = make_row("bob", "t1");
+  b.save(visitor);
+  b.save(other);
+  const std::string successor_id = new_id();
+  const std::int64_t now = visitor.created_at + 30;
+  const std::optional<Authentication> signed_in =
+      b.authenticate(visitor.id, successor_id, "alice", now, 0);
+  ASSERT_TRUE(signed_in.has_value());
+  Session expected = visitor;  // every column as stored: data, tenant, times, lifetimes
+  expected.id = successor_id;
+  expected.user_id = "alice";
+  expected.authenticated_at = now;
+  EXPECT_TRUE(same(expected, signed_in->session));
+  EXPECT_TRUE(signed_in->evicted.empty());
+  EXPECT_TRUE(same_rows({expected, other}, b.load_all())) << "the old row must be gone";
+  EXPECT_TRUE(same_rotated({RotatedId{visitor.id, successor_id, "", visitor.tenant_id, now,
+                                      visitor.absolute_expires_at}},
+                           rotated_ids(b)))
+      << "the rotated id is rotate()'s: the old row's user (none) and tenant";
+  // The old id is a rotated id now, not a session: it cannot be signed in to again.
+  EXPECT_FALSE(b.authenticate(visitor.id, new_id(), "alice", now + 1, 0).has_value());
+  EXPECT_TRUE(same_rows({expected, other}, b.load_all()));
+}
+
+void authenticate_of_the_same_user_moves_authenticated_at(Context& c) {
+  SessionBackend& b = c.backend;
+  const Session row = make_row("alice", "t1");
+  b.save(row);
+  const std::string successor_id = new_id();
+  const std::int64_t now = row.created_at + 600;
+  const std::optional<Authentication> again = b.authenticate(row.id, successor_id, "alice", now, 1);
+  ASSERT_TRUE(again.has_value());
+  Session expected = row;
+  expected.id = successor_id;
+  expected.authenticated_at = now;
+  EXPECT_TRUE(same(expected, again->session));
+  EXPECT_TRUE(again->evicted.empty()) << "at a cap of 1 the signed-in row itself stays";
+  EXPECT_TRUE(same_rows({expected}, b.load_all()));
+  EXPECT_TRUE(same_rotated(
+      {RotatedId{row.id, successor_id, "alice", row.tenant_id, now, row.absolute_expires_at}},
+      rotated_ids(b)));
+}
+
+void authenticate_refuses_another_users_row_and_writes_nothing(Context& c) {
+  SessionBackend& b = c.backend;
+  const Session bobs = make_row("bob", "t1");
+  b.save(bobs);
+  EXPECT_TRUE(throws_code([&] { b.authenticate(bobs.id, new_id(), "alice", kNow + 20, 0); },
+                          ErrorCode::kInvalidArgument));
+  EXPECT_TRUE(throws_code([&] { b.authenticate(bobs.id, new_id(), "Bob", kNow + 20, 0); },
+                          ErrorCode::kInvalidArgument))
+      << "user ids are compared exactly";
+  EXPECT_TRUE(same_rows({bobs}, b.load_all()));
+  EXPECT_TRUE(rotated_ids(b).empty());
+}
+
+void authenticate_of_a_missing_or_expired_row_writes_nothing(Context& c) {
+  SessionBackend& b = c.backend;
+  const Session visitor = make_row("", "t1");
+  b.save(visitor);
+  EXPECT_FALSE(b.authenticate(new_id(), new_id(), "alice", kNow, 0).has_value());
+  EXPECT_FALSE(b.authenticate(visitor.id, new_id(), "alice", visitor.expires_at, 0).has_value())
+      << "expires_at <= now: expired";
+  EXPECT_FALSE(
+      b.authenticate(visitor.id, new_id(), "alice", visitor.expires_at + 1, 3).has_value());
+  EXPECT_TRUE(same_rows({visitor}, b.load_all()));
+  EXPECT_TRUE(rotated_ids(b).empty());
+}
+
+void authenticate_evicts_the_users_oldest_others_beyond_the_cap(Context& c) {
+  SessionBackend& b = c.backend;
+  // The visitor's row is older than every session of the user: the cap still keeps it, the
+  // row being signed in, and evicts the oldest others.
+  const Session visitor = make_row("", "t1", kNow);
+  const Session older = make_row("alice", "t1", kNow + 100);
+  const Session newer = make_row("alice", "t1", kNow + 200);
+  const Session other_tenant = make_row("alice", "t2", kNow + 50);
+  const Session no_tenant = make_row("alice", std::nullopt, kNow + 50);
+  const Session other_user = make_row("bob", "t1", kNow + 10);
+  for (const Session* row : {&visitor, &older, &newer, &other_tenant, &no_tenant, &other_user}) {
+    b.save(*row);
+  }
+  const std::optional<Authentication> signed_in =
+      b.authenticate(visitor.id, new_id(), "alice", kNow + 300, 2);
+  ASSERT_TRUE(signed_in.has_value());
+  EXPECT_EQ(named(signed_in->evicted), names_of({&older}));
+  EXPECT_EQ(stored_ids(b), sorted({signed_in->session.id, newer.id, other_tenant.id, no_tenant.id,
+                                   other_user.id}));
+  // A cap of 1: the signed-in row alone stays in its tenant.
+  const Session visitor2 = make_row("", "t2", kNow);
+  b.save(visitor2);
+  const std::optional<Authentication> only =
+      b.authenticate(visitor2.id, new_id(), "alice", kNow + 400, 1);
+  ASSERT_TRUE(only.has_value());
+  EXPECT_EQ(named(only->evicted), names_of({&other_tenant}));
+  EXPECT_TRUE(same(only->session, b.load_one(only->session.id)));
+  EXPECT_EQ(stored_ids(b), sorted({signed_in->session.id, newer.id, only->session.id, no_tenant.id,
+                                   other_user.id}));
+}
+
+// ------------------------------------------------------------------------------------------------
+// The administrator's reads: list_page, count_by_tenant
+// ------------------------------------------------------------------------------------------------
+
+std::vector<std::string> ids_of(const std::vector<Session>& rows) {
+  std::vector<std::string> ids;
+  ids.reserve(rows.size());
+  for (const Session& row : rows) ids.push_back(row.id);
+  return ids;
+}
+
+void list_page_returns_live_matching_rows_by_id_after_the_cursor(Context& c) {
+  SessionBackend& b = c.backend;
+  Session a = make_row("alice", "t1", kNow - 100);  // last seen kNow - 90
+  a.device = "phone";
+  Session a2 = make_row("alice", "t2", kNow);
+  Session visitor = make_row("", "t1", kNow + 50);
+  visitor.device = "phone";
+  Session bob = make_row("bob", std::nullopt, kNow + 100);
+  Session expired = make_row("alice", "t1", kNow - 100);
+  expired.expires_at = kNow;  // expires_at <= now: not live
+  for (const Session* row : {&a, &a2, &visitor, &bob, &expired}) b.save(*row);
+
+  SessionQuery all;
+  const std::vector<Session> everything = b.list_page(all, kNow);
+  EXPECT_TRUE(same_rows({a, a2, visitor, bob}, everything)) << "the live rows, every column";
+  EXPECT_EQ(ids_of(everything), sorted({a.id, a2.id, visitor.id, bob.id})) << "ordered by id";
+
+  const auto listed = [&b](const SessionQuery& query) {
+    return sorted(ids_of(b.list_page(query, kNow)));
+  };
+  SessionQuery q;
+  q.tenant_id = "t1";
+  EXPECT_EQ(listed(q), sorted({a.id, visitor.id}));
+  q = {};
+  q.user_id = "alice";
+  EXPECT_EQ(listed(q), sorted({a.id, a2.id}));
+  q = {};
+  q.user_id = "";
+  EXPECT_EQ(listed(q), std::vector<std::string>{visitor.id}) << "\"\" lists the anonymous";
+  q = {};
+  q.device = "phone";
+  EXPECT_EQ(listed(q), sorted({a.id, visitor.id}));
+  q = {};
+  q.created_since = kNow;  // created_at >= kNow
+  EXPECT_EQ(listed(q), sorted({a2.id, visitor.id, bob.id}));
+  q = {};
+  q.created_before = kNow + 50;  // created_at < kNow + 50
+  EXPECT_EQ(listed(q), sorted({a.id, a2.id}));
+  q = {};
+  q.last_seen_since = kNow + 60;  // last_seen_at >= kNow + 60
+  EXPECT_EQ(listed(q), sorted({visitor.id, bob.id}));
+  q = {};
+  q.last_seen_before = kNow + 60;  // last_seen_at < kNow + 60
+  EXPECT_EQ(listed(q), sorted({a.id, a2.id}));
+  q = {};
+  q.tenant_id = "t1";
+  q.user_id = "alice";
+  q.device = "phone";
+  q.created_since = kNow - 100;
+  q.created_before = kNow - 99;
+  q.last_seen_since = kNow - 90;
+  q.last_seen_before = kNow - 89;
+  EXPECT_EQ(listed(q), std::vector<std::string>{a.id}) << "every filter at its boundary";
+  q.user_id = "Alice";
+  EXPECT_TRUE(listed(q).empty()) << "text is compared exactly";
+  // At a later time the same rows are no longer live.
+  EXPECT_TRUE(b.list_page(all, kNow + std::int64_t{1} * 86400 * 2).empty());
+}
+
+void list_page_pages_by_keyset_without_gaps_or_repeats(Context& c) {
+  SessionBackend& b = c.backend;
+  std::vector<std::string> ids;
+  for (int i = 0; i < 25; ++i) {
+    const Session row = make_row("user-" + std::to_string(i % 3), "t", kNow + i);
+    b.save(row);
+    ids.push_back(row.id);
+  }
+  SessionQuery q;
+  q.limit = 10;
+  std::vector<std::string> seen;
+  std::size_t pages = 0;
+  while (true) {
+    const std::vector<Session> page = b.list_page(q, kNow);
+    ASSERT_LE(page.size(), q.limit);
+    for (const Session& row : page) {
+      EXPECT_GT(row.id, q.after) << "a row at or before the cursor";
+      seen.push_back(row.id);
+    }
+    if (page.size() < q.limit) break;
+    q.after = page.back().id;
+    ASSERT_LT(++pages, 10U) << "paging does not end";
+  }
+  EXPECT_EQ(seen, sorted(ids)) << "each row once, in id order";
+  // A cursor need not be a stored id: any id works as a position.
+  q.after = std::string(64, '0');
+  q.limit = kMaxPageSize;
+  EXPECT_EQ(ids_of(b.list_page(q, kNow)), sorted(ids));
+  q.after = std::string(64, 'f');
+  EXPECT_TRUE(b.list_page(q, kNow).empty());
+}
+
+void list_page_refuses_a_limit_or_cursor_out_of_range(Context& c) {
+  SessionBackend& b = c.backend;
+  b.save(make_row("alice", "t1"));
+  SessionQuery q;
+  q.limit = 0;
+  EXPECT_TRUE(throws_code([&] { b.list_page(q, kNow); }, ErrorCode::kInvalidArgument)) << "0";
+  q.limit = kMaxPageSize + 1;
+  EXPECT_TRUE(throws_code([&] { b.list_page(q, kNow); }, ErrorCode::kInvalidArgument))
+      << "kMaxPageSize + 1";
+  q.limit = kMaxPageSize;
+  EXPECT_EQ(b.list_page(q, kNow).size(), 1U) << "kMaxPageSize itself is allowed";
+  q.limit = 1;
+  EXPECT_EQ(b.list_page(q, kNow).size(), 1U) << "1 is allowed";
+  for (const std::string& cursor :
+       {std::string("not a cursor"), std::string(64, 'A'), std::string(63, 'a'),
+        std::string(65, 'a'), std::string("' OR 1=1 --")}) {
+    q.after = cursor;
+    EXPECT_TRUE(throws_code([&] { b.list_page(q, kNow); }, ErrorCode::kInvalidArgument))
+        << "cursor \"" << cursor << "\"";
+  }
+}
+
+void count_by_tenant_counts_live_rows_and_anonymous_ones_by_tenant(Context& c) {
+  SessionBackend& b = c.backend;
+  Session expired = make_row("alice", "gone");
+  expired.expires_at = kNow;
+  Session expired_visitor = make_row("", "a");
+  expired_visitor.expires_at = kNow - 5;
+  for (const Session& row : {make_row("alice", "a"), make_row("bob", "a"), make_row("", "a"),
+                             make_row("", std::nullopt), make_row("carol", std::nullopt),
+                             make_row("alice", "B"), make_row("", "b"), expired, expired_visitor}) {
+    b.save(row);
+  }
+  const std::vector<TenantCount> expected{
+      {std::nullopt, 2, 1},  // the sessions without a tenant come first
+      {"B", 1, 0},           // then by tenant, in byte order
+      {"a", 3, 1},
+      {"b", 1, 1},
+  };
+  const std::vector<TenantCount> counted = b.count_by_tenant(kNow);
+  ASSERT_EQ(counted.size(), expected.size());
+  for (std::size_t i = 0; i < expected.size(); ++i) {
+    EXPECT_EQ(counted[i], expected[i])
+        << "#" << i << ": got tenant " << quoted(counted[i].tenant_id) << " with "
+        << counted[i].sessions << " sessions, " << counted[i].anonymous << " anonymous";
+  }
+  EXPECT_TRUE(b.count_by_tenant(kNow + std::int64_t{2} * 86400).empty()) << "none live then";
+}
+
+// ------------------------------------------------------------------------------------------------
 // Threads
 // ------------------------------------------------------------------------------------------------
 
@@ -842,6 +1163,64 @@ void a_store_signs_out_everywhere_and_by_claims(Context& c) {
   EXPECT_EQ(stored_ids(c.backend), std::vector<std::string>{bob_other.session.id});
 }
 
+void a_store_signs_a_visitor_in_keeping_their_data(Context& c) {
+  StoreOptions options;
+  options.max_sessions_per_user = 1;
+  SessionStore store = c.store(options);
+  const NewSession earlier = store.create("alice");
+  const NewSession visitor = store.create_anonymous();
+  ASSERT_TRUE(store.update_data(visitor.token, "cart=[book]").has_value());
+  EXPECT_TRUE(store.list_user("").empty()) << "no user lists a visitor";
+  c.now->fetch_add(60);
+  const std::optional<NewSession> signed_in = store.attach_user(visitor.token, "alice");
+  ASSERT_TRUE(signed_in.has_value());
+  EXPECT_NE(signed_in->token, visitor.token);
+  EXPECT_FALSE(store.validate(visitor.token).has_value()) << "the visitor's token still works";
+  EXPECT_FALSE(store.validate(earlier.token).has_value()) << "the cap of 1 was not applied";
+  const std::optional<Session> stored = c.backend.load_one(signed_in->session.id);
+  ASSERT_TRUE(stored.has_value());
+  EXPECT_EQ(stored->user_id, "alice");
+  EXPECT_EQ(stored->data, "cart=[book]");
+  EXPECT_EQ(stored->authenticated_at, c.now->load());
+  EXPECT_EQ(stored_ids(c.backend), std::vector<std::string>{signed_in->session.id});
+}
+
+void a_store_lists_counts_and_revokes_a_tenant_through_the_backend(Context& c) {
+  SessionStore store = c.store();
+  CreateOptions t1;
+  t1.tenant_id = "t1";
+  CreateOptions t2;
+  t2.tenant_id = "t2";
+  std::vector<std::string> t1_ids;
+  t1_ids.reserve(7);
+  for (int i = 0; i < 5; ++i) t1_ids.push_back(store.create("alice", t1).session.id);
+  t1_ids.push_back(store.create_anonymous(t1).session.id);
+  const NewSession kept = store.create("bob", t2);
+  // A row another writer stored is listed, counted and revoked too.
+  Session foreign = make_row("carol", "t1", c.now->load());
+  c.backend.save(foreign);
+  t1_ids.push_back(foreign.id);
+
+  SessionQuery q;
+  q.tenant_id = "t1";
+  q.limit = 3;
+  std::vector<std::string> listed;
+  for (int pages = 0; pages < 10; ++pages) {
+    const SessionPage page = store.list_sessions(q);
+    for (const Session& session : page.sessions) listed.push_back(session.id);
+    if (page.next_cursor.empty()) break;
+    q.after = page.next_cursor;
+  }
+  EXPECT_EQ(listed, sorted(t1_ids));
+  const std::vector<TenantCount> counts = store.count_by_tenant();
+  ASSERT_EQ(counts.size(), 2U);
+  EXPECT_EQ(counts[0], (TenantCount{"t1", 7, 1}));
+  EXPECT_EQ(counts[1], (TenantCount{"t2", 1, 0}));
+  EXPECT_EQ(store.revoke_tenant("t1"), 7U);
+  EXPECT_EQ(stored_ids(c.backend), std::vector<std::string>{kept.session.id});
+  EXPECT_TRUE(store.validate(kept.token).has_value());
+}
+
 // ------------------------------------------------------------------------------------------------
 // With hooks
 // ------------------------------------------------------------------------------------------------
@@ -926,11 +1305,14 @@ void refused_writes_throw_and_change_nothing(Context& c) {
       << "touch()";
   EXPECT_TRUE(throws_error([&] { b.update_data(a.id, "refused"); })) << "update_data()";
   EXPECT_TRUE(throws_error([&] { b.rotate(a.id, new_id(), kNow + 1); })) << "rotate()";
+  EXPECT_TRUE(throws_error([&] { b.authenticate(a.id, new_id(), "alice", kNow + 1, 1); }))
+      << "authenticate() at the cap";
   c.config.refuse_writes(b, false);
 
   EXPECT_TRUE(same_rows(before, b.load_all()))
-      << "a failed write changed storage (an insert, an eviction, a replace or a rotation stayed)";
-  EXPECT_TRUE(rotated_ids(b).empty()) << "a failed rotate() kept its rotated id";
+      << "a failed write changed storage (an insert, an eviction, a replace, a rotation or a "
+         "sign-in stayed)";
+  EXPECT_TRUE(rotated_ids(b).empty()) << "a failed rotate() or authenticate() kept its rotated id";
   b.save(fresh);
   EXPECT_TRUE(same(fresh, b.load_one(fresh.id))) << "writes work again";
 }
@@ -1098,11 +1480,14 @@ const std::vector<Check>& all_checks() {
        remove_matching_refuses_a_filter_that_would_match_everyone},
       {"RemoveMatchingDeletesExactlyTheMatchingRowsAndReturnsThem",
        remove_matching_deletes_exactly_the_matching_rows_and_returns_them},
+      {"RemoveMatchingByTenantAloneDeletesThatWholeTenant",
+       remove_matching_by_tenant_alone_deletes_that_whole_tenant},
       {"ReplaceSwapsTheOldRowForTheReplacement", replace_swaps_the_old_row_for_the_replacement},
       {"InsertNewWithoutACapInsertsAndEvictsNothing",
        insert_new_without_a_cap_inserts_and_evicts_nothing},
       {"InsertNewEvictsTheOldestBeyondTheCapInTheNewSessionsTenant",
        insert_new_evicts_the_oldest_beyond_the_cap_in_the_new_sessions_tenant},
+      {"InsertNewNeverCapsAnonymousRows", insert_new_never_caps_anonymous_rows},
       {"TouchMovesOnlyItsTwoTimesAndNeverBack", touch_moves_only_its_two_times_and_never_back},
       {"UpdateDataSetsOnlyDataAndNeverInserts", update_data_sets_only_data_and_never_inserts},
       {"RotateCopiesTheStoredRowAndKeepsARotatedId",
@@ -1113,6 +1498,23 @@ const std::vector<Check>& all_checks() {
       {"RotatedIdsAreNeverSessions", rotated_ids_are_never_sessions},
       {"RemoveExpiredRotatedDeletesAtMostItsLimitOfDueIds",
        remove_expired_rotated_deletes_at_most_its_limit_of_due_ids},
+      {"AuthenticateSignsAnAnonymousRowInAsARotation",
+       authenticate_signs_an_anonymous_row_in_as_a_rotation},
+      {"AuthenticateOfTheSameUserMovesAuthenticatedAt",
+       authenticate_of_the_same_user_moves_authenticated_at},
+      {"AuthenticateRefusesAnotherUsersRowAndWritesNothing",
+       authenticate_refuses_another_users_row_and_writes_nothing},
+      {"AuthenticateOfAMissingOrExpiredRowWritesNothing",
+       authenticate_of_a_missing_or_expired_row_writes_nothing},
+      {"AuthenticateEvictsTheUsersOldestOthersBeyondTheCap",
+       authenticate_evicts_the_users_oldest_others_beyond_the_cap},
+      {"ListPageReturnsLiveMatchingRowsByIdAfterTheCursor",
+       list_page_returns_live_matching_rows_by_id_after_the_cursor},
+      {"ListPagePagesByKeysetWithoutGapsOrRepeats",
+       list_page_pages_by_keyset_without_gaps_or_repeats},
+      {"ListPageRefusesALimitOrCursorOutOfRange", list_page_refuses_a_limit_or_cursor_out_of_range},
+      {"CountByTenantCountsLiveRowsAndAnonymousOnesByTenant",
+       count_by_tenant_counts_live_rows_and_anonymous_ones_by_tenant},
       {"SeveralThreadsShareOneBackend", several_threads_share_one_backend},
       {"AStoreLogsInValidatesAndRevokesThroughTheBackend",
        a_store_logs_in_validates_and_revokes_through_the_backend},
@@ -1120,6 +1522,9 @@ const std::vector<Check>& all_checks() {
       {"AStoreRotationReportsAReplayedOldToken", a_store_rotation_reports_a_replayed_old_token},
       {"AStoreCapEvictsTheOldestSession", a_store_cap_evicts_the_oldest_session},
       {"AStoreSignsOutEverywhereAndByClaims", a_store_signs_out_everywhere_and_by_claims},
+      {"AStoreSignsAVisitorInKeepingTheirData", a_store_signs_a_visitor_in_keeping_their_data},
+      {"AStoreListsCountsAndRevokesATenantThroughTheBackend",
+       a_store_lists_counts_and_revokes_a_tenant_through_the_backend},
       {"AReopenedBackendSeesEveryAcknowledgedWrite",
        a_reopened_backend_sees_every_acknowledged_write, Needs::kReopen},
       {"AStoreRestartedOnTheStorageKeepsItsSessions",

@@ -300,13 +300,12 @@ TEST_P(BackendContract, InvalidUtf8InATextFieldIsRefusedAlikeAndStoresNothing) {
   EXPECT_EQ(db_->count(), 0);
 }
 
-TEST_P(BackendContract, MalformedIdOrEmptyUserIsRefusedAlikeAndStoresNothing) {
+TEST_P(BackendContract, MalformedIdIsRefusedAlikeAndStoresNothing) {
   auto backend = open();
   Session short_id = make_session("alice", 34);
   short_id.id = "abc";
   Session upper_id = make_session("alice", 35);
   upper_id.id = std::string(64, 'A');
-  Session empty_user = make_session("", 36);
   for (const Session* session : {&short_id, &upper_id}) {
     const auto error = pylon::test::capture_pylon_error([&] { backend->save(*session); });
     ASSERT_TRUE(error.has_value());
@@ -314,11 +313,35 @@ TEST_P(BackendContract, MalformedIdOrEmptyUserIsRefusedAlikeAndStoresNothing) {
               "[pylon.invalid_argument] session id must be 64 lowercase hex characters (the "
               "SHA-256 of a token)");
   }
-  const auto error = pylon::test::capture_pylon_error([&] { backend->save(empty_user); });
-  ASSERT_TRUE(error.has_value());
-  EXPECT_EQ(std::string(error->what()),
-            "[pylon.invalid_argument] session field 'user_id' must not be empty");
   EXPECT_TRUE(backend->load_all().empty());
+}
+
+// An empty user_id is an anonymous session: stored and read back as it was, through a reopen,
+// next to a user's row that holds the two columns of migration 0005.
+TEST_P(BackendContract, AnAnonymousRowRoundTrips) {
+  Session anonymous = make_session("", 36);
+  anonymous.authenticated_at = 0;
+  anonymous.idle_timeout_seconds = 1800;
+  Session signed_in = make_session("alice", 37);
+  signed_in.authenticated_at = signed_in.created_at + 5;
+  signed_in.idle_timeout_seconds = 0;  // no idle expiry: not the same as "the store's"
+  {
+    auto backend = open();
+    backend->save(anonymous);
+    backend->save_batch({signed_in});
+    const auto loaded = backend->load_one(anonymous.id);
+    ASSERT_TRUE(loaded.has_value());
+    EXPECT_TRUE(same_session(anonymous, *loaded));
+    EXPECT_TRUE(loaded->is_anonymous());
+  }
+  auto reopened = open();
+  const std::map<std::string, Session> stored = load_by_id(*reopened);
+  ASSERT_EQ(stored.size(), 2U);
+  ASSERT_EQ(stored.count(anonymous.id), 1U);
+  EXPECT_TRUE(same_session(anonymous, stored.at(anonymous.id)));
+  ASSERT_EQ(stored.count(signed_in.id), 1U);
+  EXPECT_TRUE(same_session(signed_in, stored.at(signed_in.id)));
+  EXPECT_EQ(db_->count("user_id = ''"), 1);
 }
 
 // ------------------------------------------------------------------------------------------------

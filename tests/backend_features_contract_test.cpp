@@ -1,8 +1,9 @@
 // The SessionBackend calls beyond the basic contract, run on every backend from one parameterised
 // suite (parameters "sqlite" and "postgres", a fresh database per test): remove_matching() deletes
-// exactly the rows equal to every field its filter sets and refuses a filter that would match
-// everyone; replace() swaps one row for another, or writes nothing when the old row is missing;
-// remove_expired_batch() never deletes more than its limit, and never a live row.
+// exactly the rows equal to every field its filter sets (a tenant alone: that whole tenant) and
+// refuses a filter that would match everyone; replace() swaps one row for another, or writes
+// nothing when the old row is missing; remove_expired_batch() never deletes more than its limit,
+// and never a live row.
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -72,18 +73,34 @@ TEST_P(BackendFeatureContract, RemoveMatchingRefusesAFilterThatWouldMatchEveryon
   backend->save(b);
 
   EXPECT_PYLON_ERROR(backend->remove_matching(SessionFilter{}), ErrorCode::kInvalidArgument);
-  SessionFilter tenant_only;
-  tenant_only.tenant_id = "t1";
-  EXPECT_PYLON_ERROR(backend->remove_matching(tenant_only), ErrorCode::kInvalidArgument);
   SessionFilter except_only;
   except_only.except_id = a.id;
   EXPECT_PYLON_ERROR(backend->remove_matching(except_only), ErrorCode::kInvalidArgument);
-  SessionFilter tenant_and_except;
-  tenant_and_except.tenant_id = "t1";
-  tenant_and_except.except_id = b.id;
-  EXPECT_PYLON_ERROR(backend->remove_matching(tenant_and_except), ErrorCode::kInvalidArgument);
 
   EXPECT_THAT(stored_ids(), UnorderedElementsAre(a.id, b.id)) << "nothing was deleted";
+}
+
+// A filter of a tenant alone matches that whole tenant (revoke_tenant()), and nothing else.
+TEST_P(BackendFeatureContract, RemoveMatchingByTenantAloneDeletesThatTenant) {
+  auto backend = open();
+  const Session a = row("alice", "t1", "sid-A", 1);
+  const Session visitor = row("", "t1", std::nullopt, 2);
+  const Session kept = row("carol", "t1", std::nullopt, 3);
+  const Session other = row("alice", "t2", "sid-A", 4);
+  const Session none = row("bob", std::nullopt, std::nullopt, 5);
+  for (const Session* session : {&a, &visitor, &kept, &other, &none}) backend->save(*session);
+
+  SessionFilter tenant_but_one;
+  tenant_but_one.tenant_id = "t1";
+  tenant_but_one.except_id = kept.id;
+  EXPECT_THAT(backend->remove_matching(tenant_but_one),
+              UnorderedElementsAre(pylon::RemovedSession{a.id, "alice"},
+                                   pylon::RemovedSession{visitor.id, ""}));
+  SessionFilter tenant_only;
+  tenant_only.tenant_id = "t1";
+  EXPECT_THAT(backend->remove_matching(tenant_only),
+              UnorderedElementsAre(pylon::RemovedSession{kept.id, "carol"}));
+  EXPECT_THAT(stored_ids(), UnorderedElementsAre(other.id, none.id));
 }
 
 TEST_P(BackendFeatureContract, RemoveMatchingDeletesExactlyTheRowsMatchingEverySetField) {

@@ -153,13 +153,15 @@ TEST(HostileRows, RowsNoWriteWouldStoreAreSkippedCountedAndLeftInPlace) {
         "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
         "last_seen_at, absolute_expires_at, device, ip, data, idp_session_id) VALUES ";
     const std::string far = std::to_string(pylon::system_clock_now() + 3600);
-    // A digest of the wrong length, an upper-case digest, an empty user, a user with invalid
-    // UTF-8, a device holding a NUL byte.
+    // A digest of the wrong length, an upper-case digest, a user over kMaxUserIdBytes (an empty
+    // user is an anonymous session, which is served), a user with invalid UTF-8, a device
+    // holding a NUL byte.
     raw.exec(insert + "('abc', 'bob', NULL, 0, " + far + ", 0, " + far +
              ", NULL, NULL, x'', NULL)");
     raw.exec(insert + "('" + std::string(64, 'A') + "', 'bob', NULL, 0, " + far + ", 0, " + far +
              ", NULL, NULL, x'', NULL)");
-    raw.exec(insert + "('" + std::string(64, 'a') + "', '', NULL, 0, " + far + ", 0, " + far +
+    raw.exec(insert + "('" + std::string(64, 'a') + "', '" +
+             std::string(pylon::kMaxUserIdBytes + 1, 'u') + "', NULL, 0, " + far + ", 0, " + far +
              ", NULL, NULL, x'', NULL)");
     raw.exec(insert + "('" + std::string(64, 'b') + "', CAST(x'ff62' AS TEXT), NULL, 0, " + far +
              ", 0, " + far + ", NULL, NULL, x'', NULL)");

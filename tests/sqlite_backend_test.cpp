@@ -218,7 +218,8 @@ TEST(SqliteBackend, ATableWithoutItsPrimaryKeyIsRefusedAndUntouched) {
       "CREATE TABLE _pylon_sessions (id TEXT NOT NULL, user_id TEXT NOT NULL, tenant_id TEXT, "
       "created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, last_seen_at INTEGER NOT NULL, "
       "absolute_expires_at INTEGER NOT NULL DEFAULT 0, device TEXT, ip TEXT, data BLOB NOT NULL "
-      "DEFAULT x'', idp_session_id TEXT) STRICT; INSERT INTO _pylon_sessions SELECT * FROM copy; "
+      "DEFAULT x'', idp_session_id TEXT, authenticated_at INTEGER NOT NULL DEFAULT 0, "
+      "idle_timeout_seconds INTEGER) STRICT; INSERT INTO _pylon_sessions SELECT * FROM copy; "
       "DROP TABLE copy; CREATE INDEX _pylon_sessions_by_user ON _pylon_sessions (user_id); "
       "CREATE INDEX _pylon_sessions_by_expiry ON _pylon_sessions (expires_at); "
       "CREATE INDEX _pylon_sessions_by_idp_session ON _pylon_sessions (idp_session_id)",

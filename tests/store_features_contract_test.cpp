@@ -84,6 +84,14 @@ const char* type_name(SessionEventType type) {
       return "change_feed_lost";
     case SessionEventType::kChangeFeedResumed:
       return "change_feed_resumed";
+    case SessionEventType::kUserAttached:
+      return "user_attached";
+    case SessionEventType::kReauthenticated:
+      return "reauthenticated";
+    case SessionEventType::kExtended:
+      return "extended";
+    case SessionEventType::kTenantRevoked:
+      return "tenant_revoked";
   }
   return "?";
 }

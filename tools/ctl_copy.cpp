@@ -30,7 +30,8 @@ volatile std::sig_atomic_t g_stop = 0;
 extern "C" void on_stop_signal(int /*signal*/) { g_stop = 1; }
 
 // Why no store would serve `s`, or "" (the destination's own field checks run in save_batch):
-// a time outside 1970..9999 or out of order, as SessionStore's start-up check has it.
+// a time outside 1970..9999 or out of order, or an idle timeout out of range, as SessionStore's
+// start-up check has it. An empty user_id is an anonymous session, which is copied.
 std::string unservable_reason(const pylon::Session& s) {
   const auto in_range = [](std::int64_t t) { return t >= 0 && t <= pylon::kMaxSessionTime; };
   if (!pylon::is_well_formed_session_id(s.id)) return "not a session id (64 lowercase hex)";
@@ -38,6 +39,12 @@ std::string unservable_reason(const pylon::Session& s) {
       !in_range(s.absolute_expires_at) || s.created_at > s.last_seen_at ||
       (s.absolute_expires_at != 0 && s.expires_at > s.absolute_expires_at)) {
     return "times out of range (1970..9999) or out of order; no store would serve it";
+  }
+  if (!in_range(s.authenticated_at)) {
+    return "authenticated_at out of range (1970..9999); no store would serve it";
+  }
+  if (s.idle_timeout_seconds && !in_range(*s.idle_timeout_seconds)) {
+    return "idle_timeout_seconds negative or over kMaxSessionTime; no store would serve it";
   }
   return {};
 }

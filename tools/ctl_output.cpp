@@ -5,6 +5,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -57,6 +58,72 @@ Civil civil(std::int64_t unix_seconds) {
   const std::int64_t month = mp < 10 ? mp + 3 : mp - 9;
   const std::int64_t year = yoe + era * 400 + (month <= 2 ? 1 : 0);
   return {year, month, day, secs / 3600, secs / 60 % 60, secs % 60};
+}
+
+// Howard Hinnant's days_from_civil, the inverse of civil(): days since 1970-01-01.
+std::int64_t days_from_civil(std::int64_t year, std::int64_t month, std::int64_t day) {
+  year -= month <= 2 ? 1 : 0;
+  const std::int64_t era = floor_div(year, 400);
+  const std::int64_t yoe = year - era * 400;
+  const std::int64_t doy = (153 * (month > 2 ? month - 3 : month + 9) + 2) / 5 + day - 1;
+  const std::int64_t doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+  return era * 146097 + doe - 719468;
+}
+
+// Reads a time typed on the command line, left to right.
+class Scanner {
+ public:
+  explicit Scanner(std::string_view text) : text_(text) {}
+  // The number in the next `count` characters, all decimal digits; nullopt otherwise.
+  std::optional<std::int64_t> digits(std::size_t count) {
+    if (text_.size() - at_ < count) return std::nullopt;
+    std::int64_t value = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+      const char c = text_[at_ + i];
+      if (c < '0' || c > '9') return std::nullopt;
+      value = value * 10 + (c - '0');
+    }
+    at_ += count;
+    return value;
+  }
+  // Consumes `c` when it comes next.
+  bool skip(char c) {
+    if (at_ >= text_.size() || text_[at_] != c) return false;
+    ++at_;
+    return true;
+  }
+  [[nodiscard]] bool done() const { return at_ == text_.size(); }
+
+ private:
+  std::string_view text_;
+  std::size_t at_ = 0;
+};
+
+// "YYYY-MM-DD" as year, month and day (not yet checked as a date).
+std::optional<Civil> scan_date(Scanner& in) {
+  const std::optional<std::int64_t> year = in.digits(4);
+  if (!year || !in.skip('-')) return std::nullopt;
+  const std::optional<std::int64_t> month = in.digits(2);
+  if (!month || !in.skip('-')) return std::nullopt;
+  const std::optional<std::int64_t> day = in.digits(2);
+  if (!day) return std::nullopt;
+  return Civil{*year, *month, *day, 0, 0, 0};
+}
+
+// "HH:MM" or "HH:MM:SS" into `t` (not yet checked as a time of day).
+bool scan_clock(Scanner& in, Civil& t) {
+  const std::optional<std::int64_t> hour = in.digits(2);
+  if (!hour || !in.skip(':')) return false;
+  const std::optional<std::int64_t> minute = in.digits(2);
+  if (!minute) return false;
+  t.hour = *hour;
+  t.minute = *minute;
+  if (in.skip(':')) {
+    const std::optional<std::int64_t> second = in.digits(2);
+    if (!second) return false;
+    t.second = *second;
+  }
+  return true;
 }
 
 // The number of characters a terminal shows for UTF-8 `text` (continuation bytes not counted).
@@ -198,6 +265,34 @@ std::string relative(std::int64_t when, std::int64_t now) {
   return when >= now ? "in " + text : text + " ago";
 }
 
+std::optional<std::int64_t> parse_time(std::string_view text) {
+  constexpr std::size_t kMaxDigits = 12;  // kMaxSessionTime has 12
+  if (!text.empty() && text.size() <= kMaxDigits &&
+      text.find_first_not_of("0123456789") == std::string_view::npos) {
+    Scanner in(text);
+    const std::optional<std::int64_t> seconds = in.digits(text.size());
+    return seconds && *seconds <= pylon::kMaxSessionTime ? seconds : std::nullopt;
+  }
+  Scanner in(text);
+  std::optional<Civil> t = scan_date(in);
+  if (!t) return std::nullopt;
+  if ((in.skip('T') || in.skip(' ')) && !scan_clock(in, *t)) return std::nullopt;
+  in.skip('Z');
+  if (!in.done() || t->year < 1970 || t->month < 1 || t->month > 12 || t->day < 1 || t->hour > 23 ||
+      t->minute > 59 || t->second > 59) {
+    return std::nullopt;
+  }
+  const std::int64_t seconds = days_from_civil(t->year, t->month, t->day) * 86400 + t->hour * 3600 +
+                               t->minute * 60 + t->second;
+  const Civil back = civil(seconds);
+  if (back.month != t->month || back.day != t->day) return std::nullopt;  // 2026-02-30
+  return seconds;
+}
+
+std::string user_label(const pylon::Session& session) {
+  return session.is_anonymous() ? std::string("(anonymous)") : session.user_id;
+}
+
 std::string base64_encode(std::string_view bytes) {
   std::string out;
   out.reserve((bytes.size() + 2) / 3 * 4);
@@ -265,6 +360,10 @@ nlohmann::json session_json(const pylon::Session& s, std::int64_t now, bool with
       {"device", text(s.device)},
       {"ip", text(s.ip)},
       {"idp_session_id", text(s.idp_session_id)},
+      {"anonymous", s.is_anonymous()},
+      {"authenticated_at", s.authenticated_at},
+      {"idle_timeout_seconds",
+       s.idle_timeout_seconds ? nlohmann::json(*s.idle_timeout_seconds) : nlohmann::json(nullptr)},
       {"data_bytes", s.data.size()},
   };
   if (!with_data) object["expired"] = s.expires_at <= now;
@@ -289,6 +388,15 @@ pylon::Session session_from_json(const nlohmann::json& object) {
   s.device = optional_text(object, "device");
   s.ip = optional_text(object, "ip");
   s.idp_session_id = optional_text(object, "idp_session_id");
+  if (object.contains("authenticated_at")) {
+    s.authenticated_at = integer(object, "authenticated_at", true);
+  } else {
+    s.authenticated_at = s.is_anonymous() ? 0 : s.created_at;  // as migration 0005 sets it
+  }
+  const auto idle = object.find("idle_timeout_seconds");
+  if (idle != object.end() && !idle->is_null()) {
+    s.idle_timeout_seconds = integer(object, "idle_timeout_seconds", true);
+  }
   if (const std::optional<std::string> data = optional_text(object, "data_base64")) {
     std::optional<std::string> bytes = base64_decode(*data);
     if (!bytes) throw Failure(kExitNotFound, "data_base64 is not base64");
@@ -312,7 +420,7 @@ void print_session(std::ostream& out, const pylon::Session& s, std::int64_t now)
     return text ? escape(*text) : std::string("-");
   };
   print_field(out, "id", s.id);
-  print_field(out, "user", escape(s.user_id));
+  print_field(out, "user", s.is_anonymous() ? std::string("(anonymous)") : escape(s.user_id));
   print_field(out, "tenant", optional(s.tenant_id));
   print_field(out, "device", optional(s.device));
   print_field(out, "ip", optional(s.ip));
@@ -328,6 +436,15 @@ void print_session(std::ostream& out, const pylon::Session& s, std::int64_t now)
         out, "absolute_expiry",
         iso8601(s.absolute_expires_at) + " (" + std::to_string(s.absolute_expires_at) + ")");
   }
+  print_field(out, "authenticated",
+              s.is_anonymous() || s.authenticated_at == 0
+                  ? std::string("never (0)")
+                  : iso8601(s.authenticated_at) + " (" + std::to_string(s.authenticated_at) +
+                        "), " + relative(s.authenticated_at, now));
+  print_field(out, "idle_timeout",
+              !s.idle_timeout_seconds        ? std::string("the store's")
+              : *s.idle_timeout_seconds == 0 ? std::string("none (0)")
+                                             : std::to_string(*s.idle_timeout_seconds) + " s");
   print_field(out, "data", std::to_string(s.data.size()) + " bytes");
 }
 

@@ -50,15 +50,24 @@ std::string iso8601(std::int64_t unix_seconds);
 std::string short_time(std::int64_t unix_seconds);
 // "in 59m 58s" / "2h 3m ago".
 std::string relative(std::int64_t when, std::int64_t now);
+// A time an operator typed: Unix seconds ("1764666840"), or UTC as "2026-12-02",
+// "2026-12-02T09:14", "2026-12-02 09:14" (as tables show it) or "2026-12-02T09:14:00Z" (as `show`
+// does); within 1970..9999. nullopt for anything else.
+std::optional<std::int64_t> parse_time(std::string_view text);
+// The USER cell of a table: the user, or "(anonymous)" for a session without one.
+std::string user_label(const pylon::Session& session);
 
 std::string base64_encode(std::string_view bytes);
 // nullopt when `text` is not base64.
 std::optional<std::string> base64_decode(std::string_view text);
 
 // The JSON of a session: every column, times as Unix seconds, text fields as strings or null,
-// `data_bytes`, and `data_base64` when `with_data`. Never a token.
+// `idle_timeout_seconds` a number or null (the store's), `anonymous` (no user), `data_bytes`,
+// and `data_base64` when `with_data`. Never a token.
 nlohmann::json session_json(const pylon::Session& session, std::int64_t now, bool with_data);
-// The session of session_json(…, true); throws Failure(kExitNotFound) naming what is wrong.
+// The session of session_json(…, true); throws Failure(kExitNotFound) naming what is wrong. A
+// line without `authenticated_at` (written before migration 0005) takes what that migration
+// gives: created_at for a user's session, 0 for an anonymous one.
 pylon::Session session_from_json(const nlohmann::json& object);
 
 // One JSON document on one line; invalid UTF-8 in strings replaced (U+FFFD), never thrown.

@@ -70,13 +70,33 @@ int latest_version(bool postgres) {
 }
 
 // The condition a row must meet for SessionStore to serve it (internal/backend_shared.hpp's
-// is_servable_session), in SQL: `check` counts the rows that fail it.
-constexpr const char* kUnservableSqlite =
-    "length(id) != 64 OR id GLOB '*[^0-9a-f]*' OR user_id = '' OR created_at < 0 OR "
-    "created_at > 253402300799 OR last_seen_at < 0 OR last_seen_at > 253402300799 OR "
-    "expires_at < 0 OR expires_at > 253402300799 OR absolute_expires_at < 0 OR "
-    "absolute_expires_at > 253402300799 OR created_at > last_seen_at OR "
-    "(absolute_expires_at != 0 AND expires_at > absolute_expires_at)";
+// is_servable_session), in SQL: `check` counts the rows that fail it. An empty user_id is an
+// anonymous session, servable since migration 0005; `with_authentication`: the database has that
+// migration's columns, which must be in range too (a NULL idle_timeout_seconds is the store's).
+std::string unservable_condition(bool postgres, bool with_authentication) {
+  std::string condition =
+      std::string("length(id) != 64 OR ") +
+      (postgres ? "id ~ '[^0-9a-f]'" : "id GLOB '*[^0-9a-f]*'") +
+      " OR created_at < 0 OR "
+      "created_at > 253402300799 OR last_seen_at < 0 OR last_seen_at > 253402300799 OR "
+      "expires_at < 0 OR expires_at > 253402300799 OR absolute_expires_at < 0 OR "
+      "absolute_expires_at > 253402300799 OR created_at > last_seen_at OR "
+      "(absolute_expires_at != 0 AND expires_at > absolute_expires_at)";
+  if (with_authentication) {
+    condition +=
+        " OR authenticated_at < 0 OR authenticated_at > 253402300799 OR "
+        "idle_timeout_seconds < 0 OR idle_timeout_seconds > 253402300799";
+  }
+  return condition;
+}
+
+// The columns Session has since migration 0005, or, in a database without them, what that
+// migration would put there (created_at for a user's session, 0 for an anonymous one; NULL: the
+// store's idle timeout), so that `copy` and `export` of an older database carry the same values.
+const char* authentication_columns(bool present) {
+  return present ? "authenticated_at, idle_timeout_seconds"
+                 : "CASE WHEN user_id <> '' THEN created_at ELSE 0 END, NULL";
+}
 
 // ------------------------------------------------------------------------------------------------
 // SQLite
@@ -339,6 +359,7 @@ class SqliteInspector final : public Inspector {
         has_sessions_(db_.table_exists(kSessionTable)),
         has_rotated_(db_.table_exists(kRotatedTable)),
         has_idp_(has_sessions_ && db_.column_exists(kSessionTable, "idp_session_id")),
+        has_authentication_(has_sessions_ && db_.column_exists(kSessionTable, "authenticated_at")),
         version_(db_.schema_version()) {}
 
   [[nodiscard]] std::string describe() const override { return db_.shown(); }
@@ -400,8 +421,9 @@ class SqliteInspector final : public Inspector {
     require_table();
     const Stmt query = db_.prepare(
         "SELECT coalesce(sum(expires_at > ?1), 0), coalesce(sum(expires_at <= ?1), 0), "
-        "count(DISTINCT CASE WHEN expires_at > ?1 THEN user_id END), "
-        "count(DISTINCT CASE WHEN expires_at > ?1 THEN tenant_id END) FROM _pylon_sessions");
+        "count(DISTINCT CASE WHEN expires_at > ?1 AND user_id <> '' THEN user_id END), "
+        "count(DISTINCT CASE WHEN expires_at > ?1 THEN tenant_id END), "
+        "coalesce(sum(expires_at > ?1 AND user_id = ''), 0) FROM _pylon_sessions");
     db_.bind(query.get(), 1, now);
     Counts counts;
     if (db_.step(query.get())) {
@@ -409,6 +431,7 @@ class SqliteInspector final : public Inspector {
       counts.expired = static_cast<std::uint64_t>(sqlite3_column_int64(query.get(), 1));
       counts.users = static_cast<std::uint64_t>(sqlite3_column_int64(query.get(), 2));
       counts.tenants = static_cast<std::uint64_t>(sqlite3_column_int64(query.get(), 3));
+      counts.anonymous = static_cast<std::uint64_t>(sqlite3_column_int64(query.get(), 4));
     }
     if (has_rotated_) {
       const Stmt count = db_.prepare("SELECT count(*) FROM _pylon_rotated_ids");
@@ -447,13 +470,15 @@ class SqliteInspector final : public Inspector {
                                           "build's migrations create them"
                                         : difference});
     }
-    const std::string unservable = db_.scalar_text(
-        (std::string("SELECT count(*) FROM _pylon_sessions WHERE ") + kUnservableSqlite).c_str());
+    const std::string unservable =
+        db_.scalar_text(("SELECT count(*) FROM _pylon_sessions WHERE " +
+                         unservable_condition(false, has_authentication_))
+                            .c_str());
     out.push_back({"rows", unservable == "0",
                    unservable == "0"
                        ? "every row is one the library can serve"
-                       : unservable + " rows the library skips at start-up (malformed id, empty "
-                                      "user, times out of range or order)"});
+                       : unservable + " rows the library skips at start-up (malformed id, "
+                                      "times out of range or order)"});
   }
 
  private:
@@ -472,7 +497,8 @@ class SqliteInspector final : public Inspector {
     return std::string(
                "SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
                "absolute_expires_at, device, ip, data, ") +
-           (has_idp_ ? "idp_session_id" : "NULL") + " FROM _pylon_sessions";
+           (has_idp_ ? "idp_session_id" : "NULL") + ", " +
+           authentication_columns(has_authentication_) + " FROM _pylon_sessions";
   }
 
   static void read(sqlite3_stmt* query, pylon::Session& s) {
@@ -487,6 +513,11 @@ class SqliteInspector final : public Inspector {
     s.ip = column_optional_text(query, 8);
     s.data = column_blob(query, 9);
     s.idp_session_id = column_optional_text(query, 10);
+    s.authenticated_at = sqlite3_column_int64(query, 11);
+    s.idle_timeout_seconds.reset();
+    if (sqlite3_column_type(query, 12) != SQLITE_NULL) {
+      s.idle_timeout_seconds = sqlite3_column_int64(query, 12);
+    }
   }
 
   static void check_version(std::vector<Finding>& out, int version, bool postgres) {
@@ -522,6 +553,7 @@ class SqliteInspector final : public Inspector {
   bool has_sessions_ = false;
   bool has_rotated_ = false;
   bool has_idp_ = false;
+  bool has_authentication_ = false;
   int version_ = 0;
 };
 
@@ -793,6 +825,14 @@ class PgConnection {
     return std::string_view(PQgetvalue(result.get(), 0, 0)) == "t";
   }
 
+  bool column_exists(const char* table, const char* column) const {
+    const Result result = exec(
+        "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_schema = "
+        "current_schema() AND table_name = $1 AND column_name = $2)",
+        {table, column});
+    return std::string_view(PQgetvalue(result.get(), 0, 0)) == "t";
+  }
+
   int schema_version() const {
     if (!relation_exists("_pylon_schema_migrations")) return 0;
     const Result result =
@@ -823,7 +863,11 @@ class PgInspector final : public Inspector {
       : db_(target, true),
         has_sessions_(db_.relation_exists(kSessionTable)),
         has_rotated_(db_.relation_exists(kRotatedTable)),
-        version_(db_.schema_version()) {}
+        has_authentication_(has_sessions_ && db_.column_exists(kSessionTable, "authenticated_at")),
+        version_(db_.schema_version()),
+        select_(std::string("SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
+                            "absolute_expires_at, device, ip, data, idp_session_id, ") +
+                authentication_columns(has_authentication_) + " FROM _pylon_sessions") {}
 
   [[nodiscard]] std::string describe() const override { return db_.shown(); }
   int schema_version() override { return version_; }
@@ -832,7 +876,7 @@ class PgInspector final : public Inspector {
                     const std::function<bool(const pylon::Session&)>& visit) override {
     require_table();
     std::vector<std::string> params;
-    std::string sql = kSelect + std::string(" WHERE true");
+    std::string sql = select_ + " WHERE true";
     if (!filter.include_expired) {
       params.push_back(std::to_string(filter.now));
       sql += " AND expires_at > $" + std::to_string(params.size());
@@ -857,7 +901,7 @@ class PgInspector final : public Inspector {
   std::vector<pylon::Session> sessions_by_prefix(std::string_view prefix) override {
     require_table();
     const Result result =
-        db_.exec((kSelect + std::string(" WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 2")).c_str(),
+        db_.exec((select_ + " WHERE id >= $1 AND id < $2 ORDER BY id LIMIT 2").c_str(),
                  {std::string(prefix), std::string(prefix) + "g"});
     std::vector<pylon::Session> found;
     found.reserve(static_cast<std::size_t>(PQntuples(result.get())));
@@ -888,14 +932,16 @@ class PgInspector final : public Inspector {
     require_table();
     const Result result = db_.exec(
         "SELECT count(*) FILTER (WHERE expires_at > $1), count(*) FILTER (WHERE expires_at <= $1), "
-        "count(DISTINCT user_id) FILTER (WHERE expires_at > $1), "
-        "count(DISTINCT tenant_id) FILTER (WHERE expires_at > $1) FROM _pylon_sessions",
+        "count(DISTINCT user_id) FILTER (WHERE expires_at > $1 AND user_id <> ''), "
+        "count(DISTINCT tenant_id) FILTER (WHERE expires_at > $1), "
+        "count(*) FILTER (WHERE expires_at > $1 AND user_id = '') FROM _pylon_sessions",
         {std::to_string(now)});
     Counts counts;
     counts.live = static_cast<std::uint64_t>(to_int64(PQgetvalue(result.get(), 0, 0)));
     counts.expired = static_cast<std::uint64_t>(to_int64(PQgetvalue(result.get(), 0, 1)));
     counts.users = static_cast<std::uint64_t>(to_int64(PQgetvalue(result.get(), 0, 2)));
     counts.tenants = static_cast<std::uint64_t>(to_int64(PQgetvalue(result.get(), 0, 3)));
+    counts.anonymous = static_cast<std::uint64_t>(to_int64(PQgetvalue(result.get(), 0, 4)));
     if (has_rotated_) {
       const Result count = db_.exec("SELECT count(*) FROM _pylon_rotated_ids");
       counts.rotated = static_cast<std::uint64_t>(to_int64(PQgetvalue(count.get(), 0, 0)));
@@ -929,12 +975,9 @@ class PgInspector final : public Inspector {
                                           "build's migrations create them"
                                         : difference});
     }
-    const Result rows = db_.exec(
-        "SELECT count(*) FROM _pylon_sessions WHERE length(id) != 64 OR id ~ '[^0-9a-f]' OR "
-        "user_id = '' OR created_at NOT BETWEEN 0 AND 253402300799 OR last_seen_at NOT BETWEEN "
-        "0 AND 253402300799 OR expires_at NOT BETWEEN 0 AND 253402300799 OR absolute_expires_at "
-        "NOT BETWEEN 0 AND 253402300799 OR created_at > last_seen_at OR (absolute_expires_at "
-        "!= 0 AND expires_at > absolute_expires_at)");
+    const Result rows = db_.exec(("SELECT count(*) FROM _pylon_sessions WHERE " +
+                                  unservable_condition(true, has_authentication_))
+                                     .c_str());
     const std::string unservable = PQgetvalue(rows.get(), 0, 0);
     out.push_back({"rows", unservable == "0",
                    unservable == "0" ? "every row is one the library can serve"
@@ -942,10 +985,6 @@ class PgInspector final : public Inspector {
   }
 
  private:
-  static constexpr const char* kSelect =
-      "SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, "
-      "device, ip, data, idp_session_id FROM _pylon_sessions";
-
   void require_table() const {
     if (!has_sessions_) {
       throw Failure(kExitStorage, "database " + db_.shown() +
@@ -973,6 +1012,11 @@ class PgInspector final : public Inspector {
     s.ip = optional(8);
     s.data = from_bytea(PQgetvalue(result, row, 9));
     s.idp_session_id = optional(10);
+    s.authenticated_at = to_int64(PQgetvalue(result, row, 11));
+    s.idle_timeout_seconds.reset();
+    if (PQgetisnull(result, row, 12) == 0) {
+      s.idle_timeout_seconds = to_int64(PQgetvalue(result, row, 12));
+    }
   }
 
   // The columns the migrations make, as "table.column type": SQLite's, with PostgreSQL's types.
@@ -1007,7 +1051,9 @@ class PgInspector final : public Inspector {
   PgConnection db_;
   bool has_sessions_ = false;
   bool has_rotated_ = false;
+  bool has_authentication_ = false;
   int version_ = 0;
+  std::string select_;  // every column of a session, in read()'s order
 };
 
 class PgLedger final : public CopyLedger {

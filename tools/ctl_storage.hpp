@@ -58,9 +58,10 @@ struct ListFilter {
 struct Counts {
   std::uint64_t live = 0;
   std::uint64_t expired = 0;
-  std::uint64_t users = 0;    // with at least one live session
-  std::uint64_t tenants = 0;  // distinct non-null tenants of live sessions
-  std::uint64_t rotated = 0;  // rotated-away ids still kept
+  std::uint64_t users = 0;      // with at least one live session
+  std::uint64_t anonymous = 0;  // live sessions without a user
+  std::uint64_t tenants = 0;    // distinct non-null tenants of live sessions
+  std::uint64_t rotated = 0;    // rotated-away ids still kept
 };
 
 // One line of `check`'s report.
@@ -71,7 +72,9 @@ struct Finding {
 };
 
 // Read-only access. Every call runs SQL that filters, counts or pages in storage: nothing here
-// reads every row into memory.
+// reads every row into memory. The administration calls the library offers (listing live
+// sessions page by page, counts per tenant, revoking a tenant) are not here: sessionctl makes
+// them through the library's SessionBackend, so that there is one implementation of each.
 class Inspector {
  public:
   virtual ~Inspector() = default;

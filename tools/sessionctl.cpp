@@ -4,9 +4,14 @@
 //   - The only raw token it ever prints is the one `create` has just made, alone on the first
 //     line (or as "token" in its JSON). Every message and every human-readable line passes
 //     through redact_tokens(), so a token typed in the wrong place shows as "pylon_1234…".
-//   - Inspection commands (list, show, validate, stats, check, export, migrate --dry-run) open
-//     the database read-only (ctl_storage.hpp), refuse a path that does not exist, and ask
+//   - Inspection commands (show, validate, stats, check, export, list --all, migrate --dry-run)
+//     open the database read-only (ctl_storage.hpp), refuse a path that does not exist, and ask
 //     storage for what they show. Commands that write go through the library's SessionBackend.
+//   - The administration reads the library offers (`list`: SessionBackend::list_page, page by
+//     page with a keyset cursor; `count`: count_by_tenant) and `revoke --tenant`
+//     (remove_matching with a tenant-only filter) go through the library too, so that the tool
+//     and the applications share one implementation. `list` and `count` refuse a path that does
+//     not exist and a schema older than this build's (the library would migrate it).
 //   - Text from the database is printed with control characters escaped.
 //   - Exit status: 0 success, 1 not found / invalid / `check` found a problem, 2 usage error,
 //     3 storage error, 4 copy/import/export finished but skipped rows (listed).
@@ -127,10 +132,16 @@ struct CreateArgs {
   std::optional<std::string> tenant, device, ip, idp_session_id;
   std::int64_t ttl = 86400;
   std::int64_t idle = 3600;
+  bool idle_given = false;  // --idle was on the command line: stored as the session's own
 };
 
 int run_create(const CreateArgs& args) {
   if (args.ttl <= 0 || args.idle < 0) throw Failure(kExitUsage, "--ttl must be > 0, --idle >= 0");
+  if (args.user.empty()) {
+    throw Failure(kExitUsage,
+                  "USER must not be empty (sessions without a user are made by the application, "
+                  "SessionStore::create_anonymous)");
+  }
   const Target target = database();
   const std::unique_ptr<pylon::SessionBackend> backend = pylon::open_backend(target.url);
   const std::int64_t now = pylon::system_clock_now();
@@ -144,6 +155,8 @@ int run_create(const CreateArgs& args) {
   s.idp_session_id = args.idp_session_id;
   s.created_at = now;
   s.last_seen_at = now;
+  s.authenticated_at = now;  // as SessionStore::create() sets it
+  if (args.idle_given) s.idle_timeout_seconds = args.idle;
   s.absolute_expires_at = now + args.ttl;
   s.expires_at =
       args.idle > 0 ? std::min(now + args.idle, s.absolute_expires_at) : s.absolute_expires_at;
@@ -197,51 +210,264 @@ int run_show(const std::string& operand) {
 }
 
 struct ListArgs {
-  std::optional<std::string> user, tenant;
+  std::optional<std::string> user, tenant, device, after;
+  std::optional<std::string> created_since, created_before, last_seen_since, last_seen_before;
+  bool anonymous = false;
   bool all = false;
   std::optional<std::size_t> limit;
 };
 
-int run_list(const ListArgs& args) {
+// The sessions a listing prints: a table (its header before the first row) or a streamed JSON
+// array, one session at a time.
+class SessionPrinter {
+ public:
+  explicit SessionPrinter(std::int64_t now)
+      : now_(now),
+        table_({{"ID", 17},
+                {"USER", 18},
+                {"TENANT", 10},
+                {"CREATED (UTC)", 16},
+                {"LAST SEEN", 16},
+                {"EXPIRES", 16},
+                {"IP", 15},
+                {"DEVICE", 0}}) {
+    if (globals().json) std::cout << "[";
+  }
+
+  // False once standard output cannot be written.
+  bool print(const pylon::Session& s) {
+    if (globals().json) {
+      std::cout << (rows_ == 0 ? "\n" : ",\n") << dump(session_json(s, now_, false));
+    } else {
+      if (rows_ == 0) table_.header(std::cout);
+      table_.row(std::cout,
+                 {s.id.substr(0, 16) + "\u2026", user_label(s), s.tenant_id.value_or("-"),
+                  short_time(s.created_at), short_time(s.last_seen_at),
+                  s.expires_at <= now_ ? "expired" : short_time(s.expires_at), s.ip.value_or("-"),
+                  s.device.value_or("-")});
+    }
+    ++rows_;
+    return static_cast<bool>(std::cout);
+  }
+
+  // Ends the JSON array; returns how many sessions were printed.
+  std::size_t finish() const {
+    if (globals().json) std::cout << (rows_ == 0 ? "]\n" : "\n]\n");
+    return rows_;
+  }
+
+ private:
+  std::int64_t now_;
+  Table table_;
+  std::size_t rows_ = 0;
+};
+
+std::string plural(std::size_t count, const char* one, const char* many) {
+  return std::to_string(count) + " " + (count == 1 ? one : many);
+}
+
+// --created-since and the like: Unix seconds, or a UTC time as `show` and the tables print it.
+std::optional<std::int64_t> time_option(const char* option,
+                                        const std::optional<std::string>& text) {
+  if (!text) return std::nullopt;
+  const std::optional<std::int64_t> time = parse_time(*text);
+  if (!time) {
+    throw Failure(kExitUsage, std::string(option) + " '" + *text +
+                                  "' is not a time: give Unix seconds (1764666840) or a UTC "
+                                  "time as 2026-12-02, 2026-12-02T09:14 or 2026-12-02T09:14:00Z");
+  }
+  return time;
+}
+
+// --after: the cursor a previous `list` printed, the id of the last session it showed.
+std::string checked_cursor(const std::string& operand) {
+  if (operand.rfind("pylon_", 0) == 0) {
+    throw Failure(kExitUsage,
+                  "--after takes the cursor a previous `list` printed, not a token (a token "
+                  "is never a cursor, and belongs on standard input)");
+  }
+  std::string cursor = operand;
+  for (char& c : cursor) {
+    if (c >= 'A' && c <= 'F') c = static_cast<char>(c - 'A' + 'a');
+  }
+  if (!pylon::is_well_formed_session_id(cursor)) {
+    throw Failure(kExitUsage,
+                  "--after takes the cursor a previous `list` printed (a session id: 64 hex "
+                  "characters)");
+  }
+  return cursor;
+}
+
+// What the filters of `list` ask the library's SessionBackend::list_page for.
+pylon::SessionQuery list_query(const ListArgs& args) {
+  pylon::SessionQuery query;
+  query.tenant_id = args.tenant;
+  query.user_id = args.user;
+  if (args.anonymous) query.user_id = std::string();  // "" lists the anonymous sessions
+  query.device = args.device;
+  query.created_since = time_option("--created-since", args.created_since);
+  query.created_before = time_option("--created-before", args.created_before);
+  query.last_seen_since = time_option("--last-seen-since", args.last_seen_since);
+  query.last_seen_before = time_option("--last-seen-before", args.last_seen_before);
+  if (args.after) query.after = checked_cursor(*args.after);
+  return query;
+}
+
+// The newest schema version this build's migrations reach for `target`.
+int latest_schema_version(const Target& target) {
+  const std::vector<MigrationInfo>& known = known_migrations(target.is_postgres);
+  return known.empty() ? 0 : known.back().version;
+}
+
+// A backend for the administration reads (`list`, `count`): they ask the library's
+// SessionBackend::list_page and count_by_tenant, the calls behind an application's
+// SessionStore::list_sessions and count_by_tenant, so that the tool and the applications share
+// one implementation. The library opens a database as an application does: read-write, and it
+// migrates an older schema. A read must not change the schema behind the applications' back, so
+// an older one is refused here; a file the library cannot open for writing is named with the
+// commands that read it read-only.
+std::unique_ptr<pylon::SessionBackend> admin_backend(const Target& target, const char* command) {
+  require_existing_database(target);
+  const int version = open_inspector(target)->schema_version();
+  const int latest = latest_schema_version(target);
+  const std::string readers = "`list --all`, `export` and `stats` read it read-only, as it is";
+  if (version == 0) {
+    throw Failure(kExitStorage, "database " + target.shown +
+                                    " has no pylon-sessions schema: not a pylon-sessions "
+                                    "database, or no application has opened it yet");
+  }
+  if (version < latest) {
+    throw Failure(kExitStorage,
+                  "database " + target.shown + " has schema version " + std::to_string(version) +
+                      "; `" + command + "` asks the library, which needs this build's version " +
+                      std::to_string(latest) +
+                      " and would migrate it: run `sessionctl migrate` first (" + readers + ")");
+  }
+  try {
+    return pylon::open_backend(target.url);
+  } catch (const pylon::Error& e) {
+    if (e.code() != pylon::ErrorCode::kReadOnly && e.code() != pylon::ErrorCode::kIo) throw;
+    throw Failure(kExitStorage, std::string(e.what()) + "; `" + command +
+                                    "` asks the library, which opens the database read-write "
+                                    "as an application does (" +
+                                    readers + ")");
+  }
+}
+
+// `list --all`: expired sessions too, which the library's listing never returns; read-only
+// through the Inspector, oldest first, streamed.
+int run_list_all(const ListArgs& args) {
+  if (args.device || args.after || args.created_since || args.created_before ||
+      args.last_seen_since || args.last_seen_before) {
+    throw Failure(kExitUsage,
+                  "--all (expired sessions too, read-only, oldest first) takes only --user, "
+                  "--anonymous, --tenant and --limit; --device, --created-*, --last-seen-* and "
+                  "--after filter and page the live sessions");
+  }
   const std::unique_ptr<Inspector> inspector = open_inspector(database());
   ListFilter filter;
-  filter.user_id = args.user;
+  filter.user_id = args.anonymous ? std::optional<std::string>(std::string()) : args.user;
   filter.tenant_id = args.tenant;
-  filter.include_expired = args.all;
+  filter.include_expired = true;
   filter.now = pylon::system_clock_now();
   filter.limit = args.limit;
-  const Table table({{"ID", 17},
-                     {"USER", 18},
-                     {"TENANT", 10},
-                     {"CREATED (UTC)", 16},
-                     {"LAST SEEN", 16},
-                     {"EXPIRES", 16},
-                     {"IP", 15},
-                     {"DEVICE", 0}});
-  std::size_t rows = 0;
-  if (globals().json) std::cout << "[";
-  inspector->each_session(filter, [&](const pylon::Session& s) {
-    if (globals().json) {
-      std::cout << (rows == 0 ? "\n" : ",\n") << dump(session_json(s, filter.now, false));
-    } else {
-      if (rows == 0) table.header(std::cout);
-      table.row(std::cout, {s.id.substr(0, 16) + "\u2026", s.user_id, s.tenant_id.value_or("-"),
-                            short_time(s.created_at), short_time(s.last_seen_at),
-                            s.expires_at <= filter.now ? "expired" : short_time(s.expires_at),
-                            s.ip.value_or("-"), s.device.value_or("-")});
-    }
-    ++rows;
-    return static_cast<bool>(std::cout);
-  });
-  if (globals().json) {
-    std::cout << (rows == 0 ? "]\n" : "\n]\n");
-  } else if (rows == 0) {
+  SessionPrinter printer(filter.now);
+  inspector->each_session(filter, [&](const pylon::Session& s) { return printer.print(s); });
+  const std::size_t rows = printer.finish();
+  if (rows == 0) {
     std::cerr << "no sessions\n";
   } else if (!args.limit || rows < *args.limit) {
-    std::cerr << rows << (rows == 1 ? " session\n" : " sessions\n");
+    std::cerr << plural(rows, "session", "sessions") << '\n';
   } else {
     std::cerr << rows << " sessions shown (--limit)\n";
   }
+  return kExitOk;
+}
+
+// Sessions per call of list_page: each page is printed before the next is asked for.
+constexpr std::size_t kListPage = 1000;
+
+int run_list(const ListArgs& args) {
+  if (args.user && args.user->empty()) {
+    throw Failure(kExitUsage,
+                  "--user must not be empty; --anonymous lists the sessions without "
+                  "a user");
+  }
+  if (args.all) return run_list_all(args);
+  pylon::SessionQuery query = list_query(args);
+  const std::unique_ptr<pylon::SessionBackend> backend = admin_backend(database(), "list");
+  const std::int64_t now = pylon::system_clock_now();
+  SessionPrinter printer(now);
+  std::size_t rows = 0;
+  bool more = false;  // sessions follow the last one printed (--limit stopped the listing)
+  std::string last;
+  while (true) {
+    // With --limit, one session past it is asked for, to tell whether any follow.
+    const std::size_t left = args.limit ? *args.limit - rows : kListPage;
+    query.limit = left < kListPage ? left + 1 : kListPage;
+    const std::vector<pylon::Session> page = backend->list_page(query, now);
+    for (const pylon::Session& s : page) {
+      if (args.limit && rows == *args.limit) {
+        more = true;
+        break;
+      }
+      if (!printer.print(s)) return kExitOk;  // main() reports the failed write
+      last = s.id;
+      ++rows;
+    }
+    if (more || page.size() < query.limit) break;
+    query.after = page.back().id;
+  }
+  printer.finish();
+  if (rows == 0) {
+    std::cerr << (args.after ? "no sessions after the cursor\n" : "no sessions\n");
+  } else if (more) {
+    std::cerr << plural(rows, "session", "sessions") << " shown (--limit); the next page: --after "
+              << last << " (with the same filters)\n";
+  } else {
+    std::cerr << plural(rows, "session", "sessions") << '\n';
+  }
+  return kExitOk;
+}
+
+// `count`: the live sessions of each tenant, and how many of them are anonymous, from the
+// library's SessionBackend::count_by_tenant (one grouped query in storage).
+int run_count() {
+  const std::unique_ptr<pylon::SessionBackend> backend = admin_backend(database(), "count");
+  const std::vector<pylon::TenantCount> counts =
+      backend->count_by_tenant(pylon::system_clock_now());
+  std::size_t sessions = 0;
+  std::size_t anonymous = 0;
+  std::size_t tenants = 0;
+  std::size_t without_tenant = 0;
+  for (const pylon::TenantCount& c : counts) {
+    sessions += c.sessions;
+    anonymous += c.anonymous;
+    if (c.tenant_id) {
+      ++tenants;
+    } else {
+      without_tenant += c.sessions;
+    }
+  }
+  if (globals().json) {
+    json list = json::array();
+    for (const pylon::TenantCount& c : counts) {
+      list.push_back({{"tenant_id", c.tenant_id ? json(*c.tenant_id) : json(nullptr)},
+                      {"sessions", c.sessions},
+                      {"anonymous", c.anonymous}});
+    }
+    emit({{"tenants", list}, {"sessions", sessions}, {"anonymous", anonymous}});
+    return kExitOk;
+  }
+  const Table table({{"TENANT", 24}, {"SESSIONS", 10}, {"ANONYMOUS", 0}});
+  for (const pylon::TenantCount& c : counts) {
+    if (&c == &counts.front()) table.header(std::cout);
+    table.row(std::cout,
+              {c.tenant_id.value_or("-"), std::to_string(c.sessions), std::to_string(c.anonymous)});
+  }
+  std::cerr << "total: " << plural(sessions, "session", "sessions") << " (" << anonymous
+            << " anonymous); " << plural(tenants, "tenant", "tenants") << ", "
+            << plural(without_tenant, "session", "sessions") << " without one\n";
   return kExitOk;
 }
 
@@ -251,8 +477,43 @@ std::unique_ptr<pylon::SessionBackend> writable_backend(const Target& target) {
   return pylon::open_backend(target.url);
 }
 
-int run_revoke(const std::string& operand) {
-  const std::string token = checked_token(operand);
+// `revoke --tenant T`: every session of the tenant, in one statement (the library's
+// remove_matching() with a tenant-only filter, as SessionStore::revoke_tenant() does).
+int run_revoke_tenant(const std::string& tenant) {
+  if (tenant.empty()) {
+    throw Failure(kExitUsage,
+                  "--tenant must not be empty (sessions without a tenant cannot be "
+                  "revoked by tenant)");
+  }
+  const std::unique_ptr<pylon::SessionBackend> backend = writable_backend(database());
+  pylon::SessionFilter filter;
+  filter.tenant_id = tenant;
+  const std::vector<pylon::RemovedSession> removed = backend->remove_matching(filter);
+  if (globals().json) {
+    json ids = json::array();
+    for (const pylon::RemovedSession& r : removed) ids.push_back(r.id);
+    emit({{"tenant", tenant}, {"revoked", ids}, {"count", removed.size()}});
+  } else {
+    std::cout << "revoked: " << removed.size() << '\n';
+  }
+  return kExitOk;
+}
+
+struct RevokeArgs {
+  std::optional<std::string> token;
+  std::optional<std::string> tenant;
+};
+
+int run_revoke(const RevokeArgs& args) {
+  if (args.token && args.tenant) {
+    throw Failure(kExitUsage, "give a TOKEN or --tenant, not both");
+  }
+  if (args.tenant) return run_revoke_tenant(*args.tenant);
+  if (!args.token) {
+    throw Failure(kExitUsage,
+                  "revoke needs a TOKEN ('-': read it from standard input) or --tenant T");
+  }
+  const std::string token = checked_token(*args.token);
   const Target target = database();
   const std::unique_ptr<pylon::SessionBackend> backend = writable_backend(target);
   const std::string id = pylon::session_id_for_token(token);
@@ -285,6 +546,11 @@ int run_revoke_id(const std::string& operand) {
 }
 
 int run_revoke_user(const std::string& user, const std::optional<std::string>& tenant) {
+  if (user.empty()) {
+    throw Failure(kExitUsage,
+                  "USER must not be empty (anonymous sessions have no user: revoke them by id, "
+                  "or with `revoke --tenant`)");
+  }
   const std::unique_ptr<pylon::SessionBackend> backend = writable_backend(database());
   pylon::SessionFilter filter;
   filter.user_id = user;
@@ -320,6 +586,7 @@ int run_stats() {
           {"schema_version", version},
           {"sessions", c.live},
           {"users", c.users},
+          {"anonymous", c.anonymous},
           {"tenants", c.tenants},
           {"expired", c.expired},
           {"rotated_ids", c.rotated}});
@@ -328,6 +595,7 @@ int run_stats() {
     print_field(std::cout, "schema_version", std::to_string(version));
     print_field(std::cout, "sessions", std::to_string(c.live));
     print_field(std::cout, "users", std::to_string(c.users));
+    print_field(std::cout, "anonymous", std::to_string(c.anonymous));
     print_field(std::cout, "tenants", std::to_string(c.tenants));
     print_field(std::cout, "expired", std::to_string(c.expired));
     print_field(std::cout, "rotated_ids", std::to_string(c.rotated));
@@ -649,17 +917,20 @@ Database: --db URL, else $DATABASE_URL, else the file sessions.db in the working
   sqlite://relative/path.db               a path relative to the working directory
   sqlite:///absolute/path.db              an absolute path
   postgres://USER:PASSWORD@HOST/DB        PostgreSQL (also postgresql://)
-Inspection commands (list, show, validate, stats, check, export, migrate --dry-run) open the
-database read-only and refuse a path that does not exist. A URL with a password is best given
-through DATABASE_URL (other users see command lines in `ps`). Messages never show a password,
-and show an argument shaped like a token as pylon_1234... : give tokens as '-' and type them
-on standard input.
+Inspection commands (show, validate, stats, check, export, list --all, migrate --dry-run)
+open the database read-only and refuse a path that does not exist. `list` and `count` ask the
+library's administration calls, which open the database as an application does (read-write):
+they refuse a path that does not exist and a schema older than this build's. A URL with a
+password is best given through DATABASE_URL (other users see command lines in `ps`). Messages
+never show a password, and show an argument shaped like a token as pylon_1234... : give
+tokens as '-' and type them on standard input.
 
 Every command takes --json: one JSON document on standard output (`export` writes JSON Lines).
 Errors go to standard error.
 
 Exit status:
-  0  success (also `list` with no session, `revoke-user`/`purge` that deleted nothing)
+  0  success (also `list` with no session, `revoke-user`/`revoke --tenant`/`purge` that
+     deleted nothing)
   1  not found or invalid: a malformed, unknown, revoked or expired token, an unknown session
      id; `check` found a problem
   2  usage error: unknown command or option, a missing or extra argument, a value the
@@ -755,6 +1026,32 @@ void add_filter_options(CLI::App* command, std::optional<std::string>& user,
   command->add_flag("--all", all, "include expired sessions not yet purged");
 }
 
+constexpr const char* kListHelp =
+    R"HELP(Lists the live sessions through the library's administration call
+(SessionBackend::list_page, the one behind SessionStore::list_sessions), ordered by session id,
+page by page: each page is printed before the next is read, so nothing holds them all.
+Filters combine (a session must match every one): --tenant, --user or --anonymous (the sessions
+without a user), --device (exactly this device text), --created-since/--created-before and
+--last-seen-since/--last-seen-before (since: at or after; before: strictly before; Unix seconds,
+or UTC as 2026-12-02, 2026-12-02T09:14, 2026-12-02 09:14 or 2026-12-02T09:14:00Z).
+With --limit N at most N sessions are printed; when more follow, the last line on standard
+error gives the cursor to continue from: run the same command with --after CURSOR (the id of the
+last session shown). A session that exists from the first page to the last is listed exactly
+once, whatever is created or revoked meanwhile.
+A table with a header (ID is the first 16 characters of the session id: `show` and `revoke-id`
+take it; USER is "(anonymous)" for a session without one), or with --json an array of sessions
+(each with authenticated_at, idle_timeout_seconds and anonymous).
+--all also lists expired sessions not yet purged, as `list` did before it paged: read-only,
+oldest first, streamed; with --user, --anonymous, --tenant and --limit only.
+The library opens the database as an application does: read-write, at this build's schema
+version (an older one is refused: `sessionctl migrate` first). `list --all` and `export` read a
+read-only, immutable or older database as it is.
+  sessionctl list --tenant acme --limit 100
+  sessionctl list --tenant acme --limit 100 --after CURSOR
+  sessionctl --json list --anonymous --last-seen-before 2026-12-01
+Exit status: 0 (also when nothing matches); 2 usage error (a time or cursor that is not one);
+3 storage error.)HELP";
+
 int run(int argc, char** argv) {
   CLI::App app(kDescription, "sessionctl");
   app.footer(kFooter);
@@ -780,9 +1077,15 @@ int run(int argc, char** argv) {
       c,
       "Prints the new token alone on the first line: it is shown this once (the database keeps "
       "only its SHA-256, the session id); the session follows. Creates the database if it does "
-      "not exist.\n  sessionctl create alice --device 'curl'\nExit status: 0 created; 2 an "
-      "invalid value; 3 storage error.");
-  c->callback([&] { action = [&] { return run_create(create); }; });
+      "not exist. authenticated_at is now. An --idle given on the command line is stored as the "
+      "session's own idle timeout, which every slide then uses; without it the first expiry is "
+      "--idle's default and the application's idle timeout applies from then on.\n  sessionctl "
+      "create alice --device 'curl'\nExit status: 0 created; 2 an invalid value (an empty "
+      "USER: anonymous sessions are made by the application); 3 storage error.");
+  c->callback([&] {
+    create.idle_given = c->count("--idle") > 0;
+    action = [&] { return run_create(create); };
+  });
 
   std::string token;
   CLI::App* v = app.add_subcommand("validate", "show the live session of TOKEN ('-': stdin)");
@@ -801,23 +1104,47 @@ int run(int argc, char** argv) {
   sh->callback([&] { action = [&] { return run_show(id); }; });
 
   ListArgs list;
-  CLI::App* l = app.add_subcommand("list", "list live sessions, oldest first (streamed)");
+  CLI::App* l =
+      app.add_subcommand("list", "list live sessions page by page, with filters and a cursor");
   add_filter_options(l, list.user, list.tenant, list.all);
-  l->add_option("--limit", list.limit, "at most this many");
-  describe(
-      l,
-      "A table with a header (ID is the first 16 characters of the session id: `show` and "
-      "`revoke-id` take it), or with --json an array of sessions. Rows are streamed from "
-      "storage, never all held.\n  sessionctl list --user alice\n  sessionctl --json list "
-      "--tenant acme --limit 100\nExit status: 0 (also when nothing matches); 3 storage error.");
+  l->add_flag("--anonymous", list.anonymous, "only the sessions without a user")
+      ->excludes("--user");
+  l->add_option("--device", list.device, "only the sessions with exactly this device text");
+  l->add_option("--created-since", list.created_since, "created at or after TIME");
+  l->add_option("--created-before", list.created_before, "created before TIME");
+  l->add_option("--last-seen-since", list.last_seen_since, "last seen at or after TIME");
+  l->add_option("--last-seen-before", list.last_seen_before, "last seen before TIME");
+  l->add_option("--limit", list.limit, "at most this many (then the cursor of the next page)")
+      ->check(CLI::PositiveNumber);
+  l->add_option("--after", list.after, "the cursor a previous page printed: continue there");
+  describe(l, kListHelp);
   l->callback([&] { action = [&] { return run_list(list); }; });
 
-  std::string revoke_token;
-  CLI::App* r = app.add_subcommand("revoke", "delete the session of TOKEN ('-': stdin)");
-  r->add_option("TOKEN", revoke_token, "the token, or - to read it from standard input")
-      ->required();
-  describe(r, "Exit status: 0 revoked; 1 malformed token or no such session; 3 storage error.");
-  r->callback([&] { action = [&] { return run_revoke(revoke_token); }; });
+  CLI::App* n = app.add_subcommand("count", "count the live sessions of each tenant");
+  describe(n,
+           "One row per tenant that has live sessions (TENANT \"-\": the sessions without a "
+           "tenant, first), with how many of them are anonymous; the total on standard error. "
+           "From the library's administration call (SessionBackend::count_by_tenant, one grouped "
+           "query in storage), which opens the database as an application does; like `list`, it "
+           "refuses a schema older than this build's. `stats` counts read-only.\n  sessionctl "
+           "count\n  sessionctl --json count\nExit status: 0; 3 storage error.");
+  n->callback([&] { action = [&] { return run_count(); }; });
+
+  RevokeArgs revoke;
+  CLI::App* r = app.add_subcommand(
+      "revoke", "delete the session of TOKEN ('-': stdin), or those of a --tenant");
+  r->add_option("TOKEN", revoke.token, "the token, or - to read it from standard input");
+  r->add_option("--tenant", revoke.tenant,
+                "instead of a TOKEN: every session of this tenant, in one statement");
+  describe(r,
+           "`revoke TOKEN` deletes one session. `revoke --tenant T` deletes every session of the "
+           "tenant in one statement (the library's remove_matching with a tenant-only filter, "
+           "as SessionStore::revoke_tenant) and prints how many went; the other tenants' "
+           "sessions stay. Running applications drop them from their caches as they follow the "
+           "change log.\n  printf '%s\\n' \"$TOKEN\" | sessionctl revoke -\n  sessionctl revoke "
+           "--tenant acme\nExit status: 0 revoked (--tenant: also when nothing was); 1 malformed "
+           "token or no such session; 2 neither or both of TOKEN and --tenant; 3 storage error.");
+  r->callback([&] { action = [&] { return run_revoke(revoke); }; });
 
   std::string revoke_id;
   CLI::App* ri = app.add_subcommand("revoke-id", "delete the session with this id (or prefix)");
@@ -835,18 +1162,20 @@ int run(int argc, char** argv) {
   ru->add_option("USER", revoke_user, "the user")->required();
   ru->add_option("--tenant", revoke_tenant, "only the user's sessions of this tenant");
   describe(ru,
-           "Prints how many sessions went (0 is a success).\n  sessionctl revoke-user alice\nExit "
-           "status: 0; 3 storage error.");
+           "Prints how many sessions went (0 is a success). USER must not be empty (anonymous "
+           "sessions have no user).\n  sessionctl revoke-user alice\nExit status: 0; 2 an empty "
+           "USER; 3 storage error.");
   ru->callback([&] { action = [&] { return run_revoke_user(revoke_user, revoke_tenant); }; });
 
   CLI::App* p = app.add_subcommand("purge", "delete every expired session (one statement)");
   describe(p, "Exit status: 0 (also when nothing was expired); 3 storage error.");
   p->callback([&] { action = [&] { return run_purge(); }; });
 
-  CLI::App* st = app.add_subcommand("stats", "count live and expired sessions, users, tenants");
-  describe(
-      st,
-      "Counted by storage (SQL), never by reading every row.\nExit status: 0; 3 storage error.");
+  CLI::App* st = app.add_subcommand(
+      "stats", "count live and expired sessions, users, anonymous sessions and tenants");
+  describe(st,
+           "Counted by storage (SQL), never by reading every row; read-only. `count` gives the "
+           "sessions of each tenant.\nExit status: 0; 3 storage error.");
   st->callback([&] { action = [&] { return run_stats(); }; });
 
   CLI::App* ck =

@@ -58,8 +58,9 @@ class MemoryBackend final : public pylon::SessionBackend {
     return remove_if([&](auto& s) { return s.expires_at <= now; }, limit).size();
   }
   std::vector<pylon::RemovedSession> remove_matching(const pylon::SessionFilter& f) override {
-    if (!f.id && !f.user_id && !f.idp_session_id) {
-      throw pylon::Error(pylon::ErrorCode::kInvalidArgument, "a filter must set id, user or sid");
+    if (!f.id && !f.user_id && !f.idp_session_id && !f.tenant_id) {
+      throw pylon::Error(pylon::ErrorCode::kInvalidArgument,
+                         "a filter must set id, user, sid or tenant");
     }
     return remove_if([&](const pylon::Session& s) {
       return (!f.id || s.id == *f.id) && (!f.user_id || s.user_id == *f.user_id) &&
@@ -83,20 +84,12 @@ class MemoryBackend final : public pylon::SessionBackend {
     writable();
     for (const pylon::Session& s : sessions) rows_[s.id] = Row{s, order_++};
     if (cap == 0) return {};
-    std::vector<pylon::RemovedSession> evicted;
     std::set<std::pair<std::string, std::optional<std::string>>> owners;
-    for (const pylon::Session& s : sessions) owners.emplace(s.user_id, s.tenant_id);
-    for (const auto& [user, tenant] : owners) {
-      std::vector<const Row*> mine;  // the owner's rows in the tenant, oldest first
-      for (const auto& [id, row] : rows_) {
-        if (row.s.user_id == user && row.s.tenant_id == tenant) mine.push_back(&row);
-      }
-      std::sort(mine.begin(), mine.end(), [](const Row* a, const Row* b) {
-        return std::pair(a->s.created_at, a->order) < std::pair(b->s.created_at, b->order);
-      });
-      for (std::size_t i = 0; i + cap < mine.size(); ++i) evicted.push_back({mine[i]->s.id, user});
+    for (const pylon::Session& s : sessions) {
+      if (!s.is_anonymous()) owners.emplace(s.user_id, s.tenant_id);  // anonymous: no cap
     }
-    for (const pylon::RemovedSession& gone : evicted) rows_.erase(gone.id);
+    std::vector<pylon::RemovedSession> evicted;
+    for (const auto& [user, tenant] : owners) evict_beyond(user, tenant, cap, {}, &evicted);
     return evicted;
   }
   std::optional<pylon::Session> touch(std::string_view id, std::int64_t seen,
@@ -122,6 +115,67 @@ class MemoryBackend final : public pylon::SessionBackend {
     s.id = new_id;
     rows_[s.id] = Row{s, order_++};
     return s;
+  }
+  // rotate(), whose new row also takes the user and authenticated_at = now; the user's oldest
+  // other rows beyond the cap go in the same call (never the new row).
+  std::optional<pylon::Authentication> authenticate(std::string_view old_id,
+                                                    std::string_view new_id,
+                                                    std::string_view user_id, std::int64_t now,
+                                                    std::size_t cap) override {
+    const std::lock_guard<std::recursive_mutex> l(m_);
+    writable();
+    const auto it = rows_.find(old_id);
+    if (it == rows_.end() || it->second.s.expires_at <= now) return std::nullopt;
+    if (!it->second.s.is_anonymous() && it->second.s.user_id != user_id) {
+      throw pylon::Error(pylon::ErrorCode::kInvalidArgument,
+                         "memory backend: the session belongs to another user");
+    }
+    std::optional<pylon::Session> row = rotate(old_id, new_id, now);
+    pylon::Authentication signed_in;
+    row->user_id = user_id;
+    row->authenticated_at = now;
+    rows_[row->id].s = *row;
+    signed_in.session = *row;
+    if (cap > 0) evict_beyond(row->user_id, row->tenant_id, cap, row->id, &signed_in.evicted);
+    return signed_in;
+  }
+  // The live rows the query matches, by id, after the cursor, at most `limit`.
+  std::vector<pylon::Session> list_page(const pylon::SessionQuery& q, std::int64_t now) override {
+    if (q.limit < 1 || q.limit > pylon::kMaxPageSize) {
+      throw pylon::Error(pylon::ErrorCode::kInvalidArgument, "memory backend: a page limit");
+    }
+    if (!q.after.empty() && !pylon::is_well_formed_session_id(q.after)) {
+      throw pylon::Error(pylon::ErrorCode::kInvalidArgument, "memory backend: a cursor");
+    }
+    const std::lock_guard<std::recursive_mutex> l(m_);
+    std::vector<pylon::Session> page;
+    for (auto it = rows_.upper_bound(q.after); it != rows_.end() && page.size() < q.limit; ++it) {
+      const pylon::Session& s = it->second.s;
+      if (s.expires_at > now && (!q.tenant_id || s.tenant_id == q.tenant_id) &&
+          (!q.user_id || s.user_id == *q.user_id) && (!q.device || s.device == q.device) &&
+          (!q.created_since || s.created_at >= *q.created_since) &&
+          (!q.created_before || s.created_at < *q.created_before) &&
+          (!q.last_seen_since || s.last_seen_at >= *q.last_seen_since) &&
+          (!q.last_seen_before || s.last_seen_at < *q.last_seen_before)) {
+        page.push_back(s);
+      }
+    }
+    return page;
+  }
+  std::vector<pylon::TenantCount> count_by_tenant(std::int64_t now) override {
+    const std::lock_guard<std::recursive_mutex> l(m_);
+    std::map<std::optional<std::string>, pylon::TenantCount> counts;  // nullopt sorts first
+    for (const auto& [id, row] : rows_) {
+      if (row.s.expires_at <= now) continue;
+      pylon::TenantCount& count = counts[row.s.tenant_id];
+      count.tenant_id = row.s.tenant_id;
+      ++count.sessions;
+      if (row.s.is_anonymous()) ++count.anonymous;
+    }
+    std::vector<pylon::TenantCount> all;
+    all.reserve(counts.size());
+    for (const auto& [tenant, count] : counts) all.push_back(count);
+    return all;
   }
   void load_rotated_each(const std::function<void(const pylon::RotatedId&)>& visit) override {
     const std::lock_guard<std::recursive_mutex> l(m_);
@@ -149,6 +203,26 @@ class MemoryBackend final : public pylon::SessionBackend {
   };
   void writable() const {
     if (refuse_) throw pylon::Error(pylon::ErrorCode::kIo, "memory backend: writes refused");
+  }
+  // Evicts the user's oldest rows in the tenant (smallest created_at, then earliest inserted)
+  // beyond `cap`, never the row `keep`, into `evicted`.
+  void evict_beyond(const std::string& user, const std::optional<std::string>& tenant,
+                    std::size_t cap, std::string_view keep,
+                    std::vector<pylon::RemovedSession>* evicted) {
+    std::vector<const Row*> mine;  // the user's other rows in the tenant, oldest first
+    for (const auto& [id, row] : rows_) {
+      if (row.s.user_id == user && row.s.tenant_id == tenant && id != keep) mine.push_back(&row);
+    }
+    std::sort(mine.begin(), mine.end(), [](const Row* a, const Row* b) {
+      return std::pair(a->s.created_at, a->order) < std::pair(b->s.created_at, b->order);
+    });
+    const std::size_t room = keep.empty() ? cap : cap - 1;  // `keep` takes one place
+    std::vector<std::string> gone;
+    for (std::size_t i = 0; i + room < mine.size(); ++i) {
+      evicted->push_back({mine[i]->s.id, user});
+      gone.push_back(mine[i]->s.id);
+    }
+    for (const std::string& id : gone) rows_.erase(id);
   }
   template <typename Match>
   std::vector<pylon::RemovedSession> remove_if(Match match, std::size_t limit = SIZE_MAX) {

@@ -5,8 +5,8 @@
 //   - the outcome is a pylon::Error or a working store: never another exception, never a crash
 //     (CI runs this under ASan and UBSan), never a hang (ctest's timeout);
 //   - a store that opens returns only well-formed sessions: an id of 64 lowercase hex characters
-//     (the SHA-256 of the token when found by token), a non-empty user id, text fields that are
-//     UTF-8 without NUL, exactly what a write would accept;
+//     (the SHA-256 of the token when found by token), text fields that are UTF-8 without NUL
+//     (an empty user id is an anonymous session), exactly what a write would accept;
 //   - when opening fails, the file is left byte for byte as it was, and no file is left beside it.
 // The damage mostly hits what SQLite itself checks (page headers, b-tree cells, the schema) and
 // sometimes row contents, which no checksum protects; the test does not ask the library to

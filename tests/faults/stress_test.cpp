@@ -216,6 +216,10 @@ struct EventCounts {
       case SessionEventType::kFilePermissionsTightened:
       case SessionEventType::kChangeFeedLost:
       case SessionEventType::kChangeFeedResumed:
+      case SessionEventType::kUserAttached:
+      case SessionEventType::kReauthenticated:
+      case SessionEventType::kExtended:
+      case SessionEventType::kTenantRevoked:
         break;
     }
   }

@@ -59,6 +59,17 @@ class ForwardingBackend : public SessionBackend {
                                 std::int64_t now) override {
     return real_->rotate(old_id, new_id, now);
   }
+  std::optional<Authentication> authenticate(std::string_view old_id, std::string_view new_id,
+                                             std::string_view user_id, std::int64_t now,
+                                             std::size_t max_per_user) override {
+    return real_->authenticate(old_id, new_id, user_id, now, max_per_user);
+  }
+  std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) override {
+    return real_->list_page(query, now);
+  }
+  std::vector<TenantCount> count_by_tenant(std::int64_t now) override {
+    return real_->count_by_tenant(now);
+  }
   void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override {
     real_->load_rotated_each(visit);
   }

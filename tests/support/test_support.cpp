@@ -56,7 +56,11 @@ void PrintTo(const Session& session, std::ostream* os) {
       << ", last_seen_at=" << session.last_seen_at
       << ", device=" << escaped_optional(session.device) << ", ip=" << escaped_optional(session.ip)
       << ", data=\"" << escaped(std::string_view(session.data))
-      << "\", absolute_expires_at=" << session.absolute_expires_at << "}";
+      << "\", absolute_expires_at=" << session.absolute_expires_at
+      << ", idp_session_id=" << escaped_optional(session.idp_session_id)
+      << ", authenticated_at=" << session.authenticated_at << ", idle_timeout_seconds="
+      << (session.idle_timeout_seconds ? std::to_string(*session.idle_timeout_seconds) : "none")
+      << "}";
 }
 
 namespace test {
@@ -435,6 +439,9 @@ pylon::Session make_session(const std::string& user_id, int seed) {
   field("ip", expected.ip, actual.ip);
   field("data", expected.data, actual.data);
   field("absolute_expires_at", expected.absolute_expires_at, actual.absolute_expires_at);
+  field("idp_session_id", expected.idp_session_id, actual.idp_session_id);
+  field("authenticated_at", expected.authenticated_at, actual.authenticated_at);
+  field("idle_timeout_seconds", expected.idle_timeout_seconds, actual.idle_timeout_seconds);
   const std::string differences = diff.str();
   if (!differences.empty()) return ::testing::AssertionFailure() << differences;
   if (!(expected == actual)) {
