@@ -250,7 +250,7 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   // write's cache step, in order, under the write lock; never throws.
   void commit_group(const std::vector<WriteQueue::Writer*>& group) EXCLUDES(writes_.mutex());
   // The ids whose cached state a write leaves unknown when its outcome is (kConnectionLost).
-  std::vector<std::string> ids_in_doubt(const SessionWrite& write) const REQUIRES(writes_.mutex());
+  std::vector<std::string> ids_in_doubt(const SessionWrite& write) REQUIRES(writes_.mutex());
   // Makes the cache what storage did for one write, and records it in `item`.
   void apply_outcome(QueuedWrite& item, SessionWriteOutcome outcome) REQUIRES(writes_.mutex());
   // A write that failed: a delete fails closed (denied here now, owed to storage).
@@ -603,7 +603,7 @@ void SessionStore::Impl::commit_group(const std::vector<WriteQueue::Writer*>& gr
   }
 }
 
-std::vector<std::string> SessionStore::Impl::ids_in_doubt(const SessionWrite& write) const {
+std::vector<std::string> SessionStore::Impl::ids_in_doubt(const SessionWrite& write) {
   std::vector<std::string> ids;
   // With a cap, a write in doubt may have evicted any of its user's sessions: those too.
   const auto add_users_sessions = [this, &ids](const std::string& user_id) {
@@ -643,7 +643,7 @@ void SessionStore::Impl::apply_outcome(QueuedWrite& item, SessionWriteOutcome ou
   item.removed = std::move(outcome.removed);
   for (const RemovedSession& row : item.removed) cache_.erase(std::string_view(row.id));
   std::visit(
-      [&](const auto& arguments) {
+      [&](const auto& arguments) REQUIRES(writes_.mutex()) {
         using Write = std::decay_t<decltype(arguments)>;
         if constexpr (std::is_same_v<Write, InsertNewWrite>) {
           for (const Session& session : arguments.sessions) {
