@@ -1467,9 +1467,10 @@ std::vector<SessionWriteOutcome> SqliteBackend::write_group(std::vector<SessionW
   return outcomes;
 }
 
-// The checks of each call come first (they throw before anything is written); a write that finds
-// nothing to change, or throws, is rolled back to its savepoint. An error that ended the whole
-// transaction is rethrown: the group fails.
+// The checks of each call come first (they throw before anything is written); a write of several
+// statements that finds nothing to change, or throws, is rolled back to its savepoint (a single
+// statement backs itself out). An error that ended the whole transaction is rethrown: the group
+// fails.
 SessionWriteOutcome SqliteBackend::write_in_group(const SessionWrite& write) {
   const char* action = "cannot commit a group of writes to";
   SessionWriteOutcome outcome;
@@ -1485,7 +1486,16 @@ SessionWriteOutcome SqliteBackend::write_in_group(const SessionWrite& write) {
             detail::check_rotation_ids(arguments.old_id, arguments.new_id);
             detail::check_signing_in_user(arguments.user_id);
           }
-          Savepoint savepoint(*this, action);
+          // One statement is atomic on its own (an error backs out its changes and leaves the
+          // transaction open): only a write of several statements needs a savepoint.
+          bool several_statements = !std::is_same_v<Write, TouchWrite> &&
+                                    !std::is_same_v<Write, UpdateDataWrite> &&
+                                    !std::is_same_v<Write, RemoveMatchingWrite>;
+          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+            several_statements = arguments.sessions.size() > 1 || arguments.max_per_user > 0;
+          }
+          std::optional<Savepoint> savepoint;
+          if (several_statements) savepoint.emplace(*this, action);
           bool changed = true;
           if constexpr (std::is_same_v<Write, InsertNewWrite>) {
             outcome.removed = insert_new_in(arguments.sessions, arguments.max_per_user);
@@ -1509,7 +1519,7 @@ SessionWriteOutcome SqliteBackend::write_in_group(const SessionWrite& write) {
             static_assert(std::is_same_v<Write, RemoveMatchingWrite>);
             outcome.removed = remove_matching_in(arguments.filter);
           }
-          if (changed) savepoint.release();
+          if (changed && savepoint) savepoint->release();
         },
         write);
   } catch (const Error&) {

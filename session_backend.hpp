@@ -516,8 +516,11 @@ class PYLON_API SessionBackend {
   // whole (the commit, the connection, a full disk) throws, and then none of them is stored, or,
   // with kConnectionLost, it is unknown whether all of them were. Returns one outcome per write,
   // in order. SessionStore hands it the writes of concurrent callers, so that they share a commit.
-  // The default makes each write with its own call, one commit each, and reports each failure in
-  // that write's outcome (kConnectionLost there too: that write, and only it, is in doubt).
+  // The default makes consecutive creates with the same cap one insert_new() call (each eviction
+  // then reported by the last create of its user in that run, and, should the call fail other
+  // than in doubt, each create made alone), and every other write with its own call, one commit
+  // each; it reports each failure in that write's outcome (kConnectionLost too: that write, and
+  // only it, is in doubt).
   virtual std::vector<SessionWriteOutcome> write_group(std::vector<SessionWrite> writes);
   // Calls `visit` with every stored RotatedId, expired ones included, one at a time, as
   // load_each() does for sessions. remove_expired() deletes those with expires_at <= now, and
