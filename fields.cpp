@@ -10,6 +10,9 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
 
 #include "internal/backend_shared.hpp"
 #include "internal/session_row.hpp"
@@ -31,6 +34,110 @@ std::optional<Session> SessionBackend::load_one(std::string_view id) {
     if (session.id == id) found = session;
   });
   return found;
+}
+
+namespace {
+
+// One write through its own call: what the default write_group() does with every write but a run
+// of creates.
+SessionWriteOutcome write_alone(SessionBackend& backend, SessionWrite& write) {
+  SessionWriteOutcome outcome;
+  try {
+    std::visit(
+        [&backend, &outcome](auto& arguments) {
+          using Write = std::decay_t<decltype(arguments)>;
+          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+            outcome.removed = backend.insert_new(arguments.sessions, arguments.max_per_user);
+          } else if constexpr (std::is_same_v<Write, TouchWrite>) {
+            outcome.session =
+                backend.touch(arguments.id, arguments.last_seen_at, arguments.expires_at);
+          } else if constexpr (std::is_same_v<Write, UpdateDataWrite>) {
+            outcome.session = backend.update_data(arguments.id, arguments.data);
+          } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+            outcome.session = backend.rotate(arguments.old_id, arguments.new_id, arguments.now);
+          } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+            std::optional<Authentication> signed_in =
+                backend.authenticate(arguments.old_id, arguments.new_id, arguments.user_id,
+                                     arguments.now, arguments.max_per_user);
+            if (signed_in) {
+              outcome.session = std::move(signed_in->session);
+              outcome.removed = std::move(signed_in->evicted);
+            }
+          } else {
+            static_assert(std::is_same_v<Write, RemoveMatchingWrite>);
+            outcome.removed = backend.remove_matching(arguments.filter);
+          }
+        },
+        write);
+  } catch (...) {
+    outcome = SessionWriteOutcome();
+    outcome.error = std::current_exception();
+  }
+  return outcome;
+}
+
+// Creates [first, last) with one cap, as one insert_new() call (one transaction, as the calls one
+// after another would leave storage). Each eviction goes to the last create of its user in the
+// run, the one that pushed the user over the cap. When the call fails other than in doubt, each
+// create is made alone, so that one bad row fails only its own write.
+void insert_run(SessionBackend& backend, std::vector<SessionWrite>& writes, std::size_t first,
+                std::size_t last, std::vector<SessionWriteOutcome>& outcomes) {
+  std::vector<Session> rows;
+  for (std::size_t i = first; i < last; ++i) {
+    const auto& sessions = std::get<InsertNewWrite>(writes[i]).sessions;
+    rows.insert(rows.end(), sessions.begin(), sessions.end());
+  }
+  std::vector<RemovedSession> evicted;
+  try {
+    evicted = backend.insert_new(rows, std::get<InsertNewWrite>(writes[first]).max_per_user);
+  } catch (const Error& error) {
+    for (std::size_t i = first; i < last; ++i) {
+      if (error.code() == ErrorCode::kConnectionLost) {
+        outcomes[i].error = std::current_exception();
+      } else {
+        outcomes[i] = write_alone(backend, writes[i]);
+      }
+    }
+    return;
+  }
+  for (RemovedSession& row : evicted) {
+    std::size_t owner = last - 1;
+    for (std::size_t i = last; i-- > first;) {
+      const auto& sessions = std::get<InsertNewWrite>(writes[i]).sessions;
+      if (std::any_of(sessions.begin(), sessions.end(),
+                      [&row](const Session& session) { return session.user_id == row.user_id; })) {
+        owner = i;
+        break;
+      }
+    }
+    outcomes[owner].removed.push_back(std::move(row));
+  }
+}
+
+}  // namespace
+
+// Consecutive creates with the same cap go as one insert_new() (a backend's batch: for
+// PostgreSQL one statement); every other write through its own call, one commit each, so a custom
+// backend without transactions of its own still serves a store.
+std::vector<SessionWriteOutcome> SessionBackend::write_group(std::vector<SessionWrite> writes) {
+  std::vector<SessionWriteOutcome> outcomes(writes.size());
+  std::size_t i = 0;
+  while (i < writes.size()) {
+    const auto* create = std::get_if<InsertNewWrite>(&writes[i]);
+    std::size_t end = i + 1;
+    while (create != nullptr && end < writes.size()) {
+      const auto* next = std::get_if<InsertNewWrite>(&writes[end]);
+      if (next == nullptr || next->max_per_user != create->max_per_user) break;
+      ++end;
+    }
+    if (create != nullptr && end - i > 1) {
+      insert_run(*this, writes, i, end, outcomes);
+    } else {
+      outcomes[i] = write_alone(*this, writes[i]);
+    }
+    i = end;
+  }
+  return outcomes;
 }
 
 bool operator==(const Session& a, const Session& b) {

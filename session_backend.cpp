@@ -28,6 +28,7 @@
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 #include "internal/backend_shared.hpp"
@@ -400,6 +401,7 @@ class SqliteBackend final : public SessionBackend {
                                              std::size_t max_per_user) override;
   std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) override;
   std::vector<TenantCount> count_by_tenant(std::int64_t now) override;
+  std::vector<SessionWriteOutcome> write_group(std::vector<SessionWrite> writes) override;
   void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
   std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   std::string describe() const override { return shown_path_; }
@@ -444,6 +446,24 @@ class SqliteBackend final : public SessionBackend {
   // A prepared statement in use, and a transaction; see "Statements in use" below.
   class Use;
   class Transaction;
+  class Savepoint;
+
+  // The writes, with mutex_ held and inside a transaction the caller opened and commits (each
+  // call alone, or a group): each changes storage only through its statements. rotate_in() and
+  // authenticate_in() may have written when they return nullopt: the caller rolls back.
+  std::vector<RemovedSession> insert_new_in(const std::vector<Session>& sessions,
+                                            std::size_t max_per_user);
+  std::optional<Session> rotate_in(std::string_view old_id, std::string_view new_id,
+                                   std::int64_t now);
+  std::optional<Authentication> authenticate_in(std::string_view old_id, std::string_view new_id,
+                                                std::string_view user_id, std::int64_t now,
+                                                std::size_t max_per_user);
+  std::vector<RemovedSession> remove_matching_in(const SessionFilter& filter);
+  std::optional<Session> touch_in(std::string_view id, std::int64_t last_seen_at,
+                                  std::int64_t expires_at);
+  std::optional<Session> update_data_in(std::string_view id, std::string_view data);
+  // One write of a group, inside its own savepoint.
+  SessionWriteOutcome write_in_group(const SessionWrite& write);
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
@@ -463,6 +483,9 @@ class SqliteBackend final : public SessionBackend {
   Statement delete_expired_batch_;
   Statement begin_;
   Statement commit_;
+  Statement savepoint_;
+  Statement release_savepoint_;
+  Statement rollback_to_savepoint_;
   Statement evict_beyond_cap_;
   Statement touch_;
   Statement update_data_;
@@ -634,6 +657,37 @@ class SqliteBackend::Transaction {
   SqliteBackend& backend_;
   const char* action_;
   bool committed_ = false;
+};
+
+// One write of a group inside the group's transaction: rolled back to where it started unless
+// released, so a write that fails, or finds nothing to change, leaves the others as they were.
+class SqliteBackend::Savepoint {
+ public:
+  Savepoint(SqliteBackend& backend, const char* action) : backend_(backend), action_(action) {
+    Use(backend_, backend_.savepoint_, action_).run();
+  }
+  // A failure that ended the whole transaction (SQLite rolls back on its own after a full disk or
+  // an I/O error) leaves no savepoint to return to: the group's COMMIT then fails, failing all.
+  ~Savepoint() {
+    if (!released_ && sqlite3_get_autocommit(backend_.db_.get()) == 0) {
+      sqlite3_exec(backend_.db_.get(), "ROLLBACK TO pylon_write; RELEASE pylon_write", nullptr,
+                   nullptr, nullptr);
+    }
+  }
+  Savepoint(const Savepoint&) = delete;
+  Savepoint& operator=(const Savepoint&) = delete;
+  Savepoint(Savepoint&&) = delete;
+  Savepoint& operator=(Savepoint&&) = delete;
+
+  void release() {
+    Use(backend_, backend_.release_savepoint_, action_).run();
+    released_ = true;
+  }
+
+ private:
+  SqliteBackend& backend_;
+  const char* action_;
+  bool released_ = false;
 };
 
 SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
@@ -1012,6 +1066,9 @@ void SqliteBackend::prepare_statements() {
       kPersistent);
   begin_ = prepare("BEGIN IMMEDIATE", kPersistent);
   commit_ = prepare("COMMIT", kPersistent);
+  savepoint_ = prepare("SAVEPOINT pylon_write", kPersistent);
+  release_savepoint_ = prepare("RELEASE pylon_write", kPersistent);
+  rollback_to_savepoint_ = prepare("ROLLBACK TO pylon_write", kPersistent);
   // Oldest first by created_at, then by rowid: SQLite gives a new row a rowid larger than every
   // row's in the table, so among the rows present it orders by insertion.
   evict_beyond_cap_ = prepare(
@@ -1145,36 +1202,42 @@ void SqliteBackend::save_batch(const std::vector<Session>& sessions) { insert_ne
 std::vector<RemovedSession> SqliteBackend::insert_new(const std::vector<Session>& sessions,
                                                       std::size_t max_per_user) {
   for (const Session& session : sessions) check_sqlite_storable(session);
-  std::vector<RemovedSession> evicted;
-  if (sessions.empty()) return evicted;
+  if (sessions.empty()) return {};
   const char* action = "cannot save sessions to";
   const std::lock_guard<std::mutex> lock(mutex_);
   if (max_per_user == 0 && sessions.size() == 1) {
     Use(*this, upsert_, action).bind(sessions.front()).run();  // its own transaction
-    return evicted;
+    return {};
   }
   Transaction transaction(*this, action);
-  for (const Session& session : sessions) Use(*this, upsert_, action).bind(session).run();
-  if (max_per_user > 0) {
-    // Each (user, tenant) of the batch once.
-    std::vector<const Session*> owners;
-    for (const Session& session : sessions) {
-      const bool seen = std::any_of(owners.begin(), owners.end(), [&](const Session* other) {
-        return other->user_id == session.user_id && other->tenant_id == session.tenant_id;
-      });
-      if (!seen) owners.push_back(&session);
-    }
-    for (const Session* owner : owners) {
-      if (owner->is_anonymous()) continue;  // anonymous sessions count against no cap
-      std::vector<RemovedSession> removed = Use(*this, evict_beyond_cap_, action)
-                                                .bind(1, std::string_view(owner->user_id))
-                                                .bind(2, owner->tenant_id)
-                                                .bind(3, max_per_user)
-                                                .removed_rows();
-      std::move(removed.begin(), removed.end(), std::back_inserter(evicted));
-    }
-  }
+  std::vector<RemovedSession> evicted = insert_new_in(sessions, max_per_user);
   transaction.commit();
+  return evicted;
+}
+
+std::vector<RemovedSession> SqliteBackend::insert_new_in(const std::vector<Session>& sessions,
+                                                         std::size_t max_per_user) {
+  const char* action = "cannot save sessions to";
+  std::vector<RemovedSession> evicted;
+  for (const Session& session : sessions) Use(*this, upsert_, action).bind(session).run();
+  if (max_per_user == 0) return evicted;
+  // Each (user, tenant) of the batch once.
+  std::vector<const Session*> owners;
+  for (const Session& session : sessions) {
+    const bool seen = std::any_of(owners.begin(), owners.end(), [&](const Session* other) {
+      return other->user_id == session.user_id && other->tenant_id == session.tenant_id;
+    });
+    if (!seen) owners.push_back(&session);
+  }
+  for (const Session* owner : owners) {
+    if (owner->is_anonymous()) continue;  // anonymous sessions count against no cap
+    std::vector<RemovedSession> removed = Use(*this, evict_beyond_cap_, action)
+                                              .bind(1, std::string_view(owner->user_id))
+                                              .bind(2, owner->tenant_id)
+                                              .bind(3, max_per_user)
+                                              .removed_rows();
+    std::move(removed.begin(), removed.end(), std::back_inserter(evicted));
+  }
   return evicted;
 }
 
@@ -1194,6 +1257,11 @@ bool SqliteBackend::replace(std::string_view old_id, const Session& replacement)
 std::optional<Session> SqliteBackend::touch(std::string_view id, std::int64_t last_seen_at,
                                             std::int64_t expires_at) {
   const std::lock_guard<std::mutex> lock(mutex_);
+  return touch_in(id, last_seen_at, expires_at);
+}
+
+std::optional<Session> SqliteBackend::touch_in(std::string_view id, std::int64_t last_seen_at,
+                                               std::int64_t expires_at) {
   return Use(*this, touch_, "cannot slide a session's expiry in")
       .bind(1, id)
       .bind(2, last_seen_at)
@@ -1203,6 +1271,10 @@ std::optional<Session> SqliteBackend::touch(std::string_view id, std::int64_t la
 
 std::optional<Session> SqliteBackend::update_data(std::string_view id, std::string_view data) {
   const std::lock_guard<std::mutex> lock(mutex_);
+  return update_data_in(id, data);
+}
+
+std::optional<Session> SqliteBackend::update_data_in(std::string_view id, std::string_view data) {
   return Use(*this, update_data_, "cannot update a session's data in")
       .bind(1, id)
       .bind_blob(2, data)
@@ -1215,17 +1287,22 @@ std::optional<Session> SqliteBackend::update_data(std::string_view id, std::stri
 std::optional<Session> SqliteBackend::rotate(std::string_view old_id, std::string_view new_id,
                                              std::int64_t now) {
   detail::check_rotation_ids(old_id, new_id);
-  const char* action = "cannot rotate a session in";
   const std::lock_guard<std::mutex> lock(mutex_);
-  Transaction transaction(*this, action);
+  Transaction transaction(*this, "cannot rotate a session in");
+  std::optional<Session> successor = rotate_in(old_id, new_id, now);
+  if (successor) transaction.commit();
+  return successor;
+}
+
+std::optional<Session> SqliteBackend::rotate_in(std::string_view old_id, std::string_view new_id,
+                                                std::int64_t now) {
+  const char* action = "cannot rotate a session in";
   if (Use(*this, record_rotated_, action).bind(1, old_id).bind(2, new_id).bind(3, now).run() == 0) {
     return std::nullopt;  // no live row `old_id`
   }
   std::optional<Session> successor =
       Use(*this, copy_as_successor_, action).bind(1, old_id).bind(2, new_id).session_row();
-  if (!successor) return std::nullopt;
-  Use(*this, delete_by_id_, action).bind(1, old_id).run();
-  transaction.commit();
+  if (successor) Use(*this, delete_by_id_, action).bind(1, old_id).run();
   return successor;
 }
 
@@ -1238,15 +1315,25 @@ std::optional<Authentication> SqliteBackend::authenticate(std::string_view old_i
                                                           std::size_t max_per_user) {
   detail::check_rotation_ids(old_id, new_id);
   detail::check_signing_in_user(user_id);
-  const char* action = "cannot sign a user in to a session in";
   const std::lock_guard<std::mutex> lock(mutex_);
-  Transaction transaction(*this, action);
+  Transaction transaction(*this, "cannot sign a user in to a session in");
+  std::optional<Authentication> signed_in =
+      authenticate_in(old_id, new_id, user_id, now, max_per_user);
+  if (signed_in) transaction.commit();
+  return signed_in;
+}
+
+std::optional<Authentication> SqliteBackend::authenticate_in(std::string_view old_id,
+                                                             std::string_view new_id,
+                                                             std::string_view user_id,
+                                                             std::int64_t now,
+                                                             std::size_t max_per_user) {
+  const char* action = "cannot sign a user in to a session in";
   const std::optional<Session> current =
       Use(*this, select_one_, action).bind(1, old_id).session_row();
   if (!current || current->expires_at <= now) return std::nullopt;
   detail::check_may_sign_in(*current, user_id);
   Use(*this, record_rotated_, action).bind(1, old_id).bind(2, new_id).bind(3, now).run();
-  Authentication signed_in;
   std::optional<Session> successor = Use(*this, copy_as_authenticated_, action)
                                          .bind(1, old_id)
                                          .bind(2, new_id)
@@ -1254,6 +1341,7 @@ std::optional<Authentication> SqliteBackend::authenticate(std::string_view old_i
                                          .bind(4, now)
                                          .session_row();
   if (!successor) return std::nullopt;
+  Authentication signed_in;
   signed_in.session = *std::move(successor);
   Use(*this, delete_by_id_, action).bind(1, old_id).run();
   if (max_per_user > 0) {
@@ -1264,7 +1352,6 @@ std::optional<Authentication> SqliteBackend::authenticate(std::string_view old_i
                             .bind(4, new_id)
                             .removed_rows();
   }
-  transaction.commit();
   return signed_in;
 }
 
@@ -1325,6 +1412,11 @@ std::vector<TenantCount> SqliteBackend::count_by_tenant(std::int64_t now) {
 // One DELETE per combination of set fields, so every one is a plain indexed equality (an
 // `?1 IS NULL OR user_id = ?1` form would keep SQLite from using the indexes).
 std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& filter) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return remove_matching_in(filter);
+}
+
+std::vector<RemovedSession> SqliteBackend::remove_matching_in(const SessionFilter& filter) {
   if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
     throw Error(ErrorCode::kInvalidArgument,
                 "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
@@ -1341,7 +1433,6 @@ std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& 
   for (std::size_t i = 0; i < fields.size(); ++i) {
     if (fields.at(i).first->has_value()) mask |= std::size_t{1} << i;
   }
-  const std::lock_guard<std::mutex> lock(mutex_);
   Statement& statement = delete_matching_.at(mask);
   if (!statement) {
     std::string sql = "DELETE FROM _pylon_sessions WHERE ";
@@ -1360,6 +1451,83 @@ std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& 
     if (field.first->has_value()) use.bind(index++, std::string_view(**field.first));
   }
   return use.removed_rows();
+}
+
+// A group of one is that write's own call (its own transaction, when it needs one); a larger
+// group is one BEGIN IMMEDIATE ... COMMIT, each write in a savepoint of its own.
+std::vector<SessionWriteOutcome> SqliteBackend::write_group(std::vector<SessionWrite> writes) {
+  if (writes.size() == 1) return SessionBackend::write_group(std::move(writes));
+  const char* action = "cannot commit a group of writes to";
+  std::vector<SessionWriteOutcome> outcomes;
+  outcomes.reserve(writes.size());
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Transaction transaction(*this, action);
+  for (const SessionWrite& write : writes) outcomes.push_back(write_in_group(write));
+  transaction.commit();
+  return outcomes;
+}
+
+// The checks of each call come first (they throw before anything is written); a write of several
+// statements that finds nothing to change, or throws, is rolled back to its savepoint (a single
+// statement backs itself out). An error that ended the whole transaction is rethrown: the group
+// fails.
+SessionWriteOutcome SqliteBackend::write_in_group(const SessionWrite& write) {
+  const char* action = "cannot commit a group of writes to";
+  SessionWriteOutcome outcome;
+  try {
+    std::visit(
+        [&](const auto& arguments) {
+          using Write = std::decay_t<decltype(arguments)>;
+          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+            for (const Session& session : arguments.sessions) check_sqlite_storable(session);
+          } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+            detail::check_rotation_ids(arguments.old_id, arguments.new_id);
+          } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+            detail::check_rotation_ids(arguments.old_id, arguments.new_id);
+            detail::check_signing_in_user(arguments.user_id);
+          }
+          // One statement is atomic on its own (an error backs out its changes and leaves the
+          // transaction open): only a write of several statements needs a savepoint.
+          bool several_statements = !std::is_same_v<Write, TouchWrite> &&
+                                    !std::is_same_v<Write, UpdateDataWrite> &&
+                                    !std::is_same_v<Write, RemoveMatchingWrite>;
+          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+            several_statements = arguments.sessions.size() > 1 || arguments.max_per_user > 0;
+          }
+          std::optional<Savepoint> savepoint;
+          if (several_statements) savepoint.emplace(*this, action);
+          bool changed = true;
+          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+            outcome.removed = insert_new_in(arguments.sessions, arguments.max_per_user);
+          } else if constexpr (std::is_same_v<Write, TouchWrite>) {
+            outcome.session = touch_in(arguments.id, arguments.last_seen_at, arguments.expires_at);
+          } else if constexpr (std::is_same_v<Write, UpdateDataWrite>) {
+            outcome.session = update_data_in(arguments.id, arguments.data);
+          } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+            outcome.session = rotate_in(arguments.old_id, arguments.new_id, arguments.now);
+            changed = outcome.session.has_value();
+          } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+            std::optional<Authentication> signed_in =
+                authenticate_in(arguments.old_id, arguments.new_id, arguments.user_id,
+                                arguments.now, arguments.max_per_user);
+            changed = signed_in.has_value();
+            if (signed_in) {
+              outcome.session = std::move(signed_in->session);
+              outcome.removed = std::move(signed_in->evicted);
+            }
+          } else {
+            static_assert(std::is_same_v<Write, RemoveMatchingWrite>);
+            outcome.removed = remove_matching_in(arguments.filter);
+          }
+          if (changed && savepoint) savepoint->release();
+        },
+        write);
+  } catch (const Error&) {
+    if (sqlite3_get_autocommit(db_.get()) != 0) throw;  // the transaction is gone: all fail
+    outcome = SessionWriteOutcome();
+    outcome.error = std::current_exception();
+  }
+  return outcome;
 }
 
 bool SqliteBackend::remove(std::string_view id) {

@@ -35,8 +35,10 @@
 #include <memory>
 #include <new>
 #include <tuple>
+#include <type_traits>
 #include <unordered_set>
 #include <utility>
+#include <variant>
 
 #include "internal/backend_shared.hpp"
 #include "internal/change_feed.hpp"
@@ -150,13 +152,19 @@ std::exception_ptr own_copy_of_current_exception() noexcept {
   }
 }
 
-// One create on its way through group commit: the leader that commits it fills in `committed`,
-// `error` and `evictions` (the sessions of its user its insert evicted).
-struct QueuedCreate {
-  Session session;
-  bool committed = false;
+// One write on its way through group commit. The caller fills `write`, `at` (its clock, by which
+// a row storage returns is live or not) and `old_user` (a rotation's or sign-in's old session's
+// user, for its RotatedId); the leader that commits it fills `stored` (the row the cache then took:
+// a create's new session, the row an update or rotation returned), `removed` (the rows storage
+// evicted or deleted) and `error`.
+struct QueuedWrite {
+  SessionWrite write;
+  std::int64_t at = 0;
+  std::string old_user;
+  std::optional<Session> stored;
+  std::vector<RemovedSession> removed;
   std::exception_ptr error;
-  std::vector<SessionEvent> evictions;
+  bool finished = false;  // the leader recorded its outcome
 };
 
 }  // namespace
@@ -203,7 +211,7 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   StoreStats stats() const;
 
  private:
-  using CreateQueue = detail::GroupCommit<QueuedCreate>;
+  using WriteQueue = detail::GroupCommit<QueuedWrite>;
 
   std::int64_t now() const { return options_.clock(); }
   // What the ChangeFeed needs (detail::ChangeApplier).
@@ -234,8 +242,21 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   std::optional<Session> cache_stored(const std::string& id, std::optional<Session> stored,
                                       std::int64_t at) REQUIRES(writes_.mutex());
 
-  // Commits a group of creates (one transaction) and records each one's outcome; never throws.
-  void commit_creates(const std::vector<CreateQueue::Writer*>& group) EXCLUDES(writes_.mutex());
+  // Queues `write` for group commit and returns it once storage and the cache have it (or it
+  // failed: its `error`). Every write of the store but purges goes through here.
+  QueuedWrite commit(SessionWrite write, std::int64_t at, std::string old_user = {})
+      EXCLUDES(writes_.mutex());
+  // The leader's part: the group's writes in one SessionBackend::write_group() call, then each
+  // write's cache step, in order, under the write lock; never throws.
+  void commit_group(const std::vector<WriteQueue::Writer*>& group) EXCLUDES(writes_.mutex());
+  // The ids whose cached state a write leaves unknown when its outcome is (kConnectionLost).
+  std::vector<std::string> ids_in_doubt(const SessionWrite& write) REQUIRES(writes_.mutex());
+  // Makes the cache what storage did for one write, and records it in `item`.
+  void apply_outcome(QueuedWrite& item, SessionWriteOutcome outcome) REQUIRES(writes_.mutex());
+  // A write that failed: a delete fails closed (denied here now, owed to storage).
+  void fail_write(QueuedWrite& item, std::exception_ptr error) REQUIRES(writes_.mutex());
+  // The kRevoked events of rows storage evicted or deleted.
+  void emit_revoked(const std::vector<RemovedSession>& rows) const;
   // Deletes what `filter` matches, in one statement, and removes from the cache exactly the rows
   // storage deleted. Fails closed: if storage refuses, the cached sessions the filter matches are
   // denied here at once and the same filter is owed to storage (StorageWrites).
@@ -275,7 +296,7 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   std::unique_ptr<SessionBackend> backend_;
   StoreOptions options_;
   detail::StorageWrites writes_;
-  CreateQueue create_queue_;
+  WriteQueue write_queue_;
   detail::RotatedIds rotated_ids_{cache_};
   std::size_t skipped_rows_ = 0;  // set by the constructor only
   std::atomic<std::uint64_t> reaper_failures_{0};
@@ -450,22 +471,10 @@ std::optional<Session> SessionStore::Impl::cache_stored(const std::string& id,
 }
 
 std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFilter& filter) {
-  std::vector<RemovedSession> removed;
-  {
-    const MutexLock lock(writes_.mutex());
-    try {
-      writes_.settle();
-      removed = writes_.run([&] { return backend_->remove_matching(filter); });
-    } catch (...) {
-      writes_.owe_delete(filter, cached_ids_matching(filter));
-      throw;
-    }
-    for (const RemovedSession& row : removed) cache_.erase(std::string_view(row.id));
-  }
-  for (const RemovedSession& row : removed) {
-    emit(SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
-  }
-  return removed;
+  QueuedWrite done = commit(RemoveMatchingWrite{filter}, now());
+  emit_revoked(done.removed);
+  if (done.error) std::rethrow_exception(done.error);
+  return std::move(done.removed);
 }
 
 // A session's own lifetime (CreateOptions), in seconds: from 1 to the store's maximum.
@@ -532,93 +541,157 @@ Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions 
   return session;
 }
 
-// Each caller returns only after its own row is durable; a failed group fails every create in
-// it (GroupCommit).
+// Returns only after its own row is durable (GroupCommit).
 NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
   NewSession created;
   created.session = new_session(user_id, std::move(options));
   created.token = generate_token();
   created.session.id = session_id_for_token(created.token);
-  CreateQueue::Writer queued(create_queue_,
-                             QueuedCreate{std::move(created.session), false, {}, {}});
-  create_queue_.write(
-      queued, [this](const std::vector<CreateQueue::Writer*>& group) { commit_creates(group); });
-  QueuedCreate& outcome = queued.item;
-  created.session = std::move(outcome.session);
-  for (const SessionEvent& event : outcome.evictions) emit(event);
-  if (outcome.error) std::rethrow_exception(outcome.error);
+  const std::int64_t at = created.session.created_at;
+  QueuedWrite done = commit(InsertNewWrite{{created.session}, options_.max_sessions_per_user}, at);
+  emit_revoked(done.removed);
+  if (done.error) std::rethrow_exception(done.error);
   emit(SessionEvent::of_session(SessionEventType::kCreated, created.session.id,
                                 created.session.user_id));
   return created;
 }
 
-// One transaction for the whole group: the creates, and with a cap the evictions they cause
-// (SessionBackend::insert_new counts, evicts and inserts atomically, for every process). The
-// cache then follows what storage did: the new sessions in, the evicted ones out, including a
-// new one evicted by a later create of the same user in the same group (as if they had run one
-// after the other).
-void SessionStore::Impl::commit_creates(const std::vector<CreateQueue::Writer*>& group) {
-  const std::size_t cap = options_.max_sessions_per_user;
+QueuedWrite SessionStore::Impl::commit(SessionWrite write, std::int64_t at, std::string old_user) {
+  QueuedWrite item;
+  item.write = std::move(write);
+  item.at = at;
+  item.old_user = std::move(old_user);
+  WriteQueue::Writer queued(write_queue_, std::move(item));
+  write_queue_.write(
+      queued, [this](const std::vector<WriteQueue::Writer*>& group) { commit_group(group); });
+  return std::move(queued.item);
+}
+
+// One storage call for the whole group; a write that failed on its own fails alone. The cache
+// then follows storage write by write, in the order storage made them: a create evicted by a
+// later create of the same group, a row slid and then revoked, end as they would one by one.
+void SessionStore::Impl::commit_group(const std::vector<WriteQueue::Writer*>& group) {
   const MutexLock lock(writes_.mutex());
   try {
     writes_.settle();
-    std::vector<Session> rows;
-    std::vector<std::string> ids;
-    rows.reserve(group.size());
-    ids.reserve(group.size());
-    for (const CreateQueue::Writer* writer : group) {
-      rows.push_back(writer->item.session);
-      ids.push_back(writer->item.session.id);
+    std::vector<SessionWrite> writes;
+    std::vector<std::vector<std::string>> doubts;
+    std::vector<std::string> all_doubts;
+    writes.reserve(group.size());
+    doubts.reserve(group.size());
+    for (const WriteQueue::Writer* writer : group) {
+      writes.push_back(writer->item.write);
+      doubts.push_back(ids_in_doubt(writer->item.write));
+      all_doubts.insert(all_doubts.end(), doubts.back().begin(), doubts.back().end());
     }
-    if (cap > 0) {
-      // A group in doubt may have evicted any of its users' sessions: those are in doubt too.
-      for (const CreateQueue::Writer* writer : group) {
-        SessionFilter same_owner;
-        same_owner.user_id = writer->item.session.user_id;
-        for (std::string& id : cached_ids_matching(same_owner)) ids.push_back(std::move(id));
-      }
+    std::vector<SessionWriteOutcome> outcomes = writes_.run_group(
+        all_doubts, group.size(), [&] { return backend_->write_group(std::move(writes)); });
+    if (outcomes.size() != group.size()) {
+      throw Error(ErrorCode::kInternal, "SessionBackend::write_group returned " +
+                                            std::to_string(outcomes.size()) + " outcomes for " +
+                                            std::to_string(group.size()) + " writes");
     }
-    const std::vector<RemovedSession> evicted =
-        writes_.run_in_doubt(ids, [&] { return backend_->insert_new(rows, cap); });
-    std::unordered_set<std::string_view> evicted_ids;
-    for (const RemovedSession& row : evicted) {
-      evicted_ids.insert(row.id);
-      cache_.erase(std::string_view(row.id));
-    }
-    for (CreateQueue::Writer* writer : group) {
-      // put() throws only bad_alloc: the row is stored, not cached.
-      if (evicted_ids.count(writer->item.session.id) == 0) cache_.put(writer->item.session);
-      writer->item.committed = true;
-    }
-    // Each eviction is reported by the last create of its user in the group: the one that, in
-    // the order the group stands for, pushed the user over the cap.
-    for (const RemovedSession& row : evicted) {
-      const auto by_user =
-          std::find_if(group.rbegin(), group.rend(), [&row](const CreateQueue::Writer* writer) {
-            return writer->item.session.user_id == row.user_id;
-          });
-      if (by_user != group.rend()) {
-        (*by_user)->item.evictions.push_back(
-            SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
-      }
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      writes_.count_outcome(outcomes[i].error, doubts[i]);
+      apply_outcome(group[i]->item, std::move(outcomes[i]));
     }
   } catch (...) {
-    // Every create not yet committed fails with this error; none of them is in the cache.
-    for (CreateQueue::Writer* writer : group) {
-      if (!writer->item.committed && !writer->item.error) {
-        writer->item.error = own_copy_of_current_exception();
-      }
+    // Every write without an outcome fails with this error; the cache holds none of them.
+    for (WriteQueue::Writer* writer : group) {
+      if (!writer->item.finished) fail_write(writer->item, own_copy_of_current_exception());
     }
   }
 }
 
-// Re-reads the session under the write lock: it may have been revoked or touched by another
-// thread meanwhile. Storage moves only last_seen_at and expires_at, never back
-// (SessionBackend::touch), and returns the row it holds, which the cache then takes: data
-// another store updated comes along.
+std::vector<std::string> SessionStore::Impl::ids_in_doubt(const SessionWrite& write) {
+  std::vector<std::string> ids;
+  // With a cap, a write in doubt may have evicted any of its user's sessions: those too.
+  const auto add_users_sessions = [this, &ids](const std::string& user_id) {
+    if (options_.max_sessions_per_user == 0 || user_id.empty()) return;
+    SessionFilter same_owner;
+    same_owner.user_id = user_id;
+    for (std::string& id : cached_ids_matching(same_owner)) ids.push_back(std::move(id));
+  };
+  std::visit(
+      [&](const auto& arguments) {
+        using Write = std::decay_t<decltype(arguments)>;
+        if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+          for (const Session& session : arguments.sessions) {
+            ids.push_back(session.id);
+            add_users_sessions(session.user_id);
+          }
+        } else if constexpr (std::is_same_v<Write, TouchWrite> ||
+                             std::is_same_v<Write, UpdateDataWrite>) {
+          ids.push_back(arguments.id);
+        } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+          ids = {arguments.old_id, arguments.new_id};
+        } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+          ids = {arguments.old_id, arguments.new_id};
+          add_users_sessions(arguments.user_id);
+        }
+        // A delete in doubt fails closed instead (fail_write).
+      },
+      write);
+  return ids;
+}
+
+void SessionStore::Impl::apply_outcome(QueuedWrite& item, SessionWriteOutcome outcome) {
+  if (outcome.error) {
+    fail_write(item, outcome.error);
+    return;
+  }
+  item.removed = std::move(outcome.removed);
+  for (const RemovedSession& row : item.removed) cache_.erase(std::string_view(row.id));
+  std::visit(
+      [&](const auto& arguments) REQUIRES(writes_.mutex()) {
+        using Write = std::decay_t<decltype(arguments)>;
+        if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+          for (const Session& session : arguments.sessions) {
+            const bool evicted =
+                std::any_of(item.removed.begin(), item.removed.end(),
+                            [&session](const RemovedSession& row) { return row.id == session.id; });
+            // put() throws only bad_alloc: the row is stored, not cached.
+            if (!evicted) cache_.put(session);
+          }
+        } else if constexpr (std::is_same_v<Write, TouchWrite> ||
+                             std::is_same_v<Write, UpdateDataWrite>) {
+          item.stored = cache_stored(arguments.id, std::move(outcome.session), item.at);
+        } else if constexpr (std::is_same_v<Write, RotateWrite> ||
+                             std::is_same_v<Write, AuthenticateWrite>) {
+          cache_.erase(std::string_view(arguments.old_id));
+          item.stored = cache_stored(arguments.new_id, std::move(outcome.session), item.at);
+          if (item.stored) {
+            rotated_ids_.remember({arguments.old_id, arguments.new_id, item.old_user,
+                                   item.stored->tenant_id, arguments.now,
+                                   item.stored->absolute_expires_at > 0
+                                       ? item.stored->absolute_expires_at
+                                       : item.stored->expires_at});
+          }
+        }
+      },
+      item.write);
+  item.finished = true;
+}
+
+void SessionStore::Impl::fail_write(QueuedWrite& item, std::exception_ptr error) {
+  if (const auto* remove = std::get_if<RemoveMatchingWrite>(&item.write)) {
+    writes_.owe_delete(remove->filter, cached_ids_matching(remove->filter));
+  }
+  item.error = std::move(error);
+  item.finished = true;
+}
+
+void SessionStore::Impl::emit_revoked(const std::vector<RemovedSession>& rows) const {
+  for (const RemovedSession& row : rows) {
+    emit(SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
+  }
+}
+
+// Storage moves only last_seen_at and expires_at, never back (SessionBackend::touch), and returns
+// the row it holds, which the cache then takes: data another store updated comes along. Two
+// threads sliding one session at once both write; the later write changes nothing.
 std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at,
                                                  bool forced) {
-  const MutexLock lock(writes_.mutex());
   std::optional<Session> current = live_copy(id, at);
   if (!current) return std::nullopt;
   if (!forced && saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) {
@@ -629,10 +702,9 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
   const std::int64_t idle = idle_timeout_of(*current);
   const std::int64_t slid_expiry =
       idle > 0 ? std::min(cap, saturating_add(at, idle)) : current->expires_at;
-  writes_.settle();
-  std::optional<Session> stored =
-      writes_.run_in_doubt({id}, [&] { return backend_->touch(id, at, slid_expiry); });
-  return cache_stored(id, std::move(stored), at);
+  QueuedWrite done = commit(TouchWrite{id, at, slid_expiry}, at);
+  if (done.error) std::rethrow_exception(done.error);
+  return std::move(done.stored);
 }
 
 std::optional<Session> SessionStore::Impl::look_up_miss(const std::string& id, std::int64_t at,
@@ -819,29 +891,18 @@ std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view>
 std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
   if (!is_well_formed_token(token)) return std::nullopt;
   const std::string old_id = session_id_for_token(token);
+  const std::int64_t at = now();
+  const std::optional<Session> current = live_copy(old_id, at);
+  if (!current) return std::nullopt;
   NewSession rotated;
-  {
-    const MutexLock lock(writes_.mutex());
-    const std::int64_t at = now();
-    if (!live_copy(old_id, at)) return std::nullopt;
-    rotated.token = generate_token();
-    const std::string new_id = session_id_for_token(rotated.token);
-    writes_.settle();
-    std::optional<Session> successor = writes_.run_in_doubt(
-        {old_id, new_id}, [&] { return backend_->rotate(old_id, new_id, at); });
-    cache_.erase(std::string_view(old_id));
-    if (!successor) return std::nullopt;  // revoked or expired in storage meanwhile
-    if (!cache_stored(new_id, successor, at)) {
-      // Stored, but not a session this store may hand out (out of scope, or unstorable bytes
-      // written by something else): the old token is gone either way.
-      return std::nullopt;
-    }
-    rotated.session = *std::move(successor);
-    rotated_ids_.remember({old_id, new_id, rotated.session.user_id, rotated.session.tenant_id, at,
-                           rotated.session.absolute_expires_at > 0
-                               ? rotated.session.absolute_expires_at
-                               : rotated.session.expires_at});
-  }
+  rotated.token = generate_token();
+  QueuedWrite done =
+      commit(RotateWrite{old_id, session_id_for_token(rotated.token), at}, at, current->user_id);
+  if (done.error) std::rethrow_exception(done.error);
+  // None: revoked or expired in storage meanwhile, or stored but not a session this store may
+  // hand out (out of scope, unstorable bytes written by something else); the old token is gone.
+  if (!done.stored) return std::nullopt;
+  rotated.session = *std::move(done.stored);
   emit(SessionEvent::of_session(SessionEventType::kRotated, old_id, rotated.session.user_id,
                                 rotated.session.id));
   return rotated;
@@ -855,53 +916,25 @@ std::optional<NewSession> SessionStore::Impl::sign_in(std::string_view token,
   if (user_id) detail::check_signing_in_user(*user_id);
   if (!is_well_formed_token(token)) return std::nullopt;
   const std::string old_id = session_id_for_token(token);
-  const std::size_t cap = options_.max_sessions_per_user;
+  const std::int64_t at = now();
+  const std::optional<Session> current = live_copy(old_id, at);
+  if (!current) return std::nullopt;
+  if (!user_id && current->is_anonymous()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "reauthenticate needs a session with a user; this one is anonymous (sign the user "
+                "in with attach_user())");
+  }
+  std::string user = user_id ? std::string(*user_id) : current->user_id;
+  detail::check_may_sign_in(*current, user);
   NewSession signed_in;
-  std::vector<RemovedSession> evicted;
-  std::string old_user;
-  {
-    const MutexLock lock(writes_.mutex());
-    const std::int64_t at = now();
-    const std::optional<Session> current = live_copy(old_id, at);
-    if (!current) return std::nullopt;
-    if (!user_id && current->is_anonymous()) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "reauthenticate needs a session with a user; this one is anonymous (sign the "
-                  "user in with attach_user())");
-    }
-    const std::string user = user_id ? std::string(*user_id) : current->user_id;
-    detail::check_may_sign_in(*current, user);
-    old_user = current->user_id;
-    signed_in.token = generate_token();
-    const std::string new_id = session_id_for_token(signed_in.token);
-    std::vector<std::string> in_doubt = {old_id, new_id};
-    if (cap > 0) {
-      SessionFilter same_owner;
-      same_owner.user_id = user;
-      for (std::string& id : cached_ids_matching(same_owner)) in_doubt.push_back(std::move(id));
-    }
-    writes_.settle();
-    std::optional<Authentication> stored = writes_.run_in_doubt(
-        in_doubt, [&] { return backend_->authenticate(old_id, new_id, user, at, cap); });
-    cache_.erase(std::string_view(old_id));
-    if (!stored) return std::nullopt;  // revoked or expired in storage meanwhile
-    evicted = std::move(stored->evicted);
-    for (const RemovedSession& row : evicted) cache_.erase(std::string_view(row.id));
-    std::optional<Session> successor = cache_stored(new_id, std::move(stored->session), at);
-    if (successor) {
-      signed_in.session = *std::move(successor);
-      rotated_ids_.remember({old_id, new_id, old_user, signed_in.session.tenant_id, at,
-                             signed_in.session.absolute_expires_at > 0
-                                 ? signed_in.session.absolute_expires_at
-                                 : signed_in.session.expires_at});
-    }
-  }
-  for (const RemovedSession& row : evicted) {
-    emit(SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
-  }
-  // Stored, but not a session this store may hand out (out of scope, or unstorable bytes written
-  // by something else): the old token is gone either way.
-  if (signed_in.session.id.empty()) return std::nullopt;
+  signed_in.token = generate_token();
+  QueuedWrite done = commit(AuthenticateWrite{old_id, session_id_for_token(signed_in.token),
+                                              std::move(user), at, options_.max_sessions_per_user},
+                            at, current->user_id);
+  emit_revoked(done.removed);
+  if (done.error) std::rethrow_exception(done.error);
+  if (!done.stored) return std::nullopt;  // gone meanwhile, or not ours to hand out (as rotate())
+  signed_in.session = *std::move(done.stored);
   emit(SessionEvent::of_session(
       user_id ? SessionEventType::kUserAttached : SessionEventType::kReauthenticated, old_id,
       signed_in.session.user_id, signed_in.session.id));
@@ -976,15 +1009,13 @@ std::optional<Session> SessionStore::Impl::update_data(std::string_view token, s
                     " (StoreOptions::max_data_bytes); nothing was stored");
   }
   const std::string id = session_id_for_token(token);
-  const MutexLock lock(writes_.mutex());
   const std::int64_t at = now();
   if (!live_copy(id, at)) return std::nullopt;
-  writes_.settle();
   // Update-only: never writes back a session another instance revoked, and changes no column
   // but `data`, so another store's slide is kept.
-  std::optional<Session> stored =
-      writes_.run_in_doubt({id}, [&] { return backend_->update_data(id, data); });
-  return cache_stored(id, std::move(stored), at);
+  QueuedWrite done = commit(UpdateDataWrite{id, std::move(data)}, at);
+  if (done.error) std::rethrow_exception(done.error);
+  return std::move(done.stored);
 }
 
 std::vector<Session> SessionStore::Impl::list_user(std::string_view user_id,

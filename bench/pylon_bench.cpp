@@ -23,6 +23,9 @@
 //              revoke) as the raw prepared statement(s) making the same change to its table, in
 //              its own transaction, on a file opened the same way (WAL, synchronous FULL or
 //              NORMAL); a rotation is three statements in one BEGIN IMMEDIATE ... COMMIT
+//   mixed      8 threads creating, sliding (extend()), updating, rotating and revoking through
+//              one store (group commit), against the writes section's raw statements making the
+//              same changes from one thread, one commit each, on a file opened the same way (FULL)
 //   start-up   one SELECT of every column of every row, each value read (sqlite3_column_*)
 //   memory     RSS growth and heap in use per cached session, minus its field bytes
 // The `workload` section has no raw column: it is the workload other session stores publish
@@ -49,6 +52,7 @@
 #include <mutex>
 #include <optional>
 #include <pylon/session_backend.hpp>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <unordered_map>
@@ -374,6 +378,10 @@ double seconds_per_create(SessionStore& store, int threads, int creates) {
   return elapsed / static_cast<double>(created);
 }
 
+// Every kind of write from 8 threads (defined with the writes section, whose raw statements it
+// reuses).
+void bench_mixed_writes(const Settings& settings);
+
 void bench_create(const Settings& settings) {
   const int per_round = settings.quick ? 200 : 2000;
   const auto raw_round = [&] {
@@ -402,6 +410,7 @@ void bench_create(const Settings& settings) {
   });
   row("create, SQLite file, FULL, 8 threads", eight.pylon, eight.raw,
       ">= 3x (vs raw 1 thread; group commit)");
+  bench_mixed_writes(settings);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -1165,6 +1174,123 @@ void bench_writes(const Settings& settings) {
           median(raw_seconds), full ? "reported" : ">= 0.9x (issue 17)");
     }
   }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Every kind of write from 8 threads at synchronous=FULL (group commit), against one thread of the
+// raw statements making the same changes, one commit each
+// ------------------------------------------------------------------------------------------------
+
+// One cycle of the mix, on one session: create it (a device, 200 B of data), slide it (extend():
+// the write validate() makes past touch_interval, made at once), update_data() it, rotate() it and
+// revoke() the successor. Five writes.
+constexpr std::size_t kMixedWritesPerCycle = 5;
+
+// `threads` threads, each doing `cycles` cycles through one store on a fresh file at FULL; seconds
+// per write. Dies if a write does not do what it should.
+double seconds_per_mixed_write(const Settings& settings, std::size_t threads, std::size_t cycles) {
+  const ScratchFile file(settings.dir, "mixed");
+  SessionStore store(
+      pylon::open_sqlite_backend(file.path(), sqlite_options(pylon::SqliteSync::kFull)));
+  const std::string data = workload_data('a');
+  const std::string new_data = workload_data('b');
+  std::mutex failure_mutex;
+  std::string failure;  // guarded by failure_mutex
+  const auto start = Clock::now();
+  std::vector<std::thread> workers;
+  workers.reserve(threads);
+  for (std::size_t t = 0; t < threads; ++t) {
+    workers.emplace_back([&, t] {
+      const std::string user = "mixed-user-" + std::to_string(t);
+      try {
+        for (std::size_t i = 0; i < cycles; ++i) {
+          pylon::CreateOptions options;
+          options.device = kWorkloadDevice;
+          options.data = data;
+          const std::string token = store.create(user, std::move(options)).token;
+          if (!store.extend(token)) throw std::runtime_error("extend lost a session");
+          if (!store.update_data(token, new_data)) {
+            throw std::runtime_error("update_data lost a session");
+          }
+          const std::optional<pylon::NewSession> next = store.rotate(token);
+          if (!next) throw std::runtime_error("rotate lost a session");
+          if (!store.revoke(next->token)) throw std::runtime_error("revoke found no session");
+        }
+      } catch (const std::exception& error) {
+        const std::lock_guard<std::mutex> lock(failure_mutex);
+        failure = error.what();
+      }
+    });
+  }
+  for (std::thread& worker : workers) worker.join();
+  const double elapsed = seconds_since(start);
+  if (!failure.empty()) die("mixed writes: " + failure);
+  if (store.size() != 0) die("mixed writes: sessions left after the round");
+  return elapsed / static_cast<double>(threads * cycles * kMixedWritesPerCycle);
+}
+
+// The same cycles from one thread as raw prepared statements (those of the writes section) on a
+// file the library created, opened the same way, each write its own commit; seconds per write.
+double raw_seconds_per_mixed_write(const Settings& settings, std::size_t cycles) {
+  const ScratchFile file(settings.dir, "mixed-raw");
+  { pylon::open_sqlite_backend(file.path(), sqlite_options(pylon::SqliteSync::kFull)); }
+  const RawSqlite db = open_raw_sqlite(file.path(), pylon::SqliteSync::kFull);
+  const RawStatement insert = prepare(db.get(), kRawInsert);
+  const RawStatement slide = prepare(db.get(), kRawSlide);
+  const RawStatement update_data = prepare(db.get(), kRawUpdateData);
+  const RawStatement delete_one = prepare(db.get(), kRawDeleteOld);
+  RawRotation rotation(db.get());
+  const std::string user = "mixed-user";
+  const std::string device = kWorkloadDevice;
+  const std::string data = workload_data('a');
+  const std::string new_data = workload_data('b');
+  std::vector<std::string> ids;
+  std::vector<std::string> successors;
+  for (std::size_t i = 0; i < cycles; ++i) {
+    ids.push_back(random_hex_id());
+    successors.push_back(random_hex_id());
+  }
+  const std::int64_t now = pylon::system_clock_now();
+  const StoreOptions defaults;
+  const auto start = Clock::now();
+  for (std::size_t i = 0; i < cycles; ++i) {
+    bind_text(insert.get(), 1, ids[i]);
+    bind_text(insert.get(), 2, user);
+    sqlite3_bind_int64(insert.get(), 3, now);
+    sqlite3_bind_int64(insert.get(), 4, now + defaults.idle_timeout.count());
+    sqlite3_bind_int64(insert.get(), 5, now + defaults.absolute_ttl.count());
+    bind_text(insert.get(), 6, device);
+    sqlite3_bind_blob(insert.get(), 7, data.data(), static_cast<int>(data.size()), SQLITE_STATIC);
+    step_raw(db.get(), insert.get(), 1);
+    bind_text(slide.get(), 1, ids[i]);
+    sqlite3_bind_int64(slide.get(), 2, now);
+    sqlite3_bind_int64(slide.get(), 3, now + defaults.idle_timeout.count());
+    step_raw(db.get(), slide.get(), 1);
+    bind_text(update_data.get(), 1, ids[i]);
+    sqlite3_bind_blob(update_data.get(), 2, new_data.data(), static_cast<int>(new_data.size()),
+                      SQLITE_STATIC);
+    step_raw(db.get(), update_data.get(), 1);
+    rotation.rotate(ids[i], successors[i], now);
+    bind_text(delete_one.get(), 1, successors[i]);
+    step_raw(db.get(), delete_one.get(), 1);
+  }
+  return seconds_since(start) / static_cast<double>(cycles * kMixedWritesPerCycle);
+}
+
+void bench_mixed_writes(const Settings& settings) {
+  constexpr std::size_t kThreads = 8;
+  const std::size_t cycles_per_thread = settings.quick ? 5 : 50;
+  const Pair mixed = measure(settings.repetitions, [&] {
+    return Pair{seconds_per_mixed_write(settings, kThreads, cycles_per_thread),
+                raw_seconds_per_mixed_write(settings, kThreads * cycles_per_thread)};
+  });
+  row("mixed writes, SQLite file, FULL, 8 threads", mixed.pylon, mixed.raw,
+      ">= 5x (group commit; vs raw 1 thread)");
+  note(
+      "mixed: each thread creates, slides (extend), updates the data of, rotates and revokes one "
+      "session after another, " +
+      std::to_string(kThreads * cycles_per_thread * kMixedWritesPerCycle) +
+      " writes; raw: the same statements, one thread, one commit each; time per write");
 }
 
 // ------------------------------------------------------------------------------------------------

@@ -104,6 +104,39 @@ class StorageWrites {
     }
   }
 
+  // A group of `count` writes in one storage call (SessionBackend::write_group), counted write by
+  // write: a failure of the whole counts `count` failures (and with kConnectionLost puts `ids`
+  // in doubt, as run_in_doubt() does) and rethrows; otherwise the caller counts each write's own
+  // outcome with count_outcome().
+  template <typename Call>
+  decltype(auto) run_group(const std::vector<std::string>& ids, std::size_t count, Call&& call)
+      REQUIRES(mutex_) {
+    const StorageTouched touched(*this);
+    try {
+      return call();
+    } catch (const std::exception& error) {
+      failures_ += count;
+      note_error(error, ids);
+      throw;
+    }
+  }
+  // One write of a group: a success counted, or its failure recorded, its ids in doubt when its
+  // outcome is unknown (kConnectionLost from a backend that commits each write alone).
+  void count_outcome(const std::exception_ptr& failure, const std::vector<std::string>& ids)
+      REQUIRES(mutex_) {
+    if (!failure) {
+      ++writes_;
+      return;
+    }
+    ++failures_;
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& error) {
+      note_error(error, ids);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): counted above; nothing more to note
+    }
+  }
+
   // A delete of `filter` failed: `denied` (the cached sessions it matches) leave the cache now,
   // and the delete is owed to storage.
   void owe_delete(SessionFilter filter, const std::vector<std::string>& denied) REQUIRES(mutex_) {
@@ -169,6 +202,21 @@ class StorageWrites {
    private:
     StorageWrites& writes_;
   };
+
+  void note_error(const std::exception& error, const std::vector<std::string>& ids)
+      REQUIRES(mutex_) {
+    {
+      const MutexLock lock(last_error_mutex_);
+      last_error_ = error.what();
+    }
+    const auto* failure = dynamic_cast<const Error*>(&error);
+    if (failure != nullptr && failure->code() == ErrorCode::kConnectionLost) {
+      for (const std::string& id : ids) {
+        cache_.erase(std::string_view(id));
+        in_doubt_.insert(id);
+      }
+    }
+  }
 
   bool owes_delete_of(const Session& session) const REQUIRES(mutex_) {
     return std::any_of(
