@@ -56,6 +56,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -63,6 +64,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <variant>
 #include <vector>
 
 // The version and the export macro. CMakeLists.txt reads the version from here: the one place
@@ -342,6 +344,49 @@ struct Authentication {
   std::vector<RemovedSession> evicted;
 };
 
+// One write of a group commit (SessionBackend::write_group): the arguments of one of the calls
+// below, which the write makes exactly as that call would.
+struct InsertNewWrite {  // insert_new()
+  std::vector<Session> sessions;
+  std::size_t max_per_user = 0;
+};
+struct TouchWrite {  // touch()
+  std::string id;
+  std::int64_t last_seen_at = 0;
+  std::int64_t expires_at = 0;
+};
+struct UpdateDataWrite {  // update_data()
+  std::string id;
+  std::string data;
+};
+struct RotateWrite {  // rotate()
+  std::string old_id;
+  std::string new_id;
+  std::int64_t now = 0;
+};
+struct AuthenticateWrite {  // authenticate()
+  std::string old_id;
+  std::string new_id;
+  std::string user_id;
+  std::int64_t now = 0;
+  std::size_t max_per_user = 0;
+};
+struct RemoveMatchingWrite {  // remove_matching()
+  SessionFilter filter;
+};
+using SessionWrite = std::variant<InsertNewWrite, TouchWrite, UpdateDataWrite, RotateWrite,
+                                  AuthenticateWrite, RemoveMatchingWrite>;
+
+// What one write of a group did, as its own call would have returned it: `session` the row
+// touch(), update_data(), rotate() or authenticate() returned (nullopt: no such row), `removed` the
+// rows insert_new() or authenticate() evicted or remove_matching() deleted; or `error`, when this
+// write failed and changed nothing.
+struct SessionWriteOutcome {
+  std::optional<Session> session;
+  std::vector<RemovedSession> removed;
+  std::exception_ptr error;
+};
+
 // A session id rotated away (SessionBackend::rotate), kept in storage until the session it
 // belonged to would have expired, so that every store, and a store after a restart, recognises a
 // replayed old token. It is not a session: it never validates and is never listed or counted.
@@ -505,6 +550,19 @@ class PYLON_API SessionBackend {
   // The live sessions (expires_at > now) of each tenant that has one, ordered by tenant in byte
   // order (the sessions without a tenant first).
   virtual std::vector<TenantCount> count_by_tenant(std::int64_t now) = 0;
+  // Group commit: every write of `writes`, in order, each as its own call would make it, committed
+  // together (the built-in backends: one transaction, so one commit and one fsync for all). A
+  // write that fails on its own (an argument refused, a sign-in to another user's session)
+  // changes nothing, and its outcome holds the error; the others still commit. A failure of the
+  // whole (the commit, the connection, a full disk) throws, and then none of them is stored, or,
+  // with kConnectionLost, it is unknown whether all of them were. Returns one outcome per write,
+  // in order. SessionStore hands it the writes of concurrent callers, so that they share a commit.
+  // The default makes consecutive creates with the same cap one insert_new() call (each eviction
+  // then reported by the last create of its user in that run, and, should the call fail other
+  // than in doubt, each create made alone), and every other write with its own call, one commit
+  // each; it reports each failure in that write's outcome (kConnectionLost too: that write, and
+  // only it, is in doubt).
+  virtual std::vector<SessionWriteOutcome> write_group(std::vector<SessionWrite> writes);
   // Calls `visit` with every stored RotatedId, expired ones included, one at a time, as
   // load_each() does for sessions. remove_expired() deletes those with expires_at <= now, and
   // remove_expired_rotated() does in batches.
@@ -939,6 +997,9 @@ Error::Error(ErrorCode code, const std::string& message, std::string backend_det
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
 
 // ---- internal/backend_shared.hpp (inlined) ----
 // pylon-sessions: what the library's sources share: field checks (fields.cpp), token digests
@@ -1067,8 +1128,10 @@ std::vector<std::string> password_candidates(std::string_view url);
 // nullable, the schema version that added it), in the order every statement binds and selects
 // them, and the one walk over a Session's members in that order. Both backends build their
 // column lists, SELECT / INSERT / upsert text, the shapes they expect of the table and their row
-// readers and binders from these; Session's equality walks the same fields. Adding a column
-// touches kSessionColumns, for_each_session_field(), the Session struct and the two migrations.
+// readers and binders from these; the cache places each member by them; the field checks walk
+// them; Session's equality compares session_fields(). Adding a column touches kSessionColumns,
+// session_fields(), the Session struct and the two migrations. (A column one dialect alone needs,
+// PostgreSQL's insert_order, is that backend's own, listed once in pg_backend.cpp.)
 #ifndef PYLON_INTERNAL_SESSION_ROW_HPP_
 #define PYLON_INTERNAL_SESSION_ROW_HPP_
 
@@ -1186,6 +1249,110 @@ std::optional<Session> SessionBackend::load_one(std::string_view id) {
     if (session.id == id) found = session;
   });
   return found;
+}
+
+namespace {
+
+// One write through its own call: what the default write_group() does with every write but a run
+// of creates.
+SessionWriteOutcome write_alone(SessionBackend& backend, SessionWrite& write) {
+  SessionWriteOutcome outcome;
+  try {
+    std::visit(
+        [&backend, &outcome](auto& arguments) {
+          using Write = std::decay_t<decltype(arguments)>;
+          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+            outcome.removed = backend.insert_new(arguments.sessions, arguments.max_per_user);
+          } else if constexpr (std::is_same_v<Write, TouchWrite>) {
+            outcome.session =
+                backend.touch(arguments.id, arguments.last_seen_at, arguments.expires_at);
+          } else if constexpr (std::is_same_v<Write, UpdateDataWrite>) {
+            outcome.session = backend.update_data(arguments.id, arguments.data);
+          } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+            outcome.session = backend.rotate(arguments.old_id, arguments.new_id, arguments.now);
+          } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+            std::optional<Authentication> signed_in =
+                backend.authenticate(arguments.old_id, arguments.new_id, arguments.user_id,
+                                     arguments.now, arguments.max_per_user);
+            if (signed_in) {
+              outcome.session = std::move(signed_in->session);
+              outcome.removed = std::move(signed_in->evicted);
+            }
+          } else {
+            static_assert(std::is_same_v<Write, RemoveMatchingWrite>);
+            outcome.removed = backend.remove_matching(arguments.filter);
+          }
+        },
+        write);
+  } catch (...) {
+    outcome = SessionWriteOutcome();
+    outcome.error = std::current_exception();
+  }
+  return outcome;
+}
+
+// Creates [first, last) with one cap, as one insert_new() call (one transaction, as the calls one
+// after another would leave storage). Each eviction goes to the last create of its user in the
+// run, the one that pushed the user over the cap. When the call fails other than in doubt, each
+// create is made alone, so that one bad row fails only its own write.
+void insert_run(SessionBackend& backend, std::vector<SessionWrite>& writes, std::size_t first,
+                std::size_t last, std::vector<SessionWriteOutcome>& outcomes) {
+  std::vector<Session> rows;
+  for (std::size_t i = first; i < last; ++i) {
+    const auto& sessions = std::get<InsertNewWrite>(writes[i]).sessions;
+    rows.insert(rows.end(), sessions.begin(), sessions.end());
+  }
+  std::vector<RemovedSession> evicted;
+  try {
+    evicted = backend.insert_new(rows, std::get<InsertNewWrite>(writes[first]).max_per_user);
+  } catch (const Error& error) {
+    for (std::size_t i = first; i < last; ++i) {
+      if (error.code() == ErrorCode::kConnectionLost) {
+        outcomes[i].error = std::current_exception();
+      } else {
+        outcomes[i] = write_alone(backend, writes[i]);
+      }
+    }
+    return;
+  }
+  for (RemovedSession& row : evicted) {
+    std::size_t owner = last - 1;
+    for (std::size_t i = last; i-- > first;) {
+      const auto& sessions = std::get<InsertNewWrite>(writes[i]).sessions;
+      if (std::any_of(sessions.begin(), sessions.end(),
+                      [&row](const Session& session) { return session.user_id == row.user_id; })) {
+        owner = i;
+        break;
+      }
+    }
+    outcomes[owner].removed.push_back(std::move(row));
+  }
+}
+
+}  // namespace
+
+// Consecutive creates with the same cap go as one insert_new() (a backend's batch: for
+// PostgreSQL one statement); every other write through its own call, one commit each, so a custom
+// backend without transactions of its own still serves a store.
+std::vector<SessionWriteOutcome> SessionBackend::write_group(std::vector<SessionWrite> writes) {
+  std::vector<SessionWriteOutcome> outcomes(writes.size());
+  std::size_t i = 0;
+  while (i < writes.size()) {
+    const auto* create = std::get_if<InsertNewWrite>(&writes[i]);
+    std::size_t end = i + 1;
+    while (create != nullptr && end < writes.size()) {
+      const auto* next = std::get_if<InsertNewWrite>(&writes[end]);
+      if (next == nullptr || next->max_per_user != create->max_per_user) break;
+      ++end;
+    }
+    if (create != nullptr && end - i > 1) {
+      insert_run(*this, writes, i, end, outcomes);
+    } else {
+      outcomes[i] = write_alone(*this, writes[i]);
+    }
+    i = end;
+  }
+  return outcomes;
 }
 
 bool operator==(const Session& a, const Session& b) {
@@ -1447,6 +1614,7 @@ std::string session_upsert_assignments() {
 #include <thread>
 #include <type_traits>
 #include <utility>
+#include <variant>
 #include <vector>
 
 
@@ -1957,6 +2125,7 @@ class SqliteBackend final : public SessionBackend {
                                              std::size_t max_per_user) override;
   std::vector<Session> list_page(const SessionQuery& query, std::int64_t now) override;
   std::vector<TenantCount> count_by_tenant(std::int64_t now) override;
+  std::vector<SessionWriteOutcome> write_group(std::vector<SessionWrite> writes) override;
   void load_rotated_each(const std::function<void(const RotatedId&)>& visit) override;
   std::size_t remove_expired_rotated(std::int64_t now, std::size_t limit) override;
   std::string describe() const override { return shown_path_; }
@@ -2001,6 +2170,24 @@ class SqliteBackend final : public SessionBackend {
   // A prepared statement in use, and a transaction; see "Statements in use" below.
   class Use;
   class Transaction;
+  class Savepoint;
+
+  // The writes, with mutex_ held and inside a transaction the caller opened and commits (each
+  // call alone, or a group): each changes storage only through its statements. rotate_in() and
+  // authenticate_in() may have written when they return nullopt: the caller rolls back.
+  std::vector<RemovedSession> insert_new_in(const std::vector<Session>& sessions,
+                                            std::size_t max_per_user);
+  std::optional<Session> rotate_in(std::string_view old_id, std::string_view new_id,
+                                   std::int64_t now);
+  std::optional<Authentication> authenticate_in(std::string_view old_id, std::string_view new_id,
+                                                std::string_view user_id, std::int64_t now,
+                                                std::size_t max_per_user);
+  std::vector<RemovedSession> remove_matching_in(const SessionFilter& filter);
+  std::optional<Session> touch_in(std::string_view id, std::int64_t last_seen_at,
+                                  std::int64_t expires_at);
+  std::optional<Session> update_data_in(std::string_view id, std::string_view data);
+  // One write of a group, inside its own savepoint.
+  SessionWriteOutcome write_in_group(const SessionWrite& write);
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
@@ -2020,6 +2207,9 @@ class SqliteBackend final : public SessionBackend {
   Statement delete_expired_batch_;
   Statement begin_;
   Statement commit_;
+  Statement savepoint_;
+  Statement release_savepoint_;
+  Statement rollback_to_savepoint_;
   Statement evict_beyond_cap_;
   Statement touch_;
   Statement update_data_;
@@ -2191,6 +2381,37 @@ class SqliteBackend::Transaction {
   SqliteBackend& backend_;
   const char* action_;
   bool committed_ = false;
+};
+
+// One write of a group inside the group's transaction: rolled back to where it started unless
+// released, so a write that fails, or finds nothing to change, leaves the others as they were.
+class SqliteBackend::Savepoint {
+ public:
+  Savepoint(SqliteBackend& backend, const char* action) : backend_(backend), action_(action) {
+    Use(backend_, backend_.savepoint_, action_).run();
+  }
+  // A failure that ended the whole transaction (SQLite rolls back on its own after a full disk or
+  // an I/O error) leaves no savepoint to return to: the group's COMMIT then fails, failing all.
+  ~Savepoint() {
+    if (!released_ && sqlite3_get_autocommit(backend_.db_.get()) == 0) {
+      sqlite3_exec(backend_.db_.get(), "ROLLBACK TO pylon_write; RELEASE pylon_write", nullptr,
+                   nullptr, nullptr);
+    }
+  }
+  Savepoint(const Savepoint&) = delete;
+  Savepoint& operator=(const Savepoint&) = delete;
+  Savepoint(Savepoint&&) = delete;
+  Savepoint& operator=(Savepoint&&) = delete;
+
+  void release() {
+    Use(backend_, backend_.release_savepoint_, action_).run();
+    released_ = true;
+  }
+
+ private:
+  SqliteBackend& backend_;
+  const char* action_;
+  bool released_ = false;
 };
 
 SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
@@ -2569,6 +2790,9 @@ void SqliteBackend::prepare_statements() {
       kPersistent);
   begin_ = prepare("BEGIN IMMEDIATE", kPersistent);
   commit_ = prepare("COMMIT", kPersistent);
+  savepoint_ = prepare("SAVEPOINT pylon_write", kPersistent);
+  release_savepoint_ = prepare("RELEASE pylon_write", kPersistent);
+  rollback_to_savepoint_ = prepare("ROLLBACK TO pylon_write", kPersistent);
   // Oldest first by created_at, then by rowid: SQLite gives a new row a rowid larger than every
   // row's in the table, so among the rows present it orders by insertion.
   evict_beyond_cap_ = prepare(
@@ -2702,36 +2926,42 @@ void SqliteBackend::save_batch(const std::vector<Session>& sessions) { insert_ne
 std::vector<RemovedSession> SqliteBackend::insert_new(const std::vector<Session>& sessions,
                                                       std::size_t max_per_user) {
   for (const Session& session : sessions) check_sqlite_storable(session);
-  std::vector<RemovedSession> evicted;
-  if (sessions.empty()) return evicted;
+  if (sessions.empty()) return {};
   const char* action = "cannot save sessions to";
   const std::lock_guard<std::mutex> lock(mutex_);
   if (max_per_user == 0 && sessions.size() == 1) {
     Use(*this, upsert_, action).bind(sessions.front()).run();  // its own transaction
-    return evicted;
+    return {};
   }
   Transaction transaction(*this, action);
-  for (const Session& session : sessions) Use(*this, upsert_, action).bind(session).run();
-  if (max_per_user > 0) {
-    // Each (user, tenant) of the batch once.
-    std::vector<const Session*> owners;
-    for (const Session& session : sessions) {
-      const bool seen = std::any_of(owners.begin(), owners.end(), [&](const Session* other) {
-        return other->user_id == session.user_id && other->tenant_id == session.tenant_id;
-      });
-      if (!seen) owners.push_back(&session);
-    }
-    for (const Session* owner : owners) {
-      if (owner->is_anonymous()) continue;  // anonymous sessions count against no cap
-      std::vector<RemovedSession> removed = Use(*this, evict_beyond_cap_, action)
-                                                .bind(1, std::string_view(owner->user_id))
-                                                .bind(2, owner->tenant_id)
-                                                .bind(3, max_per_user)
-                                                .removed_rows();
-      std::move(removed.begin(), removed.end(), std::back_inserter(evicted));
-    }
-  }
+  std::vector<RemovedSession> evicted = insert_new_in(sessions, max_per_user);
   transaction.commit();
+  return evicted;
+}
+
+std::vector<RemovedSession> SqliteBackend::insert_new_in(const std::vector<Session>& sessions,
+                                                         std::size_t max_per_user) {
+  const char* action = "cannot save sessions to";
+  std::vector<RemovedSession> evicted;
+  for (const Session& session : sessions) Use(*this, upsert_, action).bind(session).run();
+  if (max_per_user == 0) return evicted;
+  // Each (user, tenant) of the batch once.
+  std::vector<const Session*> owners;
+  for (const Session& session : sessions) {
+    const bool seen = std::any_of(owners.begin(), owners.end(), [&](const Session* other) {
+      return other->user_id == session.user_id && other->tenant_id == session.tenant_id;
+    });
+    if (!seen) owners.push_back(&session);
+  }
+  for (const Session* owner : owners) {
+    if (owner->is_anonymous()) continue;  // anonymous sessions count against no cap
+    std::vector<RemovedSession> removed = Use(*this, evict_beyond_cap_, action)
+                                              .bind(1, std::string_view(owner->user_id))
+                                              .bind(2, owner->tenant_id)
+                                              .bind(3, max_per_user)
+                                              .removed_rows();
+    std::move(removed.begin(), removed.end(), std::back_inserter(evicted));
+  }
   return evicted;
 }
 
@@ -2751,6 +2981,11 @@ bool SqliteBackend::replace(std::string_view old_id, const Session& replacement)
 std::optional<Session> SqliteBackend::touch(std::string_view id, std::int64_t last_seen_at,
                                             std::int64_t expires_at) {
   const std::lock_guard<std::mutex> lock(mutex_);
+  return touch_in(id, last_seen_at, expires_at);
+}
+
+std::optional<Session> SqliteBackend::touch_in(std::string_view id, std::int64_t last_seen_at,
+                                               std::int64_t expires_at) {
   return Use(*this, touch_, "cannot slide a session's expiry in")
       .bind(1, id)
       .bind(2, last_seen_at)
@@ -2760,6 +2995,10 @@ std::optional<Session> SqliteBackend::touch(std::string_view id, std::int64_t la
 
 std::optional<Session> SqliteBackend::update_data(std::string_view id, std::string_view data) {
   const std::lock_guard<std::mutex> lock(mutex_);
+  return update_data_in(id, data);
+}
+
+std::optional<Session> SqliteBackend::update_data_in(std::string_view id, std::string_view data) {
   return Use(*this, update_data_, "cannot update a session's data in")
       .bind(1, id)
       .bind_blob(2, data)
@@ -2772,17 +3011,22 @@ std::optional<Session> SqliteBackend::update_data(std::string_view id, std::stri
 std::optional<Session> SqliteBackend::rotate(std::string_view old_id, std::string_view new_id,
                                              std::int64_t now) {
   detail::check_rotation_ids(old_id, new_id);
-  const char* action = "cannot rotate a session in";
   const std::lock_guard<std::mutex> lock(mutex_);
-  Transaction transaction(*this, action);
+  Transaction transaction(*this, "cannot rotate a session in");
+  std::optional<Session> successor = rotate_in(old_id, new_id, now);
+  if (successor) transaction.commit();
+  return successor;
+}
+
+std::optional<Session> SqliteBackend::rotate_in(std::string_view old_id, std::string_view new_id,
+                                                std::int64_t now) {
+  const char* action = "cannot rotate a session in";
   if (Use(*this, record_rotated_, action).bind(1, old_id).bind(2, new_id).bind(3, now).run() == 0) {
     return std::nullopt;  // no live row `old_id`
   }
   std::optional<Session> successor =
       Use(*this, copy_as_successor_, action).bind(1, old_id).bind(2, new_id).session_row();
-  if (!successor) return std::nullopt;
-  Use(*this, delete_by_id_, action).bind(1, old_id).run();
-  transaction.commit();
+  if (successor) Use(*this, delete_by_id_, action).bind(1, old_id).run();
   return successor;
 }
 
@@ -2795,15 +3039,25 @@ std::optional<Authentication> SqliteBackend::authenticate(std::string_view old_i
                                                           std::size_t max_per_user) {
   detail::check_rotation_ids(old_id, new_id);
   detail::check_signing_in_user(user_id);
-  const char* action = "cannot sign a user in to a session in";
   const std::lock_guard<std::mutex> lock(mutex_);
-  Transaction transaction(*this, action);
+  Transaction transaction(*this, "cannot sign a user in to a session in");
+  std::optional<Authentication> signed_in =
+      authenticate_in(old_id, new_id, user_id, now, max_per_user);
+  if (signed_in) transaction.commit();
+  return signed_in;
+}
+
+std::optional<Authentication> SqliteBackend::authenticate_in(std::string_view old_id,
+                                                             std::string_view new_id,
+                                                             std::string_view user_id,
+                                                             std::int64_t now,
+                                                             std::size_t max_per_user) {
+  const char* action = "cannot sign a user in to a session in";
   const std::optional<Session> current =
       Use(*this, select_one_, action).bind(1, old_id).session_row();
   if (!current || current->expires_at <= now) return std::nullopt;
   detail::check_may_sign_in(*current, user_id);
   Use(*this, record_rotated_, action).bind(1, old_id).bind(2, new_id).bind(3, now).run();
-  Authentication signed_in;
   std::optional<Session> successor = Use(*this, copy_as_authenticated_, action)
                                          .bind(1, old_id)
                                          .bind(2, new_id)
@@ -2811,6 +3065,7 @@ std::optional<Authentication> SqliteBackend::authenticate(std::string_view old_i
                                          .bind(4, now)
                                          .session_row();
   if (!successor) return std::nullopt;
+  Authentication signed_in;
   signed_in.session = *std::move(successor);
   Use(*this, delete_by_id_, action).bind(1, old_id).run();
   if (max_per_user > 0) {
@@ -2821,7 +3076,6 @@ std::optional<Authentication> SqliteBackend::authenticate(std::string_view old_i
                             .bind(4, new_id)
                             .removed_rows();
   }
-  transaction.commit();
   return signed_in;
 }
 
@@ -2882,6 +3136,11 @@ std::vector<TenantCount> SqliteBackend::count_by_tenant(std::int64_t now) {
 // One DELETE per combination of set fields, so every one is a plain indexed equality (an
 // `?1 IS NULL OR user_id = ?1` form would keep SQLite from using the indexes).
 std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& filter) {
+  const std::lock_guard<std::mutex> lock(mutex_);
+  return remove_matching_in(filter);
+}
+
+std::vector<RemovedSession> SqliteBackend::remove_matching_in(const SessionFilter& filter) {
   if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
     throw Error(ErrorCode::kInvalidArgument,
                 "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
@@ -2898,7 +3157,6 @@ std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& 
   for (std::size_t i = 0; i < fields.size(); ++i) {
     if (fields.at(i).first->has_value()) mask |= std::size_t{1} << i;
   }
-  const std::lock_guard<std::mutex> lock(mutex_);
   Statement& statement = delete_matching_.at(mask);
   if (!statement) {
     std::string sql = "DELETE FROM _pylon_sessions WHERE ";
@@ -2917,6 +3175,83 @@ std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& 
     if (field.first->has_value()) use.bind(index++, std::string_view(**field.first));
   }
   return use.removed_rows();
+}
+
+// A group of one is that write's own call (its own transaction, when it needs one); a larger
+// group is one BEGIN IMMEDIATE ... COMMIT, each write in a savepoint of its own.
+std::vector<SessionWriteOutcome> SqliteBackend::write_group(std::vector<SessionWrite> writes) {
+  if (writes.size() == 1) return SessionBackend::write_group(std::move(writes));
+  const char* action = "cannot commit a group of writes to";
+  std::vector<SessionWriteOutcome> outcomes;
+  outcomes.reserve(writes.size());
+  const std::lock_guard<std::mutex> lock(mutex_);
+  Transaction transaction(*this, action);
+  for (const SessionWrite& write : writes) outcomes.push_back(write_in_group(write));
+  transaction.commit();
+  return outcomes;
+}
+
+// The checks of each call come first (they throw before anything is written); a write of several
+// statements that finds nothing to change, or throws, is rolled back to its savepoint (a single
+// statement backs itself out). An error that ended the whole transaction is rethrown: the group
+// fails.
+SessionWriteOutcome SqliteBackend::write_in_group(const SessionWrite& write) {
+  const char* action = "cannot commit a group of writes to";
+  SessionWriteOutcome outcome;
+  try {
+    std::visit(
+        [&](const auto& arguments) {
+          using Write = std::decay_t<decltype(arguments)>;
+          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+            for (const Session& session : arguments.sessions) check_sqlite_storable(session);
+          } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+            detail::check_rotation_ids(arguments.old_id, arguments.new_id);
+          } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+            detail::check_rotation_ids(arguments.old_id, arguments.new_id);
+            detail::check_signing_in_user(arguments.user_id);
+          }
+          // One statement is atomic on its own (an error backs out its changes and leaves the
+          // transaction open): only a write of several statements needs a savepoint.
+          bool several_statements = !std::is_same_v<Write, TouchWrite> &&
+                                    !std::is_same_v<Write, UpdateDataWrite> &&
+                                    !std::is_same_v<Write, RemoveMatchingWrite>;
+          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+            several_statements = arguments.sessions.size() > 1 || arguments.max_per_user > 0;
+          }
+          std::optional<Savepoint> savepoint;
+          if (several_statements) savepoint.emplace(*this, action);
+          bool changed = true;
+          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+            outcome.removed = insert_new_in(arguments.sessions, arguments.max_per_user);
+          } else if constexpr (std::is_same_v<Write, TouchWrite>) {
+            outcome.session = touch_in(arguments.id, arguments.last_seen_at, arguments.expires_at);
+          } else if constexpr (std::is_same_v<Write, UpdateDataWrite>) {
+            outcome.session = update_data_in(arguments.id, arguments.data);
+          } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+            outcome.session = rotate_in(arguments.old_id, arguments.new_id, arguments.now);
+            changed = outcome.session.has_value();
+          } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+            std::optional<Authentication> signed_in =
+                authenticate_in(arguments.old_id, arguments.new_id, arguments.user_id,
+                                arguments.now, arguments.max_per_user);
+            changed = signed_in.has_value();
+            if (signed_in) {
+              outcome.session = std::move(signed_in->session);
+              outcome.removed = std::move(signed_in->evicted);
+            }
+          } else {
+            static_assert(std::is_same_v<Write, RemoveMatchingWrite>);
+            outcome.removed = remove_matching_in(arguments.filter);
+          }
+          if (changed && savepoint) savepoint->release();
+        },
+        write);
+  } catch (const Error&) {
+    if (sqlite3_get_autocommit(db_.get()) != 0) throw;  // the transaction is gone: all fail
+    outcome = SessionWriteOutcome();
+    outcome.error = std::current_exception();
+  }
+  return outcome;
 }
 
 bool SqliteBackend::remove(std::string_view id) {
@@ -3857,8 +4192,10 @@ std::unique_ptr<SessionBackend> open_postgres_backend(const std::string& url,
 #include <memory>
 #include <new>
 #include <tuple>
+#include <type_traits>
 #include <unordered_set>
 #include <utility>
+#include <variant>
 
 // ---- internal/change_feed.hpp (inlined) ----
 // pylon-sessions: the change feed, through which a store's cache follows what other stores and
@@ -5101,6 +5438,39 @@ class StorageWrites {
     }
   }
 
+  // A group of `count` writes in one storage call (SessionBackend::write_group), counted write by
+  // write: a failure of the whole counts `count` failures (and with kConnectionLost puts `ids`
+  // in doubt, as run_in_doubt() does) and rethrows; otherwise the caller counts each write's own
+  // outcome with count_outcome().
+  template <typename Call>
+  decltype(auto) run_group(const std::vector<std::string>& ids, std::size_t count, Call&& call)
+      REQUIRES(mutex_) {
+    const StorageTouched touched(*this);
+    try {
+      return call();
+    } catch (const std::exception& error) {
+      failures_ += count;
+      note_error(error, ids);
+      throw;
+    }
+  }
+  // One write of a group: a success counted, or its failure recorded, its ids in doubt when its
+  // outcome is unknown (kConnectionLost from a backend that commits each write alone).
+  void count_outcome(const std::exception_ptr& failure, const std::vector<std::string>& ids)
+      REQUIRES(mutex_) {
+    if (!failure) {
+      ++writes_;
+      return;
+    }
+    ++failures_;
+    try {
+      std::rethrow_exception(failure);
+    } catch (const std::exception& error) {
+      note_error(error, ids);
+    } catch (...) {  // NOLINT(bugprone-empty-catch): counted above; nothing more to note
+    }
+  }
+
   // A delete of `filter` failed: `denied` (the cached sessions it matches) leave the cache now,
   // and the delete is owed to storage.
   void owe_delete(SessionFilter filter, const std::vector<std::string>& denied) REQUIRES(mutex_) {
@@ -5166,6 +5536,21 @@ class StorageWrites {
    private:
     StorageWrites& writes_;
   };
+
+  void note_error(const std::exception& error, const std::vector<std::string>& ids)
+      REQUIRES(mutex_) {
+    {
+      const MutexLock lock(last_error_mutex_);
+      last_error_ = error.what();
+    }
+    const auto* failure = dynamic_cast<const Error*>(&error);
+    if (failure != nullptr && failure->code() == ErrorCode::kConnectionLost) {
+      for (const std::string& id : ids) {
+        cache_.erase(std::string_view(id));
+        in_doubt_.insert(id);
+      }
+    }
+  }
 
   bool owes_delete_of(const Session& session) const REQUIRES(mutex_) {
     return std::any_of(
@@ -5292,13 +5677,19 @@ std::exception_ptr own_copy_of_current_exception() noexcept {
   }
 }
 
-// One create on its way through group commit: the leader that commits it fills in `committed`,
-// `error` and `evictions` (the sessions of its user its insert evicted).
-struct QueuedCreate {
-  Session session;
-  bool committed = false;
+// One write on its way through group commit. The caller fills `write`, `at` (its clock, by which
+// a row storage returns is live or not) and `old_user` (a rotation's or sign-in's old session's
+// user, for its RotatedId); the leader that commits it fills `stored` (the row the cache then took:
+// a create's new session, the row an update or rotation returned), `removed` (the rows storage
+// evicted or deleted) and `error`.
+struct QueuedWrite {
+  SessionWrite write;
+  std::int64_t at = 0;
+  std::string old_user;
+  std::optional<Session> stored;
+  std::vector<RemovedSession> removed;
   std::exception_ptr error;
-  std::vector<SessionEvent> evictions;
+  bool finished = false;  // the leader recorded its outcome
 };
 
 }  // namespace
@@ -5345,7 +5736,7 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   StoreStats stats() const;
 
  private:
-  using CreateQueue = detail::GroupCommit<QueuedCreate>;
+  using WriteQueue = detail::GroupCommit<QueuedWrite>;
 
   std::int64_t now() const { return options_.clock(); }
   // What the ChangeFeed needs (detail::ChangeApplier).
@@ -5376,8 +5767,21 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   std::optional<Session> cache_stored(const std::string& id, std::optional<Session> stored,
                                       std::int64_t at) REQUIRES(writes_.mutex());
 
-  // Commits a group of creates (one transaction) and records each one's outcome; never throws.
-  void commit_creates(const std::vector<CreateQueue::Writer*>& group) EXCLUDES(writes_.mutex());
+  // Queues `write` for group commit and returns it once storage and the cache have it (or it
+  // failed: its `error`). Every write of the store but purges goes through here.
+  QueuedWrite commit(SessionWrite write, std::int64_t at, std::string old_user = {})
+      EXCLUDES(writes_.mutex());
+  // The leader's part: the group's writes in one SessionBackend::write_group() call, then each
+  // write's cache step, in order, under the write lock; never throws.
+  void commit_group(const std::vector<WriteQueue::Writer*>& group) EXCLUDES(writes_.mutex());
+  // The ids whose cached state a write leaves unknown when its outcome is (kConnectionLost).
+  std::vector<std::string> ids_in_doubt(const SessionWrite& write) REQUIRES(writes_.mutex());
+  // Makes the cache what storage did for one write, and records it in `item`.
+  void apply_outcome(QueuedWrite& item, SessionWriteOutcome outcome) REQUIRES(writes_.mutex());
+  // A write that failed: a delete fails closed (denied here now, owed to storage).
+  void fail_write(QueuedWrite& item, std::exception_ptr error) REQUIRES(writes_.mutex());
+  // The kRevoked events of rows storage evicted or deleted.
+  void emit_revoked(const std::vector<RemovedSession>& rows) const;
   // Deletes what `filter` matches, in one statement, and removes from the cache exactly the rows
   // storage deleted. Fails closed: if storage refuses, the cached sessions the filter matches are
   // denied here at once and the same filter is owed to storage (StorageWrites).
@@ -5417,7 +5821,7 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   std::unique_ptr<SessionBackend> backend_;
   StoreOptions options_;
   detail::StorageWrites writes_;
-  CreateQueue create_queue_;
+  WriteQueue write_queue_;
   detail::RotatedIds rotated_ids_{cache_};
   std::size_t skipped_rows_ = 0;  // set by the constructor only
   std::atomic<std::uint64_t> reaper_failures_{0};
@@ -5592,22 +5996,10 @@ std::optional<Session> SessionStore::Impl::cache_stored(const std::string& id,
 }
 
 std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFilter& filter) {
-  std::vector<RemovedSession> removed;
-  {
-    const MutexLock lock(writes_.mutex());
-    try {
-      writes_.settle();
-      removed = writes_.run([&] { return backend_->remove_matching(filter); });
-    } catch (...) {
-      writes_.owe_delete(filter, cached_ids_matching(filter));
-      throw;
-    }
-    for (const RemovedSession& row : removed) cache_.erase(std::string_view(row.id));
-  }
-  for (const RemovedSession& row : removed) {
-    emit(SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
-  }
-  return removed;
+  QueuedWrite done = commit(RemoveMatchingWrite{filter}, now());
+  emit_revoked(done.removed);
+  if (done.error) std::rethrow_exception(done.error);
+  return std::move(done.removed);
 }
 
 // A session's own lifetime (CreateOptions), in seconds: from 1 to the store's maximum.
@@ -5674,93 +6066,157 @@ Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions 
   return session;
 }
 
-// Each caller returns only after its own row is durable; a failed group fails every create in
-// it (GroupCommit).
+// Returns only after its own row is durable (GroupCommit).
 NewSession SessionStore::Impl::create(std::string_view user_id, CreateOptions options) {
   NewSession created;
   created.session = new_session(user_id, std::move(options));
   created.token = generate_token();
   created.session.id = session_id_for_token(created.token);
-  CreateQueue::Writer queued(create_queue_,
-                             QueuedCreate{std::move(created.session), false, {}, {}});
-  create_queue_.write(
-      queued, [this](const std::vector<CreateQueue::Writer*>& group) { commit_creates(group); });
-  QueuedCreate& outcome = queued.item;
-  created.session = std::move(outcome.session);
-  for (const SessionEvent& event : outcome.evictions) emit(event);
-  if (outcome.error) std::rethrow_exception(outcome.error);
+  const std::int64_t at = created.session.created_at;
+  QueuedWrite done = commit(InsertNewWrite{{created.session}, options_.max_sessions_per_user}, at);
+  emit_revoked(done.removed);
+  if (done.error) std::rethrow_exception(done.error);
   emit(SessionEvent::of_session(SessionEventType::kCreated, created.session.id,
                                 created.session.user_id));
   return created;
 }
 
-// One transaction for the whole group: the creates, and with a cap the evictions they cause
-// (SessionBackend::insert_new counts, evicts and inserts atomically, for every process). The
-// cache then follows what storage did: the new sessions in, the evicted ones out, including a
-// new one evicted by a later create of the same user in the same group (as if they had run one
-// after the other).
-void SessionStore::Impl::commit_creates(const std::vector<CreateQueue::Writer*>& group) {
-  const std::size_t cap = options_.max_sessions_per_user;
+QueuedWrite SessionStore::Impl::commit(SessionWrite write, std::int64_t at, std::string old_user) {
+  QueuedWrite item;
+  item.write = std::move(write);
+  item.at = at;
+  item.old_user = std::move(old_user);
+  WriteQueue::Writer queued(write_queue_, std::move(item));
+  write_queue_.write(
+      queued, [this](const std::vector<WriteQueue::Writer*>& group) { commit_group(group); });
+  return std::move(queued.item);
+}
+
+// One storage call for the whole group; a write that failed on its own fails alone. The cache
+// then follows storage write by write, in the order storage made them: a create evicted by a
+// later create of the same group, a row slid and then revoked, end as they would one by one.
+void SessionStore::Impl::commit_group(const std::vector<WriteQueue::Writer*>& group) {
   const MutexLock lock(writes_.mutex());
   try {
     writes_.settle();
-    std::vector<Session> rows;
-    std::vector<std::string> ids;
-    rows.reserve(group.size());
-    ids.reserve(group.size());
-    for (const CreateQueue::Writer* writer : group) {
-      rows.push_back(writer->item.session);
-      ids.push_back(writer->item.session.id);
+    std::vector<SessionWrite> writes;
+    std::vector<std::vector<std::string>> doubts;
+    std::vector<std::string> all_doubts;
+    writes.reserve(group.size());
+    doubts.reserve(group.size());
+    for (const WriteQueue::Writer* writer : group) {
+      writes.push_back(writer->item.write);
+      doubts.push_back(ids_in_doubt(writer->item.write));
+      all_doubts.insert(all_doubts.end(), doubts.back().begin(), doubts.back().end());
     }
-    if (cap > 0) {
-      // A group in doubt may have evicted any of its users' sessions: those are in doubt too.
-      for (const CreateQueue::Writer* writer : group) {
-        SessionFilter same_owner;
-        same_owner.user_id = writer->item.session.user_id;
-        for (std::string& id : cached_ids_matching(same_owner)) ids.push_back(std::move(id));
-      }
+    std::vector<SessionWriteOutcome> outcomes = writes_.run_group(
+        all_doubts, group.size(), [&] { return backend_->write_group(std::move(writes)); });
+    if (outcomes.size() != group.size()) {
+      throw Error(ErrorCode::kInternal, "SessionBackend::write_group returned " +
+                                            std::to_string(outcomes.size()) + " outcomes for " +
+                                            std::to_string(group.size()) + " writes");
     }
-    const std::vector<RemovedSession> evicted =
-        writes_.run_in_doubt(ids, [&] { return backend_->insert_new(rows, cap); });
-    std::unordered_set<std::string_view> evicted_ids;
-    for (const RemovedSession& row : evicted) {
-      evicted_ids.insert(row.id);
-      cache_.erase(std::string_view(row.id));
-    }
-    for (CreateQueue::Writer* writer : group) {
-      // put() throws only bad_alloc: the row is stored, not cached.
-      if (evicted_ids.count(writer->item.session.id) == 0) cache_.put(writer->item.session);
-      writer->item.committed = true;
-    }
-    // Each eviction is reported by the last create of its user in the group: the one that, in
-    // the order the group stands for, pushed the user over the cap.
-    for (const RemovedSession& row : evicted) {
-      const auto by_user =
-          std::find_if(group.rbegin(), group.rend(), [&row](const CreateQueue::Writer* writer) {
-            return writer->item.session.user_id == row.user_id;
-          });
-      if (by_user != group.rend()) {
-        (*by_user)->item.evictions.push_back(
-            SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
-      }
+    for (std::size_t i = 0; i < group.size(); ++i) {
+      writes_.count_outcome(outcomes[i].error, doubts[i]);
+      apply_outcome(group[i]->item, std::move(outcomes[i]));
     }
   } catch (...) {
-    // Every create not yet committed fails with this error; none of them is in the cache.
-    for (CreateQueue::Writer* writer : group) {
-      if (!writer->item.committed && !writer->item.error) {
-        writer->item.error = own_copy_of_current_exception();
-      }
+    // Every write without an outcome fails with this error; the cache holds none of them.
+    for (WriteQueue::Writer* writer : group) {
+      if (!writer->item.finished) fail_write(writer->item, own_copy_of_current_exception());
     }
   }
 }
 
-// Re-reads the session under the write lock: it may have been revoked or touched by another
-// thread meanwhile. Storage moves only last_seen_at and expires_at, never back
-// (SessionBackend::touch), and returns the row it holds, which the cache then takes: data
-// another store updated comes along.
+std::vector<std::string> SessionStore::Impl::ids_in_doubt(const SessionWrite& write) {
+  std::vector<std::string> ids;
+  // With a cap, a write in doubt may have evicted any of its user's sessions: those too.
+  const auto add_users_sessions = [this, &ids](const std::string& user_id) {
+    if (options_.max_sessions_per_user == 0 || user_id.empty()) return;
+    SessionFilter same_owner;
+    same_owner.user_id = user_id;
+    for (std::string& id : cached_ids_matching(same_owner)) ids.push_back(std::move(id));
+  };
+  std::visit(
+      [&](const auto& arguments) {
+        using Write = std::decay_t<decltype(arguments)>;
+        if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+          for (const Session& session : arguments.sessions) {
+            ids.push_back(session.id);
+            add_users_sessions(session.user_id);
+          }
+        } else if constexpr (std::is_same_v<Write, TouchWrite> ||
+                             std::is_same_v<Write, UpdateDataWrite>) {
+          ids.push_back(arguments.id);
+        } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+          ids = {arguments.old_id, arguments.new_id};
+        } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+          ids = {arguments.old_id, arguments.new_id};
+          add_users_sessions(arguments.user_id);
+        }
+        // A delete in doubt fails closed instead (fail_write).
+      },
+      write);
+  return ids;
+}
+
+void SessionStore::Impl::apply_outcome(QueuedWrite& item, SessionWriteOutcome outcome) {
+  if (outcome.error) {
+    fail_write(item, outcome.error);
+    return;
+  }
+  item.removed = std::move(outcome.removed);
+  for (const RemovedSession& row : item.removed) cache_.erase(std::string_view(row.id));
+  std::visit(
+      [&](const auto& arguments) REQUIRES(writes_.mutex()) {
+        using Write = std::decay_t<decltype(arguments)>;
+        if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+          for (const Session& session : arguments.sessions) {
+            const bool evicted =
+                std::any_of(item.removed.begin(), item.removed.end(),
+                            [&session](const RemovedSession& row) { return row.id == session.id; });
+            // put() throws only bad_alloc: the row is stored, not cached.
+            if (!evicted) cache_.put(session);
+          }
+        } else if constexpr (std::is_same_v<Write, TouchWrite> ||
+                             std::is_same_v<Write, UpdateDataWrite>) {
+          item.stored = cache_stored(arguments.id, std::move(outcome.session), item.at);
+        } else if constexpr (std::is_same_v<Write, RotateWrite> ||
+                             std::is_same_v<Write, AuthenticateWrite>) {
+          cache_.erase(std::string_view(arguments.old_id));
+          item.stored = cache_stored(arguments.new_id, std::move(outcome.session), item.at);
+          if (item.stored) {
+            rotated_ids_.remember({arguments.old_id, arguments.new_id, item.old_user,
+                                   item.stored->tenant_id, arguments.now,
+                                   item.stored->absolute_expires_at > 0
+                                       ? item.stored->absolute_expires_at
+                                       : item.stored->expires_at});
+          }
+        }
+      },
+      item.write);
+  item.finished = true;
+}
+
+void SessionStore::Impl::fail_write(QueuedWrite& item, std::exception_ptr error) {
+  if (const auto* remove = std::get_if<RemoveMatchingWrite>(&item.write)) {
+    writes_.owe_delete(remove->filter, cached_ids_matching(remove->filter));
+  }
+  item.error = std::move(error);
+  item.finished = true;
+}
+
+void SessionStore::Impl::emit_revoked(const std::vector<RemovedSession>& rows) const {
+  for (const RemovedSession& row : rows) {
+    emit(SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
+  }
+}
+
+// Storage moves only last_seen_at and expires_at, never back (SessionBackend::touch), and returns
+// the row it holds, which the cache then takes: data another store updated comes along. Two
+// threads sliding one session at once both write; the later write changes nothing.
 std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int64_t at,
                                                  bool forced) {
-  const MutexLock lock(writes_.mutex());
   std::optional<Session> current = live_copy(id, at);
   if (!current) return std::nullopt;
   if (!forced && saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) {
@@ -5771,10 +6227,9 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
   const std::int64_t idle = idle_timeout_of(*current);
   const std::int64_t slid_expiry =
       idle > 0 ? std::min(cap, saturating_add(at, idle)) : current->expires_at;
-  writes_.settle();
-  std::optional<Session> stored =
-      writes_.run_in_doubt({id}, [&] { return backend_->touch(id, at, slid_expiry); });
-  return cache_stored(id, std::move(stored), at);
+  QueuedWrite done = commit(TouchWrite{id, at, slid_expiry}, at);
+  if (done.error) std::rethrow_exception(done.error);
+  return std::move(done.stored);
 }
 
 std::optional<Session> SessionStore::Impl::look_up_miss(const std::string& id, std::int64_t at,
@@ -5961,29 +6416,18 @@ std::size_t SessionStore::Impl::logout_by_claims(std::optional<std::string_view>
 std::optional<NewSession> SessionStore::Impl::rotate(std::string_view token) {
   if (!is_well_formed_token(token)) return std::nullopt;
   const std::string old_id = session_id_for_token(token);
+  const std::int64_t at = now();
+  const std::optional<Session> current = live_copy(old_id, at);
+  if (!current) return std::nullopt;
   NewSession rotated;
-  {
-    const MutexLock lock(writes_.mutex());
-    const std::int64_t at = now();
-    if (!live_copy(old_id, at)) return std::nullopt;
-    rotated.token = generate_token();
-    const std::string new_id = session_id_for_token(rotated.token);
-    writes_.settle();
-    std::optional<Session> successor = writes_.run_in_doubt(
-        {old_id, new_id}, [&] { return backend_->rotate(old_id, new_id, at); });
-    cache_.erase(std::string_view(old_id));
-    if (!successor) return std::nullopt;  // revoked or expired in storage meanwhile
-    if (!cache_stored(new_id, successor, at)) {
-      // Stored, but not a session this store may hand out (out of scope, or unstorable bytes
-      // written by something else): the old token is gone either way.
-      return std::nullopt;
-    }
-    rotated.session = *std::move(successor);
-    rotated_ids_.remember({old_id, new_id, rotated.session.user_id, rotated.session.tenant_id, at,
-                           rotated.session.absolute_expires_at > 0
-                               ? rotated.session.absolute_expires_at
-                               : rotated.session.expires_at});
-  }
+  rotated.token = generate_token();
+  QueuedWrite done =
+      commit(RotateWrite{old_id, session_id_for_token(rotated.token), at}, at, current->user_id);
+  if (done.error) std::rethrow_exception(done.error);
+  // None: revoked or expired in storage meanwhile, or stored but not a session this store may
+  // hand out (out of scope, unstorable bytes written by something else); the old token is gone.
+  if (!done.stored) return std::nullopt;
+  rotated.session = *std::move(done.stored);
   emit(SessionEvent::of_session(SessionEventType::kRotated, old_id, rotated.session.user_id,
                                 rotated.session.id));
   return rotated;
@@ -5997,53 +6441,25 @@ std::optional<NewSession> SessionStore::Impl::sign_in(std::string_view token,
   if (user_id) detail::check_signing_in_user(*user_id);
   if (!is_well_formed_token(token)) return std::nullopt;
   const std::string old_id = session_id_for_token(token);
-  const std::size_t cap = options_.max_sessions_per_user;
+  const std::int64_t at = now();
+  const std::optional<Session> current = live_copy(old_id, at);
+  if (!current) return std::nullopt;
+  if (!user_id && current->is_anonymous()) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "reauthenticate needs a session with a user; this one is anonymous (sign the user "
+                "in with attach_user())");
+  }
+  std::string user = user_id ? std::string(*user_id) : current->user_id;
+  detail::check_may_sign_in(*current, user);
   NewSession signed_in;
-  std::vector<RemovedSession> evicted;
-  std::string old_user;
-  {
-    const MutexLock lock(writes_.mutex());
-    const std::int64_t at = now();
-    const std::optional<Session> current = live_copy(old_id, at);
-    if (!current) return std::nullopt;
-    if (!user_id && current->is_anonymous()) {
-      throw Error(ErrorCode::kInvalidArgument,
-                  "reauthenticate needs a session with a user; this one is anonymous (sign the "
-                  "user in with attach_user())");
-    }
-    const std::string user = user_id ? std::string(*user_id) : current->user_id;
-    detail::check_may_sign_in(*current, user);
-    old_user = current->user_id;
-    signed_in.token = generate_token();
-    const std::string new_id = session_id_for_token(signed_in.token);
-    std::vector<std::string> in_doubt = {old_id, new_id};
-    if (cap > 0) {
-      SessionFilter same_owner;
-      same_owner.user_id = user;
-      for (std::string& id : cached_ids_matching(same_owner)) in_doubt.push_back(std::move(id));
-    }
-    writes_.settle();
-    std::optional<Authentication> stored = writes_.run_in_doubt(
-        in_doubt, [&] { return backend_->authenticate(old_id, new_id, user, at, cap); });
-    cache_.erase(std::string_view(old_id));
-    if (!stored) return std::nullopt;  // revoked or expired in storage meanwhile
-    evicted = std::move(stored->evicted);
-    for (const RemovedSession& row : evicted) cache_.erase(std::string_view(row.id));
-    std::optional<Session> successor = cache_stored(new_id, std::move(stored->session), at);
-    if (successor) {
-      signed_in.session = *std::move(successor);
-      rotated_ids_.remember({old_id, new_id, old_user, signed_in.session.tenant_id, at,
-                             signed_in.session.absolute_expires_at > 0
-                                 ? signed_in.session.absolute_expires_at
-                                 : signed_in.session.expires_at});
-    }
-  }
-  for (const RemovedSession& row : evicted) {
-    emit(SessionEvent::of_session(SessionEventType::kRevoked, row.id, row.user_id));
-  }
-  // Stored, but not a session this store may hand out (out of scope, or unstorable bytes written
-  // by something else): the old token is gone either way.
-  if (signed_in.session.id.empty()) return std::nullopt;
+  signed_in.token = generate_token();
+  QueuedWrite done = commit(AuthenticateWrite{old_id, session_id_for_token(signed_in.token),
+                                              std::move(user), at, options_.max_sessions_per_user},
+                            at, current->user_id);
+  emit_revoked(done.removed);
+  if (done.error) std::rethrow_exception(done.error);
+  if (!done.stored) return std::nullopt;  // gone meanwhile, or not ours to hand out (as rotate())
+  signed_in.session = *std::move(done.stored);
   emit(SessionEvent::of_session(
       user_id ? SessionEventType::kUserAttached : SessionEventType::kReauthenticated, old_id,
       signed_in.session.user_id, signed_in.session.id));
@@ -6118,15 +6534,13 @@ std::optional<Session> SessionStore::Impl::update_data(std::string_view token, s
                     " (StoreOptions::max_data_bytes); nothing was stored");
   }
   const std::string id = session_id_for_token(token);
-  const MutexLock lock(writes_.mutex());
   const std::int64_t at = now();
   if (!live_copy(id, at)) return std::nullopt;
-  writes_.settle();
   // Update-only: never writes back a session another instance revoked, and changes no column
   // but `data`, so another store's slide is kept.
-  std::optional<Session> stored =
-      writes_.run_in_doubt({id}, [&] { return backend_->update_data(id, data); });
-  return cache_stored(id, std::move(stored), at);
+  QueuedWrite done = commit(UpdateDataWrite{id, std::move(data)}, at);
+  if (done.error) std::rethrow_exception(done.error);
+  return std::move(done.stored);
 }
 
 std::vector<Session> SessionStore::Impl::list_user(std::string_view user_id,

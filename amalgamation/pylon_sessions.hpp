@@ -44,6 +44,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -51,6 +52,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <variant>
 #include <vector>
 
 // The version and the export macro. CMakeLists.txt reads the version from here: the one place
@@ -330,6 +332,49 @@ struct Authentication {
   std::vector<RemovedSession> evicted;
 };
 
+// One write of a group commit (SessionBackend::write_group): the arguments of one of the calls
+// below, which the write makes exactly as that call would.
+struct InsertNewWrite {  // insert_new()
+  std::vector<Session> sessions;
+  std::size_t max_per_user = 0;
+};
+struct TouchWrite {  // touch()
+  std::string id;
+  std::int64_t last_seen_at = 0;
+  std::int64_t expires_at = 0;
+};
+struct UpdateDataWrite {  // update_data()
+  std::string id;
+  std::string data;
+};
+struct RotateWrite {  // rotate()
+  std::string old_id;
+  std::string new_id;
+  std::int64_t now = 0;
+};
+struct AuthenticateWrite {  // authenticate()
+  std::string old_id;
+  std::string new_id;
+  std::string user_id;
+  std::int64_t now = 0;
+  std::size_t max_per_user = 0;
+};
+struct RemoveMatchingWrite {  // remove_matching()
+  SessionFilter filter;
+};
+using SessionWrite = std::variant<InsertNewWrite, TouchWrite, UpdateDataWrite, RotateWrite,
+                                  AuthenticateWrite, RemoveMatchingWrite>;
+
+// What one write of a group did, as its own call would have returned it: `session` the row
+// touch(), update_data(), rotate() or authenticate() returned (nullopt: no such row), `removed` the
+// rows insert_new() or authenticate() evicted or remove_matching() deleted; or `error`, when this
+// write failed and changed nothing.
+struct SessionWriteOutcome {
+  std::optional<Session> session;
+  std::vector<RemovedSession> removed;
+  std::exception_ptr error;
+};
+
 // A session id rotated away (SessionBackend::rotate), kept in storage until the session it
 // belonged to would have expired, so that every store, and a store after a restart, recognises a
 // replayed old token. It is not a session: it never validates and is never listed or counted.
@@ -493,6 +538,19 @@ class PYLON_API SessionBackend {
   // The live sessions (expires_at > now) of each tenant that has one, ordered by tenant in byte
   // order (the sessions without a tenant first).
   virtual std::vector<TenantCount> count_by_tenant(std::int64_t now) = 0;
+  // Group commit: every write of `writes`, in order, each as its own call would make it, committed
+  // together (the built-in backends: one transaction, so one commit and one fsync for all). A
+  // write that fails on its own (an argument refused, a sign-in to another user's session)
+  // changes nothing, and its outcome holds the error; the others still commit. A failure of the
+  // whole (the commit, the connection, a full disk) throws, and then none of them is stored, or,
+  // with kConnectionLost, it is unknown whether all of them were. Returns one outcome per write,
+  // in order. SessionStore hands it the writes of concurrent callers, so that they share a commit.
+  // The default makes consecutive creates with the same cap one insert_new() call (each eviction
+  // then reported by the last create of its user in that run, and, should the call fail other
+  // than in doubt, each create made alone), and every other write with its own call, one commit
+  // each; it reports each failure in that write's outcome (kConnectionLost too: that write, and
+  // only it, is in doubt).
+  virtual std::vector<SessionWriteOutcome> write_group(std::vector<SessionWrite> writes);
   // Calls `visit` with every stored RotatedId, expired ones included, one at a time, as
   // load_each() does for sessions. remove_expired() deletes those with expires_at <= now, and
   // remove_expired_rotated() does in batches.
