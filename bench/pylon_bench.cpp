@@ -219,8 +219,8 @@ RawStatement prepare(sqlite3* db, const char* sql) {
 
 constexpr const char* kRawUpsert =
     "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-    "absolute_expires_at, device, ip, data, idp_session_id) "
-    "VALUES (?1, ?2, NULL, ?3, ?4, ?3, ?4, NULL, NULL, x'', NULL) "
+    "absolute_expires_at, device, ip, data, idp_session_id, authenticated_at) "
+    "VALUES (?1, ?2, NULL, ?3, ?4, ?3, ?4, NULL, NULL, x'', NULL, ?3) "
     "ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, expires_at = excluded.expires_at, "
     "last_seen_at = excluded.last_seen_at";
 
@@ -462,11 +462,12 @@ std::size_t raw_scan(const std::string& path) {
   const RawStatement select =
       prepare(db.get(),
               "SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-              "absolute_expires_at, device, ip, data, idp_session_id FROM _pylon_sessions");
+              "absolute_expires_at, device, ip, data, idp_session_id, authenticated_at, "
+              "idle_timeout_seconds FROM _pylon_sessions");
   std::size_t bytes = 0;
   while (sqlite3_step(select.get()) == SQLITE_ROW) {
-    for (int column = 0; column < 11; ++column) {
-      if (column >= 3 && column <= 6) {
+    for (int column = 0; column < 13; ++column) {
+      if ((column >= 3 && column <= 6) || column >= 11) {
         bytes += static_cast<std::size_t>(sqlite3_column_int64(select.get(), column) & 1);
       } else {
         const void* value =
@@ -674,7 +675,8 @@ double pg_seconds_per_create(SessionStore& store, int threads, int creates) {
 std::size_t raw_pg_scan(PGconn* connection, bool single_row, std::size_t* bytes) {
   const char* const select =
       "SELECT id, user_id, tenant_id, created_at, expires_at, last_seen_at, absolute_expires_at, "
-      "device, ip, data, idp_session_id FROM _pylon_sessions";
+      "device, ip, data, idp_session_id, authenticated_at, idle_timeout_seconds "
+      "FROM _pylon_sessions";
   if (PQsendQueryParams(connection, select, 0, nullptr, nullptr, nullptr, nullptr, 1) == 0 ||
       (single_row && PQsetSingleRowMode(connection) == 0)) {
     die(std::string("raw scan: ") + PQerrorMessage(connection));
@@ -688,7 +690,7 @@ std::size_t raw_pg_scan(PGconn* connection, bool single_row, std::size_t* bytes)
     }
     const int count = PQntuples(result);
     for (int tuple = 0; tuple < count; ++tuple) {
-      for (int column = 0; column < 11; ++column) {
+      for (int column = 0; column < 13; ++column) {
         if (PQgetisnull(result, tuple, column) == 0) {
           *bytes += static_cast<std::size_t>(PQgetlength(result, tuple, column)) +
                     static_cast<unsigned char>(*PQgetvalue(result, tuple, column));
@@ -708,14 +710,14 @@ void bench_postgres(const Settings& settings) {
   pg_exec(raw.get(), "TRUNCATE _pylon_sessions");
   constexpr const char* kRawColumns =
       "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
-      "last_seen_at, absolute_expires_at, device, ip, data, idp_session_id) ";
+      "last_seen_at, absolute_expires_at, device, ip, data, idp_session_id, authenticated_at) ";
   constexpr const char* kRawConflict =
       " ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, "
       "expires_at = excluded.expires_at, last_seen_at = excluded.last_seen_at";
   pg_prepare(raw.get(), "raw_upsert",
              (std::string(kRawColumns) +
               "VALUES ($1, $2, NULL, $3::bigint, $3::bigint + 86400, $3::bigint, "
-              "$3::bigint + 86400, NULL, NULL, ''::bytea, NULL)" +
+              "$3::bigint + 86400, NULL, NULL, ''::bytea, NULL, $3::bigint)" +
               kRawConflict)
                  .c_str(),
              3);
@@ -724,7 +726,7 @@ void bench_postgres(const Settings& settings) {
   pg_prepare(raw.get(), "raw_upsert_batch",
              (std::string(kRawColumns) +
               "SELECT unnest($1::text[]), $2, NULL, $3::bigint, $3::bigint + 86400, $3::bigint, "
-              "$3::bigint + 86400, NULL, NULL, ''::bytea, NULL" +
+              "$3::bigint + 86400, NULL, NULL, ''::bytea, NULL, $3::bigint" +
               kRawConflict)
                  .c_str(),
              3);
@@ -831,9 +833,10 @@ constexpr const char* kRawRecordRotated =
     "WHERE id = ?1 AND expires_at > ?3";
 constexpr const char* kRawCopySuccessor =
     "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-    "absolute_expires_at, device, ip, data, idp_session_id) SELECT ?2, user_id, tenant_id, "
-    "created_at, expires_at, last_seen_at, absolute_expires_at, device, ip, data, idp_session_id "
-    "FROM _pylon_sessions WHERE id = ?1";
+    "absolute_expires_at, device, ip, data, idp_session_id, authenticated_at, "
+    "idle_timeout_seconds) SELECT ?2, user_id, tenant_id, created_at, expires_at, last_seen_at, "
+    "absolute_expires_at, device, ip, data, idp_session_id, authenticated_at, "
+    "idle_timeout_seconds FROM _pylon_sessions WHERE id = ?1";
 constexpr const char* kRawDeleteOld = "DELETE FROM _pylon_sessions WHERE id = ?1";
 
 // The three statements of a raw rotation, prepared once on one connection.
@@ -994,8 +997,8 @@ double per_call(std::size_t count, Call&& call) {
 // library's table, in its own (autocommit) transaction; a rotation is RawRotation's three.
 constexpr const char* kRawInsert =
     "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, last_seen_at, "
-    "absolute_expires_at, device, ip, data, idp_session_id) "
-    "VALUES (?1, ?2, NULL, ?3, ?4, ?3, ?5, ?6, NULL, ?7, NULL)";
+    "absolute_expires_at, device, ip, data, idp_session_id, authenticated_at) "
+    "VALUES (?1, ?2, NULL, ?3, ?4, ?3, ?5, ?6, NULL, ?7, NULL, ?3)";
 constexpr const char* kRawSlide =
     "UPDATE _pylon_sessions SET last_seen_at = ?2, expires_at = ?3 WHERE id = ?1";
 constexpr const char* kRawUpdateData = "UPDATE _pylon_sessions SET data = ?2 WHERE id = ?1";
