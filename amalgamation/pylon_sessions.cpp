@@ -3191,25 +3191,33 @@ std::vector<SessionWriteOutcome> SqliteBackend::write_group(std::vector<SessionW
   return outcomes;
 }
 
-// The checks of each call come first (they throw before anything is written); a write of several
-// statements that finds nothing to change, or throws, is rolled back to its savepoint (a single
-// statement backs itself out). An error that ended the whole transaction is rethrown: the group
-// fails.
+// The checks each write's own call makes before it writes anything.
+void check_group_write(const SessionWrite& write) {
+  std::visit(
+      [](const auto& arguments) {
+        using Write = std::decay_t<decltype(arguments)>;
+        if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+          for (const Session& session : arguments.sessions) check_sqlite_storable(session);
+        } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+          detail::check_rotation_ids(arguments.old_id, arguments.new_id);
+        } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+          detail::check_rotation_ids(arguments.old_id, arguments.new_id);
+          detail::check_signing_in_user(arguments.user_id);
+        }
+      },
+      write);
+}
+
+// The checks come first (they throw before anything is written); a write of several statements
+// that finds nothing to change, or throws, is rolled back to its savepoint (a single statement
+// backs itself out). An error that ended the whole transaction is rethrown: the group fails.
 SessionWriteOutcome SqliteBackend::write_in_group(const SessionWrite& write) {
-  const char* action = "cannot commit a group of writes to";
   SessionWriteOutcome outcome;
   try {
+    check_group_write(write);
     std::visit(
         [&](const auto& arguments) {
           using Write = std::decay_t<decltype(arguments)>;
-          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
-            for (const Session& session : arguments.sessions) check_sqlite_storable(session);
-          } else if constexpr (std::is_same_v<Write, RotateWrite>) {
-            detail::check_rotation_ids(arguments.old_id, arguments.new_id);
-          } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
-            detail::check_rotation_ids(arguments.old_id, arguments.new_id);
-            detail::check_signing_in_user(arguments.user_id);
-          }
           // One statement is atomic on its own (an error backs out its changes and leaves the
           // transaction open): only a write of several statements needs a savepoint.
           bool several_statements = !std::is_same_v<Write, TouchWrite> &&
@@ -3219,7 +3227,7 @@ SessionWriteOutcome SqliteBackend::write_in_group(const SessionWrite& write) {
             several_statements = arguments.sessions.size() > 1 || arguments.max_per_user > 0;
           }
           std::optional<Savepoint> savepoint;
-          if (several_statements) savepoint.emplace(*this, action);
+          if (several_statements) savepoint.emplace(*this, "cannot commit a group of writes to");
           bool changed = true;
           if constexpr (std::is_same_v<Write, InsertNewWrite>) {
             outcome.removed = insert_new_in(arguments.sessions, arguments.max_per_user);
