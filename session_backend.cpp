@@ -430,6 +430,9 @@ class SqliteBackend final : public SessionBackend {
   void migrate();
   void verify_table_shape();
   void prepare_statements();
+  void prepare_session_statements();
+  void prepare_rotation_statements();
+  void prepare_change_log_statements();
 
   // Statement helpers. All throw Error with the path and SQLite's message.
   [[noreturn]] void fail(int result, const std::string& action) const;
@@ -485,7 +488,6 @@ class SqliteBackend final : public SessionBackend {
   Statement commit_;
   Statement savepoint_;
   Statement release_savepoint_;
-  Statement rollback_to_savepoint_;
   Statement evict_beyond_cap_;
   Statement touch_;
   Statement update_data_;
@@ -1043,6 +1045,13 @@ void SqliteBackend::migrate() {
 // ------------------------------------------------------------------------------------------------
 
 void SqliteBackend::prepare_statements() {
+  prepare_session_statements();
+  prepare_rotation_statements();
+  prepare_change_log_statements();
+}
+
+// The writes and reads of sessions, and the transaction's own statements.
+void SqliteBackend::prepare_session_statements() {
   constexpr unsigned int kPersistent = SQLITE_PREPARE_PERSISTENT;
   const std::string& columns = session_columns();
   const std::string returning = " RETURNING " + columns;
@@ -1068,7 +1077,6 @@ void SqliteBackend::prepare_statements() {
   commit_ = prepare("COMMIT", kPersistent);
   savepoint_ = prepare("SAVEPOINT pylon_write", kPersistent);
   release_savepoint_ = prepare("RELEASE pylon_write", kPersistent);
-  rollback_to_savepoint_ = prepare("ROLLBACK TO pylon_write", kPersistent);
   // Oldest first by created_at, then by rowid: SQLite gives a new row a rowid larger than every
   // row's in the table, so among the rows present it orders by insertion.
   evict_beyond_cap_ = prepare(
@@ -1083,6 +1091,19 @@ void SqliteBackend::prepare_statements() {
                    kPersistent);
   update_data_ = prepare(("UPDATE _pylon_sessions SET data = ?2 WHERE id = ?1" + returning).c_str(),
                          kPersistent);
+  // NULL sorts first in SQLite, and text in byte order (BINARY): as PostgreSQL's COLLATE "C"
+  // with NULLS FIRST.
+  count_by_tenant_ = prepare(
+      "SELECT tenant_id, count(*), sum(user_id = '') FROM _pylon_sessions WHERE expires_at > ?1 "
+      "GROUP BY tenant_id ORDER BY tenant_id",
+      kPersistent);
+}
+
+// Rotation and sign-in (a successor copied from the stored row), and the rotated ids.
+void SqliteBackend::prepare_rotation_statements() {
+  constexpr unsigned int kPersistent = SQLITE_PREPARE_PERSISTENT;
+  const std::string& columns = session_columns();
+  const std::string returning = " RETURNING " + columns;
   record_rotated_ = prepare(
       "INSERT INTO _pylon_rotated_ids (id, replaced_by, user_id, tenant_id, rotated_at, "
       "expires_at) SELECT id, ?2, user_id, tenant_id, ?3, CASE WHEN absolute_expires_at > 0 "
@@ -1112,12 +1133,6 @@ void SqliteBackend::prepare_statements() {
       "WHERE user_id = ?1 AND tenant_id IS ?2 AND id <> ?4 ORDER BY created_at DESC, rowid DESC "
       "LIMIT -1 OFFSET ?3) RETURNING id, user_id",
       kPersistent);
-  // NULL sorts first in SQLite, and text in byte order (BINARY): as PostgreSQL's COLLATE "C"
-  // with NULLS FIRST.
-  count_by_tenant_ = prepare(
-      "SELECT tenant_id, count(*), sum(user_id = '') FROM _pylon_sessions WHERE expires_at > ?1 "
-      "GROUP BY tenant_id ORDER BY tenant_id",
-      kPersistent);
   select_rotated_ =
       prepare("SELECT " PYLON_SQLITE_ROTATED_COLUMNS " FROM _pylon_rotated_ids", kPersistent);
   delete_expired_rotated_ =
@@ -1126,6 +1141,11 @@ void SqliteBackend::prepare_statements() {
       "DELETE FROM _pylon_rotated_ids WHERE rowid IN "
       "(SELECT rowid FROM _pylon_rotated_ids WHERE expires_at <= ?1 LIMIT ?2)",
       kPersistent);
+}
+
+// What SqliteChangeSource reads and prunes.
+void SqliteBackend::prepare_change_log_statements() {
+  constexpr unsigned int kPersistent = SQLITE_PREPARE_PERSISTENT;
   data_version_ = prepare("PRAGMA data_version", kPersistent);
   change_position_ = prepare(
       "SELECT max(coalesce((SELECT max(position) FROM _pylon_change_log), 0), "
