@@ -465,8 +465,9 @@ class SqliteBackend final : public SessionBackend {
   std::optional<Session> touch_in(std::string_view id, std::int64_t last_seen_at,
                                   std::int64_t expires_at);
   std::optional<Session> update_data_in(std::string_view id, std::string_view data);
-  // One write of a group, inside its own savepoint.
+  // One write of a group, inside its own savepoint when it needs one; write_in() makes it.
   SessionWriteOutcome write_in_group(const SessionWrite& write);
+  SessionWriteOutcome write_in(const SessionWrite& write);
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
@@ -1487,6 +1488,16 @@ std::vector<SessionWriteOutcome> SqliteBackend::write_group(std::vector<SessionW
   return outcomes;
 }
 
+// One statement is atomic on its own (an error backs out its changes and leaves the transaction
+// open): only a write of several statements needs a savepoint in a group.
+bool needs_savepoint(const SessionWrite& write) {
+  if (const auto* create = std::get_if<InsertNewWrite>(&write)) {
+    return create->sessions.size() > 1 || create->max_per_user > 0;
+  }
+  return std::holds_alternative<RotateWrite>(write) ||
+         std::holds_alternative<AuthenticateWrite>(write);
+}
+
 // The checks each write's own call makes before it writes anything.
 void check_group_write(const SessionWrite& write) {
   std::visit(
@@ -1511,50 +1522,49 @@ SessionWriteOutcome SqliteBackend::write_in_group(const SessionWrite& write) {
   SessionWriteOutcome outcome;
   try {
     check_group_write(write);
-    std::visit(
-        [&](const auto& arguments) {
-          using Write = std::decay_t<decltype(arguments)>;
-          // One statement is atomic on its own (an error backs out its changes and leaves the
-          // transaction open): only a write of several statements needs a savepoint.
-          bool several_statements = !std::is_same_v<Write, TouchWrite> &&
-                                    !std::is_same_v<Write, UpdateDataWrite> &&
-                                    !std::is_same_v<Write, RemoveMatchingWrite>;
-          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
-            several_statements = arguments.sessions.size() > 1 || arguments.max_per_user > 0;
-          }
-          std::optional<Savepoint> savepoint;
-          if (several_statements) savepoint.emplace(*this, "cannot commit a group of writes to");
-          bool changed = true;
-          if constexpr (std::is_same_v<Write, InsertNewWrite>) {
-            outcome.removed = insert_new_in(arguments.sessions, arguments.max_per_user);
-          } else if constexpr (std::is_same_v<Write, TouchWrite>) {
-            outcome.session = touch_in(arguments.id, arguments.last_seen_at, arguments.expires_at);
-          } else if constexpr (std::is_same_v<Write, UpdateDataWrite>) {
-            outcome.session = update_data_in(arguments.id, arguments.data);
-          } else if constexpr (std::is_same_v<Write, RotateWrite>) {
-            outcome.session = rotate_in(arguments.old_id, arguments.new_id, arguments.now);
-            changed = outcome.session.has_value();
-          } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
-            std::optional<Authentication> signed_in =
-                authenticate_in(arguments.old_id, arguments.new_id, arguments.user_id,
-                                arguments.now, arguments.max_per_user);
-            changed = signed_in.has_value();
-            if (signed_in) {
-              outcome.session = std::move(signed_in->session);
-              outcome.removed = std::move(signed_in->evicted);
-            }
-          } else {
-            static_assert(std::is_same_v<Write, RemoveMatchingWrite>);
-            outcome.removed = remove_matching_in(arguments.filter);
-          }
-          if (changed && savepoint) savepoint->release();
-        },
-        write);
+    std::optional<Savepoint> savepoint;
+    if (needs_savepoint(write)) savepoint.emplace(*this, "cannot commit a group of writes to");
+    outcome = write_in(write);
+    // A rotation or sign-in that found no live row may have recorded its old id: undone.
+    const bool found_nothing = (std::holds_alternative<RotateWrite>(write) ||
+                                std::holds_alternative<AuthenticateWrite>(write)) &&
+                               !outcome.session;
+    if (savepoint && !found_nothing) savepoint->release();
   } catch (const Error&) {
     if (sqlite3_get_autocommit(db_.get()) != 0) throw;  // the transaction is gone: all fail
     outcome = SessionWriteOutcome();
     outcome.error = std::current_exception();
   }
+  return outcome;
+}
+
+SessionWriteOutcome SqliteBackend::write_in(const SessionWrite& write) {
+  SessionWriteOutcome outcome;
+  std::visit(
+      [this, &outcome](const auto& arguments) {
+        using Write = std::decay_t<decltype(arguments)>;
+        if constexpr (std::is_same_v<Write, InsertNewWrite>) {
+          outcome.removed = insert_new_in(arguments.sessions, arguments.max_per_user);
+        } else if constexpr (std::is_same_v<Write, TouchWrite>) {
+          outcome.session = touch_in(arguments.id, arguments.last_seen_at, arguments.expires_at);
+        } else if constexpr (std::is_same_v<Write, UpdateDataWrite>) {
+          outcome.session = update_data_in(arguments.id, arguments.data);
+        } else if constexpr (std::is_same_v<Write, RotateWrite>) {
+          outcome.session = rotate_in(arguments.old_id, arguments.new_id, arguments.now);
+        } else if constexpr (std::is_same_v<Write, AuthenticateWrite>) {
+          std::optional<Authentication> signed_in =
+              authenticate_in(arguments.old_id, arguments.new_id, arguments.user_id, arguments.now,
+                              arguments.max_per_user);
+          if (signed_in) {
+            outcome.session = std::move(signed_in->session);
+            outcome.removed = std::move(signed_in->evicted);
+          }
+        } else {
+          static_assert(std::is_same_v<Write, RemoveMatchingWrite>);
+          outcome.removed = remove_matching_in(arguments.filter);
+        }
+      },
+      write);
   return outcome;
 }
 

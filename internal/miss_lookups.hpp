@@ -22,13 +22,13 @@ class MissLookups {
   explicit MissLookups(std::int64_t per_second)
       : per_second_(per_second), available_(static_cast<double>(per_second)) {}
 
+  // Whether lookups are on (a rate above 0). When off, the caller counts its refusals itself,
+  // with the counter a hit uses the like of, so that a miss costs what a hit costs.
+  bool enabled() const noexcept { return per_second_ > 0; }
   // True, counting a lookup, when one may be made now; false, counting a refusal, when the
-  // bound is reached (or lookups are off).
+  // bound is reached (or lookups are off: uncounted, see enabled()).
   bool try_acquire() EXCLUDES(mutex_) {
-    if (per_second_ <= 0) {
-      ++refused_;
-      return false;
-    }
+    if (per_second_ <= 0) return false;
     const auto now = std::chrono::steady_clock::now();
     {
       const MutexLock lock(mutex_);

@@ -50,8 +50,9 @@ constexpr std::array<std::size_t, kColumns> kSlotOf = [] {
 }();
 constexpr std::size_t kIntegerSlots = [] {
   std::size_t count = 0;
-  for (std::size_t c = 0; c < kColumns; ++c)
+  for (std::size_t c = 0; c < kColumns; ++c) {
     if (is_integer_column(c)) ++count;
+  }
   return count;
 }();
 constexpr std::size_t kTextSlots = kColumns - kIntegerSlots - 1;  // all but the id
