@@ -317,6 +317,14 @@ void check_may_sign_in(const Session& stored, std::string_view user_id) {
   }
 }
 
+void check_removal_filter(const SessionFilter& filter) {
+  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
+                "empty filter would delete every session");
+  }
+}
+
 void check_session_query(const SessionQuery& query) {
   if (query.limit < 1 || query.limit > kMaxPageSize) {
     throw Error(ErrorCode::kInvalidArgument, "SessionQuery::limit is " +

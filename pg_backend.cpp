@@ -2476,11 +2476,7 @@ std::size_t PostgresBackend::remove_expired(std::int64_t now) {
 
 std::vector<RemovedSession> PostgresBackend::remove_matching(const SessionFilter& filter) {
   // A tenant alone is a whole tenant (revoke_tenant()); except_id alone would be everyone else.
-  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
-                "empty filter would delete every session");
-  }
+  detail::check_removal_filter(filter);
   const std::array<std::pair<MatchField, const std::optional<std::string>*>, 5> fields = {{
       {kMatchId, &filter.id},
       {kMatchUserId, &filter.user_id},

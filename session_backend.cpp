@@ -1438,11 +1438,7 @@ std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& 
 }
 
 std::vector<RemovedSession> SqliteBackend::remove_matching_in(const SessionFilter& filter) {
-  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
-                "empty filter would delete every session");
-  }
+  detail::check_removal_filter(filter);
   const std::array<std::pair<const std::optional<std::string>*, const char*>, 5> fields = {{
       {&filter.id, "id = ?"},
       {&filter.user_id, "user_id = ?"},

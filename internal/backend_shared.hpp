@@ -81,6 +81,10 @@ bool is_storable_session(const Session& session) noexcept;
 // user's. Throw Error(kInvalidArgument).
 void check_signing_in_user(std::string_view user_id);
 void check_may_sign_in(const Session& stored, std::string_view user_id);
+// What every backend checks of SessionBackend::remove_matching()'s filter: it sets an id, a
+// user_id, an idp_session_id or a tenant_id (except_id alone would be everyone else). Throws
+// Error(kInvalidArgument).
+void check_removal_filter(const SessionFilter& filter);
 // What every backend checks of SessionBackend::list_page()'s query: a limit of 1..kMaxPageSize, a
 // cursor that is empty or a session id, storable text. Throws Error(kInvalidArgument).
 void check_session_query(const SessionQuery& query);
