@@ -479,6 +479,8 @@ std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFil
   return std::move(done.removed);
 }
 
+namespace {
+
 // A session's own lifetime (CreateOptions), in seconds: from 1 to the store's maximum.
 std::int64_t own_lifetime(const char* option, std::chrono::seconds value, std::chrono::seconds max,
                           const char* max_option) {
@@ -490,6 +492,8 @@ std::int64_t own_lifetime(const char* option, std::chrono::seconds value, std::c
   }
   return value.count();
 }
+
+}  // namespace
 
 // A new session of `user_id` ("" for an anonymous one), checked and stamped, not yet stored.
 Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions options) const {

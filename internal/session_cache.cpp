@@ -556,40 +556,34 @@ std::vector<Session> SessionCache::of_user(std::string_view user_id) const {
   return sessions;
 }
 
-std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
-    std::string_view idp_session_id, const std::optional<std::string>& tenant) const {
-  std::vector<SessionOfUser> matches;
+// Every cached session (rotated-id markers aside) whose entry `matches` accepts: a scan of every
+// shard, each under its read lock.
+template <typename Matches>
+std::vector<SessionCache::SessionOfUser> SessionCache::sessions_where(Matches matches) const {
+  std::vector<SessionOfUser> found;
   for (const Shard& shard : shards_) {
     const ReaderLock lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) {
       const Entry* entry = slot.entry;
-      if ((slot.hash & kRotatedTag) != 0 || !entry->has_idp_session() ||
-          entry->field(Entry::kIdpSessionId) != idp_session_id) {
-        return;
-      }
-      if (tenant && (!entry->has_tenant() || entry->field(Entry::kTenantId) != *tenant)) {
-        return;
-      }
-      matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
+      if ((slot.hash & kRotatedTag) != 0 || !matches(*entry)) return;
+      found.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
     });
   }
-  return matches;
+  return found;
+}
+
+std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
+    std::string_view idp_session_id, const std::optional<std::string>& tenant) const {
+  return sessions_where([&](const Entry& entry) {
+    return entry.has_idp_session() && entry.field(Entry::kIdpSessionId) == idp_session_id &&
+           (!tenant || (entry.has_tenant() && entry.field(Entry::kTenantId) == *tenant));
+  });
 }
 
 std::vector<SessionCache::SessionOfUser> SessionCache::in_tenant(std::string_view tenant) const {
-  std::vector<SessionOfUser> matches;
-  for (const Shard& shard : shards_) {
-    const ReaderLock lock(shard.mutex);
-    shard.entries.for_each([&](const Slot& slot) {
-      const Entry* entry = slot.entry;
-      if ((slot.hash & kRotatedTag) != 0 || !entry->has_tenant() ||
-          entry->field(Entry::kTenantId) != tenant) {
-        return;
-      }
-      matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
-    });
-  }
-  return matches;
+  return sessions_where([&](const Entry& entry) {
+    return entry.has_tenant() && entry.field(Entry::kTenantId) == tenant;
+  });
 }
 
 std::size_t SessionCache::users() const {

@@ -278,6 +278,9 @@ class SessionCache {
   static std::uint64_t hash_of(const SessionDigest& id) noexcept;
   static constexpr std::uint64_t kRotatedTag = 1;
   static std::uint64_t hash_of(std::string_view user_id) noexcept;
+  // with_idp_session() and in_tenant(): the sessions whose entry `matches` accepts.
+  template <typename Matches>
+  std::vector<SessionOfUser> sessions_where(Matches matches) const;
 
   // The session as an entry, with its hashes; Error(kInternal) for a malformed id.
   static Pending make_pending(const Session& session);
