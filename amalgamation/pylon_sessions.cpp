@@ -1084,6 +1084,10 @@ bool is_storable_session(const Session& session) noexcept;
 // user's. Throw Error(kInvalidArgument).
 void check_signing_in_user(std::string_view user_id);
 void check_may_sign_in(const Session& stored, std::string_view user_id);
+// What every backend checks of SessionBackend::remove_matching()'s filter: it sets an id, a
+// user_id, an idp_session_id or a tenant_id (except_id alone would be everyone else). Throws
+// Error(kInvalidArgument).
+void check_removal_filter(const SessionFilter& filter);
 // What every backend checks of SessionBackend::list_page()'s query: a limit of 1..kMaxPageSize, a
 // cursor that is empty or a session id, storable text. Throws Error(kInvalidArgument).
 void check_session_query(const SessionQuery& query);
@@ -1529,6 +1533,14 @@ void check_may_sign_in(const Session& stored, std::string_view user_id) {
     throw Error(ErrorCode::kInvalidArgument,
                 "the session belongs to another user: only an anonymous session, or one of the "
                 "same user, can be signed in to");
+  }
+}
+
+void check_removal_filter(const SessionFilter& filter) {
+  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
+    throw Error(ErrorCode::kInvalidArgument,
+                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
+                "empty filter would delete every session");
   }
 }
 
@@ -3162,11 +3174,7 @@ std::vector<RemovedSession> SqliteBackend::remove_matching(const SessionFilter& 
 }
 
 std::vector<RemovedSession> SqliteBackend::remove_matching_in(const SessionFilter& filter) {
-  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
-                "empty filter would delete every session");
-  }
+  detail::check_removal_filter(filter);
   const std::array<std::pair<const std::optional<std::string>*, const char*>, 5> fields = {{
       {&filter.id, "id = ?"},
       {&filter.user_id, "user_id = ?"},
@@ -5266,6 +5274,9 @@ class SessionCache {
   static std::uint64_t hash_of(const SessionDigest& id) noexcept;
   static constexpr std::uint64_t kRotatedTag = 1;
   static std::uint64_t hash_of(std::string_view user_id) noexcept;
+  // with_idp_session() and in_tenant(): the sessions whose entry `matches` accepts.
+  template <typename Matches>
+  std::vector<SessionOfUser> sessions_where(Matches matches) const;
 
   // The session as an entry, with its hashes; Error(kInternal) for a malformed id.
   static Pending make_pending(const Session& session);
@@ -6042,6 +6053,8 @@ std::vector<RemovedSession> SessionStore::Impl::revoke_matching(const SessionFil
   return std::move(done.removed);
 }
 
+namespace {
+
 // A session's own lifetime (CreateOptions), in seconds: from 1 to the store's maximum.
 std::int64_t own_lifetime(const char* option, std::chrono::seconds value, std::chrono::seconds max,
                           const char* max_option) {
@@ -6053,6 +6066,8 @@ std::int64_t own_lifetime(const char* option, std::chrono::seconds value, std::c
   }
   return value.count();
 }
+
+}  // namespace
 
 // A new session of `user_id` ("" for an anonymous one), checked and stamped, not yet stored.
 Session SessionStore::Impl::new_session(std::string_view user_id, CreateOptions options) const {
@@ -7348,40 +7363,34 @@ std::vector<Session> SessionCache::of_user(std::string_view user_id) const {
   return sessions;
 }
 
-std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
-    std::string_view idp_session_id, const std::optional<std::string>& tenant) const {
-  std::vector<SessionOfUser> matches;
+// Every cached session (rotated-id markers aside) whose entry `matches` accepts: a scan of every
+// shard, each under its read lock.
+template <typename Matches>
+std::vector<SessionCache::SessionOfUser> SessionCache::sessions_where(Matches matches) const {
+  std::vector<SessionOfUser> found;
   for (const Shard& shard : shards_) {
     const ReaderLock lock(shard.mutex);
     shard.entries.for_each([&](const Slot& slot) {
       const Entry* entry = slot.entry;
-      if ((slot.hash & kRotatedTag) != 0 || !entry->has_idp_session() ||
-          entry->field(Entry::kIdpSessionId) != idp_session_id) {
-        return;
-      }
-      if (tenant && (!entry->has_tenant() || entry->field(Entry::kTenantId) != *tenant)) {
-        return;
-      }
-      matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
+      if ((slot.hash & kRotatedTag) != 0 || !matches(*entry)) return;
+      found.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
     });
   }
-  return matches;
+  return found;
+}
+
+std::vector<SessionCache::SessionOfUser> SessionCache::with_idp_session(
+    std::string_view idp_session_id, const std::optional<std::string>& tenant) const {
+  return sessions_where([&](const Entry& entry) {
+    return entry.has_idp_session() && entry.field(Entry::kIdpSessionId) == idp_session_id &&
+           (!tenant || (entry.has_tenant() && entry.field(Entry::kTenantId) == *tenant));
+  });
 }
 
 std::vector<SessionCache::SessionOfUser> SessionCache::in_tenant(std::string_view tenant) const {
-  std::vector<SessionOfUser> matches;
-  for (const Shard& shard : shards_) {
-    const ReaderLock lock(shard.mutex);
-    shard.entries.for_each([&](const Slot& slot) {
-      const Entry* entry = slot.entry;
-      if ((slot.hash & kRotatedTag) != 0 || !entry->has_tenant() ||
-          entry->field(Entry::kTenantId) != tenant) {
-        return;
-      }
-      matches.push_back({session_id_of(entry->id), std::string(entry->field(Entry::kUserId))});
-    });
-  }
-  return matches;
+  return sessions_where([&](const Entry& entry) {
+    return entry.has_tenant() && entry.field(Entry::kTenantId) == tenant;
+  });
 }
 
 std::size_t SessionCache::users() const {
@@ -10365,11 +10374,7 @@ std::size_t PostgresBackend::remove_expired(std::int64_t now) {
 
 std::vector<RemovedSession> PostgresBackend::remove_matching(const SessionFilter& filter) {
   // A tenant alone is a whole tenant (revoke_tenant()); except_id alone would be everyone else.
-  if (!filter.id && !filter.user_id && !filter.idp_session_id && !filter.tenant_id) {
-    throw Error(ErrorCode::kInvalidArgument,
-                "remove_matching needs an id, a user_id, an idp_session_id or a tenant_id: an "
-                "empty filter would delete every session");
-  }
+  detail::check_removal_filter(filter);
   const std::array<std::pair<MatchField, const std::optional<std::string>*>, 5> fields = {{
       {kMatchId, &filter.id},
       {kMatchUserId, &filter.user_id},
