@@ -194,7 +194,8 @@ void sqlite_exec(sqlite3* db, const char* sql) {
 }
 
 // Opens a file the library has created (so the table, indexes and pragmas are the library's) the
-// way the library opens it: WAL, and `synchronous` as SqliteOptions::synchronous sets it.
+// way the library opens it: WAL, `synchronous` as SqliteOptions::synchronous sets it, and at
+// NORMAL a checkpoint every 10,000 pages.
 RawSqlite open_raw_sqlite(const std::string& path,
                           pylon::SqliteSync synchronous = pylon::SqliteSync::kFull) {
   sqlite3* handle = nullptr;
@@ -205,6 +206,9 @@ RawSqlite open_raw_sqlite(const std::string& path,
   sqlite_exec(db.get(), "PRAGMA journal_mode=WAL");
   sqlite_exec(db.get(), synchronous == pylon::SqliteSync::kFull ? "PRAGMA synchronous=FULL"
                                                                 : "PRAGMA synchronous=NORMAL");
+  if (synchronous == pylon::SqliteSync::kNormal) {
+    sqlite_exec(db.get(), "PRAGMA wal_autocheckpoint=10000");
+  }
   return db;
 }
 

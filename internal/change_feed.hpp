@@ -15,7 +15,8 @@
 // store's writes), and applies inside ChangeApplier::exclusive(), the lock every write of the
 // store holds from its storage call to its cache update, only if no such call came between
 // (ChangeApplier::write_generation() unchanged); otherwise it reads again, and after a few
-// tries reads inside exclusive() itself.
+// tries reads inside exclusive() itself. A source may skip the entries of its store's own writes
+// (ChangeBatch::skipped_through): a batch with nothing left to apply needs no lock at all.
 #ifndef PYLON_INTERNAL_CHANGE_FEED_HPP_
 #define PYLON_INTERNAL_CHANGE_FEED_HPP_
 
@@ -175,6 +176,12 @@ class ChangeFeed {
       for (int attempt = 0; attempt < kOptimisticReads && !caught_up; ++attempt) {
         const std::uint64_t generation = applier_.write_generation();
         batch = source_->read(cursor_, gaps, kBatch);
+        if (batch.changes.empty()) {
+          // Nothing to apply (the store's own writes, skipped): no state read can be stale, so
+          // neither the store's lock nor an unchanged generation is needed.
+          caught_up = apply(batch, &more);
+          break;
+        }
         applier_.exclusive([&]() NO_THREAD_SAFETY_ANALYSIS {  // runs here, with mutex_ held
           if (applier_.write_generation() == generation) caught_up = apply(batch, &more);
         });
@@ -201,8 +208,11 @@ class ChangeFeed {
       ++applied_;
       if (change.position > cursor_) ++after_cursor;
     }
+    const std::int64_t before = cursor_;
     advance(batch);
-    *more = after_cursor >= kBatch;
+    *more = after_cursor >= kBatch ||
+            (batch.skipped_through > before &&
+             static_cast<std::uint64_t>(batch.skipped_through - before) >= kBatch);
     return true;
   }
 
@@ -216,11 +226,12 @@ class ChangeFeed {
     ++reloads_;
   }
 
-  // Moves cursor_ past the entries read, remembering the positions skipped over as gaps and
-  // forgetting the gaps that were read, pruned or waited for long enough.
+  // Moves cursor_ past the entries read, remembering the positions missing between them as gaps
+  // (but not those the source skipped: batch.skipped_through) and forgetting the gaps that were
+  // read, pruned or waited for long enough.
   void advance(const ChangeBatch& batch) REQUIRES(mutex_) {
     const Clock::time_point now = Clock::now();
-    std::int64_t expected = cursor_ + 1;
+    std::int64_t expected = std::max(cursor_, batch.skipped_through) + 1;
     for (const SessionChange& change : batch.changes) {
       if (change.position <= cursor_) {
         gaps_.erase(change.position);
@@ -232,7 +243,7 @@ class ChangeFeed {
            gap < change.position; ++gap) {
         gaps_.emplace(gap, now);
       }
-      expected = change.position + 1;
+      expected = std::max(expected, change.position + 1);
     }
     cursor_ = std::max(cursor_, expected - 1);
     for (auto gap = gaps_.begin(); gap != gaps_.end();) {

@@ -8,8 +8,13 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <memory>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -54,6 +59,83 @@ TEST(Migrations, ARecordedRowPerMigrationWithVersionNameAndTime) {
     EXPECT_LE(applied_at, after + 1);
   }
   EXPECT_THAT(*rows[0][1], ::testing::HasSubstr("0001"));
+}
+
+// A file of schema version `version`, made by running migrations 1 to `version` as they are in
+// migrations/sqlite/ and recording them as the library does. 0001's adoption statement names the
+// library's pylon_sha256_hex(), which a plain connection lacks: it reads an empty table here, so
+// the token itself stands in for it.
+void make_file_at_version(const std::string& path, int version) {
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(PYLON_SQLITE_MIGRATIONS_DIR)) {
+    files.push_back(entry.path());
+  }
+  std::sort(files.begin(), files.end());
+  RawDb raw(path);
+  raw.exec("PRAGMA journal_mode = WAL");
+  raw.exec(
+      "CREATE TABLE _pylon_schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+      "applied_at INTEGER NOT NULL)");
+  for (int applied = 1; applied <= version; ++applied) {
+    const std::filesystem::path& file = files.at(static_cast<std::size_t>(applied - 1));
+    std::ifstream in(file);
+    std::stringstream sql;
+    sql << in.rdbuf();
+    std::string text = sql.str();
+    const std::string function = "pylon_sha256_hex(token)";
+    if (const std::size_t at = text.find(function); at != std::string::npos) {
+      text.replace(at, function.size(), "token");
+    }
+    raw.exec(text);
+    raw.run("INSERT INTO _pylon_schema_migrations VALUES (?1, ?2, unixepoch())",
+            {std::int64_t{applied}, file.stem().string()});
+  }
+}
+
+// Migration 0006 rebuilds the change log without AUTOINCREMENT and moves the expiry index to
+// expiry_hour. A version-5 file whose log was pruned empty: the newest position handed out stays
+// (as an entry of the empty id), so the next write is logged after it and a store that had
+// followed the log up to there misses nothing. Every row gets its expiry hour, and the purge that
+// now reads it still deletes exactly the expired rows.
+TEST(Migrations, SixKeepsTheLogsPositionsAndGivesEveryRowItsExpiryHour) {
+  TempDir dir;
+  const std::string path = dir.file("v5.db");
+  make_file_at_version(path, 5);
+  std::int64_t newest = 0;
+  {
+    RawDb raw(path);
+    for (int i = 0; i < 5; ++i) {
+      raw.run(
+          "INSERT INTO _pylon_sessions (id, user_id, created_at, expires_at, last_seen_at, "
+          "absolute_expires_at, authenticated_at) VALUES (?1, 'u', 100, ?2, 100, ?2, 100)",
+          {std::string(63, 'a') + std::to_string(i), std::int64_t{7200} * (i + 1)});
+    }
+    newest = raw.query_int("SELECT max(position) FROM _pylon_change_log");
+    ASSERT_EQ(newest, 5);
+    raw.exec("UPDATE _pylon_change_log_state SET pruned_through = 5");
+    raw.exec("DELETE FROM _pylon_change_log");
+  }
+  std::unique_ptr<pylon::SessionBackend> backend = pylon::open_sqlite_backend(path);
+  RawDb raw(path);
+  EXPECT_EQ(raw.query_int("SELECT max(version) FROM _pylon_schema_migrations"), 6);
+  EXPECT_EQ(raw.query_int("SELECT count(*) FROM _pylon_sessions WHERE expiry_hour IS NOT "
+                          "expires_at / 3600"),
+            0);
+  EXPECT_EQ(raw.query_int("SELECT count(*) FROM _pylon_change_log WHERE position = ?1 AND id = ''",
+                          {newest}),
+            1)
+      << "the newest position was not kept";
+  EXPECT_EQ(raw.query_int("SELECT count(*) FROM sqlite_schema WHERE sql LIKE '%AUTOINCREMENT%'"),
+            0);
+  backend->save(pylon::test::make_session("bob", 1));
+  EXPECT_EQ(raw.query_int("SELECT max(position) FROM _pylon_change_log"), newest + 1);
+  // Hand-written writes keep expiry_hour too (the triggers), and the purge finds them by it.
+  raw.exec("UPDATE _pylon_sessions SET expires_at = 50 WHERE user_id = 'u' AND expires_at = 14400");
+  EXPECT_EQ(raw.query_int("SELECT count(*) FROM _pylon_sessions WHERE expiry_hour IS NOT "
+                          "expires_at / 3600"),
+            0);
+  EXPECT_EQ(backend->remove_expired(7200), 2U) << "the rows expiring at 50 and at 7200";
+  EXPECT_EQ(raw.query_int("SELECT count(*) FROM _pylon_sessions WHERE user_id = 'u'"), 3);
 }
 
 TEST(Migrations, ReopeningIsIdempotent) {

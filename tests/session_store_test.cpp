@@ -239,3 +239,34 @@ TEST(HostileRows, RowsWithTimesOutOfRangeOrOutOfOrderAreSkipped) {
 }
 
 }  // namespace
+
+// A store's change feed does not read back what its own writes logged (the SQLite backend records
+// the positions its groups wrote, and its change source skips them), but applies every write of
+// another store. Misses never read storage here, so the other store's session can only come
+// through the feed.
+TEST(SessionStoreChangeFeed, OwnWritesAreNotReadBackAndAnotherStoresAreApplied) {
+  TempDir dir;
+  const std::string path = dir.file("shared.db");
+  StoreOptions options;
+  options.change_check_interval = std::chrono::milliseconds(0);  // the feed runs before lookups
+  options.miss_lookups_per_second = 0;
+  SessionStore a(pylon::open_sqlite_backend(path), options);
+  SessionStore b(pylon::open_sqlite_backend(path), options);
+  std::vector<std::string> tokens;
+  for (int i = 0; i < 20; ++i) tokens.push_back(a.create("alice").token);
+  ASSERT_TRUE(a.revoke(tokens.back()));
+  ASSERT_TRUE(a.update_data(tokens.front(), "{}").has_value());
+
+  EXPECT_FALSE(a.validate(pylon::generate_token()).has_value());  // runs a's feed
+  EXPECT_EQ(a.stats().changes_applied, 0U) << "a read its own writes back";
+  EXPECT_TRUE(a.validate(tokens.front()).has_value());
+
+  EXPECT_FALSE(b.validate(pylon::generate_token()).has_value());  // runs b's feed
+  EXPECT_GE(b.stats().changes_applied, 22U);
+  EXPECT_TRUE(b.validate(tokens.front()).has_value());
+  EXPECT_FALSE(b.validate(tokens.back()).has_value());
+
+  const NewSession from_b = b.create("bob");
+  EXPECT_TRUE(a.validate(from_b.token).has_value()) << "a missed b's create";
+  EXPECT_EQ(a.stats().changes_applied, 1U);
+}

@@ -219,9 +219,10 @@ TEST(SqliteBackend, ATableWithoutItsPrimaryKeyIsRefusedAndUntouched) {
       "created_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, last_seen_at INTEGER NOT NULL, "
       "absolute_expires_at INTEGER NOT NULL DEFAULT 0, device TEXT, ip TEXT, data BLOB NOT NULL "
       "DEFAULT x'', idp_session_id TEXT, authenticated_at INTEGER NOT NULL DEFAULT 0, "
-      "idle_timeout_seconds INTEGER) STRICT; INSERT INTO _pylon_sessions SELECT * FROM copy; "
+      "idle_timeout_seconds INTEGER, expiry_hour INTEGER NOT NULL DEFAULT 0) STRICT; "
+      "INSERT INTO _pylon_sessions SELECT * FROM copy; "
       "DROP TABLE copy; CREATE INDEX _pylon_sessions_by_user ON _pylon_sessions (user_id); "
-      "CREATE INDEX _pylon_sessions_by_expiry ON _pylon_sessions (expires_at); "
+      "CREATE INDEX _pylon_sessions_by_expiry_hour ON _pylon_sessions (expiry_hour); "
       "CREATE INDEX _pylon_sessions_by_idp_session ON _pylon_sessions (idp_session_id)",
       "whose primary key is (), not (id)");
 }
@@ -231,6 +232,8 @@ TEST(SqliteBackend, ATableWithoutAnIndexItsVersionPromisesIsRefusedAndUntouched)
                              "without the index _pylon_sessions_by_user on (user_id)");
   expect_edited_file_refused("DROP INDEX _pylon_rotated_ids_by_expiry",
                              "without the index _pylon_rotated_ids_by_expiry on (expires_at)");
+  expect_edited_file_refused("DROP INDEX _pylon_sessions_by_expiry_hour",
+                             "without the index _pylon_sessions_by_expiry_hour on (expiry_hour)");
 }
 
 TEST(SqliteBackend, ARotatedIdsTableOfAnotherShapeIsRefusedAndUntouched) {
