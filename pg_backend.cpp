@@ -46,6 +46,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -55,14 +56,17 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <iterator>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <set>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <unordered_set>
 #include <utility>
 #include <vector>
@@ -655,14 +659,31 @@ class PgConnection {
                      const std::string& action, const std::function<void(const PGresult*)>& row);
   void prepare(Reconnect reconnect, const char* name, const char* sql,
                const std::vector<Oid>& types);
+  // A statement to prepare: its name, its text, its parameters' types.
+  struct Statement {
+    const char* name;
+    std::string sql;
+    std::vector<Oid> types;
+  };
+  // Runs `sql` (constant text, statements separated by ';'; may be empty) and then prepares
+  // every statement of `statements`, all in one round trip; for the setup of a new server
+  // session, so it never reconnects.
+  void setup_in_one_round_trip(const std::string& sql, const std::vector<Statement>& statements);
   // Reconnect::kIfDead on its own, for a caller that must know the server session it will use
   // before it chooses its statements (one prepared on first use, say).
   void reconnect_if_dead();
   // For a connection that LISTENs (its setup sends LISTEN, so a reconnect listens again): true
   // at once when it had to reconnect (notifications sent meanwhile are lost) or a notification
-  // has arrived, else waits up to `timeout` for one; false when none came. Reconnects when dead;
-  // throws kConnectionLost when the connection fails. Runs in the caller's Turn.
-  bool wait_for_notification(std::chrono::milliseconds timeout);
+  // from a server process other than `paced_sender` has arrived; a notification from
+  // `paced_sender` (0: none) makes it true only once `timeout` has passed. Else waits up to
+  // `timeout`; false when nothing came. Reconnects when dead; throws kConnectionLost when the
+  // connection fails. Runs in the caller's Turn.
+  bool wait_for_notification(std::chrono::milliseconds timeout, int paced_sender = 0);
+  // Keeps `*pid` the server process of this connection, as notifications name their sender,
+  // while every statement it sent has an outcome known to the caller; 0 from when a statement's
+  // outcome is lost (the server may still commit it, and notify) until a new server session is
+  // set up.
+  void publish_server_pid(std::shared_ptr<std::atomic<int>> pid);
 
   // "database "app" on host db.internal, port 5432", for messages: never the password.
   [[nodiscard]] std::string target() const;
@@ -684,8 +705,11 @@ class PgConnection {
   PgResult send_params(const char* sql, const Params& params, const std::string& action);
   PgResult next_result(const std::string& action, bool restart_deadline = false);
   bool is_usable() noexcept;
+  bool drain_notifications(int paced_sender, bool* paced);
   void configure_session();
   void note_lost_statement() noexcept;
+  // Sets what publish_server_pid() keeps: the server process when `live`, else 0.
+  void publish(bool live) noexcept;
   void settle_lost_statement();
   void roll_back() noexcept;
   [[noreturn]] void fail_connection(const std::string& action, bool in_handshake = false);
@@ -718,6 +742,7 @@ class PgConnection {
   int lost_statement_pid_ = 0;
   // The owner's setup of every new server session (finish_setup()).
   std::function<void()> setup_;
+  std::shared_ptr<std::atomic<int>> published_pid_;  // see publish_server_pid(); may be null
 };
 
 PgConnection::PgConnection(const std::string& url, std::chrono::milliseconds deadline)
@@ -733,6 +758,15 @@ void PgConnection::finish_setup(std::function<void()> setup) {
   setup_ = std::move(setup);
   setup_();
   setting_up_ = false;
+}
+
+void PgConnection::publish_server_pid(std::shared_ptr<std::atomic<int>> pid) {
+  published_pid_ = std::move(pid);
+  publish(!broken_);
+}
+
+void PgConnection::publish(bool live) noexcept {
+  if (published_pid_) published_pid_->store(live && conn_ ? PQbackendPID(conn_.get()) : 0);
 }
 
 // Refuses a connection string libpq cannot parse, and learns from it the password it holds
@@ -884,6 +918,7 @@ std::string PgConnection::target() const {
 // the server's refusal, with its SQLSTATE, or libpq's own account of the attempt.
 void PgConnection::fail_connection(const std::string& action, bool in_handshake) {
   broken_ = true;
+  publish(false);
   remember_used_password();
   ConnectionFailure failure =
       read_connection_failure(conn_ ? PQerrorMessage(conn_.get()) : "libpq has no connection");
@@ -938,40 +973,60 @@ void PgConnection::reconnect_if_dead() {
   setup_();
   setting_up_ = false;
   broken_ = false;
+  publish(true);
 }
 
-bool PgConnection::wait_for_notification(std::chrono::milliseconds timeout) {
+bool PgConnection::wait_for_notification(std::chrono::milliseconds timeout, int paced_sender) {
   const std::string action = "cannot listen for changes on";
   const bool reconnected = !is_usable();  // reads what the socket holds, notifications included
   reconnect_if_dead();
-  const auto drain = [this] {
-    bool any = false;
-    while (PGnotify* notification = PQnotifies(conn_.get())) {
-      PQfreemem(notification);
-      any = true;
-    }
-    return any;
+  bool paced = false;  // a notification from paced_sender came: true once the timeout is over
+  const auto drain = [this, paced_sender, &paced] {
+    return drain_notifications(paced_sender, &paced);
   };
   if (drain() || reconnected) return true;
-  if (timeout.count() <= 0) return false;
+  if (timeout.count() <= 0) return paced;
   pollfd socket{};
   socket.fd = PQsocket(conn_.get());
   socket.events = POLLIN;
   if (socket.fd < 0) fail_connection(action);
-  const int ready =
-      ::poll(&socket, 1, static_cast<int>(std::min<std::int64_t>(timeout.count(), INT_MAX)));
-  if (ready < 0 && errno != EINTR) fail_connection(action);
-  if (ready <= 0) return false;
-  if (PQconsumeInput(conn_.get()) == 0 || PQstatus(conn_.get()) != CONNECTION_OK) {
-    fail_connection(action);
+  const auto until = std::chrono::steady_clock::now() + timeout;
+  for (;;) {
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(until - std::chrono::steady_clock::now());
+    if (left.count() <= 0) return paced;
+    const int ready =
+        ::poll(&socket, 1, static_cast<int>(std::min<std::int64_t>(left.count(), INT_MAX)));
+    if (ready < 0 && errno != EINTR) fail_connection(action);
+    if (ready == 0) return paced;
+    if (ready < 0) continue;
+    if (PQconsumeInput(conn_.get()) == 0 || PQstatus(conn_.get()) != CONNECTION_OK) {
+      fail_connection(action);
+    }
+    if (drain()) return true;
   }
-  return drain();
+}
+
+// Takes every notification libpq holds; true when one came from a server process other than
+// `paced_sender`, and *paced set when one came from it.
+bool PgConnection::drain_notifications(int paced_sender, bool* paced) {
+  bool other = false;
+  while (PGnotify* notification = PQnotifies(conn_.get())) {
+    if (paced_sender != 0 && notification->be_pid == paced_sender) {
+      *paced = true;
+    } else {
+      other = true;
+    }
+    PQfreemem(notification);
+  }
+  return other;
 }
 
 // The connection is lost with a statement in flight, or may be: it is given up (the next call
 // reconnects), and its server process is remembered for settle_lost_statement().
 void PgConnection::note_lost_statement() noexcept {
   broken_ = true;
+  publish(false);
   if (lost_statement_pid_ == 0 && conn_) lost_statement_pid_ = PQbackendPID(conn_.get());
 }
 
@@ -1245,6 +1300,47 @@ void PgConnection::prepare(Reconnect reconnect, const char* name, const char* sq
     fail(nullptr, action);
   }
   checked_result(action);
+}
+
+// The name SQL gives the type `oid` in a PREPARE's parameter list.
+const char* sql_type_name(Oid oid) {
+  switch (oid) {
+    case kTextOid:
+      return "text";
+    case kInt8Oid:
+      return "int8";
+    case kByteaOid:
+      return "bytea";
+    case kTextArrayOid:
+      return "text[]";
+    case kInt8ArrayOid:
+      return "int8[]";
+    case kByteaArrayOid:
+      return "bytea[]";
+    default:
+      throw Error(ErrorCode::kInternal, "pylon-sessions: no SQL name for type " +
+                                            std::to_string(oid) + " of a prepared statement");
+  }
+}
+
+// SQL PREPARE makes the same prepared statements as the protocol's Parse (PQprepare), and one
+// simple query may hold many: a new server session's statements (the backend has about twenty)
+// cost one round trip instead of one each, which a store pays before it can load. The first
+// statement that fails stops the rest, and the setup fails as a failed PQprepare made it fail.
+void PgConnection::setup_in_one_round_trip(const std::string& sql,
+                                           const std::vector<Statement>& statements) {
+  std::string all = sql;
+  for (const Statement& statement : statements) {
+    all += all.empty() ? "PREPARE " : "; PREPARE ";
+    all += statement.name;
+    for (std::size_t i = 0; i < statement.types.size(); ++i) {
+      all += i == 0 ? " (" : ", ";
+      all += sql_type_name(statement.types[i]);
+    }
+    all += statement.types.empty() ? " AS " : ") AS ";
+    all += statement.sql;
+  }
+  send_text(all.c_str(), "cannot prepare the statements of");
 }
 
 // Ends the transaction a failed step left open, while its error propagates. A broken connection
@@ -1916,12 +2012,16 @@ class PostgresBackend final : public SessionBackend {
   // none.
   std::array<bool, kMatchCombinations> matching_prepared_{};
   std::array<bool, kListCombinations> listing_prepared_{};
+  // The server process of connection_ (PgConnection::publish_server_pid()): this store's own
+  // writes notify from it, and its change sources pace those (PgChangeSource::wait()).
+  std::shared_ptr<std::atomic<int>> server_pid_ = std::make_shared<std::atomic<int>>(0);
 };
 
 PostgresBackend::PostgresBackend(const std::string& url, const PostgresOptions& options)
     : url_(url), options_(options), connection_(url, options.deadline) {
   PgMigrations(connection_).run();
   connection_.finish_setup([this] { prepare_statements(); });
+  connection_.publish_server_pid(server_pid_);
 }
 
 std::size_t PostgresBackend::run_counting(const char* statement, const Params& params,
@@ -2039,11 +2139,7 @@ std::vector<const Session*> last_of_each_id(const std::vector<Session>& sessions
 }
 
 // A statement every server session has prepared: its name, its text, its parameters' types.
-struct PreparedStatement {
-  const char* name;
-  std::string sql;
-  std::vector<Oid> types;
-};
+using PreparedStatement = PgConnection::Statement;
 
 // save(), save_batch() and replace(): upserts of whole rows.
 void add_upserts(std::vector<PreparedStatement>& statements) {
@@ -2221,9 +2317,7 @@ const std::vector<PreparedStatement>& session_statements() {
 }
 
 void PostgresBackend::prepare_statements() {
-  for (const PreparedStatement& statement : session_statements()) {
-    connection_.prepare(Reconnect::kNever, statement.name, statement.sql.c_str(), statement.types);
-  }
+  connection_.setup_in_one_round_trip({}, session_statements());
   matching_prepared_.fill(false);
   listing_prepared_.fill(false);
 }
@@ -2836,18 +2930,55 @@ bool bool_at(const PGresult* row, int column) {
          *PQgetvalue(row, 0, column) != 0;
 }
 
+// The newest position of the log less kStartOverlap (see there), or the newest pruned.
+std::string change_position_sql() {
+  return "SELECT GREATEST(COALESCE((SELECT max(position) FROM _pylon_change_log), 0) - " +
+         std::to_string(kStartOverlap) +
+         ", (SELECT pruned_through FROM _pylon_change_log_state), 0)::int8";
+}
+
+// Its connection is made on a thread of its own, started by the constructor, so that a store
+// opening loads its sessions meanwhile instead of waiting for a second handshake; the first
+// call that needs the connection waits for it, and a connection that failed is tried again by
+// the next call. The position a store takes before its load is read by the backend, on its own
+// connection (PostgresBackend::open_change_source()), and handed over as `first_position`.
+// Notifications sent before LISTEN reached the server are not lost to the store: wait() says
+// "may have changed" on the first call after each new connection, so the log is read.
 class PgChangeSource final : public ChangeSource {
  public:
-  PgChangeSource(const std::string& url, std::chrono::milliseconds deadline)
-      : connection_(url, deadline) {
-    connection_.finish_setup([this] { listen_and_prepare(); });
+  // `writer_pid`: the server process of the backend whose store follows this source.
+  PgChangeSource(std::string url, std::chrono::milliseconds deadline,
+                 std::shared_ptr<const std::atomic<int>> writer_pid, std::int64_t first_position)
+      : url_(std::move(url)),
+        deadline_(deadline),
+        writer_pid_(std::move(writer_pid)),
+        first_position_(first_position),
+        connecting_([this] {
+          try {
+            open();
+          } catch (...) {
+            connect_error_ = std::current_exception();
+          }
+        }) {}
+  ~PgChangeSource() override {
+    if (connecting_.joinable()) connecting_.join();
   }
+  PgChangeSource(const PgChangeSource&) = delete;
+  PgChangeSource& operator=(const PgChangeSource&) = delete;
+  PgChangeSource(PgChangeSource&&) = delete;
+  PgChangeSource& operator=(PgChangeSource&&) = delete;
 
   std::int64_t position() override {
+    if (first_position_) {
+      const std::int64_t first = *first_position_;
+      first_position_.reset();
+      return first;
+    }
     const std::string action = "cannot read the change log of";
-    const PgConnection::Turn turn(connection_, action);
+    PgConnection& connection = connected();
+    const PgConnection::Turn turn(connection, action);
     const PgResult result =
-        connection_.exec_prepared(Reconnect::kIfDead, "pylon_change_position", Params(), action);
+        connection.exec_prepared(Reconnect::kIfDead, "pylon_change_position", Params(), action);
     return int8_at(result.get(), 0);
   }
 
@@ -2856,7 +2987,8 @@ class PgChangeSource final : public ChangeSource {
   ChangeBatch read(std::int64_t after, const std::vector<std::int64_t>& also,
                    std::size_t limit) override {
     const std::string action = "cannot read the change log of";
-    const PgConnection::Turn turn(connection_, action);
+    PgConnection& connection = connected();
+    const PgConnection::Turn turn(connection, action);
     ArrayParam gaps(kInt8Oid, also.size());
     for (const std::int64_t gap : also) gaps.int8(gap);
     Params params;
@@ -2864,7 +2996,7 @@ class PgChangeSource final : public ChangeSource {
         .array(kInt8ArrayOid, gaps.encoded())
         .int8(static_cast<std::int64_t>(std::min<std::size_t>(limit, INT64_MAX)));
     ChangeBatch batch;
-    connection_.exec_prepared(
+    connection.exec_prepared(
         Reconnect::kIfDead, "pylon_changes_after", params, action, [&batch](const PGresult* row) {
           SessionChange& change = batch.changes.emplace_back();
           change.position = int8_at(row, 0);
@@ -2877,72 +3009,109 @@ class PgChangeSource final : public ChangeSource {
           }
         });
     const PgResult pruned =
-        connection_.exec_prepared(Reconnect::kNever, "pylon_pruned_through", Params(), action);
+        connection.exec_prepared(Reconnect::kNever, "pylon_pruned_through", Params(), action);
     batch.pruned_through = int8_at(pruned.get(), 0);
     return batch;
   }
 
   // 0: "may have changed" always, so a store checking before every lookup reads the log each
   // time; a notification may still be on its way when the write's own call has returned.
+  //
+  // A notification of the store's own backend connection (its writes, already in its cache)
+  // counts only once `timeout` is over, as SQLite's data_version is looked at once per
+  // interval: one read of the log per interval while the store writes, instead of one per
+  // write, each of which the feed must apply under the store's write lock. Every other
+  // process's notification (another store, sessionctl, a hand-written statement) wakes the
+  // feed at once, and its read applies the store's own entries with it.
   bool wait(std::chrono::milliseconds timeout) override {
     const std::string action = "cannot listen for changes on";
-    const PgConnection::Turn turn(connection_, action);
-    const bool notified = connection_.wait_for_notification(timeout);
-    return notified || timeout.count() <= 0;
+    PgConnection& connection = connected();
+    const bool fresh = std::exchange(fresh_, false);
+    const PgConnection::Turn turn(connection, action);
+    const bool notified = connection.wait_for_notification(timeout, writer_pid_->load());
+    return fresh || notified || timeout.count() <= 0;
   }
 
   std::size_t prune(std::chrono::seconds keep) override {
     const std::string action = "cannot prune the change log of";
-    const PgConnection::Turn turn(connection_, action);
+    PgConnection& connection = connected();
+    const PgConnection::Turn turn(connection, action);
     Params params;
     params.int8(static_cast<std::int64_t>(keep.count()));
     const PgResult result =
-        connection_.exec_prepared(Reconnect::kIfDead, "pylon_prune_changes", params, action);
-    return affected_rows(result.get(), connection_, action);
+        connection.exec_prepared(Reconnect::kIfDead, "pylon_prune_changes", params, action);
+    return affected_rows(result.get(), connection, action);
   }
 
  private:
-  void listen_and_prepare() {
-    const char* action = "cannot listen for changes on";
-    // Told apart from the store's other connection in pg_stat_activity (by operators, and by
-    // tests that fault one of them): its application_name gains " (change feed)".
-    connection_.exec(Reconnect::kNever,
-                     "SELECT set_config('application_name', "
-                     "current_setting('application_name') || ' (change feed)', false)",
-                     action);
-    connection_.exec(Reconnect::kNever, "LISTEN _pylon_change_log", action);
-    connection_.prepare(
-        Reconnect::kNever, "pylon_change_position",
-        ("SELECT GREATEST(COALESCE((SELECT max(position) FROM _pylon_change_log), 0) - " +
-         std::to_string(kStartOverlap) +
-         ", (SELECT pruned_through FROM _pylon_change_log_state), 0)::int8")
-            .c_str(),
-        {});
-    connection_.prepare(Reconnect::kNever, "pylon_changes_after",
-                        ("SELECT " + logged_change_columns() +
-                         " WHERE c.position > $1 OR c.position = ANY($2) "
-                         "ORDER BY c.position LIMIT $3")
-                            .c_str(),
-                        {kInt8Oid, kInt8ArrayOid, kInt8Oid});
-    connection_.prepare(Reconnect::kNever, "pylon_pruned_through",
-                        "SELECT pruned_through FROM _pylon_change_log_state", {});
-    connection_.prepare(
-        Reconnect::kNever, "pylon_prune_changes",
-        "WITH pruned AS (UPDATE _pylon_change_log_state SET pruned_through = "
-        "GREATEST(pruned_through, COALESCE((SELECT max(position) FROM _pylon_change_log "
-        "WHERE logged_at < extract(epoch FROM clock_timestamp())::bigint - $1), 0)) "
-        "WHERE EXISTS (SELECT 1 FROM _pylon_change_log "
-        "WHERE logged_at < extract(epoch FROM clock_timestamp())::bigint - $1) "
-        "RETURNING pruned_through) "
-        "DELETE FROM _pylon_change_log WHERE position <= (SELECT pruned_through FROM pruned)",
-        {kInt8Oid});
+  // Connects and sets the connection up; on the constructor's thread first, then, after a
+  // failure, in the call that finds no connection.
+  void open() {
+    connection_.emplace(url_, deadline_);
+    try {
+      connection_->finish_setup([this] { listen_and_prepare(); });
+    } catch (...) {
+      connection_.reset();
+      throw;
+    }
+    fresh_ = true;
   }
 
-  PgConnection connection_;
+  // The connection, once the constructor's thread is done with it; the failure of that thread,
+  // once, or of a new try.
+  PgConnection& connected() {
+    if (connecting_.joinable()) connecting_.join();
+    if (connect_error_) std::rethrow_exception(std::exchange(connect_error_, nullptr));
+    if (!connection_) open();
+    return *connection_;
+  }
+
+  void listen_and_prepare() {
+    // Told apart from the store's other connection in pg_stat_activity (by operators, and by
+    // tests that fault one of them): its application_name gains " (change feed)".
+    connection_->setup_in_one_round_trip(
+        "SELECT set_config('application_name', "
+        "current_setting('application_name') || ' (change feed)', false); "
+        "LISTEN _pylon_change_log",
+        {{"pylon_change_position", change_position_sql(), {}},
+         {"pylon_changes_after",
+          "SELECT " + logged_change_columns() +
+              " WHERE c.position > $1 OR c.position = ANY($2) ORDER BY c.position LIMIT $3",
+          {kInt8Oid, kInt8ArrayOid, kInt8Oid}},
+         {"pylon_pruned_through", "SELECT pruned_through FROM _pylon_change_log_state", {}},
+         {"pylon_prune_changes",
+          "WITH pruned AS (UPDATE _pylon_change_log_state SET pruned_through = "
+          "GREATEST(pruned_through, COALESCE((SELECT max(position) FROM _pylon_change_log "
+          "WHERE logged_at < extract(epoch FROM clock_timestamp())::bigint - $1), 0)) "
+          "WHERE EXISTS (SELECT 1 FROM _pylon_change_log "
+          "WHERE logged_at < extract(epoch FROM clock_timestamp())::bigint - $1) "
+          "RETURNING pruned_through) "
+          "DELETE FROM _pylon_change_log WHERE position <= (SELECT pruned_through FROM pruned)",
+          {kInt8Oid}}});
+  }
+
+  std::string url_;
+  std::chrono::milliseconds deadline_;
+  std::shared_ptr<const std::atomic<int>> writer_pid_;
+  std::optional<std::int64_t> first_position_;  // for the first position() call
+  std::optional<PgConnection> connection_;
+  std::exception_ptr connect_error_;  // of the constructor's thread, until a call reports it
+  bool fresh_ = false;                // a new connection: the next wait() says "may have changed"
+  std::thread connecting_;            // last: started once every member above exists
 };
 
+// The log's position is read here, on the backend's connection, for the store to take before
+// it loads: the change source's own connection is still being made.
 std::unique_ptr<ChangeSource> PostgresBackend::open_change_source() {
-  return std::make_unique<PgChangeSource>(url_, options_.deadline);
+  const std::string action = "cannot read the change log of";
+  std::int64_t position = 0;
+  {
+    const PgConnection::Turn turn(connection_, action);
+    const PgResult result = connection_.exec_params(
+        Reconnect::kIfDead, change_position_sql().c_str(), Params(), action);
+    position = int8_at(result.get(), 0);
+  }
+  return std::make_unique<PgChangeSource>(url_, options_.deadline, server_pid_, position);
 }
 
 }  // namespace

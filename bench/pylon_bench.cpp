@@ -647,6 +647,13 @@ void pg_run_prepared(PGconn* connection, const char* name, const std::vector<con
   if (!ok) die(std::string(name) + ": " + PQerrorMessage(connection));
 }
 
+// "0.87x", as row() prints a ratio, for the notes of this section.
+std::string pg_ratio_text(double ratio) {
+  std::array<char, 16> text{};
+  std::snprintf(text.data(), text.size(), "%.2fx", ratio);
+  return text.data();
+}
+
 // seconds_per_create() for a store kept open across rounds while the table is emptied between
 // them (its change feed may drop the earlier rounds' sessions from the cache meanwhile, as
 // storage no longer holds them): each create of this round is checked to be in the cache. One
@@ -771,6 +778,10 @@ void bench_postgres(const Settings& settings) {
     pg_exec(raw.get(), "TRUNCATE _pylon_sessions");
     return elapsed;
   };
+  // The raw upsert as an application without a store would run it: the rows below time it with
+  // the store open, whose change feed then wakes on each raw NOTIFY and reads the log, on the
+  // same two cores.
+  const double raw_alone = measure(settings.repetitions, [&] { return Pair{0, raw_round()}; }).raw;
   {
     SessionStore store = SessionStore::open(url);
     const auto pylon_round = [&](int threads) {
@@ -782,6 +793,8 @@ void bench_postgres(const Settings& settings) {
       return Pair{pylon_round(1), raw_round()};
     });
     row("create, PostgreSQL, 1 thread", one.pylon, one.raw, "vs raw prepared upsert");
+    note("raw prepared upsert with no store open (measured before it): " + human_time(raw_alone) +
+         " per row, ratio " + pg_ratio_text(raw_alone / one.pylon));
     const Pair eight = measure(settings.repetitions, [&] {
       return Pair{pylon_round(kThreads), raw_round()};
     });
@@ -803,6 +816,7 @@ void bench_postgres(const Settings& settings) {
               .c_str());
   pg_exec(raw.get(), "VACUUM ANALYZE _pylon_sessions");
   std::size_t bytes = 0;
+  std::vector<double> fresh;  // the raw read as a start-up must make it: connect, then SELECT
   const Pair startup = measure(settings.quick ? 1 : 3, [&] {
     // The raw limit is the faster of the two ways to read every row: one result, or streamed.
     Pair result;
@@ -813,6 +827,12 @@ void bench_postgres(const Settings& settings) {
     if (raw_pg_scan(raw.get(), true, &bytes) != rows) die("raw scan count");
     result.raw = std::min(result.raw, seconds_since(start));
     start = Clock::now();
+    {
+      const RawPg connection = connect_raw_pg(url);
+      if (raw_pg_scan(connection.get(), true, &bytes) != rows) die("raw scan count");
+    }
+    fresh.push_back(seconds_since(start));
+    start = Clock::now();
     std::optional<SessionStore> store(SessionStore::open(url));
     result.pylon = seconds_since(start);
     if (store->size() != rows) die("start-up count");
@@ -821,6 +841,11 @@ void bench_postgres(const Settings& settings) {
   });
   row("start-up, PostgreSQL, " + std::to_string(rows) + " sessions", startup.pylon, startup.raw,
       "vs raw binary SELECT, each value read");
+  // A store's start-up is a new connection, whose server process reads the table for the first
+  // time; the raw limit above reads it on a connection that has read it before.
+  const double fresh_raw = median(fresh);
+  note("raw on a new connection (connect, then the streamed SELECT): " + human_time(fresh_raw) +
+       ", ratio " + pg_ratio_text(fresh_raw / startup.pylon));
   pg_exec(raw.get(), "TRUNCATE _pylon_sessions");
 }
 

@@ -6,7 +6,9 @@
 // refuses a row is kInvalidArgument; a table without its primary key, an index, or a NOT NULL
 // is kCorruptDatabase and left as it was; several processes migrating one empty database at once
 // all come up with one schema; 20,000 rows load; two SessionStores in two processes on one
-// database both write, and revoke_user in one removes, in storage, what the other created.
+// database both write, and revoke_user in one removes, in storage, what the other created; a
+// change source says "may have changed" at once on its first wait and on another connection's
+// write, and on its own backend's write only once its wait's timeout is over.
 //
 // The second processes are this binary re-executed (/proc/self/exe --pylon-pg-child ...), so
 // they are fresh processes rather than forks of the test runner: this file has its own main().
@@ -19,6 +21,7 @@
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <iostream>
@@ -519,6 +522,36 @@ TEST_P(PgBackend, TwentyThousandRowsLoad) {
   SessionStore store = SessionStore::open(db_->url(), options);
   EXPECT_EQ(store.size(), static_cast<std::size_t>(kRows));
   EXPECT_EQ(store.list_user("user-7").size(), static_cast<std::size_t>(kRows / 100));
+}
+
+// ------------------------------------------------------------------------------------------------
+// The change log's notifications
+// ------------------------------------------------------------------------------------------------
+
+TEST_P(PgBackend, AChangeSourceWakesAtOnceForOthersAndOncePerWaitForItsOwnBackend) {
+  using Clock = std::chrono::steady_clock;
+  using std::chrono::milliseconds;
+  const auto own = db_->open_backend();
+  const auto other = db_->open_backend();
+  const std::unique_ptr<pylon::ChangeSource> source = own->open_change_source();
+  ASSERT_NE(source, nullptr);
+  source->position();
+  // Its connection is new: whatever was written before it listened may have been missed.
+  EXPECT_TRUE(source->wait(milliseconds(10)));
+  EXPECT_FALSE(source->wait(milliseconds(50))) << "nothing was written";
+
+  // The backend's own write (its store has it already): "may have changed" once the wait is over.
+  own->save(pylon::test::make_session("alice", 1));
+  Clock::time_point start = Clock::now();
+  EXPECT_TRUE(source->wait(milliseconds(400)));
+  EXPECT_GE(Clock::now() - start, milliseconds(350));
+
+  // Another connection's write: at once.
+  other->save(pylon::test::make_session("bob", 2));
+  start = Clock::now();
+  EXPECT_TRUE(source->wait(milliseconds(5000)));
+  EXPECT_LT(Clock::now() - start, milliseconds(2500));
+  EXPECT_EQ(source->read(0, {}, 10).changes.size(), 2U);
 }
 
 // ------------------------------------------------------------------------------------------------
