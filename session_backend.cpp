@@ -24,6 +24,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
 #include <thread>
 #include <type_traits>
@@ -475,8 +476,11 @@ class SqliteBackend final : public SessionBackend {
   // One write of a group, inside its own savepoint when it needs one; write_in() makes it.
   SessionWriteOutcome write_in_group(const SessionWrite& write);
   SessionWriteOutcome write_in(const SessionWrite& write);
-  // The change log's largest position, with mutex_ held.
-  std::int64_t log_end(const char* action);
+  // The update hook: collects the positions of the change-log rows this connection inserts
+  // while a write_group() runs (PositionCollection).
+  static void on_row_changed(void* backend, int operation, const char* database, const char* table,
+                             sqlite3_int64 rowid);
+  class PositionCollection;
 
   std::mutex mutex_;  // serialises every use of the connection and its statements
   std::string path_;
@@ -486,8 +490,11 @@ class SqliteBackend final : public SessionBackend {
   std::string shown_path_;
   bool adopt_pylon_table_ = false;  // set by check_schema_version_and_shape(), used by migrate()
   std::vector<SessionEvent> opening_events_;
-  // The change-log positions write_group() logged, shared with the change source opened here.
+  // The change-log positions write_group() logged, shared with the change source opened here;
+  // those of the group under way, collected by on_row_changed() while collecting_positions_.
   std::shared_ptr<detail::OwnChanges> own_changes_ = std::make_shared<detail::OwnChanges>();
+  std::vector<std::int64_t> logged_positions_;
+  bool collecting_positions_ = false;
   Connection db_;  // declared before the statements: they finalize first
   Statement upsert_;
   Statement delete_by_id_;
@@ -513,7 +520,6 @@ class SqliteBackend final : public SessionBackend {
   Statement delete_expired_rotated_batch_;
   Statement data_version_;
   Statement change_position_;
-  Statement log_end_;
   Statement positions_after_;
   Statement changes_between_;
   Statement change_at_;
@@ -706,6 +712,43 @@ class SqliteBackend::Savepoint {
   bool released_ = false;
 };
 
+// While it lives, on_row_changed() collects the positions of the change-log rows this
+// connection's statements insert (migration 0004's triggers log every write), starting from none.
+// mutex_ is held throughout, as on every use of the connection, hook calls included.
+class SqliteBackend::PositionCollection {
+ public:
+  explicit PositionCollection(SqliteBackend& backend) : backend_(backend) {
+    backend_.logged_positions_.clear();
+    backend_.collecting_positions_ = true;
+  }
+  ~PositionCollection() { backend_.collecting_positions_ = false; }
+  PositionCollection(const PositionCollection&) = delete;
+  PositionCollection& operator=(const PositionCollection&) = delete;
+  PositionCollection(PositionCollection&&) = delete;
+  PositionCollection& operator=(PositionCollection&&) = delete;
+
+ private:
+  SqliteBackend& backend_;
+};
+
+// SQLite calls this for every row a statement of this connection changes in a rowid table,
+// trigger programs included; the rowid of a change-log row is its position.
+void SqliteBackend::on_row_changed(void* backend, int operation, const char* database,
+                                   const char* table, sqlite3_int64 rowid) {
+  auto* self = static_cast<SqliteBackend*>(backend);
+  if (!self->collecting_positions_ || operation != SQLITE_INSERT ||
+      std::strcmp(database, "main") != 0 || std::strcmp(table, "_pylon_change_log") != 0) {
+    return;
+  }
+  try {
+    self->logged_positions_.push_back(rowid);
+  } catch (const std::bad_alloc&) {
+    // Not recorded as this backend's own: the change source then reads the entry back and the
+    // store applies it, as it would anyone's. Harmless, and a callback must not throw.
+    self->collecting_positions_ = false;
+  }
+}
+
 SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
     : path_(std::move(path)), options_(options), shown_path_(redact_url(path_)) {
   const bool in_memory = path_ == ":memory:";
@@ -736,6 +779,7 @@ SqliteBackend::SqliteBackend(std::string path, const SqliteOptions& options)
   check(sqlite3_busy_timeout(db_.get(), static_cast<int>(std::min<std::int64_t>(
                                             options.busy_timeout.count(), INT_MAX))),
         "cannot set the busy timeout");
+  sqlite3_update_hook(db_.get(), &SqliteBackend::on_row_changed, this);
 
   probe();
   check_schema_version_and_shape();
@@ -1198,7 +1242,6 @@ void SqliteBackend::prepare_change_log_statements() {
       "SELECT max(coalesce((SELECT max(position) FROM _pylon_change_log), 0), "
       "(SELECT pruned_through FROM _pylon_change_log_state))",
       kPersistent);
-  log_end_ = prepare("SELECT coalesce(max(position), 0) FROM _pylon_change_log", kPersistent);
   positions_after_ = prepare(
       "SELECT position FROM _pylon_change_log WHERE position > ?1 ORDER BY position LIMIT ?2",
       kPersistent);
@@ -1527,30 +1570,6 @@ std::vector<RemovedSession> SqliteBackend::remove_matching_in(const SessionFilte
   return use.removed_rows();
 }
 
-// A group, of one write or more, is one BEGIN IMMEDIATE ... COMMIT; a write of several
-// statements runs in a savepoint of its own. The change-log positions its triggers wrote lie
-// between the log's end before and after the writes (the write lock keeps every other connection
-// out meanwhile): once committed, they are recorded as this backend's own, for its change source
-// to skip, since the store applies each outcome itself.
-std::vector<SessionWriteOutcome> SqliteBackend::write_group(std::vector<SessionWrite> writes) {
-  const char* action = "cannot commit a group of writes to";
-  std::vector<SessionWriteOutcome> outcomes;
-  outcomes.reserve(writes.size());
-  const std::lock_guard<std::mutex> lock(mutex_);
-  Transaction transaction(*this, action);
-  const std::int64_t log_end_before = log_end(action);
-  for (const SessionWrite& write : writes) outcomes.push_back(write_in_group(write));
-  const std::int64_t log_end_after = log_end(action);
-  transaction.commit();
-  own_changes_->record(log_end_before + 1, log_end_after);
-  return outcomes;
-}
-
-std::int64_t SqliteBackend::log_end(const char* action) {
-  Use query(*this, log_end_, action);
-  return query.next_row() ? sqlite3_column_int64(query.get(), 0) : 0;
-}
-
 // One statement is atomic on its own (an error backs out its changes and leaves the transaction
 // open): only a write of several statements needs a savepoint in a group.
 bool needs_savepoint(const SessionWrite& write) {
@@ -1559,6 +1578,13 @@ bool needs_savepoint(const SessionWrite& write) {
   }
   return std::holds_alternative<RotateWrite>(write) ||
          std::holds_alternative<AuthenticateWrite>(write);
+}
+
+// A rotation or sign-in that found no live row may have recorded its old id: it is undone.
+bool found_nothing(const SessionWrite& write, const SessionWriteOutcome& outcome) {
+  return (std::holds_alternative<RotateWrite>(write) ||
+          std::holds_alternative<AuthenticateWrite>(write)) &&
+         !outcome.session;
 }
 
 // The checks each write's own call makes before it writes anything.
@@ -1578,26 +1604,66 @@ void check_group_write(const SessionWrite& write) {
       write);
 }
 
+// A group of one single-statement write is that statement alone, committed as it ends; any other
+// group is one BEGIN IMMEDIATE ... COMMIT, each write of several statements in a savepoint of its
+// own. The change-log positions the group's triggers wrote (on_row_changed()) are recorded, once
+// committed, as this backend's own, for its change source to skip: the store applies each
+// outcome itself.
+std::vector<SessionWriteOutcome> SqliteBackend::write_group(std::vector<SessionWrite> writes) {
+  const char* action = "cannot commit a group of writes to";
+  std::vector<SessionWriteOutcome> outcomes;
+  outcomes.reserve(writes.size());
+  const std::lock_guard<std::mutex> lock(mutex_);
+  const PositionCollection collecting(*this);
+  if (writes.size() == 1) {
+    // Alone, a write needs no savepoint: its failure (thrown) fails the group, and a rotation that
+    // found nothing rolls its transaction back.
+    const SessionWrite& write = writes.front();
+    check_group_write(write);
+    if (!needs_savepoint(write)) {
+      outcomes.push_back(write_in(write));
+    } else {
+      Transaction transaction(*this, action);
+      outcomes.push_back(write_in(write));
+      if (found_nothing(write, outcomes.back())) {
+        logged_positions_.clear();
+      } else {
+        transaction.commit();
+      }
+    }
+  } else {
+    Transaction transaction(*this, action);
+    for (const SessionWrite& write : writes) outcomes.push_back(write_in_group(write));
+    transaction.commit();
+  }
+  for (const std::int64_t position : logged_positions_) {
+    own_changes_->record(position, position);
+  }
+  return outcomes;
+}
+
 // The checks come first (they throw before anything is written); a write of several statements
 // that finds nothing to change, or throws, is rolled back to its savepoint (a single statement
 // backs itself out). An error that ended the whole transaction is rethrown: the group fails.
 SessionWriteOutcome SqliteBackend::write_in_group(const SessionWrite& write) {
   SessionWriteOutcome outcome;
+  // What this write logged is forgotten when it is undone: those positions will be handed out
+  // again, to whoever writes next.
+  const std::size_t logged_before = logged_positions_.size();
+  bool kept = false;
   try {
     check_group_write(write);
     std::optional<Savepoint> savepoint;
     if (needs_savepoint(write)) savepoint.emplace(*this, "cannot commit a group of writes to");
     outcome = write_in(write);
-    // A rotation or sign-in that found no live row may have recorded its old id: undone.
-    const bool found_nothing = (std::holds_alternative<RotateWrite>(write) ||
-                                std::holds_alternative<AuthenticateWrite>(write)) &&
-                               !outcome.session;
-    if (savepoint && !found_nothing) savepoint->release();
+    kept = !found_nothing(write, outcome);
+    if (savepoint && kept) savepoint->release();
   } catch (const Error&) {
     if (sqlite3_get_autocommit(db_.get()) != 0) throw;  // the transaction is gone: all fail
     outcome = SessionWriteOutcome();
     outcome.error = std::current_exception();
   }
+  if (!kept) logged_positions_.resize(logged_before);
   return outcome;
 }
 

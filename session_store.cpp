@@ -383,7 +383,10 @@ void SessionStore::Impl::apply(const SessionChange& change) {
   const std::optional<Session>& stored = change.session;
   // An expired row is cached too, as the start-up load caches it: validate() reports it
   // (kValidatedExpired) until a purge deletes it.
-  if (stored && stored->id == change.id && cacheable(*stored) && !writes_.denies(*stored)) {
+  // An id in doubt stays out until settle() reads it back: the write whose outcome is unknown
+  // may still commit after the state read here.
+  if (stored && stored->id == change.id && cacheable(*stored) && !writes_.denies(*stored) &&
+      !writes_.in_doubt(change.id)) {
     cache_.put(*stored);
   } else {
     cache_.erase(std::string_view(change.id));

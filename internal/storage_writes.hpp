@@ -169,6 +169,9 @@ class StorageWrites {
 
   // Whether a failed delete still owed to storage covers `session`: it is denied here.
   bool denies(const Session& session) const REQUIRES(mutex_) { return owes_delete_of(session); }
+  // Whether a write to `id` failed with its outcome unknown and settle() has not read it back:
+  // it stays out of the cache until then, whatever a reader saw of it meanwhile.
+  bool in_doubt(const std::string& id) const REQUIRES(mutex_) { return in_doubt_.count(id) != 0; }
   // Whether a failed delete of exactly this id is owed: denied without reading its row.
   bool denies_id(std::string_view id) const REQUIRES(mutex_) {
     return std::any_of(owed_deletes_.begin(), owed_deletes_.end(),
