@@ -273,6 +273,9 @@ class SessionStore::Impl final : private detail::ChangeApplier {
   // when `forced` (extend()).
   std::optional<Session> touch(const std::string& id, std::int64_t at, bool forced = false)
       EXCLUDES(writes_.mutex());
+  // touch() of `current`, the copy of a live cached session the caller already holds.
+  std::optional<Session> slide(const Session& current, std::int64_t at, bool forced = false)
+      EXCLUDES(writes_.mutex());
   // The idle timeout a session slides by: its own (CreateOptions::idle_timeout), else the store's.
   std::int64_t idle_timeout_of(const Session& session) const {
     return session.idle_timeout_seconds.value_or(options_.idle_timeout.count());
@@ -584,15 +587,17 @@ void SessionStore::Impl::commit_group(const std::vector<WriteQueue::Writer*>& gr
   try {
     writes_.settle();
     std::vector<SessionWrite> writes;
-    std::vector<std::vector<std::string>> doubts;
-    std::vector<std::string> all_doubts;
     writes.reserve(group.size());
-    doubts.reserve(group.size());
-    for (const WriteQueue::Writer* writer : group) {
-      writes.push_back(writer->item.write);
-      doubts.push_back(ids_in_doubt(writer->item.write));
-      all_doubts.insert(all_doubts.end(), doubts.back().begin(), doubts.back().end());
-    }
+    for (const WriteQueue::Writer* writer : group) writes.push_back(writer->item.write);
+    // Asked for only when the group fails: the cache has not changed since the writes were queued.
+    const auto all_doubts = [&]() REQUIRES(writes_.mutex()) {
+      std::vector<std::string> ids;
+      for (const WriteQueue::Writer* writer : group) {
+        std::vector<std::string> doubts = ids_in_doubt(writer->item.write);
+        std::move(doubts.begin(), doubts.end(), std::back_inserter(ids));
+      }
+      return ids;
+    };
     std::vector<SessionWriteOutcome> outcomes = writes_.run_group(
         all_doubts, group.size(), [&] { return backend_->write_group(std::move(writes)); });
     if (outcomes.size() != group.size()) {
@@ -601,7 +606,9 @@ void SessionStore::Impl::commit_group(const std::vector<WriteQueue::Writer*>& gr
                                             std::to_string(group.size()) + " writes");
     }
     for (std::size_t i = 0; i < group.size(); ++i) {
-      writes_.count_outcome(outcomes[i].error, doubts[i]);
+      writes_.count_outcome(outcomes[i].error, [&]() REQUIRES(writes_.mutex()) {
+        return ids_in_doubt(group[i]->item.write);
+      });
       apply_outcome(group[i]->item, std::move(outcomes[i]));
     }
   } catch (...) {
@@ -706,12 +713,20 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
   if (!forced && saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) {
     return current;
   }
+  return slide(*current, at, forced);
+}
+
+std::optional<Session> SessionStore::Impl::slide(const Session& current, std::int64_t at,
+                                                 bool forced) {
+  if (!forced && saturating_sub(at, current.last_seen_at) < options_.touch_interval.count()) {
+    return current;
+  }
   const std::int64_t cap =
-      current->absolute_expires_at > 0 ? current->absolute_expires_at : current->expires_at;
-  const std::int64_t idle = idle_timeout_of(*current);
+      current.absolute_expires_at > 0 ? current.absolute_expires_at : current.expires_at;
+  const std::int64_t idle = idle_timeout_of(current);
   const std::int64_t slid_expiry =
-      idle > 0 ? std::min(cap, saturating_add(at, idle)) : current->expires_at;
-  QueuedWrite done = commit(TouchWrite{id, at, slid_expiry}, at);
+      idle > 0 ? std::min(cap, saturating_add(at, idle)) : current.expires_at;
+  QueuedWrite done = commit(TouchWrite{current.id, at, slid_expiry}, at);
   if (done.error) std::rethrow_exception(done.error);
   return std::move(done.stored);
 }
@@ -777,8 +792,7 @@ std::optional<Session> SessionStore::Impl::validate(std::string_view token) {
       cache_hits_.add();
       // The common case: touched recently, so this read is a hash, a lookup and a clock check.
       if (saturating_sub(at, session.last_seen_at) < options_.touch_interval.count()) return result;
-      const std::string id = session.id;
-      result = touch(id, at);
+      result = slide(session, at);       // `session` is not read once slide() has returned
       if (!result) cache_misses_.add();  // revoked or expired meanwhile
       return result;
     }

@@ -105,25 +105,26 @@ class StorageWrites {
   }
 
   // A group of `count` writes in one storage call (SessionBackend::write_group), counted write by
-  // write: a failure of the whole counts `count` failures (and with kConnectionLost puts `ids`
-  // in doubt, as run_in_doubt() does) and rethrows; otherwise the caller counts each write's own
-  // outcome with count_outcome().
-  template <typename Call>
-  decltype(auto) run_group(const std::vector<std::string>& ids, std::size_t count, Call&& call)
-      REQUIRES(mutex_) {
+  // write: a failure of the whole counts `count` failures (and with kConnectionLost puts the ids
+  // `ids_in_doubt()` returns in doubt, as run_in_doubt() does) and rethrows; otherwise the caller
+  // counts each write's own outcome with count_outcome(). The ids are asked for only on failure:
+  // a write that succeeds costs no list of them.
+  template <typename Ids, typename Call>
+  decltype(auto) run_group(Ids&& ids_in_doubt, std::size_t count, Call&& call) REQUIRES(mutex_) {
     const StorageTouched touched(*this);
     try {
       return call();
     } catch (const std::exception& error) {
       failures_ += count;
-      note_error(error, ids);
+      note_error(error, ids_in_doubt);
       throw;
     }
   }
-  // One write of a group: a success counted, or its failure recorded, its ids in doubt when its
-  // outcome is unknown (kConnectionLost from a backend that commits each write alone).
-  void count_outcome(const std::exception_ptr& failure, const std::vector<std::string>& ids)
-      REQUIRES(mutex_) {
+  // One write of a group: a success counted, or its failure recorded, the ids `ids_in_doubt()`
+  // returns in doubt when its outcome is unknown (kConnectionLost from a backend that commits
+  // each write alone).
+  template <typename Ids>
+  void count_outcome(const std::exception_ptr& failure, Ids&& ids_in_doubt) REQUIRES(mutex_) {
     if (!failure) {
       ++writes_;
       return;
@@ -132,7 +133,7 @@ class StorageWrites {
     try {
       std::rethrow_exception(failure);
     } catch (const std::exception& error) {
-      note_error(error, ids);
+      note_error(error, ids_in_doubt);
     } catch (...) {  // NOLINT(bugprone-empty-catch): counted above; nothing more to note
     }
   }
@@ -206,15 +207,15 @@ class StorageWrites {
     StorageWrites& writes_;
   };
 
-  void note_error(const std::exception& error, const std::vector<std::string>& ids)
-      REQUIRES(mutex_) {
+  template <typename Ids>
+  void note_error(const std::exception& error, Ids&& ids_in_doubt) REQUIRES(mutex_) {
     {
       const MutexLock lock(last_error_mutex_);
       last_error_ = error.what();
     }
     const auto* failure = dynamic_cast<const Error*>(&error);
     if (failure != nullptr && failure->code() == ErrorCode::kConnectionLost) {
-      for (const std::string& id : ids) {
+      for (const std::string& id : ids_in_doubt()) {
         cache_.erase(std::string_view(id));
         in_doubt_.insert(id);
       }

@@ -252,8 +252,8 @@ TEST(SessionStoreChangeFeed, OwnWritesAreNotReadBackAndAnotherStoresAreApplied) 
   options.miss_lookups_per_second = 0;
   SessionStore a(pylon::open_sqlite_backend(path), options);
   SessionStore b(pylon::open_sqlite_backend(path), options);
-  std::vector<std::string> tokens;
-  for (int i = 0; i < 20; ++i) tokens.push_back(a.create("alice").token);
+  std::vector<std::string> tokens(20);
+  for (std::string& token : tokens) token = a.create("alice").token;
   ASSERT_TRUE(a.revoke(tokens.back()));
   ASSERT_TRUE(a.update_data(tokens.front(), "{}").has_value());
 
