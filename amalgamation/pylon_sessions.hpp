@@ -409,6 +409,10 @@ struct ChangeBatch {
   // The log no longer holds positions up to this one (pruned): a reader whose last position is
   // older missed changes, and must reload every session instead.
   std::int64_t pruned_through = 0;
+  // Every position up to this one was read, and those `changes` does not list need nothing
+  // applied: they are the reader's own backend's writes (SessionBackend::write_group), which its
+  // store applied itself. A reader skips them; they are not gaps. 0: nothing was skipped.
+  std::int64_t skipped_through = 0;
 };
 
 // A reader of the change log that every write to `_pylon_sessions` and `_pylon_rotated_ids`
