@@ -2968,15 +2968,15 @@ void SqliteBackend::check_schema_version_and_shape() {
 }
 
 // An index a schema version's migrations made, and the versions that have it.
-struct ExpectedIndex {
+struct SqliteIndexOfVersion {
   const char* table;
   const char* name;
   const char* first_column;
   int since_version;
   int until_version;  // the last version that has it; 0: every later one too
 };
-const std::vector<ExpectedIndex>& expected_indexes() {
-  static const std::vector<ExpectedIndex> kIndexes = {
+const std::vector<SqliteIndexOfVersion>& expected_indexes() {
+  static const std::vector<SqliteIndexOfVersion> kIndexes = {
       {"_pylon_sessions", "_pylon_sessions_by_user", "user_id", 1, 0},
       {"_pylon_sessions", "_pylon_sessions_by_expiry", "expires_at", 1, 5},
       {"_pylon_sessions", "_pylon_sessions_by_idp_session", "idp_session_id", 2, 0},
@@ -3008,7 +3008,7 @@ void SqliteBackend::check_keys_and_indexes(const char* table, int version) {
       "SELECT count(*) FROM pragma_index_list(?1) AS list, pragma_index_info(list.name) AS info "
       "WHERE list.name = ?2 AND info.seqno = 0 AND info.name = ?3",
       0);
-  for (const ExpectedIndex& expected : expected_indexes()) {
+  for (const SqliteIndexOfVersion& expected : expected_indexes()) {
     if (std::string_view(expected.table) != table || version < expected.since_version ||
         (expected.until_version != 0 && version > expected.until_version)) {
       continue;
