@@ -436,8 +436,8 @@ void fill_rows(const std::string& path, std::size_t rows, std::int64_t now) {
   const RawStatement insert =
       prepare(db.get(),
               "INSERT INTO _pylon_sessions (id, user_id, tenant_id, created_at, expires_at, "
-              "last_seen_at, absolute_expires_at, device, ip, data, idp_session_id) "
-              "VALUES (?1, ?2, NULL, ?3, ?4, ?3, ?4, ?5, ?6, ?7, NULL)");
+              "last_seen_at, absolute_expires_at, device, ip, data, idp_session_id, "
+              "expiry_hour) VALUES (?1, ?2, NULL, ?3, ?4, ?3, ?4, ?5, ?6, ?7, NULL, ?4 / 3600)");
   const std::string device = "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0";
   const std::string ip = "203.0.113.7";
   const std::string data = R"({"csrf":"8f14e45fceea167a5a36dedd4bea2543","theme":"dark"})";
