@@ -712,9 +712,6 @@ std::optional<Session> SessionStore::Impl::touch(const std::string& id, std::int
                                                  bool forced) {
   std::optional<Session> current = live_copy(id, at);
   if (!current) return std::nullopt;
-  if (!forced && saturating_sub(at, current->last_seen_at) < options_.touch_interval.count()) {
-    return current;
-  }
   return slide(*current, at, forced);
 }
 
